@@ -1,0 +1,341 @@
+"""The report engine in utils.py: hand-worked cases, time-zone edge cases, and a
+hypothesis property test against the per-store reference in tests/reference.py."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import utils
+from tests.reference import reference_ticks
+
+UTC = dt.timezone.utc
+
+
+def utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def us(when: dt.datetime) -> int:
+    return (when - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)
+
+
+def seconds_of(text: str) -> int:
+    h, m, s = map(int, text.split(":"))
+    return h * 3600 + m * 60 + s
+
+
+def frames(polls, hours=(), zones=None):
+    """Engine inputs from lists: polls (store, 'YYYY-MM-DD HH:MM:SS[.f]' UTC, status), hours (store, day, start, end)."""
+    zones = zones or {}
+    poll_frame = pd.DataFrame(
+        {
+            "store_id": [p[0] for p in polls],
+            "timestamp_us": np.array([us(utc(p[1])) for p in polls], dtype=np.int64),
+            "active": [p[2] == "active" for p in polls],
+        }
+    )
+    hour_frame = pd.DataFrame(
+        {
+            "store_id": [h[0] for h in hours],
+            "day": np.array([h[1] for h in hours], dtype=np.int64),
+            "start_s": np.array([seconds_of(h[2]) for h in hours], dtype=np.int64),
+            "end_s": np.array([seconds_of(h[3]) for h in hours], dtype=np.int64),
+        }
+    )
+    zone_frame = pd.DataFrame({"store_id": list(zones), "timezone_str": list(zones.values())})
+    return poll_frame, hour_frame, zone_frame
+
+
+def report_for(polls, hours=(), zones=None, now="2023-01-25 18:00:00"):
+    report = utils.uptime_report(*frames(polls, hours, zones), us(utc(now)))
+    return {row["store_id"]: row for row in report.to_dict("records")}
+
+
+def row_of(report, store="s"):
+    row = report[store]
+    return {k: v for k, v in row.items() if k != "store_id"}
+
+
+# --------------------------------------------------------------------------- hand-worked cases
+
+
+def test_worked_example_from_the_spec():
+    # 09:00-12:00 local (UTC zone), polls 10:14 active and 11:15 inactive:
+    # active 09:00-10:44:30 (1 h 44.5 min), inactive 10:44:30-12:00 (1 h 15.5 min)
+    polls = [("s", "2023-01-24 10:14:00", "active"), ("s", "2023-01-24 11:15:00", "inactive")]
+    report = report_for(polls, [("s", 1, "09:00:00", "12:00:00")], {"s": "UTC"}, now="2023-01-24 13:00:00")
+    assert row_of(report) == {
+        "uptime_last_hour": 0.0,
+        "uptime_last_day": round(104.5 / 60, 2),
+        "uptime_last_week": round(104.5 / 60, 2),
+        "downtime_last_hour": 0.0,
+        "downtime_last_day": round(75.5 / 60, 2),
+        "downtime_last_week": round(75.5 / 60, 2),
+    }
+
+
+def test_tie_at_midpoint_goes_to_later_poll():
+    polls = [("s", "2023-01-24 10:00:00", "active"), ("s", "2023-01-24 10:30:00", "inactive")]
+    report = report_for(polls, zones={"s": "UTC"}, now="2023-01-24 10:30:00")
+    # hour window [09:30, 10:30): active 09:30-10:15, inactive 10:15-10:30
+    assert report["s"]["uptime_last_hour"] == 45.0
+    assert report["s"]["downtime_last_hour"] == 15.0
+
+
+def test_midpoint_tie_exact_at_half_microsecond():
+    # polls one microsecond apart: the midpoint is half a microsecond, counted exactly
+    polls = [("s", "2023-01-24 10:00:00.000000", "inactive"), ("s", "2023-01-24 10:00:00.000001", "active")]
+    poll_frame, hours, zones = frames(polls, zones={"s": "UTC"})
+    ticks = utils.uptime_ticks(poll_frame, hours, zones, us(utc("2023-01-24 10:30:00")))
+    # active from 10:00:00.0000005 to 10:30: 30 min less half a microsecond
+    assert ticks.loc[0, "uptime_last_hour"] == 30 * 60 * utils.TICKS_PER_SECOND - 1
+    assert ticks.loc[0, "downtime_last_hour"] == 30 * 60 * utils.TICKS_PER_SECOND + 1
+
+
+def test_spring_forward_row_ends_at_the_end_of_the_skip():
+    # New York, Sunday 2023-03-12 00:00-02:30: 05:00-07:00 UTC, 2 hours
+    polls = [("s", "2023-03-12 11:00:00", "active")]
+    report = report_for(polls, [("s", 6, "00:00:00", "02:30:00")], {"s": "America/New_York"}, now="2023-03-12 12:00:00")
+    assert report["s"]["uptime_last_day"] == 2.0
+    assert report["s"]["uptime_last_week"] == 2.0  # the 2023-03-05 row (05:00-07:30 UTC) ends before the week
+
+
+def test_fall_back_row_counts_repeated_hour_once_from_first_occurrence():
+    # New York, Sunday 2023-11-05 00:00-02:00: 04:00-07:00 UTC, 3 hours
+    polls = [("s", "2023-11-05 11:00:00", "inactive")]
+    report = report_for(polls, [("s", 6, "00:00:00", "02:00:00")], {"s": "America/New_York"}, now="2023-11-05 12:00:00")
+    assert report["s"]["downtime_last_day"] == 3.0
+    assert report["s"]["uptime_last_day"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "row, now, business_hours",
+    [
+        # 02:00 does not exist on 2023-03-12: opens 03:00 EDT (07:00 UTC), closes 04:00 EDT
+        ((6, "02:00:00", "04:00:00"), "2023-03-12 12:00:00", 1.0),
+        # 01:00 and 01:30 happen twice on 2023-11-05: both taken at their first (EDT) occurrence
+        ((6, "01:00:00", "01:30:00"), "2023-11-05 12:00:00", 0.5),
+        # overnight from 01:30 EDT to 01:00 EST the next day: 24.5 hours
+        ((6, "01:30:00", "01:00:00"), "2023-11-06 12:00:00", 24.5),
+        # a 24-hour row on the fall-back day lasts 25 hours, on the spring-forward day 23
+        ((6, "00:00:00", "00:00:00"), "2023-11-06 12:00:00", 25.0),
+        ((6, "00:00:00", "00:00:00"), "2023-03-13 12:00:00", 23.0),
+    ],
+)
+def test_dst_rows_in_new_york(row, now, business_hours):
+    polls = [("s", now, "active")]
+    report = report_for(polls, [("s", *row)], {"s": "America/New_York"}, now=now)
+    assert report["s"]["uptime_last_week"] == business_hours
+    assert report["s"]["downtime_last_week"] == 0.0
+
+
+def test_overnight_row_in_los_angeles():
+    # Friday 2023-01-20 22:00 PST to Saturday 02:00 PST = 06:00-10:00 UTC on the 21st
+    polls = [("s", "2023-01-21 08:00:00", "active")]
+    report = report_for(polls, [("s", 4, "22:00:00", "02:00:00")], {"s": "America/Los_Angeles"}, now="2023-01-21 12:00:00")
+    assert report["s"]["uptime_last_day"] == 4.0
+    assert report["s"]["uptime_last_week"] == 4.0
+
+
+def test_equal_start_and_end_is_open_24_hours_from_start():
+    # Monday 09:00 to Tuesday 09:00 (UTC zone); now Tuesday 12:00
+    polls = [("s", "2023-01-23 12:00:00", "active")]
+    report = report_for(polls, [("s", 0, "09:00:00", "09:00:00")], {"s": "UTC"}, now="2023-01-24 12:00:00")
+    assert report["s"]["uptime_last_day"] == 21.0  # Mon 12:00 - Tue 09:00
+    assert report["s"]["uptime_last_week"] == 24.0
+    assert report["s"]["uptime_last_hour"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "rows, business_hours",
+    [
+        ([(1, "09:00:00", "12:00:00"), (1, "11:00:00", "14:00:00")], 5.0),  # overlap counts once
+        ([(1, "09:00:00", "11:00:00"), (1, "13:00:00", "15:00:00")], 4.0),  # split shift
+        ([(1, "09:00:00", "15:00:00"), (1, "10:00:00", "11:00:00")], 6.0),  # one inside another
+        ([(1, "09:00:00", "12:00:00"), (1, "12:00:00", "14:00:00")], 5.0),  # touching
+        ([(1, "09:00:00", "12:00:00"), (1, "09:00:00", "12:00:00")], 3.0),  # duplicate rows
+    ],
+)
+def test_split_and_overlapping_shifts(rows, business_hours):
+    polls = [("s", "2023-01-24 10:00:00", "inactive")]
+    hours = [("s", *row) for row in rows]
+    report = report_for(polls, hours, {"s": "UTC"}, now="2023-01-24 23:00:00")
+    assert report["s"]["downtime_last_day"] == business_hours
+    assert report["s"]["uptime_last_day"] == 0.0
+
+
+def test_no_hours_means_open_all_week():
+    polls = [("s", "2023-01-25 17:30:00", "active")]
+    report = report_for(polls, zones={"s": "UTC"})
+    assert row_of(report) == {
+        "uptime_last_hour": 60.0,
+        "uptime_last_day": 24.0,
+        "uptime_last_week": 168.0,
+        "downtime_last_hour": 0.0,
+        "downtime_last_day": 0.0,
+        "downtime_last_week": 0.0,
+    }
+
+
+def test_no_timezone_means_chicago():
+    # Wednesday 09:00-17:00 Chicago (CST) is 15:00-23:00 UTC; now 20:00 UTC
+    polls = [("s", "2023-01-25 12:00:00", "active")]
+    report = report_for(polls, [("s", 2, "09:00:00", "17:00:00")], now="2023-01-25 20:00:00")
+    assert report["s"]["uptime_last_day"] == 5.0
+    assert report["s"]["uptime_last_hour"] == 60.0
+
+
+def test_single_old_poll_holds_for_every_window():
+    polls = [("s", "2023-01-20 03:00:00", "inactive")]
+    report = report_for(polls, zones={"s": "UTC"}, now="2023-01-25 18:00:00")
+    assert row_of(report) == {
+        "uptime_last_hour": 0.0,
+        "uptime_last_day": 0.0,
+        "uptime_last_week": 0.0,
+        "downtime_last_hour": 60.0,
+        "downtime_last_day": 24.0,
+        "downtime_last_week": 168.0,
+    }
+
+
+def test_polls_after_now_are_ignored_and_stores_without_earlier_polls_dropped():
+    polls = [
+        ("a", "2023-01-25 17:00:00", "active"),
+        ("a", "2023-01-25 18:10:00", "inactive"),
+        ("b", "2023-01-25 18:30:00", "active"),
+    ]
+    report = report_for(polls, zones={"a": "UTC"}, now="2023-01-25 18:00:00")
+    assert list(report) == ["a"]
+    assert report["a"]["uptime_last_hour"] == 60.0
+
+
+def test_later_duplicate_poll_wins():
+    polls = [("s", "2023-01-25 17:30:00", "active"), ("s", "2023-01-25 17:30:00", "inactive")]
+    report = report_for(polls, zones={"s": "UTC"})
+    assert report["s"]["downtime_last_hour"] == 60.0
+
+
+def test_store_ids_stay_exact_strings_and_sorted():
+    big = ["9223372036854775807", "1481966498820158979", "0042"]
+    polls = [(s, "2023-01-25 17:00:00", "active") for s in big]
+    report = utils.uptime_report(*frames(polls), us(utc("2023-01-25 18:00:00")))
+    assert list(report["store_id"]) == sorted(big)
+    assert list(report.columns) == utils.REPORT_COLUMNS
+
+
+def test_empty_input_gives_empty_report_with_columns():
+    report = utils.uptime_report(*frames([]), us(utc("2023-01-25 18:00:00")))
+    assert report.empty
+    assert list(report.columns) == utils.REPORT_COLUMNS
+
+
+def test_local_to_utc_maps_gap_and_fold():
+    transitions, offsets = utils.zone_transitions("America/New_York", 1678500000, 1678700000)
+    local = np.array([us(utc(t)) for t in ["2023-03-12 01:59:59", "2023-03-12 02:30:00", "2023-03-12 03:00:00"]])
+    got = utils.local_to_utc_ticks(local * 2, transitions, offsets) // 2
+    assert [dt.datetime.fromtimestamp(v / 1e6, UTC).strftime("%H:%M:%S") for v in got] == [
+        "06:59:59",
+        "07:00:00",
+        "07:00:00",
+    ]
+
+
+# --------------------------------------------------------------------------- property test against the reference
+
+ZONES = [
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "America/Phoenix",
+    "Europe/London",
+    "Australia/Lord_Howe",  # half-hour DST shift
+    "Asia/Kolkata",
+    "Pacific/Chatham",
+    "UTC",
+]
+# weeks around US and EU DST changes, and an ordinary January week
+NOWS = [
+    dt.datetime(2023, 1, 25, 18, 13, 22, 123456, tzinfo=UTC),
+    dt.datetime(2023, 3, 14, 3, 0, tzinfo=UTC),
+    dt.datetime(2023, 3, 12, 7, 30, tzinfo=UTC),
+    dt.datetime(2023, 11, 6, 5, 59, 59, 999999, tzinfo=UTC),
+    dt.datetime(2023, 3, 28, 12, 0, tzinfo=UTC),
+    dt.datetime(2023, 4, 3, 0, 0, tzinfo=UTC),
+]
+
+times_of_day = st.one_of(
+    st.integers(0, 86_399),
+    st.sampled_from([0, 3600, 5400, 7200, 9000, 10800, 86_399]),  # near DST changes and midnight
+)
+hour_rows = st.tuples(st.integers(0, 6), times_of_day, times_of_day)
+
+
+@st.composite
+def stores(draw):
+    now = draw(st.sampled_from(NOWS))
+    n_stores = draw(st.integers(1, 4))
+    polls, hours, zones = [], [], {}
+    for index in range(n_stores):
+        store_id = f"{1_000_000_000_000_000_000 + index * 7919}"
+        offsets = draw(st.lists(st.integers(-9 * 86_400_000_000, 86_400_000_000), min_size=1, max_size=25))
+        if draw(st.booleans()):  # sometimes duplicate timestamps with conflicting status
+            offsets += offsets[:2]
+        for offset in offsets:
+            status = draw(st.sampled_from(["active", "inactive"]))
+            polls.append((store_id, now + dt.timedelta(microseconds=offset), status))
+        for day, start, end in draw(st.lists(hour_rows, max_size=6)):
+            hours.append((store_id, day, start, end))
+        zone = draw(st.sampled_from(ZONES + [None]))
+        if zone:
+            zones[store_id] = zone
+    return now, polls, hours, zones
+
+
+def engine_frames(polls, hours, zones):
+    poll_frame = pd.DataFrame(
+        {
+            "store_id": [p[0] for p in polls],
+            "timestamp_us": np.array([us(p[1]) for p in polls], dtype=np.int64),
+            "active": [p[2] == "active" for p in polls],
+        }
+    )
+    hour_frame = pd.DataFrame(hours, columns=["store_id", "day", "start_s", "end_s"])
+    zone_frame = pd.DataFrame(list(zones.items()), columns=["store_id", "timezone_str"])
+    return poll_frame, hour_frame, zone_frame
+
+
+def as_time(seconds: int) -> dt.time:
+    return dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stores())
+def test_engine_matches_reference_exactly(case):
+    now, polls, hours, zones = case
+    got = utils.uptime_ticks(*engine_frames(polls, hours, zones), us(now))
+    expected = reference_ticks(polls, [(s, d, as_time(a), as_time(b)) for s, d, a, b in hours], zones, now)
+    got_rows = {row.pop("store_id"): row for row in got.to_dict("records")}
+    assert got_rows == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(stores())
+def test_uptime_plus_downtime_is_business_time(case):
+    now, polls, hours, zones = case
+    frames_ = engine_frames(polls, hours, zones)
+    got = utils.uptime_ticks(*frames_, us(now))
+    # flipping every status swaps uptime and downtime: their sum depends on hours alone
+    flipped = frames_[0].assign(active=~frames_[0]["active"])
+    swapped = utils.uptime_ticks(flipped, frames_[1], frames_[2], us(now))
+    for window in ("hour", "day", "week"):
+        total = got[f"uptime_last_{window}"] + got[f"downtime_last_{window}"]
+        assert (total == swapped[f"uptime_last_{window}"] + swapped[f"downtime_last_{window}"]).all()
+        assert (got[f"uptime_last_{window}"] == swapped[f"downtime_last_{window}"]).all()
+        assert (total >= 0).all()
+    assert (got["uptime_last_hour"] + got["downtime_last_hour"] <= 3600 * utils.TICKS_PER_SECOND).all()
+    assert (got["uptime_last_week"] + got["downtime_last_week"] <= 7 * 86400 * utils.TICKS_PER_SECOND).all()

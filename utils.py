@@ -1,0 +1,365 @@
+"""Pure time and interval arithmetic for the uptime report: no Flask, Mongo or files.
+
+Every instant inside the engine is an int64 count of *ticks*, half-microseconds
+since the Unix epoch.  Polls carry microsecond timestamps, so the midpoint of
+two polls is always a whole number of ticks and nothing is rounded until the
+final minutes/hours columns.
+
+The engine (`uptime_report`) works on whole arrays:
+
+1. each store's business hours become UTC intervals, zone by zone
+   (`business_intervals_utc`), then are merged into disjoint sets;
+2. every store lives in its own "band" of one shared number line
+   (`store * band + (t - week_start)`), so one `searchsorted` over all stores'
+   merged intervals plus a cumulative sum gives "business time up to t" for
+   any store and instant (`BusinessClock`);
+3. each poll covers the span between the midpoints with its neighbours
+   (`poll_spans`); the business time inside (span ∩ window) is a difference
+   of two clock readings, summed per store with `bincount`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+import pandas as pd
+
+TICKS_PER_SECOND = 2_000_000
+TICKS_PER_US = 2
+TICKS_PER_DAY = 86_400 * TICKS_PER_SECOND
+US_PER_SECOND = 1_000_000
+DEFAULT_TIMEZONE = "America/Chicago"
+
+HOUR_US = 3_600 * US_PER_SECOND
+DAY_US = 24 * HOUR_US
+WEEK_US = 7 * DAY_US
+
+REPORT_COLUMNS = [
+    "store_id",
+    "uptime_last_hour",
+    "uptime_last_day",
+    "uptime_last_week",
+    "downtime_last_hour",
+    "downtime_last_day",
+    "downtime_last_week",
+]
+
+# Far enough from the window to act as +/- infinity, small enough not to overflow int64 sums.
+_FAR = 2**61
+
+
+# --------------------------------------------------------------------------- time zones
+
+
+def is_valid_timezone(name: str) -> bool:
+    """True when `name` is an IANA zone that zoneinfo can load."""
+    try:
+        _zone(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
+
+
+@lru_cache(maxsize=None)
+def _zone(name: str) -> ZoneInfo:
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise ValueError(f"invalid time zone name {name!r}")
+    return ZoneInfo(name)
+
+
+def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
+    instant = dt.datetime.fromtimestamp(epoch_second, tz=dt.timezone.utc)
+    return int(instant.astimezone(zone).utcoffset().total_seconds())
+
+
+@lru_cache(maxsize=4096)
+def zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """UTC offset segments of zone `name` between two epoch seconds.
+
+    Returns `(transitions, offsets)`: `offsets[k]` (seconds) holds from
+    `transitions[k-1]` (inclusive) to `transitions[k]` (exclusive); the first
+    offset holds before the first transition and the last after the last.
+
+    Examples
+    --------
+    >>> zone_transitions("America/New_York", 1678500000, 1678700000)
+    ((1678604400,), (-18000, -14400))
+    """
+    zone = _zone(name)
+    step = 3_600  # every real zone keeps an offset for at least an hour
+    samples = list(range(start_s - step, end_s + 2 * step, step))
+    transitions: list[int] = []
+    offsets = [_offset_seconds(zone, samples[0])]
+    for left, right in zip(samples, samples[1:]):
+        after = _offset_seconds(zone, right)
+        if after == offsets[-1]:
+            continue
+        lo, hi = left, right  # offset(lo) is the old one, offset(hi) the new one
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _offset_seconds(zone, mid) == offsets[-1]:
+                lo = mid
+            else:
+                hi = mid
+        transitions.append(hi)
+        offsets.append(after)
+    return tuple(transitions), tuple(offsets)
+
+
+def local_to_utc_ticks(local_ticks: np.ndarray, transitions_s, offsets_s) -> np.ndarray:
+    """Map wall-clock readings (ticks, as if UTC) to the first instant the clock shows them.
+
+    A reading shown twice (clocks set back) maps to its first occurrence; a
+    reading never shown (clocks set forward) maps to the end of the skip.
+    """
+    local_ticks = np.asarray(local_ticks, dtype=np.int64)
+    offsets = [o * TICKS_PER_SECOND for o in offsets_s]
+    bounds = [-_FAR] + [t * TICKS_PER_SECOND for t in transitions_s] + [_FAR]
+    result = np.full(local_ticks.shape, _FAR, dtype=np.int64)
+    for k, offset in enumerate(offsets):
+        shown = (local_ticks >= bounds[k] + offset) & (local_ticks < bounds[k + 1] + offset)
+        np.minimum(result, np.where(shown, local_ticks - offset, _FAR), out=result)
+    for k in range(1, len(offsets)):
+        if offsets[k] > offsets[k - 1]:
+            skipped = (local_ticks >= bounds[k] + offsets[k - 1]) & (local_ticks < bounds[k] + offsets[k])
+            result[skipped] = bounds[k]
+    return result
+
+
+# --------------------------------------------------------------------------- business hours
+
+
+def business_intervals_utc(
+    row_store: np.ndarray,
+    row_day: np.ndarray,
+    row_start_s: np.ndarray,
+    row_end_s: np.ndarray,
+    row_zone: np.ndarray,
+    from_ticks: int,
+    to_ticks: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Open and close instants (UTC ticks) of every business-hour row on every date near a range.
+
+    Each row (store, weekday, start, end, zone name) opens on each local date
+    with that weekday at `start` and closes at `end` the same day, or the next
+    day when `end <= start` (overnight; equal means 24 hours).  Dates are taken
+    wide enough that every opening touching `[from_ticks, to_ticks)` is listed.
+    Returns `(store, open, close)` arrays, unmerged and unsorted.
+    """
+    row_store = np.asarray(row_store, dtype=np.int64)
+    row_day = np.asarray(row_day, dtype=np.int64)
+    row_start = np.asarray(row_start_s, dtype=np.int64) * TICKS_PER_SECOND
+    row_end = np.asarray(row_end_s, dtype=np.int64) * TICKS_PER_SECOND
+    row_zone = np.asarray(row_zone, dtype=object)
+    # local dates: offsets are within +/-1 day and a row lasts at most ~2 days
+    first_day = from_ticks // TICKS_PER_DAY - 3
+    last_day = to_ticks // TICKS_PER_DAY + 1
+    first_weekday = (first_day + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+    first_date = first_day + (row_day - first_weekday) % 7
+    weeks = (last_day - first_day) // 7 + 1
+
+    stores, opens, closes, zones = [], [], [], []
+    for week in range(weeks):
+        date = first_date + 7 * week
+        keep = date <= last_day
+        local_midnight = date[keep] * TICKS_PER_DAY
+        start, end = row_start[keep], row_end[keep]
+        stores.append(row_store[keep])
+        opens.append(local_midnight + start)
+        closes.append(local_midnight + end + np.where(end <= start, TICKS_PER_DAY, 0))
+        zones.append(row_zone[keep])
+    store = np.concatenate(stores) if stores else np.empty(0, np.int64)
+    local_open = np.concatenate(opens) if opens else np.empty(0, np.int64)
+    local_close = np.concatenate(closes) if closes else np.empty(0, np.int64)
+    zone = np.concatenate(zones) if zones else np.empty(0, object)
+
+    open_utc = np.empty_like(local_open)
+    close_utc = np.empty_like(local_close)
+    span_s = (first_day * 86_400, (last_day + 3) * 86_400)
+    codes, names = pd.factorize(zone)
+    for code, name in enumerate(names):
+        rows = codes == code
+        transitions, offsets = zone_transitions(name, *span_s)
+        open_utc[rows] = local_to_utc_ticks(local_open[rows], transitions, offsets)
+        close_utc[rows] = local_to_utc_ticks(local_close[rows], transitions, offsets)
+    return store, open_utc, np.maximum(close_utc, open_utc)
+
+
+def merge_intervals(keys_open: np.ndarray, keys_close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of half-open intervals: sorted, disjoint `(open, close)` arrays.
+
+    Examples
+    --------
+    >>> merge_intervals(np.array([5, 1, 2]), np.array([6, 3, 4]))
+    (array([1, 5]), array([4, 6]))
+    """
+    keep = keys_close > keys_open
+    keys_open, keys_close = keys_open[keep], keys_close[keep]
+    if keys_open.size == 0:
+        return keys_open, keys_close
+    order = np.argsort(keys_open, kind="stable")
+    keys_open, keys_close = keys_open[order], keys_close[order]
+    reach = np.maximum.accumulate(keys_close)
+    starts_group = np.ones(keys_open.size, dtype=bool)
+    starts_group[1:] = keys_open[1:] > reach[:-1]
+    first = np.flatnonzero(starts_group)
+    return keys_open[first], np.maximum.reduceat(keys_close, first)
+
+
+@dataclass(frozen=True)
+class BusinessClock:
+    """Business time elapsed up to any banded instant, for many stores at once.
+
+    Instants are *banded*: `store * band + (t - origin)` with `t` clipped to
+    `[origin, origin + band - 1]`, so stores never share a stretch of the line.
+    """
+
+    opens: np.ndarray
+    closes: np.ndarray
+    before: np.ndarray  # business time in all intervals before each one
+
+    @classmethod
+    def from_intervals(cls, opens: np.ndarray, closes: np.ndarray) -> "BusinessClock":
+        opens, closes = merge_intervals(opens, closes)
+        lengths = closes - opens
+        before = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        return cls(opens, closes, before)
+
+    def reading(self, banded: np.ndarray) -> np.ndarray:
+        """Business time (ticks) from the start of the line up to each banded instant."""
+        k = np.searchsorted(self.opens, banded, side="right") - 1
+        if self.opens.size == 0:
+            return np.zeros(np.shape(banded), dtype=np.int64)
+        kk = np.maximum(k, 0)
+        inside = np.clip(banded - self.opens[kk], 0, self.closes[kk] - self.opens[kk])
+        return np.where(k >= 0, self.before[kk] + inside, 0)
+
+
+# --------------------------------------------------------------------------- polls
+
+
+def poll_spans(store: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Span `[begin, end)` each poll stands for, given polls sorted by (store, time).
+
+    A poll reaches back to the midpoint with its predecessor and forward to
+    the midpoint with its successor (so a midpoint goes to the later poll);
+    a store's first poll reaches back for ever and its last forward for ever.
+    Ticks are even (whole microseconds), so midpoints are exact.
+    """
+    n = ticks.size
+    begin = np.full(n, -_FAR, dtype=np.int64)
+    end = np.full(n, _FAR, dtype=np.int64)
+    if n > 1:
+        same = store[1:] == store[:-1]
+        mid = (ticks[1:] + ticks[:-1]) // 2
+        begin[1:] = np.where(same, mid, -_FAR)
+        end[:-1] = np.where(same, mid, _FAR)
+    return begin, end
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def uptime_ticks(
+    polls: pd.DataFrame,
+    hours: pd.DataFrame,
+    zones: pd.DataFrame,
+    now_us: int,
+) -> pd.DataFrame:
+    """Exact uptime/downtime in ticks for every store with a poll at or before `now_us`.
+
+    polls: `store_id` (str), `timestamp_us` (int64 µs since epoch), `active` (bool).
+    hours: `store_id`, `day` (0 = Monday), `start_s`, `end_s` (seconds after local midnight).
+    zones: `store_id`, `timezone_str` (a store without one uses America/Chicago).
+    Rows in `polls` sharing a store and timestamp: the later row wins.
+    Returns REPORT_COLUMNS, one row per store sorted by store_id, each
+    measure an int64 number of ticks; `to_report_units` makes the report.
+    """
+    now_us = int(now_us)
+    polls = polls[polls["timestamp_us"].to_numpy() <= now_us]
+    codes, store_ids = pd.factorize(polls["store_id"].to_numpy(), sort=True)
+    n_stores = len(store_ids)
+    report = {"store_id": pd.array(store_ids, dtype="string")}
+    if n_stores == 0:
+        report.update({c: np.empty(0, np.int64) for c in REPORT_COLUMNS[1:]})
+        return pd.DataFrame(report, columns=REPORT_COLUMNS)
+
+    now = now_us * TICKS_PER_US
+    origin = now - WEEK_US * TICKS_PER_US
+    band = now - origin + 1
+    window_starts = {
+        "hour": now - HOUR_US * TICKS_PER_US,
+        "day": now - DAY_US * TICKS_PER_US,
+        "week": origin,
+    }
+    store_index = pd.Index(store_ids)
+
+    def banded(store: np.ndarray, ticks) -> np.ndarray:
+        return store * band + (np.clip(ticks, origin, now) - origin)
+
+    # --- business hours as banded intervals
+    zone_of_store = np.full(n_stores, DEFAULT_TIMEZONE, dtype=object)
+    z_store = store_index.get_indexer(zones["store_id"].to_numpy())
+    z_known = z_store >= 0
+    zone_of_store[z_store[z_known]] = zones["timezone_str"].to_numpy()[z_known]
+
+    h_store = store_index.get_indexer(hours["store_id"].to_numpy())
+    h_known = h_store >= 0
+    h_store = h_store[h_known]
+    b_store, b_open, b_close = business_intervals_utc(
+        h_store,
+        hours["day"].to_numpy()[h_known],
+        hours["start_s"].to_numpy()[h_known],
+        hours["end_s"].to_numpy()[h_known],
+        zone_of_store[h_store],
+        origin,
+        now,
+    )
+    always_open = np.ones(n_stores, dtype=bool)
+    always_open[h_store] = False
+    all_day = np.flatnonzero(always_open)
+    b_store = np.concatenate((b_store, all_day))
+    b_open = np.concatenate((b_open, np.full(all_day.size, origin)))
+    b_close = np.concatenate((b_close, np.full(all_day.size, now)))
+    clock = BusinessClock.from_intervals(banded(b_store, b_open), banded(b_store, b_close))
+
+    # --- polls: sort by (store, time); a stable sort keeps the later duplicate last
+    ticks = polls["timestamp_us"].to_numpy(dtype=np.int64) * TICKS_PER_US
+    order = np.lexsort((ticks, codes))
+    p_store = codes[order].astype(np.int64)
+    p_ticks = ticks[order]
+    p_active = polls["active"].to_numpy(dtype=bool)[order]
+    last_of_instant = np.ones(p_ticks.size, dtype=bool)
+    last_of_instant[:-1] = (p_store[1:] != p_store[:-1]) | (p_ticks[1:] != p_ticks[:-1])
+    p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
+    begin, end = poll_spans(p_store, p_ticks)
+    end_reading = clock.reading(banded(p_store, end))
+
+    stores = np.arange(n_stores, dtype=np.int64)
+    close_reading = clock.reading(banded(stores, now))
+    for name, start in window_starts.items():
+        start_reading = clock.reading(banded(p_store, np.maximum(begin, start)))
+        active_covered = np.where(p_active, np.maximum(end_reading - start_reading, 0), 0)
+        # float weights are exact here: every sum stays below 2**53 ticks
+        uptime = np.bincount(p_store, weights=active_covered, minlength=n_stores).astype(np.int64)
+        business = close_reading - clock.reading(banded(stores, start))
+        report[f"uptime_last_{name}"] = uptime
+        report[f"downtime_last_{name}"] = business - uptime
+    return pd.DataFrame(report, columns=REPORT_COLUMNS)
+
+
+def to_report_units(ticks: pd.DataFrame) -> pd.DataFrame:
+    """Turn tick counts into report units: minutes for the hour, hours for day and week, 2 places."""
+    report = ticks.copy()
+    for column in REPORT_COLUMNS[1:]:
+        unit = 60 if column.endswith("_hour") else 3_600
+        report[column] = np.round(ticks[column].to_numpy() / (unit * TICKS_PER_SECOND), 2)
+    return report
+
+
+def uptime_report(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int) -> pd.DataFrame:
+    """The report (see `uptime_ticks` for the inputs) in its published units."""
+    return to_report_units(uptime_ticks(polls, hours, zones, now_us))
