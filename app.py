@@ -1,0 +1,206 @@
+"""The HTTP API (SPEC §4): an app factory and thin routes over database.py and reportGenerator.py.
+
+    python app.py                     # development server on PORT (default 8000)
+    gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
+
+Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, DATA_DIR,
+REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS), then
+the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs on
+mongomock seeded from DATA_DIR.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from flask import Flask, Response, abort, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import database
+import utils
+from reportGenerator import ReportGenerator, parse_as_of
+
+log = logging.getLogger(__name__)
+
+REPORT_ID = re.compile(r"^[0-9a-f]{32}$")
+ROOT = Path(__file__).resolve().parent
+
+DEFAULTS = {
+    "MONGO_URI": "",
+    "MONGO_DB": database.DEFAULT_DB,
+    "DATA_DIR": str(ROOT / "data"),
+    "REPORTS_DIR": str(ROOT / "reports"),
+    "PORT": 8000,
+    "REPORT_WORKERS": 2,
+    "CHUNK_STORES": 5_000,
+    "STALE_AFTER_SECONDS": 600,
+}
+INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS")
+
+
+def load_settings(config: dict | None = None) -> dict:
+    """Defaults, overridden by the environment, overridden by `config`."""
+    settings = dict(DEFAULTS)
+    for key in DEFAULTS:
+        if os.environ.get(key) not in (None, ""):
+            settings[key] = os.environ[key]
+    settings.update(config or {})
+    for key in INTEGER_SETTINGS:
+        settings[key] = int(settings[key])
+    return settings
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app: connect, seed the embedded store if needed, index, and register routes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config.from_mapping(load_settings(config))
+    app.json.sort_keys = False  # keep "status" first and report rows in column order
+
+    store = database.connect(app.config["MONGO_URI"] or None, app.config["MONGO_DB"])
+    if store.kind == "mongomock":
+        log.warning("MONGO_URI is not set: using the embedded mongomock store (sample-sized data only)")
+        data_dir = Path(app.config["DATA_DIR"])
+        if data_dir.is_dir() and database.is_empty(store.db):
+            for summary in database.load_dir(store.db, data_dir):
+                log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
+    elif not database.ping(store):
+        log.error("MongoDB at MONGO_URI does not answer; /health will say so")
+    try:
+        database.ensure_indexes(store.db)
+        stale = database.fail_stale_reports(store.db, dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
+        if stale:
+            log.warning("marked %d stale Running reports as Failed", stale)
+    except database.DatabaseError as error:
+        log.error("could not prepare the database: %s", error)
+
+    app.extensions["store"] = store
+    app.extensions["reports"] = ReportGenerator(
+        store,
+        app.config["REPORTS_DIR"],
+        chunk_stores=app.config["CHUNK_STORES"],
+        workers=app.config["REPORT_WORKERS"],
+    )
+    register_routes(app)
+    return app
+
+
+def _store() -> database.Store:
+    return current_app.extensions["store"]
+
+
+def error_response(status: int, message: str) -> tuple[Response, int]:
+    """The one error body: {"error": message, "status": code}."""
+    return jsonify({"error": message, "status": status}), status
+
+
+def register_routes(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return error_response(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(database.DatabaseError)
+    def database_error(error):
+        log.error("database error: %s", error)
+        return error_response(503, "the database is not available; try again shortly")
+
+    @app.errorhandler(Exception)
+    def unexpected_error(error):
+        log.exception("unhandled error")
+        return error_response(500, "internal error; the details are in the server log")
+
+    @app.post("/trigger_report")
+    def trigger_report():
+        as_of_us = None
+        if request.get_data(cache=True).strip():
+            body = request.get_json(silent=True)
+            if not isinstance(body, dict):
+                abort(400, description='the body must be a JSON object, e.g. {"as_of": "2023-01-25T18:00:00Z"}')
+            unknown = sorted(set(body) - {"as_of"})
+            if unknown:
+                abort(400, description=f"unknown field(s) {', '.join(map(str, unknown))[:100]}; only as_of is accepted")
+            if body.get("as_of") is not None:
+                try:
+                    as_of_us = parse_as_of(body["as_of"])
+                except ValueError as error:
+                    abort(400, description=str(error))
+        report_id = current_app.extensions["reports"].start(as_of_us)
+        return jsonify({"report_id": report_id}), 202
+
+    @app.get("/get_report")
+    def get_report():
+        report_id = request.args.getlist("report_id")
+        if len(report_id) != 1 or not report_id[0]:
+            abort(400, description="give exactly one report_id, e.g. /get_report?report_id=<id from trigger_report>")
+        report_id = report_id[0]
+        if not REPORT_ID.match(report_id):
+            abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+        store = _store()
+        report = database.find_report(store.db, report_id)
+        if report is None:
+            abort(404, description=f"no report with id {report_id}")
+        if report["status"] == "Running" and _is_stale(report):
+            database.fail_stale_reports(store.db, dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
+            report = database.find_report(store.db, report_id)
+        if report["status"] == "Running":
+            return jsonify({"status": "Running", "progress": report.get("progress") or {"done": 0, "total": 0}})
+        if report["status"] == "Failed":
+            return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
+        payload = database.read_report_csv(store.db, report)
+        if _wants_csv():
+            return Response(
+                payload,
+                mimetype="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="report_{report_id}.csv"'},
+            )
+        rows = pd.read_csv(io.BytesIO(payload), dtype={"store_id": str}, keep_default_na=False)
+        return jsonify(
+            {
+                "status": "Complete",
+                "report_id": report_id,
+                "as_of": _iso(report.get("as_of")),
+                "row_count": report.get("row_count"),
+                "columns": utils.REPORT_COLUMNS,
+                "data": rows.to_dict("records"),
+            }
+        )
+
+    @app.get("/health")
+    def health():
+        store = _store()
+        answers = database.ping(store)
+        return jsonify({"status": "ok" if answers else "degraded", "database": store.kind, "database_ok": answers})
+
+
+def _wants_csv() -> bool:
+    if request.args.get("format", "").lower() == "csv":
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
+    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
+
+
+def _is_stale(report: dict) -> bool:
+    beat = report.get("heartbeat_at")
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=dt.timezone.utc)
+    return database.now_utc() - beat > dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.isoformat().replace("+00:00", "Z")
+
+
+if __name__ == "__main__":
+    application = create_app()
+    application.run(host=os.environ.get("HOST", "127.0.0.1"), port=application.config["PORT"], threaded=True)

@@ -1,0 +1,214 @@
+"""The report job: load the data, compute the report chunk by chunk, write the CSV, store it.
+
+`ReportGenerator` runs reports from MongoDB in a bounded pool of named,
+daemonic threads; each records its progress and heartbeat in the `reports`
+collection and ends `Complete` (CSV in GridFS and in REPORTS_DIR) or `Failed`
+(with the reason), never silently.  `run` does the same work synchronously.
+
+The same engine also runs straight from CSV files with no database:
+
+    python reportGenerator.py --data-dir data --output report.csv [--as-of ISO]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+import database
+import sources
+import utils
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_STORES = 5_000
+
+
+# --------------------------------------------------------------------------- pure orchestration
+
+
+def chunked(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def report_from_frames(
+    polls: pd.DataFrame,
+    hours: pd.DataFrame,
+    zones: pd.DataFrame,
+    now_us: int,
+    chunk_stores: int = DEFAULT_CHUNK_STORES,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores."""
+    polls = polls[polls["timestamp_us"].to_numpy() <= now_us]
+    codes, store_ids = pd.factorize(polls["store_id"].to_numpy(), sort=True)
+    store_index = pd.Index(store_ids)
+    poll_order = np.argsort(codes, kind="stable")
+    poll_codes = codes[poll_order]
+    hour_codes = store_index.get_indexer(hours["store_id"].to_numpy())
+    hour_order = np.argsort(hour_codes, kind="stable")
+    hour_codes = hour_codes[hour_order]
+    zone_codes = store_index.get_indexer(zones["store_id"].to_numpy())
+
+    total = len(store_ids)
+    parts = []
+    for first in range(0, max(total, 1), chunk_stores):
+        last = min(first + chunk_stores, total)
+        rows = poll_order[np.searchsorted(poll_codes, first) : np.searchsorted(poll_codes, last)]
+        hour_rows = hour_order[np.searchsorted(hour_codes, first) : np.searchsorted(hour_codes, last)]
+        zone_rows = (zone_codes >= first) & (zone_codes < last)
+        parts.append(utils.uptime_report(polls.iloc[rows], hours.iloc[hour_rows], zones[zone_rows], now_us))
+        if on_progress:
+            on_progress(last, total)
+    return pd.concat(parts, ignore_index=True)
+
+
+def report_from_dir(data_dir: str | Path, as_of_us: int | None = None, chunk_stores: int = DEFAULT_CHUNK_STORES):
+    """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files)."""
+    parsed = sources.read_data_dir(data_dir)
+    polls = parsed[sources.STATUS_FILE].frame
+    if as_of_us is None:
+        if polls.empty:
+            raise ValueError(f"{data_dir}: no valid polls, so there is no 'now' to report at")
+        as_of_us = int(polls["timestamp_us"].max())
+    report = report_from_frames(
+        polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores
+    )
+    return report, as_of_us, parsed
+
+
+def report_csv_bytes(report: pd.DataFrame) -> bytes:
+    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS).encode("utf-8")
+
+
+def write_atomically(path: Path, payload: bytes) -> None:
+    """Write to a temporary name beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def parse_as_of(text: str) -> int:
+    """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
+    if not isinstance(text, str) or not text.strip() or len(text) > 64:
+        raise ValueError("as_of must be an ISO 8601 date-time string, e.g. 2023-01-25T18:00:00Z")
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return database.datetime_to_us(when)
+
+
+# --------------------------------------------------------------------------- the job on MongoDB
+
+
+class ReportGenerator:
+    """Runs report jobs against a `database.Store`, at most `workers` at a time."""
+
+    def __init__(
+        self,
+        store: database.Store,
+        reports_dir: str | Path,
+        chunk_stores: int = DEFAULT_CHUNK_STORES,
+        workers: int = 2,
+    ):
+        self.store = store
+        self.reports_dir = Path(reports_dir)
+        self.chunk_stores = chunk_stores
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
+
+    def start(self, as_of_us: int | None = None) -> str:
+        """Record a Running report and queue it; returns its id at once."""
+        report_id = uuid.uuid4().hex
+        database.create_report(self.store.db, report_id, as_of_us)
+        self._pool.submit(self.run, report_id, as_of_us)
+        return report_id
+
+    def run(self, report_id: str, as_of_us: int | None = None) -> None:
+        """Compute, write and store one report; any error ends it Failed with the message."""
+        started = time.monotonic()
+        try:
+            rows = self._compute_and_store(report_id, as_of_us)
+        except Exception as error:  # the thread must record every failure, never die silently
+            log.exception("report %s failed", report_id)
+            database.fail_report(self.store.db, report_id, f"{type(error).__name__}: {error}")
+            return
+        log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
+
+    def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
+        db = self.store.db
+        now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
+        if now_us is None:
+            raise ValueError("there are no polls in storeStatus, so there is nothing to report")
+        store_ids = database.report_store_ids(db, now_us)
+        database.update_report(
+            db, report_id, as_of=database.us_to_datetime(now_us), progress={"done": 0, "total": len(store_ids)}
+        )
+        since_us = now_us - utils.WEEK_US
+        parts = []
+        done = 0
+        for chunk in chunked(store_ids, self.chunk_stores):
+            polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
+            parts.append(utils.uptime_report(polls, hours, zones, now_us))
+            done += len(chunk)
+            database.update_report(db, report_id, progress={"done": done, "total": len(store_ids)})
+        report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
+        payload = report_csv_bytes(report)
+        write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
+        database.complete_report(db, report_id, payload, len(report))
+        return len(report)
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compute the store uptime report straight from CSV files.")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder with the three input CSV files")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
+    parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
+    parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="stores per chunk")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        as_of_us = parse_as_of(args.as_of) if args.as_of else None
+        report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores)
+    except (ValueError, sources.HeaderError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for result in parsed.values():
+        if result.rejected:
+            print(f"{result.file}: {result.rejected} rows rejected (first: line {result.rejects[0].line}: "
+                  f"{result.rejects[0].reason})", file=sys.stderr)
+    write_atomically(args.output, report_csv_bytes(report))
+    print(f"wrote {len(report)} stores to {args.output} (as of {database.us_to_datetime(now_us).isoformat()})",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
