@@ -405,7 +405,7 @@ def find_report(db, report_id: str) -> dict | None:
 def list_reports(db, skip: int = 0, limit: int = 20) -> list[dict]:
     fields = {"_id": 0, "report_id": 1, "status": 1, "as_of": 1, "created_at": 1, "finished_at": 1, "row_count": 1,
               "error": 1}
-    return list(db[REPORTS].find({}, fields).sort("created_at", DESCENDING).skip(skip).limit(limit))
+    return list(db[REPORTS].find({}, fields).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).skip(skip).limit(limit))
 
 
 def read_report_csv(db, report: dict) -> bytes:
@@ -420,7 +420,8 @@ def read_report_csv(db, report: dict) -> bytes:
 # --------------------------------------------------------------------------- command line
 
 
-def _print_summaries(summaries: list[dict], out=sys.stdout, first: int = 20) -> None:
+def _print_summaries(summaries: list[dict], first: int = 20, out=None) -> None:
+    out = out or sys.stdout
     for summary in summaries:
         print(f"{summary['file']}: {summary['rows_read']} rows read, {summary['loaded']} loaded, "
               f"{summary['rejected']} rejected", file=out)

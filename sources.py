@@ -140,9 +140,25 @@ def _raw_rows_fast(file: str, data: bytes) -> pd.DataFrame | None:
         return None
     frame.columns = _normalise_header(frame.columns)
     _check_header(file, list(frame.columns), data[text_start:].split(b"\n", 1)[0].decode("utf-8", "replace").strip())
+    # pandas pads short rows with "", which would hide a missing column: count each line's fields
+    fields = _fields_per_line(data[text_start:])[1 : len(frame) + 1]
+    frame = frame.astype(object)
+    for position in range(frame.shape[1]):
+        frame.iloc[fields <= position, position] = None
     frame["line"] = np.arange(2, len(frame) + 2)
     frame["_problem"] = ""
     return frame
+
+
+def _fields_per_line(data: bytes) -> np.ndarray:
+    """Number of comma-separated fields on each line of unquoted CSV bytes."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    line_ends = np.flatnonzero(raw == ord("\n"))
+    if raw.size and raw[-1] != ord("\n"):
+        line_ends = np.append(line_ends, raw.size)
+    commas = np.flatnonzero(raw == ord(","))
+    per_line = np.diff(np.searchsorted(commas, line_ends), prepend=0)
+    return per_line + 1
 
 
 def _raw_rows_slow(file: str, data: bytes) -> pd.DataFrame:

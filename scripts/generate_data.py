@@ -30,6 +30,13 @@ Usage::
     python scripts/generate_data.py                  # 200 stores -> data/
     python scripts/generate_data.py --stores 14000 --seed 7 --out /tmp/big
     python scripts/generate_data.py --end 2023-01-25T18:13:22Z --days 7
+    python scripts/generate_data.py --stores 14000 --polls-per-store 107 --out /tmp/real
+
+``--polls-per-store`` thins the polls at random (never a single-poll store's
+only poll) to about that many per store over the whole window, e.g. 107 for
+the real data's ~1.5M polls of 14,000 stores a week; without it nothing is
+thinned (~168 a store a week) and the files are the same as before the option
+existed.
 """
 
 from __future__ import annotations
@@ -172,14 +179,43 @@ def simulate_uptime(
     return up
 
 
+def expected_polls(plan: pd.DataFrame, n_hours: int) -> np.ndarray:
+    """Expected number of polls of each store under `plan`, before any thinning."""
+    per_hour = plan["per_hour"].to_numpy()
+    gap_start = plan["gap_start"].to_numpy()
+    gap_hours = np.clip(np.minimum(gap_start + plan["gap_len"].to_numpy(), n_hours) - gap_start, 0, None)
+    polls = per_hour * (n_hours - gap_hours) * (1.0 - plan["drop_p"].to_numpy())
+    return np.where(per_hour == 0, 1.0, polls)
+
+
+def thinning_keep_fraction(plan: pd.DataFrame, n_hours: int, polls_per_store: float) -> float:
+    """Share of the thinnable polls to keep for about `polls_per_store` polls a store on average.
+
+    Single-poll stores keep their poll; every other poll is kept with this probability.
+    """
+    expected = expected_polls(plan, n_hours)
+    single = plan["per_hour"].to_numpy() == 0
+    thinnable = expected[~single].sum()
+    wanted = polls_per_store * len(plan) - single.sum()
+    if thinnable <= 0 or wanted >= thinnable:
+        return 1.0
+    return max(wanted, 0.0) / thinnable
+
+
 def make_polls(
     rng: np.random.Generator,
     store_ids: np.ndarray,
     plan: pd.DataFrame,
     start_us: int,
     n_hours: int,
+    keep_fraction: float = 1.0,
 ) -> pd.DataFrame:
-    """Shuffled poll rows for one chunk of stores."""
+    """Shuffled poll rows for one chunk of stores.
+
+    `keep_fraction` < 1 drops each poll (but a single-poll store's) with
+    probability 1 - keep_fraction; at 1.0 no random numbers are drawn for it,
+    so the default output is unchanged.
+    """
     n = store_ids.size
     per_hour = plan["per_hour"].to_numpy()
     single = per_hour == 0
@@ -202,6 +238,8 @@ def make_polls(
     gap_start = plan["gap_start"].to_numpy()[store]
     in_gap = (hour >= gap_start) & (hour < gap_start + plan["gap_len"].to_numpy()[store])
     dropped = rng.random(store.size) < plan["drop_p"].to_numpy()[store]
+    if keep_fraction < 1.0:
+        dropped |= (rng.random(store.size) >= keep_fraction) & ~is_single
     keep = ~(in_gap | dropped)
     keep = rng.permutation(np.flatnonzero(keep))  # shuffle rows, like a real export
 
@@ -222,16 +260,21 @@ def write_store_status(
     end_us: int,
     days: int,
     path: Path,
+    polls_per_store: float | None = None,
 ) -> int:
-    """Write store_status.csv chunk by chunk; return the number of polls."""
+    """Write store_status.csv chunk by chunk; return the number of polls.
+
+    With `polls_per_store`, polls are thinned at random to about that many per store.
+    """
     n_hours = days * 24
     start_us = end_us - days * DAY_US
     plan = make_poll_plan(rng, store_ids.size, n_hours)
+    keep_fraction = 1.0 if polls_per_store is None else thinning_keep_fraction(plan, n_hours, polls_per_store)
     total = 0
     for first in range(0, store_ids.size, STORES_PER_CHUNK):
         chunk = slice(first, first + STORES_PER_CHUNK)
         polls = make_polls(
-            rng, store_ids[chunk], plan.iloc[chunk].reset_index(drop=True), start_us, n_hours
+            rng, store_ids[chunk], plan.iloc[chunk].reset_index(drop=True), start_us, n_hours, keep_fraction
         )
         polls.to_csv(path, index=False, mode="w" if first == 0 else "a", header=first == 0)
         total += len(polls)
@@ -347,9 +390,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--days", type=int, default=7, help="days of polls before --end (default 7)")
     parser.add_argument("--out", type=Path, default=Path("data"), help="output directory (default data)")
+    parser.add_argument(
+        "--polls-per-store",
+        type=float,
+        default=None,
+        help="thin polls at random to about this many per store over the window, e.g. 107 for "
+        "~1.5M polls of 14,000 stores a week (default: no thinning, ~24 a store a day)",
+    )
     args = parser.parse_args(argv)
     if args.stores < 1 or args.days < 1:
         parser.error("--stores and --days must be positive")
+    if args.polls_per_store is not None and not args.polls_per_store > 0:
+        parser.error("--polls-per-store must be positive")
     return args
 
 
@@ -369,7 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     hours.to_csv(args.out / "menu_hours.csv", index=False)
     zones = make_timezones(rng, store_ids)
     zones.to_csv(args.out / "timezones.csv", index=False)
-    polls = write_store_status(rng, store_ids, end_us, args.days, args.out / "store_status.csv")
+    polls = write_store_status(
+        rng, store_ids, end_us, args.days, args.out / "store_status.csv", args.polls_per_store
+    )
 
     elapsed = time.perf_counter() - started
     print(

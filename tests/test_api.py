@@ -1,0 +1,161 @@
+"""The HTTP API (SPEC §4) through Flask's test client on mongomock: trigger, poll, data, CSV, errors."""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+import database
+from tests.conftest import TINY_REPORT, wait_for_report
+
+
+def trigger(client, body=None) -> str:
+    response = client.post("/trigger_report", json=body) if body is not None else client.post("/trigger_report")
+    assert response.status_code == 202
+    report_id = response.get_json()["report_id"]
+    assert len(report_id) == 32
+    return report_id
+
+
+def test_trigger_then_poll_to_complete_json(client, db):
+    report_id = trigger(client)
+    body = wait_for_report(client, report_id)
+    assert body["status"] == "Complete"
+    assert body["data"] == TINY_REPORT
+    assert body["as_of"] == "2023-01-24T13:00:00Z"
+    stored = database.find_report(db, report_id)
+    assert stored["status"] == "Complete"
+    assert stored["row_count"] == 3
+    assert stored["finished_at"] is not None
+
+
+def test_csv_download_by_query_and_by_accept_header(app, client):
+    report_id = trigger(client)
+    wait_for_report(client, report_id)
+    by_query = client.get(f"/get_report?report_id={report_id}&format=csv")
+    by_header = client.get(f"/get_report?report_id={report_id}", headers={"Accept": "text/csv"})
+    for response in (by_query, by_header):
+        assert response.status_code == 200
+        assert response.mimetype == "text/csv"
+        assert "attachment" in response.headers["Content-Disposition"]
+    assert by_query.data == by_header.data
+    rows = list(csv.DictReader(io.StringIO(by_query.data.decode())))
+    assert [row["store_id"] for row in rows] == ["allday", "late", "worked"]
+    assert rows[2]["downtime_last_day"] == "1.26"
+    assert by_query.data.decode().splitlines()[0] == (
+        "store_id,uptime_last_hour,uptime_last_day,uptime_last_week,"
+        "downtime_last_hour,downtime_last_day,downtime_last_week"
+    )
+    # the same bytes were written under REPORTS_DIR
+    written = (app.config["REPORTS_DIR"] + f"/report_{report_id}.csv")
+    assert open(written, "rb").read() == by_query.data
+
+
+def test_as_of_moves_now(client):
+    report_id = trigger(client, {"as_of": "2023-01-24T12:00:00Z"})
+    body = wait_for_report(client, report_id)
+    rows = {row["store_id"]: row for row in body["data"]}
+    # 'allday' and 'late' have no poll at or before 12:00, so they are not in the report
+    assert sorted(rows) == ["worked"]
+    # worked: hour window [11:00, 12:00) is all after the 10:44:30 midpoint
+    assert rows["worked"]["downtime_last_hour"] == 60.0
+    assert body["as_of"] == "2023-01-24T12:00:00Z"
+
+
+def test_running_report_shows_progress(client, db):
+    database.create_report(db, "ab" * 16, None)
+    database.update_report(db, "ab" * 16, progress={"done": 2, "total": 5})
+    body = client.get("/get_report?report_id=" + "ab" * 16).get_json()
+    assert body == {"status": "Running", "progress": {"done": 2, "total": 5}}
+
+
+def test_failed_report_gives_reason(app, client, db):
+    db["storeStatus"].delete_many({})
+    report_id = trigger(client)
+    body = wait_for_report(client, report_id)
+    assert body["status"] == "Failed"
+    assert "no polls" in body["error"]
+    assert "Traceback" not in body["error"]
+
+
+def test_failure_inside_the_job_is_recorded(app, client, monkeypatch):
+    import utils
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(utils, "uptime_report", broken)
+    body = wait_for_report(client, trigger(client))
+    assert body == {"status": "Failed", "error": "RuntimeError: disk on fire"}
+    # the server keeps serving
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?report_id=", "?report_id=xyz", "?report_id=" + "A" * 32, "?report_id=" + "a" * 33,
+     "?report_id=%24ne", "?report_id[$ne]=x", "?report_id=a&report_id=b", "?report_id=" + "é" * 32],
+)
+def test_missing_or_malformed_report_id_is_400_json(client, query):
+    response = client.get("/get_report" + query)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["status"] == 400 and body["error"]
+
+
+def test_unknown_report_id_is_404_json(client):
+    response = client.get("/get_report?report_id=" + "0" * 32)
+    assert response.status_code == 404
+    assert response.get_json() == {"error": "no report with id " + "0" * 32, "status": 404}
+
+
+@pytest.mark.parametrize(
+    "data, content_type",
+    [
+        ("{bad json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ('{"as_of": "yesterday"}', "application/json"),
+        ('{"as_of": 12}', "application/json"),
+        ('{"as_off": "2023-01-24T12:00:00Z"}', "application/json"),
+        ("as_of=2023", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_bad_trigger_bodies_are_400_json(client, data, content_type):
+    response = client.post("/trigger_report", data=data, content_type=content_type)
+    assert response.status_code == 400
+    assert set(response.get_json()) == {"error", "status"}
+
+
+def test_wrong_method_and_unknown_path_are_json(client):
+    for response, code in ((client.get("/trigger_report"), 405), (client.get("/nowhere"), 404)):
+        assert response.status_code == code
+        assert response.is_json and response.get_json()["status"] == code
+
+
+def test_unexpected_error_is_json_without_trace(app, client, monkeypatch):
+    def explode(*args, **kwargs):
+        raise KeyError("secret internals")
+
+    monkeypatch.setattr(database, "find_report", explode)
+    response = client.get("/get_report?report_id=" + "0" * 32)
+    assert response.status_code == 500
+    assert "secret" not in response.get_data(as_text=True)
+    assert response.get_json()["status"] == 500
+
+
+def test_health_names_the_database(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "mongomock", "database_ok": True}
+
+
+def test_stale_running_report_is_failed_when_polled(app, client, db):
+    import datetime as dt
+
+    database.create_report(db, "cd" * 16, None)
+    db["reports"].update_one({"report_id": "cd" * 16},
+                             {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=2)}})
+    body = client.get("/get_report?report_id=" + "cd" * 16).get_json()
+    assert body["status"] == "Failed"
+    assert "heartbeat" in body["error"]

@@ -1,0 +1,114 @@
+"""The report job (reportGenerator.py): CSV mode, chunking, agreement with the API and the reference."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import database
+import reportGenerator
+import sources
+import utils
+from tests.conftest import TINY_REPORT
+from tests.reference import reference_ticks
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data"
+
+
+def test_cli_writes_the_hand_worked_report(data_dir, tmp_path, capsys):
+    output = tmp_path / "out" / "report.csv"
+    assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output)]) == 0
+    written = pd.read_csv(output, dtype={"store_id": str})
+    assert list(written.columns) == utils.REPORT_COLUMNS
+    assert written.to_dict("records") == TINY_REPORT
+    assert "wrote 3 stores" in capsys.readouterr().err
+
+
+def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
+    output = tmp_path / "report.csv"
+    assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "2023-01-24T12:00"]) == 0
+    assert list(pd.read_csv(output, dtype={"store_id": str})["store_id"]) == ["worked"]
+    assert reportGenerator.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(output)]) == 2
+    assert "no valid polls" in capsys.readouterr().err
+    assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "soon"]) == 2
+
+
+@pytest.mark.parametrize("chunk_stores", [1, 7, 10_000])
+def test_chunk_size_does_not_change_the_report(chunk_stores):
+    whole, now_us, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=100_000)
+    chunked, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=chunk_stores)
+    pd.testing.assert_frame_equal(whole, chunked)
+
+
+def test_sample_data_matches_the_reference_exactly():
+    parsed = sources.read_data_dir(SAMPLE)
+    polls = parsed[sources.STATUS_FILE].frame
+    hours = parsed[sources.HOURS_FILE].frame
+    zones = parsed[sources.ZONES_FILE].frame
+    now_us = int(polls["timestamp_us"].max())
+    engine = utils.uptime_ticks(polls, hours, zones, now_us)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    to_dt = lambda us: epoch + dt.timedelta(microseconds=int(us))  # noqa: E731
+    to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
+    expected = reference_ticks(
+        [(s, to_dt(t), st) for s, t, st in zip(polls["store_id"], polls["timestamp_us"], polls["status"])],
+        [(s, d, to_time(a), to_time(b)) for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+        dict(zip(zones["store_id"], zones["timezone_str"])),
+        to_dt(now_us),
+    )
+    got = {row.pop("store_id"): row for row in engine.to_dict("records")}
+    assert len(got) == 200
+    assert got == expected
+
+
+def test_api_csv_equals_cli_csv_on_the_sample(tmp_path):
+    """The report from MongoDB (mongomock) and the one straight from the CSV files are the same bytes."""
+    store = database.connect(None, "sample")
+    database.load_dir(store.db, SAMPLE)
+    generator = reportGenerator.ReportGenerator(store, tmp_path / "reports")
+    database.create_report(store.db, "f" * 32, None)
+    generator.run("f" * 32)
+    report = database.find_report(store.db, "f" * 32)
+    assert report["status"] == "Complete", report.get("error")
+    output = tmp_path / "cli.csv"
+    assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(output)]) == 0
+    assert database.read_report_csv(store.db, report) == output.read_bytes()
+    assert (tmp_path / "reports" / f"report_{'f' * 32}.csv").read_bytes() == output.read_bytes()
+
+
+def test_write_atomically_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "r.csv"
+    target.write_bytes(b"old")
+
+    class Boom(Exception):
+        pass
+
+    def failing_replace(*args):
+        raise Boom()
+
+    monkeypatch.setattr(reportGenerator.os, "replace", failing_replace)
+    with pytest.raises(Boom):
+        reportGenerator.write_atomically(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2023-01-24T12:00:00Z", 1674561600000000),
+        ("2023-01-24T13:00:00+01:00", 1674561600000000),
+        ("2023-01-24 12:00:00", 1674561600000000),
+        ("2023-01-24T12:00:00.000001Z", 1674561600000001),
+    ],
+)
+def test_parse_as_of(text, expected):
+    assert reportGenerator.parse_as_of(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "tomorrow", "2023-13-01T00:00:00Z", "x" * 100, None, 5])
+def test_parse_as_of_rejects(text):
+    with pytest.raises(ValueError):
+        reportGenerator.parse_as_of(text)

@@ -1,0 +1,159 @@
+"""CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
+from __future__ import annotations
+
+import pytest
+
+import sources
+
+HEADER = "store_id,status,timestamp_utc\n"
+
+
+def status_rows(body: str, header: str = HEADER) -> sources.Parsed:
+    return sources.read_store_status((header + body).encode())
+
+
+def reasons(parsed: sources.Parsed) -> dict[int, str]:
+    return {r.line: r.reason for r in parsed.rejects}
+
+
+def test_good_rows_in_every_timestamp_form():
+    parsed = status_rows(
+        "1,active,2023-01-22 12:09:39.388884 UTC\n"
+        "2,inactive,2023-01-22T12:09:39Z\n"
+        "3,active,2023-01-22T13:09:39+01:00\n"
+        "4,ACTIVE,2023-01-22 12:09:39 UTC\n"
+        "5,active,2023-01-22T12:09:39.5\n"
+    )
+    assert parsed.rejected == 0
+    stamps = dict(zip(parsed.frame["store_id"], parsed.frame["timestamp_us"]))
+    assert stamps["1"] == 1674389379388884
+    assert stamps["2"] == stamps["3"] == stamps["4"] == 1674389379000000
+    assert stamps["5"] == 1674389379500000
+    assert list(parsed.frame["active"]) == [True, False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        ("1,online,2023-01-22 12:09:39 UTC", "unknown status 'online'"),
+        ("1,active,yesterday", "unparseable timestamp 'yesterday'"),
+        ("1,active,2023-02-30 12:00:00 UTC", "unparseable timestamp"),
+        ("1,active,", "unparseable timestamp ''"),
+        (",active,2023-01-22 12:09:39 UTC", "missing store_id"),
+        ("1,active", "missing column timestamp_utc"),
+        ("", "blank line"),
+        ("1,active,2023-01-22 12:09:39 UTC,extra", "expected 3 fields, found 4"),
+        ("x" * 100 + ",active,2023-01-22 12:09:39 UTC", "store_id longer than 64"),
+    ],
+)
+def test_bad_status_rows_are_reported_with_line(row, reason):
+    parsed = status_rows(f"9,active,2023-01-22 12:00:00 UTC\n{row}\n8,inactive,2023-01-22 13:00:00 UTC\n")
+    assert parsed.rows_read == 3
+    assert len(parsed.frame) == 2  # both good rows kept
+    assert parsed.rejected == 1
+    assert reasons(parsed)[3].startswith(reason)
+
+
+def test_duplicates_and_conflicts_later_row_wins():
+    parsed = status_rows(
+        "1,active,2023-01-22 12:00:00 UTC\n"
+        "1,active,2023-01-22T12:00:00Z\n"
+        "1,inactive,2023-01-22 12:00:00 UTC\n"
+    )
+    assert list(parsed.frame["status"]) == ["inactive"]
+    assert reasons(parsed) == {
+        2: "overridden by line 4 (same store_id and timestamp, later row wins)",
+        3: "overridden by line 4 (same store_id and timestamp, later row wins)",
+    }
+    same = status_rows("1,active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22 12:00:00 UTC\n")
+    assert reasons(same) == {2: "duplicate of line 3 (same store_id and timestamp)"}
+
+
+def test_store_ids_are_never_numbers():
+    parsed = status_rows("9223372036854775807,active,2023-01-22 12:00:00 UTC\n0042,active,2023-01-22 12:00:00 UTC\n")
+    assert list(parsed.frame["store_id"]) == ["9223372036854775807", "0042"]
+
+
+def test_bom_crlf_quotes_and_bad_bytes():
+    data = (
+        "\ufeffstore_id,status,timestamp_utc\r\n"
+        '"1",active,"2023-01-22 12:00:00 UTC"\r\n'
+        '"2\nnewline",active,2023-01-22 12:00:00 UTC\r\n'
+        "3,active,2023-01-22 12:00:00 UTC\r\n"
+    ).encode() + b"4,\xff\xfe,2023-01-22 12:00:00 UTC\r\n"
+    parsed = sources.read_store_status(data)
+    assert list(parsed.frame["store_id"]) == ["1", "3"]
+    assert reasons(parsed)[3] == "store_id has control characters"
+    assert reasons(parsed)[6] == "row is not valid UTF-8 text"
+    assert parsed.rows_read == len(parsed.frame) + parsed.rejected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["store_id;status;timestamp_utc\n", "id,status,timestamp_utc\n", "store_id,status\n", "\n"],
+)
+def test_wrong_header_rejects_the_file(header):
+    with pytest.raises(sources.HeaderError, match="expected|empty"):
+        status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header)
+
+
+def test_empty_file_is_a_clear_error():
+    with pytest.raises(sources.HeaderError, match="empty"):
+        sources.read_store_status(b"")
+
+
+def test_extra_header_columns_are_ignored_and_order_is_free():
+    parsed = status_rows("2023-01-22 12:00:00 UTC,x,active,1\n", header="timestamp_utc,note,status,store_id\n")
+    assert parsed.rejected == 0
+    assert parsed.frame.loc[0, "store_id"] == "1"
+
+
+def test_menu_hours_rows():
+    parsed = sources.read_menu_hours(
+        b"store_id,dayOfWeek,start_time_local,end_time_local\n"
+        b"1,0,09:00:00,17:00:00\n"
+        b"1,7,09:00:00,17:00:00\n"
+        b"1,-1,09:00:00,17:00:00\n"
+        b"1,mon,09:00:00,17:00:00\n"
+        b"1,1,24:00:00,17:00:00\n"
+        b"1,1,09:00:00,9am\n"
+        b"1,2,22:00:00,02:00:00\n"
+        b"1,2,22:00:00,02:00:00\n"
+        b"1,3,9:30,17:00:00\n"
+    )
+    assert parsed.frame[["day", "start_s", "end_s"]].values.tolist() == [
+        [0, 32400, 61200], [2, 79200, 7200], [3, 34200, 61200]
+    ]
+    assert parsed.frame["start_time_local"].tolist() == ["09:00:00", "22:00:00", "09:30:00"]
+    got = reasons(parsed)
+    assert got[3].startswith("day '7' is not 0-6") and got[4].startswith("day '-1'") and got[5].startswith("day 'mon'")
+    assert got[6] == "bad time '24:00:00' in start_time_local (expected HH:MM:SS)"
+    assert got[7] == "bad time '9am' in end_time_local (expected HH:MM:SS)"
+    assert got[8] == "duplicate of line 9 (same store, day and hours)"
+
+
+def test_timezone_rows():
+    parsed = sources.read_timezones(
+        b"store_id,timezone_str\n1,America/New_York\n2,Mars/Olympus\n1,America/Denver\n3,\n4,../../etc/passwd\n"
+    )
+    assert parsed.frame[["store_id", "timezone_str"]].values.tolist() == [["1", "America/Denver"]]
+    got = reasons(parsed)
+    assert got[2].startswith("overridden by line 4")
+    assert got[3] == "unknown timezone name 'Mars/Olympus'"
+    assert got[5] == "unknown timezone name ''"
+    assert got[6].startswith("unknown timezone name")
+
+
+def test_detect_file_by_header():
+    assert sources.detect_file("store_id,status,timestamp_utc") == sources.STATUS_FILE
+    assert sources.detect_file("\ufeffstore_id,dayOfWeek,start_time_local,end_time_local") == sources.HOURS_FILE
+    assert sources.detect_file("store_id,timezone_str") == sources.ZONES_FILE
+    assert sources.detect_file("a,b") is None
+
+
+def test_read_data_dir_missing_file_is_noted(tmp_path):
+    (tmp_path / "store_status.csv").write_text(HEADER + "1,active,2023-01-22 12:00:00 UTC\n")
+    parsed = sources.read_data_dir(tmp_path)
+    assert len(parsed[sources.STATUS_FILE].frame) == 1
+    assert parsed[sources.HOURS_FILE].frame.empty
+    assert "not found" in parsed[sources.HOURS_FILE].notes[0]
