@@ -133,8 +133,9 @@ def load_polls(db, parsed: sources.Parsed) -> int:
         return 0
     stamps = frame["timestamp_us"].to_numpy(dtype=np.int64)
     docs = [
-        {"store_id": store_id, "status": status, "timestamp_utc": _ms_floor(stamp), "timestamp_us": int(stamp)}
-        for store_id, status, stamp in zip(frame["store_id"], frame["status"], stamps)
+        {"store_id": store_id, "status": "active" if active else "inactive", "timestamp_utc": _ms_floor(stamp),
+         "timestamp_us": int(stamp)}
+        for store_id, active, stamp in zip(frame["store_id"], frame["active"], stamps)
     ]
     collection = db[STATUS]
     fresh = collection.count_documents({}, limit=1) == 0

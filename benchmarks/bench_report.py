@@ -344,7 +344,7 @@ def ensure_data(stores: int, seed: int, polls_per_store: float, cache_dir: Path)
 def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
     """All stages on one data folder; returns the measurements."""
     work = Path(tempfile.mkdtemp(prefix="bench-report-", dir=args.work_root))
-    result: dict = {"label": label, "data_dir": str(data_dir)}
+    result: dict = {"label": label, "data_dir": str(data_dir), "code": code_version()}
     try:
         seconds, peak = run_measured([sys.executable, "-c", "import reportGenerator"], work / "startup.log")
         result["startup"] = {"seconds": seconds, "peak_mb": peak}
@@ -380,6 +380,7 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
     finally:
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
+    result["code_changed"] = code_version() != result["code"]
     result["work"] = str(work) if args.keep_work else None
     return result
 
@@ -423,6 +424,12 @@ def machine_info() -> dict:
                 memory_gb = int(line.split()[1]) / 1024**2
     except OSError:
         pass
+    try:
+        import pyarrow
+
+        arrow = pyarrow.__version__
+    except ImportError:
+        arrow = "not installed"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu,
@@ -433,13 +440,44 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
+        "pyarrow": arrow,  # when installed, pandas 3 keeps str columns in Arrow: different speed and memory
+        "string_dtype": repr(pandas.Series(["x"]).dtype),
+        "code": code_version(),
     }
+
+
+ENGINE_FILES = ("utils.py", "sources.py", "reportGenerator.py", "database.py")
+
+
+def code_version() -> str:
+    """The code benchmarked: git commit, files changed since, and short content hashes of the engine files.
+
+    Others may be editing the engine while a benchmark runs; the hashes tell runs apart.
+    """
+    import hashlib
+
+    hashes = ", ".join(
+        f"{name} {hashlib.sha1((REPO / name).read_bytes()).hexdigest()[:8]}"
+        for name in ENGINE_FILES if (REPO / name).exists()
+    )
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO,
+                                 capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return f"not a git checkout ({hashes})"
+    changed = [line[3:] for line in changed if line.strip()]
+    state = f"uncommitted changes in {', '.join(changed)}" if changed else "clean"
+    return f"git {head}, {state} ({hashes})"
 
 
 def print_machine(info: dict) -> None:
     memory = f", {info['memory_gb']:.1f} GB RAM" if info["memory_gb"] else ""
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable){memory}, {info['os']}")
-    print(f"python {info['python']}, numpy {info['numpy']}, pandas {info['pandas']}")
+    print(f"python {info['python']} ({sys.executable}), numpy {info['numpy']}, pandas {info['pandas']}, "
+          f"pyarrow {info['pyarrow']} (str columns: {info['string_dtype']})")
+    print(f"code: {info['code']}")
 
 
 def fmt_mb(value) -> str:
@@ -453,6 +491,8 @@ def print_scale(result: dict) -> None:
         f"{result['label']}: {parse['stores']:,} stores, {parse['polls']:,} polls, {parse['hour_rows']:,} hour rows, "
         f"{parse['zone_rows']:,} zone rows, {parse['rejected']:,} rejected rows"
     )
+    if result.get("code_changed"):
+        print("  WARNING: the engine files changed while this scale was measured; its figures mix two versions")
     print(f"  data: {result['data_dir']}" + (f" (generated in {result['generated_s']:.1f} s, not counted)"
                                            if result.get("generated_s") else ""))
     rows = [
@@ -488,7 +528,7 @@ def print_scale(result: dict) -> None:
             f"for {parse['stores']:,} stores vs reference {full:,.1f} s, {how})"
         )
         print(f"  same-sample speed-up: {reference['seconds'] / reference['engine_sample_seconds']:,.0f}x "
-              f"(both on the {reference['stores']:,} sampled stores; engine overheads dominate at this size)")
+              f"(both on the {reference['stores']:,} sampled stores)")
     if reference:
         verdict = "yes" if reference["ticks_identical"] and reference["rounded_identical"] else "NO"
         print(

@@ -53,7 +53,7 @@ def test_sample_data_matches_the_reference_exactly():
     to_dt = lambda us: epoch + dt.timedelta(microseconds=int(us))  # noqa: E731
     to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
     expected = reference_ticks(
-        [(s, to_dt(t), st) for s, t, st in zip(polls["store_id"], polls["timestamp_us"], polls["status"])],
+        [(s, to_dt(t), "active" if a else "inactive") for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
         [(s, d, to_time(a), to_time(b)) for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
         dict(zip(zones["store_id"], zones["timezone_str"])),
         to_dt(now_us),

@@ -60,7 +60,7 @@ def test_duplicates_and_conflicts_later_row_wins():
         "1,active,2023-01-22T12:00:00Z\n"
         "1,inactive,2023-01-22 12:00:00 UTC\n"
     )
-    assert list(parsed.frame["status"]) == ["inactive"]
+    assert list(parsed.frame["active"]) == [False]
     assert reasons(parsed) == {
         2: "overridden by line 4 (same store_id and timestamp, later row wins)",
         3: "overridden by line 4 (same store_id and timestamp, later row wins)",
