@@ -181,8 +181,8 @@ def load_hours(db, parsed: sources.Parsed) -> int:
     """Replace the business hours of every store named in the file by the file's rows."""
     frame = parsed.frame
     docs = [
-        {"store_id": s, "day": int(d), "start_time_local": a, "end_time_local": b}
-        for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_time_local"], frame["end_time_local"])
+        {"store_id": s, "day": int(d), "start_time_local": sources.hms(a), "end_time_local": sources.hms(b)}
+        for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_s"], frame["end_s"])
     ]
     if docs:
         _replace_by_store(db[HOURS], docs)

@@ -53,27 +53,16 @@ def report_from_frames(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores."""
-    polls = polls[polls["timestamp_us"].to_numpy() <= now_us]
-    codes, store_ids = pd.factorize(polls["store_id"].to_numpy(), sort=True)
-    store_index = pd.Index(store_ids)
-    poll_order = np.argsort(codes, kind="stable")
-    poll_codes = codes[poll_order]
-    hour_codes = store_index.get_indexer(hours["store_id"].to_numpy())
-    hour_order = np.argsort(hour_codes, kind="stable")
-    hour_codes = hour_codes[hour_order]
-    zone_codes = store_index.get_indexer(zones["store_id"].to_numpy())
-
-    total = len(store_ids)
+    store_ids, coded = utils.code_inputs(polls, hours, zones, now_us)
     parts = []
-    for first in range(0, max(total, 1), chunk_stores):
-        last = min(first + chunk_stores, total)
-        rows = poll_order[np.searchsorted(poll_codes, first) : np.searchsorted(poll_codes, last)]
-        hour_rows = hour_order[np.searchsorted(hour_codes, first) : np.searchsorted(hour_codes, last)]
-        zone_rows = (zone_codes >= first) & (zone_codes < last)
-        parts.append(utils.uptime_report(polls.iloc[rows], hours.iloc[hour_rows], zones[zone_rows], now_us))
+    for first in range(0, coded.n_stores, chunk_stores):
+        last = min(first + chunk_stores, coded.n_stores)
+        parts.append(utils.coded_uptime_ticks(coded.stores(first, last), now_us))
         if on_progress:
-            on_progress(last, total)
-    return pd.concat(parts, ignore_index=True)
+            on_progress(last, coded.n_stores)
+    ticks = {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
+             for column in utils.REPORT_COLUMNS[1:]}
+    return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
 
 
 def report_from_dir(data_dir: str | Path, as_of_us: int | None = None, chunk_stores: int = DEFAULT_CHUNK_STORES):

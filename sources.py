@@ -127,7 +127,7 @@ class RawRows:
     """A file's data rows: one Arrow string array per expected column (null = field absent),
     each row's line number, and structural problems by row position."""
 
-    columns: dict[str, pa.Array]
+    columns: dict[str, pa.ChunkedArray | pa.Array]
     line: np.ndarray
     problems: dict[int, str]
     plain_ascii: bool = False  # no control or non-ASCII bytes anywhere: printable checks can be skipped
@@ -179,13 +179,13 @@ def _raw_rows_arrow(file: str, data: bytes, header: list[str]) -> RawRows | None
         line = all_lines[~np.isin(all_lines, list(bad_lines))]
     else:
         line = np.arange(2, table.num_rows + 2)
-    columns = {name: table.column(name).combine_chunks() for name in expected}
+    columns = {name: table.column(name) for name in expected}
     raw = RawRows(columns, line.astype(np.int64), {})
     if invalid:
         # rows pyarrow skipped join the table as all-null rows, so every line is accounted for
-        extra = {name: pa.nulls(len(invalid), pa.string()) for name in expected}
+        nulls = pa.nulls(len(invalid), pa.string())
         raw = RawRows(
-            {name: pa.concat_arrays([columns[name], extra[name]]) for name in expected},
+            {name: pa.chunked_array(columns[name].chunks + [nulls], pa.string()) for name in expected},
             np.concatenate([raw.line, np.array([n for n, _, _ in invalid], dtype=np.int64)]),
             {
                 table.num_rows + i: _shape_problem(header, expected, text, count)
@@ -255,11 +255,12 @@ def raw_rows(file: str, source: Source) -> RawRows:
     return raw
 
 
+_PLAIN_BYTES = bytes(range(32, 127)) + b"\t\n\r"
+
+
 def _plain_ascii(data: bytes) -> bool:
     """True when the bytes hold no control character (but tab and line ends) and nothing beyond ASCII."""
-    codes = np.frombuffer(data, dtype=np.uint8)
-    printable = (codes >= 32) & (codes < 127)
-    return bool((printable | (codes == 9) | (codes == 10) | (codes == 13)).all())
+    return not data.translate(None, _PLAIN_BYTES)
 
 
 # --------------------------------------------------------------------------- checking columns
@@ -314,7 +315,14 @@ def _blank_rows(raw: RawRows, candidates: np.ndarray) -> np.ndarray:
 
 
 def _trimmed(array):
-    return pc.utf8_trim_whitespace(pc.fill_null(array, ""))
+    """Fields without surrounding white space (and "" for absent ones)."""
+    if array.null_count:
+        array = pc.fill_null(array, "")
+    # trimming copies every string: look first, since clean exports have nothing to trim
+    padded = not pc.all(pc.string_is_ascii(array)).as_py() or any(
+        pc.any(edge(array, blank)).as_py() for edge in (pc.starts_with, pc.ends_with) for blank in (" ", "\t")
+    )
+    return pc.utf8_trim_whitespace(array) if padded else array
 
 
 def _check_store_ids(check: Checker) -> pa.Array:
@@ -459,7 +467,7 @@ def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
 
 
 def read_menu_hours(source: Source, file: str = HOURS_FILE) -> Parsed:
-    """Business hours: `store_id`, `day`, `start_s`, `end_s`, the times as `HH:MM:SS`, `line`."""
+    """Business hours: `store_id`, `day`, `start_s`, `end_s` (seconds after midnight), `line`."""
     parsed, check = _start(HOURS_FILE, source, file)
     store_id = _check_store_ids(check)
     day_text = _trimmed(check.raw.columns["day"])
@@ -483,13 +491,12 @@ def read_menu_hours(source: Source, file: str = HOURS_FILE) -> Parsed:
         }
     )
     frame = _later_row_wins(parsed, frame, ["store_id", "day", "start_s", "end_s"], [], "store, day and hours")
-    frame["start_time_local"] = [_hms(s) for s in frame["start_s"]]
-    frame["end_time_local"] = [_hms(s) for s in frame["end_s"]]
     parsed.frame = frame.reset_index(drop=True)
     return parsed
 
 
-def _hms(seconds: int) -> str:
+def hms(seconds: int) -> str:
+    """`HH:MM:SS` for seconds after midnight."""
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 

@@ -263,12 +263,145 @@ def poll_spans(store: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, np.nda
 # --------------------------------------------------------------------------- the report
 
 
-def uptime_ticks(
-    polls: pd.DataFrame,
-    hours: pd.DataFrame,
-    zones: pd.DataFrame,
-    now_us: int,
-) -> pd.DataFrame:
+@dataclass(frozen=True)
+class CodedInputs:
+    """Engine inputs with stores numbered 0..n_stores-1 (see `code_inputs`).
+
+    Polls are sorted by (store, time), the later of two rows with the same
+    store and time last; hour rows and zone names are per store number.
+    """
+
+    n_stores: int
+    poll_store: np.ndarray  # int64, sorted
+    poll_us: np.ndarray  # int64 µs, sorted within each store
+    poll_active: np.ndarray  # bool
+    hour_store: np.ndarray  # int64
+    hour_day: np.ndarray
+    hour_start_s: np.ndarray
+    hour_end_s: np.ndarray
+    zone_of_store: np.ndarray  # object, one zone name per store
+
+    def stores(self, first: int, last: int) -> "CodedInputs":
+        """The inputs of stores first..last-1, renumbered from 0."""
+        polls = slice(*np.searchsorted(self.poll_store, [first, last]))
+        rows = (self.hour_store >= first) & (self.hour_store < last)
+        return CodedInputs(
+            n_stores=last - first,
+            poll_store=self.poll_store[polls] - first,
+            poll_us=self.poll_us[polls],
+            poll_active=self.poll_active[polls],
+            hour_store=self.hour_store[rows] - first,
+            hour_day=self.hour_day[rows],
+            hour_start_s=self.hour_start_s[rows],
+            hour_end_s=self.hour_end_s[rows],
+            zone_of_store=self.zone_of_store[first:last],
+        )
+
+
+def _store_time_order(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """Stable order by (store, time): rows with equal store and time keep their file order."""
+    if stamps.size == 0:
+        return np.empty(0, dtype=np.int64)
+    low = int(stamps.min())
+    span = int(stamps.max()) - low + 1
+    if (int(codes.max()) + 1) * span < 2**63:
+        # one packed int64 key sorts about three times faster than lexsort's two keys
+        return np.argsort(codes.astype(np.int64) * span + (stamps - low), kind="stable")
+    return np.lexsort((stamps, codes))
+
+
+def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int):
+    """Number the stores with a poll at or before `now_us` (in store_id order) and sort the polls.
+
+    Returns `(store_ids, CodedInputs)`; hour and zone rows of other stores are dropped.
+    """
+    polls = polls[polls["timestamp_us"].to_numpy() <= int(now_us)]
+    codes, store_ids = pd.factorize(polls["store_id"], sort=True)
+    store_index = pd.Index(store_ids)
+    stamps = polls["timestamp_us"].to_numpy(dtype=np.int64)
+    order = _store_time_order(codes, stamps)
+
+    zone_of_store = np.full(len(store_ids), DEFAULT_TIMEZONE, dtype=object)
+    z_store = store_index.get_indexer(zones["store_id"])
+    z_known = z_store >= 0
+    zone_of_store[z_store[z_known]] = zones["timezone_str"].to_numpy(dtype=object)[z_known]
+
+    h_store = store_index.get_indexer(hours["store_id"])
+    h_known = h_store >= 0
+    coded = CodedInputs(
+        n_stores=len(store_ids),
+        poll_store=codes[order].astype(np.int64),
+        poll_us=stamps[order],
+        poll_active=polls["active"].to_numpy(dtype=bool)[order],
+        hour_store=h_store[h_known].astype(np.int64),
+        hour_day=hours["day"].to_numpy(dtype=np.int64)[h_known],
+        hour_start_s=hours["start_s"].to_numpy(dtype=np.int64)[h_known],
+        hour_end_s=hours["end_s"].to_numpy(dtype=np.int64)[h_known],
+        zone_of_store=zone_of_store,
+    )
+    return store_ids, coded
+
+
+def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]:
+    """Exact uptime/downtime ticks per store number, for each window (the engine's core).
+
+    Every poll in `coded` must be at or before `now_us`.
+    """
+    n_stores = coded.n_stores
+    now = int(now_us) * TICKS_PER_US
+    origin = now - WEEK_US * TICKS_PER_US
+    band = now - origin + 1
+    window_starts = {
+        "hour": now - HOUR_US * TICKS_PER_US,
+        "day": now - DAY_US * TICKS_PER_US,
+        "week": origin,
+    }
+
+    def banded(store: np.ndarray, ticks) -> np.ndarray:
+        return store * band + (np.clip(ticks, origin, now) - origin)
+
+    # --- business hours as banded intervals; stores without rows are open all week
+    b_store, b_open, b_close = business_intervals_utc(
+        coded.hour_store,
+        coded.hour_day,
+        coded.hour_start_s,
+        coded.hour_end_s,
+        coded.zone_of_store[coded.hour_store],
+        origin,
+        now,
+    )
+    always_open = np.ones(n_stores, dtype=bool)
+    always_open[coded.hour_store] = False
+    all_day = np.flatnonzero(always_open)
+    b_store = np.concatenate((b_store, all_day))
+    b_open = np.concatenate((b_open, np.full(all_day.size, origin)))
+    b_close = np.concatenate((b_close, np.full(all_day.size, now)))
+    clock = BusinessClock.from_intervals(banded(b_store, b_open), banded(b_store, b_close))
+
+    # --- polls: of several at one instant, the last (the later row) stands
+    p_store, p_ticks, p_active = coded.poll_store, coded.poll_us * TICKS_PER_US, coded.poll_active
+    last_of_instant = np.ones(p_ticks.size, dtype=bool)
+    last_of_instant[:-1] = (p_store[1:] != p_store[:-1]) | (p_ticks[1:] != p_ticks[:-1])
+    if not last_of_instant.all():
+        p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
+    begin, end = poll_spans(p_store, p_ticks)
+    end_reading = clock.reading(banded(p_store, end))
+
+    stores = np.arange(n_stores, dtype=np.int64)
+    close_reading = clock.reading(banded(stores, now))
+    result = {}
+    for name, start in window_starts.items():
+        start_reading = clock.reading(banded(p_store, np.maximum(begin, start)))
+        active_covered = np.where(p_active, np.maximum(end_reading - start_reading, 0), 0)
+        # float weights are exact here: every sum stays below 2**53 ticks
+        uptime = np.bincount(p_store, weights=active_covered, minlength=n_stores).astype(np.int64)
+        business = close_reading - clock.reading(banded(stores, start))
+        result[f"uptime_last_{name}"] = uptime
+        result[f"downtime_last_{name}"] = business - uptime
+    return result
+
+
+def uptime_ticks(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int) -> pd.DataFrame:
     """Exact uptime/downtime in ticks for every store with a poll at or before `now_us`.
 
     polls: `store_id` (str), `timestamp_us` (int64 µs since epoch), `active` (bool).
@@ -278,77 +411,15 @@ def uptime_ticks(
     Returns REPORT_COLUMNS, one row per store sorted by store_id, each
     measure an int64 number of ticks; `to_report_units` makes the report.
     """
-    now_us = int(now_us)
-    polls = polls[polls["timestamp_us"].to_numpy() <= now_us]
-    codes, store_ids = pd.factorize(polls["store_id"].to_numpy(), sort=True)
-    n_stores = len(store_ids)
-    report = {"store_id": pd.array(store_ids, dtype="string")}
-    if n_stores == 0:
-        report.update({c: np.empty(0, np.int64) for c in REPORT_COLUMNS[1:]})
-        return pd.DataFrame(report, columns=REPORT_COLUMNS)
+    store_ids, coded = code_inputs(polls, hours, zones, now_us)
+    return ticks_frame(store_ids, coded_uptime_ticks(coded, now_us))
 
-    now = now_us * TICKS_PER_US
-    origin = now - WEEK_US * TICKS_PER_US
-    band = now - origin + 1
-    window_starts = {
-        "hour": now - HOUR_US * TICKS_PER_US,
-        "day": now - DAY_US * TICKS_PER_US,
-        "week": origin,
-    }
-    store_index = pd.Index(store_ids)
 
-    def banded(store: np.ndarray, ticks) -> np.ndarray:
-        return store * band + (np.clip(ticks, origin, now) - origin)
-
-    # --- business hours as banded intervals
-    zone_of_store = np.full(n_stores, DEFAULT_TIMEZONE, dtype=object)
-    z_store = store_index.get_indexer(zones["store_id"].to_numpy())
-    z_known = z_store >= 0
-    zone_of_store[z_store[z_known]] = zones["timezone_str"].to_numpy()[z_known]
-
-    h_store = store_index.get_indexer(hours["store_id"].to_numpy())
-    h_known = h_store >= 0
-    h_store = h_store[h_known]
-    b_store, b_open, b_close = business_intervals_utc(
-        h_store,
-        hours["day"].to_numpy()[h_known],
-        hours["start_s"].to_numpy()[h_known],
-        hours["end_s"].to_numpy()[h_known],
-        zone_of_store[h_store],
-        origin,
-        now,
-    )
-    always_open = np.ones(n_stores, dtype=bool)
-    always_open[h_store] = False
-    all_day = np.flatnonzero(always_open)
-    b_store = np.concatenate((b_store, all_day))
-    b_open = np.concatenate((b_open, np.full(all_day.size, origin)))
-    b_close = np.concatenate((b_close, np.full(all_day.size, now)))
-    clock = BusinessClock.from_intervals(banded(b_store, b_open), banded(b_store, b_close))
-
-    # --- polls: sort by (store, time); a stable sort keeps the later duplicate last
-    ticks = polls["timestamp_us"].to_numpy(dtype=np.int64) * TICKS_PER_US
-    order = np.lexsort((ticks, codes))
-    p_store = codes[order].astype(np.int64)
-    p_ticks = ticks[order]
-    p_active = polls["active"].to_numpy(dtype=bool)[order]
-    last_of_instant = np.ones(p_ticks.size, dtype=bool)
-    last_of_instant[:-1] = (p_store[1:] != p_store[:-1]) | (p_ticks[1:] != p_ticks[:-1])
-    p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
-    begin, end = poll_spans(p_store, p_ticks)
-    end_reading = clock.reading(banded(p_store, end))
-
-    stores = np.arange(n_stores, dtype=np.int64)
-    close_reading = clock.reading(banded(stores, now))
-    for name, start in window_starts.items():
-        start_reading = clock.reading(banded(p_store, np.maximum(begin, start)))
-        active_covered = np.where(p_active, np.maximum(end_reading - start_reading, 0), 0)
-        # float weights are exact here: every sum stays below 2**53 ticks
-        uptime = np.bincount(p_store, weights=active_covered, minlength=n_stores).astype(np.int64)
-        business = close_reading - clock.reading(banded(stores, start))
-        report[f"uptime_last_{name}"] = uptime
-        report[f"downtime_last_{name}"] = business - uptime
-    return pd.DataFrame(report, columns=REPORT_COLUMNS)
+def ticks_frame(store_ids, ticks: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The ticks of `coded_uptime_ticks` as a frame with REPORT_COLUMNS."""
+    frame = {"store_id": pd.array(np.asarray(store_ids, dtype=object), dtype="string")}
+    frame.update({column: ticks[column] for column in REPORT_COLUMNS[1:]})
+    return pd.DataFrame(frame, columns=REPORT_COLUMNS)
 
 
 def to_report_units(ticks: pd.DataFrame) -> pd.DataFrame:

@@ -124,7 +124,7 @@ def test_menu_hours_rows():
     assert parsed.frame[["day", "start_s", "end_s"]].values.tolist() == [
         [0, 32400, 61200], [2, 79200, 7200], [3, 34200, 61200]
     ]
-    assert parsed.frame["start_time_local"].tolist() == ["09:00:00", "22:00:00", "09:30:00"]
+    assert [sources.hms(s) for s in parsed.frame["start_s"]] == ["09:00:00", "22:00:00", "09:30:00"]
     got = reasons(parsed)
     assert got[3].startswith("day '7' is not 0-6") and got[4].startswith("day '-1'") and got[5].startswith("day 'mon'")
     assert got[6] == "bad time '24:00:00' in start_time_local (expected HH:MM:SS)"
