@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -44,6 +45,35 @@ def chunked(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+def default_processes() -> int:
+    """Worker processes for the CSV-mode engine: the usable cores (at least one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _chunk_bounds(n_stores: int, chunk_stores: int, processes: int) -> list[tuple[int, int]]:
+    """Store ranges to compute: at most `chunk_stores` each, and enough of them to keep every process busy."""
+    size = max(1, min(chunk_stores, -(-n_stores // (2 * processes)) if processes > 1 else chunk_stores))
+    return [(first, min(first + size, n_stores)) for first in range(0, n_stores, size)]
+
+
+def _ticks_by_chunk(coded: utils.CodedInputs, now_us: int, bounds, processes: int) -> Iterable[dict]:
+    """Each chunk's ticks, in order; computed in `processes` forked workers when that can pay."""
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    if processes > 1 and len(bounds) > 1 and fork and threading.active_count() == 1:
+        # fork shares the parsed arrays at no cost; it is only safe in a single-threaded process
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = [pool.submit(utils.coded_uptime_ticks, coded.stores(a, b), now_us) for a, b in bounds]
+            for future in futures:
+                yield future.result()
+        return
+    for first, last in bounds:
+        yield utils.coded_uptime_ticks(coded.stores(first, last), now_us)
+
+
 def report_from_frames(
     polls: pd.DataFrame,
     hours: pd.DataFrame,
@@ -51,13 +81,18 @@ def report_from_frames(
     now_us: int,
     chunk_stores: int = DEFAULT_CHUNK_STORES,
     on_progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
 ) -> pd.DataFrame:
-    """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores."""
+    """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores.
+
+    With `processes > 1` the chunks are shared among forked worker processes
+    (only from a single-threaded process; otherwise they run here, one by one).
+    """
     store_ids, coded = utils.code_inputs(polls, hours, zones, now_us)
+    bounds = _chunk_bounds(coded.n_stores, chunk_stores, processes)
     parts = []
-    for first in range(0, coded.n_stores, chunk_stores):
-        last = min(first + chunk_stores, coded.n_stores)
-        parts.append(utils.coded_uptime_ticks(coded.stores(first, last), now_us))
+    for (_, last), ticks in zip(bounds, _ticks_by_chunk(coded, now_us, bounds, processes)):
+        parts.append(ticks)
         if on_progress:
             on_progress(last, coded.n_stores)
     ticks = {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
@@ -65,7 +100,12 @@ def report_from_frames(
     return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
 
 
-def report_from_dir(data_dir: str | Path, as_of_us: int | None = None, chunk_stores: int = DEFAULT_CHUNK_STORES):
+def report_from_dir(
+    data_dir: str | Path,
+    as_of_us: int | None = None,
+    chunk_stores: int = DEFAULT_CHUNK_STORES,
+    processes: int = 1,
+):
     """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files)."""
     parsed = sources.read_data_dir(data_dir)
     polls = parsed[sources.STATUS_FILE].frame
@@ -74,7 +114,8 @@ def report_from_dir(data_dir: str | Path, as_of_us: int | None = None, chunk_sto
             raise ValueError(f"{data_dir}: no valid polls, so there is no 'now' to report at")
         as_of_us = int(polls["timestamp_us"].max())
     report = report_from_frames(
-        polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores
+        polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
+        processes=processes,
     )
     return report, as_of_us, parsed
 
@@ -181,11 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
     parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
     parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="stores per chunk")
+    parser.add_argument("--processes", type=int, default=default_processes(),
+                        help="worker processes for the engine (default: the usable cores; 1 = none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         as_of_us = parse_as_of(args.as_of) if args.as_of else None
-        report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores)
+        report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes)
     except (ValueError, sources.HeaderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -386,16 +386,22 @@ def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]
         p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
     begin, end = poll_spans(p_store, p_ticks)
     end_reading = clock.reading(banded(p_store, end))
+    # a poll's span begins where its predecessor's ends, so that reading is already known
+    begin_reading = np.empty_like(end_reading)
+    begin_reading[1:] = end_reading[:-1]
+    has_predecessor = np.zeros(p_store.size, dtype=bool)
+    has_predecessor[1:] = p_store[1:] == p_store[:-1]
 
     stores = np.arange(n_stores, dtype=np.int64)
     close_reading = clock.reading(banded(stores, now))
     result = {}
     for name, start in window_starts.items():
-        start_reading = clock.reading(banded(p_store, np.maximum(begin, start)))
+        window_start_reading = clock.reading(banded(stores, start))
+        start_reading = np.where(has_predecessor & (begin >= start), begin_reading, window_start_reading[p_store])
         active_covered = np.where(p_active, np.maximum(end_reading - start_reading, 0), 0)
         # float weights are exact here: every sum stays below 2**53 ticks
         uptime = np.bincount(p_store, weights=active_covered, minlength=n_stores).astype(np.int64)
-        business = close_reading - clock.reading(banded(stores, start))
+        business = close_reading - window_start_reading
         result[f"uptime_last_{name}"] = uptime
         result[f"downtime_last_{name}"] = business - uptime
     return result

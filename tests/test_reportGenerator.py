@@ -42,6 +42,20 @@ def test_chunk_size_does_not_change_the_report(chunk_stores):
     pd.testing.assert_frame_equal(whole, chunked)
 
 
+def test_worker_processes_give_the_same_report():
+    alone, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=1)
+    shared, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=2)
+    pd.testing.assert_frame_equal(alone, shared)
+
+
+def test_chunk_bounds_cover_every_store_once():
+    for n_stores, chunk, processes in [(0, 5, 2), (1, 5, 2), (14_000, 5_000, 2), (14_000, 5_000, 1), (7, 2, 3)]:
+        bounds = reportGenerator._chunk_bounds(n_stores, chunk, processes)
+        covered = [store for first, last in bounds for store in range(first, last)]
+        assert covered == list(range(n_stores))
+        assert all(last - first <= chunk for first, last in bounds)
+
+
 def test_sample_data_matches_the_reference_exactly():
     parsed = sources.read_data_dir(SAMPLE)
     polls = parsed[sources.STATUS_FILE].frame
