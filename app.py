@@ -11,6 +11,7 @@ mongomock seeded from DATA_DIR.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import io
 import logging
 import os
@@ -22,6 +23,7 @@ from flask import Flask, Response, abort, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import database
+import sources
 import utils
 from reportGenerator import ReportGenerator, parse_as_of
 
@@ -38,9 +40,11 @@ DEFAULTS = {
     "PORT": 8000,
     "REPORT_WORKERS": 2,
     "CHUNK_STORES": 5_000,
-    "STALE_AFTER_SECONDS": 600,
+    "STALE_AFTER_SECONDS": 60,
+    "MAX_UPLOAD_MB": 200,
+    "API_TOKEN": "",
 }
-INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS")
+INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
 
 
 def load_settings(config: dict | None = None) -> dict:
@@ -61,8 +65,10 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(load_settings(config))
     app.json.sort_keys = False  # keep "status" first and report rows in column order
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
 
-    store = database.connect(app.config["MONGO_URI"] or None, app.config["MONGO_DB"])
+    # STORE: a ready database.Store, so tests can run two apps ("workers") on one database
+    store = app.config.get("STORE") or database.connect(app.config["MONGO_URI"] or None, app.config["MONGO_DB"])
     if store.kind == "mongomock":
         log.warning("MONGO_URI is not set: using the embedded mongomock store (sample-sized data only)")
         data_dir = Path(app.config["DATA_DIR"])
@@ -85,7 +91,12 @@ def create_app(config: dict | None = None) -> Flask:
         app.config["REPORTS_DIR"],
         chunk_stores=app.config["CHUNK_STORES"],
         workers=app.config["REPORT_WORKERS"],
+        heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
     )
+    if app.config["API_TOKEN"]:
+        log.info("API_TOKEN is set: every endpoint but /health, / and /static needs 'Authorization: Bearer <token>'")
+    else:
+        log.warning("API_TOKEN is not set: the API is open to anyone who can reach it")
     register_routes(app)
     return app
 
@@ -99,7 +110,20 @@ def error_response(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message, "status": status}), status
 
 
+OPEN_ENDPOINTS = {"health", "index", "static", "openapi"}
+
+
 def register_routes(app: Flask) -> None:
+    @app.before_request
+    def require_token():
+        token = current_app.config["API_TOKEN"]
+        if not token or request.endpoint in OPEN_ENDPOINTS:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return error_response(401, "missing or wrong API token: send 'Authorization: Bearer <token>'")
+        return None
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         return error_response(error.code or 500, error.description or error.name)
@@ -170,11 +194,88 @@ def register_routes(app: Flask) -> None:
             }
         )
 
+    @app.get("/")
+    def index():
+        return app.send_static_file("index.html")
+
+    @app.get("/openapi.json")
+    def openapi():
+        return Response((ROOT / "openapi.json").read_bytes(), mimetype="application/json")
+
+    @app.get("/reports")
+    def reports():
+        page = _positive_int_arg("page", 1, 1_000_000)
+        per_page = _positive_int_arg("per_page", 20, 100)
+        store = _store()
+        rows = database.list_reports(store.db, skip=(page - 1) * per_page, limit=per_page)
+        return jsonify(
+            {
+                "page": page,
+                "per_page": per_page,
+                "total": database.count_reports(store.db),
+                "reports": [
+                    {
+                        "report_id": row["report_id"],
+                        "status": row["status"],
+                        "as_of": _iso(row.get("as_of")),
+                        "created_at": _iso(row.get("created_at")),
+                        "finished_at": _iso(row.get("finished_at")),
+                        "row_count": row.get("row_count"),
+                        "error": row.get("error"),
+                    }
+                    for row in rows
+                ],
+            }
+        )
+
+    @app.post("/ingest")
+    def ingest():
+        if not request.files:
+            abort(400, description="upload CSV files as multipart form fields, e.g. "
+                                   "curl -F store_status=@store_status.csv http://host/ingest")
+        results = []
+        for field, upload in request.files.items(multi=True):
+            data = upload.read()
+            kind = FIELD_FILES.get(field) or sources.detect_file(_first_line(data))
+            label = upload.filename or field
+            if kind is None:
+                results.append({"file": label, "error": "not one of the three files: name the field store_status, "
+                                "menu_hours or timezones, or give the file its header"})
+                continue
+            try:
+                summary = database.load_file(_store().db, kind, data, label=label)
+            except sources.HeaderError as error:
+                results.append({"file": label, "kind": kind, "error": str(error)})
+                continue
+            results.append({"kind": kind, **summary})
+        nothing_loaded = not any("loaded" in r for r in results)
+        return jsonify({"files": results}), 400 if nothing_loaded else 200
+
     @app.get("/health")
     def health():
         store = _store()
         answers = database.ping(store)
         return jsonify({"status": "ok" if answers else "degraded", "database": store.kind, "database_ok": answers})
+
+
+FIELD_FILES = {
+    "store_status": sources.STATUS_FILE,
+    "menu_hours": sources.HOURS_FILE,
+    "timezones": sources.ZONES_FILE,
+}
+
+
+def _first_line(data: bytes) -> str:
+    return data[:4096].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+
+
+def _positive_int_arg(name: str, default: int, largest: int) -> int:
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= largest:
+        abort(400, description=f"{name} must be a whole number from 1 to {largest}")
+    return int(text)
 
 
 def _wants_csv() -> bool:

@@ -16,6 +16,10 @@ import datetime as dt
 import logging
 import os
 import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -36,6 +40,7 @@ READ_BATCH_SIZE = 50_000
 SERVER_TIMEOUT_MS = 5_000
 
 STATUS, HOURS, ZONES, REPORTS = "storeStatus", "businessHours", "timezones", "reports"
+LOCKS = "locks"
 REPORT_CHUNKS = "reportChunks"
 CSV_CHUNK_BYTES = 4 * 1024 * 1024  # well under the 16 MB document limit
 
@@ -98,6 +103,87 @@ def ensure_indexes(db) -> None:
 
 def is_empty(db) -> bool:
     return all(db[name].count_documents({}, limit=1) == 0 for name in (STATUS, HOURS, ZONES))
+
+
+# --------------------------------------------------------------------------- the data lease
+
+LEASE_SECONDS = 60  # a holder that stops renewing (it crashed) loses its lease after this long
+LEASE_WAIT_SECONDS = 1_800
+
+
+class LeaseTimeout(RuntimeError):
+    """The data lease could not be had in time."""
+
+
+def _lease_free_for(mode: str, now: dt.datetime) -> dict:
+    no_writer = {"$or": [{"writer": None}, {"writer.expires": {"$lt": now}}]}
+    if mode == "read":
+        return no_writer
+    return {**no_writer, "readers": {"$not": {"$elemMatch": {"expires": {"$gt": now}}}}}
+
+
+def _try_lease(db, mode: str, holder: str) -> bool:
+    now = now_utc()
+    expires = now + dt.timedelta(seconds=LEASE_SECONDS)
+    try:
+        db[LOCKS].update_one({"_id": "data"}, {"$setOnInsert": {"writer": None, "readers": []}}, upsert=True)
+    except pymongo.errors.DuplicateKeyError:  # another process created it first
+        pass
+    if mode == "read":
+        update = {"$set": {"writer": None}, "$push": {"readers": {"holder": holder, "expires": expires}}}
+    else:
+        update = {"$set": {"writer": {"holder": holder, "expires": expires}, "readers": []}}
+    return db[LOCKS].update_one({"_id": "data", **_lease_free_for(mode, now)}, update).modified_count == 1
+
+
+def _renew_lease(db, mode: str, holder: str) -> None:
+    expires = now_utc() + dt.timedelta(seconds=LEASE_SECONDS)
+    if mode == "read":
+        db[LOCKS].update_one({"_id": "data", "readers.holder": holder}, {"$set": {"readers.$.expires": expires}})
+    else:
+        db[LOCKS].update_one({"_id": "data", "writer.holder": holder}, {"$set": {"writer.expires": expires}})
+
+
+def _release_lease(db, mode: str, holder: str) -> None:
+    if mode == "read":
+        db[LOCKS].update_one({"_id": "data"}, {"$pull": {"readers": {"holder": holder}}})
+    else:
+        db[LOCKS].update_one({"_id": "data", "writer.holder": holder}, {"$set": {"writer": None}})
+
+
+@contextmanager
+def data_lease(db, mode: str, wait_seconds: float = LEASE_WAIT_SECONDS):
+    """Hold the shared data lease: many readers (reports) or one writer (a load), never both.
+
+    The lease lives in MongoDB (`locks`), so it holds across processes and
+    machines; a thread renews it while the block runs, and a holder that dies
+    simply stops renewing, so its lease expires after LEASE_SECONDS.
+    """
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.05
+    while not _try_lease(db, mode, holder):
+        if time.monotonic() > deadline:
+            raise LeaseTimeout(f"waited {wait_seconds:.0f} s for the data {mode} lease "
+                               f"({'a load is running' if mode == 'read' else 'reports or a load are running'})")
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(LEASE_SECONDS / 3):
+            try:
+                _renew_lease(db, mode, holder)
+            except PyMongoError as error:
+                log.warning("could not renew the data %s lease: %s", mode, error)
+
+    renewer = threading.Thread(target=renew, name=f"lease-{mode}-{holder[:8]}", daemon=True)
+    renewer.start()
+    try:
+        yield holder
+    finally:
+        done.set()
+        _release_lease(db, mode, holder)
 
 
 # --------------------------------------------------------------------------- time helpers
@@ -201,16 +287,15 @@ def load_timezones(db, parsed: sources.Parsed) -> int:
 LOADERS = {sources.STATUS_FILE: load_polls, sources.HOURS_FILE: load_hours, sources.ZONES_FILE: load_timezones}
 
 
-def load_parsed(db, file_kind: str, parsed: sources.Parsed) -> dict:
-    """Write one parsed file into its collection; returns the file's summary."""
-    LOADERS[file_kind](db, parsed)
-    return parsed.summary()
-
-
 def load_file(db, file_kind: str, source: sources.Source, label: str | None = None) -> dict:
-    """Parse, validate and load one CSV file (bytes, path or stream) of the given kind."""
+    """Parse, validate and load one CSV file (bytes, path or stream) of the given kind.
+
+    The writes happen under the data write lease, so no report reads half of them.
+    """
     parsed = sources.READERS[file_kind](source, file=label or file_kind)
-    return load_parsed(db, file_kind, parsed)
+    with data_lease(db, "write"):
+        LOADERS[file_kind](db, parsed)
+    return parsed.summary()
 
 
 def load_dir(db, directory: str | Path) -> list[dict]:
@@ -223,10 +308,7 @@ def load_dir(db, directory: str | Path) -> list[dict]:
     reported and the others still load.
     """
     directory = Path(directory)
-    empty = is_empty(db)
-    if not empty:
-        ensure_indexes(db)
-    summaries = []
+    summaries, parsed_files = [], {}
     for file_kind in sources.FILES:
         path = directory / file_kind
         summary = {"file": str(path), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [], "notes": []}
@@ -234,10 +316,17 @@ def load_dir(db, directory: str | Path) -> list[dict]:
             summary["notes"].append("file not found, skipped")
         else:
             try:
-                summary = load_file(db, file_kind, path, label=str(path))
+                parsed_files[file_kind] = sources.READERS[file_kind](path, file=str(path))
+                summary = parsed_files[file_kind].summary()
             except sources.HeaderError as error:
                 summary["notes"].append(f"whole file rejected: {error}")
         summaries.append(summary)
+    # all three files are written under one write lease: a report sees all of this load or none of it
+    with data_lease(db, "write"):
+        if not is_empty(db):
+            ensure_indexes(db)
+        for file_kind, parsed in parsed_files.items():
+            LOADERS[file_kind](db, parsed)
     ensure_indexes(db)
     return summaries
 
@@ -381,6 +470,13 @@ def complete_report(db, report_id: str, csv_bytes: bytes, row_count: int) -> Non
     )
 
 
+def beat(db, report_ids: list[str]) -> None:
+    """Refresh the heartbeat of reports this process is running or has queued."""
+    if report_ids:
+        db[REPORTS].update_many({"report_id": {"$in": report_ids}, "status": "Running"},
+                                {"$set": {"heartbeat_at": now_utc()}})
+
+
 def fail_report(db, report_id: str, error: str) -> None:
     db[REPORTS].update_one(
         {"report_id": report_id, "status": "Running"},
@@ -401,6 +497,10 @@ def fail_stale_reports(db, older_than: dt.timedelta) -> int:
 
 def find_report(db, report_id: str) -> dict | None:
     return db[REPORTS].find_one({"report_id": report_id}, {"_id": 0})
+
+
+def count_reports(db) -> int:
+    return db[REPORTS].count_documents({})
 
 
 def list_reports(db, skip: int = 0, limit: int = 20) -> list[dict]:

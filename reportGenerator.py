@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -153,8 +154,17 @@ def parse_as_of(text: str) -> int:
 # --------------------------------------------------------------------------- the job on MongoDB
 
 
+HEARTBEAT_SECONDS = 10.0
+LIVE_GENERATORS: "weakref.WeakSet[ReportGenerator]" = weakref.WeakSet()
+
+
 class ReportGenerator:
-    """Runs report jobs against a `database.Store`, at most `workers` at a time."""
+    """Runs report jobs against a `database.Store`, at most `workers` at a time.
+
+    Reports beyond `workers` wait in the queue (still `Running`, progress 0).
+    One heartbeat thread refreshes every queued or running report of this
+    process, so a report whose process died is found stale and failed.
+    """
 
     def __init__(
         self,
@@ -162,18 +172,39 @@ class ReportGenerator:
         reports_dir: str | Path,
         chunk_stores: int = DEFAULT_CHUNK_STORES,
         workers: int = 2,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ):
         self.store = store
         self.reports_dir = Path(reports_dir)
         self.chunk_stores = chunk_stores
+        self.heartbeat_seconds = heartbeat_seconds
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
+        self._owned: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._heart: threading.Thread | None = None
+        LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None) -> str:
         """Record a Running report and queue it; returns its id at once."""
         report_id = uuid.uuid4().hex
         database.create_report(self.store.db, report_id, as_of_us)
+        with self._lock:
+            self._owned.add(report_id)
+            if self._heart is None:
+                self._heart = threading.Thread(target=self._beat, name="report-heartbeat", daemon=True)
+                self._heart.start()
         self._pool.submit(self.run, report_id, as_of_us)
         return report_id
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.heartbeat_seconds):
+            with self._lock:
+                owned = list(self._owned)
+            try:
+                database.beat(self.store.db, owned)
+            except database.DatabaseError as error:
+                log.warning("report heartbeat failed: %s", error)
 
     def run(self, report_id: str, as_of_us: int | None = None) -> None:
         """Compute, write and store one report; any error ends it Failed with the message."""
@@ -183,34 +214,49 @@ class ReportGenerator:
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
             database.fail_report(self.store.db, report_id, f"{type(error).__name__}: {error}")
-            return
-        log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
+        else:
+            log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
+        finally:
+            with self._lock:
+                self._owned.discard(report_id)
 
     def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
         db = self.store.db
-        now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
-        if now_us is None:
-            raise ValueError("there are no polls in storeStatus, so there is nothing to report")
-        store_ids = database.report_store_ids(db, now_us)
-        database.update_report(
-            db, report_id, as_of=database.us_to_datetime(now_us), progress={"done": 0, "total": len(store_ids)}
-        )
-        since_us = now_us - utils.WEEK_US
-        parts = []
-        done = 0
-        for chunk in chunked(store_ids, self.chunk_stores):
-            polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
-            parts.append(utils.uptime_report(polls, hours, zones, now_us))
-            done += len(chunk)
-            database.update_report(db, report_id, progress={"done": done, "total": len(store_ids)})
+        # the read lease keeps loads out while the report reads, so it sees one consistent state
+        with database.data_lease(db, "read"):
+            now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
+            if now_us is None:
+                raise ValueError("there are no polls in storeStatus, so there is nothing to report")
+            store_ids = database.report_store_ids(db, now_us)
+            database.update_report(
+                db, report_id, as_of=database.us_to_datetime(now_us), progress={"done": 0, "total": len(store_ids)}
+            )
+            since_us = now_us - utils.WEEK_US
+            parts = []
+            done = 0
+            for chunk in chunked(store_ids, self.chunk_stores):
+                polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
+                parts.append(utils.uptime_report(polls, hours, zones, now_us))
+                done += len(chunk)
+                database.update_report(db, report_id, progress={"done": done, "total": len(store_ids)})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
         database.complete_report(db, report_id, payload, len(report))
         return len(report)
 
+    def abandon(self, reason: str) -> None:
+        """Fail every report this process still owns (its worker is going away)."""
+        with self._lock:
+            owned = list(self._owned)
+        for report_id in owned:
+            database.fail_report(self.store.db, report_id, reason)
+
     def shutdown(self, wait: bool = False) -> None:
+        self._stopped.set()
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        if not wait:
+            self.abandon("the server stopped before the report finished; trigger it again")
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,0 +1,30 @@
+"""gunicorn settings for production: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
+
+Every worker builds its own app (and MongoDB client) after the fork; all
+report state lives in MongoDB, so any worker answers for any report.  With
+the embedded mongomock store (no MONGO_URI) each worker would have its own
+private data: run one worker then (WEB_CONCURRENCY=1).
+"""
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2" if os.environ.get("MONGO_URI") else "1"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+timeout = 60  # requests are short; reports run in background threads, not in requests
+graceful_timeout = 30
+keepalive = 5
+preload_app = False  # build the app (and its MongoDB client) in each worker, after the fork
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+limit_request_line = 8190
+limit_request_fields = 100
+
+
+def worker_exit(server, worker):
+    """A stopping worker fails the reports it still owns, so none waits for the stale-heartbeat check."""
+    from reportGenerator import LIVE_GENERATORS
+
+    for generator in list(LIVE_GENERATORS):
+        generator.abandon(f"gunicorn worker {worker.pid} stopped before the report finished; trigger it again")

@@ -1,0 +1,621 @@
+/* Store uptime reports: the one page.  Plain JavaScript, no build step.
+ *
+ * Trigger a report, follow its progress through /get_report, then show it as a
+ * sortable, filterable table and a chart of the 20 stores with the most
+ * downtime in the last week; list past reports from /reports.
+ *
+ * Test hooks: <body data-state="idle|running|complete|failed">, the report
+ * section's data-report-id, and <ol id="chart-data"> whose items carry the
+ * chart's figures as data- attributes (also read by screen readers).
+ */
+(function () {
+  "use strict";
+
+  var POLL_MS = 500;
+  var RETRIES = 5;            // transient errors (network, 5xx) tolerated in a row while polling
+  var PER_PAGE = 10;          // past reports per page
+  var TOP_N = 20;             // stores in the chart
+  var TOKEN_KEY = "storeUptime.apiToken";
+  var REPORT_ID = /^[0-9a-f]{32}$/;
+
+  var COLUMN_LABELS = {
+    store_id: "Store id",
+    uptime_last_hour: "Up, last hour (min)",
+    uptime_last_day: "Up, last day (h)",
+    uptime_last_week: "Up, last week (h)",
+    downtime_last_hour: "Down, last hour (min)",
+    downtime_last_day: "Down, last day (h)",
+    downtime_last_week: "Down, last week (h)"
+  };
+
+  var state = {
+    report: null,       // the Complete /get_report body on show
+    columns: [],
+    sortKey: "store_id",
+    sortDir: 1,         // 1 ascending, -1 descending
+    filter: "",
+    watchSeq: 0,        // bumps whenever a new report is followed; older loops stop
+    page: 1,
+    chart: null
+  };
+
+  function $(id) { return document.getElementById(id); }
+
+  function sleep(ms) { return new Promise(function (resolve) { setTimeout(resolve, ms); }); }
+
+  function setPageState(name) { document.body.dataset.state = name; }
+
+  // ------------------------------------------------------------------ messages
+
+  function showMessage(text, kind) {
+    var box = $("message");
+    box.textContent = "";
+    box.className = "message " + (kind || "error");
+    var span = document.createElement("span");
+    span.textContent = text;
+    var close = document.createElement("button");
+    close.type = "button";
+    close.className = "dismiss";
+    close.setAttribute("aria-label", "Dismiss message");
+    close.textContent = "×";
+    close.addEventListener("click", clearMessage);
+    box.appendChild(span);
+    box.appendChild(close);
+    box.hidden = false;
+  }
+
+  function clearMessage() {
+    var box = $("message");
+    box.hidden = true;
+    box.textContent = "";
+  }
+
+  // ------------------------------------------------------------------ API
+
+  function getToken() {
+    try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  function setToken(value) {
+    try {
+      if (value) { localStorage.setItem(TOKEN_KEY, value); } else { localStorage.removeItem(TOKEN_KEY); }
+    } catch (e) { /* storage disabled: the token lasts for this page only */ }
+    sessionToken = value;
+  }
+
+  var sessionToken = "";
+
+  function authHeaders(extra) {
+    var headers = extra || {};
+    var token = sessionToken || getToken();
+    if (token) { headers.Authorization = "Bearer " + token; }
+    return headers;
+  }
+
+  function ApiError(message, status, transient) {
+    this.message = message;
+    this.status = status;
+    this.transient = transient;
+  }
+
+  /* fetch + JSON; throws ApiError carrying the server's {"error": ...} text. */
+  function api(path, options) {
+    options = options || {};
+    options.headers = authHeaders(Object.assign({ Accept: "application/json" }, options.headers || {}));
+    return fetch(path, options).then(function (response) {
+      return response.text().then(function (text) {
+        var body = null;
+        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        if (!response.ok) {
+          var detail = body && body.error ? body.error : (response.statusText || "no details");
+          var hint = (response.status === 401 || response.status === 403)
+            ? " — the server wants an API token: enter it under “API token” below." : "";
+          throw new ApiError("HTTP " + response.status + ": " + detail + hint, response.status,
+                             response.status >= 500);
+        }
+        if (body === null) { throw new ApiError("The server sent a reply that is not JSON.", response.status, false); }
+        return body;
+      });
+    }, function () {
+      throw new ApiError("Could not reach the server.", 0, true);
+    });
+  }
+
+  // ------------------------------------------------------------------ formatting
+
+  function fmt(value) {
+    if (value === null || value === undefined || value === "" || isNaN(Number(value))) { return ""; }
+    return Number(value).toFixed(2);
+  }
+
+  function fmtTime(iso) {
+    if (!iso) { return "—"; }
+    return String(iso).replace("T", " ").replace(/\.\d+/, "").replace(/Z$|\+00:00$/, "");
+  }
+
+  function uptimeShare(row) {
+    var up = Number(row.uptime_last_week) || 0;
+    var down = Number(row.downtime_last_week) || 0;
+    return up + down > 0 ? up / (up + down) : null;
+  }
+
+  function compareIds(a, b) { return a < b ? -1 : a > b ? 1 : 0; }
+
+  // ------------------------------------------------------------------ trigger and follow
+
+  function setBusy(busy) {
+    var button = $("trigger");
+    button.disabled = busy;
+    button.setAttribute("aria-busy", busy ? "true" : "false");
+    button.textContent = busy ? "Running…" : "Run report";
+  }
+
+  function showProgress(progress) {
+    var area = $("progress-area");
+    var bar = $("progress");
+    var text = $("progress-text");
+    area.hidden = false;
+    var done = progress && Number(progress.done) || 0;
+    var total = progress && Number(progress.total) || 0;
+    if (total > 0) {
+      bar.max = total;
+      bar.value = Math.min(done, total);
+      text.textContent = done + " of " + total + " stores (" + Math.floor(100 * done / total) + "%)";
+    } else {
+      bar.removeAttribute("value");   // indeterminate until the job knows its size
+      text.textContent = "Waiting to start…";
+    }
+  }
+
+  function hideProgress() { $("progress-area").hidden = true; }
+
+  function onTrigger(event) {
+    event.preventDefault();
+    clearMessage();
+    var asOf = $("as-of").value.trim();
+    var options = { method: "POST" };
+    if (asOf) {
+      options.headers = { "Content-Type": "application/json" };
+      options.body = JSON.stringify({ as_of: asOf });
+    }
+    setBusy(true);
+    setPageState("running");
+    api("/trigger_report", options).then(function (body) {
+      follow(body.report_id);
+      loadPastReports(1);
+    }, function (error) {
+      setBusy(false);
+      setPageState("failed");
+      showMessage("Could not start a report. " + error.message);
+    });
+  }
+
+  /* Poll a report until it is Complete (then show it) or Failed (then say why). */
+  function follow(reportId) {
+    var seq = ++state.watchSeq;
+    var failures = 0;
+    setBusy(true);
+    setPageState("running");
+    showProgress(null);
+    $("progress-label").textContent = "Computing report " + reportId + "…";
+
+    function step() {
+      if (seq !== state.watchSeq) { return Promise.resolve(); }
+      return api("/get_report?report_id=" + encodeURIComponent(reportId)).then(function (body) {
+        if (seq !== state.watchSeq) { return; }
+        failures = 0;
+        if (body.status === "Running") {
+          showProgress(body.progress);
+          return sleep(POLL_MS).then(step);
+        }
+        finish();
+        if (body.status === "Complete") {
+          clearMessage();
+          showReport(body);
+          setPageState("complete");
+        } else if (body.status === "Failed") {
+          setPageState("failed");
+          showMessage("Report " + reportId + " failed: " + (body.error || "no reason given"));
+        } else {
+          setPageState("failed");
+          showMessage("Report " + reportId + " has an unexpected status: " + body.status);
+        }
+        loadPastReports(state.page);
+      }, function (error) {
+        if (seq !== state.watchSeq) { return; }
+        if (error.transient && ++failures <= RETRIES) {
+          showMessage(error.message + " Retrying (" + failures + " of " + RETRIES + ")…", "warn");
+          return sleep(POLL_MS * Math.pow(2, failures)).then(step);
+        }
+        finish();
+        setPageState("failed");
+        showMessage("Could not get report " + reportId + ". " + error.message);
+      });
+    }
+
+    function finish() {
+      hideProgress();
+      setBusy(false);
+    }
+
+    return step();
+  }
+
+  // ------------------------------------------------------------------ the report
+
+  function showReport(body) {
+    state.report = body;
+    state.columns = body.columns && body.columns.length ? body.columns
+      : (body.data.length ? Object.keys(body.data[0]) : Object.keys(COLUMN_LABELS));
+    var section = $("report");
+    section.hidden = false;
+    section.dataset.reportId = body.report_id;
+    $("report-heading").textContent = "Report " + body.report_id;
+    var count = body.row_count === null || body.row_count === undefined ? body.data.length : body.row_count;
+    $("report-meta").textContent = "As of " + fmtTime(body.as_of) + " UTC · " + count + " stores";
+    $("csv-link").href = "/get_report?report_id=" + encodeURIComponent(body.report_id) + "&format=csv";
+    $("csv-link").setAttribute("download", "report_" + body.report_id + ".csv");
+    if (history.replaceState) { history.replaceState(null, "", "#report=" + body.report_id); }
+    buildHeader();
+    renderRows();
+    renderChart(body.data);
+    markCurrentReport();
+  }
+
+  function buildHeader() {
+    var row = document.querySelector("#report-table thead tr");
+    row.textContent = "";
+    state.columns.forEach(function (key) {
+      var th = document.createElement("th");
+      th.scope = "col";
+      th.dataset.key = key;
+      if (key !== "store_id") { th.className = "num"; }
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "sort";
+      button.dataset.key = key;
+      button.textContent = COLUMN_LABELS[key] || key;
+      var arrow = document.createElement("span");
+      arrow.className = "arrow";
+      arrow.setAttribute("aria-hidden", "true");
+      button.appendChild(arrow);
+      button.addEventListener("click", function () { sortBy(key); });
+      th.appendChild(button);
+      row.appendChild(th);
+    });
+    updateSortMarks();
+  }
+
+  function sortBy(key) {
+    if (state.sortKey === key) {
+      state.sortDir = -state.sortDir;
+    } else {
+      state.sortKey = key;
+      state.sortDir = key === "store_id" ? 1 : -1;   // numbers: biggest first on the first click
+    }
+    updateSortMarks();
+    renderRows();
+  }
+
+  function updateSortMarks() {
+    var headers = document.querySelectorAll("#report-table thead th");
+    Array.prototype.forEach.call(headers, function (th) {
+      var active = th.dataset.key === state.sortKey;
+      var sort = active ? (state.sortDir === 1 ? "ascending" : "descending") : "none";
+      th.setAttribute("aria-sort", sort);
+      th.querySelector(".arrow").textContent = active ? (state.sortDir === 1 ? " ▲" : " ▼") : "";
+    });
+  }
+
+  function visibleRows() {
+    var needle = state.filter.toLowerCase();
+    var key = state.sortKey;
+    var dir = state.sortDir;
+    var rows = state.report.data.filter(function (row) {
+      return !needle || String(row.store_id).toLowerCase().indexOf(needle) !== -1;
+    });
+    rows.sort(function (a, b) {
+      var order;
+      if (key === "store_id") {
+        order = compareIds(String(a.store_id), String(b.store_id));
+      } else {
+        order = (Number(a[key]) || 0) - (Number(b[key]) || 0);
+      }
+      return order * dir || compareIds(String(a.store_id), String(b.store_id));
+    });
+    return rows;
+  }
+
+  function renderRows() {
+    if (!state.report) { return; }
+    var rows = visibleRows();
+    var tbody = document.querySelector("#report-table tbody");
+    var fragment = document.createDocumentFragment();
+    rows.forEach(function (row) {
+      var tr = document.createElement("tr");
+      tr.dataset.storeId = row.store_id;
+      state.columns.forEach(function (key) {
+        var cell;
+        if (key === "store_id") {
+          cell = document.createElement("th");
+          cell.scope = "row";
+          cell.textContent = row.store_id;
+        } else {
+          cell = document.createElement("td");
+          cell.className = "num";
+          cell.textContent = fmt(row[key]);
+        }
+        cell.dataset.key = key;
+        tr.appendChild(cell);
+      });
+      fragment.appendChild(tr);
+    });
+    tbody.textContent = "";
+    if (!rows.length) {
+      var empty = document.createElement("tr");
+      var td = document.createElement("td");
+      td.colSpan = state.columns.length;
+      td.className = "empty";
+      td.textContent = state.report.data.length ? "No store id matches the filter." : "The report has no rows.";
+      empty.appendChild(td);
+      fragment.appendChild(empty);
+    }
+    tbody.appendChild(fragment);
+    var total = state.report.data.length;
+    $("row-count").textContent = rows.length === total
+      ? total + " stores" : "Showing " + rows.length + " of " + total + " stores";
+  }
+
+  function topStores(data) {
+    return data.slice().sort(function (a, b) {
+      return (Number(b.downtime_last_week) || 0) - (Number(a.downtime_last_week) || 0)
+        || compareIds(String(a.store_id), String(b.store_id));
+    }).slice(0, TOP_N);
+  }
+
+  function renderChart(data) {
+    var top = topStores(data);
+    var list = $("chart-data");
+    list.textContent = "";
+    top.forEach(function (row) {
+      var share = uptimeShare(row);
+      var li = document.createElement("li");
+      li.dataset.storeId = row.store_id;
+      li.dataset.downtimeWeek = String(row.downtime_last_week);
+      li.dataset.uptimeWeek = String(row.uptime_last_week);
+      li.dataset.uptimeShare = share === null ? "" : String(share);
+      li.textContent = row.store_id + ": " + fmt(row.downtime_last_week) + " h down, "
+        + (share === null ? "no business hours" : (100 * share).toFixed(1) + "% up") + " in the last week";
+      list.appendChild(li);
+    });
+
+    var box = document.querySelector(".chart-box");
+    box.style.height = Math.max(160, top.length * 30 + 110) + "px";
+    if (state.chart) { state.chart.destroy(); state.chart = null; }
+    var canvas = $("chart");
+    canvas.dataset.stores = top.map(function (row) { return row.store_id; }).join(",");
+    if (typeof window.Chart !== "function") {
+      showMessage("The chart library did not load; the figures are in the table.", "warn");
+      return;
+    }
+    var quiet = navigator.webdriver
+      || (window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches);
+    state.chart = new window.Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: top.map(function (row) { return row.store_id; }),
+        datasets: [
+          {
+            label: "Downtime, last week (h)",
+            data: top.map(function (row) { return Number(row.downtime_last_week) || 0; }),
+            backgroundColor: "#c73a3a",
+            xAxisID: "x"
+          },
+          {
+            label: "Uptime share, last week (%)",
+            data: top.map(function (row) {
+              var share = uptimeShare(row);
+              return share === null ? null : Math.round(1000 * share) / 10;
+            }),
+            backgroundColor: "#2b8a5e",
+            xAxisID: "x2"
+          }
+        ]
+      },
+      options: {
+        indexAxis: "y",
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: quiet ? false : { duration: 300 },
+        interaction: { mode: "index", axis: "y", intersect: false },
+        scales: {
+          x: { position: "bottom", beginAtZero: true, title: { display: true, text: "hours down in business hours" } },
+          x2: {
+            position: "top", min: 0, max: 100,
+            grid: { drawOnChartArea: false },
+            ticks: { callback: function (value) { return value + "%"; } },
+            title: { display: true, text: "uptime share of business hours" }
+          },
+          y: { ticks: { autoSkip: false, font: { family: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" } } }
+        },
+        plugins: {
+          legend: { position: "bottom" },
+          tooltip: {
+            callbacks: {
+              label: function (ctx) {
+                if (ctx.datasetIndex === 0) { return " down " + fmt(ctx.raw) + " h"; }
+                return ctx.raw === null ? " no business hours" : " up " + ctx.raw.toFixed(1) + "% of business hours";
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ CSV download with a token
+
+  function onCsvClick(event) {
+    var token = sessionToken || getToken();
+    if (!token) { return; }            // plain link: the browser downloads it
+    event.preventDefault();
+    var link = event.currentTarget;
+    fetch(link.href, { headers: authHeaders({ Accept: "text/csv" }) }).then(function (response) {
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      return response.blob();
+    }).then(function (blob) {
+      var url = URL.createObjectURL(blob);
+      var a = document.createElement("a");
+      a.href = url;
+      a.download = link.getAttribute("download") || "report.csv";
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+    }).catch(function (error) {
+      showMessage("Could not download the CSV: " + error.message);
+    });
+  }
+
+  // ------------------------------------------------------------------ past reports
+
+  function loadPastReports(page) {
+    page = page || 1;
+    return api("/reports?page=" + page + "&per_page=" + PER_PAGE).then(function (body) {
+      var pages = Math.max(1, Math.ceil(body.total / PER_PAGE));
+      if (page > pages && body.total > 0) { return loadPastReports(pages); }
+      state.page = page;
+      renderPastReports(body);
+    }, function (error) {
+      showMessage("Could not list past reports. " + error.message);
+    });
+  }
+
+  function renderPastReports(body) {
+    var tbody = document.querySelector("#past-reports tbody");
+    tbody.textContent = "";
+    body.reports.forEach(function (report) {
+      var tr = document.createElement("tr");
+      tr.dataset.reportId = report.report_id;
+      tr.dataset.status = report.status;
+
+      var created = document.createElement("td");
+      created.textContent = fmtTime(report.created_at);
+      created.title = report.report_id;
+      var asOf = document.createElement("td");
+      asOf.textContent = fmtTime(report.as_of);
+      var status = document.createElement("td");
+      var badge = document.createElement("span");
+      badge.className = "badge " + String(report.status).toLowerCase();
+      badge.textContent = report.status;
+      status.appendChild(badge);
+      if (report.status === "Failed" && report.error) {
+        var reason = document.createElement("div");
+        reason.className = "reason";
+        reason.textContent = report.error;
+        status.appendChild(reason);
+      }
+      var count = document.createElement("td");
+      count.className = "num";
+      count.textContent = report.row_count === null || report.row_count === undefined ? "—" : report.row_count;
+
+      var actions = document.createElement("td");
+      actions.className = "actions";
+      if (report.status === "Complete" || report.status === "Running") {
+        var view = document.createElement("button");
+        view.type = "button";
+        view.className = "view";
+        view.dataset.reportId = report.report_id;
+        view.textContent = report.status === "Complete" ? "View" : "Follow";
+        view.setAttribute("aria-label", view.textContent + " report created " + fmtTime(report.created_at));
+        view.addEventListener("click", function () { clearMessage(); follow(report.report_id); });
+        actions.appendChild(view);
+      }
+      if (report.status === "Complete") {
+        var csv = document.createElement("a");
+        csv.href = "/get_report?report_id=" + report.report_id + "&format=csv";
+        csv.setAttribute("download", "report_" + report.report_id + ".csv");
+        csv.textContent = "CSV";
+        csv.setAttribute("aria-label", "Download CSV of report created " + fmtTime(report.created_at));
+        csv.addEventListener("click", onCsvClick);
+        actions.appendChild(csv);
+      }
+
+      [created, asOf, status, count, actions].forEach(function (cell) { tr.appendChild(cell); });
+      tbody.appendChild(tr);
+    });
+    $("past-empty").hidden = body.reports.length > 0;
+    var pages = Math.max(1, Math.ceil(body.total / PER_PAGE));
+    $("page-info").textContent = "Page " + state.page + " of " + pages + " · " + body.total + " reports";
+    $("newer").disabled = state.page <= 1;
+    $("older").disabled = state.page >= pages;
+    markCurrentReport();
+  }
+
+  function markCurrentReport() {
+    var current = state.report ? state.report.report_id : null;
+    var rows = document.querySelectorAll("#past-reports tbody tr");
+    Array.prototype.forEach.call(rows, function (tr) {
+      if (current && tr.dataset.reportId === current) {
+        tr.classList.add("current");
+        tr.setAttribute("aria-current", "true");
+      } else {
+        tr.classList.remove("current");
+        tr.removeAttribute("aria-current");
+      }
+    });
+  }
+
+  // ------------------------------------------------------------------ start-up
+
+  function readTokenFromUrl() {
+    var params = new URLSearchParams(location.search);
+    if (!params.has("token")) { return; }
+    setToken(params.get("token"));
+    params.delete("token");     // keep the token out of history, bookmarks and screenshots
+    var query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+  }
+
+  function init() {
+    setPageState("idle");
+    readTokenFromUrl();
+    $("token").value = sessionToken || getToken();
+
+    $("trigger-form").addEventListener("submit", onTrigger);
+    $("csv-link").addEventListener("click", onCsvClick);
+
+    var filterTimer = null;
+    $("filter").addEventListener("input", function (event) {
+      clearTimeout(filterTimer);
+      var value = event.target.value.trim();
+      filterTimer = setTimeout(function () { state.filter = value; renderRows(); }, 120);
+    });
+
+    $("refresh-reports").addEventListener("click", function () { loadPastReports(state.page); });
+    $("newer").addEventListener("click", function () { loadPastReports(state.page - 1); });
+    $("older").addEventListener("click", function () { loadPastReports(state.page + 1); });
+
+    $("token-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      setToken($("token").value.trim());
+      showMessage($("token").value.trim() ? "Token saved in this browser." : "Token cleared.", "info");
+      loadPastReports(state.page);
+    });
+    $("token-clear").addEventListener("click", function () {
+      $("token").value = "";
+      setToken("");
+      showMessage("Token cleared.", "info");
+    });
+
+    loadPastReports(1);
+    var match = /^#report=([0-9a-f]{32})$/.exec(location.hash);
+    if (match && REPORT_ID.test(match[1])) { follow(match[1]); }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();

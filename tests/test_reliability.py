@@ -1,0 +1,357 @@
+"""Production behaviour: shared state across workers, heartbeats and stale reports, bounded
+concurrency, consistent snapshots while loading, hostile requests, the API token, real gunicorn."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import database
+import reportGenerator
+import sources
+from app import create_app
+from tests.conftest import TINY_REPORT, wait_for_report, write_data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def shared_store(data_dir):
+    """One mongomock database, loaded with the tiny data set, for several apps to share."""
+    store = database.connect(None, "shared")
+    database.load_dir(store.db, data_dir)
+    return store
+
+
+def make_app(store, tmp_path, **config):
+    settings_ = {"STORE": store, "DATA_DIR": str(tmp_path / "none"), "REPORTS_DIR": str(tmp_path / "reports")}
+    settings_.update(config)
+    return create_app(settings_)
+
+
+def test_any_worker_answers_for_a_report_another_started(shared_store, tmp_path):
+    first, second = make_app(shared_store, tmp_path), make_app(shared_store, tmp_path)
+    report_id = first.test_client().post("/trigger_report").get_json()["report_id"]
+    body = wait_for_report(second.test_client(), report_id)
+    assert body["data"] == TINY_REPORT
+    csv_from_second = second.test_client().get(f"/get_report?report_id={report_id}&format=csv").data
+    assert csv_from_second.startswith(b"store_id,uptime_last_hour")
+    for app in (first, second):
+        app.extensions["reports"].shutdown(wait=True)
+
+
+def test_twenty_reports_at_once_complete_identically_with_bounded_threads(shared_store, tmp_path):
+    app = make_app(shared_store, tmp_path, REPORT_WORKERS=2)
+    client = app.test_client()
+    ids = [client.post("/trigger_report").get_json()["report_id"] for _ in range(20)]
+    peak = 0
+    while True:
+        peak = max(peak, sum(t.name.startswith("report_") for t in threading.enumerate()))
+        states = [database.find_report(shared_store.db, i)["status"] for i in ids]
+        if "Running" not in states:
+            break
+        time.sleep(0.02)
+    assert 1 <= peak <= 2  # the pool ran reports, never more than REPORT_WORKERS at once
+    bodies = [wait_for_report(client, i) for i in ids]
+    assert all(body["status"] == "Complete" and body["data"] == TINY_REPORT for body in bodies)
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def block_reports(monkeypatch) -> threading.Event:
+    """Make every report wait inside its read (under the read lease) until the event is set."""
+    release = threading.Event()
+    real_read_chunk = database.read_chunk
+
+    def slow_read_chunk(*args, **kwargs):
+        assert release.wait(30)
+        return real_read_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(database, "read_chunk", slow_read_chunk)
+    return release
+
+
+def test_heartbeat_keeps_a_long_report_alive(shared_store, tmp_path, monkeypatch):
+    release = block_reports(monkeypatch)
+    app = make_app(shared_store, tmp_path, STALE_AFTER_SECONDS=1)
+    client = app.test_client()
+    report_id = client.post("/trigger_report").get_json()["report_id"]
+    first_beat = database.find_report(shared_store.db, report_id)["heartbeat_at"]
+    time.sleep(1.5)  # longer than STALE_AFTER_SECONDS: only the heartbeat keeps it Running
+    assert client.get(f"/get_report?report_id={report_id}").get_json()["status"] == "Running"
+    assert database.find_report(shared_store.db, report_id)["heartbeat_at"] > first_beat
+    release.set()
+    assert wait_for_report(client, report_id)["status"] == "Complete"
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_report_of_a_dead_worker_is_failed_at_start_up_and_when_polled(shared_store, tmp_path):
+    for report_id in ("a" * 32, "b" * 32):
+        database.create_report(shared_store.db, report_id, None)
+        shared_store.db["reports"].update_one(
+            {"report_id": report_id}, {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(minutes=5)}}
+        )
+    app = make_app(shared_store, tmp_path)  # start-up sweeps stale reports
+    body = app.test_client().get("/get_report?report_id=" + "a" * 32).get_json()
+    assert body["status"] == "Failed" and "heartbeat" in body["error"]
+    # one that goes stale while the server runs is failed when polled
+    database.create_report(shared_store.db, "c" * 32, None)
+    shared_store.db["reports"].update_one(
+        {"report_id": "c" * 32}, {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(minutes=5)}}
+    )
+    assert app.test_client().get("/get_report?report_id=" + "c" * 32).get_json()["status"] == "Failed"
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_store, tmp_path, monkeypatch):
+    def half_stored(db, report_id, payload, rows):
+        db[database.REPORT_CHUNKS].insert_one({"report_id": report_id, "n": 0, "data": payload[:10]})
+        raise OSError("connection lost while storing")
+
+    monkeypatch.setattr(database, "complete_report", half_stored)
+    app = make_app(shared_store, tmp_path)
+    client = app.test_client()
+    report_id = client.post("/trigger_report").get_json()["report_id"]
+    body = wait_for_report(client, report_id)
+    assert body == {"status": "Failed", "error": "OSError: connection lost while storing"}
+    csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
+    assert csv_response.is_json and csv_response.get_json()["status"] == "Failed"
+    # the file under REPORTS_DIR is whole (it was renamed into place before the failure)
+    assert not list((tmp_path / "reports").glob(".*.part"))
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_shutdown_fails_queued_and_running_reports(shared_store, tmp_path, monkeypatch):
+    release = block_reports(monkeypatch)
+    app = make_app(shared_store, tmp_path, REPORT_WORKERS=1)
+    client = app.test_client()
+    ids = [client.post("/trigger_report").get_json()["report_id"] for _ in range(3)]
+    app.extensions["reports"].shutdown(wait=False)
+    release.set()
+    for report_id in ids:
+        report = database.find_report(shared_store.db, report_id)
+        assert report["status"] == "Failed" and "stopped" in report["error"]
+
+
+def test_report_waits_for_a_load_and_then_sees_all_of_it(shared_store, tmp_path):
+    app = make_app(shared_store, tmp_path)
+    client = app.test_client()
+    with database.data_lease(shared_store.db, "write"):
+        report_id = client.post("/trigger_report").get_json()["report_id"]
+        time.sleep(0.5)
+        assert client.get(f"/get_report?report_id={report_id}").get_json() == {
+            "status": "Running", "progress": {"done": 0, "total": 0}}
+        # the "load": a new store, written while the report waits
+        database.LOADERS[sources.STATUS_FILE](shared_store.db, sources.read_store_status(
+            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n"))
+    body = wait_for_report(client, report_id)
+    assert [row["store_id"] for row in body["data"]] == ["allday", "late", "newcomer", "worked"]
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_load_waits_while_a_report_reads(shared_store, tmp_path, monkeypatch):
+    release = block_reports(monkeypatch)
+    app = make_app(shared_store, tmp_path)
+    client = app.test_client()
+    report_id = client.post("/trigger_report").get_json()["report_id"]
+    time.sleep(0.3)  # the report now holds the read lease
+    loaded = threading.Event()
+
+    def load():
+        database.load_file(shared_store.db, sources.STATUS_FILE,
+                           b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n")
+        loaded.set()
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    assert not loaded.wait(0.5)  # blocked by the report's read lease
+    release.set()
+    assert loaded.wait(20)
+    body = wait_for_report(client, report_id)
+    assert "newcomer" not in [row["store_id"] for row in body["data"]]  # the report saw the state before the load
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_a_crashed_lease_holder_is_outlived(shared_store, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
+    assert database._try_lease(shared_store.db, "write", "crashed")  # taken, never renewed nor released
+    started = time.monotonic()
+    with database.data_lease(shared_store.db, "read", wait_seconds=5):
+        assert time.monotonic() - started >= 0.1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "report_id[]=" + "a" * 32,
+        "report_id[$ne]=x",
+        "report_id=%7B%22%24ne%22%3A1%7D",  # {"$ne":1}
+        "report_id=" + "a" * 10_000,
+        "report_id=%00" + "a" * 31,
+        "report_id=" + "%E2%80%AE" + "a" * 31,
+    ],
+)
+def test_hostile_report_ids_are_400_json(client, query):
+    response = client.get("/get_report?" + query)
+    assert response.status_code == 400
+    assert response.get_json()["status"] == 400
+    assert b"Traceback" not in response.data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_any_report_id_gets_a_json_answer_without_a_trace(report_id):
+    app = _fuzz_app()
+    response = app.test_client().get("/get_report", query_string={"report_id": report_id})
+    assert response.status_code in (400, 404)
+    assert response.is_json and set(response.get_json()) == {"error", "status"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
+def test_any_trigger_body_gets_202_or_a_json_400(body):
+    app = _fuzz_app()
+    response = app.test_client().post("/trigger_report", data=body, content_type="application/json")
+    assert response.status_code in (202, 400)
+    assert response.is_json
+
+
+_FUZZ_APP = None
+
+
+def _fuzz_app():
+    """One app for the fuzz tests (hypothesis runs many examples; building an app each time is slow)."""
+    global _FUZZ_APP
+    if _FUZZ_APP is None:
+        _FUZZ_APP = create_app({"MONGO_URI": "", "DATA_DIR": "/nonexistent", "REPORTS_DIR": "/tmp/uptime-fuzz"})
+    return _FUZZ_APP
+
+
+# --------------------------------------------------------------------------- the API token
+
+
+@pytest.fixture
+def locked_client(tmp_path, data_dir):
+    """A client of an app that requires the token 's3cret'."""
+    app = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r"),
+                      "API_TOKEN": "s3cret"})
+    yield app.test_client()
+    app.extensions["reports"].shutdown(wait=True)
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Bearer s3cre", "Basic s3cret", "s3cret", "Bearer  "])
+def test_token_required_when_set(locked_client, header):
+    headers = {"Authorization": header} if header else {}
+    for method, path in (("post", "/trigger_report"), ("get", "/get_report?report_id=" + "0" * 32),
+                         ("get", "/reports"), ("post", "/ingest")):
+        response = getattr(locked_client, method)(path, headers=headers)
+        assert response.status_code == 401
+        assert response.get_json()["status"] == 401
+
+
+def test_token_accepted_and_health_open(locked_client):
+    headers = {"Authorization": "Bearer s3cret"}
+    report_id = locked_client.post("/trigger_report", headers=headers).get_json()["report_id"]
+    deadline = time.monotonic() + 30
+    while locked_client.get(f"/get_report?report_id={report_id}", headers=headers).get_json()["status"] == "Running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert locked_client.get(f"/get_report?report_id={report_id}", headers=headers).get_json()["data"] == TINY_REPORT
+    assert locked_client.get("/health").status_code == 200
+
+
+def test_open_service_says_so_at_start_up(tmp_path, caplog):
+    app = create_app({"MONGO_URI": "", "DATA_DIR": "/nonexistent", "REPORTS_DIR": str(tmp_path)})
+    assert "API_TOKEN is not set" in caplog.text
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def test_token_compared_in_constant_time():
+    import inspect
+
+    import app as app_module
+
+    assert "hmac.compare_digest" in inspect.getsource(app_module.register_routes)
+
+
+# --------------------------------------------------------------------------- real gunicorn
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_real_gunicorn_serves_reports(tmp_path):
+    """Real gunicorn with the repo's config. On a real MongoDB (MONGO_URI) it runs two workers and every
+    poll, whichever worker takes it, must see the report; on mongomock each worker would have private
+    data, so one worker runs, showing the config, threads and graceful stop work."""
+    import json
+
+    port = free_port()
+    workers = 2 if os.environ.get("MONGO_URI") else 1
+    env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY=str(workers),
+               DATA_DIR=str(write_data_dir(tmp_path / "data")), REPORTS_DIR=str(tmp_path / "reports"),
+               MONGO_DB=f"uptime_gunicorn_{port}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http(base + "/health", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        status, body = http(base + "/trigger_report", method="POST")
+        assert status == 202
+        report_id = json.loads(body)["report_id"]
+        seen = []
+        while time.monotonic() < deadline:
+            status, body = http(f"{base}/get_report?report_id={report_id}")
+            assert status == 200, body  # a 404 would mean a worker that cannot see the report
+            seen.append(json.loads(body)["status"])
+            if seen[-1] != "Running":
+                break
+            time.sleep(0.05)
+        assert seen[-1] == "Complete"
+        for _ in range(10):  # several more polls, spread over the workers
+            status, body = http(f"{base}/get_report?report_id={report_id}")
+            assert status == 200 and json.loads(body)["data"] == TINY_REPORT
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+        if os.environ.get("MONGO_URI"):
+            database.connect(os.environ["MONGO_URI"]).client.drop_database(env["MONGO_DB"])
+    assert server.returncode == 0
