@@ -248,11 +248,20 @@ def raw_rows(file: str, source: Source) -> RawRows:
     first_line = data[: end_of_header if end_of_header >= 0 else len(data)].decode("utf-8", errors="replace").rstrip("\r")
     header = _normalise_header(next(csv.reader([first_line]), []))
     _check_header(file, header, first_line)
-    raw = _raw_rows_arrow(file, data, header)
+    plain_ascii = _plain_ascii(data)
+    raw = _raw_rows_arrow(file, data, header) if plain_ascii or _is_utf8(data) else None
     if raw is None:
         raw = _raw_rows_python(file, data.decode("utf-8", errors="surrogateescape"), header)
-    raw.plain_ascii = _plain_ascii(data)
+    raw.plain_ascii = plain_ascii
     return raw
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 _PLAIN_BYTES = bytes(range(32, 127)) + b"\t\n\r"

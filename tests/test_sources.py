@@ -157,3 +157,86 @@ def test_read_data_dir_missing_file_is_noted(tmp_path):
     assert len(parsed[sources.STATUS_FILE].frame) == 1
     assert parsed[sources.HOURS_FILE].frame.empty
     assert "not found" in parsed[sources.HOURS_FILE].notes[0]
+
+
+def test_huge_field_is_rejected_not_loaded():
+    parsed = status_rows("x" * 1_000_000 + ",active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22 12:00:00 UTC\n")
+    assert reasons(parsed) == {2: "store_id longer than 64 characters"}
+    assert list(parsed.frame["store_id"]) == ["1"]
+
+
+# --------------------------------------------------------------------------- property-based fuzzing
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+GOOD_STAMPS = st.integers(1_600_000_000_000_000, 1_700_000_000_000_000).map(
+    lambda us: (us, sources.pd.Timestamp(us, unit="us", tz="UTC"))
+)
+CORRUPTIONS = [
+    "status", "timestamp", "store_id_empty", "missing_field", "extra_field", "blank", "control", "long_id",
+]
+
+
+@st.composite
+def status_files(draw):
+    """A store_status file of good rows and known-bad rows, with what each line should become."""
+    rows, expected = [], []
+    for _ in range(draw(st.integers(0, 30))):
+        store = draw(st.sampled_from(["1", "22", "9223372036854775807", "abc"]))
+        us, stamp = draw(GOOD_STAMPS)
+        text = draw(st.sampled_from([
+            stamp.strftime("%Y-%m-%d %H:%M:%S.%f UTC"),
+            stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            stamp.tz_convert("America/New_York").isoformat(),
+        ]))
+        status = draw(st.sampled_from(["active", "inactive", " Active ", "INACTIVE"]))
+        corruption = draw(st.one_of(st.none(), st.sampled_from(CORRUPTIONS)))
+        line = {
+            None: f"{store},{status},{text}",
+            "status": f"{store},online,{text}",
+            "timestamp": f"{store},{status},{text[:7]}nonsense",
+            "store_id_empty": f" ,{status},{text}",
+            "missing_field": f"{store},{status}",
+            "extra_field": f"{store},{status},{text},more",
+            "blank": "   ",
+            "control": f"{store}\x07,{status},{text}",
+            "long_id": f"{'9' * 65},{status},{text}",
+        }[corruption]
+        rows.append(line)
+        expected.append(None if corruption else (store, us, status.strip().lower() == "active"))
+    newline = draw(st.sampled_from(["\n", "\r\n"]))
+    bom = draw(st.sampled_from(["", "\ufeff"]))
+    return (bom + "store_id,status,timestamp_utc" + newline + "".join(r + newline for r in rows)).encode(), expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(status_files())
+def test_every_row_is_loaded_or_rejected_with_its_line(case):
+    data, expected = case
+    parsed = sources.read_store_status(data)
+    assert parsed.rows_read == len(expected)
+    assert len(parsed.frame) + parsed.rejected == parsed.rows_read
+    rejected_lines = {r.line for r in parsed.rejects}
+    # the later of two rows with one key wins; every other good row is loaded
+    winners = {}
+    for index, row in enumerate(expected):
+        if row is not None:
+            winners[(row[0], row[1])] = (index, row[2])
+    loaded = {(s, t): (line, a) for s, t, line, a in
+              zip(parsed.frame["store_id"], parsed.frame["timestamp_us"], parsed.frame["line"], parsed.frame["active"])}
+    assert loaded == {key: (index + 2, active) for key, (index, active) in winners.items()}
+    for index, row in enumerate(expected):
+        if row is None or winners[(row[0], row[1])][0] != index:
+            assert index + 2 in rejected_lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_never_crash_the_reader(body):
+    for file, header in ((sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"),
+                         (sources.HOURS_FILE, b"store_id,day,start_time_local,end_time_local\n"),
+                         (sources.ZONES_FILE, b"store_id,timezone_str\n")):
+        parsed = sources.READERS[file](header + body)
+        assert len(parsed.frame) + parsed.rejected == parsed.rows_read
+        assert all(len(s) <= sources.MAX_STORE_ID_LENGTH for s in parsed.frame["store_id"])

@@ -1,0 +1,391 @@
+"""The page at GET /, driven in headless Chromium against the real service.
+
+Starts `python app.py` on a free loopback port with a small generated data set
+(embedded mongomock), opens the page, clicks "Run report", waits for the
+table, and checks the table, the chart data, the CSV link, sorting,
+filtering, the past-reports list and the error messages against the report
+JSON fetched straight from the same service.
+
+Needs Debian's `chromium` and `chromium-driver` (run `scripts/install_browser.sh`;
+CI installs them) and selenium (requirements.txt); skipped otherwise.
+`SAVE_SCREENSHOT=1` also writes docs/screenshot.png (the README's picture).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+STORES = 30
+START_TIMEOUT = 90      # seconds for the service to answer /health
+REPORT_TIMEOUT = 90     # seconds for a report on the small data set
+UI_TIMEOUT = 15         # seconds for the page to react to a click or a keystroke
+HTTP_TIMEOUT = 15
+
+if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+    pytest.skip(
+        f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER}: run `bash scripts/install_browser.sh` "
+        "(apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements.txt")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+# Loopback only: never route the test's own requests through a proxy from the environment.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, dict]:
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with OPENER.open(request, timeout=HTTP_TIMEOUT) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def wait_for_report(base: str, report_id: str) -> dict:
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while time.monotonic() < deadline:
+        status, body = http_json(f"{base}/get_report?report_id={report_id}")
+        assert status == 200, body
+        if body["status"] != "Running":
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"report {report_id} still Running after {REPORT_TIMEOUT} s")
+
+
+def top_by_week_downtime(rows: list[dict], n: int = 20) -> list[dict]:
+    """The page's rule: most downtime_last_week first, ties by store_id."""
+    return sorted(rows, key=lambda r: (-r["downtime_last_week"], r["store_id"]))[:n]
+
+
+def uptime_share(row: dict) -> float | None:
+    total = row["uptime_last_week"] + row["downtime_last_week"]
+    return row["uptime_last_week"] / total if total > 0 else None
+
+
+def table_rows(driver) -> list[list[str]]:
+    """The report table's body as text, one list of cells per row (read in one call)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#report-table tbody tr[data-store-id]'))"
+        ".map(tr => Array.from(tr.children).map(cell => cell.textContent.trim()));"
+    )
+
+
+def chart_items(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chart-data li')).map(li => ({"
+        "store_id: li.dataset.storeId, downtime: li.dataset.downtimeWeek,"
+        "uptime: li.dataset.uptimeWeek, share: li.dataset.uptimeShare}));"
+    )
+
+
+def wait(driver, condition, message: str, timeout: float = UI_TIMEOUT):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message)
+    except TimeoutException:
+        text = driver.find_element(By.ID, "message").get_attribute("textContent")
+        raise AssertionError(f"{message} (page message: {text!r})") from None
+
+
+def assert_table_matches(driver, report: dict) -> None:
+    columns = report["columns"]
+    rows = table_rows(driver)
+    assert len(rows) == len(report["data"]) == report["row_count"]
+    shown = {cells[0]: cells for cells in rows}
+    assert len(shown) == len(rows), "a store appears twice in the table"
+    for row in report["data"]:
+        cells = shown[row["store_id"]]
+        assert len(cells) == len(columns)
+        for key, text in zip(columns[1:], cells[1:]):
+            assert float(text) == pytest.approx(row[key], abs=1e-9), (row["store_id"], key, text)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """`python app.py` on a free loopback port, seeded with a small generated data set."""
+    base_dir = tmp_path_factory.mktemp("browser")
+    data_dir = base_dir / "data"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", str(STORES), "--out", str(data_dir)],
+        check=True, cwd=ROOT, timeout=120, stdout=subprocess.DEVNULL,
+    )
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
+    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir), REPORTS_DIR=str(base_dir / "reports"),
+               PYTHONUNBUFFERED="1")
+    log_path = base_dir / "service.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the service exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                status, body = http_json(f"{base}/health")
+                if status == 200 and body.get("database_ok"):
+                    break
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /health after {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        "--no-proxy-server", "--disable-dev-shm-usage", "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    options.ignore_local_proxy_environment_variables()
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(profile / "chromedriver.log")),
+                               options=options)
+    browser.set_page_load_timeout(30)
+    browser.set_script_timeout(30)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shown(service, driver):
+    """Open the page, click "Run report", wait for the table; the report's JSON as the API gives it."""
+    driver.get(service + "/")
+    assert driver.title == "Store uptime reports"
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "idle", "page did not start")
+    trigger = driver.find_element(By.ID, "trigger")
+    assert trigger.is_enabled() and trigger.text == "Run report"
+    trigger.click()
+    section = driver.find_element(By.ID, "report")
+    wait(driver, lambda d: section.get_attribute("data-report-id"), "no report shown", timeout=REPORT_TIMEOUT)
+    report_id = section.get_attribute("data-report-id")
+    assert driver.execute_script("return document.body.dataset.state") == "complete"
+    assert trigger.is_enabled(), "the button stays disabled after the report finished"
+    report = wait_for_report(service, report_id)
+    assert report["status"] == "Complete" and report["row_count"] == len(report["data"]) > 0
+    if os.environ.get("SAVE_SCREENSHOT") == "1":
+        save_screenshot(driver, ROOT / "docs" / "screenshot.png")
+    return report
+
+
+def save_screenshot(driver, path: Path) -> None:
+    """The whole page at 1280 px wide (window grown to the page's height, then restored)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = driver.get_window_size()
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(int(height) + 140, 4000))
+    try:
+        time.sleep(0.3)   # let the chart follow the resize
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_table_shows_every_store_of_the_report_in_store_id_order(driver, shown):
+    assert driver.find_element(By.ID, "report-table").is_displayed()
+    rows = table_rows(driver)
+    assert [cells[0] for cells in rows] == sorted(row["store_id"] for row in shown["data"])
+    assert_table_matches(driver, shown)
+    headers = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#report-table thead th')).map(th => th.dataset.key);")
+    assert headers == shown["columns"]
+    assert driver.find_element(By.ID, "row-count").text == f"{len(rows)} stores"
+
+
+def test_chart_lists_the_top_20_stores_by_week_downtime(driver, shown):
+    items = chart_items(driver)
+    expected = top_by_week_downtime(shown["data"])
+    assert len(items) == min(20, len(shown["data"]))
+    assert [item["store_id"] for item in items] == [row["store_id"] for row in expected]
+    for item, row in zip(items, expected):
+        assert float(item["downtime"]) == pytest.approx(row["downtime_last_week"], abs=1e-9)
+        assert float(item["uptime"]) == pytest.approx(row["uptime_last_week"], abs=1e-9)
+        share = uptime_share(row)
+        if share is None:
+            assert item["share"] == ""
+        else:
+            assert float(item["share"]) == pytest.approx(share, rel=1e-9)
+            assert 0.0 <= float(item["share"]) <= 1.0
+    # The chart itself was drawn (Chart.js loaded from static/vendor) with the same stores and figures.
+    drawn = driver.execute_script(
+        "const c = window.Chart && Chart.getChart(document.getElementById('chart'));"
+        "return c ? {labels: c.data.labels, down: c.data.datasets[0].data, share: c.data.datasets[1].data} : null;"
+    )
+    assert drawn is not None, "Chart.js did not draw the chart"
+    assert drawn["labels"] == [row["store_id"] for row in expected]
+    assert drawn["down"] == pytest.approx([row["downtime_last_week"] for row in expected])
+    for value, row in zip(drawn["share"], expected):
+        share = uptime_share(row)
+        assert (value is None) if share is None else value == pytest.approx(100 * share, abs=0.051)
+    assert driver.find_element(By.ID, "chart").size["height"] > 100
+
+
+def test_csv_link_downloads_this_report(driver, service, shown):
+    link = driver.find_element(By.ID, "csv-link")
+    assert link.is_displayed()
+    href = link.get_attribute("href")
+    assert href == f"{service}/get_report?report_id={shown['report_id']}&format=csv"
+    with OPENER.open(href, timeout=HTTP_TIMEOUT) as response:
+        assert response.headers["Content-Type"].startswith("text/csv")
+        lines = response.read().decode().splitlines()
+    assert lines[0] == ",".join(shown["columns"])
+    assert len(lines) == 1 + shown["row_count"]
+
+
+def test_past_reports_list_the_report(driver, shown):
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'#past-reports tr[data-report-id="{shown["report_id"]}"]'),
+         "the report is not in the past-reports list")
+    row = driver.find_element(By.CSS_SELECTOR, f'#past-reports tr[data-report-id="{shown["report_id"]}"]')
+    wait(driver, lambda d: row.get_attribute("data-status") == "Complete", "past report not shown as Complete")
+    assert "Complete" in row.text and str(shown["row_count"]) in row.text
+    assert row.get_attribute("aria-current") == "true"
+
+
+def test_sorting_by_a_column_header(driver, shown):
+    def click_header(key: str) -> None:
+        driver.find_element(By.CSS_SELECTOR, f'#report-table thead button[data-key="{key}"]').click()
+
+    def header_sort(key: str) -> str:
+        return driver.find_element(By.CSS_SELECTOR, f'#report-table thead th[data-key="{key}"]').get_attribute("aria-sort")
+
+    def expect(key: str, descending: bool) -> list[str]:
+        sign = -1 if descending else 1
+        return [r["store_id"] for r in sorted(shown["data"], key=lambda r: (sign * r[key], r["store_id"]))]
+
+    key = "downtime_last_week"
+    click_header(key)    # numbers sort biggest first on the first click
+    wait(driver, lambda d: [c[0] for c in table_rows(d)] == expect(key, descending=True), "no descending sort")
+    assert header_sort(key) == "descending" and header_sort("store_id") == "none"
+    click_header(key)
+    wait(driver, lambda d: [c[0] for c in table_rows(d)] == expect(key, descending=False), "no ascending sort")
+    assert header_sort(key) == "ascending"
+    assert_table_matches(driver, shown)    # the same rows, only reordered
+
+    click_header("store_id")
+    ids = sorted(r["store_id"] for r in shown["data"])
+    wait(driver, lambda d: [c[0] for c in table_rows(d)] == ids, "no sort by store id")
+    assert header_sort("store_id") == "ascending"
+
+
+def test_filtering_by_store_id(driver, shown):
+    box = driver.find_element(By.ID, "filter")
+    prefix = shown["data"][len(shown["data"]) // 2]["store_id"][:4]
+    expected = sorted(r["store_id"] for r in shown["data"] if prefix in r["store_id"])
+    assert 0 < len(expected) <= len(shown["data"])
+    box.send_keys(prefix)
+    wait(driver, lambda d: [c[0] for c in table_rows(d)] == expected, f"filter {prefix!r} did not apply")
+    full_id = shown["data"][0]["store_id"]
+    box.clear()
+    box.send_keys(full_id)
+    wait(driver, lambda d: [c[0] for c in table_rows(d)] == [full_id], "filter by a whole id did not apply")
+    assert driver.find_element(By.ID, "row-count").text == f"Showing 1 of {len(shown['data'])} stores"
+    box.send_keys("no-such-store")
+    wait(driver, lambda d: table_rows(d) == [], "a filter matching nothing still shows rows")
+    assert "No store id matches" in driver.find_element(By.CSS_SELECTOR, "#report-table tbody").text
+    box.clear()
+    box.send_keys(" ")     # an input event for the cleared box
+    wait(driver, lambda d: len(table_rows(d)) == len(shown["data"]), "clearing the filter did not restore the rows")
+
+
+def test_clicking_a_past_report_loads_it(driver, service, shown):
+    # A second report as of two days earlier, started through the API, then opened from the list.
+    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": "2023-01-23T12:00:00Z"}).encode(),
+                             method="POST")
+    assert status == 202, body
+    other = wait_for_report(service, body["report_id"])
+    assert other["status"] == "Complete"
+    driver.find_element(By.ID, "refresh-reports").click()
+    selector = f'#past-reports button.view[data-report-id="{other["report_id"]}"]'
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, selector), "the new report is not listed")
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
+         "clicking View did not load the report")
+    assert_table_matches(driver, other)
+    assert [i["store_id"] for i in chart_items(driver)] == [r["store_id"] for r in top_by_week_downtime(other["data"])]
+    assert driver.find_element(By.ID, "csv-link").get_attribute("href").endswith(
+        f"report_id={other['report_id']}&format=csv")
+    # And back to the first one.
+    driver.find_element(By.CSS_SELECTOR, f'#past-reports button.view[data-report-id="{shown["report_id"]}"]').click()
+    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
+         "clicking View did not load the first report again")
+    assert_table_matches(driver, shown)
+
+
+def test_errors_are_shown(driver, shown):
+    message = driver.find_element(By.ID, "message")
+    as_of = driver.find_element(By.ID, "as-of")
+    trigger = driver.find_element(By.ID, "trigger")
+
+    # An HTTP error (400: as_of is not a date) shows the server's message.
+    as_of.send_keys("not-a-date")
+    trigger.click()
+    wait(driver, lambda d: message.is_displayed() and "HTTP 400" in message.text, "no message for a 400")
+    assert "ISO 8601" in message.text
+    assert trigger.is_enabled()
+
+    # A report that fails (no polls at or before as_of) shows its reason.
+    as_of.clear()
+    as_of.send_keys("2001-01-01T00:00:00Z")
+    trigger.click()
+    wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "failed",
+         "the failing report did not end", timeout=REPORT_TIMEOUT)
+    wait(driver, lambda d: message.is_displayed() and "failed" in message.text, "no message for a Failed report")
+    assert trigger.is_enabled()
+    # The report on show stays the last good one.
+    assert driver.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"]
+    as_of.clear()

@@ -1,0 +1,257 @@
+"""openapi.json: it describes every route and nothing else, it is served, and the app keeps to it.
+
+The last part is property-based: schemathesis generates requests from the description
+(valid ones and deliberately invalid ones) for every operation, sends them to the app
+in-process (WSGI, no server) and checks every answer: no 5xx, a documented status code
+and content type, a body matching the documented schema, invalid input refused with 4xx.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import hypothesis
+import pytest
+import schemathesis
+from hypothesis import HealthCheck
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+import app as app_module
+from app import create_app
+from tests.conftest import write_data_dir
+
+SPEC_PATH = Path(app_module.__file__).resolve().parent / "openapi.json"
+SPEC = json.loads(SPEC_PATH.read_text())
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
+               response_headers_conformance]
+
+# Valid-looking uploads to /ingest are still refused (400) when the bytes are not one of the
+# three CSV files; the schema cannot say what a valid CSV is, so 400 counts as an acceptable
+# answer to generated "valid" multipart bodies there (the body must still match the schema).
+SCHEMATHESIS_CONFIG = {
+    "operations": [
+        {
+            "include-path": "/ingest",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "413"]}},
+        }
+    ],
+}
+MAX_EXAMPLES = 50
+
+
+def _openapi_path(rule: str) -> str:
+    """A Flask rule as an OpenAPI path: /x/<int:y> -> /x/{y}."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _app_operations(application) -> dict[tuple[str, str], str]:
+    """(path, method) -> endpoint for every route of the app but Flask's static files."""
+    operations = {}
+    for rule in application.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            operations[(_openapi_path(rule.rule), method.lower())] = rule.endpoint
+    return operations
+
+
+def _spec_operations() -> dict[tuple[str, str], dict]:
+    return {
+        (path, method): operation
+        for path, item in SPEC["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    }
+
+
+# --------------------------------------------------------------------------- the document itself
+
+
+def test_openapi_document_is_valid():
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(SPEC)
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(app):
+    in_app = set(_app_operations(app))
+    in_spec = set(_spec_operations())
+    assert not in_app - in_spec, f"routes missing from openapi.json: {sorted(in_app - in_spec)}"
+    assert not in_spec - in_app, f"openapi.json describes routes the app does not have: {sorted(in_spec - in_app)}"
+
+
+def test_every_operation_is_described_with_success_and_error_answers():
+    for (path, method), operation in _spec_operations().items():
+        where = f"{method.upper()} {path}"
+        assert operation.get("operationId") and operation.get("summary") and operation.get("description"), where
+        statuses = set(operation["responses"])
+        assert any(s.startswith("2") for s in statuses), f"{where}: no success response"
+        for status, response in operation["responses"].items():
+            response = _resolve(response)
+            assert response.get("description"), f"{where} {status}: no description"
+            if status.startswith(("4", "5")):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema["$ref"] in ("#/components/schemas/Error", "#/components/schemas/IngestError"), (
+                    f"{where} {status}: an error answer must use the error schema"
+                )
+
+
+def test_security_matches_the_token_check(app):
+    """Open operations declare no security; the others the bearer scheme, optional (no token set)."""
+    endpoints = _app_operations(app)
+    for key, operation in _spec_operations().items():
+        where = f"{key[1].upper()} {key[0]}"
+        if endpoints[key] in app_module.OPEN_ENDPOINTS:
+            assert operation["security"] == [], f"{where} needs no token"
+            assert "401" not in operation["responses"], where
+        else:
+            assert operation["security"] == [{}, {"bearerAuth": []}], f"{where}: bearer token, optional"
+            assert operation["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}, where
+    assert SPEC["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": SPEC["components"]["securitySchemes"]["bearerAuth"]["description"]
+    }
+
+
+def _resolve(node: dict) -> dict:
+    while "$ref" in node and node["$ref"].startswith("#/components/responses/"):
+        node = SPEC["components"]["responses"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+# --------------------------------------------------------------------------- serving it
+
+
+def test_openapi_json_is_served(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.get_json() == SPEC
+
+
+def test_openapi_json_needs_no_token(tmp_path, data_dir):
+    application = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r"),
+                              "API_TOKEN": "s3cret"})
+    try:
+        client = application.test_client()
+        assert client.get("/openapi.json").get_json() == SPEC
+        assert client.get("/health").status_code == 200
+        answer = client.get("/reports")
+        assert answer.status_code == 401
+        assert answer.get_json()["status"] == 401
+        assert client.get("/reports", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        application.extensions["reports"].shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- the app keeps to it
+
+
+@pytest.fixture(scope="module")
+def api_app(tmp_path_factory):
+    """One app for all generated requests: mongomock seeded with the tiny data set."""
+    tmp = tmp_path_factory.mktemp("openapi")
+    application = create_app(
+        {"MONGO_URI": "", "DATA_DIR": str(write_data_dir(tmp / "data")), "REPORTS_DIR": str(tmp / "reports"),
+         "TESTING": True}
+    )
+    yield application
+    application.extensions["reports"].shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def api_schema(api_app):
+    """The description as the app serves it, bound to the app (requests go to it in-process)."""
+    return schemathesis.openapi.from_wsgi(
+        "/openapi.json", api_app, config=SchemathesisConfig.from_dict(SCHEMATHESIS_CONFIG)
+    )
+
+
+# Loaded from the file at import, so that pytest gets one test per operation; the requests go to
+# the module's app through `app=` (schemathesis.pytest.from_fixture would do this for us, but
+# schemathesis 4.32 sets `Function._nodeid` there, which pytest 9.2 no longer has).
+schema = schemathesis.openapi.from_path(SPEC_PATH, config=SchemathesisConfig.from_dict(SCHEMATHESIS_CONFIG))
+
+
+@schema.parametrize()
+@hypothesis.settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+)
+def test_app_keeps_to_its_openapi_description(case, api_app):
+    """Every operation, valid and invalid input: all of schemathesis's checks."""
+    case.call_and_validate(app=api_app)
+
+
+def test_report_states_keep_to_the_description(api_app, api_schema):
+    """The states random ids never reach: Running, Complete (JSON and CSV), Failed, and the listing."""
+    client = api_app.test_client()
+    get_report = api_schema["/get_report"]["GET"]
+
+    def check(query, headers=None):
+        case = get_report.Case(query=query, headers=headers or {})
+        response = case.call()
+        case.validate_response(response, checks=CONFORMANCE)
+        return response
+
+    report_id = client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"}).get_json()["report_id"]
+    first = check({"report_id": report_id})
+    assert first.json()["status"] in ("Running", "Complete")
+    deadline = time.monotonic() + 30
+    while client.get(f"/get_report?report_id={report_id}").get_json()["status"] == "Running":
+        assert time.monotonic() < deadline, "report still Running after 30 s"
+        time.sleep(0.05)
+    complete = check({"report_id": report_id})
+    assert complete.json()["status"] == "Complete"
+    assert complete.json()["row_count"] == 3
+    as_csv = check({"report_id": report_id, "format": "csv"})
+    assert as_csv.headers["Content-Type"][0].startswith("text/csv")
+    check({"report_id": report_id}, headers={"Accept": "text/csv"})
+
+    store = api_app.extensions["store"]
+    store.db["reports"].update_one({"report_id": report_id}, {"$set": {"status": "Running", "progress": {"done": 1, "total": 3}}})
+    assert check({"report_id": report_id}).json() == {"status": "Running", "progress": {"done": 1, "total": 3}}
+    store.db["reports"].update_one({"report_id": report_id}, {"$set": {"status": "Failed", "error": "boom"}})
+    assert check({"report_id": report_id}).json() == {"status": "Failed", "error": "boom"}
+
+    listing = api_schema["/reports"]["GET"].Case(query={"page": 1, "per_page": 100})
+    listing.validate_response(listing.call(), checks=CONFORMANCE)
+
+
+def test_ingest_answers_keep_to_the_description(api_app, api_schema):
+    ingest = api_schema["/ingest"]["POST"]
+
+    def check(files, expected_status):
+        case = ingest.Case(body=files, media_type="multipart/form-data")
+        response = case.call()
+        case.validate_response(response, checks=CONFORMANCE)
+        assert response.status_code == expected_status, response.text
+        return response.json()
+
+    loaded = check({"timezones": b"store_id,timezone_str\nlate,America/New_York\nbad,Not/AZone\n"}, 200)
+    assert loaded["files"][0]["loaded"] == 1 and loaded["files"][0]["rejected"] == 1
+    by_header = check({"upload": b"store_id,timezone_str\nlate,America/New_York\n"}, 200)
+    assert by_header["files"][0]["kind"] == "timezones.csv"
+    nothing = check({"menu_hours": b"not,a,header\n1,2,3\n"}, 400)
+    assert nothing["status"] == 400 and nothing["error"]
+
+
+def test_report_workflow_through_links(api_schema):
+    """Stateful: trigger a report, then follow the documented link to poll it."""
+    workflow = api_schema.as_state_machine()
+    workflow.run(
+        settings=hypothesis.settings(
+            max_examples=10,
+            stateful_step_count=4,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
