@@ -22,13 +22,14 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from tqdm import tqdm
 
 import sources
 
@@ -212,30 +213,39 @@ def _batches(items: list, size: int = BATCH_SIZE) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def load_polls(db, parsed: sources.Parsed) -> int:
-    """Write good poll rows; a poll is identified by (store_id, timestamp_utc), newest load wins."""
+Progress = Callable[[int], None]
+
+
+def _no_progress(rows: int) -> None:
+    pass
+
+
+def load_polls(db, parsed: sources.Parsed, on_rows: Progress = _no_progress) -> int:
+    """Write good poll rows in batches; a poll is (store_id, timestamp_utc), and the newest load wins."""
     frame = parsed.frame
-    if frame.empty:
-        return 0
-    stamps = frame["timestamp_us"].to_numpy(dtype=np.int64)
-    docs = [
-        {"store_id": store_id, "status": "active" if active else "inactive", "timestamp_utc": _ms_floor(stamp),
-         "timestamp_us": int(stamp)}
-        for store_id, active, stamp in zip(frame["store_id"], frame["active"], stamps)
-    ]
     collection = db[STATUS]
     fresh = collection.count_documents({}, limit=1) == 0
-    for batch in _batches(docs):
+    for start in range(0, len(frame), BATCH_SIZE):
+        part = frame.iloc[start : start + BATCH_SIZE]
+        stamps = part["timestamp_us"].to_numpy(dtype=np.int64)
+        whole_ms = pd.to_datetime(stamps // 1000 * 1000, unit="us", utc=True).to_pydatetime()
+        batch = [
+            {"store_id": store_id, "status": "active" if active else "inactive", "timestamp_utc": when,
+             "timestamp_us": int(stamp)}
+            for store_id, active, when, stamp in zip(part["store_id"], part["active"], whole_ms, stamps)
+        ]
         if fresh:
             # nothing to replace: plain inserts are the fast bulk path
             try:
                 collection.insert_many(batch, ordered=False)
-                continue
+                batch = []
             except BulkWriteError as error:
                 failed = [e for e in error.details.get("writeErrors", []) if e.get("code") == 11000]
                 batch = [batch[e["index"]] for e in failed]
-        _upsert_polls(collection, batch)
-    return len(docs)
+        if batch:
+            _upsert_polls(collection, batch)
+        on_rows(len(part))
+    return len(frame)
 
 
 def _upsert_polls(collection, docs: list[dict]) -> None:
@@ -247,11 +257,10 @@ def _upsert_polls(collection, docs: list[dict]) -> None:
         )
         for d in docs
     ]
-    for batch in _batches(operations):
-        collection.bulk_write(batch, ordered=False)
+    collection.bulk_write(operations, ordered=False)
 
 
-def _replace_by_store(collection, docs: list[dict]) -> None:
+def _replace_by_store(collection, docs: list[dict], on_rows: Progress) -> None:
     """Replace every listed store's rows by `docs`, store batch by store batch."""
     by_store: dict[str, list[dict]] = {}
     for doc in docs:
@@ -261,9 +270,10 @@ def _replace_by_store(collection, docs: list[dict]) -> None:
         collection.delete_many({"store_id": {"$in": store_batch}})
         rows = [doc for store_id in store_batch for doc in by_store[store_id]]
         collection.insert_many(rows, ordered=False)
+        on_rows(len(rows))
 
 
-def load_hours(db, parsed: sources.Parsed) -> int:
+def load_hours(db, parsed: sources.Parsed, on_rows: Progress = _no_progress) -> int:
     """Replace the business hours of every store named in the file by the file's rows."""
     frame = parsed.frame
     docs = [
@@ -271,16 +281,16 @@ def load_hours(db, parsed: sources.Parsed) -> int:
         for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_s"], frame["end_s"])
     ]
     if docs:
-        _replace_by_store(db[HOURS], docs)
+        _replace_by_store(db[HOURS], docs, on_rows)
     return len(docs)
 
 
-def load_timezones(db, parsed: sources.Parsed) -> int:
+def load_timezones(db, parsed: sources.Parsed, on_rows: Progress = _no_progress) -> int:
     """Replace the time zone of every store named in the file."""
     frame = parsed.frame
     docs = [{"store_id": s, "timezone_str": z} for s, z in zip(frame["store_id"], frame["timezone_str"])]
     if docs:
-        _replace_by_store(db[ZONES], docs)
+        _replace_by_store(db[ZONES], docs, on_rows)
     return len(docs)
 
 
@@ -298,7 +308,7 @@ def load_file(db, file_kind: str, source: sources.Source, label: str | None = No
     return parsed.summary()
 
 
-def load_dir(db, directory: str | Path) -> list[dict]:
+def load_dir(db, directory: str | Path, progress: bool = False) -> list[dict]:
     """Load the three CSV files of a folder, then make sure the indexes exist.
 
     Into an empty database the rows go in first and the indexes are built
@@ -326,7 +336,9 @@ def load_dir(db, directory: str | Path) -> list[dict]:
         if not is_empty(db):
             ensure_indexes(db)
         for file_kind, parsed in parsed_files.items():
-            LOADERS[file_kind](db, parsed)
+            with tqdm(total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress,
+                      leave=True) as bar:
+                LOADERS[file_kind](db, parsed, bar.update)
     ensure_indexes(db)
     return summaries
 
@@ -548,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("MONGO_URI is not set: loading into a throw-away in-process mongomock (checks the files only)")
     store = connect(uri, os.environ.get("MONGO_DB", DEFAULT_DB))
     try:
-        summaries = load_dir(store.db, args.directory)
+        summaries = load_dir(store.db, args.directory, progress=sys.stderr.isatty())
     except PyMongoError as error:
         print(f"database error: {error}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 import database
 import sources
@@ -106,6 +107,7 @@ def report_from_dir(
     as_of_us: int | None = None,
     chunk_stores: int = DEFAULT_CHUNK_STORES,
     processes: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
 ):
     """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files)."""
     parsed = sources.read_data_dir(data_dir)
@@ -116,7 +118,7 @@ def report_from_dir(
         as_of_us = int(polls["timestamp_us"].max())
     report = report_from_frames(
         polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
-        processes=processes,
+        processes=processes, on_progress=on_progress,
     )
     return report, as_of_us, parsed
 
@@ -274,7 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         as_of_us = parse_as_of(args.as_of) if args.as_of else None
-        report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes)
+        with tqdm(desc="stores", unit="store", disable=not sys.stderr.isatty()) as bar:
+
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            report, now_us, parsed = report_from_dir(
+                args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
+            )
     except (ValueError, sources.HeaderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@
     filter: "",
     watchSeq: 0,        // bumps whenever a new report is followed; older loops stop
     page: 1,
+    startedAt: 0,       // when the followed report was first asked for (for the elapsed time)
     chart: null
   };
 
@@ -157,13 +158,14 @@
     area.hidden = false;
     var done = progress && Number(progress.done) || 0;
     var total = progress && Number(progress.total) || 0;
-    if (total > 0) {
+    var elapsed = " · " + Math.round((Date.now() - state.startedAt) / 1000) + " s";
+    if (total > 0 && done > 0) {
       bar.max = total;
       bar.value = Math.min(done, total);
-      text.textContent = done + " of " + total + " stores (" + Math.floor(100 * done / total) + "%)";
+      text.textContent = done + " of " + total + " stores (" + Math.floor(100 * done / total) + "%)" + elapsed;
     } else {
-      bar.removeAttribute("value");   // indeterminate until the job knows its size
-      text.textContent = "Waiting to start…";
+      bar.removeAttribute("value");   // indeterminate until the first chunk of stores is done
+      text.textContent = (total > 0 ? "Working on " + total + " stores…" : "Starting…") + elapsed;
     }
   }
 
@@ -194,6 +196,7 @@
   function follow(reportId) {
     var seq = ++state.watchSeq;
     var failures = 0;
+    state.startedAt = Date.now();
     setBusy(true);
     setPageState("running");
     showProgress(null);
@@ -274,7 +277,9 @@
       button.type = "button";
       button.className = "sort";
       button.dataset.key = key;
-      button.textContent = COLUMN_LABELS[key] || key;
+      var label = document.createElement("span");
+      label.textContent = COLUMN_LABELS[key] || key;
+      button.appendChild(label);
       var arrow = document.createElement("span");
       arrow.className = "arrow";
       arrow.setAttribute("aria-hidden", "true");
@@ -303,7 +308,7 @@
       var active = th.dataset.key === state.sortKey;
       var sort = active ? (state.sortDir === 1 ? "ascending" : "descending") : "none";
       th.setAttribute("aria-sort", sort);
-      th.querySelector(".arrow").textContent = active ? (state.sortDir === 1 ? " ▲" : " ▼") : "";
+      th.querySelector(".arrow").textContent = active ? (state.sortDir === 1 ? "▲" : "▼") : "";
     });
   }
 
@@ -609,8 +614,17 @@
     });
 
     loadPastReports(1);
+    followHash();
+    window.addEventListener("hashchange", followHash);
+  }
+
+  /* #report=<id> in the address opens that report (bookmarks, reloads, links). */
+  function followHash() {
     var match = /^#report=([0-9a-f]{32})$/.exec(location.hash);
-    if (match && REPORT_ID.test(match[1])) { follow(match[1]); }
+    if (!match || !REPORT_ID.test(match[1])) { return; }
+    if (state.report && state.report.report_id === match[1]) { return; }
+    clearMessage();
+    follow(match[1]);
   }
 
   if (document.readyState === "loading") {

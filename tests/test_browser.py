@@ -12,6 +12,7 @@ CI installs them) and selenium (requirements.txt); skipped otherwise.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -187,7 +189,10 @@ def driver(tmp_path_factory):
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
-    options.ignore_local_proxy_environment_variables()
+    if any(os.environ.get(name) for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")):
+        with warnings.catch_warnings():   # deprecated, but webdriver.Chrome takes no ClientConfig
+            warnings.simplefilter("ignore", DeprecationWarning)
+            options.ignore_local_proxy_environment_variables()
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(profile / "chromedriver.log")),
                                options=options)
     browser.set_page_load_timeout(30)
@@ -221,16 +226,15 @@ def shown(service, driver):
 
 
 def save_screenshot(driver, path: Path) -> None:
-    """The whole page at 1280 px wide (window grown to the page's height, then restored)."""
+    """The whole page at the window's width (Chromium's DevTools full-page capture)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = driver.get_window_size()
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, min(int(height) + 140, 4000))
-    try:
-        time.sleep(0.3)   # let the chart follow the resize
-        driver.save_screenshot(str(path))
-    finally:
-        driver.set_window_size(size["width"], size["height"])
+    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    size = metrics["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1},
+    })
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 # --------------------------------------------------------------------------- tests
@@ -359,7 +363,13 @@ def test_clicking_a_past_report_loads_it(driver, service, shown):
     assert [i["store_id"] for i in chart_items(driver)] == [r["store_id"] for r in top_by_week_downtime(other["data"])]
     assert driver.find_element(By.ID, "csv-link").get_attribute("href").endswith(
         f"report_id={other['report_id']}&format=csv")
-    # And back to the first one.
+    # A #report=<id> address opens a report too; then View goes back to the first one.
+    driver.execute_script("location.hash = '#report=' + arguments[0];", shown["report_id"])
+    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
+         "#report=<id> did not load the report")
+    driver.find_element(By.CSS_SELECTOR, f'#past-reports button.view[data-report-id="{other["report_id"]}"]').click()
+    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
+         "clicking View did not load the second report again")
     driver.find_element(By.CSS_SELECTOR, f'#past-reports button.view[data-report-id="{shown["report_id"]}"]').click()
     wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
          "clicking View did not load the first report again")
@@ -378,14 +388,30 @@ def test_errors_are_shown(driver, shown):
     assert "ISO 8601" in message.text
     assert trigger.is_enabled()
 
-    # A report that fails (no polls at or before as_of) shows its reason.
+    # A report that ends Failed shows its reason.  The real service only fails on broken data or a
+    # broken database, so the page's fetch is wrapped to answer /get_report with a Failed body.
     as_of.clear()
-    as_of.send_keys("2001-01-01T00:00:00Z")
-    trigger.click()
-    wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "failed",
-         "the failing report did not end", timeout=REPORT_TIMEOUT)
-    wait(driver, lambda d: message.is_displayed() and "failed" in message.text, "no message for a Failed report")
-    assert trigger.is_enabled()
-    # The report on show stays the last good one.
+    driver.execute_script("""
+        window.__realFetch = window.fetch;
+        window.fetch = function (url, options) {
+          if (String(url).indexOf('/get_report?') !== -1) {
+            return Promise.resolve(new Response(JSON.stringify({status: 'Failed', error: 'simulated: disk full'}),
+                                                {status: 200, headers: {'Content-Type': 'application/json'}}));
+          }
+          return window.__realFetch(url, options);
+        };""")
+    try:
+        trigger.click()
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "failed",
+             "the Failed report did not end the run")
+        wait(driver, lambda d: message.is_displayed() and "simulated: disk full" in message.text,
+             "no message for a Failed report")
+        assert "failed" in message.text
+        assert trigger.is_enabled() and trigger.text == "Run report"
+        assert not driver.find_element(By.ID, "progress-area").is_displayed()
+    finally:
+        driver.execute_script("window.fetch = window.__realFetch;")
+    # The report on show stays the last good one; the message can be dismissed.
     assert driver.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"]
-    as_of.clear()
+    message.find_element(By.CSS_SELECTOR, "button.dismiss").click()
+    assert not message.is_displayed()

@@ -7,6 +7,7 @@ and content type, a body matching the documented schema, invalid input refused w
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -30,6 +31,8 @@ from tests.conftest import write_data_dir
 
 SPEC_PATH = Path(app_module.__file__).resolve().parent / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text())
+COLUMNS = ["store_id", "uptime_last_hour", "uptime_last_day", "uptime_last_week",
+           "downtime_last_hour", "downtime_last_day", "downtime_last_week"]
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
                response_headers_conformance]
@@ -213,8 +216,10 @@ def test_report_states_keep_to_the_description(api_app, api_schema):
     assert complete.json()["status"] == "Complete"
     assert complete.json()["row_count"] == 3
     as_csv = check({"report_id": report_id, "format": "csv"})
-    assert as_csv.headers["Content-Type"][0].startswith("text/csv")
-    check({"report_id": report_id}, headers={"Accept": "text/csv"})
+    assert as_csv.headers["content-type"][0].startswith("text/csv")
+    assert as_csv.text.splitlines()[0] == ",".join(COLUMNS)
+    by_accept = check({"report_id": report_id}, headers={"Accept": "text/csv"})
+    assert by_accept.headers["content-type"][0].startswith("text/csv")
 
     store = api_app.extensions["store"]
     store.db["reports"].update_one({"report_id": report_id}, {"$set": {"status": "Running", "progress": {"done": 1, "total": 3}}})
@@ -227,21 +232,24 @@ def test_report_states_keep_to_the_description(api_app, api_schema):
 
 
 def test_ingest_answers_keep_to_the_description(api_app, api_schema):
+    """A file loaded, one recognised by its header, none loaded, none sent."""
+    client = api_app.test_client()
     ingest = api_schema["/ingest"]["POST"]
 
     def check(files, expected_status):
-        case = ingest.Case(body=files, media_type="multipart/form-data")
-        response = case.call()
-        case.validate_response(response, checks=CONFORMANCE)
-        assert response.status_code == expected_status, response.text
-        return response.json()
+        form = {field: (io.BytesIO(content), f"{field}.csv") for field, content in files.items()}
+        response = client.post("/ingest", data=form, content_type="multipart/form-data")
+        ingest.Case(body={}, media_type="multipart/form-data").validate_response(response, checks=CONFORMANCE)
+        assert response.status_code == expected_status, response.get_data(as_text=True)
+        return response.get_json()
 
     loaded = check({"timezones": b"store_id,timezone_str\nlate,America/New_York\nbad,Not/AZone\n"}, 200)
     assert loaded["files"][0]["loaded"] == 1 and loaded["files"][0]["rejected"] == 1
     by_header = check({"upload": b"store_id,timezone_str\nlate,America/New_York\n"}, 200)
     assert by_header["files"][0]["kind"] == "timezones.csv"
-    nothing = check({"menu_hours": b"not,a,header\n1,2,3\n"}, 400)
-    assert nothing["status"] == 400 and nothing["error"]
+    check({}, 400)
+    nothing = check({"menu_hours": b"not,a,header\n1,2,3\n"}, 400)  # the error body, with the files' reasons
+    assert nothing["status"] == 400 and nothing["error"] and nothing["files"][0]["error"]
 
 
 def test_report_workflow_through_links(api_schema):
@@ -255,3 +263,65 @@ def test_report_workflow_through_links(api_schema):
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+# --------------------------------------------------------------------------- answers the description promises
+# Each of these reproduces, with one fixed request, a failure schemathesis found (or could find):
+# a 500 where the description promises a 4xx, or a documented header missing.
+
+
+@pytest.mark.parametrize("path", ["/health", "/trigger_report", "/get_report", "/reports", "/ingest", "/"])
+def test_wrong_method_is_405_json_with_allow_header(client, path):
+    """RFC 9110: a 405 answer MUST name the allowed methods in `Allow`."""
+    response = client.open(path, method="DELETE")
+    assert response.status_code == 405
+    assert response.get_json()["status"] == 405
+    assert response.headers.get("Allow"), "405 without an Allow header"
+
+
+@pytest.mark.parametrize("as_of", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_as_of_outside_the_datetime_range_in_utc_is_400(client, as_of):
+    """Valid ISO 8601, but not representable once moved to UTC: a client error, not a 500."""
+    response = client.post("/trigger_report", json={"as_of": as_of})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["status"] == 400
+
+
+@pytest.mark.parametrize("query", ["page=%C2%B2", "per_page=%C2%B2", "page=%E2%91%A0"])
+def test_page_with_a_non_ascii_digit_is_400(client, query):
+    """'²'.isdigit() is True but int('²') raises: a 400, not a 500."""
+    response = client.get(f"/reports?{query}")
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["status"] == 400
+
+
+def test_report_id_with_a_trailing_newline_is_malformed(client):
+    """`$` in re.match also matches before a final newline; the id must be exactly 32 hex characters."""
+    response = client.get("/get_report?report_id=" + "a" * 32 + "%0A")
+    assert response.status_code == 400
+    assert response.get_json()["status"] == 400
+
+
+@pytest.mark.parametrize(
+    "field, content",
+    [
+        ("store_status", b"a\rb\n"),  # a bare CR inside the header line
+        ("upload", b"a\rb\n"),  # the same, in a field recognised by its header
+        ("timezones", b"store_id,timezone_str\rlate,UTC\r"),  # old Mac line ends
+    ],
+)
+def test_ingest_of_a_file_with_carriage_returns_is_not_a_500(client, field, content):
+    response = client.post("/ingest", data={field: (io.BytesIO(content), "f.csv")}, content_type="multipart/form-data")
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_ingest_of_a_poll_outside_the_datetime_range_rejects_the_row(client, stamp):
+    """SPEC §2: bad input never crashes the ingest; the row is rejected with its line and reason."""
+    content = f"store_id,status,timestamp_utc\nx,active,{stamp}\ny,active,2023-01-24 12:00:00 UTC\n".encode()
+    response = client.post("/ingest", data={"store_status": (io.BytesIO(content), "s.csv")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    summary = response.get_json()["files"][0]
+    assert summary["loaded"] == 1 and summary["rejected"] == 1
+    assert summary["rejects"][0]["line"] == 2
