@@ -126,7 +126,11 @@ def register_routes(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        return error_response(error.code or 500, error.description or error.name)
+        response, status = error_response(error.code or 500, error.description or error.name)
+        for name, value in error.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value  # e.g. Allow on 405
+        return response, status
 
     @app.errorhandler(database.DatabaseError)
     def database_error(error):
@@ -162,7 +166,7 @@ def register_routes(app: Flask) -> None:
         if len(report_id) != 1 or not report_id[0]:
             abort(400, description="give exactly one report_id, e.g. /get_report?report_id=<id from trigger_report>")
         report_id = report_id[0]
-        if not REPORT_ID.match(report_id):
+        if not REPORT_ID.fullmatch(report_id):
             abort(400, description="malformed report_id: expected 32 lowercase hex characters")
         store = _store()
         report = database.find_report(store.db, report_id)
@@ -248,8 +252,9 @@ def register_routes(app: Flask) -> None:
                 results.append({"file": label, "kind": kind, "error": str(error)})
                 continue
             results.append({"kind": kind, **summary})
-        nothing_loaded = not any("loaded" in r for r in results)
-        return jsonify({"files": results}), 400 if nothing_loaded else 200
+        if not any("loaded" in r for r in results):
+            return jsonify({"error": "nothing was loaded: see files", "status": 400, "files": results}), 400
+        return jsonify({"files": results}), 200
 
     @app.get("/health")
     def health():
@@ -273,7 +278,7 @@ def _positive_int_arg(name: str, default: int, largest: int) -> int:
     text = request.args.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= largest:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= largest:
         abort(400, description=f"{name} must be a whole number from 1 to {largest}")
     return int(text)
 

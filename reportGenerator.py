@@ -150,6 +150,10 @@ def parse_as_of(text: str) -> int:
         raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
+    try:
+        when.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
     return database.datetime_to_us(when)
 
 

@@ -246,7 +246,10 @@ def raw_rows(file: str, source: Source) -> RawRows:
         raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
     end_of_header = data.find(b"\n")
     first_line = data[: end_of_header if end_of_header >= 0 else len(data)].decode("utf-8", errors="replace").rstrip("\r")
-    header = _normalise_header(next(csv.reader([first_line]), []))
+    try:
+        header = _normalise_header(next(csv.reader([first_line]), []))
+    except csv.Error:
+        header = []
     _check_header(file, header, first_line)
     plain_ascii = _plain_ascii(data)
     raw = _raw_rows_arrow(file, data, header) if plain_ascii or _is_utf8(data) else None
@@ -351,7 +354,6 @@ def _quote(value) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
-_EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def parse_timestamps_us(values) -> np.ndarray:
@@ -368,7 +370,7 @@ def parse_timestamps_us(values) -> np.ndarray:
         plain = pc.replace_substring_regex(text, r"\s*(?i:UTC|GMT)$", "")
     for target in (pa.timestamp("us"), pa.timestamp("us", tz="UTC")):
         try:
-            return pc.cast(plain, target).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            return _in_datetime_range(pc.cast(plain, target).cast(pa.int64()).to_numpy(zero_copy_only=False))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     cleaned = pd.Series(plain.to_numpy(zero_copy_only=False), dtype=object)
@@ -376,8 +378,18 @@ def parse_timestamps_us(values) -> np.ndarray:
     parsed = pd.to_datetime(cleaned.where(iso_like), format="ISO8601", errors="coerce", utc=True)
     result = np.full(len(cleaned), np.iinfo(np.int64).min, dtype=np.int64)
     ok = parsed.notna().to_numpy()
-    result[ok] = ((parsed[ok] - _EPOCH) // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
-    return result
+    result[ok] = parsed[ok].dt.as_unit("us").dt.tz_convert(None).to_numpy().astype(np.int64)
+    return _in_datetime_range(result)
+
+
+_FIRST_US, _LAST_US = -62135596800000000, 253402300799999999  # 0001-01-01 and 9999-12-31T23:59:59.999999 UTC
+
+
+def _in_datetime_range(stamps: np.ndarray) -> np.ndarray:
+    """Instants a Python datetime (and BSON) can hold; the others count as unparseable."""
+    stamps = np.array(stamps, dtype=np.int64)
+    stamps[(stamps < _FIRST_US) | (stamps > _LAST_US)] = np.iinfo(np.int64).min
+    return stamps
 
 
 _TIME_OF_DAY = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2}))?$"
@@ -532,7 +544,10 @@ READERS = {STATUS_FILE: read_store_status, HOURS_FILE: read_menu_hours, ZONES_FI
 
 def detect_file(header_line: str) -> str | None:
     """Which of the three files a header line belongs to, or None."""
-    header = _normalise_header(next(csv.reader([header_line.lstrip("\ufeff")]), []))
+    try:
+        header = _normalise_header(next(csv.reader([header_line.lstrip("\ufeff")]), []))
+    except csv.Error:
+        return None
     for file, columns in COLUMNS.items():
         if all(c in header for c in columns):
             return file

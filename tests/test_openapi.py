@@ -118,9 +118,8 @@ def test_security_matches_the_token_check(app):
         else:
             assert operation["security"] == [{}, {"bearerAuth": []}], f"{where}: bearer token, optional"
             assert operation["responses"]["401"] == {"$ref": "#/components/responses/Unauthorized"}, where
-    assert SPEC["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": SPEC["components"]["securitySchemes"]["bearerAuth"]["description"]
-    }
+    scheme = SPEC["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
 
 
 def _resolve(node: dict) -> dict:
