@@ -44,6 +44,7 @@ DEFAULTS = {
     "MAX_UPLOAD_MB": 200,
     "API_TOKEN": "",
 }
+EMBEDDED_CHUNK_STORES = 50
 INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
 
 
@@ -54,6 +55,9 @@ def load_settings(config: dict | None = None) -> dict:
         if os.environ.get(key) not in (None, ""):
             settings[key] = os.environ[key]
     settings.update(config or {})
+    if not settings["MONGO_URI"] and "CHUNK_STORES" not in (config or {}) and not os.environ.get("CHUNK_STORES"):
+        # every chunk is cheap on the embedded store, and small ones make the progress bar move
+        settings["CHUNK_STORES"] = EMBEDDED_CHUNK_STORES
     for key in INTEGER_SETTINGS:
         settings[key] = int(settings[key])
     return settings

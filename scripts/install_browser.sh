@@ -18,9 +18,16 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+# Quiet on success; on failure, show apt's output.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+       && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+              chromium chromium-driver; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install_browser.sh: apt-get could not install chromium chromium-driver" >&2
+    exit 1
+fi
 
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     echo "install_browser.sh: chromium or chromedriver still missing after apt-get install" >&2

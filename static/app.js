@@ -36,6 +36,7 @@
     filter: "",
     watchSeq: 0,        // bumps whenever a new report is followed; older loops stop
     page: 1,
+    listSeq: 0,         // bumps with every /reports request; late answers are dropped
     startedAt: 0,       // when the followed report was first asked for (for the elapsed time)
     chart: null
   };
@@ -199,7 +200,7 @@
     state.startedAt = Date.now();
     setBusy(true);
     setPageState("running");
-    showProgress(null);
+    hideProgress();                  // shown from the first "Running" answer (a finished report needs none)
     $("progress-label").textContent = "Computing report " + reportId + "…";
 
     function step() {
@@ -394,11 +395,16 @@
       list.appendChild(li);
     });
 
+    $("chart-heading").textContent = (top.length < TOP_N && top.length !== 0 ? "The " + top.length : TOP_N)
+      + " stores with the most downtime in the last week";
+    $("chart-empty").hidden = top.length > 0;
     var box = document.querySelector(".chart-box");
+    box.hidden = top.length === 0;
     box.style.height = Math.max(160, top.length * 30 + 110) + "px";
     if (state.chart) { state.chart.destroy(); state.chart = null; }
     var canvas = $("chart");
     canvas.dataset.stores = top.map(function (row) { return row.store_id; }).join(",");
+    if (!top.length) { return; }
     if (typeof window.Chart !== "function") {
       showMessage("The chart library did not load; the figures are in the table.", "warn");
       return;
@@ -486,12 +492,15 @@
 
   function loadPastReports(page) {
     page = page || 1;
+    var seq = ++state.listSeq;       // only the newest request may draw the list
     return api("/reports?page=" + page + "&per_page=" + PER_PAGE).then(function (body) {
+      if (seq !== state.listSeq) { return; }
       var pages = Math.max(1, Math.ceil(body.total / PER_PAGE));
       if (page > pages && body.total > 0) { return loadPastReports(pages); }
       state.page = page;
       renderPastReports(body);
     }, function (error) {
+      if (seq !== state.listSeq) { return; }
       showMessage("Could not list past reports. " + error.message);
     });
   }

@@ -13,6 +13,8 @@ CI installs them) and selenium (requirements.txt); skipped otherwise.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -43,7 +45,9 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements.txt")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException, StaleElementReferenceException, TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -119,6 +123,17 @@ def wait(driver, condition, message: str, timeout: float = UI_TIMEOUT):
         raise AssertionError(f"{message} (page message: {text!r})") from None
 
 
+def click(driver, selector: str, message: str) -> None:
+    """Click the element at `selector`, again if the page redrew it in between (lists are redrawn)."""
+    def attempt(d) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+            return True
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+    wait(driver, attempt, message)
+
+
 def assert_table_matches(driver, report: dict) -> None:
     columns = report["columns"]
     rows = table_rows(driver)
@@ -135,19 +150,13 @@ def assert_table_matches(driver, report: dict) -> None:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    """`python app.py` on a free loopback port, seeded with a small generated data set."""
-    base_dir = tmp_path_factory.mktemp("browser")
-    data_dir = base_dir / "data"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", str(STORES), "--out", str(data_dir)],
-        check=True, cwd=ROOT, timeout=120, stdout=subprocess.DEVNULL,
-    )
+@contextlib.contextmanager
+def running_service(base_dir: Path, data_dir: Path, **settings: str):
+    """`python app.py` on a free loopback port; yields its base URL; stopped (terminate, then kill) on exit."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
     env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir), REPORTS_DIR=str(base_dir / "reports"),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **settings)
     log_path = base_dir / "service.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
@@ -175,6 +184,24 @@ def service(tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def data_set(tmp_path_factory) -> Path:
+    """A small realistic data set (scripts/generate_data.py), so a report takes about a second."""
+    data_dir = tmp_path_factory.mktemp("browser-data")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", str(STORES), "--out", str(data_dir)],
+        check=True, cwd=ROOT, timeout=120, stdout=subprocess.DEVNULL,
+    )
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, data_set):
+    """The service on the small data set, open (no API_TOKEN)."""
+    with running_service(tmp_path_factory.mktemp("browser"), data_set) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -292,12 +319,18 @@ def test_csv_link_downloads_this_report(driver, service, shown):
 
 
 def test_past_reports_list_the_report(driver, shown):
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'#past-reports tr[data-report-id="{shown["report_id"]}"]'),
-         "the report is not in the past-reports list")
-    row = driver.find_element(By.CSS_SELECTOR, f'#past-reports tr[data-report-id="{shown["report_id"]}"]')
-    wait(driver, lambda d: row.get_attribute("data-status") == "Complete", "past report not shown as Complete")
-    assert "Complete" in row.text and str(shown["row_count"]) in row.text
-    assert row.get_attribute("aria-current") == "true"
+    def listed(d) -> list[str] | None:    # read in one call: the list is redrawn as reports finish
+        return d.execute_script(
+            "const tr = document.querySelector('#past-reports tr[data-report-id=\"' + arguments[0] + '\"]');"
+            "return tr && [tr.dataset.status, tr.getAttribute('aria-current'),"
+            "              ...Array.from(tr.children).map(td => td.textContent.trim())];", shown["report_id"])
+
+    wait(driver, lambda d: (listed(d) or [None])[0] == "Complete", "the report is not listed as Complete")
+    status, current, created, as_of, badge, count, actions = listed(driver)
+    assert current == "true"          # the report on show is marked in the list
+    assert badge == "Complete" and count == str(shown["row_count"])
+    assert as_of == shown["as_of"].replace("T", " ").split(".")[0].rstrip("Z")
+    assert "View" in actions and "CSV" in actions
 
 
 def test_sorting_by_a_column_header(driver, shown):
@@ -348,15 +381,16 @@ def test_filtering_by_store_id(driver, shown):
 
 def test_clicking_a_past_report_loads_it(driver, service, shown):
     # A second report as of two days earlier, started through the API, then opened from the list.
-    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": "2023-01-23T12:00:00Z"}).encode(),
+    earlier = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00")) - dt.timedelta(days=2)
+    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": earlier.isoformat()}).encode(),
                              method="POST")
     assert status == 202, body
     other = wait_for_report(service, body["report_id"])
-    assert other["status"] == "Complete"
+    assert other["status"] == "Complete" and other["row_count"] > 0
+    assert other["data"] != shown["data"]
     driver.find_element(By.ID, "refresh-reports").click()
     selector = f'#past-reports button.view[data-report-id="{other["report_id"]}"]'
-    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, selector), "the new report is not listed")
-    driver.find_element(By.CSS_SELECTOR, selector).click()
+    click(driver, selector, "the new report is not listed")
     wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
          "clicking View did not load the report")
     assert_table_matches(driver, other)
@@ -367,10 +401,10 @@ def test_clicking_a_past_report_loads_it(driver, service, shown):
     driver.execute_script("location.hash = '#report=' + arguments[0];", shown["report_id"])
     wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
          "#report=<id> did not load the report")
-    driver.find_element(By.CSS_SELECTOR, f'#past-reports button.view[data-report-id="{other["report_id"]}"]').click()
+    click(driver, f'#past-reports button.view[data-report-id="{other["report_id"]}"]', "no View button")
     wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
          "clicking View did not load the second report again")
-    driver.find_element(By.CSS_SELECTOR, f'#past-reports button.view[data-report-id="{shown["report_id"]}"]').click()
+    click(driver, f'#past-reports button.view[data-report-id="{shown["report_id"]}"]', "no View button")
     wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
          "clicking View did not load the first report again")
     assert_table_matches(driver, shown)
@@ -415,3 +449,28 @@ def test_errors_are_shown(driver, shown):
     assert driver.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"]
     message.find_element(By.CSS_SELECTOR, "button.dismiss").click()
     assert not message.is_displayed()
+
+
+def test_page_sends_the_api_token(driver, tmp_path, data_set):
+    """With API_TOKEN set, the page says so until it has the token, then works (`?token=` in the address)."""
+    token = "browser-test-token"
+    with running_service(tmp_path, data_set, API_TOKEN=token) as base:
+        driver.get(base + "/")
+        message = driver.find_element(By.ID, "message")
+        wait(driver, lambda d: message.is_displayed() and "HTTP 401" in message.text, "no message for a 401")
+        assert "API token" in message.text
+
+        driver.get(f"{base}/?token={token}")
+        assert "token" not in driver.current_url, "the token stays in the address bar"
+        trigger = driver.find_element(By.ID, "trigger")
+        trigger.click()
+        wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id"), "no report shown",
+             timeout=REPORT_TIMEOUT)
+        assert driver.execute_script("return document.body.dataset.state") == "complete"
+        assert not driver.find_element(By.ID, "message").is_displayed()
+        assert len(table_rows(driver)) == STORES
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#past-reports tr[data-status='Complete']"),
+             "past reports not listed with the token")
+        # The token is kept in this browser (for this origin only) until cleared.
+        assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") == token
+        driver.execute_script("localStorage.clear();")
