@@ -195,18 +195,10 @@ class Run:
 
     def trigger_one(self, client: Client) -> None:
         body = json.dumps({"as_of": self.args.as_of}).encode() if self.args.as_of else None
-        began = time.perf_counter()
-        try:
-            status, payload = client.request("POST", "/trigger_report", body)
-        except Exception as error:  # noqa: BLE001 - every failure is counted, the run goes on
-            self.stats.record("trigger", time.perf_counter() - began, f"trigger: {type(error).__name__}")
+        answer = self.request(client, "/trigger_report", "trigger", method="POST", body=body, expected=202)
+        if answer is None:
             return
-        seconds = time.perf_counter() - began
-        if status != 202:
-            self.stats.record("trigger", seconds, f"trigger: HTTP {status}")
-            return
-        self.stats.record("trigger", seconds)
-        report_id = json.loads(payload)["report_id"]
+        report_id = json.loads(answer[0])["report_id"]
         with self.reports_lock:
             self.reports[report_id] = Report(report_id, self.elapsed())
 
@@ -240,31 +232,28 @@ class Run:
                 self.stats.reconnects += client.reconnects
             client.close()
 
-    def request(self, client: Client, path: str, kind: str) -> tuple[int, bytes] | None:
+    def request(self, client: Client, path: str, kind: str, method: str = "GET", body: bytes | None = None,
+                expected: int = 200, record_success: bool = True) -> tuple[bytes, float] | None:
+        """One request, counted under `kind`: the body and seconds taken, or None on any failure."""
         began = time.perf_counter()
         try:
-            status, payload = client.request("GET", path)
-        except Exception as error:  # noqa: BLE001
+            status, payload = client.request(method, path, body)
+        except Exception as error:  # noqa: BLE001 - every failure is counted, the run goes on
             self.stats.record(kind, time.perf_counter() - began, f"{kind}: {type(error).__name__}")
             return None
         seconds = time.perf_counter() - began
-        if status != 200:
+        if status != expected:
             self.stats.record(kind, seconds, f"{kind}: HTTP {status}")
             return None
-        self.stats.record(kind, seconds)
-        return status, payload
+        if record_success:
+            self.stats.record(kind, seconds)
+        return payload, seconds
 
     def poll_once(self, client: Client, report_id: str) -> None:
-        began = time.perf_counter()
-        try:
-            status, payload = client.request("GET", f"/get_report?report_id={report_id}")
-        except Exception as error:  # noqa: BLE001
-            self.stats.record("get_report", time.perf_counter() - began, f"get_report: {type(error).__name__}")
+        answer = self.request(client, f"/get_report?report_id={report_id}", "get_report", record_success=False)
+        if answer is None:
             return
-        seconds = time.perf_counter() - began
-        if status != 200:
-            self.stats.record("get_report", seconds, f"get_report: HTTP {status}")
-            return
+        payload, seconds = answer
         try:
             body = json.loads(payload)
             state = body["status"]
