@@ -298,16 +298,25 @@ class CodedInputs:
         )
 
 
-def _store_time_order(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-    """Stable order by (store, time): rows with equal store and time keep their file order."""
+def _sorted_polls(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
+    """Polls sorted by (store, time) as `(store, stamp, active)`; of rows with equal store and
+    time, the one later in the input comes last."""
     if stamps.size == 0:
-        return np.empty(0, dtype=np.int64)
+        return codes.astype(np.int64), stamps, active
     low = int(stamps.min())
     span = int(stamps.max()) - low + 1
-    if (int(codes.max()) + 1) * span < 2**63:
-        # one packed int64 key sorts about three times faster than lexsort's two keys
-        return np.argsort(codes.astype(np.int64) * span + (stamps - low), kind="stable")
-    return np.lexsort((stamps, codes))
+    if (int(codes.max()) + 1) * span < 2**62:
+        packed = codes.astype(np.int64) * span + (stamps - low)
+        # sorting the values (with the status as the lowest bit) is ~8x faster than any argsort;
+        # it is only right when no (store, time) repeats, since it would order repeats by status
+        keys = np.sort(packed * 2 + active)
+        packed_sorted = keys >> 1
+        if not (packed_sorted[1:] == packed_sorted[:-1]).any():
+            return packed_sorted // span, packed_sorted % span + low, (keys & 1).astype(bool)
+        order = np.argsort(packed, kind="stable")
+    else:
+        order = np.lexsort((stamps, codes))
+    return codes[order].astype(np.int64), stamps[order], active[order]
 
 
 def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int):
@@ -319,7 +328,7 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
     codes, store_ids = pd.factorize(polls["store_id"], sort=True)
     store_index = pd.Index(store_ids)
     stamps = polls["timestamp_us"].to_numpy(dtype=np.int64)
-    order = _store_time_order(codes, stamps)
+    poll_store, poll_us, poll_active = _sorted_polls(codes, stamps, polls["active"].to_numpy(dtype=bool))
 
     zone_of_store = np.full(len(store_ids), DEFAULT_TIMEZONE, dtype=object)
     z_store = store_index.get_indexer(zones["store_id"])
@@ -330,9 +339,9 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
     h_known = h_store >= 0
     coded = CodedInputs(
         n_stores=len(store_ids),
-        poll_store=codes[order].astype(np.int64),
-        poll_us=stamps[order],
-        poll_active=polls["active"].to_numpy(dtype=bool)[order],
+        poll_store=poll_store,
+        poll_us=poll_us,
+        poll_active=poll_active,
         hour_store=h_store[h_known].astype(np.int64),
         hour_day=hours["day"].to_numpy(dtype=np.int64)[h_known],
         hour_start_s=hours["start_s"].to_numpy(dtype=np.int64)[h_known],
