@@ -32,6 +32,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from tqdm import tqdm
 
 import sources
+import utils
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +191,13 @@ def data_lease(db, mode: str, wait_seconds: float = LEASE_WAIT_SECONDS):
 # --------------------------------------------------------------------------- time helpers
 
 
-def us_to_datetime(value_us: int) -> dt.datetime:
-    """A UTC datetime for microseconds since the epoch (BSON keeps milliseconds of it)."""
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=int(value_us))
+us_to_datetime = utils.us_to_datetime
+datetime_to_us = utils.datetime_to_us
 
 
 def _ms_floor(value_us: int) -> dt.datetime:
+    """The instant as BSON stores it: whole milliseconds."""
     return us_to_datetime(int(value_us) // 1000 * 1000)
-
-
-def datetime_to_us(value: dt.datetime) -> int:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
 
 
 # --------------------------------------------------------------------------- ingest

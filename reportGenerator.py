@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -28,11 +29,28 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-import database
 import sources
 import utils
+
+
+def _lazy_import(name: str):
+    """Import a module on first use (the importlib documentation's LazyLoader recipe).
+
+    The CSV mode never touches MongoDB: loading `database` (and pymongo) only
+    when a report job needs it keeps `python reportGenerator.py` quick to start.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+database = _lazy_import("database")
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +172,7 @@ def parse_as_of(text: str) -> int:
         when.astimezone(dt.timezone.utc)
     except OverflowError:
         raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
-    return database.datetime_to_us(when)
+    return utils.datetime_to_us(when)
 
 
 # --------------------------------------------------------------------------- the job on MongoDB
@@ -280,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         as_of_us = parse_as_of(args.as_of) if args.as_of else None
+        from tqdm import tqdm  # only the command line draws progress bars
+
         with tqdm(desc="stores", unit="store", disable=not sys.stderr.isatty()) as bar:
 
             def show(done: int, total: int) -> None:
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result.file}: {result.rejected} rows rejected (first: line {result.rejects[0].line}: "
                   f"{result.rejects[0].reason})", file=sys.stderr)
     write_atomically(args.output, report_csv_bytes(report))
-    print(f"wrote {len(report)} stores to {args.output} (as of {database.us_to_datetime(now_us).isoformat()})",
+    print(f"wrote {len(report)} stores to {args.output} (as of {utils.us_to_datetime(now_us).isoformat()})",
           file=sys.stderr)
     return 0
 

@@ -51,6 +51,23 @@ REPORT_COLUMNS = [
 _FAR = 2**61
 
 
+# --------------------------------------------------------------------------- instants
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def us_to_datetime(value_us: int) -> dt.datetime:
+    """A UTC datetime for microseconds since the epoch."""
+    return _EPOCH + dt.timedelta(microseconds=int(value_us))
+
+
+def datetime_to_us(value: dt.datetime) -> int:
+    """Microseconds since the epoch for a datetime (a naive one is taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
 # --------------------------------------------------------------------------- time zones
 
 
