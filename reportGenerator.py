@@ -79,16 +79,28 @@ def _chunk_bounds(n_stores: int, chunk_stores: int, processes: int) -> list[tupl
     return [(first, min(first + size, n_stores)) for first in range(0, n_stores, size)]
 
 
+_FORKED_INPUTS: utils.CodedInputs | None = None  # what forked workers inherit instead of being sent
+
+
+def _inherited_chunk_ticks(first: int, last: int, now_us: int) -> dict:
+    return utils.coded_uptime_ticks(_FORKED_INPUTS.stores(first, last), now_us)
+
+
 def _ticks_by_chunk(coded: utils.CodedInputs, now_us: int, bounds, processes: int) -> Iterable[dict]:
     """Each chunk's ticks, in order; computed in `processes` forked workers when that can pay."""
+    global _FORKED_INPUTS
     fork = "fork" in multiprocessing.get_all_start_methods()
     if processes > 1 and len(bounds) > 1 and fork and threading.active_count() == 1:
-        # fork shares the parsed arrays at no cost; it is only safe in a single-threaded process
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-            futures = [pool.submit(utils.coded_uptime_ticks, coded.stores(a, b), now_us) for a, b in bounds]
-            for future in futures:
-                yield future.result()
+        # forked workers see the parsed arrays through this global at no cost (only the small
+        # results travel back); fork is only safe from a single-threaded process
+        _FORKED_INPUTS = coded
+        try:
+            with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_inherited_chunk_ticks, a, b, now_us) for a, b in bounds]
+                for future in futures:
+                    yield future.result()
+        finally:
+            _FORKED_INPUTS = None
         return
     for first, last in bounds:
         yield utils.coded_uptime_ticks(coded.stores(first, last), now_us)

@@ -470,8 +470,23 @@ def _strings_of(array) -> pd.Series:
 
 
 def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
-    """Polls: `store_id`, `timestamp_us` (int64), `active` (bool), `line`."""
+    """Polls: `store_id` (categorical), `timestamp_us` (int64), `active` (bool), `line`.
+
+    A file on disk is read block by block, so memory grows with the polls kept
+    (about 20 bytes each) rather than with the file; anything that path cannot
+    vouch for line by line is read whole instead.
+    """
+    if isinstance(source, (str, Path)):
+        parsed = _read_store_status_in_blocks(Path(source), file)
+        if parsed is not None:
+            return parsed
     parsed, check = _start(STATUS_FILE, source, file)
+    parsed.frame = _polls_frame(parsed, [_check_polls(check)])
+    return parsed
+
+
+def _check_polls(check: Checker) -> dict:
+    """Run the poll checks on one block of rows; returns its good rows (store ids still strings)."""
     store_id = _check_store_ids(check)
     status = pc.utf8_lower(check.trimmed("status"))
     check.fail(~_mask(pc.is_in(status, pa.array(["active", "inactive"]))),
@@ -480,16 +495,102 @@ def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
     stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
     check.fail(stamp == np.iinfo(np.int64).min, lambda i: f"unparseable timestamp {check.value('timestamp_utc', i)}")
     line = check.finish()
+    return {
+        "store_id": check.good(store_id),
+        "timestamp_us": stamp[check.ok],
+        "active": _mask(pc.equal(check.good(status), "active")),
+        "line": line,
+    }
+
+
+def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    """One frame of all blocks' good polls, store ids as a categorical in store_id order."""
+    catalog: dict[str, int] = {}
+    code_parts = []
+    for block in blocks:
+        local_codes, local_ids = pd.factorize(block["store_id"].to_pandas())
+        to_global = np.array([catalog.setdefault(store, len(catalog)) for store in local_ids], dtype=np.int32)
+        code_parts.append(to_global[local_codes] if len(local_codes) else np.empty(0, np.int32))
+        block["store_id"] = None  # the strings of this block are no longer needed
+    names = np.array(list(catalog), dtype=object)
+    order = np.argsort(names, kind="stable")
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[order] = np.arange(len(names), dtype=np.int32)
+    codes = rank[np.concatenate(code_parts)] if code_parts else np.empty(0, np.int32)
     frame = pd.DataFrame(
         {
-            "store_id": _strings_of(check.good(store_id)),
-            "timestamp_us": stamp[check.ok],
-            "active": _mask(pc.equal(check.good(status), "active")),
-            "line": line,
+            "store_id": pd.Categorical.from_codes(codes, categories=pd.Index(names[order], dtype=object)),
+            "timestamp_us": np.concatenate([b["timestamp_us"] for b in blocks]),
+            "active": np.concatenate([b["active"] for b in blocks]),
+            "line": np.concatenate([b["line"] for b in blocks]),
         }
     )
     frame = _later_row_wins(parsed, frame, ["store_id", "timestamp_us"], ["active"], "store_id and timestamp")
-    parsed.frame = frame.reset_index(drop=True)
+    return frame.reset_index(drop=True)
+
+
+STATUS_BLOCK_BYTES = 1 << 25  # 32 MB of CSV text per block
+
+
+def _scan_file(path: Path) -> tuple[int, bool, bytes]:
+    """Physical line count, whether the bytes are plain printable ASCII, and the first 64 KB."""
+    lines, plain, head, last = 0, True, b"", b""
+    with path.open("rb") as handle:
+        while chunk := handle.read(STATUS_BLOCK_BYTES):
+            if not head:
+                head = chunk[:65536]
+            lines += chunk.count(b"\n")
+            plain = plain and _plain_ascii(chunk)
+            last = chunk[-1:]
+    if last and last != b"\n":
+        lines += 1
+    return lines, plain, head
+
+
+def _read_store_status_in_blocks(path: Path, file: str) -> Parsed | None:
+    """The block-by-block reader; None when the file needs the whole-file reader."""
+    lines, plain, head = _scan_file(path)
+    if not plain or not head:
+        return None  # undecodable or unusual bytes, or an empty file: the careful reader says why
+    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    first_line = body.split(b"\n", 1)[0].decode("ascii").rstrip("\r")
+    try:
+        header = _normalise_header(next(csv.reader([first_line]), []))
+    except csv.Error:
+        return None
+    _check_header(STATUS_FILE, header, first_line)
+    names = [name if name not in header[:i] else f"_dup{i}" for i, name in enumerate(header)]
+    invalid = []
+
+    def on_invalid_row(row) -> str:
+        invalid.append(row)
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, block_size=STATUS_BLOCK_BYTES),
+        parse_options=pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid_row),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={name: pa.string() for name in names},
+            include_columns=COLUMNS[STATUS_FILE],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    parsed = Parsed(file=file, frame=pd.DataFrame())
+    blocks, first_line_number = [], 2
+    for batch in reader:
+        if invalid:
+            return None  # a ragged row: only the whole-file readers know its line number
+        raw = RawRows({name: batch.column(name) for name in COLUMNS[STATUS_FILE]},
+                      np.arange(first_line_number, first_line_number + batch.num_rows, dtype=np.int64), {})
+        raw.plain_ascii = True
+        blocks.append(_check_polls(Checker(parsed, raw)))
+        first_line_number += batch.num_rows
+    parsed.rows_read = first_line_number - 2
+    if invalid or parsed.rows_read != lines - 1:
+        return None  # rows and lines do not match up (quoted line breaks): line numbers would be wrong
+    parsed.frame = _polls_frame(parsed, blocks)
     return parsed
 
 

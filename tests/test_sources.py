@@ -1,6 +1,7 @@
 """CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 import sources
@@ -240,3 +241,24 @@ def test_arbitrary_bytes_never_crash_the_reader(body):
         parsed = sources.READERS[file](header + body)
         assert len(parsed.frame) + parsed.rejected == parsed.rows_read
         assert all(len(s) <= sources.MAX_STORE_ID_LENGTH for s in parsed.frame["store_id"])
+
+
+@pytest.mark.parametrize("extra", ["", "9,active\n", '"quoted\nbreak",active,2023-01-22 12:00:00 UTC\n', "5,\xe9,x\n"])
+def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra):
+    """A file on disk is read in blocks (here, tiny ones); the result is the same as reading it whole,
+    and files the block reader cannot vouch for (ragged rows, quoted line breaks, non-ASCII) fall back."""
+    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
+    rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
+            for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
+    rows[5] = "12,online,2023-01-22 01:00:00 UTC"
+    rows[9] = rows[8]  # a duplicate
+    text = HEADER + "\n".join(rows) + "\n" + extra + "12,active,2023-01-22 23:59:59 UTC\n"
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(text.encode("utf-8"))
+    from_file, from_bytes = sources.read_store_status(path), sources.read_store_status(text.encode("utf-8"))
+    pd.testing.assert_frame_equal(from_file.frame, from_bytes.frame)
+    assert [(r.line, r.reason) for r in from_file.rejects] == [(r.line, r.reason) for r in from_bytes.rejects]
+    assert from_file.rows_read == from_bytes.rows_read == len(text.splitlines()) - 1 - (1 if "quoted" in extra else 0)
+    assert list(from_file.frame["store_id"].cat.categories) == sorted(from_file.frame["store_id"].cat.categories)
+    used_blocks = sources._read_store_status_in_blocks(path, "store_status.csv") is not None
+    assert used_blocks == (extra == "")
