@@ -159,3 +159,59 @@ def test_stale_running_report_is_failed_when_polled(app, client, db):
     body = client.get("/get_report?report_id=" + "cd" * 16).get_json()
     assert body["status"] == "Failed"
     assert "heartbeat" in body["error"]
+
+
+# --------------------------------------------------------------------------- /ingest and /reports
+
+
+def upload(client, **files):
+    data = {field: (io.BytesIO(body), f"{field}.csv") for field, body in files.items()}
+    return client.post("/ingest", data=data, content_type="multipart/form-data")
+
+
+def test_ingest_loads_reports_rejects_and_is_idempotent(client, db):
+    body = (b"store_id,status,timestamp_utc\n"
+            b"fresh,active,2023-01-24 12:00:00 UTC\nfresh,online,2023-01-24 12:30:00 UTC\n")
+    response = upload(client, store_status=body)
+    assert response.status_code == 200
+    [summary] = response.get_json()["files"]
+    assert (summary["kind"], summary["rows_read"], summary["loaded"], summary["rejected"]) == (
+        "store_status.csv", 2, 1, 1)
+    assert summary["rejects"] == [{"file": "store_status.csv", "line": 3,
+                                   "reason": "unknown status 'online' (expected active or inactive)"}]
+    assert db["storeStatus"].count_documents({"store_id": "fresh"}) == 1
+    assert upload(client, store_status=body).status_code == 200
+    assert db["storeStatus"].count_documents({"store_id": "fresh"}) == 1
+
+
+def test_ingest_knows_a_file_by_its_header_and_replaces_hours(client, db):
+    response = upload(client, anything=b"store_id,day,start_time_local,end_time_local\nworked,3,08:00:00,09:00:00\n")
+    assert response.get_json()["files"][0]["kind"] == "menu_hours.csv"
+    assert [d["day"] for d in db["businessHours"].find({"store_id": "worked"})] == [3]
+
+
+def test_ingest_errors(client, app):
+    assert client.post("/ingest").status_code == 400
+    wrong = upload(client, store_status=b"store;status;timestamp_utc\n1;active;x\n")
+    assert wrong.status_code == 400
+    assert wrong.get_json()["error"] and "wrong header" in wrong.get_json()["files"][0]["error"]
+    unknown = upload(client, mystery=b"a,b\n1,2\n")
+    assert unknown.status_code == 400 and "not one of the three files" in unknown.get_json()["files"][0]["error"]
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    too_big = upload(client, store_status=b"store_id,status,timestamp_utc\n" + b"1,active,2023-01-24T12:00:00Z\n" * 100)
+    assert too_big.status_code == 413 and too_big.get_json()["status"] == 413
+
+
+def test_reports_lists_newest_first_with_pages(client):
+    ids = [trigger(client) for _ in range(3)]
+    for report_id in ids:
+        wait_for_report(client, report_id)
+    first = client.get("/reports?per_page=2").get_json()
+    assert first["total"] == 3 and first["page"] == 1
+    assert [r["report_id"] for r in first["reports"]] == ids[::-1][:2]
+    assert first["reports"][0]["status"] == "Complete" and first["reports"][0]["row_count"] == 3
+    assert first["reports"][0]["as_of"] == "2023-01-24T13:00:00Z"
+    second = client.get("/reports?per_page=2&page=2").get_json()
+    assert [r["report_id"] for r in second["reports"]] == [ids[0]]
+    for query in ("page=0", "per_page=101", "page=x", "per_page=-1"):
+        assert client.get("/reports?" + query).status_code == 400

@@ -248,6 +248,7 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     """A file on disk is read in blocks (here, tiny ones); the result is the same as reading it whole,
     and files the block reader cannot vouch for (ragged rows, quoted line breaks, non-ASCII) fall back."""
     monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
     rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
             for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
