@@ -134,6 +134,24 @@ def test_dst_rows_in_new_york(row, now, business_hours):
     assert report["s"]["downtime_last_week"] == 0.0
 
 
+@pytest.mark.parametrize(
+    "now, business_hours",
+    [
+        # window = local days 03-09..03-15; 01:00-03:00 every day is 2 h, but on 03-12 (spring
+        # forward) it runs 01:00 EST to 03:00 EDT = 06:00-07:00 UTC: 6 x 2 h + 1 h
+        ("2023-03-15 12:00:00", 13.0),
+        # window = local days 11-02..11-08; on 11-05 (fall back) 01:00 EDT to 03:00 EST = 3 h
+        ("2023-11-08 12:00:00", 15.0),
+    ],
+)
+def test_a_week_across_a_dst_change(now, business_hours):
+    polls = [("s", now, "active")]
+    hours = [("s", day, "01:00:00", "03:00:00") for day in range(7)]
+    report = report_for(polls, hours, {"s": "America/New_York"}, now=now)
+    assert report["s"]["uptime_last_week"] == business_hours
+    assert report["s"]["uptime_last_day"] == 2.0
+
+
 def test_overnight_row_in_los_angeles():
     # Friday 2023-01-20 22:00 PST to Saturday 02:00 PST = 06:00-10:00 UTC on the 21st
     polls = [("s", "2023-01-21 08:00:00", "active")]
