@@ -98,7 +98,7 @@ def create_app(config: dict | None = None) -> Flask:
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
     )
     if app.config["API_TOKEN"]:
-        log.info("API_TOKEN is set: every endpoint but /health, / and /static needs 'Authorization: Bearer <token>'")
+        log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs 'Authorization: Bearer <token>'")
     else:
         log.warning("API_TOKEN is not set: the API is open to anyone who can reach it")
     register_routes(app)

@@ -84,11 +84,11 @@ def block_reports(monkeypatch) -> threading.Event:
 
 def test_heartbeat_keeps_a_long_report_alive(shared_store, tmp_path, monkeypatch):
     release = block_reports(monkeypatch)
-    app = make_app(shared_store, tmp_path, STALE_AFTER_SECONDS=1)
+    app = make_app(shared_store, tmp_path, STALE_AFTER_SECONDS=2)
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
     first_beat = database.find_report(shared_store.db, report_id)["heartbeat_at"]
-    time.sleep(1.5)  # longer than STALE_AFTER_SECONDS: only the heartbeat keeps it Running
+    time.sleep(3)  # longer than STALE_AFTER_SECONDS: only the heartbeat (every 0.5 s) keeps it Running
     assert client.get(f"/get_report?report_id={report_id}").get_json()["status"] == "Running"
     assert database.find_report(shared_store.db, report_id)["heartbeat_at"] > first_beat
     release.set()
@@ -165,7 +165,10 @@ def test_load_waits_while_a_report_reads(shared_store, tmp_path, monkeypatch):
     app = make_app(shared_store, tmp_path)
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
-    time.sleep(0.3)  # the report now holds the read lease
+    deadline = time.monotonic() + 20
+    while not (shared_store.db["locks"].find_one({"_id": "data"}) or {}).get("readers"):
+        assert time.monotonic() < deadline, "the report never took the read lease"
+        time.sleep(0.02)
     loaded = threading.Event()
 
     def load():
