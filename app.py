@@ -149,7 +149,7 @@ def register_routes(app: Flask) -> None:
     @app.post("/trigger_report")
     def trigger_report():
         as_of_us = None
-        if request.get_data(cache=True).strip():
+        if request.get_data(cache=True):  # an empty body means "no options"; anything else must be JSON
             body = request.get_json(silent=True)
             if not isinstance(body, dict):
                 abort(400, description='the body must be a JSON object, e.g. {"as_of": "2023-01-25T18:00:00Z"}')

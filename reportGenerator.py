@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -170,12 +171,16 @@ def write_atomically(path: Path, payload: bytes) -> None:
         raise
 
 
+# what openapi.json promises for as_of: a date, optionally a time (seconds and up to 6 decimals), a zone
+AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
+
+
 def parse_as_of(text: str) -> int:
     """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
-    if not isinstance(text, str) or not text.strip() or len(text) > 64:
+    if not isinstance(text, str) or not AS_OF.fullmatch(text):
         raise ValueError("as_of must be an ISO 8601 date-time string, e.g. 2023-01-25T18:00:00Z")
     try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
     if when.tzinfo is None:
