@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import database
-import reportGenerator
 import sources
 from app import create_app
 from tests.conftest import TINY_REPORT, wait_for_report, write_data_dir
