@@ -195,7 +195,7 @@ def register_routes(app: Flask) -> None:
             {
                 "status": "Complete",
                 "report_id": report_id,
-                "as_of": _iso(report.get("as_of")),
+                "as_of": _as_of(report),
                 "row_count": report.get("row_count"),
                 "columns": utils.REPORT_COLUMNS,
                 "data": rows.to_dict("records"),
@@ -225,7 +225,7 @@ def register_routes(app: Flask) -> None:
                     {
                         "report_id": row["report_id"],
                         "status": row["status"],
-                        "as_of": _iso(row.get("as_of")),
+                        "as_of": _as_of(row),
                         "created_at": _iso(row.get("created_at")),
                         "finished_at": _iso(row.get("finished_at")),
                         "row_count": row.get("row_count"),
@@ -301,6 +301,13 @@ def _is_stale(report: dict) -> bool:
     if beat.tzinfo is None:
         beat = beat.replace(tzinfo=dt.timezone.utc)
     return database.now_utc() - beat > dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
+
+
+def _as_of(report: dict) -> str | None:
+    """The report's now, to the microsecond (the BSON date beside it keeps only milliseconds)."""
+    if report.get("as_of_us") is not None:
+        return _iso(utils.us_to_datetime(report["as_of_us"]))
+    return _iso(report.get("as_of"))
 
 
 def _iso(value) -> str | None:

@@ -511,7 +511,7 @@ def count_reports(db) -> int:
 
 
 def list_reports(db, skip: int = 0, limit: int = 20) -> list[dict]:
-    fields = {"_id": 0, "report_id": 1, "status": 1, "as_of": 1, "created_at": 1, "finished_at": 1, "row_count": 1,
+    fields = {"_id": 0, "report_id": 1, "status": 1, "as_of": 1, "as_of_us": 1, "created_at": 1, "finished_at": 1, "row_count": 1,
               "error": 1}
     return list(db[REPORTS].find({}, fields).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).skip(skip).limit(limit))
 

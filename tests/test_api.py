@@ -215,3 +215,10 @@ def test_reports_lists_newest_first_with_pages(client):
     assert [r["report_id"] for r in second["reports"]] == [ids[0]]
     for query in ("page=0", "per_page=101", "page=x", "per_page=-1"):
         assert client.get("/reports?" + query).status_code == 400
+
+
+def test_as_of_is_kept_to_the_microsecond(client):
+    report_id = trigger(client, {"as_of": "2023-01-24T12:00:00.123456+00:00"})
+    assert wait_for_report(client, report_id)["as_of"] == "2023-01-24T12:00:00.123456Z"
+    listed = client.get("/reports").get_json()["reports"][0]
+    assert listed["as_of"] == "2023-01-24T12:00:00.123456Z"
