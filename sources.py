@@ -108,6 +108,28 @@ def _normalise_header(names) -> list[str]:
     return cleaned
 
 
+def _parse_header(first_line: str) -> list[str]:
+    """The column names of a header line, normalised ([] when it is not even CSV)."""
+    try:
+        return _normalise_header(next(csv.reader([first_line.lstrip("\ufeff")]), []))
+    except csv.Error:
+        return []
+
+
+def _arrow_string_options(file: str, header: list[str], on_invalid_row):
+    """pyarrow parse and convert options that read the expected columns as strings, with every
+    physical line a row (blank ones too) and ragged rows handed to `on_invalid_row`."""
+    names = [name if name not in header[:i] else f"_dup{i}" for i, name in enumerate(header)]
+    parse = pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid_row)
+    convert = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        include_columns=COLUMNS[file],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    return names, parse, convert
+
+
 def _check_header(file: str, header: list[str], raw_header: str) -> None:
     expected = COLUMNS[file]
     missing = [c for c in expected if c not in header]
@@ -142,25 +164,21 @@ def _physical_lines(data: bytes) -> int:
 def _raw_rows_arrow(file: str, data: bytes, header: list[str]) -> RawRows | None:
     """Read with pyarrow; None when it cannot (then the line-by-line reader takes over)."""
     expected = COLUMNS[file]
-    names = [name if name not in header[:i] else f"_dup{i}" for i, name in enumerate(header)]
     invalid: list[tuple[int | None, str, int]] = []
 
     def on_invalid_row(row) -> str:
         invalid.append((row.number, row.text, row.actual_columns))
         return "skip"
 
+    names, parse_options, convert_options = _arrow_string_options(file, header, on_invalid_row)
+
     def read(threads: bool) -> pa.Table:
         invalid.clear()
         return pa_csv.read_csv(
             pa.BufferReader(data),  # zero-copy: no Python file reads
             read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, use_threads=threads, block_size=1 << 24),
-            parse_options=pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid_row),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                include_columns=expected,
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+            parse_options=parse_options,
+            convert_options=convert_options,
         )
 
     try:
@@ -245,10 +263,7 @@ def raw_rows(file: str, source: Source) -> RawRows:
         raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
     end_of_header = data.find(b"\n")
     first_line = data[: end_of_header if end_of_header >= 0 else len(data)].decode("utf-8", errors="replace").rstrip("\r")
-    try:
-        header = _normalise_header(next(csv.reader([first_line]), []))
-    except csv.Error:
-        header = []
+    header = _parse_header(first_line)
     _check_header(file, header, first_line)
     plain_ascii = _plain_ascii(data)
     raw = _raw_rows_arrow(file, data, header) if plain_ascii or _is_utf8(data) else None
@@ -555,28 +570,20 @@ def _read_store_status_in_blocks(path: Path, file: str) -> Parsed | None:
         return None  # undecodable or unusual bytes, or an empty file: the careful reader says why
     body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
     first_line = body.split(b"\n", 1)[0].decode("ascii").rstrip("\r")
-    try:
-        header = _normalise_header(next(csv.reader([first_line]), []))
-    except csv.Error:
-        return None
+    header = _parse_header(first_line)
     _check_header(STATUS_FILE, header, first_line)
-    names = [name if name not in header[:i] else f"_dup{i}" for i, name in enumerate(header)]
     invalid = []
 
     def on_invalid_row(row) -> str:
         invalid.append(row)
         return "skip"
 
+    names, parse_options, convert_options = _arrow_string_options(STATUS_FILE, header, on_invalid_row)
     reader = pa_csv.open_csv(
         path,
         read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, block_size=STATUS_BLOCK_BYTES),
-        parse_options=pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid_row),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in names},
-            include_columns=COLUMNS[STATUS_FILE],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
+        parse_options=parse_options,
+        convert_options=convert_options,
     )
     parsed = Parsed(file=file, frame=pd.DataFrame())
     blocks, first_line_number = [], 2
@@ -652,10 +659,7 @@ READERS = {STATUS_FILE: read_store_status, HOURS_FILE: read_menu_hours, ZONES_FI
 
 def detect_file(header_line: str) -> str | None:
     """Which of the three files a header line belongs to, or None."""
-    try:
-        header = _normalise_header(next(csv.reader([header_line.lstrip("\ufeff")]), []))
-    except csv.Error:
-        return None
+    header = _parse_header(header_line)
     for file, columns in COLUMNS.items():
         if all(c in header for c in columns):
             return file
