@@ -191,13 +191,9 @@ def data_lease(db, mode: str, wait_seconds: float = LEASE_WAIT_SECONDS):
 # --------------------------------------------------------------------------- time helpers
 
 
-us_to_datetime = utils.us_to_datetime
-datetime_to_us = utils.datetime_to_us
-
-
 def _ms_floor(value_us: int) -> dt.datetime:
     """The instant as BSON stores it: whole milliseconds."""
-    return us_to_datetime(int(value_us) // 1000 * 1000)
+    return utils.us_to_datetime(int(value_us) // 1000 * 1000)
 
 
 # --------------------------------------------------------------------------- ingest
@@ -355,7 +351,7 @@ def latest_poll_us(db) -> int | None:
 def _poll_us(doc: dict) -> int:
     if doc.get("timestamp_us") is not None:
         return int(doc["timestamp_us"])
-    return datetime_to_us(doc["timestamp_utc"])
+    return utils.datetime_to_us(doc["timestamp_utc"])
 
 
 def report_store_ids(db, now_us: int) -> list[str]:
@@ -442,7 +438,7 @@ def create_report(db, report_id: str, as_of_us: int | None) -> dict:
         "created_at": now,
         "heartbeat_at": now,
         "finished_at": None,
-        "requested_as_of": us_to_datetime(as_of_us) if as_of_us is not None else None,
+        "requested_as_of": utils.us_to_datetime(as_of_us) if as_of_us is not None else None,
         "as_of": None,
         "progress": {"done": 0, "total": 0},
         "row_count": None,

@@ -270,7 +270,7 @@ class ReportGenerator:
                 raise ValueError("there are no polls in storeStatus, so there is nothing to report")
             store_ids = database.report_store_ids(db, now_us)
             database.update_report(
-                db, report_id, as_of=database.us_to_datetime(now_us), as_of_us=now_us,
+                db, report_id, as_of=utils.us_to_datetime(now_us), as_of_us=now_us,
                 progress={"done": 0, "total": len(store_ids)},
             )
             since_us = now_us - utils.WEEK_US

@@ -13,6 +13,7 @@ import pytest
 
 import database
 import reportGenerator
+import utils
 from tests.conftest import TINY_REPORT, wait_for_report, write_data_dir
 
 MONGO_URI = os.environ.get("MONGO_URI", "")
@@ -41,7 +42,7 @@ def test_load_is_idempotent_and_indexed(real_store, tmp_path):
     assert [s["loaded"] for s in first] == [s["loaded"] for s in second] == [5, 1, 1]
     assert real_store.db[database.STATUS].count_documents({}) == 5
     assert real_store.db[database.STATUS].index_information()["store_time"]["unique"] is True
-    since = database.us_to_datetime(0)
+    since = utils.us_to_datetime(0)
     plan = real_store.db[database.STATUS].find({"store_id": "late", "timestamp_utc": {"$gte": since}}).explain()
     assert "IXSCAN" in str(plan)
 
