@@ -60,6 +60,13 @@ def _aware(value):
     return value
 
 
+def _raise_unless_duplicates(error: BulkWriteError) -> None:
+    """Duplicate keys (11000) are expected on re-loads; any other write or write-concern error is raised."""
+    others = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
+    if others or error.details.get("writeConcernErrors"):
+        raise error
+
+
 class MongoStore(database.Store):
     def __init__(self, uri: str, name: str = database.DEFAULT_DB):
         self.uri, self.name = uri, name
@@ -106,25 +113,34 @@ class MongoStore(database.Store):
 
     def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
         collection = self.db[STATUS]
+        # into an empty collection plain inserts are the fast bulk path (the file holds each key once)
+        fresh = collection.count_documents({}, limit=1) == 0
         for start in range(0, len(frame), database.BATCH_SIZE):
             part = frame.iloc[start : start + database.BATCH_SIZE]
             stamps = part["timestamp_us"].to_numpy(dtype=np.int64)
             whole_ms = pd.to_datetime(stamps // 1000 * 1000, unit="us", utc=True).to_pydatetime()
-            operations = [
-                UpdateOne(
-                    {"store_id": store_id, "timestamp_us": int(stamp)},
-                    {"$set": {"status": "active" if active else "inactive", "timestamp_utc": when}},
-                    upsert=True,
-                )
+            docs = [
+                {"store_id": store_id, "timestamp_us": int(stamp), "timestamp_utc": when,
+                 "status": "active" if active else "inactive"}
                 for store_id, active, when, stamp in zip(part["store_id"], part["active"], whole_ms, stamps)
             ]
-            try:
-                collection.bulk_write(operations, ordered=False)
-            except BulkWriteError as error:
-                # two upserts of a new key racing each other: the loser's row is already there
-                others = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
-                if others or error.details.get("writeConcernErrors"):
-                    raise
+            if fresh:
+                try:
+                    collection.insert_many(docs, ordered=False)
+                    docs = []
+                except BulkWriteError as error:
+                    _raise_unless_duplicates(error)
+                    docs = [docs[e["index"]] for e in error.details["writeErrors"]]  # already there: upsert them
+            if docs:
+                operations = [
+                    UpdateOne({"store_id": d["store_id"], "timestamp_us": d["timestamp_us"]},
+                              {"$set": {"status": d["status"], "timestamp_utc": d["timestamp_utc"]}}, upsert=True)
+                    for d in docs
+                ]
+                try:
+                    collection.bulk_write(operations, ordered=False)
+                except BulkWriteError as error:
+                    _raise_unless_duplicates(error)  # two upserts of one new key racing: the row is there
             on_rows(len(part))
         return len(frame)
 
