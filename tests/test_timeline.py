@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import database
 import sources
 import utils
+from app import create_app
+from tests.conftest import TINY_REPORT, wait_for_report
 from tests.reference import reference_ticks
 from tests.test_utils import as_time, engine_frames, stores, us, utc
 
@@ -198,3 +201,114 @@ def test_a_midpoint_on_the_opening_instant_belongs_to_the_later_poll():
     # and one closing at the midpoint: 11:00 active, 13:00 inactive meet at 12:00, the closing instant
     timeline = one_store([("2023-01-24 11:00:00", "active"), ("2023-01-24 13:00:00", "inactive")], [(1, 9, 12)])
     assert segments(timeline) == [("2023-01-24 09:00:00", "2023-01-24 12:00:00", "active")]
+
+
+# --------------------------------------------------------------------------- GET /stores/<store_id>/timeline
+
+
+def iso_us(text: str) -> int:
+    """Microseconds since the epoch of an instant the API wrote (ISO 8601, microseconds, Z)."""
+    assert text.endswith("Z") and len(text) == len("2023-01-24T13:00:00.000000Z"), text
+    return us(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc))
+
+
+def totals_from_segments(body: dict) -> dict:
+    """Each window's uptime and downtime from the segments, in the report's units (independent of utils)."""
+    totals = {}
+    for name, (low, high) in body["windows"].items():
+        low, high = iso_us(low), iso_us(high)
+        unit = 60e6 if name == "hour" else 3600e6
+        for status, column in (("active", "uptime"), ("inactive", "downtime")):
+            inside = sum(max(0, min(iso_us(s["end"]), high) - max(iso_us(s["start"]), low))
+                         for s in body["segments"] if s["status"] == status)
+            totals[f"{column}_last_{name}"] = inside / unit
+    return totals
+
+
+def complete_report(client, as_of=None) -> str:
+    answer = client.post("/trigger_report", json={"as_of": as_of} if as_of else None)
+    report_id = answer.get_json()["report_id"]
+    assert wait_for_report(client, report_id)["status"] == "Complete"
+    return report_id
+
+
+def test_timeline_of_the_worked_example(client):
+    report_id = complete_report(client)
+    answer = client.get(f"/stores/worked/timeline?report_id={report_id}")
+    assert answer.status_code == 200
+    assert answer.get_json() == {
+        "store_id": "worked",
+        "timezone": "UTC",
+        "as_of": "2023-01-24T13:00:00.000000Z",
+        "windows": {
+            "hour": ["2023-01-24T12:00:00.000000Z", "2023-01-24T13:00:00.000000Z"],
+            "day": ["2023-01-23T13:00:00.000000Z", "2023-01-24T13:00:00.000000Z"],
+            "week": ["2023-01-17T13:00:00.000000Z", "2023-01-24T13:00:00.000000Z"],
+        },
+        # Tuesdays 09:00-12:00: the 01-17 one ends before the week starts at 13:00
+        "business_hours": [{"start": "2023-01-24T09:00:00.000000Z", "end": "2023-01-24T12:00:00.000000Z"}],
+        "polls": [{"timestamp": "2023-01-24T10:14:00.000000Z", "status": "active"},
+                  {"timestamp": "2023-01-24T11:15:00.000000Z", "status": "inactive"}],
+        "segments": [
+            {"start": "2023-01-24T09:00:00.000000Z", "end": "2023-01-24T10:44:30.000000Z", "status": "active"},
+            {"start": "2023-01-24T10:44:30.000000Z", "end": "2023-01-24T12:00:00.000000Z", "status": "inactive"},
+        ],
+        "totals": next(row for row in TINY_REPORT if row["store_id"] == "worked"),
+    }
+
+
+def test_timeline_of_a_store_open_all_week_in_the_default_zone(client):
+    report_id = complete_report(client)
+    body = client.get(f"/stores/allday/timeline?report_id={report_id}").get_json()
+    assert body["timezone"] == "America/Chicago"
+    assert body["business_hours"] == [{"start": "2023-01-17T13:00:00.000000Z", "end": "2023-01-24T13:00:00.000000Z"}]
+    assert body["segments"] == [
+        {"start": "2023-01-17T13:00:00.000000Z", "end": "2023-01-24T12:40:00.000000Z", "status": "active"},
+        {"start": "2023-01-24T12:40:00.000000Z", "end": "2023-01-24T13:00:00.000000Z", "status": "inactive"},
+    ]
+    for key, value in totals_from_segments(body).items():
+        assert round(value, 2) == body["totals"][key], key
+
+
+def test_timeline_errors_are_json(client, db):
+    report_id = complete_report(client, "2023-01-24T12:00:00Z")  # holds only 'worked'
+    for path, status, error in [
+        ("/stores/worked/timeline", 400, "give exactly one report_id"),
+        ("/stores/worked/timeline?report_id=XYZ", 400, "malformed report_id"),
+        (f"/stores/worked/timeline?report_id={'0' * 32}", 404, "no report with id"),
+        (f"/stores/allday/timeline?report_id={report_id}", 404, f"report {report_id} has no store 'allday'"),
+        (f"/stores/nobody/timeline?report_id={report_id}", 404, "has no store 'nobody'"),
+    ]:
+        answer = client.get(path)
+        assert answer.status_code == status, path
+        assert answer.get_json()["status"] == status and error in answer.get_json()["error"], path
+    database.create_report(db, "ab" * 16, None)
+    running = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
+    assert running.status_code == 409
+    assert running.get_json()["error"] == (f"report {'ab' * 16} is still Running (counting stores): "
+                                           "its timeline is ready when it is Complete; ask again then")
+    database.fail_report(db, "ab" * 16, "boom")
+    failed = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
+    assert failed.status_code == 409 and "Failed (boom), so it has no timeline" in failed.get_json()["error"]
+
+
+def test_timelines_add_up_to_the_report_on_the_sample(tmp_path):
+    """Through the database and the route: the engine's read (look-back included) and the timeline agree."""
+    application = create_app({"MONGO_URI": "", "DATA_DIR": str(SAMPLE), "REPORTS_DIR": str(tmp_path), "TESTING": True})
+    try:
+        client = application.test_client()
+        report_id = complete_report(client)
+        report = wait_for_report(client, report_id)
+        polls = sources.read_data_dir(SAMPLE)[sources.STATUS_FILE].frame
+        for row in report["data"][::20]:
+            body = client.get(f"/stores/{row['store_id']}/timeline?report_id={report_id}").get_json()
+            assert body["totals"] == row
+            for key, value in totals_from_segments(body).items():
+                assert abs(value - row[key]) <= 0.005 + 1e-9, (row["store_id"], key)
+            # the sample's week starts before its first poll, so every poll of the store decides
+            assert iso_us(body["windows"]["week"][0]) < polls["timestamp_us"].min()
+            mine = polls[polls["store_id"] == row["store_id"]].sort_values("timestamp_us")
+            assert [(iso_us(p["timestamp"]), p["status"] == "active") for p in body["polls"]] == list(
+                zip(mine["timestamp_us"], mine["active"]))
+    finally:
+        application.extensions["reports"].shutdown(wait=True)
