@@ -150,7 +150,7 @@ def test_report_waits_for_a_load_and_then_sees_all_of_it(shared_store, tmp_path)
         report_id = client.post("/trigger_report").get_json()["report_id"]
         time.sleep(0.5)
         assert client.get(f"/get_report?report_id={report_id}").get_json() == {
-            "status": "Running", "progress": {"done": 0, "total": 0}}
+            "status": "Running", "phase": "queued", "progress": {"done": 0, "total": None}}
         # the "load": a new store, written while the report waits
         database.LOADERS[sources.STATUS_FILE](shared_store.db, sources.read_store_status(
             b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n"))
