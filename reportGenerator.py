@@ -175,7 +175,8 @@ def write_atomically(path: Path, payload: bytes) -> None:
 AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
 
 
-AS_OF_FORMS = "YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z or ±HH:MM (no zone means UTC), e.g. 2023-01-25T18:00:00Z"
+AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
+               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
 
 
 def as_of_error(text, why: str = "") -> ValueError:
