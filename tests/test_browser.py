@@ -7,7 +7,7 @@ filtering, the past-reports list and the error messages against the report
 JSON fetched straight from the same service.
 
 Needs Debian's `chromium` and `chromium-driver` (run `scripts/install_browser.sh`;
-CI installs them) and selenium (requirements.txt); skipped otherwise.
+CI installs them) and selenium (requirements-dev.txt); skipped otherwise.
 `SAVE_SCREENSHOT=1` also writes docs/screenshot.png (the README's picture).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         "(apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements.txt")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements-dev.txt")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException, StaleElementReferenceException, TimeoutException,
 )
