@@ -125,7 +125,8 @@ def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_sto
     body = wait_for_report(client, report_id)
     assert body == {"status": "Failed", "error": "OSError: connection lost while storing"}
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
-    assert csv_response.is_json and csv_response.get_json()["status"] == "Failed"
+    assert csv_response.status_code == 409 and csv_response.is_json  # no CSV: the failure, as a JSON error
+    assert "connection lost while storing" in csv_response.get_json()["error"]
     # the file under REPORTS_DIR is whole (it was renamed into place before the failure)
     assert not list((tmp_path / "reports").glob(".*.part"))
     app.extensions["reports"].shutdown(wait=True)
