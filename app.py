@@ -344,8 +344,10 @@ def _running_state(report: dict) -> dict:
 def _not_complete(report_id: str, report: dict, what: str) -> str:
     """Why a report that is not Complete has no CSV or timeline yet (a 409's message)."""
     if report["status"] == "Running":
-        progress = _running_state(report)["progress"]
-        done = f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None else "counting stores"
+        running = _running_state(report)
+        progress = running["progress"]
+        done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
+                else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
         return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
     return f"report {report_id} Failed ({report.get('error') or 'unknown error'}), so it has no {what}: trigger a new report"
 

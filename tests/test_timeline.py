@@ -285,7 +285,7 @@ def test_timeline_errors_are_json(client, db):
     database.create_report(db, "ab" * 16, None)
     running = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
     assert running.status_code == 409
-    assert running.get_json()["error"] == (f"report {'ab' * 16} is still Running (counting stores): "
+    assert running.get_json()["error"] == (f"report {'ab' * 16} is still Running (waiting for a report worker): "
                                            "its timeline is ready when it is Complete; ask again then")
     database.fail_report(db, "ab" * 16, "boom")
     failed = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
