@@ -349,7 +349,8 @@ def _not_complete(report_id: str, report: dict, what: str) -> str:
         done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
                 else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
         return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
-    return f"report {report_id} Failed ({report.get('error') or 'unknown error'}), so it has no {what}: trigger a new report"
+    reason = report.get("error") or "unknown error"
+    return f"report {report_id} Failed ({reason}), so it has no {what}: trigger a new report"
 
 
 def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, totals: dict) -> dict:

@@ -292,7 +292,8 @@ class ReportGenerator:
                 polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
                 parts.append(utils.uptime_report(polls, hours, zones, now_us))
                 done += len(chunk)
-                database.update_report(db, report_id, progress={"done": done, "total": len(store_ids), "phase": "computing"})
+                database.update_report(db, report_id,
+                                       progress={"done": done, "total": len(store_ids), "phase": "computing"})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)

@@ -519,7 +519,8 @@ def store_timeline(
     >>> polls = np.array([10 * hour, 11 * hour])
     >>> t = store_timeline(polls, [True, False], [3], [9 * 3600], [12 * 3600], "UTC", 12 * hour)
     >>> minute = 2 * 60_000_000  # ticks
-    >>> [(int(a) // minute, int(b) // minute, bool(s)) for a, b, s in zip(t.segment_start, t.segment_end, t.segment_active)]
+    >>> [(int(a) // minute, int(b) // minute, bool(s))
+    ...  for a, b, s in zip(t.segment_start, t.segment_end, t.segment_active)]
     [(540, 630, True), (630, 720, False)]
     """
     zone = timezone or DEFAULT_TIMEZONE
@@ -553,7 +554,7 @@ def store_timeline(
     first_in, last_in = np.searchsorted(ticks, [origin, now])  # polls in [origin, now)
     deciding = slice(max(first_in - 1, 0), min(last_in + 1, ticks.size))
 
-    # business intervals cut by the polls' spans: the poll holding instant t is the last whose span begins at or before t
+    # business intervals cut by the polls' spans: instant t belongs to the last poll whose span begins at or before t
     if ticks.size and opens.size:
         begin, end = poll_spans(np.zeros(ticks.size, np.int64), ticks)
         first_poll = np.searchsorted(begin, opens, side="right") - 1

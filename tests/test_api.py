@@ -68,7 +68,8 @@ def test_as_of_moves_now(client):
     "stored, answer",
     [
         (None, {"phase": "queued", "progress": {"done": 0, "total": None}}),  # as create_report leaves it
-        ({"done": 0, "total": None, "phase": "counting"}, {"phase": "counting", "progress": {"done": 0, "total": None}}),
+        ({"done": 0, "total": None, "phase": "counting"},
+         {"phase": "counting", "progress": {"done": 0, "total": None}}),
         ({"done": 2, "total": 5, "phase": "computing"}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),
         ({"done": 2, "total": 5}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),  # older records
         ({"done": 0, "total": 0, "phase": "computing"}, {"phase": "computing", "progress": {"done": 0, "total": 0}}),

@@ -46,7 +46,8 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         "(apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements-dev.txt")
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium is not installed: pip install -r requirements-dev.txt")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException, StaleElementReferenceException, TimeoutException,
 )
@@ -560,7 +561,8 @@ def test_narrow_screen_needs_no_sideways_scrolling(driver, shown):
         wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 420, "the window did not narrow")
         sizes = driver.execute_script("""
             const scroll = document.querySelector('#report .table-scroll');
-            const buttons = Array.from(document.querySelectorAll('#past-reports td.actions button, #past-reports td.actions a'));
+            const buttons = Array.from(document.querySelectorAll(
+              '#past-reports td.actions button, #past-reports td.actions a'));
             return {page: document.documentElement.scrollWidth, view: window.innerWidth,
                     table: scroll.scrollWidth, box: scroll.clientWidth,
                     rightmost: Math.max(...buttons.map(b => b.getBoundingClientRect().right))};""")

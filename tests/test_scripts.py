@@ -63,7 +63,8 @@ def test_get_report_saves_the_csv(service, tmp_path):
         ("wrong", "", "error: HTTP 401 from {base}/trigger_report: missing or wrong API token: "
                       "send 'Authorization: Bearer <token>'"),
         (None, "", "HTTP 401"),
-        (TOKEN, "yesterday", "error: HTTP 400 from {base}/trigger_report: as_of 'yesterday' is not an ISO 8601 instant"),
+        (TOKEN, "yesterday",
+         "error: HTTP 400 from {base}/trigger_report: as_of 'yesterday' is not an ISO 8601 instant"),
     ],
 )
 def test_get_report_prints_the_servers_message(service, tmp_path, token, as_of, message):

@@ -150,7 +150,7 @@ def test_later_row_at_one_instant_wins_and_half_microsecond_midpoints_are_exact(
     assert totals["uptime_last_hour"] == 1 and totals["downtime_last_hour"] == 3_600 * 2_000_000 - 1
 
 
-# --------------------------------------------------------------------------- agreement with the engine and the reference
+# --------------------------------------------------------------------------- agreement with engine and reference
 
 
 def assert_agrees(polls, hours, zones, now_us, expected_rows=None):
