@@ -19,9 +19,10 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from flask import Flask, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import database
 import sources
@@ -145,7 +146,11 @@ def register_routes(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        response, status = error_response(error.code or 500, error.description or error.name)
+        message = error.description or error.name
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            allowed = [m for m in error.valid_methods if m not in ("HEAD", "OPTIONS")] or error.valid_methods
+            message = f"{request.method} is not allowed on {request.path}: use {' or '.join(allowed)}"
+        response, status = error_response(error.code or 500, message)
         for name, value in error.get_headers():
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value  # e.g. Allow on 405
@@ -183,25 +188,18 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/get_report")
     def get_report():
-        report_id = request.args.getlist("report_id")
-        if len(report_id) != 1 or not report_id[0]:
-            abort(400, description="give exactly one report_id, e.g. /get_report?report_id=<id from trigger_report>")
-        report_id = report_id[0]
-        if not REPORT_ID.fullmatch(report_id):
-            abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+        report_id = _report_id_arg("/get_report?report_id=<id from trigger_report>")
+        wants_csv = _wants_csv()
         store = _store()
-        report = store.find_report(report_id)
-        if report is None:
-            abort(404, description=f"no report with id {report_id}")
-        if report["status"] == "Running" and _is_stale(report):
-            store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
-            report = store.find_report(report_id)
+        report = _find_report(report_id)
+        if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
+            abort(409, description=_not_complete(report_id, report, "CSV"))
         if report["status"] == "Running":
-            return jsonify({"status": "Running", "progress": report.get("progress") or {"done": 0, "total": 0}})
+            return jsonify({"status": "Running", **_running_state(report)})
         if report["status"] == "Failed":
             return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
         payload = store.read_report_csv(report)
-        if _wants_csv():
+        if wants_csv:
             return Response(
                 payload,
                 mimetype="text/csv",
@@ -218,6 +216,26 @@ def register_routes(app: Flask) -> None:
                 "data": rows.to_dict("records"),
             }
         )
+
+    @app.get("/stores/<store_id>/timeline")
+    def store_timeline(store_id: str):
+        report_id = _report_id_arg(f"/stores/{store_id[:64]}/timeline?report_id=<id of a Complete report>")
+        report = _find_report(report_id)
+        if report["status"] != "Complete":
+            abort(409, description=_not_complete(report_id, report, "timeline"))
+        rows = pd.read_csv(io.BytesIO(_store().read_report_csv(report)), dtype={"store_id": str},
+                           keep_default_na=False)
+        row = rows[rows["store_id"] == store_id]
+        if row.empty:
+            abort(404, description=f"report {report_id} has no store {store_id[:64]!r}")
+        now_us = report["as_of_us"] if report.get("as_of_us") is not None else utils.datetime_to_us(report["as_of"])
+        polls, hours, zones = _read_store_week(store_id, now_us - utils.WEEK_US, now_us)
+        zone = zones["timezone_str"]
+        timeline = utils.store_timeline(
+            polls["timestamp_us"].to_numpy(), polls["active"].to_numpy(), hours["day"].to_numpy(),
+            hours["start_s"].to_numpy(), hours["end_s"].to_numpy(), zone.iloc[-1] if len(zone) else None, now_us,
+        )
+        return jsonify(timeline_body(store_id, now_us, timeline, row.to_dict("records")[0]))
 
     @app.get("/")
     def index():
@@ -306,9 +324,90 @@ def _positive_int_arg(name: str, default: int, largest: int) -> int:
     return int(text)
 
 
+def _read_store_week(store_id: str, since_us: int, now_us: int):
+    """One store's polls (from its last before `since_us` to `now_us`), hour rows and zone rows."""
+    return _store().read_chunk([store_id], since_us, now_us)
+
+
+def _report_id_arg(example: str) -> str:
+    """The one report_id of the query string, checked before the database is asked (400 otherwise)."""
+    given = request.args.getlist("report_id")
+    if len(given) != 1 or not given[0]:
+        abort(400, description=f"give exactly one report_id, e.g. {example}")
+    if not REPORT_ID.fullmatch(given[0]):
+        abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+    return given[0]
+
+
+def _find_report(report_id: str) -> dict:
+    """The report (404 when unknown); a Running one whose worker stopped beating is failed first."""
+    store = _store()
+    report = store.find_report(report_id)
+    if report is None:
+        abort(404, description=f"no report with id {report_id}")
+    if report["status"] == "Running" and _is_stale(report):
+        store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
+        report = store.find_report(report_id)
+    return report
+
+
+def _running_state(report: dict) -> dict:
+    """Phase and progress of a Running report; `total` is null until the stores are counted."""
+    progress = report.get("progress") or {}
+    total = progress.get("total")
+    phase = progress.get("phase") or ("computing" if total else "queued")
+    return {"phase": phase, "progress": {"done": int(progress.get("done") or 0),
+                                         "total": None if phase in ("queued", "counting") else int(total or 0)}}
+
+
+def _not_complete(report_id: str, report: dict, what: str) -> str:
+    """Why a report that is not Complete has no CSV or timeline yet (a 409's message)."""
+    if report["status"] == "Running":
+        running = _running_state(report)
+        progress = running["progress"]
+        done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
+                else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
+        return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
+    reason = report.get("error") or "unknown error"
+    return f"report {report_id} Failed ({reason}), so it has no {what}: trigger a new report"
+
+
+def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, totals: dict) -> dict:
+    """The JSON of GET /stores/<id>/timeline: every instant ISO 8601 UTC with microseconds and Z.
+
+    The engine counts half-microseconds; a segment boundary at a half (the midpoint
+    of two polls one microsecond apart) is shown at the microsecond before it.
+    """
+    def iso(ticks) -> list[str]:
+        stamps = (np.asarray(ticks, dtype=np.int64) // utils.TICKS_PER_US).astype("datetime64[us]")
+        return [text + "Z" for text in np.datetime_as_string(stamps, unit="us")]
+
+    statuses = np.where(timeline.segment_active, "active", "inactive").tolist()
+    return {
+        "store_id": store_id,
+        "timezone": timeline.timezone,
+        "as_of": iso([now_us * utils.TICKS_PER_US])[0],
+        "windows": {name: iso(bounds) for name, bounds in timeline.windows.items()},
+        "business_hours": [{"start": a, "end": b} for a, b in
+                           zip(iso(timeline.business_open), iso(timeline.business_close))],
+        "polls": [{"timestamp": t, "status": "active" if a else "inactive"} for t, a in
+                  zip(iso(timeline.poll_ticks), timeline.poll_active.tolist())],
+        "segments": [{"start": a, "end": b, "status": status} for a, b, status in
+                     zip(iso(timeline.segment_start), iso(timeline.segment_end), statuses)],
+        "totals": totals,
+    }
+
+
+FORMATS = {"csv", "json"}
+
+
 def _wants_csv() -> bool:
-    if request.args.get("format", "").lower() == "csv":
-        return True
+    """CSV when format=csv, JSON when format=json; otherwise by the Accept header (400 for another format)."""
+    given = request.args.get("format")
+    if given is not None:
+        if given.lower() not in FORMATS:
+            abort(400, description=f"unknown format {given[:32]!r}: use format=csv or format=json")
+        return given.lower() == "csv"
     best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 

@@ -82,7 +82,7 @@ class Store(ABC):
 
     report_id, status ("Running" | "Complete" | "Failed"), created_at, heartbeat_at,
     finished_at (aware datetimes or None), requested_as_of_us, as_of_us (int µs or None),
-    progress ({"done": int, "total": int | None}), row_count, error, csv_bytes.
+    progress ({"done": int, "total": int | None, and "phase" when the job set one}), row_count, error, csv_bytes.
     """
 
     kind: str  # "sqlite", "mongodb" or "mongomock"

@@ -176,20 +176,30 @@ def write_atomically(path: Path, payload: bytes) -> None:
 AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
 
 
+AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
+               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
+
+
+def as_of_error(text, why: str = "") -> ValueError:
+    """The one wording of every as_of error: what was given, why it was refused, the accepted forms."""
+    shown = repr(text[:64]) if isinstance(text, str) else f"of type {type(text).__name__}"
+    return ValueError(f"as_of {shown} is not an ISO 8601 instant{why}: use {AS_OF_FORMS}")
+
+
 def parse_as_of(text: str) -> int:
     """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
     if not isinstance(text, str) or not AS_OF.fullmatch(text):
-        raise ValueError("as_of must be an ISO 8601 date-time string, e.g. 2023-01-25T18:00:00Z")
+        raise as_of_error(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
+        raise as_of_error(text, " (no such date or time)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     try:
         when.astimezone(dt.timezone.utc)
     except OverflowError:
-        raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
+        raise as_of_error(text, " (out of range: years 1 to 9999 in UTC)") from None
     return utils.datetime_to_us(when)
 
 
@@ -270,8 +280,10 @@ class ReportGenerator:
             if now_us is None:
                 raise ValueError("there are no polls in storeStatus, so there is nothing to report")
             store.update_report(report_id, as_of_us=now_us)
+            # counting the stores can take a while on large data: say so rather than "0 of 0"
+            store.update_report(report_id, progress={"done": 0, "total": None, "phase": "counting"})
             store_ids = store.report_store_ids(now_us)
-            store.update_report(report_id, progress={"done": 0, "total": len(store_ids)})
+            store.update_report(report_id, progress={"done": 0, "total": len(store_ids), "phase": "computing"})
             since_us = now_us - utils.WEEK_US
             parts = []
             done = 0
@@ -281,7 +293,7 @@ class ReportGenerator:
                 polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
                 parts.append(utils.uptime_report(polls, hours, zones, now_us))
                 done += len(chunk)
-                store.update_report(report_id, progress={"done": done, "total": len(store_ids)})
+                store.update_report(report_id, progress={"done": done, "total": len(store_ids), "phase": "computing"})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS {REPORTS} (
     as_of_us INTEGER,
     progress_done INTEGER NOT NULL DEFAULT 0,
     progress_total INTEGER,
+    progress_phase TEXT,
     row_count INTEGER,
     error TEXT,
     csv_bytes INTEGER
@@ -90,7 +91,7 @@ INDEXES = {
 }
 
 REPORT_COLUMNS = ("report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
-                  "progress_done, progress_total, row_count, error, csv_bytes")
+                  "progress_done, progress_total, progress_phase, row_count, error, csv_bytes")
 
 
 def _now_us() -> int:
@@ -315,8 +316,8 @@ class SqliteStore(database.Store):
             sets.append("as_of_us = ?")
             values.append(int(as_of_us))
         if progress is not None:
-            sets += ["progress_done = ?", "progress_total = ?"]
-            values += [int(progress["done"]), progress.get("total")]
+            sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
+            values += [int(progress["done"]), progress.get("total"), progress.get("phase")]
         self._connection().execute(
             f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
             (*values, report_id),
@@ -362,12 +363,15 @@ class SqliteStore(database.Store):
     def _record(row) -> dict | None:
         if row is None:
             return None
-        (report_id, status, created, heartbeat, finished, requested, as_of, done, total, row_count, error,
+        (report_id, status, created, heartbeat, finished, requested, as_of, done, total, phase, row_count, error,
          csv_bytes) = row
+        progress = {"done": done, "total": total}
+        if phase is not None:
+            progress["phase"] = phase
         return {
             "report_id": report_id, "status": status, "created_at": _datetime(created),
             "heartbeat_at": _datetime(heartbeat), "finished_at": _datetime(finished),
-            "requested_as_of_us": requested, "as_of_us": as_of, "progress": {"done": done, "total": total},
+            "requested_as_of_us": requested, "as_of_us": as_of, "progress": progress,
             "row_count": row_count, "error": error, "csv_bytes": csv_bytes,
         }
 

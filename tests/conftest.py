@@ -162,8 +162,8 @@ def force_report_state(store: database.Store, report_id: str, *, status: str | N
         if beat is not None:
             sets.append("heartbeat_us = ?"), values.append(int(beat.timestamp() * 1_000_000))
         if progress is not None:
-            sets += ["progress_done = ?", "progress_total = ?"]
-            values += [progress["done"], progress["total"]]
+            sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
+            values += [progress["done"], progress["total"], progress.get("phase")]
         if error is not None:
             sets.append("error = ?"), values.append(error)
         store._connection().execute(f"UPDATE reports SET {', '.join(sets)} WHERE report_id = ?", (*values, report_id))
