@@ -197,15 +197,18 @@ class MongoStore(database.Store):
         )
         rows = [(d["store_id"], int(d["timestamp_us"]), d["status"] == "active") for d in recent]
         has_earlier = {store_id for store_id, stamp, _ in rows if stamp < since_us}
-        for store_id in store_ids:
-            if store_id in has_earlier:
-                continue
-            older = self.db[STATUS].find_one(
-                {"store_id": store_id, "timestamp_us": {"$lt": reach}}, projection,
-                sort=[("store_id", DESCENDING), ("timestamp_us", DESCENDING)],
-            )
-            if older is not None:
-                rows.append((older["store_id"], int(older["timestamp_us"]), older["status"] == "active"))
+        missing = [store_id for store_id in store_ids if store_id not in has_earlier]
+        if missing:
+            # each store's newest poll before the look-back: sorted in the (store_id, timestamp_us) index's
+            # reverse order, so $group's $first takes it from the index without an in-memory sort
+            pipeline = [
+                {"$match": {"store_id": {"$in": missing}, "timestamp_us": {"$lt": reach}}},
+                {"$sort": {"store_id": -1, "timestamp_us": -1}},
+                {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},
+                            "status": {"$first": "$status"}}},
+            ]
+            for older in self.db[STATUS].aggregate(pipeline, allowDiskUse=True):
+                rows.append((older["_id"], int(older["timestamp_us"]), older["status"] == "active"))
         polls = pd.DataFrame(rows, columns=["store_id", "timestamp_us", "active"])
         polls = polls.astype({"store_id": object, "timestamp_us": np.int64, "active": bool})
 
