@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-import database
 from tests.conftest import TINY_REPORT, force_report_state, hours_of, polls_of, wait_for_report, wipe_polls
 
 

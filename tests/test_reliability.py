@@ -2,7 +2,6 @@
 concurrency, consistent snapshots while loading, hostile requests, the API token, real gunicorn."""
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import socket

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import database
 import sources
 import utils
 from app import create_app
