@@ -963,8 +963,8 @@ def configure_engine(args: argparse.Namespace) -> None:
     if args.chunk_stores is None:
         args.chunk_stores = reportGenerator.DEFAULT_CHUNK_STORES
     cli_parallel = cli_supports_processes()
-    default = reportGenerator.default_processes() if hasattr(reportGenerator, "default_processes") else 1
-    processes = args.processes or (default if cli_parallel else 1)
+    cores = reportGenerator.usable_cores() if hasattr(reportGenerator, "usable_cores") else 1
+    processes = args.processes or (cores if cli_parallel else 1)
     args.cli_processes = args.processes if cli_parallel and args.processes else None
     args.parallel_engine = processes if engine_supports_processes() else 1
     args.usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
