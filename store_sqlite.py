@@ -204,13 +204,12 @@ class SqliteStore(database.Store):
         if frame.empty:
             return 0
         # rows go in in key order, so the table's B-tree fills page after page instead of touching a
-        # random page for each row; the sort is stable: of two rows with one key the later still goes
-        # in later, and wins
+        # random page for each row; of two rows with one key the later still goes in later, and wins
         codes, names = pd.factorize(frame["store_id"], sort=True)
         codes, stamps, active = utils._sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
                                                     frame["active"].to_numpy(dtype=bool))
-        store_ids = np.asarray(names, dtype=object)[codes]
-        status = np.where(active, "active", "inactive").astype(object)
+        names = np.asarray(names, dtype=object)
+        status = np.array(["inactive", "active"], dtype=object)
         connection = self._connection()
         # into an empty table the time index is built once at the end, which is several times faster
         # than keeping it up to date row by row (a crash in between leaves it to `migrate` at the next start)
@@ -222,7 +221,9 @@ class SqliteStore(database.Store):
         try:
             for start in range(0, len(frame), WRITE_BATCH_ROWS):
                 end = start + WRITE_BATCH_ROWS
-                rows = zip(store_ids[start:end].tolist(), stamps[start:end].tolist(), status[start:end].tolist())
+                # Python objects for one batch at a time (for every row at once: hundreds of MB at 15M polls)
+                rows = zip(names[codes[start:end]].tolist(), stamps[start:end].tolist(),
+                           status[active[start:end].astype(np.int8)].tolist())
                 with self._write() as write:
                     write.executemany(statement, rows)
                 on_rows(min(end, len(frame)) - start)
@@ -318,7 +319,8 @@ class SqliteStore(database.Store):
         ids = list(store_ids)
         window = {"ids": json.dumps(ids), "since": int(since_us), "now": int(now_us)}
         with self._read() as read:
-            texts = [read.execute(query, window).fetchone() for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
+            texts = [read.execute(query, window).fetchone()
+                     for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
             hour_rows = read.execute(self.CHUNK_HOURS, window).fetchall()
             zone_rows = read.execute(self.CHUNK_ZONES, window).fetchall()
         coded = np.concatenate([self._numbers(keys, count) for count, keys, _ in texts])

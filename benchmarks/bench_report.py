@@ -413,7 +413,8 @@ def worker_service_report(work: Path) -> dict:
     def report() -> bytes:
         response = client.post("/trigger_report")
         if response.status_code != 202:
-            raise RuntimeError(f"POST /trigger_report answered {response.status_code}: {response.get_data(as_text=True)}")
+            raise RuntimeError(f"POST /trigger_report answered {response.status_code}: "
+                               f"{response.get_data(as_text=True)}")
         report_id = response.get_json()["report_id"]
         while True:
             response = client.get(f"/get_report?report_id={report_id}", headers={"Accept": "text/csv"})
@@ -558,7 +559,8 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
                 keep_best(best, "engine_parallel", run_stage("engine", work, engine_args, args.parallel_engine))
             keep_best(best, "write", run_stage("write", work, []))
             # the floor, the CLI and the service's report one after the other, so they share the machine's mood
-            keep_best(best, "floor", run_measured([sys.executable, "-c", FLOOR_CODE, str(data_dir)], work / "floor.log"))
+            floor = [sys.executable, "-c", FLOOR_CODE, str(data_dir)]
+            keep_best(best, "floor", run_measured(floor, work / "floor.log"))
             output = work / "report_cli.csv"
             keep_best(best, "e2e", run_measured(
                 [sys.executable, str(CLI), "--data-dir", str(data_dir), "--output", str(output), *cli_args],
@@ -859,8 +861,8 @@ def print_targets(results: list[dict], scales: list[int]) -> None:
     for scale, result in by_scale.items():
         e2e, floor = result["e2e"], result["floor"]
         ratio = e2e["seconds"] / floor["seconds"]
-        print(f"  {scale}x CLI within {TARGET_FLOOR_RATIO:g}x of the floor: {e2e['seconds']:.2f} s / {floor['seconds']:.2f} s"
-              f" = {ratio:.2f}x wall ({e2e['cpu_seconds'] / floor['cpu_seconds']:.2f}x CPU) "
+        print(f"  {scale}x CLI within {TARGET_FLOOR_RATIO:g}x of the floor: {e2e['seconds']:.2f} s / "
+              f"{floor['seconds']:.2f} s = {ratio:.2f}x wall ({e2e['cpu_seconds'] / floor['cpu_seconds']:.2f}x CPU) "
               f"-> {verdict(ratio <= TARGET_FLOOR_RATIO)}")
         if "service_report" not in result:
             continue

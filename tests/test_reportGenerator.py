@@ -61,10 +61,15 @@ def test_processes_are_chosen_by_the_size_of_the_work(monkeypatch):
 def test_the_command_line_default_uses_one_process_on_small_data(tmp_path, monkeypatch):
     chosen = []
     real = reportGenerator._ticks_by_chunk
-    monkeypatch.setattr(reportGenerator, "_ticks_by_chunk",
-                        lambda coded, now_us, bounds, processes: chosen.append(processes) or real(coded, now_us, bounds, processes))
-    assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(tmp_path / "r.csv"), "--chunk-stores", "30"]) == 0
-    assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
+
+    def spy(coded, now_us, bounds, processes):
+        chosen.append(processes)
+        return real(coded, now_us, bounds, processes)
+
+    monkeypatch.setattr(reportGenerator, "_ticks_by_chunk", spy)
+    common = ["--data-dir", str(SAMPLE), "--chunk-stores", "30"]
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r.csv")]) == 0
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
     assert chosen == [1, 2]
     assert (tmp_path / "r.csv").read_bytes() == (tmp_path / "r2.csv").read_bytes()
 

@@ -92,7 +92,8 @@ def test_a_bulk_load_into_an_empty_table_rebuilds_the_time_index(tmp_path):
     assert "storeStatus_time" in indexes
     assert any("USING COVERING INDEX storeStatus_time" in step
                for step in _plan(store, "SELECT max(timestamp_us) FROM storeStatus", ()))
-    database.load_file(store, "store_status.csv", b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n")
+    database.load_file(store, "store_status.csv",
+                       b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n")
     assert store.latest_poll_us() == 1675209600000000
     assert store.migrate() == []
 
