@@ -12,6 +12,7 @@ The same engine also runs straight from CSV files with no database:
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import importlib.util
 import logging
@@ -154,8 +155,35 @@ def report_from_dir(
     return report, as_of_us, parsed
 
 
+# A cell a spreadsheet would read as a formula starts with one of these (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cells(values: pd.Series) -> pd.Series:
+    """Text cells with a single quote put before any that starts like a formula (OWASP's advice)."""
+    text = values.astype(str)
+    risky = text.str.startswith(FORMULA_STARTS)
+    return text.where(~risky, "'" + text)
+
+
+def store_ids_from_csv(values: pd.Series) -> pd.Series:
+    """Store ids as read back from a report CSV, without the quote `neutralise_cells` put before them.
+
+    Unambiguous: a store id never starts with a quote (sources.STORE_ID_PATTERN).
+    """
+    text = values.astype(str)
+    quoted = text.str.startswith(tuple("'" + start for start in FORMULA_STARTS))
+    return text.where(~quoted, text.str.slice(1))
+
+
 def report_csv_bytes(report: pd.DataFrame) -> bytes:
-    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS).encode("utf-8")
+    """The report as CSV; store ids that a spreadsheet would take for a formula are neutralised."""
+    quoting = csv.QUOTE_MINIMAL
+    if len(report):
+        report = report.assign(store_id=neutralise_cells(report["store_id"]))
+        if report["store_id"].str.contains("\r", regex=False).any():
+            quoting = csv.QUOTE_NONNUMERIC  # the csv module leaves a lone CR unquoted with "\n" line ends
+    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS, quoting=quoting).encode("utf-8")
 
 
 def write_atomically(path: Path, payload: bytes) -> None:
@@ -190,6 +218,36 @@ def parse_as_of(text: str) -> int:
     except OverflowError:
         raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
     return utils.datetime_to_us(when)
+
+
+# the instants a report can be asked for: every date the engine computes with (now minus a week and
+# its look-back, local dates around the week, in every zone) then stays inside what datetime holds
+FIRST_AS_OF_US = utils.datetime_to_us(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+LAST_AS_OF_US = utils.datetime_to_us(dt.datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+
+
+def check_as_of_range(as_of_us: int) -> int:
+    """`as_of_us` when it is in the supported range (1970-01-01 to 9000-12-31 UTC); ValueError otherwise."""
+    if not FIRST_AS_OF_US <= as_of_us <= LAST_AS_OF_US:
+        raise ValueError("as_of must be from 1970-01-01T00:00:00Z to 9000-12-31T23:59:59.999999Z")
+    return as_of_us
+
+
+class ReportError(Exception):
+    """A report cannot be made for a reason the user can act on; the message says it in their terms."""
+
+
+def failure_message(error: BaseException) -> str:
+    """What a Failed report tells its user: no exception names or server paths (the log has those)."""
+    if isinstance(error, ReportError):
+        return str(error)
+    if isinstance(error, database.LeaseTimeout):
+        return "a data load kept the data busy for too long; trigger the report again"
+    if isinstance(error, database.DatabaseError):
+        return "the database did not answer while the report ran; trigger it again"
+    if isinstance(error, OSError):
+        return "the report could not be saved on the server (the server log says why); trigger it again later"
+    return "the report could not be computed because of an internal error (the server log has the details)"
 
 
 # --------------------------------------------------------------------------- the job on MongoDB
@@ -254,7 +312,7 @@ class ReportGenerator:
             rows = self._compute_and_store(report_id, as_of_us)
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
-            database.fail_report(self.store.db, report_id, f"{type(error).__name__}: {error}")
+            database.fail_report(self.store.db, report_id, failure_message(error))
         else:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
@@ -267,7 +325,10 @@ class ReportGenerator:
         with database.data_lease(db, "read"):
             now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
             if now_us is None:
-                raise ValueError("there are no polls in storeStatus, so there is nothing to report")
+                raise ReportError("there are no polls in storeStatus, so there is nothing to report")
+            if not FIRST_AS_OF_US <= now_us <= LAST_AS_OF_US:
+                raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
+                                  "trigger the report with an as_of")
             store_ids = database.report_store_ids(db, now_us)
             database.update_report(
                 db, report_id, as_of=utils.us_to_datetime(now_us), as_of_us=now_us,

@@ -123,7 +123,8 @@ def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_sto
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
     body = wait_for_report(client, report_id)
-    assert body == {"status": "Failed", "error": "OSError: connection lost while storing"}
+    assert body == {"status": "Failed", "error": "the report could not be saved on the server (the server log says "
+                                                 "why); trigger it again later"}
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
     assert csv_response.is_json and csv_response.get_json()["status"] == "Failed"
     # the file under REPORTS_DIR is whole (it was renamed into place before the failure)
