@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 import database
 import sources
 import utils
-from reportGenerator import ReportGenerator, check_as_of_range, parse_as_of, store_ids_from_csv
+from reportGenerator import QueueFull, ReportGenerator, check_as_of_range, parse_as_of, store_ids_from_csv
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ DEFAULTS = {
     "STALE_AFTER_SECONDS": 60,
     "MAX_UPLOAD_MB": 200,
     "API_TOKEN": "",
+    "MAX_QUEUED_REPORTS": "",  # reports queued or running per process; unset means 4 x REPORT_WORKERS
+    "REPORT_RETENTION_DAYS": 30,  # finished reports older than this are deleted (file and stored CSV)
+    "MAX_REPORTS": 1000,  # and so are finished reports beyond the newest MAX_REPORTS
     # Host names the service answers to (Flask's TRUSTED_HOSTS, against DNS rebinding); "*" means any
     "TRUSTED_HOSTS": "localhost,127.0.0.1,::1",
 }
@@ -60,7 +63,8 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 EMBEDDED_CHUNK_STORES = 50
-INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
+INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB",
+                    "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS")
 
 
 def load_settings(config: dict | None = None) -> dict:
@@ -73,6 +77,8 @@ def load_settings(config: dict | None = None) -> dict:
     if not settings["MONGO_URI"] and "CHUNK_STORES" not in (config or {}) and not os.environ.get("CHUNK_STORES"):
         # every chunk is cheap on the embedded store, and small ones make the progress bar move
         settings["CHUNK_STORES"] = EMBEDDED_CHUNK_STORES
+    if settings["MAX_QUEUED_REPORTS"] in ("", None):
+        settings["MAX_QUEUED_REPORTS"] = 4 * int(settings["REPORT_WORKERS"])
     for key in INTEGER_SETTINGS:
         settings[key] = int(settings[key])
     hosts = settings["TRUSTED_HOSTS"]
@@ -116,6 +122,7 @@ def create_app(config: dict | None = None) -> Flask:
         chunk_stores=app.config["CHUNK_STORES"],
         workers=app.config["REPORT_WORKERS"],
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
+        max_queued=app.config["MAX_QUEUED_REPORTS"],
     )
     if app.config["API_TOKEN"]:
         log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs 'Authorization: Bearer <token>'")
@@ -221,7 +228,12 @@ def register_routes(app: Flask) -> None:
                     as_of_us = check_as_of_range(parse_as_of(body["as_of"]))
                 except ValueError as error:
                     abort(400, description=str(error))
-        report_id = current_app.extensions["reports"].start(as_of_us)
+        try:
+            report_id = current_app.extensions["reports"].start(as_of_us)
+        except QueueFull as error:
+            response, status = error_response(429, str(error))
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response, status
         return jsonify({"report_id": report_id}), 202
 
     @app.get("/get_report")
@@ -364,7 +376,7 @@ def _json_object_body() -> dict | None:
         data = request.get_data(cache=True)
     except RequestEntityTooLarge:
         abort(413, description=f"the body is over {MAX_JSON_BYTES} bytes; this call takes a small JSON object")
-    if not data.strip():
+    if not data:
         return None
     try:
         body = json.loads(data.decode("utf-8"))

@@ -257,12 +257,19 @@ HEARTBEAT_SECONDS = 10.0
 LIVE_GENERATORS: "weakref.WeakSet[ReportGenerator]" = weakref.WeakSet()
 
 
+class QueueFull(RuntimeError):
+    """This process already has its most reports queued or running; try again later."""
+
+
 class ReportGenerator:
     """Runs report jobs against a `database.Store`, at most `workers` at a time.
 
-    Reports beyond `workers` wait in the queue (still `Running`, progress 0).
-    One heartbeat thread refreshes every queued or running report of this
-    process, so a report whose process died is found stale and failed.
+    Reports beyond `workers` wait in the queue (still `Running`, progress 0),
+    up to `max_queued` queued or running in all (default 4 x `workers`); beyond
+    that `start` raises QueueFull.  A start for the same `as_of` as a report of
+    this process still Running returns that report's id.  One heartbeat thread
+    refreshes every queued or running report of this process, so a report whose
+    process died is found stale and failed.
     """
 
     def __init__(
@@ -272,6 +279,7 @@ class ReportGenerator:
         chunk_stores: int = DEFAULT_CHUNK_STORES,
         workers: int = 2,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        max_queued: int | None = None,
     ):
         self.store = store
         self.reports_dir = Path(reports_dir)
@@ -279,17 +287,36 @@ class ReportGenerator:
         self.heartbeat_seconds = heartbeat_seconds
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
         self._owned: set[str] = set()
+        self.max_queued = max_queued if max_queued is not None else 4 * workers
+        self._by_as_of: dict[int, str] = {}  # explicit as_of -> the id of this process's Running report for it
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
         LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None) -> str:
-        """Record a Running report and queue it; returns its id at once."""
-        report_id = uuid.uuid4().hex
-        database.create_report(self.store.db, report_id, as_of_us)
+        """Record a Running report and queue it; returns its id at once.
+
+        Raises QueueFull when `max_queued` reports of this process are queued or
+        running.  With an `as_of` that a Running report of this process already
+        has, returns that report's id instead of starting another.
+        """
         with self._lock:
-            self._owned.add(report_id)
+            if as_of_us is not None and as_of_us in self._by_as_of:
+                return self._by_as_of[as_of_us]
+            if len(self._owned) >= self.max_queued:
+                raise QueueFull(f"{len(self._owned)} reports are already queued or running here "
+                                f"(at most {self.max_queued}); try again when one has finished")
+            report_id = uuid.uuid4().hex
+            self._owned.add(report_id)  # reserved before the record exists, so the quota holds under a burst
+            if as_of_us is not None:
+                self._by_as_of[as_of_us] = report_id
+        try:
+            database.create_report(self.store.db, report_id, as_of_us)
+        except BaseException:
+            self._forget(report_id)
+            raise
+        with self._lock:
             if self._heart is None:
                 self._heart = threading.Thread(target=self._beat, name="report-heartbeat", daemon=True)
                 self._heart.start()
@@ -312,12 +339,18 @@ class ReportGenerator:
             rows = self._compute_and_store(report_id, as_of_us)
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
+            self._forget(report_id)  # before the record says Failed: a caller who sees that finds room again
             database.fail_report(self.store.db, report_id, failure_message(error))
         else:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
-            with self._lock:
-                self._owned.discard(report_id)
+            self._forget(report_id)
+
+    def _forget(self, report_id: str) -> None:
+        with self._lock:
+            self._owned.discard(report_id)
+            for as_of_us in [key for key, value in self._by_as_of.items() if value == report_id]:
+                del self._by_as_of[as_of_us]
 
     def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
         db = self.store.db
@@ -345,6 +378,7 @@ class ReportGenerator:
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
+        self._forget(report_id)  # before the record says Complete: a caller who sees that finds room again
         database.complete_report(db, report_id, payload, len(report))
         return len(report)
 

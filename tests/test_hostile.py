@@ -258,3 +258,61 @@ def test_a_hostile_20_mib_upload_is_refused_in_bounded_memory(server):
     answer = session.post(base + "/ingest", files={"store_status": ("wide.csv", wide)}, timeout=120)
     assert answer.status_code == 400 and "header" in answer.json()["files"][0]["error"]
     assert session.get(base + "/health", timeout=10).status_code == 200
+
+
+# --------------------------------------------------------------------------- quotas
+
+
+@pytest.fixture
+def held_reports(tmp_path, data_dir, monkeypatch):
+    """An app with 1 report worker and at most 2 reports queued or running, whose reports wait for `release`."""
+    import threading
+
+    import utils
+    from app import create_app
+
+    release = threading.Event()
+    real = utils.uptime_report
+
+    def held(*args, **kwargs):
+        assert release.wait(60), "the test never released the reports"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(utils, "uptime_report", held)
+    app = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "reports"),
+                      "REPORT_WORKERS": 1, "MAX_QUEUED_REPORTS": 2})
+    try:
+        yield app, app.test_client(), release
+    finally:
+        release.set()
+        app.extensions["reports"].shutdown(wait=True)
+
+
+def test_reports_beyond_the_quota_are_429_with_retry_after(held_reports):
+    app, client, release = held_reports
+    first, second = (client.post("/trigger_report") for _ in range(2))
+    assert first.status_code == second.status_code == 202
+    assert first.get_json()["report_id"] != second.get_json()["report_id"]
+    refused = client.post("/trigger_report")
+    assert refused.status_code == 429 and refused.get_json()["status"] == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert app.extensions["store"].db["reports"].count_documents({}) == 2
+    release.set()
+    for answer in (first, second):
+        assert wait_for_report(client, answer.get_json()["report_id"])["status"] == "Complete"
+    assert client.post("/trigger_report").status_code == 202  # room again
+
+
+def test_a_trigger_for_the_as_of_of_a_running_report_returns_its_id(held_reports):
+    app, client, release = held_reports
+    first = client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"})
+    again = client.post("/trigger_report", json={"as_of": "2023-01-24 13:00:00+00:00"})  # the same instant
+    other = client.post("/trigger_report", json={"as_of": "2023-01-24T12:00:00Z"})
+    assert first.status_code == again.status_code == other.status_code == 202
+    assert again.get_json()["report_id"] == first.get_json()["report_id"]
+    assert other.get_json()["report_id"] != first.get_json()["report_id"]
+    release.set()
+    assert wait_for_report(client, first.get_json()["report_id"])["status"] == "Complete"
+    # once it has finished, the same as_of starts a new report
+    assert client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"}).get_json()["report_id"] \
+        != first.get_json()["report_id"]

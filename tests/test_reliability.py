@@ -52,7 +52,7 @@ def test_any_worker_answers_for_a_report_another_started(shared_store, tmp_path)
 
 
 def test_twenty_reports_at_once_complete_identically_with_bounded_threads(shared_store, tmp_path):
-    app = make_app(shared_store, tmp_path, REPORT_WORKERS=2)
+    app = make_app(shared_store, tmp_path, REPORT_WORKERS=2, MAX_QUEUED_REPORTS=20)
     client = app.test_client()
     ids = [client.post("/trigger_report").get_json()["report_id"] for _ in range(20)]
     peak = 0
