@@ -210,6 +210,11 @@ def register_routes(app: Flask) -> None:
         log.error("database error: %s", error)
         return error_response(503, "the database is not available; try again shortly")
 
+    @app.errorhandler(database.LeaseTimeout)
+    def data_busy(error):
+        log.warning("gave up waiting for the data lease: %s", error)
+        return busy_response("reports or a load hold the data just now; try again shortly")
+
     @app.errorhandler(Exception)
     def unexpected_error(error):
         log.exception("unhandled error")

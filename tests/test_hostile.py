@@ -316,3 +316,21 @@ def test_a_trigger_for_the_as_of_of_a_running_report_returns_its_id(held_reports
     # once it has finished, the same as_of starts a new report
     assert client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"}).get_json()["report_id"] \
         != first.get_json()["report_id"]
+
+
+def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, db, monkeypatch):
+    import app as app_module
+
+    monkeypatch.setattr(app_module, "INGEST_WAIT_SECONDS", 0.01)
+    polls = db["storeStatus"].count_documents({})
+    upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "9,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
+    slot = app.extensions["ingest_slot"]
+    assert slot.acquire(timeout=1)  # another upload is loading
+    try:
+        answer = client.post("/ingest", data=upload(), content_type="multipart/form-data")
+    finally:
+        slot.release()
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
+    assert answer.get_json()["status"] == 503
+    assert db["storeStatus"].count_documents({}) == polls
+    assert client.post("/ingest", data=upload(), content_type="multipart/form-data").status_code == 200
