@@ -3,10 +3,11 @@
     python app.py                     # development server on PORT (default 8000)
     gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
 
-Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, DATA_DIR,
-REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS), then
-the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs on
-mongomock seeded from DATA_DIR.
+Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, EMBEDDED_DB,
+DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS),
+then the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs
+on the SQLite file EMBEDDED_DB (default instance/store_monitoring.sqlite3),
+seeded from DATA_DIR when it is empty.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULTS = {
     "MONGO_URI": "",
     "MONGO_DB": database.DEFAULT_DB,
+    "EMBEDDED_DB": str(database.DEFAULT_EMBEDDED_DB),
     "DATA_DIR": str(ROOT / "data"),
     "REPORTS_DIR": str(ROOT / "reports"),
     "PORT": 8000,
@@ -62,7 +64,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-EMBEDDED_CHUNK_STORES = 50
 INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB",
                     "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS")
 
@@ -74,9 +75,7 @@ def load_settings(config: dict | None = None) -> dict:
         if os.environ.get(key) not in (None, ""):
             settings[key] = os.environ[key]
     settings.update(config or {})
-    if not settings["MONGO_URI"] and "CHUNK_STORES" not in (config or {}) and not os.environ.get("CHUNK_STORES"):
-        # every chunk is cheap on the embedded store, and small ones make the progress bar move
-        settings["CHUNK_STORES"] = EMBEDDED_CHUNK_STORES
+    settings["DATA_DIR_EXPLICIT"] = "DATA_DIR" in (config or {}) or os.environ.get("DATA_DIR") not in (None, "")
     if settings["MAX_QUEUED_REPORTS"] in ("", None):
         settings["MAX_QUEUED_REPORTS"] = 4 * int(settings["REPORT_WORKERS"])
     for key in INTEGER_SETTINGS:
@@ -89,7 +88,10 @@ def load_settings(config: dict | None = None) -> dict:
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the app: connect, seed the embedded store if needed, index, and register routes."""
+    """Build the app: connect, seed an empty embedded store, sweep stale reports, and register routes.
+
+    An explicitly set DATA_DIR that cannot seed the store stops start-up (SystemExit with one line).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config.from_mapping(load_settings(config))
@@ -97,21 +99,21 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
 
     # STORE: a ready database.Store, so tests can run two apps ("workers") on one database
-    store = app.config.get("STORE") or database.connect(app.config["MONGO_URI"] or None, app.config["MONGO_DB"])
+    store = app.config.get("STORE") or database.connect(
+        app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
     if store.kind == "mongomock":
-        log.warning("MONGO_URI is not set: using the embedded mongomock store (sample-sized data only)")
-        data_dir = Path(app.config["DATA_DIR"])
-        if data_dir.is_dir() and database.is_empty(store.db):
-            for summary in database.load_dir(store.db, data_dir):
-                log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
-    elif not database.ping(store):
+        log.warning("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)")
+    if store.kind in ("sqlite", "mongomock"):
+        _seed(app, store)
+    elif not store.ping():
         log.error("MongoDB at MONGO_URI does not answer; /health will say so")
     try:
-        database.ensure_indexes(store.db)
-        stale = database.fail_stale_reports(store.db, dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
+        if store.kind != "sqlite":
+            store.migrate()
+        stale = store.fail_stale_reports(dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
         if stale:
             log.warning("marked %d stale Running reports as Failed", stale)
-    except database.DatabaseError as error:
+    except database.DATABASE_ERRORS as error:
         log.error("could not prepare the database: %s", error)
 
     app.extensions["store"] = store
@@ -124,6 +126,7 @@ def create_app(config: dict | None = None) -> Flask:
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
         max_queued=app.config["MAX_QUEUED_REPORTS"],
     )
+    app.extensions["reports"].start_retention(app.config["REPORT_RETENTION_DAYS"], app.config["MAX_REPORTS"])
     if app.config["API_TOKEN"]:
         log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs 'Authorization: Bearer <token>'")
     else:
@@ -131,6 +134,19 @@ def create_app(config: dict | None = None) -> Flask:
     log.info("answering to hosts: %s", ", ".join(app.config["TRUSTED_HOSTS"]) if app.config["TRUSTED_HOSTS"] else "any")
     register_routes(app)
     return app
+
+
+def _seed(app: Flask, store: database.Store) -> None:
+    """Seed an empty embedded store from DATA_DIR; an explicit DATA_DIR that cannot seed it stops start-up."""
+    data_dir = Path(app.config["DATA_DIR"])
+    problem = database.data_dir_problem(data_dir)
+    if problem:
+        if app.config["DATA_DIR_EXPLICIT"]:
+            raise SystemExit(f"error: {problem}")
+        log.warning("%s: starting with whatever the database holds", problem)
+        return
+    for summary in database.seed_if_empty(store, data_dir):
+        log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
 
 
 def _store() -> database.Store:
@@ -205,10 +221,12 @@ def register_routes(app: Flask) -> None:
                 response.headers[name] = value  # e.g. Allow on 405
         return response, status
 
-    @app.errorhandler(database.DatabaseError)
     def database_error(error):
-        log.error("database error: %s", error)
+        log.error("database error: %s", str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
         return error_response(503, "the database is not available; try again shortly")
+
+    for error_class in database.DATABASE_ERRORS:
+        app.register_error_handler(error_class, database_error)
 
     @app.errorhandler(database.LeaseTimeout)
     def data_busy(error):
@@ -250,17 +268,17 @@ def register_routes(app: Flask) -> None:
         if not REPORT_ID.fullmatch(report_id):
             abort(400, description="malformed report_id: expected 32 lowercase hex characters")
         store = _store()
-        report = database.find_report(store.db, report_id)
+        report = store.find_report(report_id)
         if report is None:
             abort(404, description=f"no report with id {report_id}")
         if report["status"] == "Running" and _is_stale(report):
-            database.fail_stale_reports(store.db, dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
-            report = database.find_report(store.db, report_id)
+            store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
+            report = store.find_report(report_id)
         if report["status"] == "Running":
             return jsonify({"status": "Running", "progress": report.get("progress") or {"done": 0, "total": 0}})
         if report["status"] == "Failed":
             return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
-        payload = database.read_report_csv(store.db, report)
+        payload = store.read_report_csv(report)
         if _wants_csv():
             return Response(
                 payload,
@@ -293,12 +311,12 @@ def register_routes(app: Flask) -> None:
         page = _positive_int_arg("page", 1, 1_000_000)
         per_page = _positive_int_arg("per_page", 20, 100)
         store = _store()
-        rows = database.list_reports(store.db, skip=(page - 1) * per_page, limit=per_page)
+        rows = store.list_reports(skip=(page - 1) * per_page, limit=per_page)
         return jsonify(
             {
                 "page": page,
                 "per_page": per_page,
-                "total": database.count_reports(store.db),
+                "total": store.count_reports(),
                 "reports": [
                     {
                         "report_id": row["report_id"],
@@ -327,8 +345,10 @@ def register_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
         store = _store()
-        answers = database.ping(store)
-        return jsonify({"status": "ok" if answers else "degraded", "database": store.kind, "database_ok": answers})
+        answers = store.ping()
+        if not answers:
+            return error_response(503, f"the database ({store.kind}) does not answer")
+        return jsonify({"status": "ok", "database": store.kind, "database_ok": True})
 
 
 FIELD_FILES = {
@@ -354,7 +374,8 @@ def _ingest():
                             "menu_hours or timezones, or give the file its header"})
             continue
         try:
-            summary = database.load_file(_store().db, kind, upload.stream, label=label)
+            summary = database.load_file(_store(), kind, upload.stream, label=label,
+                                         lease_wait_seconds=INGEST_WAIT_SECONDS)
         except sources.HeaderError as error:
             results.append({"file": label, "kind": kind, "error": str(error)})
             continue
@@ -418,10 +439,10 @@ def _is_stale(report: dict) -> bool:
 
 
 def _as_of(report: dict) -> str | None:
-    """The report's now, to the microsecond (the BSON date beside it keeps only milliseconds)."""
+    """The report's now, to the microsecond."""
     if report.get("as_of_us") is not None:
         return _iso(utils.us_to_datetime(report["as_of_us"]))
-    return _iso(report.get("as_of"))
+    return None
 
 
 def _iso(value) -> str | None:

@@ -1,9 +1,10 @@
 """The report job: load the data, compute the report chunk by chunk, write the CSV, store it.
 
-`ReportGenerator` runs reports from MongoDB in a bounded pool of named,
-daemonic threads; each records its progress and heartbeat in the `reports`
-collection and ends `Complete` (CSV in GridFS and in REPORTS_DIR) or `Failed`
-(with the reason), never silently.  `run` does the same work synchronously.
+`ReportGenerator` runs reports from a `database.Store` (SQLite or MongoDB) in a
+bounded pool of named, daemonic threads; each records its progress and
+heartbeat in the store's `reports` and ends `Complete` (the CSV stored in the
+database and written to REPORTS_DIR) or `Failed` (with the reason), never
+silently.  `run` does the same work synchronously.
 
 The same engine also runs straight from CSV files with no database:
 
@@ -243,6 +244,8 @@ def failure_message(error: BaseException) -> str:
         return str(error)
     if isinstance(error, database.LeaseTimeout):
         return "a data load kept the data busy for too long; trigger the report again"
+    if isinstance(error, database.LeaseLost):
+        return "the data changed while the report read it; trigger the report again"
     if isinstance(error, database.DatabaseError):
         return "the database did not answer while the report ran; trigger it again"
     if isinstance(error, OSError):
@@ -250,10 +253,11 @@ def failure_message(error: BaseException) -> str:
     return "the report could not be computed because of an internal error (the server log has the details)"
 
 
-# --------------------------------------------------------------------------- the job on MongoDB
+# --------------------------------------------------------------------------- the job on a database
 
 
 HEARTBEAT_SECONDS = 10.0
+RETENTION_SWEEP_SECONDS = 3600.0  # how often finished reports past their retention are deleted
 LIVE_GENERATORS: "weakref.WeakSet[ReportGenerator]" = weakref.WeakSet()
 
 
@@ -292,6 +296,7 @@ class ReportGenerator:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
+        self.swept = threading.Event()  # set after each retention sweep (tests wait on it)
         LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None) -> str:
@@ -312,7 +317,7 @@ class ReportGenerator:
             if as_of_us is not None:
                 self._by_as_of[as_of_us] = report_id
         try:
-            database.create_report(self.store.db, report_id, as_of_us)
+            self.store.create_report(report_id, as_of_us)
         except BaseException:
             self._forget(report_id)
             raise
@@ -328,8 +333,8 @@ class ReportGenerator:
             with self._lock:
                 owned = list(self._owned)
             try:
-                database.beat(self.store.db, owned)
-            except database.DatabaseError as error:
+                self.store.beat(owned)
+            except database.DATABASE_ERRORS as error:
                 log.warning("report heartbeat failed: %s", error)
 
     def run(self, report_id: str, as_of_us: int | None = None) -> None:
@@ -340,7 +345,7 @@ class ReportGenerator:
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
             self._forget(report_id)  # before the record says Failed: a caller who sees that finds room again
-            database.fail_report(self.store.db, report_id, failure_message(error))
+            self.store.fail_report(report_id, failure_message(error))
         else:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
@@ -353,41 +358,75 @@ class ReportGenerator:
                 del self._by_as_of[as_of_us]
 
     def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
-        db = self.store.db
+        store = self.store
         # the read lease keeps loads out while the report reads, so it sees one consistent state
-        with database.data_lease(db, "read"):
-            now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
+        with store.data_lease("read") as lost:
+            now_us = as_of_us if as_of_us is not None else store.latest_poll_us()
             if now_us is None:
                 raise ReportError("there are no polls in storeStatus, so there is nothing to report")
             if not FIRST_AS_OF_US <= now_us <= LAST_AS_OF_US:
                 raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
                                   "trigger the report with an as_of")
-            store_ids = database.report_store_ids(db, now_us)
-            database.update_report(
-                db, report_id, as_of=utils.us_to_datetime(now_us), as_of_us=now_us,
-                progress={"done": 0, "total": len(store_ids)},
-            )
+            store.update_report(report_id, as_of_us=now_us)
+            store_ids = store.report_store_ids(now_us)
+            store.update_report(report_id, progress={"done": 0, "total": len(store_ids)})
             since_us = now_us - utils.WEEK_US
             parts = []
             done = 0
             for chunk in chunked(store_ids, self.chunk_stores):
-                polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
+                if lost.is_set():
+                    raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
+                polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
                 parts.append(utils.uptime_report(polls, hours, zones, now_us))
                 done += len(chunk)
-                database.update_report(db, report_id, progress={"done": done, "total": len(store_ids)})
+                store.update_report(report_id, progress={"done": done, "total": len(store_ids)})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
         self._forget(report_id)  # before the record says Complete: a caller who sees that finds room again
-        database.complete_report(db, report_id, payload, len(report))
+        store.complete_report(report_id, payload, len(report))
         return len(report)
+
+    def sweep(self, retention_days: float, max_reports: int) -> list[str]:
+        """Delete the finished reports older than `retention_days` or beyond the newest `max_reports`:
+        their records, stored CSVs and files under REPORTS_DIR; returns their ids."""
+        cutoff = database.now_utc() - dt.timedelta(days=retention_days)
+        deleted = self.store.delete_finished_reports(cutoff, max_reports)
+        for report_id in deleted:
+            try:
+                (self.reports_dir / f"report_{report_id}.csv").unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("retention: could not delete the file of report %s: %s", report_id, error)
+        if deleted:
+            log.info("retention: deleted %d finished reports (older than %g days or beyond the newest %d): %s%s",
+                     len(deleted), retention_days, max_reports, ", ".join(deleted[:20]),
+                     " ..." if len(deleted) > 20 else "")
+        return deleted
+
+    def start_retention(self, retention_days: float, max_reports: int,
+                        every_seconds: float = RETENTION_SWEEP_SECONDS) -> threading.Thread:
+        """Sweep now and then every `every_seconds` in a named daemon thread, until `shutdown`."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.sweep(retention_days, max_reports)
+                except Exception:  # a failed sweep is retried at the next round, never kills the thread
+                    log.exception("retention sweep failed")
+                self.swept.set()
+                if self._stopped.wait(every_seconds):
+                    return
+
+        thread = threading.Thread(target=loop, name="report-retention", daemon=True)
+        thread.start()
+        return thread
 
     def abandon(self, reason: str) -> None:
         """Fail every report this process still owns (its worker is going away)."""
         with self._lock:
             owned = list(self._owned)
         for report_id in owned:
-            database.fail_report(self.store.db, report_id, reason)
+            self.store.fail_report(report_id, reason)
 
     def shutdown(self, wait: bool = False) -> None:
         self._stopped.set()

@@ -55,7 +55,8 @@ def start_server(work: Path) -> tuple[subprocess.Popen, str]:
 
     data = write_data_dir(work / "data")
     port = free_port()
-    env = {**os.environ, "MONGO_URI": "", "HOST": "127.0.0.1", "PORT": str(port), "DATA_DIR": str(data),
+    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(work / "server.sqlite3"), "HOST": "127.0.0.1",
+           "PORT": str(port), "DATA_DIR": str(data),
            "REPORTS_DIR": str(work / "reports"), "API_TOKEN": ""}
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

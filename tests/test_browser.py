@@ -1,7 +1,7 @@
 """The page at GET /, driven in headless Chromium against the real service.
 
 Starts `python app.py` on a free loopback port with a small generated data set
-(embedded mongomock), opens the page, clicks "Run report", waits for the
+(the embedded SQLite store), opens the page, clicks "Run report", waits for the
 table, and checks the table, the chart data, the CSV link, sorting,
 filtering, the past-reports list and the error messages against the report
 JSON fetched straight from the same service.
@@ -156,7 +156,7 @@ def running_service(base_dir: Path, data_dir: Path, **settings: str):
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
     env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir), REPORTS_DIR=str(base_dir / "reports"),
-               PYTHONUNBUFFERED="1", **settings)
+               EMBEDDED_DB=str(base_dir / "db" / "browser.sqlite3"), PYTHONUNBUFFERED="1", **settings)
     log_path = base_dir / "service.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,

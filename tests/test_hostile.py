@@ -19,7 +19,7 @@ import pytest
 import requests
 
 import reportGenerator
-from tests.conftest import wait_for_report, write_data_dir
+from tests.conftest import polls_of, store_config, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_HEADER = "store_id,status,timestamp_utc\n"
@@ -38,19 +38,18 @@ CSV_HEADER = "store_id,status,timestamp_utc\n"
     ({"Origin": "null"}, False),                                  # a sandboxed frame or a data: page
     ({"Origin": "http://localhost:8000"}, False),                 # another port is another origin
 ])
-def test_state_changing_routes_refuse_cross_site_requests(client, db, headers, allowed):
-    before = db["reports"].count_documents({})
+def test_state_changing_routes_refuse_cross_site_requests(client, store, headers, allowed):
+    before = store.count_reports()
     answer = client.post("/trigger_report", headers=headers)
     assert answer.status_code == (202 if allowed else 403)
     if not allowed:
         assert answer.get_json()["status"] == 403 and "refused" in answer.get_json()["error"]
-    assert db["reports"].count_documents({}) == before + (1 if allowed else 0)
+    assert store.count_reports() == before + (1 if allowed else 0)
 
-    polls = db["storeStatus"].count_documents({})
     upload = {"store_status": (io.BytesIO((CSV_HEADER + "evil,active,2023-01-24 13:30:00 UTC\n").encode()), "x.csv")}
     answer = client.post("/ingest", data=upload, headers=headers, content_type="multipart/form-data")
     assert answer.status_code == (200 if allowed else 403)
-    assert db["storeStatus"].count_documents({}) == polls + (1 if allowed else 0)
+    assert len(polls_of(store, "evil")) == (1 if allowed else 0)
 
 
 def test_reads_are_not_refused_for_cross_site_headers(client):
@@ -61,16 +60,15 @@ def test_reads_are_not_refused_for_cross_site_headers(client):
 def test_unknown_host_names_are_refused(tmp_path, data_dir):
     from app import create_app
 
-    app = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r"),
-                      "TRUSTED_HOSTS": "reports.example.com"})
+    config = {**store_config("sqlite", tmp_path), "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r")}
+    app = create_app({**config, "TRUSTED_HOSTS": "reports.example.com"})
     try:
         client = app.test_client()
         assert client.get("/health", headers={"Host": "reports.example.com"}).status_code == 200
         answer = client.get("/health", headers={"Host": "rebound.attacker.example"})
         assert answer.status_code == 400 and answer.get_json()["status"] == 400
         # the default answers to loopback names only; "*" answers to any
-        assert create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r"),
-                           "TRUSTED_HOSTS": "*"}).test_client().get(
+        assert create_app({**config, "TRUSTED_HOSTS": "*"}).test_client().get(
             "/health", headers={"Host": "anything.example"}).status_code == 200
     finally:
         app.extensions["reports"].shutdown(wait=True)
@@ -101,11 +99,11 @@ def test_trigger_report_takes_a_json_object_under_any_content_type(client):
     "\xff\xfe",
     "[1, 2]",
 ])
-def test_malformed_or_oversized_json_is_a_4xx(client, db, data):
+def test_malformed_or_oversized_json_is_a_4xx(client, store, data):
     answer = client.post("/trigger_report", data=data.encode("latin-1"), content_type="application/json")
     assert answer.status_code in (400, 413)
     assert answer.get_json()["status"] == answer.status_code
-    assert db["reports"].count_documents({}) == 0
+    assert store.count_reports() == 0
 
 
 def test_a_large_json_body_is_refused_before_it_is_parsed(client, monkeypatch):
@@ -154,14 +152,15 @@ def test_a_store_id_starting_with_a_minus_is_neutralised_in_the_csv_only(client)
     assert "\n'-2," in csv_text and "\n-2," not in csv_text
 
 
-def test_formula_store_ids_are_rejected_at_ingest(client, db):
+def test_formula_store_ids_are_rejected_at_ingest(client, store):
     rows = ['"=HYPERLINK(""http://x"",""y"")",active,2023-01-24 12:00:00 UTC', "+1+1,active,2023-01-24 12:00:00 UTC",
             "@SUM(A1),active,2023-01-24 12:00:00 UTC"]
     upload = {"store_status": (io.BytesIO((CSV_HEADER + "\n".join(rows) + "\n").encode()), "s.csv")}
     answer = client.post("/ingest", data=upload, content_type="multipart/form-data")
     assert answer.status_code == 400
     assert answer.get_json()["files"][0]["rejected"] == 3
-    assert db["storeStatus"].count_documents({"store_id": {"$regex": "^[=+@]"}}) == 0
+    assert all(polls_of(store, store_id).empty
+               for store_id in ('=HYPERLINK("http://x","y")', "+1+1", "@SUM(A1)"))
 
 
 # --------------------------------------------------------------------------- smaller leaks
@@ -216,7 +215,8 @@ def server(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux /proc to read the server's memory")
     port = _free_port()
-    env = {**os.environ, "MONGO_URI": "", "HOST": "127.0.0.1", "PORT": str(port), "API_TOKEN": "",
+    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "server.sqlite3"), "HOST": "127.0.0.1",
+           "PORT": str(port), "API_TOKEN": "",
            "DATA_DIR": str(write_data_dir(tmp_path / "data")), "REPORTS_DIR": str(tmp_path / "reports")}
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -264,7 +264,7 @@ def test_a_hostile_20_mib_upload_is_refused_in_bounded_memory(server):
 
 
 @pytest.fixture
-def held_reports(tmp_path, data_dir, monkeypatch):
+def held_reports(tmp_path, data_dir, monkeypatch, store_kind):
     """An app with 1 report worker and at most 2 reports queued or running, whose reports wait for `release`."""
     import threading
 
@@ -279,8 +279,8 @@ def held_reports(tmp_path, data_dir, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(utils, "uptime_report", held)
-    app = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "reports"),
-                      "REPORT_WORKERS": 1, "MAX_QUEUED_REPORTS": 2})
+    app = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
+                      "REPORTS_DIR": str(tmp_path / "reports"), "REPORT_WORKERS": 1, "MAX_QUEUED_REPORTS": 2})
     try:
         yield app, app.test_client(), release
     finally:
@@ -296,7 +296,7 @@ def test_reports_beyond_the_quota_are_429_with_retry_after(held_reports):
     refused = client.post("/trigger_report")
     assert refused.status_code == 429 and refused.get_json()["status"] == 429
     assert int(refused.headers["Retry-After"]) > 0
-    assert app.extensions["store"].db["reports"].count_documents({}) == 2
+    assert app.extensions["store"].count_reports() == 2
     release.set()
     for answer in (first, second):
         assert wait_for_report(client, answer.get_json()["report_id"])["status"] == "Complete"
@@ -318,11 +318,10 @@ def test_a_trigger_for_the_as_of_of_a_running_report_returns_its_id(held_reports
         != first.get_json()["report_id"]
 
 
-def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, db, monkeypatch):
+def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, store, monkeypatch):
     import app as app_module
 
     monkeypatch.setattr(app_module, "INGEST_WAIT_SECONDS", 0.01)
-    polls = db["storeStatus"].count_documents({})
     upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "9,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
     slot = app.extensions["ingest_slot"]
     assert slot.acquire(timeout=1)  # another upload is loading
@@ -332,5 +331,49 @@ def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, db, m
         slot.release()
     assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
     assert answer.get_json()["status"] == 503
-    assert db["storeStatus"].count_documents({}) == polls
+    assert polls_of(store, "9").empty
     assert client.post("/ingest", data=upload(), content_type="multipart/form-data").status_code == 200
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def finished_reports(client, count: int) -> list[str]:
+    """Run `count` reports to completion, one after another (oldest first)."""
+    ids = []
+    for _ in range(count):
+        ids.append(client.post("/trigger_report").get_json()["report_id"])
+        assert wait_for_report(client, ids[-1])["status"] == "Complete"
+    return ids
+
+
+def test_retention_deletes_finished_reports_beyond_the_newest_and_their_files(app, client, store, tmp_path, caplog):
+    caplog.set_level("INFO", logger="reportGenerator")
+    ids = finished_reports(client, 3)
+    store.create_report("a" * 32, None)  # a Running report is never deleted
+    files = [tmp_path / "reports" / f"report_{report_id}.csv" for report_id in ids]
+    assert all(path.exists() for path in files)
+    generator = app.extensions["reports"]
+    assert sorted(generator.sweep(retention_days=30, max_reports=1)) == sorted(ids[:2])
+    assert [store.find_report(i) is None for i in ids] == [True, True, False]
+    assert [path.exists() for path in files] == [False, False, True]
+    assert store.find_report("a" * 32)["status"] == "Running"
+    assert client.get(f"/get_report?report_id={ids[0]}").status_code == 404
+    assert client.get(f"/get_report?report_id={ids[2]}&format=csv").status_code == 200
+    assert "retention: deleted 2 finished reports" in caplog.text
+    # older than the retention period: everything finished goes, the Running report stays
+    assert generator.sweep(retention_days=0, max_reports=1000) == [ids[2]]
+    assert store.count_reports() == 1 and not files[2].exists()
+
+
+def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, data_dir, store_kind):
+    from app import create_app
+
+    ids = finished_reports(client, 2)
+    second = create_app({**store_config(store_kind, tmp_path), "STORE": store, "DATA_DIR": str(data_dir),
+                         "REPORTS_DIR": str(tmp_path / "reports"), "MAX_REPORTS": 1})
+    try:
+        assert second.extensions["reports"].swept.wait(30), "no retention sweep at start-up"
+        assert store.find_report(ids[0]) is None and store.find_report(ids[1]) is not None
+    finally:
+        second.extensions["reports"].shutdown(wait=True)

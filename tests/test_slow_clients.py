@@ -88,7 +88,8 @@ def behind_nginx(tmp_path):
     session = requests.Session()
     session.trust_env = False  # loopback only
     app_port, proxy_port = free_port(), free_port()
-    env = {**os.environ, "MONGO_URI": "", "API_TOKEN": "", "HOST": "127.0.0.1", "PORT": str(app_port),
+    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "server.sqlite3"), "API_TOKEN": "",
+           "HOST": "127.0.0.1", "PORT": str(app_port),
            "WEB_CONCURRENCY": "1", "DATA_DIR": str(write_data_dir(tmp_path / "data")),
            "REPORTS_DIR": str(tmp_path / "reports")}
     prefix = tmp_path / "nginx"
