@@ -377,3 +377,55 @@ def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, dat
         assert store.find_report(ids[0]) is None and store.find_report(ids[1]) is not None
     finally:
         second.extensions["reports"].shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- writers are not starved
+
+
+def test_an_upload_waits_a_few_seconds_for_running_reports_then_gets_503(held_reports, monkeypatch):
+    import app as app_module
+
+    app, client, release = held_reports
+    store = app.extensions["store"]
+    monkeypatch.setattr(app_module, "INGEST_WAIT_SECONDS", 0.5)
+    report_id = client.post("/trigger_report").get_json()["report_id"]
+    # the report holds the read lease once it has fixed its now
+    deadline = time.monotonic() + 30
+    while store.find_report(report_id)["as_of_us"] is None:
+        assert time.monotonic() < deadline, "the report never started reading"
+        time.sleep(0.02)
+    upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "w,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
+    answer = client.post("/ingest", data=upload(), content_type="multipart/form-data")
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
+    assert answer.get_json() == {"error": "reports or a load hold the data just now; try again shortly", "status": 503}
+    assert polls_of(store, "w").empty
+    release.set()
+    assert wait_for_report(client, report_id)["status"] == "Complete"
+    assert client.post("/ingest", data=upload(), content_type="multipart/form-data").status_code == 200
+    assert len(polls_of(store, "w")) == 1
+
+
+@pytest.mark.parametrize("error, words", [
+    ("LeaseTimeout", "a data load kept the data busy"),
+    ("LeaseLost", "the data changed while the report read it"),
+    ("sqlite", "the database did not answer"),
+    ("OSError", "could not be saved on the server"),
+    ("RuntimeError", "internal error"),
+    ("ReportError", "nothing to report here"),
+])
+def test_failure_messages_are_in_user_terms(error, words):
+    import sqlite3
+
+    import database
+
+    raised = {
+        "LeaseTimeout": database.LeaseTimeout("waited 1800 s for the data read lease"),
+        "LeaseLost": database.LeaseLost("lease lost"),
+        "sqlite": sqlite3.OperationalError("database is locked: /srv/app/instance/x.sqlite3"),
+        "OSError": NotADirectoryError(20, "Not a directory", "/srv/app/reports/report_1.csv"),
+        "RuntimeError": RuntimeError("year 10000 is out of range"),
+        "ReportError": reportGenerator.ReportError("nothing to report here"),
+    }[error]
+    message = reportGenerator.failure_message(raised)
+    assert words in message
+    assert "/srv" not in message and "Error" not in message and "10000" not in message
