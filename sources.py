@@ -663,22 +663,25 @@ PYTHON_BLOCK_ROWS = 1 << 16
 
 
 def _lines_of(first: bytes, stream: BinaryIO) -> Iterator[str]:
-    """Physical lines (split at b"\\n", ends kept) of `first` and then the rest of `stream`, as text."""
+    """Physical lines (split at b"\\n", ends kept) of `first` and then the rest of `stream`, as text,
+    one at a time (a block is never split into a list of all its lines)."""
     pending = first
     while True:
         more = stream.read(BLOCK_BYTES)
-        pending += more
-        cut = pending.rfind(b"\n") + 1 if more else len(pending)
-        if more and cut == 0 and len(pending) > MAX_LINE_BYTES:
-            cut = len(pending)  # a monster line: the csv module reports it as too long a field
-        pieces = pending[:cut].split(b"\n")
-        for piece in pieces[:-1]:
-            yield (piece + b"\n").decode("utf-8", errors="surrogateescape")
-        if pieces[-1] and not more:
-            yield pieces[-1].decode("utf-8", errors="surrogateescape")
-        pending = pieces[-1] if more else b""
+        if more:
+            pending += more
+        position = 0
+        while (end := pending.find(b"\n", position)) >= 0:
+            yield pending[position : end + 1].decode("utf-8", errors="surrogateescape")
+            position = end + 1
+        pending = pending[position:]
         if not more:
+            if pending:
+                yield pending.decode("utf-8", errors="surrogateescape")
             return
+        if len(pending) > MAX_LINE_BYTES:  # a monster line: the csv module reports it as too long a field
+            yield pending.decode("utf-8", errors="surrogateescape")
+            pending = b""
 
 
 def _no_rows(file: str) -> RawRows:

@@ -325,3 +325,12 @@ def test_store_ids_must_match_the_documented_pattern(store_id, ok):
     parsed = status_rows(f"{quoted},active,2023-01-22 12:00:00 UTC\n")
     assert (list(parsed.frame["store_id"]) == [store_id]) is ok
     assert parsed.rejected == (0 if ok else 1)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\n", b'"a\n', b"1,\xe9t\xe9,x\n"])
+def test_the_line_by_line_reader_stops_too(monkeypatch, bad):
+    """Bytes pyarrow cannot vouch for go through the csv module, block by block, with the same limit."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 10)
+    monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", 16)
+    with pytest.raises(sources.TooManyRejects, match="stopped reading at line"):
+        sources.read_store_status(HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + bad * 1000)
