@@ -84,7 +84,7 @@ def test_bom_crlf_quotes_and_bad_bytes():
     ).encode() + b"4,\xff\xfe,2023-01-22 12:00:00 UTC\r\n"
     parsed = sources.read_store_status(data)
     assert list(parsed.frame["store_id"]) == ["1", "3"]
-    assert reasons(parsed)[3] == "store_id has control characters"
+    assert reasons(parsed)[3] == "store_id '2\\nnewline' has characters other than letters, digits and - _ . : ;"
     assert reasons(parsed)[6] == "row is not valid UTF-8 text"
     assert parsed.rows_read == len(parsed.frame) + parsed.rejected
 
@@ -245,10 +245,9 @@ def test_arbitrary_bytes_never_crash_the_reader(body):
 
 @pytest.mark.parametrize("extra", ["", "9,active\n", '"quoted\nbreak",active,2023-01-22 12:00:00 UTC\n', "5,\xe9,x\n"])
 def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra):
-    """A file on disk is read in blocks (here, tiny ones); the result is the same as reading it whole,
-    and files the block reader cannot vouch for (ragged rows, quoted line breaks, non-ASCII) fall back."""
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
-    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    """Bytes (and uploads) are streamed in blocks (here, tiny ones); the result is the same as reading the
+    file whole, ragged rows, quoted line breaks and non-ASCII text included."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
     rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
             for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
@@ -261,5 +260,77 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     assert [(r.line, r.reason) for r in from_file.rejects] == [(r.line, r.reason) for r in from_bytes.rejects]
     assert from_file.rows_read == from_bytes.rows_read == len(text.splitlines()) - 1 - (1 if "quoted" in extra else 0)
     assert list(from_file.frame["store_id"].cat.categories) == sorted(from_file.frame["store_id"].cat.categories)
-    used_blocks = sources._read_store_status_in_blocks(path, "store_status.csv") is not None
-    assert used_blocks == (extra == "")
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)  # a large file on disk is streamed too
+    streamed = sources.read_store_status(path)
+    pd.testing.assert_frame_equal(streamed.frame, from_file.frame)
+    assert [(r.line, r.reason) for r in streamed.rejects] == [(r.line, r.reason) for r in from_file.rejects]
+
+
+# --------------------------------------------------------------------------- hostile files (bounded work)
+
+
+@pytest.mark.parametrize("header, message", [
+    (",".join(["store_id", "status", "timestamp_utc"] + [f"c{i}" for i in range(63)]), "more than 64 columns"),
+    (",".join(["store_id", "status", "timestamp_utc"] + [f"c{i}" for i in range(90_000)]), "longer than 4096 bytes"),
+    ("store_id,status,timestamp_utc," + "x" * 5000, "longer than 4096 bytes"),
+    ("store_id,status,timestamp_utc" + "x" * 200_000, "longer than 4096 bytes"),  # no line end at all
+])
+def test_wide_headers_are_refused_at_once(header, message):
+    data = (header + "\n" + "1,active,2023-01-22 12:00:00 UTC\n").encode()
+    with pytest.raises(sources.HeaderError, match=message):
+        sources.read_store_status(data)
+    with pytest.raises(sources.HeaderError, match=message):
+        sources.read_timezones(data.replace(b"status,timestamp_utc", b"timezone_str"))
+
+
+def test_a_header_of_64_columns_is_read():
+    header = ",".join(["store_id", "status", "timestamp_utc"] + [f"c{i}" for i in range(61)])
+    parsed = sources.read_store_status((header + "\n" + "1,active,2023-01-22 12:00:00 UTC" + ",x" * 61 + "\n").encode())
+    assert list(parsed.frame["store_id"]) == ["1"]
+
+
+def test_reading_stops_when_most_rows_are_bad(monkeypatch):
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 10)
+    data = (HEADER + "1,active,2023-01-22 12:00:00 UTC\n" + "a\n" * 50).encode()
+    with pytest.raises(sources.TooManyRejects, match=r"stopped reading at line 13: 11 of 12 rows read were rejected"):
+        sources.read_store_status(data)
+    # the same with bad values rather than ragged rows: stopped after the block that passes the limit
+    with pytest.raises(sources.TooManyRejects, match="nothing from it was loaded"):
+        sources.read_store_status((HEADER + "1,online,2023-01-22 12:00:00 UTC\n" * 50).encode())
+
+
+def test_a_few_bad_rows_in_a_big_file_do_not_stop_it(monkeypatch):
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 10)
+    good = "".join(f"{n},active,2023-01-22 12:00:00 UTC\n" for n in range(300))
+    parsed = sources.read_store_status((HEADER + good + "a\n" * 20).encode())  # 20 of 320 rows: 6%
+    assert (len(parsed.frame), parsed.rejected) == (300, 20)
+
+
+def test_only_the_first_reject_reasons_are_kept(monkeypatch):
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 5)
+    good = "".join(f"{n},active,2023-01-22 12:00:00 UTC\n" for n in range(20))
+    parsed = sources.read_store_status((HEADER + good + "a\n" * 4 + "x,online,2023-01-22 12:00:00 UTC\n" * 4).encode())
+    assert parsed.rejected == 8
+    assert sorted(r.line for r in parsed.rejects) == [22, 23, 24, 25, 26]
+    assert parsed.rows_read == len(parsed.frame) + parsed.rejected == 28
+
+
+@pytest.mark.parametrize("store_id, ok", [
+    ("1114277559207252776", True), ("a" * 64, True), ("a" * 65, False), ("shop-1_a.b:c;d", True), ("-2", True),
+    ('=HYPERLINK("http://x","y")', False), ("+1+1", False), ("@SUM(A1)", False), ("a b", False),
+    ("caf\u00e9", False), ("x'y", False),
+])
+def test_store_ids_must_match_the_documented_pattern(store_id, ok):
+    quoted = '"' + store_id.replace('"', '""') + '"'
+    parsed = status_rows(f"{quoted},active,2023-01-22 12:00:00 UTC\n")
+    assert (list(parsed.frame["store_id"]) == [store_id]) is ok
+    assert parsed.rejected == (0 if ok else 1)
+
+
+@pytest.mark.parametrize("bad", [b"\xff\n", b'"a\n', b"1,\xe9t\xe9,x\n"])
+def test_the_line_by_line_reader_stops_too(monkeypatch, bad):
+    """Bytes pyarrow cannot vouch for go through the csv module, block by block, with the same limit."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 10)
+    monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", 16)
+    with pytest.raises(sources.TooManyRejects, match="stopped reading at line"):
+        sources.read_store_status(HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + bad * 1000)
