@@ -1,12 +1,22 @@
 """Shared fixtures: a tiny data folder with hand-worked answers, an app on mongomock, its client and db."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from app import create_app
+
+# Hypothesis profiles. "ci" (chosen when CI is set, as CI sets CI=true) draws the same examples on every
+# run, so a CI failure can be re-run and a pass means the same thing each time; "dev" (the default
+# elsewhere) draws new examples each run and replays past failures from .hypothesis/, to explore.
+# HYPOTHESIS_PROFILE=ci|dev picks one by name. Tests that set max_examples keep their own count.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("dev", derandomize=False, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC
