@@ -279,12 +279,37 @@ def test_open_service_says_so_at_start_up(tmp_path, caplog):
     app.extensions["reports"].shutdown(wait=True)
 
 
-def test_token_compared_in_constant_time():
-    import inspect
+@pytest.mark.parametrize(
+    "given",
+    [
+        "s3creT",  # same length, last character wrong
+        "x3cret",  # same length, first character wrong
+        "s3cre",  # a prefix
+        "s3cret2",  # the token and more
+        "s3crets3cret",
+        "",
+        "s3cr\u00e9t",  # non-ASCII, same number of characters
+        "s3cret\u00e9",
+        "\u00e9" * 6,
+    ],
+)
+def test_near_miss_tokens_are_401(locked_client, given):
+    """A token that is almost right is refused like any other, and non-ASCII is a 401, not a 500.
 
-    import app as app_module
-
-    assert "hmac.compare_digest" in inspect.getsource(app_module.register_routes)
+    This replaces a test that the comparison runs in constant time. Timing cannot be tested
+    soundly here: the difference between an early-exit and a constant-time compare of a short
+    token is nanoseconds, while one request through Flask on this shared 2-core machine varies
+    by tens of microseconds to milliseconds, so a statistical test would need millions of samples
+    and would still flake. (A test that greps the source for `hmac.compare_digest` cannot fail for
+    the reason it is named for.) The constant time comes from `hmac.compare_digest`, which the
+    standard library documents as such; what a test can pin is that the compare is right.
+    """
+    for method, path in (("post", "/trigger_report"), ("get", "/reports")):
+        response = getattr(locked_client, method)(path, headers={"Authorization": f"Bearer {given}"})
+        assert response.status_code == 401, given
+        assert response.get_json() == {
+            "error": "missing or wrong API token: send 'Authorization: Bearer <token>'", "status": 401}
+    assert locked_client.get("/reports", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 # --------------------------------------------------------------------------- real gunicorn
