@@ -263,3 +263,51 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     assert list(from_file.frame["store_id"].cat.categories) == sorted(from_file.frame["store_id"].cat.categories)
     used_blocks = sources._read_store_status_in_blocks(path, "store_status.csv") is not None
     assert used_blocks == (extra == "")
+
+
+BLOCK_FILE = (
+    HEADER
+    + "7,active,2023-01-22 12:00:00 UTC\n"  # line 2: overridden by line 6
+    + "12,inactive,2023-01-22T12:30:00Z\n"  # line 3: duplicate of line 7
+    + "7,online,2023-01-22 13:00:00 UTC\n"  # line 4: unknown status
+    + "300,ACTIVE,2023-01-22 13:00:00.000001 UTC\n"  # line 5
+    + "7,inactive,2023-01-22 12:00:00 UTC\n"  # line 6
+    + "12,inactive,2023-01-22 12:30:00 UTC\n"  # line 7
+    + ",active,2023-01-22 14:00:00 UTC\n"  # line 8: no store_id
+    + "12,active,not a time\n"  # line 9: unparseable timestamp
+    + "12,active,2023-01-22T15:00:00+01:00\n"  # line 10: 14:00 UTC
+    + "0042,inactive,2023-01-22 14:00:00 UTC\n"  # line 11
+)
+# 2023-01-22 12:00:00 UTC is 1,674,388,800 s after the epoch (19,379 days of 86,400 s, plus 12 h)
+NOON_US = 1_674_388_800_000_000
+BLOCK_FILE_ROWS = [  # (line, store_id, timestamp_us, active), the later row of each key, in file order
+    (5, "300", NOON_US + 3_600_000_000 + 1, True),
+    (6, "7", NOON_US, False),
+    (7, "12", NOON_US + 1_800_000_000, False),
+    (10, "12", NOON_US + 7_200_000_000, True),
+    (11, "0042", NOON_US + 7_200_000_000, False),
+]
+BLOCK_FILE_REJECTS = [
+    (2, "overridden by line 6 (same store_id and timestamp, later row wins)"),
+    (3, "duplicate of line 7 (same store_id and timestamp)"),
+    (4, "unknown status 'online' (expected active or inactive)"),
+    (8, "missing store_id"),
+    (9, "unparseable timestamp 'not a time'"),
+]
+
+
+@pytest.mark.parametrize("block_bytes", [64, 150, 1 << 20])
+def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes):
+    """The block reader's rows and rejects, worked out by hand for a file that spans several blocks
+    (duplicates and overrides straddle blocks), not only compared with the whole-file reader."""
+    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", block_bytes)
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(BLOCK_FILE.encode())
+    for parsed in (sources._read_store_status_in_blocks(path, "store_status.csv"),
+                   sources.read_store_status(BLOCK_FILE.encode())):
+        assert parsed is not None  # the block reader vouched for every line
+        frame = parsed.frame
+        assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+        assert list(frame["store_id"].cat.categories) == ["0042", "12", "300", "7"]
+        assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
+        assert (parsed.rows_read, parsed.rejected) == (10, 5)
