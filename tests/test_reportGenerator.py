@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,17 +37,55 @@ def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
     assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "soon"]) == 2
 
 
+@lru_cache(maxsize=1)
+def sample_reference_report() -> pd.DataFrame:
+    """The sample's report worked out by tests/reference.py (which shares no code with the engine),
+    at the newest poll, in report units: minutes for the hour, hours for day and week, numpy.round to 2."""
+    parsed = sources.read_data_dir(SAMPLE)
+    polls, hours, zones = (parsed[f].frame for f in (sources.STATUS_FILE, sources.HOURS_FILE, sources.ZONES_FILE))
+    now_us = int(polls["timestamp_us"].max())
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    to_dt = lambda us: epoch + dt.timedelta(microseconds=int(us))  # noqa: E731
+    to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
+    ticks = reference_ticks(
+        [(s, to_dt(t), "active" if a else "inactive") for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
+        [(s, d, to_time(a), to_time(b)) for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+        dict(zip(zones["store_id"], zones["timezone_str"])),
+        to_dt(now_us),
+    )
+    half_us_per = {"hour": 60 * 2_000_000, "day": 3_600 * 2_000_000, "week": 3_600 * 2_000_000}
+    rows = [{"store_id": store, **{column: float(np.round(value / half_us_per[column.rsplit("_", 1)[1]], 2))
+                                   for column, value in row.items()}}
+            for store, row in sorted(ticks.items())]
+    return pd.DataFrame(rows, columns=utils.REPORT_COLUMNS)
+
+
+def assert_is_the_reference(report: pd.DataFrame) -> None:
+    expected = sample_reference_report()
+    assert len(expected) == 200
+    assert report.astype({"store_id": str}).to_dict("records") == expected.to_dict("records")
+
+
 @pytest.mark.parametrize("chunk_stores", [1, 7, 10_000])
 def test_chunk_size_does_not_change_the_report(chunk_stores):
     whole, now_us, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=100_000)
     chunked, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=chunk_stores)
     pd.testing.assert_frame_equal(whole, chunked)
+    assert_is_the_reference(chunked)
 
 
 def test_worker_processes_give_the_same_report():
     alone, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=1)
     shared, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=2)
     pd.testing.assert_frame_equal(alone, shared)
+    assert_is_the_reference(shared)
+
+
+def test_cli_csv_on_the_sample_is_the_reference(tmp_path):
+    """The CLI's CSV file, read back, holds the reference's figures (the API's CSV equals it, below)."""
+    output = tmp_path / "cli.csv"
+    assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(output)]) == 0
+    assert_is_the_reference(pd.read_csv(output, dtype={"store_id": str}))
 
 
 def test_chunk_bounds_cover_every_store_once():
