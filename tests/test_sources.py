@@ -311,3 +311,35 @@ def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes)
         assert list(frame["store_id"].cat.categories) == ["0042", "12", "300", "7"]
         assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
         assert (parsed.rows_read, parsed.rejected) == (10, 5)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["no final newline", "crlf", "header case", "header spaces"],
+)
+def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatch, variant):
+    """Files the block reader must still vouch for itself (not hand to the whole-file reader): no line
+    break after the last row, CRLF line ends, a header in other case or with spaces after the commas."""
+    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
+    text = {
+        "no final newline": BLOCK_FILE.rstrip("\n"),
+        "crlf": BLOCK_FILE.replace("\n", "\r\n"),
+        "header case": BLOCK_FILE.replace(HEADER, "STORE_ID,Status,Timestamp_UTC\n"),
+        "header spaces": BLOCK_FILE.replace(HEADER, "store_id, status, timestamp_utc\n"),
+    }[variant]
+    path = tmp_path / "polls.csv"
+    path.write_bytes(text.encode())
+    parsed = sources._read_store_status_in_blocks(path, "polls.csv")
+    assert parsed is not None
+    frame = parsed.frame
+    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+    assert sorted((r.file, r.line, r.reason) for r in parsed.rejects) == [
+        ("polls.csv", line, reason) for line, reason in BLOCK_FILE_REJECTS]
+
+
+def test_block_reader_rejects_a_wrong_header_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(b"store_id;status;timestamp_utc\n1;active;2023-01-22 12:00:00 UTC\n")
+    with pytest.raises(sources.HeaderError, match="wrong header 'store_id;status;timestamp_utc'"):
+        sources.read_store_status(path)
