@@ -343,3 +343,55 @@ def test_block_reader_rejects_a_wrong_header_by_name(tmp_path, monkeypatch):
     path.write_bytes(b"store_id;status;timestamp_utc\n1;active;2023-01-22 12:00:00 UTC\n")
     with pytest.raises(sources.HeaderError, match="wrong header 'store_id;status;timestamp_utc'"):
         sources.read_store_status(path)
+
+
+# A byte that is not UTF-8 (line 3) sends the whole file to the line-by-line reader.
+FALLBACK_FILE = (
+    b"store_id,status,timestamp_utc\r\n"
+    b"1,active,2023-01-22 12:00:00 UTC\r\n"  # line 2
+    b"2,on\x80,2023-01-22 12:00:00 UTC\r\n"  # line 3: not UTF-8 (the lowest byte that is not)
+    b"3,active\xff,2023-01-22 12:00:00 UTC\r\n"  # line 4: not UTF-8 (the highest)
+    b"4,active,2023-01-22 12:00:00 UTC,x\r\n"  # line 5: a field too many
+    b"   \r\n"  # line 6: blank
+    b"\r\n"  # line 7: empty
+    b'"5\r\nsplit",active,2023-01-22 12:00:00 UTC\r\n'  # lines 8-9: a quoted line break
+    b"6,inactive,2023-01-22 13:00:00 UTC\r\n"  # line 10
+    + b"9" * 200_000 + b",active,2023-01-22 12:00:00 UTC\r\n"  # line 11: beyond the csv module's field limit
+    + b"10,inactive,2023-01-22T14:00:00Z\r\n"  # line 12
+    b"11,active\r\n"  # line 13
+)
+
+
+def test_line_by_line_reader_by_hand():
+    parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
+    frame = parsed.frame
+    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == [
+        (2, "1", NOON_US, True), (10, "6", NOON_US + 3_600_000_000, False), (12, "10", NOON_US + 7_200_000_000, False)]
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == [
+        (3, "row is not valid UTF-8 text"),
+        (4, "row is not valid UTF-8 text"),
+        (5, "expected 3 fields, found 4"),
+        (6, "blank line"),
+        (7, "blank line"),
+        (8, "store_id has control characters"),
+        (11, "unreadable CSV row: field larger than field limit (131072)"),
+        (13, "missing column timestamp_utc"),
+    ]
+    assert {r.file for r in parsed.rejects} == {"polls.csv"}
+    assert (parsed.rows_read, parsed.rejected) == (11, 8)
+
+
+def test_blank_lines_are_worded_alike_by_both_readers():
+    body = b"1,active,2023-01-22 12:00:00 UTC\n   \n\n , \n"
+    arrow = sources.read_store_status(HEADER.encode() + body)
+    by_line = sources.read_store_status(HEADER.encode() + body + b"\xff,active,2023-01-22 12:00:00 UTC\n")
+    expected = [(3, "blank line"), (4, "blank line"), (5, "missing column timestamp_utc")]
+    assert sorted((r.line, r.reason) for r in arrow.rejects) == expected
+    assert sorted((r.line, r.reason) for r in by_line.rejects) == expected + [(6, "row is not valid UTF-8 text")]
+
+
+def test_a_lone_carriage_return_ends_a_line():
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
+                         "3,inactive,2023-01-22 12:00:00 UTC\n")
+    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(2, "1"), (4, "3")]
+    assert reasons(parsed) == {3: "unknown status 'online' (expected active or inactive)"}
