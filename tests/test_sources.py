@@ -137,9 +137,11 @@ def test_timezone_rows():
     parsed = sources.read_timezones(
         b"store_id,timezone_str\n1,America/New_York\n2,Mars/Olympus\n1,America/Denver\n3,\n4,../../etc/passwd\n"
     )
-    assert parsed.frame[["store_id", "timezone_str"]].values.tolist() == [["1", "America/Denver"]]
+    assert parsed.frame.to_dict("list") == {"store_id": ["1"], "timezone_str": ["America/Denver"], "line": [4]}
+    assert list(parsed.frame.index) == [0]
+    assert {r.file for r in parsed.rejects} == {sources.ZONES_FILE}
     got = reasons(parsed)
-    assert got[2].startswith("overridden by line 4")
+    assert got[2] == "overridden by line 4 (same store_id, later row wins)"
     assert got[3] == "unknown timezone name 'Mars/Olympus'"
     assert got[5] == "unknown timezone name ''"
     assert got[6].startswith("unknown timezone name")
@@ -154,8 +156,10 @@ def test_detect_file_by_header():
 
 def test_read_data_dir_missing_file_is_noted(tmp_path):
     (tmp_path / "store_status.csv").write_text(HEADER + "1,active,2023-01-22 12:00:00 UTC\n")
+    (tmp_path / "timezones.csv").write_text("store_id,timezone_str\n1,Nowhere/Town\n")
     parsed = sources.read_data_dir(tmp_path)
     assert len(parsed[sources.STATUS_FILE].frame) == 1
+    assert [(r.file, r.line) for r in parsed[sources.ZONES_FILE].rejects] == [(str(tmp_path / "timezones.csv"), 2)]
     assert parsed[sources.HOURS_FILE].frame.empty
     assert "not found" in parsed[sources.HOURS_FILE].notes[0]
 

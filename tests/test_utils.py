@@ -256,6 +256,27 @@ def test_empty_input_gives_empty_report_with_columns():
     assert list(report.columns) == utils.REPORT_COLUMNS
 
 
+@pytest.mark.parametrize(
+    "when, value_us",
+    [
+        # 2023-01-22 is 19,379 days after 1970-01-01: (19,379 x 86,400 + 12:09:39) s, and 388,884 us
+        (dt.datetime(2023, 1, 22, 12, 9, 39, 388884, tzinfo=UTC), 1_674_389_379_388_884),
+        (dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), -1),
+        # the last microsecond of year 9999: 2,932,896 days; beyond 2**53, so a float would round it
+        (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), 253_402_300_799_999_999),
+    ],
+)
+def test_instants_and_microseconds(when, value_us):
+    assert utils.us_to_datetime(value_us) == when
+    assert utils.us_to_datetime(value_us).utcoffset() == dt.timedelta(0)
+    got = utils.datetime_to_us(when)
+    assert got == value_us and isinstance(got, int)
+    assert utils.datetime_to_us(when.replace(tzinfo=None)) == value_us  # naive means UTC
+    east = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    if when.year < 9999:
+        assert utils.datetime_to_us(when.astimezone(east)) == value_us
+
+
 def test_local_to_utc_maps_gap_and_fold():
     transitions, offsets = utils.zone_transitions("America/New_York", 1678500000, 1678700000)
     local = np.array([us(utc(t)) for t in ["2023-03-12 01:59:59", "2023-03-12 02:30:00", "2023-03-12 03:00:00"]])
