@@ -18,6 +18,19 @@ settings.register_profile("ci", derandomize=True, database=None, print_blob=True
 settings.register_profile("dev", derandomize=False, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
+
+@pytest.fixture(autouse=True)
+def fresh_memos_under_mutation():
+    """Under mutmut, forget utils' memoised zones and transitions before each test: mutmut forks every
+    mutant's run from a process that has already run the tests, so a warm memo would hide a mutant in
+    the code that fills it."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        import utils
+
+        utils._zone.cache_clear()
+        utils.zone_transitions.cache_clear()
+    yield
+
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC
 worked,inactive,2023-01-24 11:15:00.000000 UTC
