@@ -1,6 +1,7 @@
 """CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -131,6 +132,7 @@ def test_menu_hours_rows():
     assert got[6] == "bad time '24:00:00' in start_time_local (expected HH:MM:SS)"
     assert got[7] == "bad time '9am' in end_time_local (expected HH:MM:SS)"
     assert got[8] == "duplicate of line 9 (same store, day and hours)"
+    assert {r.file for r in parsed.rejects} == {sources.HOURS_FILE}
 
 
 def test_timezone_rows():
@@ -399,3 +401,40 @@ def test_a_lone_carriage_return_ends_a_line():
                          "3,inactive,2023-01-22 12:00:00 UTC\n")
     assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(2, "1"), (4, "3")]
     assert reasons(parsed) == {3: "unknown status 'online' (expected active or inactive)"}
+
+
+def test_parse_time_of_day_by_hand():
+    values = ["09:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", " 7:05 ", "x", "00:00:00", "9:5", "12:59:59"]
+    assert sources.parse_time_of_day(values).tolist() == [
+        32_400, 86_399, -1, -1, -1, 25_500, -1, 0, -1, 12 * 3600 + 59 * 60 + 59]
+
+
+def test_parse_timestamps_by_hand():
+    got = sources.parse_timestamps_us(["2023-01-22 12:09:39.388884 UTC", "garbage", "2023-01-22T12:09:39+01:00"])
+    assert got.tolist() == [1_674_389_379_388_884, np.iinfo(np.int64).min, 1_674_385_779_000_000]
+
+
+def test_long_values_are_quoted_short_in_reasons():
+    forty = "x" * 40
+    parsed = status_rows(f"1,active,{forty}\n2,active,{forty}y\n")
+    assert reasons(parsed) == {2: f"unparseable timestamp '{forty}'", 3: f"unparseable timestamp '{forty}...'"}
+
+
+def test_a_row_short_of_an_ignored_column_is_ragged():
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n2,active,2023-01-22 12:00:00 UTC,n\n",
+                         header="store_id,status,timestamp_utc,note\n")
+    assert reasons(parsed) == {2: "expected 4 fields, found 3"}
+    assert list(parsed.frame["store_id"]) == ["2"]
+
+
+def test_frames_have_their_documented_types():
+    polls = status_rows("1,active,2023-01-22 12:00:00 UTC\n").frame
+    hours = sources.read_menu_hours(b"store_id,day,start_time_local,end_time_local\n1,2,09:00:00,17:00:00\n").frame
+    zones = sources.read_timezones(b"store_id,timezone_str\n1,UTC\n").frame
+    assert dict(polls.dtypes.astype(str)) == {
+        "store_id": "category", "timestamp_us": "int64", "active": "bool", "line": "int64"}
+    assert list(hours.columns) == ["store_id", "day", "start_s", "end_s", "line"]
+    assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s", "line")] == ["int64"] * 4
+    assert list(zones.columns) == ["store_id", "timezone_str", "line"]
+    for frame in (polls, hours, zones):
+        assert list(frame.index) == [0]
