@@ -16,7 +16,15 @@ from app import create_app
 # HYPOTHESIS_PROFILE=ci|dev picks one by name. Tests that set max_examples keep their own count.
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
 settings.register_profile("dev", derandomize=False, deadline=None)
+# "mutation" is "ci" with a tenth of the examples (see `examples`), so a mutmut run fits in ~30 minutes;
+# the fixed @example cases still run in full.
+settings.register_profile("mutation", parent=settings.get_profile("ci"))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def examples(count: int) -> int:
+    """A property test's max_examples: `count`, or a tenth of it (at least 10) in the "mutation" profile."""
+    return max(10, count // 10) if settings.get_current_profile_name() == "mutation" else count
 
 
 @pytest.fixture(autouse=True)

@@ -177,6 +177,8 @@ def test_huge_field_is_rejected_not_loaded():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from tests.conftest import examples  # noqa: E402
+
 GOOD_STAMPS = st.integers(1_600_000_000_000_000, 1_700_000_000_000_000).map(
     lambda us: (us, sources.pd.Timestamp(us, unit="us", tz="UTC"))
 )
@@ -217,7 +219,7 @@ def status_files(draw):
     return (bom + "store_id,status,timestamp_utc" + newline + "".join(r + newline for r in rows)).encode(), expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(status_files())
 def test_every_row_is_loaded_or_rejected_with_its_line(case):
     data, expected = case
@@ -238,7 +240,7 @@ def test_every_row_is_loaded_or_rejected_with_its_line(case):
             assert index + 2 in rejected_lines
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_reader(body):
     for file, header in ((sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"),

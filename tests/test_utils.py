@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import utils
+from tests.conftest import examples
 from tests.reference import reference_ticks
 
 UTC = dt.timezone.utc
@@ -435,7 +436,7 @@ def as_time(seconds: int) -> dt.time:
     return dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stores())
 @example(edge_case("saturday_overnight_in_los_angeles_a_week_back"))
 @example(edge_case("chatham_row_at_the_far_end"))
@@ -449,7 +450,7 @@ def test_engine_matches_reference_exactly(case):
     assert got_rows == expected
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(stores())
 @example(edge_case("saturday_overnight_in_los_angeles_a_week_back"))
 @example(edge_case("chatham_row_at_the_far_end"))
