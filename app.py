@@ -3,10 +3,11 @@
     python app.py                     # development server on PORT (default 8000)
     gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
 
-Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, DATA_DIR,
-REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS), then
-the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs on
-mongomock seeded from DATA_DIR.
+Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, EMBEDDED_DB,
+DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS),
+then the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs
+on the SQLite file EMBEDDED_DB (default instance/store_monitoring.sqlite3),
+seeded from DATA_DIR when it is empty.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from flask import Flask, Response, abort, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import database
 import sources
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULTS = {
     "MONGO_URI": "",
     "MONGO_DB": database.DEFAULT_DB,
+    "EMBEDDED_DB": str(database.DEFAULT_EMBEDDED_DB),
     "DATA_DIR": str(ROOT / "data"),
     "REPORTS_DIR": str(ROOT / "reports"),
     "PORT": 8000,
@@ -44,7 +47,6 @@ DEFAULTS = {
     "MAX_UPLOAD_MB": 200,
     "API_TOKEN": "",
 }
-EMBEDDED_CHUNK_STORES = 50
 INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
 
 
@@ -55,16 +57,17 @@ def load_settings(config: dict | None = None) -> dict:
         if os.environ.get(key) not in (None, ""):
             settings[key] = os.environ[key]
     settings.update(config or {})
-    if not settings["MONGO_URI"] and "CHUNK_STORES" not in (config or {}) and not os.environ.get("CHUNK_STORES"):
-        # every chunk is cheap on the embedded store, and small ones make the progress bar move
-        settings["CHUNK_STORES"] = EMBEDDED_CHUNK_STORES
+    settings["DATA_DIR_EXPLICIT"] = "DATA_DIR" in (config or {}) or os.environ.get("DATA_DIR") not in (None, "")
     for key in INTEGER_SETTINGS:
         settings[key] = int(settings[key])
     return settings
 
 
 def create_app(config: dict | None = None) -> Flask:
-    """Build the app: connect, seed the embedded store if needed, index, and register routes."""
+    """Build the app: connect, seed an empty embedded store, sweep stale reports, and register routes.
+
+    An explicitly set DATA_DIR that cannot seed the store stops start-up (SystemExit with one line).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config.from_mapping(load_settings(config))
@@ -72,21 +75,21 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
 
     # STORE: a ready database.Store, so tests can run two apps ("workers") on one database
-    store = app.config.get("STORE") or database.connect(app.config["MONGO_URI"] or None, app.config["MONGO_DB"])
+    store = app.config.get("STORE") or database.connect(
+        app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
     if store.kind == "mongomock":
-        log.warning("MONGO_URI is not set: using the embedded mongomock store (sample-sized data only)")
-        data_dir = Path(app.config["DATA_DIR"])
-        if data_dir.is_dir() and database.is_empty(store.db):
-            for summary in database.load_dir(store.db, data_dir):
-                log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
-    elif not database.ping(store):
+        log.warning("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)")
+    if store.kind in ("sqlite", "mongomock"):
+        _seed(app, store)
+    elif not store.ping():
         log.error("MongoDB at MONGO_URI does not answer; /health will say so")
     try:
-        database.ensure_indexes(store.db)
-        stale = database.fail_stale_reports(store.db, dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
+        if store.kind != "sqlite":
+            store.migrate()
+        stale = store.fail_stale_reports(dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
         if stale:
             log.warning("marked %d stale Running reports as Failed", stale)
-    except database.DatabaseError as error:
+    except database.DATABASE_ERRORS as error:
         log.error("could not prepare the database: %s", error)
 
     app.extensions["store"] = store
@@ -103,6 +106,19 @@ def create_app(config: dict | None = None) -> Flask:
         log.warning("API_TOKEN is not set: the API is open to anyone who can reach it")
     register_routes(app)
     return app
+
+
+def _seed(app: Flask, store: database.Store) -> None:
+    """Seed an empty embedded store from DATA_DIR; an explicit DATA_DIR that cannot seed it stops start-up."""
+    data_dir = Path(app.config["DATA_DIR"])
+    problem = database.data_dir_problem(data_dir)
+    if problem:
+        if app.config["DATA_DIR_EXPLICIT"]:
+            raise SystemExit(f"error: {problem}")
+        log.warning("%s: starting with whatever the database holds", problem)
+        return
+    for summary in database.seed_if_empty(store, data_dir):
+        log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
 
 
 def _store() -> database.Store:
@@ -130,16 +146,22 @@ def register_routes(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        response, status = error_response(error.code or 500, error.description or error.name)
+        message = error.description or error.name
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            allowed = [m for m in error.valid_methods if m not in ("HEAD", "OPTIONS")] or error.valid_methods
+            message = f"{request.method} is not allowed on {request.path}: use {' or '.join(allowed)}"
+        response, status = error_response(error.code or 500, message)
         for name, value in error.get_headers():
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value  # e.g. Allow on 405
         return response, status
 
-    @app.errorhandler(database.DatabaseError)
     def database_error(error):
-        log.error("database error: %s", error)
+        log.error("database error: %s", str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
         return error_response(503, "the database is not available; try again shortly")
+
+    for error_class in database.DATABASE_ERRORS:
+        app.register_error_handler(error_class, database_error)
 
     @app.errorhandler(Exception)
     def unexpected_error(error):
@@ -166,25 +188,18 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/get_report")
     def get_report():
-        report_id = request.args.getlist("report_id")
-        if len(report_id) != 1 or not report_id[0]:
-            abort(400, description="give exactly one report_id, e.g. /get_report?report_id=<id from trigger_report>")
-        report_id = report_id[0]
-        if not REPORT_ID.fullmatch(report_id):
-            abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+        report_id = _report_id_arg("/get_report?report_id=<id from trigger_report>")
+        wants_csv = _wants_csv()
         store = _store()
-        report = database.find_report(store.db, report_id)
-        if report is None:
-            abort(404, description=f"no report with id {report_id}")
-        if report["status"] == "Running" and _is_stale(report):
-            database.fail_stale_reports(store.db, dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
-            report = database.find_report(store.db, report_id)
+        report = _find_report(report_id)
+        if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
+            abort(409, description=_not_complete(report_id, report, "CSV"))
         if report["status"] == "Running":
-            return jsonify({"status": "Running", "progress": report.get("progress") or {"done": 0, "total": 0}})
+            return jsonify({"status": "Running", **_running_state(report)})
         if report["status"] == "Failed":
             return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
-        payload = database.read_report_csv(store.db, report)
-        if _wants_csv():
+        payload = store.read_report_csv(report)
+        if wants_csv:
             return Response(
                 payload,
                 mimetype="text/csv",
@@ -202,6 +217,26 @@ def register_routes(app: Flask) -> None:
             }
         )
 
+    @app.get("/stores/<store_id>/timeline")
+    def store_timeline(store_id: str):
+        report_id = _report_id_arg(f"/stores/{store_id[:64]}/timeline?report_id=<id of a Complete report>")
+        report = _find_report(report_id)
+        if report["status"] != "Complete":
+            abort(409, description=_not_complete(report_id, report, "timeline"))
+        rows = pd.read_csv(io.BytesIO(_store().read_report_csv(report)), dtype={"store_id": str},
+                           keep_default_na=False)
+        row = rows[rows["store_id"] == store_id]
+        if row.empty:
+            abort(404, description=f"report {report_id} has no store {store_id[:64]!r}")
+        now_us = report["as_of_us"] if report.get("as_of_us") is not None else utils.datetime_to_us(report["as_of"])
+        polls, hours, zones = _read_store_week(store_id, now_us - utils.WEEK_US, now_us)
+        zone = zones["timezone_str"]
+        timeline = utils.store_timeline(
+            polls["timestamp_us"].to_numpy(), polls["active"].to_numpy(), hours["day"].to_numpy(),
+            hours["start_s"].to_numpy(), hours["end_s"].to_numpy(), zone.iloc[-1] if len(zone) else None, now_us,
+        )
+        return jsonify(timeline_body(store_id, now_us, timeline, row.to_dict("records")[0]))
+
     @app.get("/")
     def index():
         return app.send_static_file("index.html")
@@ -215,12 +250,12 @@ def register_routes(app: Flask) -> None:
         page = _positive_int_arg("page", 1, 1_000_000)
         per_page = _positive_int_arg("per_page", 20, 100)
         store = _store()
-        rows = database.list_reports(store.db, skip=(page - 1) * per_page, limit=per_page)
+        rows = store.list_reports(skip=(page - 1) * per_page, limit=per_page)
         return jsonify(
             {
                 "page": page,
                 "per_page": per_page,
-                "total": database.count_reports(store.db),
+                "total": store.count_reports(),
                 "reports": [
                     {
                         "report_id": row["report_id"],
@@ -251,7 +286,7 @@ def register_routes(app: Flask) -> None:
                                 "menu_hours or timezones, or give the file its header"})
                 continue
             try:
-                summary = database.load_file(_store().db, kind, data, label=label)
+                summary = database.load_file(_store(), kind, data, label=label)
             except sources.HeaderError as error:
                 results.append({"file": label, "kind": kind, "error": str(error)})
                 continue
@@ -263,8 +298,10 @@ def register_routes(app: Flask) -> None:
     @app.get("/health")
     def health():
         store = _store()
-        answers = database.ping(store)
-        return jsonify({"status": "ok" if answers else "degraded", "database": store.kind, "database_ok": answers})
+        answers = store.ping()
+        if not answers:
+            return error_response(503, f"the database ({store.kind}) does not answer")
+        return jsonify({"status": "ok", "database": store.kind, "database_ok": True})
 
 
 FIELD_FILES = {
@@ -287,9 +324,90 @@ def _positive_int_arg(name: str, default: int, largest: int) -> int:
     return int(text)
 
 
+def _read_store_week(store_id: str, since_us: int, now_us: int):
+    """One store's polls (from its last before `since_us` to `now_us`), hour rows and zone rows."""
+    return _store().read_chunk([store_id], since_us, now_us)
+
+
+def _report_id_arg(example: str) -> str:
+    """The one report_id of the query string, checked before the database is asked (400 otherwise)."""
+    given = request.args.getlist("report_id")
+    if len(given) != 1 or not given[0]:
+        abort(400, description=f"give exactly one report_id, e.g. {example}")
+    if not REPORT_ID.fullmatch(given[0]):
+        abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+    return given[0]
+
+
+def _find_report(report_id: str) -> dict:
+    """The report (404 when unknown); a Running one whose worker stopped beating is failed first."""
+    store = _store()
+    report = store.find_report(report_id)
+    if report is None:
+        abort(404, description=f"no report with id {report_id}")
+    if report["status"] == "Running" and _is_stale(report):
+        store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
+        report = store.find_report(report_id)
+    return report
+
+
+def _running_state(report: dict) -> dict:
+    """Phase and progress of a Running report; `total` is null until the stores are counted."""
+    progress = report.get("progress") or {}
+    total = progress.get("total")
+    phase = progress.get("phase") or ("computing" if total else "queued")
+    return {"phase": phase, "progress": {"done": int(progress.get("done") or 0),
+                                         "total": None if phase in ("queued", "counting") else int(total or 0)}}
+
+
+def _not_complete(report_id: str, report: dict, what: str) -> str:
+    """Why a report that is not Complete has no CSV or timeline yet (a 409's message)."""
+    if report["status"] == "Running":
+        running = _running_state(report)
+        progress = running["progress"]
+        done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
+                else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
+        return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
+    reason = report.get("error") or "unknown error"
+    return f"report {report_id} Failed ({reason}), so it has no {what}: trigger a new report"
+
+
+def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, totals: dict) -> dict:
+    """The JSON of GET /stores/<id>/timeline: every instant ISO 8601 UTC with microseconds and Z.
+
+    The engine counts half-microseconds; a segment boundary at a half (the midpoint
+    of two polls one microsecond apart) is shown at the microsecond before it.
+    """
+    def iso(ticks) -> list[str]:
+        stamps = (np.asarray(ticks, dtype=np.int64) // utils.TICKS_PER_US).astype("datetime64[us]")
+        return [text + "Z" for text in np.datetime_as_string(stamps, unit="us")]
+
+    statuses = np.where(timeline.segment_active, "active", "inactive").tolist()
+    return {
+        "store_id": store_id,
+        "timezone": timeline.timezone,
+        "as_of": iso([now_us * utils.TICKS_PER_US])[0],
+        "windows": {name: iso(bounds) for name, bounds in timeline.windows.items()},
+        "business_hours": [{"start": a, "end": b} for a, b in
+                           zip(iso(timeline.business_open), iso(timeline.business_close))],
+        "polls": [{"timestamp": t, "status": "active" if a else "inactive"} for t, a in
+                  zip(iso(timeline.poll_ticks), timeline.poll_active.tolist())],
+        "segments": [{"start": a, "end": b, "status": status} for a, b, status in
+                     zip(iso(timeline.segment_start), iso(timeline.segment_end), statuses)],
+        "totals": totals,
+    }
+
+
+FORMATS = {"csv", "json"}
+
+
 def _wants_csv() -> bool:
-    if request.args.get("format", "").lower() == "csv":
-        return True
+    """CSV when format=csv, JSON when format=json; otherwise by the Accept header (400 for another format)."""
+    given = request.args.get("format")
+    if given is not None:
+        if given.lower() not in FORMATS:
+            abort(400, description=f"unknown format {given[:32]!r}: use format=csv or format=json")
+        return given.lower() == "csv"
     best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 
@@ -304,10 +422,10 @@ def _is_stale(report: dict) -> bool:
 
 
 def _as_of(report: dict) -> str | None:
-    """The report's now, to the microsecond (the BSON date beside it keeps only milliseconds)."""
+    """The report's now, to the microsecond."""
     if report.get("as_of_us") is not None:
         return _iso(utils.us_to_datetime(report["as_of_us"]))
-    return _iso(report.get("as_of"))
+    return None
 
 
 def _iso(value) -> str | None:

@@ -1,14 +1,14 @@
 """gunicorn settings for production: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
 
-Every worker builds its own app (and MongoDB client) after the fork; all
-report state lives in MongoDB, so any worker answers for any report.  With
-the embedded mongomock store (no MONGO_URI) each worker would have its own
-private data: run one worker then (WEB_CONCURRENCY=1).
+Every worker builds its own app (and database connection) after the fork; all
+report state lives in the database (the SQLite file by default, or MongoDB), so
+any worker answers for any report.  Only `MONGO_URI=mongomock://` (a test
+double private to each process) needs one worker (WEB_CONCURRENCY=1).
 """
 import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2" if os.environ.get("MONGO_URI") else "1"))
+workers = int(os.environ.get("WEB_CONCURRENCY", "1" if os.environ.get("MONGO_URI", "").startswith("mongomock:") else "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 60  # requests are short; reports run in background threads, not in requests

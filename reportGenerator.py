@@ -1,9 +1,10 @@
 """The report job: load the data, compute the report chunk by chunk, write the CSV, store it.
 
-`ReportGenerator` runs reports from MongoDB in a bounded pool of named,
-daemonic threads; each records its progress and heartbeat in the `reports`
-collection and ends `Complete` (CSV in GridFS and in REPORTS_DIR) or `Failed`
-(with the reason), never silently.  `run` does the same work synchronously.
+`ReportGenerator` runs reports from a `database.Store` (SQLite or MongoDB) in a
+bounded pool of named, daemonic threads; each records its progress and
+heartbeat in the store's `reports` and ends `Complete` (the CSV stored in the
+database and written to REPORTS_DIR) or `Failed` (with the reason), never
+silently.  `run` does the same work synchronously.
 
 The same engine also runs straight from CSV files with no database:
 
@@ -175,24 +176,34 @@ def write_atomically(path: Path, payload: bytes) -> None:
 AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
 
 
+AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
+               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
+
+
+def as_of_error(text, why: str = "") -> ValueError:
+    """The one wording of every as_of error: what was given, why it was refused, the accepted forms."""
+    shown = repr(text[:64]) if isinstance(text, str) else f"of type {type(text).__name__}"
+    return ValueError(f"as_of {shown} is not an ISO 8601 instant{why}: use {AS_OF_FORMS}")
+
+
 def parse_as_of(text: str) -> int:
     """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
     if not isinstance(text, str) or not AS_OF.fullmatch(text):
-        raise ValueError("as_of must be an ISO 8601 date-time string, e.g. 2023-01-25T18:00:00Z")
+        raise as_of_error(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
+        raise as_of_error(text, " (no such date or time)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     try:
         when.astimezone(dt.timezone.utc)
     except OverflowError:
-        raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
+        raise as_of_error(text, " (out of range: years 1 to 9999 in UTC)") from None
     return utils.datetime_to_us(when)
 
 
-# --------------------------------------------------------------------------- the job on MongoDB
+# --------------------------------------------------------------------------- the job on a database
 
 
 HEARTBEAT_SECONDS = 10.0
@@ -229,7 +240,7 @@ class ReportGenerator:
     def start(self, as_of_us: int | None = None) -> str:
         """Record a Running report and queue it; returns its id at once."""
         report_id = uuid.uuid4().hex
-        database.create_report(self.store.db, report_id, as_of_us)
+        self.store.create_report(report_id, as_of_us)
         with self._lock:
             self._owned.add(report_id)
             if self._heart is None:
@@ -243,8 +254,8 @@ class ReportGenerator:
             with self._lock:
                 owned = list(self._owned)
             try:
-                database.beat(self.store.db, owned)
-            except database.DatabaseError as error:
+                self.store.beat(owned)
+            except database.DATABASE_ERRORS as error:
                 log.warning("report heartbeat failed: %s", error)
 
     def run(self, report_id: str, as_of_us: int | None = None) -> None:
@@ -254,7 +265,7 @@ class ReportGenerator:
             rows = self._compute_and_store(report_id, as_of_us)
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
-            database.fail_report(self.store.db, report_id, f"{type(error).__name__}: {error}")
+            self.store.fail_report(report_id, f"{type(error).__name__}: {error}")
         else:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
@@ -262,29 +273,31 @@ class ReportGenerator:
                 self._owned.discard(report_id)
 
     def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
-        db = self.store.db
+        store = self.store
         # the read lease keeps loads out while the report reads, so it sees one consistent state
-        with database.data_lease(db, "read"):
-            now_us = as_of_us if as_of_us is not None else database.latest_poll_us(db)
+        with store.data_lease("read") as lost:
+            now_us = as_of_us if as_of_us is not None else store.latest_poll_us()
             if now_us is None:
                 raise ValueError("there are no polls in storeStatus, so there is nothing to report")
-            store_ids = database.report_store_ids(db, now_us)
-            database.update_report(
-                db, report_id, as_of=utils.us_to_datetime(now_us), as_of_us=now_us,
-                progress={"done": 0, "total": len(store_ids)},
-            )
+            store.update_report(report_id, as_of_us=now_us)
+            # counting the stores can take a while on large data: say so rather than "0 of 0"
+            store.update_report(report_id, progress={"done": 0, "total": None, "phase": "counting"})
+            store_ids = store.report_store_ids(now_us)
+            store.update_report(report_id, progress={"done": 0, "total": len(store_ids), "phase": "computing"})
             since_us = now_us - utils.WEEK_US
             parts = []
             done = 0
             for chunk in chunked(store_ids, self.chunk_stores):
-                polls, hours, zones = database.read_chunk(db, chunk, since_us, now_us)
+                if lost.is_set():
+                    raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
+                polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
                 parts.append(utils.uptime_report(polls, hours, zones, now_us))
                 done += len(chunk)
-                database.update_report(db, report_id, progress={"done": done, "total": len(store_ids)})
+                store.update_report(report_id, progress={"done": done, "total": len(store_ids), "phase": "computing"})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
-        database.complete_report(db, report_id, payload, len(report))
+        store.complete_report(report_id, payload, len(report))
         return len(report)
 
     def abandon(self, reason: str) -> None:
@@ -292,7 +305,7 @@ class ReportGenerator:
         with self._lock:
             owned = list(self._owned)
         for report_id in owned:
-            database.fail_report(self.store.db, report_id, reason)
+            self.store.fail_report(report_id, reason)
 
     def shutdown(self, wait: bool = False) -> None:
         self._stopped.set()

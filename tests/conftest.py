@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny data folder with hand-worked answers, an app on mongomock, its client and db."""
+"""Shared fixtures: a tiny data folder with hand-worked answers, an app on each store (SQLite, mongomock), its client and store."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+import database
 from app import create_app
 
 # Hypothesis profiles. "ci" (chosen when CI is set, as CI sets CI=true) draws the same examples on every
@@ -80,12 +81,54 @@ def data_dir(tmp_path) -> Path:
     return write_data_dir(tmp_path / "data")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def scratch_embedded_db(tmp_path_factory):
+    """No test ever touches the real instance/ database: an app built without EMBEDDED_DB gets a scratch file."""
+    import os
+
+    path = tmp_path_factory.mktemp("embedded") / "default.sqlite3"
+    previous = os.environ.get("EMBEDDED_DB")
+    os.environ["EMBEDDED_DB"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("EMBEDDED_DB", None)
+    else:
+        os.environ["EMBEDDED_DB"] = previous
+
+
+STORE_KINDS = ["sqlite", "mongomock"]
+
+
+def store_config(kind: str, tmp_path: Path) -> dict:
+    """The settings that put an app on a fresh store of `kind` (an SQLite file in tmp_path, or mongomock)."""
+    if kind == "sqlite":
+        return {"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db" / "test.sqlite3")}
+    return {"MONGO_URI": "mongomock://", "MONGO_DB": "test"}
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request) -> str:
+    """Each test that uses it runs once per store: SQLite and mongomock (the MongoDB code)."""
+    return request.param
+
+
 @pytest.fixture
-def app(tmp_path, data_dir):
-    """The app on a fresh mongomock seeded from the tiny data set."""
-    application = create_app(
-        {"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "reports"), "TESTING": True}
-    )
+def new_store(store_kind, tmp_path):
+    """A fresh, empty store of each kind."""
+    return database.connect(**_connect_args(store_config(store_kind, tmp_path)))
+
+
+def _connect_args(config: dict) -> dict:
+    if config["MONGO_URI"]:
+        return {"uri": config["MONGO_URI"], "name": config["MONGO_DB"]}
+    return {"path": config["EMBEDDED_DB"]}
+
+
+@pytest.fixture
+def app(tmp_path, data_dir, store_kind):
+    """The app on a fresh store (each kind in turn) seeded from the tiny data set."""
+    application = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
+                              "REPORTS_DIR": str(tmp_path / "reports"), "TESTING": True})
     yield application
     application.extensions["reports"].shutdown(wait=True)
 
@@ -97,9 +140,9 @@ def client(app):
 
 
 @pytest.fixture
-def db(app):
-    """The app's (mongomock) database."""
-    return app.extensions["store"].db
+def store(app) -> database.Store:
+    """The app's store."""
+    return app.extensions["store"]
 
 
 def wait_for_report(client, report_id: str, timeout: float = 60.0) -> dict:
@@ -111,3 +154,52 @@ def wait_for_report(client, report_id: str, timeout: float = 60.0) -> dict:
             return body
         time.sleep(0.05)
     raise AssertionError(f"report {report_id} still Running after {timeout} s")
+
+
+# --------------------------------------------------------------------------- looking inside a store
+# Tests may reach under the contract to set up states the API cannot make (a dead worker's report,
+# an empty polls table); these helpers do it for each kind of store.
+
+FAR_FUTURE_US = 2**62
+
+
+def polls_of(store: database.Store, store_id: str):
+    """Every stored poll of one store, as the report reads them."""
+    return store.read_chunk([store_id], 0, FAR_FUTURE_US)[0]
+
+
+def hours_of(store: database.Store, store_id: str):
+    return store.read_chunk([store_id], 0, FAR_FUTURE_US)[1]
+
+
+def wipe_polls(store: database.Store) -> None:
+    if store.kind == "sqlite":
+        store._connection().execute(f"DELETE FROM {database.STATUS}")
+    else:
+        store.db[database.STATUS].delete_many({})
+
+
+def force_report_state(store: database.Store, report_id: str, *, status: str | None = None,
+                       heartbeat_age: float | None = None, progress: dict | None = None,
+                       error: str | None = None) -> None:
+    """Overwrite a stored report's fields (heartbeat_age: seconds in the past)."""
+    import datetime as dt
+
+    beat = None if heartbeat_age is None else database.now_utc() - dt.timedelta(seconds=heartbeat_age)
+    if store.kind == "sqlite":
+        sets, values = [], []
+        if status is not None:
+            sets.append("status = ?"), values.append(status)
+        if beat is not None:
+            sets.append("heartbeat_us = ?"), values.append(int(beat.timestamp() * 1_000_000))
+        if progress is not None:
+            sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
+            values += [progress["done"], progress["total"], progress.get("phase")]
+        if error is not None:
+            sets.append("error = ?"), values.append(error)
+        store._connection().execute(f"UPDATE reports SET {', '.join(sets)} WHERE report_id = ?", (*values, report_id))
+        return
+    fields = {key: value for key, value in
+              {"status": status, "heartbeat_at": beat, "progress": progress, "error": error}.items()
+              if value is not None}
+    store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": fields})

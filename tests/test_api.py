@@ -1,13 +1,14 @@
-"""The HTTP API (SPEC §4) through Flask's test client on mongomock: trigger, poll, data, CSV, errors."""
+"""The HTTP API (SPEC §4) through Flask's test client, on each store: trigger, poll, data, CSV, errors."""
 from __future__ import annotations
 
 import csv
 import io
+import threading
 
 import pytest
 
 import database
-from tests.conftest import TINY_REPORT, wait_for_report
+from tests.conftest import TINY_REPORT, force_report_state, hours_of, polls_of, wait_for_report, wipe_polls
 
 
 def trigger(client, body=None) -> str:
@@ -18,13 +19,13 @@ def trigger(client, body=None) -> str:
     return report_id
 
 
-def test_trigger_then_poll_to_complete_json(client, db):
+def test_trigger_then_poll_to_complete_json(client, store):
     report_id = trigger(client)
     body = wait_for_report(client, report_id)
     assert body["status"] == "Complete"
     assert body["data"] == TINY_REPORT
     assert body["as_of"] == "2023-01-24T13:00:00Z"
-    stored = database.find_report(db, report_id)
+    stored = store.find_report(report_id)
     assert stored["status"] == "Complete"
     assert stored["row_count"] == 3
     assert stored["finished_at"] is not None
@@ -63,15 +64,75 @@ def test_as_of_moves_now(client):
     assert body["as_of"] == "2023-01-24T12:00:00Z"
 
 
-def test_running_report_shows_progress(client, db):
-    database.create_report(db, "ab" * 16, None)
-    database.update_report(db, "ab" * 16, progress={"done": 2, "total": 5})
+@pytest.mark.parametrize(
+    "stored, answer",
+    [
+        (None, {"phase": "queued", "progress": {"done": 0, "total": None}}),  # as create_report leaves it
+        ({"done": 0, "total": None, "phase": "counting"},
+         {"phase": "counting", "progress": {"done": 0, "total": None}}),
+        ({"done": 2, "total": 5, "phase": "computing"}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),
+        ({"done": 2, "total": 5}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),  # older records
+        ({"done": 0, "total": 0, "phase": "computing"}, {"phase": "computing", "progress": {"done": 0, "total": 0}}),
+    ],
+)
+def test_running_report_shows_phase_and_progress(client, store, stored, answer):
+    store.create_report("ab" * 16, None)
+    if stored is not None:
+        store.update_report("ab" * 16, progress=stored)
     body = client.get("/get_report?report_id=" + "ab" * 16).get_json()
-    assert body == {"status": "Running", "progress": {"done": 2, "total": 5}}
+    assert body == {"status": "Running", **answer}
 
 
-def test_failed_report_gives_reason(app, client, db):
-    db["storeStatus"].delete_many({})
+def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, store, monkeypatch):
+    counting, release = threading.Event(), threading.Event()
+    real = type(store).report_store_ids
+
+    def slow_count(self, now_us):
+        counting.set()
+        release.wait(30)
+        return real(self, now_us)
+
+    monkeypatch.setattr(type(store), "report_store_ids", slow_count)
+    report_id = trigger(client)
+    assert counting.wait(30)
+    try:
+        body = client.get(f"/get_report?report_id={report_id}").get_json()
+        assert body == {"status": "Running", "phase": "counting", "progress": {"done": 0, "total": None}}
+        refused = client.get(f"/get_report?report_id={report_id}&format=csv")
+        assert refused.status_code == 409 and refused.mimetype == "application/json"
+        assert refused.get_json() == {"status": 409, "error": f"report {report_id} is still Running (counting stores): "
+                                      "its CSV is ready when it is Complete; ask again then"}
+    finally:
+        release.set()
+    assert wait_for_report(client, report_id)["data"] == TINY_REPORT
+
+
+def test_csv_of_a_report_that_is_not_complete_is_409_and_unknown_format_400(client, store):
+    store.create_report("cd" * 16, None)
+    store.update_report("cd" * 16, progress={"done": 1, "total": 3, "phase": "computing"})
+    running = client.get("/get_report?report_id=" + "cd" * 16 + "&format=csv")
+    assert running.status_code == 409
+    assert running.get_json()["error"].startswith(f"report {'cd' * 16} is still Running (1 of 3 stores)")
+    # asked for by the Accept header alone, a Running report still answers its state in JSON
+    polled = client.get("/get_report?report_id=" + "cd" * 16, headers={"Accept": "text/csv"})
+    assert polled.status_code == 200 and polled.get_json()["status"] == "Running"
+    store.fail_report("cd" * 16, "boom")
+    failed = client.get("/get_report?report_id=" + "cd" * 16 + "&format=CSV")
+    assert failed.status_code == 409
+    assert failed.get_json() == {"status": 409,
+                                 "error": f"report {'cd' * 16} Failed (boom), so it has no CSV: trigger a new report"}
+    for value in ("xml", "", "csv "):
+        unknown = client.get("/get_report?report_id=" + "cd" * 16 + "&format=" + value)
+        assert unknown.status_code == 400
+        assert unknown.get_json()["error"] == f"unknown format {value!r}: use format=csv or format=json"
+    report_id = trigger(client)
+    wait_for_report(client, report_id)
+    as_json = client.get(f"/get_report?report_id={report_id}&format=json", headers={"Accept": "text/csv"})
+    assert as_json.status_code == 200 and as_json.get_json()["data"] == TINY_REPORT
+
+
+def test_failed_report_gives_reason(app, client, store):
+    wipe_polls(store)
     report_id = trigger(client)
     body = wait_for_report(client, report_id)
     assert body["status"] == "Failed"
@@ -128,6 +189,8 @@ def test_bad_trigger_bodies_are_400_json(client, data, content_type):
 
 
 def test_wrong_method_and_unknown_path_are_json(client):
+    assert client.get("/trigger_report").get_json()["error"] == "GET is not allowed on /trigger_report: use POST"
+    assert client.put("/get_report").get_json()["error"] == "PUT is not allowed on /get_report: use GET"
     for response, code in ((client.get("/trigger_report"), 405), (client.get("/nowhere"), 404)):
         assert response.status_code == code
         assert response.is_json and response.get_json()["status"] == code
@@ -137,25 +200,22 @@ def test_unexpected_error_is_json_without_trace(app, client, monkeypatch):
     def explode(*args, **kwargs):
         raise KeyError("secret internals")
 
-    monkeypatch.setattr(database, "find_report", explode)
+    monkeypatch.setattr(type(app.extensions["store"]), "find_report", explode)
     response = client.get("/get_report?report_id=" + "0" * 32)
     assert response.status_code == 500
     assert "secret" not in response.get_data(as_text=True)
     assert response.get_json()["status"] == 500
 
 
-def test_health_names_the_database(client):
+def test_health_names_the_database(client, store):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": "mongomock", "database_ok": True}
+    assert response.get_json() == {"status": "ok", "database": store.kind, "database_ok": True}
 
 
-def test_stale_running_report_is_failed_when_polled(app, client, db):
-    import datetime as dt
-
-    database.create_report(db, "cd" * 16, None)
-    db["reports"].update_one({"report_id": "cd" * 16},
-                             {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=2)}})
+def test_stale_running_report_is_failed_when_polled(app, client, store):
+    store.create_report("cd" * 16, None)
+    force_report_state(store, "cd" * 16, heartbeat_age=7200)
     body = client.get("/get_report?report_id=" + "cd" * 16).get_json()
     assert body["status"] == "Failed"
     assert "heartbeat" in body["error"]
@@ -169,7 +229,7 @@ def upload(client, **files):
     return client.post("/ingest", data=data, content_type="multipart/form-data")
 
 
-def test_ingest_loads_reports_rejects_and_is_idempotent(client, db):
+def test_ingest_loads_reports_rejects_and_is_idempotent(client, store):
     body = (b"store_id,status,timestamp_utc\n"
             b"fresh,active,2023-01-24 12:00:00 UTC\nfresh,online,2023-01-24 12:30:00 UTC\n")
     response = upload(client, store_status=body)
@@ -179,15 +239,15 @@ def test_ingest_loads_reports_rejects_and_is_idempotent(client, db):
         "store_status.csv", 2, 1, 1)
     assert summary["rejects"] == [{"file": "store_status.csv", "line": 3,
                                    "reason": "unknown status 'online' (expected active or inactive)"}]
-    assert db["storeStatus"].count_documents({"store_id": "fresh"}) == 1
+    assert len(polls_of(store, "fresh")) == 1
     assert upload(client, store_status=body).status_code == 200
-    assert db["storeStatus"].count_documents({"store_id": "fresh"}) == 1
+    assert len(polls_of(store, "fresh")) == 1
 
 
-def test_ingest_knows_a_file_by_its_header_and_replaces_hours(client, db):
+def test_ingest_knows_a_file_by_its_header_and_replaces_hours(client, store):
     response = upload(client, anything=b"store_id,day,start_time_local,end_time_local\nworked,3,08:00:00,09:00:00\n")
     assert response.get_json()["files"][0]["kind"] == "menu_hours.csv"
-    assert [d["day"] for d in db["businessHours"].find({"store_id": "worked"})] == [3]
+    assert list(hours_of(store, "worked")["day"]) == [3]
 
 
 def test_ingest_errors(client, app):

@@ -1,139 +1,268 @@
-"""Ingest into MongoDB and reading back (database.py), on mongomock: counts, idempotency, replacement, chunks."""
+"""The storage contract (database.Store), one suite run against every store: SQLite and mongomock.
+
+Ingest counts, idempotency, replacement, microsecond keys, reading for the report,
+report records and the data lease.  Store-specific behaviour (query plans, indexes,
+files shared by processes) lives in test_store_sqlite.py and test_store_mongo.py.
+"""
 from __future__ import annotations
 
-import numpy as np
+import datetime as dt
+import threading
+
+import pandas as pd
 import pytest
 
 import database
 import sources
 import utils
-from tests.conftest import TINY_HOURS, TINY_STATUS, TINY_ZONES, write_data_dir
+from tests.conftest import FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, hours_of, polls_of, write_data_dir
 
 
 @pytest.fixture
-def store():
-    """A fresh, empty mongomock database."""
-    return database.connect(None, "test")
+def store(new_store):
+    return new_store
 
 
-def snapshot(db) -> dict:
-    """Every document of the three data collections, without ids, in a stable order."""
+def snapshot(store: database.Store) -> dict:
+    """Everything the three data tables hold, through the contract, in a stable order."""
+    ids = store.report_store_ids(FAR_FUTURE_US)
+    polls, hours, zones = store.read_chunk(ids + ["worked"], 0, FAR_FUTURE_US)
     return {
-        name: sorted(
-            (tuple(sorted((k, str(v)) for k, v in doc.items() if k != "_id")) for doc in db[name].find()),
-        )
-        for name in (database.STATUS, database.HOURS, database.ZONES)
+        "polls": sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])),
+        "hours": sorted(map(tuple, hours.astype(str).to_numpy().tolist())),
+        "zones": sorted(zip(zones["store_id"], zones["timezone_str"])),
     }
 
 
-def test_load_dir_counts_and_indexes(store, tmp_path):
-    summaries = database.load_dir(store.db, write_data_dir(tmp_path))
+def test_load_dir_counts_and_exact_keys(store, tmp_path):
+    summaries = database.load_dir(store, write_data_dir(tmp_path))
     assert [(s["rows_read"], s["loaded"], s["rejected"]) for s in summaries] == [(5, 5, 0), (1, 1, 0), (1, 1, 0)]
-    info = store.db[database.STATUS].index_information()
-    assert info["store_time"]["unique"] is True
-    assert store.db[database.ZONES].index_information()["store"]["unique"] is True
-    assert "store" in store.db[database.HOURS].index_information()
-    doc = store.db[database.STATUS].find_one({"store_id": "worked", "status": "active"}, {"_id": 0})
-    assert doc["timestamp_us"] == 1674555240000000
-    assert doc["timestamp_utc"].isoformat().startswith("2023-01-24T10:14:00")
+    polls = polls_of(store, "worked")
+    # 2023-01-24 10:14:00 UTC and 11:15:00 UTC, worked out by hand
+    assert sorted(zip(polls["timestamp_us"], polls["active"])) == [(1674555240000000, True), (1674558900000000, False)]
 
 
 def test_loading_twice_changes_nothing(store, tmp_path):
     directory = write_data_dir(tmp_path)
-    database.load_dir(store.db, directory)
-    first = snapshot(store.db)
-    summaries = database.load_dir(store.db, directory)
-    assert snapshot(store.db) == first
+    database.load_dir(store, directory)
+    first = snapshot(store)
+    summaries = database.load_dir(store, directory)
+    assert snapshot(store) == first
     assert [s["loaded"] for s in summaries] == [5, 1, 1]
+
+
+def test_polls_a_microsecond_apart_are_two_polls(store):
+    database.load_file(store, sources.STATUS_FILE,
+                       b"store_id,status,timestamp_utc\n"
+                       b"s,active,2023-01-24 10:00:00.000001 UTC\ns,inactive,2023-01-24 10:00:00.000002 UTC\n"
+                       b"s,active,2023-01-24 10:00:00.000999 UTC\n")
+    polls = polls_of(store, "s")
+    assert sorted(zip(polls["timestamp_us"] % 1_000_000, polls["active"])) == [(1, True), (2, False), (999, True)]
+
+
+def test_a_later_load_overrides_the_status_of_the_same_poll(store):
+    database.load_file(store, sources.STATUS_FILE, b"store_id,status,timestamp_utc\ns,active,2023-01-24T10:00:00Z\n")
+    database.load_file(store, sources.STATUS_FILE, b"store_id,status,timestamp_utc\ns,inactive,2023-01-24T10:00:00Z\n")
+    polls = polls_of(store, "s")
+    assert list(polls["active"]) == [False]
 
 
 def test_bad_rows_reported_good_rows_loaded(store, tmp_path):
     status = TINY_STATUS + "bad,maybe,2023-01-24 13:00:00 UTC\nbad,active,not a time\n"
     hours = TINY_HOURS + "worked,9,09:00:00,12:00:00\n"
     zones = TINY_ZONES + "other,Not/AZone\n"
-    summaries = database.load_dir(store.db, write_data_dir(tmp_path, status, hours, zones))
+    summaries = database.load_dir(store, write_data_dir(tmp_path, status, hours, zones))
     by_file = {s["file"].rsplit("/", 1)[-1]: s for s in summaries}
     assert by_file["store_status.csv"]["loaded"] == 5
     assert [(r["line"], r["reason"].split(" '")[0]) for r in by_file["store_status.csv"]["rejects"]] == [
         (7, "unknown status"), (8, "unparseable timestamp")
     ]
     assert by_file["menu_hours.csv"]["rejects"][0]["line"] == 3
-    assert by_file["timezones.csv"]["rejects"][0]["reason"] == "unknown timezone name 'Not/AZone'"
-    assert store.db[database.STATUS].count_documents({}) == 5
-    for summary in summaries:
-        assert summary["rows_read"] == summary["loaded"] + summary["rejected"]
+    assert by_file["timezones.csv"]["rejects"][0]["line"] == 3
+    assert store.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
 
 
-def test_wrong_header_rejects_only_that_file(store, tmp_path):
-    directory = write_data_dir(tmp_path, zones="store;timezone_str\nworked;UTC\n")
-    summaries = database.load_dir(store.db, directory)
-    assert summaries[2]["loaded"] == 0 and "whole file rejected" in summaries[2]["notes"][0]
-    assert store.db[database.STATUS].count_documents({}) == 5
+def test_hours_and_zones_are_replaced_by_the_newest_file(store, tmp_path):
+    database.load_dir(store, write_data_dir(tmp_path))
+    database.load_file(store, sources.HOURS_FILE,
+                       b"store_id,day,start_time_local,end_time_local\nworked,3,08:00:00,09:00:00\nworked,4,22:00,02:00\n")
+    database.load_file(store, sources.ZONES_FILE, b"store_id,timezone_str\nworked,Asia/Tokyo\n")
+    hours = hours_of(store, "worked").sort_values("day")
+    assert hours[["day", "start_s", "end_s"]].to_numpy().tolist() == [[3, 8 * 3600, 9 * 3600], [4, 22 * 3600, 2 * 3600]]
+    zones = store.read_chunk(["worked"], 0, FAR_FUTURE_US)[2]
+    assert zones.to_numpy().tolist() == [["worked", "Asia/Tokyo"]]
 
 
-def test_newer_poll_status_wins_across_loads(store, tmp_path):
-    database.load_dir(store.db, write_data_dir(tmp_path / "a"))
-    database.load_file(store.db, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\nlate,inactive,2023-01-24T13:00:00Z\n")
-    docs = list(store.db[database.STATUS].find({"store_id": "late"}))
-    assert [d["status"] for d in docs] == ["inactive"]
-
-
-def test_newer_hours_and_zone_replace_a_stores_rows(store, tmp_path):
-    database.load_dir(store.db, write_data_dir(tmp_path))
-    database.load_file(store.db, sources.HOURS_FILE,
-                       b"store_id,day,start_time_local,end_time_local\nworked,2,10:00:00,11:00:00\n"
-                       b"worked,3,10:00:00,11:00:00\n")
-    database.load_file(store.db, sources.ZONES_FILE, b"store_id,timezone_str\nworked,Asia/Tokyo\n")
-    hours = sorted(d["day"] for d in store.db[database.HOURS].find({"store_id": "worked"}))
-    assert hours == [2, 3]
-    assert store.db[database.ZONES].find_one({"store_id": "worked"})["timezone_str"] == "Asia/Tokyo"
-
-
-def test_read_chunk_feeds_the_engine_like_the_csv_path(store, tmp_path):
-    directory = write_data_dir(tmp_path)
-    database.load_dir(store.db, directory)
-    now = database.latest_poll_us(store.db)
-    assert now == 1674565200000000
-    ids = database.report_store_ids(store.db, now)
+def test_read_chunk_gives_the_hand_worked_report(store, tmp_path):
+    database.load_dir(store, write_data_dir(tmp_path))
+    now = store.latest_poll_us()
+    assert now == 1674565200000000  # 2023-01-24 13:00 UTC, the newest poll
+    ids = store.report_store_ids(now)
     assert ids == ["allday", "late", "worked"]
-    from_db = utils.uptime_report(*database.read_chunk(store.db, ids, now - utils.WEEK_US, now), now)
-    parsed = sources.read_data_dir(directory)
-    from_csv = utils.uptime_report(
-        parsed[sources.STATUS_FILE].frame, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, now
-    )
-    assert from_db.to_dict("records") == from_csv.to_dict("records")
+    report = utils.uptime_report(*store.read_chunk(ids, now - utils.WEEK_US, now), now)
+    from tests.conftest import TINY_REPORT
+
+    assert report.to_dict("records") == TINY_REPORT
+
+
+def test_report_store_ids_only_counts_polls_at_or_before_now(store):
+    database.load_file(store, sources.STATUS_FILE,
+                       b"store_id,status,timestamp_utc\nearly,active,2023-01-24T10:00:00Z\n"
+                       b"later,active,2023-01-24T12:00:00Z\n")
+    ten = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.timezone.utc))
+    assert store.report_store_ids(ten) == ["early"]
+    assert store.report_store_ids(ten - 1) == []
+    assert store.latest_poll_us() == ten + 2 * utils.HOUR_US
 
 
 def test_read_chunk_finds_last_poll_long_before_the_window(store):
-    database.load_file(store.db, sources.STATUS_FILE,
+    database.load_file(store, sources.STATUS_FILE,
                        b"store_id,status,timestamp_utc\n"
                        b"old,inactive,2023-01-01T00:00:00Z\nold,active,2022-12-01T00:00:00Z\n"
                        b"new,active,2023-01-24T12:00:00Z\n")
-    now = database.latest_poll_us(store.db)
-    polls, hours, zones = database.read_chunk(store.db, ["new", "old"], now - utils.WEEK_US, now)
-    assert sorted(zip(polls["store_id"], polls["active"])) == [("new", True), ("old", False)]
+    now = store.latest_poll_us()
+    polls, hours, zones = store.read_chunk(["new", "old"], now - utils.WEEK_US, now)
+    assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [
+        ("new", now, True), ("old", utils.datetime_to_us(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)), False)]
 
 
-def test_report_csv_survives_chunking(store, monkeypatch):
-    monkeypatch.setattr(database, "CSV_CHUNK_BYTES", 7)
-    database.create_report(store.db, "a" * 32, None)
+def test_read_chunk_ignores_polls_after_now_and_other_stores(store):
+    database.load_file(store, sources.STATUS_FILE,
+                       b"store_id,status,timestamp_utc\n"
+                       b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:00:00Z\nb,active,2023-01-24T10:30:00Z\n")
+    now = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, 30, tzinfo=dt.timezone.utc))
+    polls = store.read_chunk(["a"], now - utils.WEEK_US, now)[0]
+    assert list(zip(polls["store_id"], polls["active"])) == [("a", True)]
+
+
+def test_report_lifecycle(store):
+    store.create_report("a" * 32, None)
+    report = store.find_report("a" * 32)
+    assert (report["status"], report["progress"], report["as_of_us"]) == ("Running", {"done": 0, "total": None}, None)
+    assert report["created_at"].tzinfo is not None
+    store.update_report("a" * 32, as_of_us=1674565200000001, progress={"done": 1, "total": 3})
     payload = b"store_id,uptime\n" + b"".join(b"%d,1.0\n" % i for i in range(50))
-    database.complete_report(store.db, "a" * 32, payload, 50)
-    report = database.find_report(store.db, "a" * 32)
-    assert report["csv_chunks"] == int(np.ceil(len(payload) / 7))
-    assert database.read_report_csv(store.db, report) == payload
+    store.complete_report("a" * 32, payload, 50)
+    report = store.find_report("a" * 32)
+    assert (report["status"], report["row_count"], report["as_of_us"]) == ("Complete", 50, 1674565200000001)
+    assert store.read_report_csv(report) == payload
+    store.fail_report("a" * 32, "too late")  # a finished report stays as it ended
+    assert store.find_report("a" * 32)["status"] == "Complete"
+    assert store.find_report("b" * 32) is None
+
+
+def test_stale_reports_are_failed_and_live_ones_kept(store):
+    from tests.conftest import force_report_state
+
+    store.create_report("1" * 32, None)
+    store.create_report("2" * 32, None)
+    force_report_state(store, "1" * 32, heartbeat_age=120)
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 1
+    assert store.find_report("1" * 32)["status"] == "Failed"
+    assert "heartbeat" in store.find_report("1" * 32)["error"]
+    assert store.find_report("2" * 32)["status"] == "Running"
+    force_report_state(store, "2" * 32, heartbeat_age=120)
+    store.beat(["2" * 32])
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 0
 
 
 def test_list_reports_newest_first(store):
     for report_id in ("1" * 32, "2" * 32, "3" * 32):
-        database.create_report(store.db, report_id, None)
-    assert [r["report_id"] for r in database.list_reports(store.db, limit=2)] == ["3" * 32, "2" * 32]
+        store.create_report(report_id, None)
+    assert [r["report_id"] for r in store.list_reports(limit=2)] == ["3" * 32, "2" * 32]
+    assert [r["report_id"] for r in store.list_reports(skip=2, limit=2)] == ["1" * 32]
+    assert store.count_reports() == 3
 
 
-def test_cli_load_prints_counts(tmp_path, capsys):
+def test_lease_many_readers_or_one_writer(store):
+    with store.data_lease("read"), store.data_lease("read"):
+        with pytest.raises(database.LeaseTimeout):
+            with store.data_lease("write", wait_seconds=0.2):
+                pass
+    with store.data_lease("write"):
+        with pytest.raises(database.LeaseTimeout):
+            with store.data_lease("read", wait_seconds=0.2):
+                pass
+    with store.data_lease("write"):  # released, so free again
+        pass
+
+
+def test_a_waiting_writer_goes_before_new_readers(store):
+    """Writer preference: once a load waits, new reports wait behind it."""
+    order = []
+    reader_in = threading.Event()
+    writer_waiting = threading.Event()
+    release_reader = threading.Event()
+
+    def first_reader():
+        with store.data_lease("read"):
+            reader_in.set()
+            release_reader.wait(30)
+        order.append("reader 1 out")
+
+    def writer():
+        with store.data_lease("write", wait_seconds=30):
+            order.append("writer in")
+
+    threads = [threading.Thread(target=first_reader)]
+    threads[0].start()
+    assert reader_in.wait(30)
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    # the writer marks itself waiting on its first failed try: a new reader is refused from then on
+    deadline = dt.datetime.now() + dt.timedelta(seconds=30)
+    while dt.datetime.now() < deadline:
+        try:
+            with store.data_lease("read", wait_seconds=0):
+                pass
+        except database.LeaseTimeout:
+            writer_waiting.set()
+            break
+    release_reader.set()
+    for thread in threads:
+        thread.join(30)
+    assert writer_waiting.is_set()
+    assert order == ["reader 1 out", "writer in"]
+
+
+def test_a_lost_lease_is_reported(store, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
+    with store.data_lease("read") as lost:
+        store._release_lease("read", "nobody")  # harmless
+        # take the lease away under the holder, as an expiry and a writer would
+        if store.kind == "sqlite":
+            store._connection().execute("DELETE FROM leases")
+        else:
+            store.db["locks"].update_one({"_id": "data"}, {"$set": {"readers": []}})
+        assert lost.wait(30)
+
+
+def test_empty_store_and_seeding_once(store, tmp_path):
+    assert store.is_empty()
+    assert store.latest_poll_us() is None
+    assert store.report_store_ids(FAR_FUTURE_US) == []
+    directory = write_data_dir(tmp_path)
+    assert len(database.seed_if_empty(store, directory)) == 3
+    assert database.seed_if_empty(store, directory) == []
+    assert not store.is_empty()
+
+
+def test_cli_load_prints_counts(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    monkeypatch.setenv("EMBEDDED_DB", str(tmp_path / "cli.sqlite3"))
     directory = write_data_dir(tmp_path, status=TINY_STATUS + "x,active,garbage\n")
     assert database.main(["load", str(directory)]) == 0
     out = capsys.readouterr().out
     assert "store_status.csv: 6 rows read, 5 loaded, 1 rejected" in out
     assert "line 7: unparseable timestamp 'garbage'" in out
+    reopened = database.connect(path=tmp_path / "cli.sqlite3")
+    assert reopened.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
+    assert database.main(["migrate"]) == 0
+
+
+def test_polls_frame_types(store, tmp_path):
+    database.load_dir(store, write_data_dir(tmp_path))
+    polls, hours, zones = store.read_chunk(["worked", "allday"], 0, FAR_FUTURE_US)
+    assert polls["timestamp_us"].dtype == "int64" and polls["active"].dtype == bool
+    assert list(hours.columns) == ["store_id", "day", "start_s", "end_s"]
+    assert isinstance(zones, pd.DataFrame) and list(zones.columns) == ["store_id", "timezone_str"]

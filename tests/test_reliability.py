@@ -21,21 +21,20 @@ from hypothesis import strategies as st
 import database
 import sources
 from app import create_app
-from tests.conftest import TINY_REPORT, wait_for_report, write_data_dir
+from tests.conftest import TINY_REPORT, force_report_state, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def shared_store(data_dir):
-    """One mongomock database, loaded with the tiny data set, for several apps to share."""
-    store = database.connect(None, "shared")
-    database.load_dir(store.db, data_dir)
-    return store
+def shared_store(new_store, data_dir):
+    """One store of each kind, loaded with the tiny data set, for several apps to share."""
+    database.load_dir(new_store, data_dir)
+    return new_store
 
 
 def make_app(store, tmp_path, **config):
-    settings_ = {"STORE": store, "DATA_DIR": str(tmp_path / "none"), "REPORTS_DIR": str(tmp_path / "reports")}
+    settings_ = {"STORE": store, "DATA_DIR": str(write_data_dir(tmp_path / "seed")), "REPORTS_DIR": str(tmp_path / "reports")}
     settings_.update(config)
     return create_app(settings_)
 
@@ -58,7 +57,7 @@ def test_twenty_reports_at_once_complete_identically_with_bounded_threads(shared
     peak = 0
     while True:
         peak = max(peak, sum(t.name.startswith("report_") for t in threading.enumerate()))
-        states = [database.find_report(shared_store.db, i)["status"] for i in ids]
+        states = [shared_store.find_report(i)["status"] for i in ids]
         if "Running" not in states:
             break
         time.sleep(0.02)
@@ -68,110 +67,118 @@ def test_twenty_reports_at_once_complete_identically_with_bounded_threads(shared
     app.extensions["reports"].shutdown(wait=True)
 
 
-def block_reports(monkeypatch) -> threading.Event:
-    """Make every report wait inside its read (under the read lease) until the event is set."""
-    release = threading.Event()
-    real_read_chunk = database.read_chunk
+class Blocker:
+    """Makes every report wait inside its read (under the read lease) until `release` is set."""
 
-    def slow_read_chunk(*args, **kwargs):
-        assert release.wait(30)
-        return real_read_chunk(*args, **kwargs)
+    def __init__(self):
+        self.release = threading.Event()
+        self.entered = threading.Event()  # set when a report is inside its read
+        self.timed_out = False
 
-    monkeypatch.setattr(database, "read_chunk", slow_read_chunk)
-    return release
+    def set(self) -> None:
+        self.release.set()
+
+
+def block_reports(monkeypatch, store) -> Blocker:
+    blocker = Blocker()
+    real_read_chunk = type(store).read_chunk
+
+    def slow_read_chunk(self, *args, **kwargs):
+        blocker.entered.set()
+        if not blocker.release.wait(30):
+            blocker.timed_out = True  # checked by the test thread; an assert here would only fail the report
+        return real_read_chunk(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "read_chunk", slow_read_chunk)
+    return blocker
 
 
 def test_heartbeat_keeps_a_long_report_alive(shared_store, tmp_path, monkeypatch):
-    release = block_reports(monkeypatch)
+    release = block_reports(monkeypatch, shared_store)
     app = make_app(shared_store, tmp_path, STALE_AFTER_SECONDS=2)
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
-    first_beat = database.find_report(shared_store.db, report_id)["heartbeat_at"]
+    first_beat = shared_store.find_report(report_id)["heartbeat_at"]
     time.sleep(3)  # longer than STALE_AFTER_SECONDS: only the heartbeat (every 0.5 s) keeps it Running
     assert client.get(f"/get_report?report_id={report_id}").get_json()["status"] == "Running"
-    assert database.find_report(shared_store.db, report_id)["heartbeat_at"] > first_beat
+    assert shared_store.find_report(report_id)["heartbeat_at"] > first_beat
     release.set()
     assert wait_for_report(client, report_id)["status"] == "Complete"
+    assert not release.timed_out
     app.extensions["reports"].shutdown(wait=True)
 
 
 def test_report_of_a_dead_worker_is_failed_at_start_up_and_when_polled(shared_store, tmp_path):
     for report_id in ("a" * 32, "b" * 32):
-        database.create_report(shared_store.db, report_id, None)
-        shared_store.db["reports"].update_one(
-            {"report_id": report_id}, {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(minutes=5)}}
-        )
+        shared_store.create_report(report_id, None)
+        force_report_state(shared_store, report_id, heartbeat_age=300)
     app = make_app(shared_store, tmp_path)  # start-up sweeps stale reports
     body = app.test_client().get("/get_report?report_id=" + "a" * 32).get_json()
     assert body["status"] == "Failed" and "heartbeat" in body["error"]
     # one that goes stale while the server runs is failed when polled
-    database.create_report(shared_store.db, "c" * 32, None)
-    shared_store.db["reports"].update_one(
-        {"report_id": "c" * 32}, {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(minutes=5)}}
-    )
+    shared_store.create_report("c" * 32, None)
+    force_report_state(shared_store, "c" * 32, heartbeat_age=300)
     assert app.test_client().get("/get_report?report_id=" + "c" * 32).get_json()["status"] == "Failed"
     app.extensions["reports"].shutdown(wait=True)
 
 
 def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_store, tmp_path, monkeypatch):
-    def half_stored(db, report_id, payload, rows):
-        db[database.REPORT_CHUNKS].insert_one({"report_id": report_id, "n": 0, "data": payload[:10]})
+    def half_stored(self, report_id, payload, rows):
+        if self.kind != "sqlite":  # SQLite stores the CSV and the status in one transaction
+            self.db["reportChunks"].insert_one({"report_id": report_id, "n": 0, "data": payload[:10]})
         raise OSError("connection lost while storing")
 
-    monkeypatch.setattr(database, "complete_report", half_stored)
+    monkeypatch.setattr(type(shared_store), "complete_report", half_stored)
     app = make_app(shared_store, tmp_path)
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
     body = wait_for_report(client, report_id)
     assert body == {"status": "Failed", "error": "OSError: connection lost while storing"}
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
-    assert csv_response.is_json and csv_response.get_json()["status"] == "Failed"
+    assert csv_response.status_code == 409 and csv_response.is_json  # no CSV: the failure, as a JSON error
+    assert "connection lost while storing" in csv_response.get_json()["error"]
     # the file under REPORTS_DIR is whole (it was renamed into place before the failure)
     assert not list((tmp_path / "reports").glob(".*.part"))
     app.extensions["reports"].shutdown(wait=True)
 
 
 def test_shutdown_fails_queued_and_running_reports(shared_store, tmp_path, monkeypatch):
-    release = block_reports(monkeypatch)
+    release = block_reports(monkeypatch, shared_store)
     app = make_app(shared_store, tmp_path, REPORT_WORKERS=1)
     client = app.test_client()
     ids = [client.post("/trigger_report").get_json()["report_id"] for _ in range(3)]
     app.extensions["reports"].shutdown(wait=False)
     release.set()
     for report_id in ids:
-        report = database.find_report(shared_store.db, report_id)
+        report = shared_store.find_report(report_id)
         assert report["status"] == "Failed" and "stopped" in report["error"]
 
 
 def test_report_waits_for_a_load_and_then_sees_all_of_it(shared_store, tmp_path):
     app = make_app(shared_store, tmp_path)
     client = app.test_client()
-    with database.data_lease(shared_store.db, "write"):
+    with shared_store.data_lease("write"):
         report_id = client.post("/trigger_report").get_json()["report_id"]
-        time.sleep(0.5)
-        assert client.get(f"/get_report?report_id={report_id}").get_json() == {
-            "status": "Running", "progress": {"done": 0, "total": 0}}
+        body = client.get(f"/get_report?report_id={report_id}").get_json()
+        assert body == {"status": "Running", "phase": "queued", "progress": {"done": 0, "total": None}}
         # the "load": a new store, written while the report waits
-        database.LOADERS[sources.STATUS_FILE](shared_store.db, sources.read_store_status(
-            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n"))
+        shared_store.load_polls(sources.read_store_status(
+            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n").frame)
     body = wait_for_report(client, report_id)
     assert [row["store_id"] for row in body["data"]] == ["allday", "late", "newcomer", "worked"]
     app.extensions["reports"].shutdown(wait=True)
 
 
 def test_load_waits_while_a_report_reads(shared_store, tmp_path, monkeypatch):
-    release = block_reports(monkeypatch)
+    release = block_reports(monkeypatch, shared_store)
     app = make_app(shared_store, tmp_path)
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
-    deadline = time.monotonic() + 20
-    while not (shared_store.db["locks"].find_one({"_id": "data"}) or {}).get("readers"):
-        assert time.monotonic() < deadline, "the report never took the read lease"
-        time.sleep(0.02)
+    assert release.entered.wait(20), "the report never started reading"
     loaded = threading.Event()
 
     def load():
-        database.load_file(shared_store.db, sources.STATUS_FILE,
+        database.load_file(shared_store, sources.STATUS_FILE,
                            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n")
         loaded.set()
 
@@ -187,9 +194,9 @@ def test_load_waits_while_a_report_reads(shared_store, tmp_path, monkeypatch):
 
 def test_a_crashed_lease_holder_is_outlived(shared_store, monkeypatch):
     monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
-    assert database._try_lease(shared_store.db, "write", "crashed")  # taken, never renewed nor released
+    assert shared_store._try_lease("write", "crashed")  # taken, never renewed nor released
     started = time.monotonic()
-    with database.data_lease(shared_store.db, "read", wait_seconds=5):
+    with shared_store.data_lease("read", wait_seconds=5):
         assert time.monotonic() - started >= 0.1
 
 
@@ -236,7 +243,11 @@ def _fuzz_app():
     """One app for the fuzz tests (hypothesis runs many examples; building an app each time is slow)."""
     global _FUZZ_APP
     if _FUZZ_APP is None:
-        _FUZZ_APP = create_app({"MONGO_URI": "", "DATA_DIR": "/nonexistent", "REPORTS_DIR": "/tmp/uptime-fuzz"})
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="uptime-fuzz-"))
+        _FUZZ_APP = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(scratch / "db.sqlite3"),
+                                "DATA_DIR": str(write_data_dir(scratch / "data")), "REPORTS_DIR": str(scratch / "r")})
     return _FUZZ_APP
 
 
@@ -246,8 +257,8 @@ def _fuzz_app():
 @pytest.fixture
 def locked_client(tmp_path, data_dir):
     """A client of an app that requires the token 's3cret'."""
-    app = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "r"),
-                      "API_TOKEN": "s3cret"})
+    app = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
+                      "REPORTS_DIR": str(tmp_path / "r"), "API_TOKEN": "s3cret"})
     yield app.test_client()
     app.extensions["reports"].shutdown(wait=True)
 
@@ -273,8 +284,9 @@ def test_token_accepted_and_health_open(locked_client):
     assert locked_client.get("/health").status_code == 200
 
 
-def test_open_service_says_so_at_start_up(tmp_path, caplog):
-    app = create_app({"MONGO_URI": "", "DATA_DIR": "/nonexistent", "REPORTS_DIR": str(tmp_path)})
+def test_open_service_says_so_at_start_up(tmp_path, caplog, data_dir):
+    app = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
+                      "REPORTS_DIR": str(tmp_path)})
     assert "API_TOKEN is not set" in caplog.text
     app.extensions["reports"].shutdown(wait=True)
 
@@ -331,18 +343,18 @@ def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, bytes
 
 
 def test_real_gunicorn_serves_reports(tmp_path):
-    """Real gunicorn with the repo's config. On a real MongoDB (MONGO_URI) it runs two workers and every
-    poll, whichever worker takes it, must see the report; on mongomock each worker would have private
-    data, so one worker runs, showing the config, threads and graceful stop work."""
+    """Real gunicorn with the repo's config and two workers, on the embedded SQLite file (or on a
+    real MongoDB when MONGO_URI is set): every poll, whichever worker takes it, must see the report."""
     import json
 
     port = free_port()
-    workers = 2 if os.environ.get("MONGO_URI") else 1
-    env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY=str(workers),
+    env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
                DATA_DIR=str(write_data_dir(tmp_path / "data")), REPORTS_DIR=str(tmp_path / "reports"),
-               MONGO_DB=f"uptime_gunicorn_{port}")
+               EMBEDDED_DB=str(tmp_path / "db" / "shared.sqlite3"), MONGO_DB=f"uptime_gunicorn_{port}")
+    access_log = tmp_path / "access.log"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", str(access_log),
+         "--access-logformat", "%(p)s %(s)s %(U)s", "app:create_app()"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -369,9 +381,16 @@ def test_real_gunicorn_serves_reports(tmp_path):
                 break
             time.sleep(0.05)
         assert seen[-1] == "Complete"
-        for _ in range(10):  # several more polls, spread over the workers
+        # poll until both workers have answered for the report (each access-log line names its worker's pid)
+        answered_by: set[str] = set()
+        for _ in range(2_000):
             status, body = http(f"{base}/get_report?report_id={report_id}")
             assert status == 200 and json.loads(body)["data"] == TINY_REPORT
+            answered_by = {line.split()[0] for line in access_log.read_text().splitlines()
+                           if line.split()[1:] == ["200", "/get_report"]}
+            if len(answered_by) >= 2:
+                break
+        assert len(answered_by) == 2, f"only worker(s) {answered_by} answered"
     finally:
         server.send_signal(signal.SIGTERM)
         try:

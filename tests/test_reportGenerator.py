@@ -99,18 +99,18 @@ def test_sample_data_matches_the_reference_exactly():
     assert got == expected
 
 
-def test_api_csv_equals_cli_csv_on_the_sample(tmp_path):
-    """The report from MongoDB (mongomock) and the one straight from the CSV files are the same bytes."""
-    store = database.connect(None, "sample")
-    database.load_dir(store.db, SAMPLE)
+def test_api_csv_equals_cli_csv_on_the_sample(new_store, tmp_path):
+    """The report from each store and the one straight from the CSV files are the same bytes."""
+    store = new_store
+    database.load_dir(store, SAMPLE)
     generator = reportGenerator.ReportGenerator(store, tmp_path / "reports")
-    database.create_report(store.db, "f" * 32, None)
+    store.create_report("f" * 32, None)
     generator.run("f" * 32)
-    report = database.find_report(store.db, "f" * 32)
+    report = store.find_report("f" * 32)
     assert report["status"] == "Complete", report.get("error")
     output = tmp_path / "cli.csv"
     assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(output)]) == 0
-    assert database.read_report_csv(store.db, report) == output.read_bytes()
+    assert store.read_report_csv(report) == output.read_bytes()
     assert (tmp_path / "reports" / f"report_{'f' * 32}.csv").read_bytes() == output.read_bytes()
 
 
