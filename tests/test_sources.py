@@ -162,6 +162,7 @@ def test_read_data_dir_missing_file_is_noted(tmp_path):
     parsed = sources.read_data_dir(tmp_path)
     assert len(parsed[sources.STATUS_FILE].frame) == 1
     assert [(r.file, r.line) for r in parsed[sources.ZONES_FILE].rejects] == [(str(tmp_path / "timezones.csv"), 2)]
+    assert parsed[sources.HOURS_FILE].file == str(tmp_path / "menu_hours.csv")
     assert parsed[sources.HOURS_FILE].frame.empty
     assert "not found" in parsed[sources.HOURS_FILE].notes[0]
 
@@ -304,16 +305,26 @@ BLOCK_FILE_REJECTS = [
 ]
 
 
+def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_status.csv") -> sources.Parsed:
+    """read_store_status on a file on disk, made to take the block-by-block reader with tiny blocks;
+    the test fails if the file is handed to the whole-file reader instead."""
+    def whole_file(*args, **kwargs):
+        raise AssertionError("the file was handed to the whole-file reader")
+
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", block_bytes, raising=False)
+    monkeypatch.setattr(sources, "raw_rows", whole_file)
+    return sources.read_store_status(path, file=file)
+
+
 @pytest.mark.parametrize("block_bytes", [64, 150, 1 << 20])
 def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes):
     """The block reader's rows and rejects, worked out by hand for a file that spans several blocks
     (duplicates and overrides straddle blocks), not only compared with the whole-file reader."""
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", block_bytes)
     path = tmp_path / "store_status.csv"
     path.write_bytes(BLOCK_FILE.encode())
-    for parsed in (sources._read_store_status_in_blocks(path, "store_status.csv"),
-                   sources.read_store_status(BLOCK_FILE.encode())):
-        assert parsed is not None  # the block reader vouched for every line
+    whole = sources.read_store_status(BLOCK_FILE.encode())
+    for parsed in (read_in_blocks(monkeypatch, path, block_bytes), whole):
         frame = parsed.frame
         assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
         assert list(frame["store_id"].cat.categories) == ["0042", "12", "300", "7"]
@@ -328,7 +339,6 @@ def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes)
 def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatch, variant):
     """Files the block reader must still vouch for itself (not hand to the whole-file reader): no line
     break after the last row, CRLF line ends, a header in other case or with spaces after the commas."""
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
     text = {
         "no final newline": BLOCK_FILE.rstrip("\n"),
         "crlf": BLOCK_FILE.replace("\n", "\r\n"),
@@ -337,8 +347,7 @@ def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatc
     }[variant]
     path = tmp_path / "polls.csv"
     path.write_bytes(text.encode())
-    parsed = sources._read_store_status_in_blocks(path, "polls.csv")
-    assert parsed is not None
+    parsed = read_in_blocks(monkeypatch, path, 64, file="polls.csv")
     frame = parsed.frame
     assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
     assert sorted((r.file, r.line, r.reason) for r in parsed.rejects) == [
@@ -367,6 +376,7 @@ FALLBACK_FILE = (
     + b"9" * 200_000 + b",active,2023-01-22 12:00:00 UTC\r\n"  # line 11: beyond the csv module's field limit
     + b"10,inactive,2023-01-22T14:00:00Z\r\n"  # line 12
     b"11,active\r\n"  # line 13
+    b'12,"on\r\nline",2023-01-22 12:00:00 UTC\r\n'  # lines 14-15: a status with a quoted CRLF in it
 )
 
 
@@ -384,9 +394,10 @@ def test_line_by_line_reader_by_hand():
         (8, "store_id has control characters"),
         (11, "unreadable CSV row: field larger than field limit (131072)"),
         (13, "missing column timestamp_utc"),
+        (14, "unknown status 'on\\r\\nline' (expected active or inactive)"),
     ]
     assert {r.file for r in parsed.rejects} == {"polls.csv"}
-    assert (parsed.rows_read, parsed.rejected) == (11, 8)
+    assert (parsed.rows_read, parsed.rejected) == (12, 9)
 
 
 def test_blank_lines_are_worded_alike_by_both_readers():
@@ -440,3 +451,37 @@ def test_frames_have_their_documented_types():
     assert list(zones.columns) == ["store_id", "timezone_str", "line"]
     for frame in (polls, hours, zones):
         assert list(frame.index) == [0]
+
+
+ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason}) worked out by hand
+    "clean": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC\n", 2, {}),
+    "crlf": ("1,active,2023-01-22 12:00:00 UTC\r\n2,inactive,2023-01-22 13:00:00 UTC\r\n", 2, {}),
+    "no final newline": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC", 2, {}),
+    "ragged and blank": ("1,active\n\n   \n2,active,2023-01-22 12:00:00 UTC,x\n3,active,2023-01-22 12:00:00 UTC\n", 5,
+                         {2: "missing column timestamp_utc", 3: "blank line", 4: "blank line",
+                          5: "expected 3 fields, found 4"}),
+    "utf-8 beyond ascii": ("1,active,2023-01-22 12:00:00 UTC\n2,\u00e9t\u00e9,2023-01-22 12:00:00 UTC\n", 2,
+                           {3: "unknown status '\u00e9t\u00e9' (expected active or inactive)"}),
+}
+
+
+@pytest.mark.parametrize("name", list(ARROW_FILES))
+def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
+    """The Arrow reader vouches for ordinary files itself (Python touches only rejected rows); the
+    line-by-line reader is only for what Arrow cannot number (bad bytes, quoted line breaks)."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    body, rows_read, expected = ARROW_FILES[name]
+    parsed = status_rows(body)
+    assert parsed.rows_read == rows_read
+    assert reasons(parsed) == expected
+
+
+def test_quoted_line_breaks_keep_the_true_line_numbers():
+    parsed = status_rows('1,"act\nive",2023-01-22 12:00:00 UTC\n2,online,2023-01-22 12:00:00 UTC\n'
+                         '3,active,2023-01-22 12:00:00 UTC\n')
+    assert reasons(parsed) == {2: "unknown status 'act\\nive' (expected active or inactive)",
+                               4: "unknown status 'online' (expected active or inactive)"}
+    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(5, "3")]
