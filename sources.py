@@ -329,7 +329,7 @@ def _raw_rows_python(file: str, lines: Iterable[str], header: list[str], first_l
             problem = ""
             if any("\udc80" <= ch <= "\udcff" for value in fields for ch in value):
                 problem = "row is not valid UTF-8 text"
-            elif len(fields) != len(header) and any(field.strip() for field in fields):
+            elif len(fields) != len(header):  # ragged or blank: worded as the Arrow reader words it
                 problem = _shape_problem(header, expected, ",".join(fields), len(fields))
         if problem:
             problems[len(numbers)] = problem

@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.reference import reference_report
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -289,6 +291,12 @@ def save_screenshot(driver, path: Path, selector: str | None = None, max_height:
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def test_the_report_shown_has_the_reference_figures(shown, data_set):
+    """The page is checked against the service's JSON; that JSON is checked here against the figures
+    tests/reference.py works out from the same files, so the page is not only compared with itself."""
+    assert shown["data"] == reference_report(data_set)
 
 
 def test_table_shows_every_store_of_the_report_in_store_id_order(driver, shown):
