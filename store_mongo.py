@@ -311,6 +311,20 @@ class MongoStore(database.Store):
         cursor = self.db[REPORTS].find({}, REPORT_FIELDS).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
         return [self._record(doc) for doc in cursor.skip(skip).limit(limit)]
 
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        finished = {"status": {"$in": ["Complete", "Failed"]}}
+        reports = self.db[REPORTS]
+        old = reports.find({**finished, "finished_at": {"$lt": finished_before}}, {"_id": 0, "report_id": 1})
+        beyond = reports.find(finished, {"_id": 0, "report_id": 1}).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).skip(max(keep_newest, 0))
+        ids = sorted({doc["report_id"] for doc in old} | {doc["report_id"] for doc in beyond})
+        for start in range(0, len(ids), database.BATCH_SIZE):
+            batch = ids[start : start + database.BATCH_SIZE]
+            # the record goes first: a report is never listed without its CSV
+            reports.delete_many({"report_id": {"$in": batch}, **finished})
+            self.db[REPORT_CHUNKS].delete_many({"report_id": {"$in": batch}})
+        return ids
+
     def read_report_csv(self, report: dict) -> bytes:
         chunks = self.db[REPORT_CHUNKS].find({"report_id": report["report_id"]}, {"_id": 0, "n": 1, "data": 1})
         ordered = sorted(chunks, key=lambda chunk: chunk["n"])  # the server promises no order without a sort

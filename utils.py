@@ -80,11 +80,14 @@ def is_valid_timezone(name: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
-def _zone(name: str) -> ZoneInfo:
+def _load_zone(name: str) -> ZoneInfo:
     if not isinstance(name, str) or not name or name.strip() != name:
         raise ValueError(f"invalid time zone name {name!r}")
     return ZoneInfo(name)
+
+
+# memoised by wrapping rather than decorating: mutmut leaves decorated functions unmutated
+_zone = lru_cache(maxsize=None)(_load_zone)
 
 
 def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
@@ -92,8 +95,7 @@ def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
     return int(instant.astimezone(zone).utcoffset().total_seconds())
 
 
-@lru_cache(maxsize=4096)
-def zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """UTC offset segments of zone `name` between two epoch seconds.
 
     Returns `(transitions, offsets)`: `offsets[k]` (seconds) holds from
@@ -124,6 +126,9 @@ def zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ..
         transitions.append(hi)
         offsets.append(after)
     return tuple(transitions), tuple(offsets)
+
+
+zone_transitions = lru_cache(maxsize=4096)(_zone_transitions)  # wrapped, not decorated: see _zone
 
 
 def local_to_utc_ticks(local_ticks: np.ndarray, transitions_s, offsets_s) -> np.ndarray:

@@ -1,13 +1,44 @@
 """Shared fixtures: a tiny data folder with hand-worked answers, an app on each store (SQLite, mongomock), its client and store."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import database
 from app import create_app
+
+# Hypothesis profiles. "ci" (chosen when CI is set, as CI sets CI=true) draws the same examples on every
+# run, so a CI failure can be re-run and a pass means the same thing each time; "dev" (the default
+# elsewhere) draws new examples each run and replays past failures from .hypothesis/, to explore.
+# HYPOTHESIS_PROFILE=ci|dev picks one by name. Tests that set max_examples keep their own count.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("dev", derandomize=False, deadline=None)
+# "mutation" is "ci" with a tenth of the examples (see `examples`), so a mutmut run fits in ~30 minutes;
+# the fixed @example cases still run in full.
+settings.register_profile("mutation", parent=settings.get_profile("ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def examples(count: int) -> int:
+    """A property test's max_examples: `count`, or a tenth of it (at least 10) in the "mutation" profile."""
+    return max(10, count // 10) if settings.get_current_profile_name() == "mutation" else count
+
+
+@pytest.fixture(autouse=True)
+def fresh_memos_under_mutation():
+    """Under mutmut, forget utils' memoised zones and transitions before each test: mutmut forks every
+    mutant's run from a process that has already run the tests, so a warm memo would hide a mutant in
+    the code that fills it."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        import utils
+
+        utils._zone.cache_clear()
+        utils.zone_transitions.cache_clear()
+    yield
 
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC

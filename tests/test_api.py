@@ -106,6 +106,77 @@ def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, st
     assert wait_for_report(client, report_id)["data"] == TINY_REPORT
 
 
+def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_kind, monkeypatch):
+    """Progress is written by the job as it goes (one store per chunk here: the tiny data's 3 stores
+    give 0/3, 1/3, 2/3, 3/3), seen both in the job's own calls and through GET /get_report while the
+    job is held inside its second chunk. Nothing in the test writes progress."""
+    from app import create_app
+    from tests.conftest import store_config
+
+    app = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
+                      "REPORTS_DIR": str(tmp_path / "reports"), "CHUNK_STORES": 1})
+    store_class = type(app.extensions["store"])
+    written, reads = [], []
+    second_read, release = threading.Event(), threading.Event()
+    real_update, real_read = store_class.update_report, store_class.read_chunk
+
+    def update_report(self, report_id, **fields):
+        if "progress" in fields:
+            written.append(dict(fields["progress"]))
+        return real_update(self, report_id, **fields)
+
+    def read_chunk(self, store_ids, since_us, now_us):
+        reads.append(list(store_ids))
+        if len(reads) == 2:
+            second_read.set()
+            release.wait(30)  # no assert in the job's thread: the test thread checks what it sees
+        return real_read(self, store_ids, since_us, now_us)
+
+    monkeypatch.setattr(store_class, "update_report", update_report)
+    monkeypatch.setattr(store_class, "read_chunk", read_chunk)
+    client = app.test_client()
+    report_id = trigger(client)
+    try:
+        assert second_read.wait(30), "the job never reached its second chunk"
+        assert client.get(f"/get_report?report_id={report_id}").get_json() == {
+            "status": "Running", "phase": "computing", "progress": {"done": 1, "total": 3}}
+    finally:
+        release.set()
+    assert wait_for_report(client, report_id)["data"] == TINY_REPORT
+    assert reads == [["allday"], ["late"], ["worked"]]
+    assert written == [{"done": 0, "total": None, "phase": "counting"}] + [
+        {"done": done, "total": 3, "phase": "computing"} for done in range(4)]
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def database_failure(kind: str) -> Exception:
+    """An error of the store's own driver, with text that must not reach a client."""
+    if kind == "sqlite":
+        import sqlite3
+
+        return sqlite3.OperationalError("disk I/O error at /srv/secret/store_monitoring.sqlite3")
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    return ServerSelectionTimeoutError("mongodb://admin:hunter2@db1.internal:27017 timed out")
+
+
+@pytest.mark.parametrize("method, path, store_method", [
+    ("get", "/get_report?report_id=" + "0" * 32, "find_report"),
+    ("post", "/trigger_report", "create_report"),
+    ("get", "/reports", "list_reports"),
+])
+def test_a_database_error_is_503_without_its_text(client, store, monkeypatch, method, path, store_method):
+    def fail(*args, **kwargs):
+        raise database_failure(store.kind)
+
+    monkeypatch.setattr(type(store), store_method, fail)
+    response = getattr(client, method)(path)
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "the database is not available; try again shortly", "status": 503}
+    for secret in ("secret", "hunter2", "internal", "I/O", "Traceback"):
+        assert secret not in response.get_data(as_text=True)
+
+
 def test_csv_of_a_report_that_is_not_complete_is_409_and_unknown_format_400(client, store):
     store.create_report("cd" * 16, None)
     store.update_report("cd" * 16, progress={"done": 1, "total": 3, "phase": "computing"})
@@ -147,7 +218,8 @@ def test_failure_inside_the_job_is_recorded(app, client, monkeypatch):
 
     monkeypatch.setattr(utils, "uptime_report", broken)
     body = wait_for_report(client, trigger(client))
-    assert body == {"status": "Failed", "error": "RuntimeError: disk on fire"}
+    assert body == {"status": "Failed", "error": "the report could not be computed because of an internal error "
+                                                 "(the server log has the details)"}
     # the server keeps serving
     assert client.get("/health").status_code == 200
 
