@@ -4,7 +4,7 @@
     gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
 
 Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, EMBEDDED_DB,
-DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS),
+DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS, DASK_SCHEDULER),
 then the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs
 on the SQLite file EMBEDDED_DB (default instance/store_monitoring.sqlite3),
 seeded from DATA_DIR when it is empty.
@@ -45,6 +45,7 @@ DEFAULTS = {
     "STALE_AFTER_SECONDS": 60,
     "MAX_UPLOAD_MB": 200,
     "API_TOKEN": "",
+    "DASK_SCHEDULER": "",  # tcp://host:port: reports run as one task per range of stores on that Dask cluster
 }
 INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
 
@@ -98,6 +99,7 @@ def create_app(config: dict | None = None) -> Flask:
         chunk_stores=app.config["CHUNK_STORES"],
         workers=app.config["REPORT_WORKERS"],
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
+        scheduler=app.config["DASK_SCHEDULER"],
     )
     if app.config["API_TOKEN"]:
         log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs 'Authorization: Bearer <token>'")
@@ -283,7 +285,12 @@ def register_routes(app: Flask) -> None:
         answers = store.ping()
         if not answers:
             return error_response(503, f"the database ({store.kind}) does not answer")
-        return jsonify({"status": "ok", "database": store.kind, "database_ok": True})
+        body = {"status": "ok", "database": store.kind, "database_ok": True}
+        if current_app.config["DASK_SCHEDULER"]:
+            import cluster  # Dask only loads when a scheduler is configured
+
+            body.update(cluster.scheduler_state(current_app.config["DASK_SCHEDULER"]))
+        return jsonify(body)
 
 
 FIELD_FILES = {
