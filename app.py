@@ -4,7 +4,7 @@
     gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
 
 Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, EMBEDDED_DB,
-DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS),
+DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS, DASK_SCHEDULER),
 then the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs
 on the SQLite file EMBEDDED_DB (default instance/store_monitoring.sqlite3),
 seeded from DATA_DIR when it is empty.
@@ -54,6 +54,7 @@ DEFAULTS = {
     "MAX_REPORTS": 1000,  # and so are finished reports beyond the newest MAX_REPORTS
     # Host names the service answers to (Flask's TRUSTED_HOSTS, against DNS rebinding); "*" means any
     "TRUSTED_HOSTS": "localhost,127.0.0.1,::1",
+    "DASK_SCHEDULER": "",  # tcp://host:port: reports run as one task per range of stores on that Dask cluster
 }
 MAX_JSON_BYTES = 4096  # a JSON request body larger than this is refused (413) before it is parsed
 INGEST_WAIT_SECONDS = 5.0  # how long an upload waits for the one ingest slot (or the data lease), then 503
@@ -126,6 +127,7 @@ def create_app(config: dict | None = None) -> Flask:
         workers=app.config["REPORT_WORKERS"],
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
         max_queued=app.config["MAX_QUEUED_REPORTS"],
+        scheduler=app.config["DASK_SCHEDULER"],
     )
     app.extensions["reports"].start_retention(app.config["REPORT_RETENTION_DAYS"], app.config["MAX_REPORTS"])
     if app.config["API_TOKEN"]:
@@ -366,7 +368,12 @@ def register_routes(app: Flask) -> None:
         answers = store.ping()
         if not answers:
             return error_response(503, f"the database ({store.kind}) does not answer")
-        return jsonify({"status": "ok", "database": store.kind, "database_ok": True})
+        body = {"status": "ok", "database": store.kind, "database_ok": True}
+        if current_app.config["DASK_SCHEDULER"]:
+            import cluster  # Dask only loads when a scheduler is configured
+
+            body.update(cluster.scheduler_state(current_app.config["DASK_SCHEDULER"]))
+        return jsonify(body)
 
 
 FIELD_FILES = {

@@ -4,11 +4,13 @@
 bounded pool of named, daemonic threads; each records its progress and
 heartbeat in the store's `reports` and ends `Complete` (the CSV stored in the
 database and written to REPORTS_DIR) or `Failed` (with the reason), never
-silently.  `run` does the same work synchronously.
+silently.  `run` does the same work synchronously.  With a Dask scheduler
+(`scheduler=`, the service's DASK_SCHEDULER) the ranges of stores run as tasks
+on the cluster instead (cluster.py); the report is the same, byte for byte.
 
 The same engine also runs straight from CSV files with no database:
 
-    python reportGenerator.py --data-dir data --output report.csv [--as-of ISO]
+    python reportGenerator.py --data-dir data --output report.csv [--as-of ISO] [--scheduler tcp://host:8786]
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def _lazy_import(name: str):
 
 
 database = _lazy_import("database")
+cluster = _lazy_import("cluster")  # Dask is only imported when a scheduler is named
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +133,18 @@ def report_from_frames(
     chunk_stores: int = DEFAULT_CHUNK_STORES,
     on_progress: Callable[[int, int], None] | None = None,
     processes: int = 1,
+    scheduler: str | None = None,
 ) -> pd.DataFrame:
     """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores.
 
     With `processes > 1` the chunks are shared among forked worker processes
     (only from a single-threaded process; otherwise they run here, one by one).
+    With a Dask `scheduler` address the chunks are scattered to its workers.
     """
     store_ids, coded = utils.code_inputs(polls, hours, zones, now_us)
+    if scheduler:
+        ticks = cluster.coded_report_ticks(scheduler, coded, now_us, chunk_stores, on_progress)
+        return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
     bounds = _chunk_bounds(coded.n_stores, chunk_stores, processes)
     parts = []
     for (_, last), ticks in zip(bounds, _ticks_by_chunk(coded, now_us, bounds, processes)):
@@ -154,6 +162,7 @@ def report_from_dir(
     chunk_stores: int = DEFAULT_CHUNK_STORES,
     processes: int | None = 1,
     on_progress: Callable[[int, int], None] | None = None,
+    scheduler: str | None = None,
 ):
     """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files).
 
@@ -169,7 +178,7 @@ def report_from_dir(
         processes = default_processes(len(polls))
     report = report_from_frames(
         polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
-        processes=processes, on_progress=on_progress,
+        processes=processes, on_progress=on_progress, scheduler=scheduler,
     )
     return report, as_of_us, parsed
 
@@ -312,8 +321,11 @@ class ReportGenerator:
         workers: int = 2,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         max_queued: int | None = None,
+        scheduler: str | None = None,
     ):
         self.store = store
+        self.scheduler = scheduler or None  # a Dask scheduler address: ranges run there (cluster.py)
+        self.range_task = None  # the per-range task on the cluster (None: cluster.range_ticks); tests swap it
         self.reports_dir = Path(reports_dir)
         self.chunk_stores = chunk_stores
         self.heartbeat_seconds = heartbeat_seconds
@@ -401,20 +413,40 @@ class ReportGenerator:
             store_ids = store.report_store_ids(now_us)
             store.update_report(report_id, progress={"done": 0, "total": len(store_ids), "phase": "computing"})
             since_us = now_us - utils.WEEK_US
-            parts = []
-            done = 0
-            for chunk in chunked(store_ids, self.chunk_stores):
-                if lost.is_set():
-                    raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
-                polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
-                parts.append(utils.uptime_report(polls, hours, zones, now_us))
-                done += len(chunk)
-                store.update_report(report_id, progress={"done": done, "total": len(store_ids), "phase": "computing"})
+            if self.scheduler:
+                parts = [self._cluster_report(report_id, store_ids, since_us, now_us, lost)]
+            else:
+                parts = []
+                done = 0
+                for chunk in chunked(store_ids, self.chunk_stores):
+                    if lost.is_set():
+                        raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
+                    polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
+                    parts.append(utils.uptime_report(polls, hours, zones, now_us))
+                    done += len(chunk)
+                    store.update_report(report_id, progress={"done": done, "total": len(store_ids),
+                                                             "phase": "computing"})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
+        return self._store_report(report_id, report)
+
+    def _cluster_report(self, report_id: str, store_ids: list[str], since_us: int, now_us: int, lost) -> pd.DataFrame:
+        """The report computed on the Dask cluster, one task per range reading the store from its spec."""
+        if not store_ids:
+            return pd.DataFrame(columns=utils.REPORT_COLUMNS)
+
+        def progress(done: int, total: int) -> None:
+            self.store.update_report(report_id, progress={"done": done, "total": total, "phase": "computing"})
+
+        ticks = cluster.store_report_ticks(
+            self.scheduler, self.store.spec(), store_ids, since_us, now_us, self.chunk_stores,
+            on_range_done=progress, lost=lost, task=self.range_task or cluster.range_ticks)
+        return utils.to_report_units(ticks)
+
+    def _store_report(self, report_id: str, report: pd.DataFrame) -> int:
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
         self._forget(report_id)  # before the record says Complete: a caller who sees that finds room again
-        store.complete_report(report_id, payload, len(report))
+        self.store.complete_report(report_id, payload, len(report))
         return len(report)
 
     def sweep(self, retention_days: float, max_reports: int) -> list[str]:
@@ -477,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=None,
                         help=f"worker processes for the engine (default: by the size of the data, one per "
                              f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run the ranges of stores on this Dask scheduler's workers instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -491,11 +525,13 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(done - bar.n)
 
                 report, now_us, parsed = report_from_dir(
-                    args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
+                    args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show,
+                    scheduler=args.scheduler,
                 )
         else:
-            report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes)
-    except (ValueError, sources.HeaderError, OSError) as error:
+            report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes,
+                                                     scheduler=args.scheduler)
+    except (ValueError, sources.HeaderError, OSError, cluster.ClusterUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for result in parsed.values():
