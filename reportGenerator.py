@@ -277,7 +277,7 @@ class ReportError(Exception):
 
 def failure_message(error: BaseException) -> str:
     """What a Failed report tells its user: no exception names or server paths (the log has those)."""
-    if isinstance(error, ReportError):
+    if isinstance(error, (ReportError, cluster.ClusterUnavailable)):  # both already say it in user terms
         return str(error)
     if isinstance(error, database.LeaseTimeout):
         return "a data load kept the data busy for too long; trigger the report again"

@@ -145,7 +145,7 @@ def test_service_on_the_cluster_stores_the_thread_path_bytes(cluster_app, thread
     assert web.get(f"/get_report?report_id={report_id}&format=csv").data == thread_report
     assert (tmp_path / "reports" / f"report_{report_id}.csv").read_bytes() == thread_report
     record = cluster_app.extensions["store"].find_report(report_id)
-    assert record["progress"] == {"done": 200, "total": 200}
+    assert record["progress"] == {"done": 200, "total": 200, "phase": "computing"}
     assert record["row_count"] == 200
 
 
