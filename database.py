@@ -181,6 +181,12 @@ class Store(ABC):
     def read_report_csv(self, report: dict) -> bytes:
         """The CSV of a Complete report."""
 
+    @abstractmethod
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        """Delete the Complete and Failed reports that finished before `finished_before` or are beyond the
+        newest `keep_newest` finished ones (by creation), with their stored CSV; returns their ids.
+        Running reports are never deleted."""
+
     # ----- the data lease: many readers (reports) or one writer (a load), never both
 
     @abstractmethod

@@ -7,7 +7,8 @@ double private to each process) needs one worker (WEB_CONCURRENCY=1).
 """
 import os
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+# loopback by default: nginx (deploy/nginx.conf) faces the network and holds slow clients
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1" if os.environ.get("MONGO_URI", "").startswith("mongomock:") else "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))

@@ -197,15 +197,18 @@ class MongoStore(database.Store):
         )
         rows = [(d["store_id"], int(d["timestamp_us"]), d["status"] == "active") for d in recent]
         has_earlier = {store_id for store_id, stamp, _ in rows if stamp < since_us}
-        for store_id in store_ids:
-            if store_id in has_earlier:
-                continue
-            older = self.db[STATUS].find_one(
-                {"store_id": store_id, "timestamp_us": {"$lt": reach}}, projection,
-                sort=[("store_id", DESCENDING), ("timestamp_us", DESCENDING)],
-            )
-            if older is not None:
-                rows.append((older["store_id"], int(older["timestamp_us"]), older["status"] == "active"))
+        missing = [store_id for store_id in store_ids if store_id not in has_earlier]
+        if missing:
+            # each store's newest poll before the look-back: sorted in the (store_id, timestamp_us) index's
+            # reverse order, so $group's $first takes it from the index without an in-memory sort
+            pipeline = [
+                {"$match": {"store_id": {"$in": missing}, "timestamp_us": {"$lt": reach}}},
+                {"$sort": {"store_id": -1, "timestamp_us": -1}},
+                {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},
+                            "status": {"$first": "$status"}}},
+            ]
+            for older in self.db[STATUS].aggregate(pipeline, allowDiskUse=True):
+                rows.append((older["_id"], int(older["timestamp_us"]), older["status"] == "active"))
         polls = pd.DataFrame(rows, columns=["store_id", "timestamp_us", "active"])
         polls = polls.astype({"store_id": object, "timestamp_us": np.int64, "active": bool})
 
@@ -307,6 +310,20 @@ class MongoStore(database.Store):
     def list_reports(self, skip: int = 0, limit: int = 20) -> list[dict]:
         cursor = self.db[REPORTS].find({}, REPORT_FIELDS).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
         return [self._record(doc) for doc in cursor.skip(skip).limit(limit)]
+
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        finished = {"status": {"$in": ["Complete", "Failed"]}}
+        reports = self.db[REPORTS]
+        old = reports.find({**finished, "finished_at": {"$lt": finished_before}}, {"_id": 0, "report_id": 1})
+        beyond = reports.find(finished, {"_id": 0, "report_id": 1}).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).skip(max(keep_newest, 0))
+        ids = sorted({doc["report_id"] for doc in old} | {doc["report_id"] for doc in beyond})
+        for start in range(0, len(ids), database.BATCH_SIZE):
+            batch = ids[start : start + database.BATCH_SIZE]
+            # the record goes first: a report is never listed without its CSV
+            reports.delete_many({"report_id": {"$in": batch}, **finished})
+            self.db[REPORT_CHUNKS].delete_many({"report_id": {"$in": batch}})
+        return ids
 
     def read_report_csv(self, report: dict) -> bytes:
         chunks = self.db[REPORT_CHUNKS].find({"report_id": report["report_id"]}, {"_id": 0, "n": 1, "data": 1})

@@ -390,6 +390,19 @@ class SqliteStore(database.Store):
         ).fetchall()
         return [self._record(row) for row in rows]
 
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        cutoff = utils.datetime_to_us(finished_before)
+        with self._write() as write:
+            ids = sorted({report_id for (report_id,) in write.execute(
+                f"SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') AND finished_us < ? "
+                f"UNION SELECT report_id FROM (SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') "
+                "ORDER BY created_us DESC, report_id DESC LIMIT -1 OFFSET ?)",
+                (cutoff, max(keep_newest, 0)))})
+            chosen = json.dumps(ids)
+            write.execute(f"DELETE FROM {REPORTS} WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
+            write.execute("DELETE FROM reportCsv WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
+        return ids
+
     def read_report_csv(self, report: dict) -> bytes:
         row = self._connection().execute("SELECT data FROM reportCsv WHERE report_id = ?",
                                          (report["report_id"],)).fetchone()

@@ -94,13 +94,14 @@
 
   // ------------------------------------------------------------------ API
 
+  /* The token lives in sessionStorage: this tab only, gone when it closes. */
   function getToken() {
-    try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
   }
 
   function setToken(value) {
     try {
-      if (value) { localStorage.setItem(TOKEN_KEY, value); } else { localStorage.removeItem(TOKEN_KEY); }
+      if (value) { sessionStorage.setItem(TOKEN_KEY, value); } else { sessionStorage.removeItem(TOKEN_KEY); }
     } catch (e) { /* storage disabled: the token lasts for this page only */ }
     sessionToken = value;
   }
@@ -912,13 +913,16 @@
 
   // ------------------------------------------------------------------ start-up
 
+  /* #token=<token> in the address sets the token.  The fragment never reaches the server, so the
+   * token stays out of access logs and Referer headers; it is then dropped from the address too. */
   function readTokenFromUrl() {
-    var params = new URLSearchParams(location.search);
+    try { localStorage.removeItem(TOKEN_KEY); } catch (e) { /* older pages kept it there: forget it */ }
+    var params = new URLSearchParams(location.hash.replace(/^#/, ""));
     if (!params.has("token")) { return; }
     setToken(params.get("token"));
     params.delete("token");     // keep the token out of history, bookmarks and screenshots
-    var query = params.toString();
-    history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+    var rest = params.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
   }
 
   function init() {
@@ -960,7 +964,7 @@
 
     loadPastReports(1);
     followHash();
-    window.addEventListener("hashchange", followHash);
+    window.addEventListener("hashchange", function () { readTokenFromUrl(); followHash(); });
   }
 
   /* #report=<id> in the address opens that report (bookmarks, reloads, links). */

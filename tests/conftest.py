@@ -81,19 +81,13 @@ def data_dir(tmp_path) -> Path:
     return write_data_dir(tmp_path / "data")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def scratch_embedded_db(tmp_path_factory):
-    """No test ever touches the real instance/ database: an app built without EMBEDDED_DB gets a scratch file."""
-    import os
-
+@pytest.fixture(autouse=True)
+def scratch_embedded_db(tmp_path_factory, monkeypatch):
+    """No test ever touches the real instance/ database: an app built without EMBEDDED_DB gets a fresh
+    scratch file of its own test."""
     path = tmp_path_factory.mktemp("embedded") / "default.sqlite3"
-    previous = os.environ.get("EMBEDDED_DB")
-    os.environ["EMBEDDED_DB"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("EMBEDDED_DB", None)
-    else:
-        os.environ["EMBEDDED_DB"] = previous
+    monkeypatch.setenv("EMBEDDED_DB", str(path))
+    return path
 
 
 STORE_KINDS = ["sqlite", "mongomock"]

@@ -230,6 +230,11 @@ def driver(tmp_path_factory):
                                options=options)
     browser.set_page_load_timeout(30)
     browser.set_script_timeout(30)
+    # every page records what its Content-Security-Policy blocked (checked by the CSP test)
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.__cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation', function (e) {"
+        "  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI); });")})
     try:
         yield browser
     finally:
@@ -254,6 +259,19 @@ def shown(service, driver):
     report = wait_for_report(service, report_id)
     assert report["status"] == "Complete" and report["row_count"] == len(report["data"]) > 0
     return report
+
+
+def test_the_page_works_under_its_content_security_policy(service, driver, shown):
+    """The page and Chart.js run under the service's CSP, with nothing blocked; the headers are on the page."""
+    with OPENER.open(urllib.request.Request(service + "/"), timeout=HTTP_TIMEOUT) as response:
+        policy = response.headers["Content-Security-Policy"]
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert driver.execute_script("return window.__cspViolations") == []
+    assert driver.execute_script("return !!(window.Chart && window.Chart.getChart(document.getElementById('chart')))"), \
+        "Chart.js did not draw the chart"
+    if os.environ.get("CSP_SCREENSHOT"):
+        save_screenshot(driver, Path(os.environ["CSP_SCREENSHOT"]))
 
 
 def save_screenshot(driver, path: Path, selector: str | None = None, max_height: int = 6000) -> None:
@@ -604,7 +622,8 @@ def test_save_the_readme_screenshots(driver, tmp_path):
 
 
 def test_page_sends_the_api_token(driver, tmp_path, data_set):
-    """With API_TOKEN set, the page says so until it has the token, then works (`?token=` in the address)."""
+    """With API_TOKEN set, the page says so until it has the token, then works (`#token=` in the address:
+    the fragment never reaches the server, so the token stays out of access logs and Referer headers)."""
     token = "browser-test-token"
     with running_service(tmp_path, data_set, API_TOKEN=token) as base:
         driver.get(base + "/")
@@ -612,8 +631,8 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         wait(driver, lambda d: message.is_displayed() and "HTTP 401" in message.text, "no message for a 401")
         assert "API token" in message.text
 
-        driver.get(f"{base}/?token={token}")
-        assert "token" not in driver.current_url, "the token stays in the address bar"
+        driver.get(f"{base}/#token={token}")
+        wait(driver, lambda d: "token" not in d.current_url, "the token stays in the address bar")
         trigger = driver.find_element(By.ID, "trigger")
         trigger.click()
         wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id"), "no report shown",
@@ -623,6 +642,7 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         assert len(table_rows(driver)) == STORES
         wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#past-reports tr[data-status='Complete']"),
              "past reports not listed with the token")
-        # The token is kept in this browser (for this origin only) until cleared.
-        assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") == token
-        driver.execute_script("localStorage.clear();")
+        # The token is kept in this tab only (sessionStorage), never in localStorage.
+        assert driver.execute_script("return sessionStorage.getItem('storeUptime.apiToken')") == token
+        assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") is None
+        driver.execute_script("sessionStorage.clear();")

@@ -71,7 +71,7 @@ def test_twenty_reports_at_once_complete_identically_with_bounded_threads(shared
 
     monkeypatch.setattr(reportGenerator.ReportGenerator, "run", counted_run)
     blocker = block_reports(monkeypatch, shared_store)
-    app = make_app(shared_store, tmp_path, REPORT_WORKERS=2)
+    app = make_app(shared_store, tmp_path, REPORT_WORKERS=2, MAX_QUEUED_REPORTS=20)
     client = app.test_client()
     ids = [client.post("/trigger_report").get_json()["report_id"] for _ in range(20)]
     try:
@@ -179,10 +179,12 @@ def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_sto
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
     body = wait_for_report(client, report_id)
-    assert body == {"status": "Failed", "error": "OSError: connection lost while storing"}
+    assert body == {"status": "Failed", "error": "the report could not be saved on the server (the server log says "
+                                                 "why); trigger it again later"}
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
     assert csv_response.status_code == 409 and csv_response.is_json  # no CSV: the failure, as a JSON error
-    assert "connection lost while storing" in csv_response.get_json()["error"]
+    assert "could not be saved on the server" in csv_response.get_json()["error"]
+    assert "connection lost" not in csv_response.get_json()["error"]  # the details stay in the server log
     # the file under REPORTS_DIR is whole (it was renamed into place before the failure)
     assert not list((tmp_path / "reports").glob(".*.part"))
     app.extensions["reports"].shutdown(wait=True)

@@ -85,7 +85,7 @@ def test_bom_crlf_quotes_and_bad_bytes():
     ).encode() + b"4,\xff\xfe,2023-01-22 12:00:00 UTC\r\n"
     parsed = sources.read_store_status(data)
     assert list(parsed.frame["store_id"]) == ["1", "3"]
-    assert reasons(parsed)[3] == "store_id has control characters"
+    assert reasons(parsed)[3] == "store_id '2\\nnewline' has characters other than letters, digits and - _ . : ;"
     assert reasons(parsed)[6] == "row is not valid UTF-8 text"
     assert parsed.rows_read == len(parsed.frame) + parsed.rejected
 
@@ -254,10 +254,9 @@ def test_arbitrary_bytes_never_crash_the_reader(body):
 
 @pytest.mark.parametrize("extra", ["", "9,active\n", '"quoted\nbreak",active,2023-01-22 12:00:00 UTC\n', "5,\xe9,x\n"])
 def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra):
-    """A file on disk is read in blocks (here, tiny ones); the result is the same as reading it whole,
-    and files the block reader cannot vouch for (ragged rows, quoted line breaks, non-ASCII) fall back."""
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
-    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    """Bytes (and uploads) are streamed in blocks (here, tiny ones); the result is the same as reading the
+    file whole, ragged rows, quoted line breaks and non-ASCII text included."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
     rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
             for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
@@ -270,8 +269,10 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     assert [(r.line, r.reason) for r in from_file.rejects] == [(r.line, r.reason) for r in from_bytes.rejects]
     assert from_file.rows_read == from_bytes.rows_read == len(text.splitlines()) - 1 - (1 if "quoted" in extra else 0)
     assert list(from_file.frame["store_id"].cat.categories) == sorted(from_file.frame["store_id"].cat.categories)
-    used_blocks = sources._read_store_status_in_blocks(path, "store_status.csv") is not None
-    assert used_blocks == (extra == "")
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)  # a large file on disk is streamed too
+    streamed = sources.read_store_status(path)
+    pd.testing.assert_frame_equal(streamed.frame, from_file.frame)
+    assert [(r.line, r.reason) for r in streamed.rejects] == [(r.line, r.reason) for r in from_file.rejects]
 
 
 BLOCK_FILE = (
@@ -312,7 +313,7 @@ def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_statu
         raise AssertionError("the file was handed to the whole-file reader")
 
     monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", block_bytes, raising=False)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(sources, "raw_rows", whole_file)
     return sources.read_store_status(path, file=file)
 
@@ -391,7 +392,7 @@ def test_line_by_line_reader_by_hand():
         (5, "expected 3 fields, found 4"),
         (6, "blank line"),
         (7, "blank line"),
-        (8, "store_id has control characters"),
+        (8, "store_id '5\\r\\nsplit' has characters other than letters, digits and - _ . : ;"),
         (11, "unreadable CSV row: field larger than field limit (131072)"),
         (13, "missing column timestamp_utc"),
         (14, "unknown status 'on\\r\\nline' (expected active or inactive)"),
@@ -409,11 +410,14 @@ def test_blank_lines_are_worded_alike_by_both_readers():
     assert sorted((r.line, r.reason) for r in by_line.rejects) == expected + [(6, "row is not valid UTF-8 text")]
 
 
-def test_a_lone_carriage_return_ends_a_line():
+def test_a_lone_carriage_return_is_not_a_line_end():
+    """Lines end at LF (or CRLF), as uploads are streamed block by block at line ends: a row with a lone
+    CR inside is one unreadable line, rejected with its number, and the rows after it keep theirs."""
     parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
                          "3,inactive,2023-01-22 12:00:00 UTC\n")
-    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(2, "1"), (4, "3")]
-    assert reasons(parsed) == {3: "unknown status 'online' (expected active or inactive)"}
+    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(3, "3")]
+    assert list(reasons(parsed)) == [2] and reasons(parsed)[2].startswith("unreadable CSV row")
+    assert (parsed.rows_read, parsed.rejected) == (2, 1)
 
 
 def test_parse_time_of_day_by_hand():

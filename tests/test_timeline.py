@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-import database
 import sources
 import utils
 from app import create_app
@@ -270,7 +269,7 @@ def test_timeline_of_a_store_open_all_week_in_the_default_zone(client):
         assert round(value, 2) == body["totals"][key], key
 
 
-def test_timeline_errors_are_json(client, db):
+def test_timeline_errors_are_json(client, store):
     report_id = complete_report(client, "2023-01-24T12:00:00Z")  # holds only 'worked'
     for path, status, error in [
         ("/stores/worked/timeline", 400, "give exactly one report_id"),
@@ -282,12 +281,12 @@ def test_timeline_errors_are_json(client, db):
         answer = client.get(path)
         assert answer.status_code == status, path
         assert answer.get_json()["status"] == status and error in answer.get_json()["error"], path
-    database.create_report(db, "ab" * 16, None)
+    store.create_report("ab" * 16, None)
     running = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
     assert running.status_code == 409
     assert running.get_json()["error"] == (f"report {'ab' * 16} is still Running (waiting for a report worker): "
                                            "its timeline is ready when it is Complete; ask again then")
-    database.fail_report(db, "ab" * 16, "boom")
+    store.fail_report("ab" * 16, "boom")
     failed = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
     assert failed.status_code == 409 and "Failed (boom), so it has no timeline" in failed.get_json()["error"]
 
