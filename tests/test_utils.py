@@ -587,3 +587,10 @@ def test_tick_frame_types():
                                us(utc("2023-01-25 18:00:00")))
     assert str(ticks["store_id"].dtype) == "string"
     assert [str(ticks[c].dtype) for c in utils.REPORT_COLUMNS[1:]] == ["int64"] * 6
+
+
+def test_zone_transitions_are_exact_to_the_second_wherever_the_search_starts():
+    # the hourly sampling grid moves with start_s; the bisection must land on the transition itself
+    for lead in range(11, 3600, 97):
+        assert utils.zone_transitions("America/New_York", SPRING_2023_NY - lead, SPRING_2023_NY + 10) == (
+            (SPRING_2023_NY,), (-18000, -14400)), lead
