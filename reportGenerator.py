@@ -68,12 +68,25 @@ def chunked(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def default_processes() -> int:
-    """Worker processes for the CSV-mode engine: the usable cores (at least one)."""
+POLLS_PER_PROCESS = 20_000_000
+
+
+def usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_processes(n_polls: int) -> int:
+    """Worker processes for the CSV-mode engine, by the size of the work: one per POLLS_PER_PROCESS polls,
+    at most one per usable core.
+
+    The engine is the only part that runs in parallel, and only about a fifth of a run; forking, and
+    sending the results back, cost more than that share saves until the data is very large: on a 2-core
+    machine (benchmarks/bench_report.py) two processes were slower than one at 1.5M polls and at 15M.
+    """
+    return max(1, min(usable_cores(), n_polls // POLLS_PER_PROCESS))
 
 
 def _chunk_bounds(n_stores: int, chunk_stores: int, processes: int) -> list[tuple[int, int]]:
@@ -139,16 +152,21 @@ def report_from_dir(
     data_dir: str | Path,
     as_of_us: int | None = None,
     chunk_stores: int = DEFAULT_CHUNK_STORES,
-    processes: int = 1,
+    processes: int | None = 1,
     on_progress: Callable[[int, int], None] | None = None,
 ):
-    """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files)."""
+    """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files).
+
+    `processes=None` chooses them by the number of polls (`default_processes`).
+    """
     parsed = sources.read_data_dir(data_dir)
     polls = parsed[sources.STATUS_FILE].frame
     if as_of_us is None:
         if polls.empty:
             raise ValueError(f"{data_dir}: no valid polls, so there is no 'now' to report at")
         as_of_us = int(polls["timestamp_us"].max())
+    if processes is None:
+        processes = default_processes(len(polls))
     report = report_from_frames(
         polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
         processes=processes, on_progress=on_progress,
@@ -456,23 +474,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
     parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
     parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="stores per chunk")
-    parser.add_argument("--processes", type=int, default=default_processes(),
-                        help="worker processes for the engine (default: the usable cores; 1 = none)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help=f"worker processes for the engine (default: by the size of the data, one per "
+                             f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         as_of_us = parse_as_of(args.as_of) if args.as_of else None
-        from tqdm import tqdm  # only the command line draws progress bars
+        if sys.stderr.isatty():  # progress bars only on a terminal (tqdm is not even imported otherwise)
+            from tqdm import tqdm
 
-        with tqdm(desc="stores", unit="store", disable=not sys.stderr.isatty()) as bar:
+            with tqdm(desc="stores", unit="store") as bar:
 
-            def show(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+                def show(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
 
-            report, now_us, parsed = report_from_dir(
-                args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
-            )
+                report, now_us, parsed = report_from_dir(
+                    args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
+                )
+        else:
+            report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes)
     except (ValueError, sources.HeaderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

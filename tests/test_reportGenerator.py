@@ -70,6 +70,32 @@ def test_cli_csv_on_the_sample_is_the_reference(tmp_path):
     assert_is_the_reference(pd.read_csv(output, dtype={"store_id": str}))
 
 
+def test_processes_are_chosen_by_the_size_of_the_work(monkeypatch):
+    monkeypatch.setattr(reportGenerator, "usable_cores", lambda: 8)
+    per = reportGenerator.POLLS_PER_PROCESS
+    # real scale (1.5M polls) and ten times it: one process, which measured faster than two
+    assert [reportGenerator.default_processes(n) for n in (0, 1_500_000, 15_000_000)] == [1, 1, 1]
+    assert [reportGenerator.default_processes(n) for n in (2 * per - 1, 2 * per, 3 * per, 100 * per)] == [1, 2, 3, 8]
+    monkeypatch.setattr(reportGenerator, "usable_cores", lambda: 2)
+    assert reportGenerator.default_processes(100 * per) == 2
+
+
+def test_the_command_line_default_uses_one_process_on_small_data(tmp_path, monkeypatch):
+    chosen = []
+    real = reportGenerator._ticks_by_chunk
+
+    def spy(coded, now_us, bounds, processes):
+        chosen.append(processes)
+        return real(coded, now_us, bounds, processes)
+
+    monkeypatch.setattr(reportGenerator, "_ticks_by_chunk", spy)
+    common = ["--data-dir", str(SAMPLE), "--chunk-stores", "30"]
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r.csv")]) == 0
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
+    assert chosen == [1, 2]
+    assert (tmp_path / "r.csv").read_bytes() == (tmp_path / "r2.csv").read_bytes()
+
+
 def test_chunk_bounds_cover_every_store_once():
     for n_stores, chunk, processes in [(0, 5, 2), (1, 5, 2), (14_000, 5_000, 2), (14_000, 5_000, 1), (7, 2, 3)]:
         bounds = reportGenerator._chunk_bounds(n_stores, chunk, processes)

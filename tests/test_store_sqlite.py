@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,6 +59,56 @@ def test_two_processes_loading_at_once_both_succeed(tmp_path):
     assert [loader.returncode for loader in loaders] == [0, 0], results
     assert all(b"locked" not in err for _, err in results)
     assert len(database.connect(path=path).report_store_ids(FAR_FUTURE_US)) == 6_000
+
+
+# --------------------------------------------------------------------------- query plans and bulk loads
+
+
+def _plan(store, query: str, parameters) -> list[str]:
+    return [row[3] for row in store._connection().execute(f"EXPLAIN QUERY PLAN {query}", parameters)]
+
+
+def test_chunk_queries_use_the_primary_key(tmp_path):
+    """Each chunk query scans only the chunk's list of ids and seeks every table by key: no full scan."""
+    store = database.connect(path=tmp_path / "plans.sqlite3")
+    database.load_dir(store, write_data_dir(tmp_path / "data"))
+    parameters = {"ids": json.dumps(["allday", "worked"]), "since": 0, "now": FAR_FUTURE_US}
+    plans = {name: _plan(store, getattr(store, name), parameters)
+             for name in ("CHUNK_POLLS", "CHUNK_EARLIER_POLLS", "CHUNK_HOURS", "CHUNK_ZONES")}
+    for name, plan in plans.items():
+        scans = [step for step in plan if step.startswith("SCAN")]
+        assert scans == ["SCAN j VIRTUAL TABLE INDEX 1:"], (name, plan)  # the json_each list, nothing else
+    assert "SEARCH s USING PRIMARY KEY (store_id=? AND timestamp_us>? AND timestamp_us<?)" in plans["CHUNK_POLLS"]
+    assert "SEARCH t USING PRIMARY KEY (store_id=? AND timestamp_us<?)" in plans["CHUNK_EARLIER_POLLS"]
+    assert "SEARCH z USING PRIMARY KEY (store_id=?)" in plans["CHUNK_ZONES"]
+    assert "SEARCH h USING INDEX businessHours_store (store_id=?)" in plans["CHUNK_HOURS"]
+
+
+def test_a_bulk_load_into_an_empty_table_rebuilds_the_time_index(tmp_path):
+    """The first load builds the time index after the rows; later loads keep it up to date."""
+    store = database.connect(path=tmp_path / "bulk.sqlite3")
+    database.load_dir(store, write_data_dir(tmp_path / "data"))
+    indexes = {name for (name,) in store._connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "storeStatus_time" in indexes
+    assert any("USING COVERING INDEX storeStatus_time" in step
+               for step in _plan(store, "SELECT max(timestamp_us) FROM storeStatus", ()))
+    database.load_file(store, "store_status.csv",
+                       b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n")
+    assert store.latest_poll_us() == 1675209600000000
+    assert store.migrate() == []
+
+
+def test_one_load_with_repeated_keys_keeps_the_later_row(tmp_path):
+    """Rows are written sorted by key; of two rows with the same key the later in the frame wins."""
+    store = database.connect(path=tmp_path / "repeats.sqlite3")
+    frame = pd.DataFrame({"store_id": ["b", "a", "b", "a", "b"], "timestamp_us": [5, 7, 5, 7, 5],
+                          "active": [True, False, False, True, True]})
+    assert store.load_polls(frame) == 5
+    polls = store.read_chunk(["a", "b"], 0, 10)[0]
+    assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [("a", 7, True), ("b", 5, True)]
+    store.load_polls(frame.iloc[[1, 2]])  # into a table that is no longer empty: the index is kept up to date
+    polls = store.read_chunk(["a", "b"], 0, 10)[0]
+    assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [("a", 7, False), ("b", 5, False)]
 
 
 # --------------------------------------------------------------------------- seeding and DATA_DIR
