@@ -468,3 +468,129 @@ def test_uptime_plus_downtime_is_business_time(case):
         assert (total >= 0).all()
     assert (got["uptime_last_hour"] + got["downtime_last_hour"] <= 3600 * utils.TICKS_PER_SECOND).all()
     assert (got["uptime_last_week"] + got["downtime_last_week"] <= 7 * 86400 * utils.TICKS_PER_SECOND).all()
+
+
+# --------------------------------------------------------------------------- pieces of the engine, by hand
+# Each pins a behaviour that mutation testing (tests/MUTANTS.md) found no test held.
+
+SPRING_2023_NY = 1_678_604_400  # 2023-03-12 07:00 UTC: New York goes from UTC-5 to UTC-4
+FALL_2023_NY = 1_699_164_000  # 2023-11-05 06:00 UTC: back from UTC-4 to UTC-5
+
+
+@pytest.mark.parametrize(
+    "start_s, end_s, expected",
+    [
+        (SPRING_2023_NY - 1800, SPRING_2023_NY + 7200, ((SPRING_2023_NY,), (-18000, -14400))),  # near the start
+        (SPRING_2023_NY - 7200, SPRING_2023_NY + 10, ((SPRING_2023_NY,), (-18000, -14400))),  # near the end
+        (FALL_2023_NY - 10, FALL_2023_NY + 10, ((FALL_2023_NY,), (-14400, -18000))),
+        (SPRING_2023_NY + 3600, SPRING_2023_NY + 86_400, ((), (-14400,))),  # none in range
+    ],
+)
+def test_zone_transitions_by_hand(start_s, end_s, expected):
+    assert utils.zone_transitions("America/New_York", start_s, end_s) == expected
+
+
+def test_the_servers_own_time_zone_does_not_matter(monkeypatch):
+    """Offsets are read from UTC instants: a server whose own clock is on New York time (whose local
+    readings repeat an hour at fall back) gets the same transitions."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    utils.zone_transitions.cache_clear()
+    try:
+        assert utils.zone_transitions("America/New_York", FALL_2023_NY - 10, FALL_2023_NY + 10) == (
+            (FALL_2023_NY,), (-14400, -18000))
+        test_edges_of_the_range_and_dst_rules_by_hand("fold_in_new_york_counts_the_first_occurrence")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+        utils.zone_transitions.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "opens, closes, merged",
+    [
+        ([1, 7, 5], [3, 9, 5], ([1, 7], [3, 9])),  # an empty interval [5, 5) is no business time
+        ([1, 3], [3, 5], ([1], [5])),  # touching intervals are one
+        ([], [], ([], [])),
+        ([4], [6], ([4], [6])),
+    ],
+)
+def test_merge_intervals_by_hand(opens, closes, merged):
+    got = utils.merge_intervals(np.array(opens, dtype=np.int64), np.array(closes, dtype=np.int64))
+    assert (got[0].tolist(), got[1].tolist()) == merged
+
+
+@pytest.mark.parametrize("year", [2023, 9000])
+def test_midpoint_is_exact_in_any_year(year):
+    # two polls one microsecond apart: the active one covers the window less half a microsecond
+    polls = [("s", f"{year}-01-24 10:00:00.000000", "inactive"), ("s", f"{year}-01-24 10:00:00.000001", "active")]
+    poll_frame, hours, zones = frames(polls, zones={"s": "UTC"})
+    ticks = utils.uptime_ticks(poll_frame, hours, zones, us(utc(f"{year}-01-24 10:30:00")))
+    assert ticks.loc[0, "uptime_last_hour"] == 30 * 60 * utils.TICKS_PER_SECOND - 1
+
+
+def test_a_later_duplicate_wins_after_other_polls_too():
+    # 17:00 active; 17:30 twice, the later row inactive: [17:00, 17:15) up, [17:15, 18:00) down
+    polls = [("s", "2023-01-25 17:00:00", "active"), ("s", "2023-01-25 17:30:00", "active"),
+             ("s", "2023-01-25 17:30:00", "inactive")]
+    report = report_for(polls, zones={"s": "UTC"})
+    assert (report["s"]["uptime_last_hour"], report["s"]["downtime_last_hour"]) == (15.0, 45.0)
+
+
+def test_many_duplicates_keep_file_order():
+    # 3,000 rows at 1,000 instants of one store, each instant three times: active, inactive, then the
+    # row that wins (active at even minutes); big enough that only a stable sort keeps the file order
+    rows = []
+    for minute in range(1000):
+        when = (utc("2023-01-24 18:00:00") + dt.timedelta(minutes=minute)).strftime("%Y-%m-%d %H:%M:%S")
+        rows += [("s", when, "active"), ("s", when, "inactive"), ("s", when, "active" if minute % 2 == 0 else "inactive")]
+    poll_frame, hours, zones = frames(rows, zones={"s": "UTC"})
+    ticks = utils.uptime_ticks(poll_frame, hours, zones, us(utc("2023-01-25 10:40:00")))
+    # in [09:40, 10:40) the instants 09:40 (minute 940, up) .. 10:39 (minute 999, down) each cover the
+    # minute centred on them: 09:40 only its last 30 s, 10:39 its 90 s to now; so up 30 s + 29 x 60 s
+    # = 1,770 s, down 29 x 60 s + 90 s = 1,830 s
+    assert ticks.loc[0, "uptime_last_hour"] == 1_770 * utils.TICKS_PER_SECOND
+    assert ticks.loc[0, "downtime_last_hour"] == 1_830 * utils.TICKS_PER_SECOND
+
+
+def test_five_thousand_stores_in_one_go():
+    # one chunk as large as CHUNK_STORES' default; every store open all week with one active poll
+    n = 5_000
+    polls = pd.DataFrame({"store_id": [f"{i:05d}" for i in range(n)],
+                          "timestamp_us": np.full(n, us(utc("2023-01-25 12:00:00")), dtype=np.int64),
+                          "active": np.arange(n) % 2 == 0})
+    empty_hours = pd.DataFrame({"store_id": [], "day": [], "start_s": [], "end_s": []})
+    zones = pd.DataFrame({"store_id": [], "timezone_str": []})
+    ticks = utils.uptime_ticks(polls, empty_hours, zones, us(utc("2023-01-25 18:00:00")))
+    week = 7 * 86_400 * utils.TICKS_PER_SECOND
+    assert ticks["uptime_last_week"].tolist() == [week if i % 2 == 0 else 0 for i in range(n)]
+    assert ticks["downtime_last_week"].tolist() == [0 if i % 2 == 0 else week for i in range(n)]
+
+
+def test_polls_across_the_whole_calendar():
+    # 20 stores, each polled in year 1 and half an hour before now in year 9000: the stores times the
+    # span of time is beyond what the engine's packed sort can hold, so the other sort is used
+    polls = []
+    for i in range(20):
+        polls += [(f"s{i:02d}", "0001-01-01 00:00:00", "active" if i % 2 else "inactive"),
+                  (f"s{i:02d}", "9000-01-24 17:30:00", "inactive" if i % 2 else "active")]
+    report = report_for(polls, zones={f"s{i:02d}": "UTC" for i in range(20)}, now="9000-01-24 18:00:00")
+    for i in range(20):  # the midpoint is millennia back: the recent poll holds the whole week
+        assert report[f"s{i:02d}"]["uptime_last_week"] == (0.0 if i % 2 else 168.0)
+
+
+def test_tick_frame_types():
+    polls = [("s", "2023-01-25 17:30:00", "active")]
+    ticks = utils.uptime_ticks(*frames(polls, [("s", 2, "09:00:00", "17:00:00")], {"s": "UTC"}),
+                               us(utc("2023-01-25 18:00:00")))
+    assert str(ticks["store_id"].dtype) == "string"
+    assert [str(ticks[c].dtype) for c in utils.REPORT_COLUMNS[1:]] == ["int64"] * 6
+
+
+def test_zone_transitions_are_exact_to_the_second_wherever_the_search_starts():
+    # the hourly sampling grid moves with start_s; the bisection must land on the transition itself
+    for lead in range(11, 3600, 97):
+        assert utils.zone_transitions("America/New_York", SPRING_2023_NY - lead, SPRING_2023_NY + 10) == (
+            (SPRING_2023_NY,), (-18000, -14400)), lead
