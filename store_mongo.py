@@ -115,7 +115,7 @@ def retried(method):
             return method(self, *args, **kwargs)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(is_transient),
-            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+            wait=self.retry_wait,
             stop=tenacity.stop_after_delay(self.job_retry_seconds),
             before_sleep=_log_retry,
             reraise=True,
@@ -193,31 +193,34 @@ def reconcile_indexes(collection, models: list[IndexModel], retired: Iterable[st
 # --------------------------------------------------------------------------- polls into engine input
 
 
-def _poll_schema():
+def _arrow_reader():
+    """pymongoarrow's BSON-to-Arrow context class and the polls' schema (imported on first use)."""
     import pyarrow as pa
 
-    with warnings.catch_warnings():  # pymongoarrow's wheel warns that pyarrow's structs grew (harmless)
+    with warnings.catch_warnings():  # its wheel warns that pyarrow's array structs grew: harmless, they only grew
         warnings.filterwarnings("ignore", message=r".*size changed, may indicate binary incompatibility")
         from pymongoarrow.api import Schema
+        from pymongoarrow.context import PyMongoArrowContext
 
-    return Schema({"store_id": pa.string(), "timestamp_us": pa.int64(), "status": pa.string()})
+    return PyMongoArrowContext, Schema({"store_id": pa.string(), "timestamp_us": pa.int64(), "status": pa.string()})
 
 
 def polls_from_raw_batches(batches: Iterable[bytes]) -> pd.DataFrame:
-    """Poll documents, as raw BSON batches from the server, decoded by pymongoarrow into the engine's frame."""
+    """Poll documents, as raw BSON batches from the server, decoded by pymongoarrow into the engine's frame
+    (the same frame `polls_from_documents` makes from dicts)."""
     import pyarrow.compute as pc
-    from pymongoarrow.context import PyMongoArrowContext
 
-    context = PyMongoArrowContext(_poll_schema())
+    context_class, schema = _arrow_reader()
+    context = context_class(schema)
     for batch in batches:
         context.process_bson_stream(batch)
     table = context.finish()
     if table.num_rows and any(table[name].null_count for name in ("store_id", "timestamp_us", "status")):
         raise ValueError("a stored poll lacks store_id, timestamp_us or status (or has another type)")
     return pd.DataFrame({
-        "store_id": table["store_id"].to_numpy(zero_copy_only=False).astype(object, copy=False),
-        "timestamp_us": table["timestamp_us"].to_numpy().astype(np.int64, copy=False),
-        "active": pc.equal(table["status"], "active").to_numpy(zero_copy_only=False).astype(bool, copy=False),
+        "store_id": pd.Series(table["store_id"].to_numpy(zero_copy_only=False), dtype=object),
+        "timestamp_us": pd.Series(table["timestamp_us"].to_numpy(), dtype=np.int64),
+        "active": pd.Series(pc.equal(table["status"], "active").to_numpy(zero_copy_only=False), dtype=bool),
     })
 
 
@@ -236,6 +239,8 @@ class MongoStore(database.Store):
                  job_retry_seconds: float = JOB_RETRY_SECONDS):
         self.uri, self.name = uri, name
         self.job_retry_seconds = job_retry_seconds
+        self.retry_wait = tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5)
+        self.maintenance_first_pause = 1.0
         self._server_selection_ms = server_selection_ms
         self._client = None
         self._client_lock = threading.Lock()
@@ -313,7 +318,7 @@ class MongoStore(database.Store):
         self._resolving_in_background = self._client is None
 
         def work() -> None:
-            pause, steps = 1.0, ["client", "indexes", "stale reports"]
+            pause, steps = self.maintenance_first_pause, ["client", "indexes", "stale reports"]
             while steps and not self._stop.is_set():
                 step = steps[0]
                 try:
@@ -332,7 +337,7 @@ class MongoStore(database.Store):
                         if stale:
                             log.warning("marked %d stale Running reports as Failed", stale)
                     steps.pop(0)
-                    pause = 1.0
+                    pause = self.maintenance_first_pause
                 except (PyMongoError, RuntimeError) as error:
                     log.warning("database start-up work (%s) failed, retrying in %.0f s: %s", step, pause,
                                 describe_error(error))
