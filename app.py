@@ -14,19 +14,23 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import io
+import json
 import logging
 import os
 import re
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 from flask import Flask, Response, abort, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 import database
 import sources
 import utils
-from reportGenerator import ReportGenerator, parse_as_of
+from reportGenerator import QueueFull, ReportGenerator, check_as_of_range, parse_as_of, store_ids_from_csv
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,24 @@ DEFAULTS = {
     "STALE_AFTER_SECONDS": 60,
     "MAX_UPLOAD_MB": 200,
     "API_TOKEN": "",
+    "MAX_QUEUED_REPORTS": "",  # reports queued or running per process; unset means 4 x REPORT_WORKERS
+    "REPORT_RETENTION_DAYS": 30,  # finished reports older than this are deleted (file and stored CSV)
+    "MAX_REPORTS": 1000,  # and so are finished reports beyond the newest MAX_REPORTS
+    # Host names the service answers to (Flask's TRUSTED_HOSTS, against DNS rebinding); "*" means any
+    "TRUSTED_HOSTS": "localhost,127.0.0.1,::1",
 }
-INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB")
+MAX_JSON_BYTES = 4096  # a JSON request body larger than this is refused (413) before it is parsed
+INGEST_WAIT_SECONDS = 5.0  # how long an upload waits for the one ingest slot (or the data lease), then 503
+RETRY_AFTER_SECONDS = 10
+# what a browser may do with the page and the API's answers
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "base-uri 'none'; form-action 'self'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB",
+                    "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS")
 
 
 def load_settings(config: dict | None = None) -> dict:
@@ -57,8 +77,14 @@ def load_settings(config: dict | None = None) -> dict:
             settings[key] = os.environ[key]
     settings.update(config or {})
     settings["DATA_DIR_EXPLICIT"] = "DATA_DIR" in (config or {}) or os.environ.get("DATA_DIR") not in (None, "")
+    if settings["MAX_QUEUED_REPORTS"] in ("", None):
+        settings["MAX_QUEUED_REPORTS"] = 4 * int(settings["REPORT_WORKERS"])
     for key in INTEGER_SETTINGS:
         settings[key] = int(settings[key])
+    hosts = settings["TRUSTED_HOSTS"]
+    if isinstance(hosts, str):
+        hosts = [name.strip() for name in hosts.split(",") if name.strip()]
+    settings["TRUSTED_HOSTS"] = None if hosts is None or "*" in hosts else list(hosts)
     return settings
 
 
@@ -94,17 +120,21 @@ def create_app(config: dict | None = None) -> Flask:
             log.error("could not prepare the database: %s", database.describe_error(error))
 
     app.extensions["store"] = store
+    app.extensions["ingest_slot"] = threading.Semaphore(1)  # one upload parsed and loaded at a time per process
     app.extensions["reports"] = ReportGenerator(
         store,
         app.config["REPORTS_DIR"],
         chunk_stores=app.config["CHUNK_STORES"],
         workers=app.config["REPORT_WORKERS"],
         heartbeat_seconds=min(10.0, app.config["STALE_AFTER_SECONDS"] / 4),
+        max_queued=app.config["MAX_QUEUED_REPORTS"],
     )
+    app.extensions["reports"].start_retention(app.config["REPORT_RETENTION_DAYS"], app.config["MAX_REPORTS"])
     if app.config["API_TOKEN"]:
         log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs 'Authorization: Bearer <token>'")
     else:
         log.warning("API_TOKEN is not set: the API is open to anyone who can reach it")
+    log.info("answering to hosts: %s", ", ".join(app.config["TRUSTED_HOSTS"]) if app.config["TRUSTED_HOSTS"] else "any")
     register_routes(app)
     return app
 
@@ -134,7 +164,48 @@ def error_response(status: int, message: str) -> tuple[Response, int]:
 OPEN_ENDPOINTS = {"health", "index", "static", "openapi"}
 
 
+def busy_response(message: str) -> tuple[Response, int]:
+    """503 with Retry-After: the service is busy with something that ends by itself."""
+    response, status = error_response(503, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response, status
+
+
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _cross_site_refusal() -> str | None:
+    """Why a state-changing request comes from another site (a browser says so), or None.
+
+    Browsers send `Sec-Fetch-Site` (same-origin, same-site, cross-site or none)
+    and `Origin` with every cross-origin POST, even `mode: "no-cors"` ones and
+    HTML form posts; scripts like curl send neither.  Only the service's own
+    pages (same-origin) and direct requests (none, or no header) may change state.
+    """
+    site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    if site in ("cross-site", "same-site"):
+        return f"refused: a {site} request may not change this service's state"
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin.strip()).netloc.lower() != request.host.lower():
+        return "refused: the request's Origin is not this service"
+    return None
+
+
 def register_routes(app: Flask) -> None:
+    @app.before_request
+    def refuse_cross_site():
+        if request.method in STATE_CHANGING:
+            reason = _cross_site_refusal()
+            if reason:
+                return error_response(403, reason)
+        return None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
     @app.before_request
     def require_token():
         token = current_app.config["API_TOKEN"]
@@ -160,7 +231,11 @@ def register_routes(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        response, status = error_response(error.code or 500, error.description or error.name)
+        message = error.description or error.name
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            allowed = [m for m in error.valid_methods if m not in ("HEAD", "OPTIONS")] or error.valid_methods
+            message = f"{request.method} is not allowed on {request.path}: use {' or '.join(allowed)}"
+        response, status = error_response(error.code or 500, message)
         for name, value in error.get_headers():
             if name.lower() not in ("content-type", "content-length"):
                 response.headers[name] = value  # e.g. Allow on 405
@@ -173,6 +248,11 @@ def register_routes(app: Flask) -> None:
     for error_class in database.DATABASE_ERRORS:
         app.register_error_handler(error_class, database_error)
 
+    @app.errorhandler(database.LeaseTimeout)
+    def data_busy(error):
+        log.warning("gave up waiting for the data lease: %s", error)
+        return busy_response("reports or a load hold the data just now; try again shortly")
+
     @app.errorhandler(Exception)
     def unexpected_error(error):
         log.exception("unhandled error")
@@ -181,48 +261,45 @@ def register_routes(app: Flask) -> None:
     @app.post("/trigger_report")
     def trigger_report():
         as_of_us = None
-        if request.get_data(cache=True):  # an empty body means "no options"; anything else must be JSON
-            body = request.get_json(silent=True)
-            if not isinstance(body, dict):
-                abort(400, description='the body must be a JSON object, e.g. {"as_of": "2023-01-25T18:00:00Z"}')
+        body = _json_object_body()
+        if body is not None:  # an empty body means "no options"
             unknown = sorted(set(body) - {"as_of"})
             if unknown:
                 abort(400, description=f"unknown field(s) {', '.join(map(str, unknown))[:100]}; only as_of is accepted")
             if body.get("as_of") is not None:
                 try:
-                    as_of_us = parse_as_of(body["as_of"])
+                    as_of_us = check_as_of_range(parse_as_of(body["as_of"]))
                 except ValueError as error:
                     abort(400, description=str(error))
-        report_id = current_app.extensions["reports"].start(as_of_us)
+        try:
+            report_id = current_app.extensions["reports"].start(as_of_us)
+        except QueueFull as error:
+            response, status = error_response(429, str(error))
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response, status
         return jsonify({"report_id": report_id}), 202
 
     @app.get("/get_report")
     def get_report():
-        report_id = request.args.getlist("report_id")
-        if len(report_id) != 1 or not report_id[0]:
-            abort(400, description="give exactly one report_id, e.g. /get_report?report_id=<id from trigger_report>")
-        report_id = report_id[0]
-        if not REPORT_ID.fullmatch(report_id):
-            abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+        report_id = _report_id_arg("/get_report?report_id=<id from trigger_report>")
+        wants_csv = _wants_csv()
         store = _store()
-        report = store.find_report(report_id)
-        if report is None:
-            abort(404, description=f"no report with id {report_id}")
-        if report["status"] == "Running" and _is_stale(report):
-            store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
-            report = store.find_report(report_id)
+        report = _find_report(report_id)
+        if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
+            abort(409, description=_not_complete(report_id, report, "CSV"))
         if report["status"] == "Running":
-            return jsonify({"status": "Running", "progress": report.get("progress") or {"done": 0, "total": 0}})
+            return jsonify({"status": "Running", **_running_state(report)})
         if report["status"] == "Failed":
             return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
         payload = store.read_report_csv(report)
-        if _wants_csv():
+        if wants_csv:
             return Response(
                 payload,
                 mimetype="text/csv",
                 headers={"Content-Disposition": f'attachment; filename="report_{report_id}.csv"'},
             )
         rows = pd.read_csv(io.BytesIO(payload), dtype={"store_id": str}, keep_default_na=False)
+        rows["store_id"] = store_ids_from_csv(rows["store_id"])
         return jsonify(
             {
                 "status": "Complete",
@@ -233,6 +310,26 @@ def register_routes(app: Flask) -> None:
                 "data": rows.to_dict("records"),
             }
         )
+
+    @app.get("/stores/<store_id>/timeline")
+    def store_timeline(store_id: str):
+        report_id = _report_id_arg(f"/stores/{store_id[:64]}/timeline?report_id=<id of a Complete report>")
+        report = _find_report(report_id)
+        if report["status"] != "Complete":
+            abort(409, description=_not_complete(report_id, report, "timeline"))
+        rows = pd.read_csv(io.BytesIO(_store().read_report_csv(report)), dtype={"store_id": str},
+                           keep_default_na=False)
+        row = rows[rows["store_id"] == store_id]
+        if row.empty:
+            abort(404, description=f"report {report_id} has no store {store_id[:64]!r}")
+        now_us = report["as_of_us"] if report.get("as_of_us") is not None else utils.datetime_to_us(report["as_of"])
+        polls, hours, zones = _read_store_week(store_id, now_us - utils.WEEK_US, now_us)
+        zone = zones["timezone_str"]
+        timeline = utils.store_timeline(
+            polls["timestamp_us"].to_numpy(), polls["active"].to_numpy(), hours["day"].to_numpy(),
+            hours["start_s"].to_numpy(), hours["end_s"].to_numpy(), zone.iloc[-1] if len(zone) else None, now_us,
+        )
+        return jsonify(timeline_body(store_id, now_us, timeline, row.to_dict("records")[0]))
 
     @app.get("/")
     def index():
@@ -270,27 +367,13 @@ def register_routes(app: Flask) -> None:
 
     @app.post("/ingest")
     def ingest():
-        if not request.files:
-            abort(400, description="upload CSV files as multipart form fields, e.g. "
-                                   "curl -F store_status=@store_status.csv http://host/ingest")
-        results = []
-        for field, upload in request.files.items(multi=True):
-            data = upload.read()
-            kind = FIELD_FILES.get(field) or sources.detect_file(_first_line(data))
-            label = upload.filename or field
-            if kind is None:
-                results.append({"file": label, "error": "not one of the three files: name the field store_status, "
-                                "menu_hours or timezones, or give the file its header"})
-                continue
-            try:
-                summary = database.load_file(_store(), kind, data, label=label)
-            except sources.HeaderError as error:
-                results.append({"file": label, "kind": kind, "error": str(error)})
-                continue
-            results.append({"kind": kind, **summary})
-        if not any("loaded" in r for r in results):
-            return jsonify({"error": "nothing was loaded: see files", "status": 400, "files": results}), 400
-        return jsonify({"files": results}), 200
+        slot = current_app.extensions["ingest_slot"]
+        if not slot.acquire(timeout=INGEST_WAIT_SECONDS):
+            return busy_response("another upload is being loaded; try again in a few seconds")
+        try:
+            return _ingest()
+        finally:
+            slot.release()
 
     @app.get("/health")
     def health():
@@ -308,8 +391,59 @@ FIELD_FILES = {
 }
 
 
+def _ingest():
+    """Parse and load each uploaded file, streaming it from werkzeug's temporary file."""
+    if not request.files:
+        abort(400, description="upload CSV files as multipart form fields, e.g. "
+                               "curl -F store_status=@store_status.csv http://host/ingest")
+    results = []
+    for field, upload in request.files.items(multi=True):
+        head = upload.stream.read(4096)
+        upload.stream.seek(0)
+        kind = FIELD_FILES.get(field) or sources.detect_file(_first_line(head))
+        label = upload.filename or field
+        if kind is None:
+            results.append({"file": label, "error": "not one of the three files: name the field store_status, "
+                            "menu_hours or timezones, or give the file its header"})
+            continue
+        try:
+            summary = database.load_file(_store(), kind, upload.stream, label=label,
+                                         lease_wait_seconds=INGEST_WAIT_SECONDS)
+        except sources.HeaderError as error:
+            results.append({"file": label, "kind": kind, "error": str(error)})
+            continue
+        results.append({"kind": kind, **summary})
+    if not sum(result.get("loaded", 0) for result in results):
+        return jsonify({"error": "nothing was loaded: see files", "status": 400, "files": results}), 400
+    return jsonify({"files": results}), 200
+
+
 def _first_line(data: bytes) -> str:
     return data[:4096].split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+
+
+def _json_object_body() -> dict | None:
+    """The request body as a JSON object, whatever its Content-Type; None when it is empty.
+
+    The body is refused (413) over MAX_JSON_BYTES before anything is parsed;
+    malformed or too deeply nested JSON, or JSON that is not an object, is a 400.
+    Taking JSON under any Content-Type is safe because cross-site requests are
+    refused before this (`refuse_cross_site`).
+    """
+    request.max_content_length = MAX_JSON_BYTES
+    try:
+        data = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        abort(413, description=f"the body is over {MAX_JSON_BYTES} bytes; this call takes a small JSON object")
+    if not data:
+        return None
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        body = None
+    if not isinstance(body, dict):
+        abort(400, description='the body must be a JSON object, e.g. {"as_of": "2023-01-25T18:00:00Z"}')
+    return body
 
 
 def _positive_int_arg(name: str, default: int, largest: int) -> int:
@@ -321,9 +455,90 @@ def _positive_int_arg(name: str, default: int, largest: int) -> int:
     return int(text)
 
 
+def _read_store_week(store_id: str, since_us: int, now_us: int):
+    """One store's polls (from its last before `since_us` to `now_us`), hour rows and zone rows."""
+    return _store().read_chunk([store_id], since_us, now_us)
+
+
+def _report_id_arg(example: str) -> str:
+    """The one report_id of the query string, checked before the database is asked (400 otherwise)."""
+    given = request.args.getlist("report_id")
+    if len(given) != 1 or not given[0]:
+        abort(400, description=f"give exactly one report_id, e.g. {example}")
+    if not REPORT_ID.fullmatch(given[0]):
+        abort(400, description="malformed report_id: expected 32 lowercase hex characters")
+    return given[0]
+
+
+def _find_report(report_id: str) -> dict:
+    """The report (404 when unknown); a Running one whose worker stopped beating is failed first."""
+    store = _store()
+    report = store.find_report(report_id)
+    if report is None:
+        abort(404, description=f"no report with id {report_id}")
+    if report["status"] == "Running" and _is_stale(report):
+        store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
+        report = store.find_report(report_id)
+    return report
+
+
+def _running_state(report: dict) -> dict:
+    """Phase and progress of a Running report; `total` is null until the stores are counted."""
+    progress = report.get("progress") or {}
+    total = progress.get("total")
+    phase = progress.get("phase") or ("computing" if total else "queued")
+    return {"phase": phase, "progress": {"done": int(progress.get("done") or 0),
+                                         "total": None if phase in ("queued", "counting") else int(total or 0)}}
+
+
+def _not_complete(report_id: str, report: dict, what: str) -> str:
+    """Why a report that is not Complete has no CSV or timeline yet (a 409's message)."""
+    if report["status"] == "Running":
+        running = _running_state(report)
+        progress = running["progress"]
+        done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
+                else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
+        return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
+    reason = report.get("error") or "unknown error"
+    return f"report {report_id} Failed ({reason}), so it has no {what}: trigger a new report"
+
+
+def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, totals: dict) -> dict:
+    """The JSON of GET /stores/<id>/timeline: every instant ISO 8601 UTC with microseconds and Z.
+
+    The engine counts half-microseconds; a segment boundary at a half (the midpoint
+    of two polls one microsecond apart) is shown at the microsecond before it.
+    """
+    def iso(ticks) -> list[str]:
+        stamps = (np.asarray(ticks, dtype=np.int64) // utils.TICKS_PER_US).astype("datetime64[us]")
+        return [text + "Z" for text in np.datetime_as_string(stamps, unit="us")]
+
+    statuses = np.where(timeline.segment_active, "active", "inactive").tolist()
+    return {
+        "store_id": store_id,
+        "timezone": timeline.timezone,
+        "as_of": iso([now_us * utils.TICKS_PER_US])[0],
+        "windows": {name: iso(bounds) for name, bounds in timeline.windows.items()},
+        "business_hours": [{"start": a, "end": b} for a, b in
+                           zip(iso(timeline.business_open), iso(timeline.business_close))],
+        "polls": [{"timestamp": t, "status": "active" if a else "inactive"} for t, a in
+                  zip(iso(timeline.poll_ticks), timeline.poll_active.tolist())],
+        "segments": [{"start": a, "end": b, "status": status} for a, b, status in
+                     zip(iso(timeline.segment_start), iso(timeline.segment_end), statuses)],
+        "totals": totals,
+    }
+
+
+FORMATS = {"csv", "json"}
+
+
 def _wants_csv() -> bool:
-    if request.args.get("format", "").lower() == "csv":
-        return True
+    """CSV when format=csv, JSON when format=json; otherwise by the Accept header (400 for another format)."""
+    given = request.args.get("format")
+    if given is not None:
+        if given.lower() not in FORMATS:
+            abort(400, description=f"unknown format {given[:32]!r}: use format=csv or format=json")
+        return given.lower() == "csv"
     best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
     return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
 

@@ -92,7 +92,7 @@ class Store(ABC):
 
     report_id, status ("Running" | "Complete" | "Failed"), created_at, heartbeat_at,
     finished_at (aware datetimes or None), requested_as_of_us, as_of_us (int µs or None),
-    progress ({"done": int, "total": int | None}), row_count, error, csv_bytes.
+    progress ({"done": int, "total": int | None, and "phase" when the job set one}), row_count, error, csv_bytes.
     """
 
     kind: str  # "sqlite", "mongodb" or "mongomock"
@@ -194,6 +194,12 @@ class Store(ABC):
     @abstractmethod
     def read_report_csv(self, report: dict) -> bytes:
         """The CSV of a Complete report."""
+
+    @abstractmethod
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        """Delete the Complete and Failed reports that finished before `finished_before` or are beyond the
+        newest `keep_newest` finished ones (by creation), with their stored CSV; returns their ids.
+        Running reports are never deleted."""
 
     # ----- the data lease: many readers (reports) or one writer (a load), never both
 

@@ -44,6 +44,7 @@ def open_bind_problem(addresses, env) -> str | None:
             "or ALLOW_OPEN=1 to serve an open API on purpose, or bind 127.0.0.1")
 
 
+# loopback by default: nginx (deploy/nginx.conf) faces the network and holds slow clients
 bind = bind_from_env(os.environ)
 workers = int(os.environ.get("WEB_CONCURRENCY", "1" if os.environ.get("MONGO_URI", "").startswith("mongomock:") else "2"))
 worker_class = "gthread"

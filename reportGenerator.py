@@ -13,6 +13,7 @@ The same engine also runs straight from CSV files with no database:
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import importlib.util
 import logging
@@ -67,12 +68,25 @@ def chunked(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
-def default_processes() -> int:
-    """Worker processes for the CSV-mode engine: the usable cores (at least one)."""
+POLLS_PER_PROCESS = 20_000_000
+
+
+def usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_processes(n_polls: int) -> int:
+    """Worker processes for the CSV-mode engine, by the size of the work: one per POLLS_PER_PROCESS polls,
+    at most one per usable core.
+
+    The engine is the only part that runs in parallel, and only about a fifth of a run; forking, and
+    sending the results back, cost more than that share saves until the data is very large: on a 2-core
+    machine (benchmarks/bench_report.py) two processes were slower than one at 1.5M polls and at 15M.
+    """
+    return max(1, min(usable_cores(), n_polls // POLLS_PER_PROCESS))
 
 
 def _chunk_bounds(n_stores: int, chunk_stores: int, processes: int) -> list[tuple[int, int]]:
@@ -138,16 +152,21 @@ def report_from_dir(
     data_dir: str | Path,
     as_of_us: int | None = None,
     chunk_stores: int = DEFAULT_CHUNK_STORES,
-    processes: int = 1,
+    processes: int | None = 1,
     on_progress: Callable[[int, int], None] | None = None,
 ):
-    """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files)."""
+    """Parse the three CSV files of `data_dir` and compute the report; returns (report, now_us, parsed files).
+
+    `processes=None` chooses them by the number of polls (`default_processes`).
+    """
     parsed = sources.read_data_dir(data_dir)
     polls = parsed[sources.STATUS_FILE].frame
     if as_of_us is None:
         if polls.empty:
             raise ValueError(f"{data_dir}: no valid polls, so there is no 'now' to report at")
         as_of_us = int(polls["timestamp_us"].max())
+    if processes is None:
+        processes = default_processes(len(polls))
     report = report_from_frames(
         polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
         processes=processes, on_progress=on_progress,
@@ -155,8 +174,35 @@ def report_from_dir(
     return report, as_of_us, parsed
 
 
+# A cell a spreadsheet would read as a formula starts with one of these (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cells(values: pd.Series) -> pd.Series:
+    """Text cells with a single quote put before any that starts like a formula (OWASP's advice)."""
+    text = values.astype(str)
+    risky = text.str.startswith(FORMULA_STARTS)
+    return text.where(~risky, "'" + text)
+
+
+def store_ids_from_csv(values: pd.Series) -> pd.Series:
+    """Store ids as read back from a report CSV, without the quote `neutralise_cells` put before them.
+
+    Unambiguous: a store id never starts with a quote (sources.STORE_ID_PATTERN).
+    """
+    text = values.astype(str)
+    quoted = text.str.startswith(tuple("'" + start for start in FORMULA_STARTS))
+    return text.where(~quoted, text.str.slice(1))
+
+
 def report_csv_bytes(report: pd.DataFrame) -> bytes:
-    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS).encode("utf-8")
+    """The report as CSV; store ids that a spreadsheet would take for a formula are neutralised."""
+    quoting = csv.QUOTE_MINIMAL
+    if len(report):
+        report = report.assign(store_id=neutralise_cells(report["store_id"]))
+        if report["store_id"].str.contains("\r", regex=False).any():
+            quoting = csv.QUOTE_NONNUMERIC  # the csv module leaves a lone CR unquoted with "\n" line ends
+    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS, quoting=quoting).encode("utf-8")
 
 
 def write_atomically(path: Path, payload: bytes) -> None:
@@ -176,36 +222,86 @@ def write_atomically(path: Path, payload: bytes) -> None:
 AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
 
 
+AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
+               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
+
+
+def as_of_error(text, why: str = "") -> ValueError:
+    """The one wording of every as_of error: what was given, why it was refused, the accepted forms."""
+    shown = repr(text[:64]) if isinstance(text, str) else f"of type {type(text).__name__}"
+    return ValueError(f"as_of {shown} is not an ISO 8601 instant{why}: use {AS_OF_FORMS}")
+
+
 def parse_as_of(text: str) -> int:
     """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
     if not isinstance(text, str) or not AS_OF.fullmatch(text):
-        raise ValueError("as_of must be an ISO 8601 date-time string, e.g. 2023-01-25T18:00:00Z")
+        raise as_of_error(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise ValueError(f"as_of {text[:64]!r} is not an ISO 8601 date-time, e.g. 2023-01-25T18:00:00Z") from None
+        raise as_of_error(text, " (no such date or time)") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     try:
         when.astimezone(dt.timezone.utc)
     except OverflowError:
-        raise ValueError(f"as_of {text[:64]!r} is out of range (years 1 to 9999 in UTC)") from None
+        raise as_of_error(text, " (out of range: years 1 to 9999 in UTC)") from None
     return utils.datetime_to_us(when)
+
+
+# the instants a report can be asked for: every date the engine computes with (now minus a week and
+# its look-back, local dates around the week, in every zone) then stays inside what datetime holds
+FIRST_AS_OF_US = utils.datetime_to_us(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+LAST_AS_OF_US = utils.datetime_to_us(dt.datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+
+
+def check_as_of_range(as_of_us: int) -> int:
+    """`as_of_us` when it is in the supported range (1970-01-01 to 9000-12-31 UTC); ValueError otherwise."""
+    if not FIRST_AS_OF_US <= as_of_us <= LAST_AS_OF_US:
+        raise ValueError("as_of must be from 1970-01-01T00:00:00Z to 9000-12-31T23:59:59.999999Z")
+    return as_of_us
+
+
+class ReportError(Exception):
+    """A report cannot be made for a reason the user can act on; the message says it in their terms."""
+
+
+def failure_message(error: BaseException) -> str:
+    """What a Failed report tells its user: no exception names or server paths (the log has those)."""
+    if isinstance(error, ReportError):
+        return str(error)
+    if isinstance(error, database.LeaseTimeout):
+        return "a data load kept the data busy for too long; trigger the report again"
+    if isinstance(error, database.LeaseLost):
+        return "the data changed while the report read it; trigger the report again"
+    if isinstance(error, database.DatabaseError):
+        return "the database did not answer while the report ran; trigger it again"
+    if isinstance(error, OSError):
+        return "the report could not be saved on the server (the server log says why); trigger it again later"
+    return "the report could not be computed because of an internal error (the server log has the details)"
 
 
 # --------------------------------------------------------------------------- the job on a database
 
 
 HEARTBEAT_SECONDS = 10.0
+RETENTION_SWEEP_SECONDS = 3600.0  # how often finished reports past their retention are deleted
 LIVE_GENERATORS: "weakref.WeakSet[ReportGenerator]" = weakref.WeakSet()
+
+
+class QueueFull(RuntimeError):
+    """This process already has its most reports queued or running; try again later."""
 
 
 class ReportGenerator:
     """Runs report jobs against a `database.Store`, at most `workers` at a time.
 
-    Reports beyond `workers` wait in the queue (still `Running`, progress 0).
-    One heartbeat thread refreshes every queued or running report of this
-    process, so a report whose process died is found stale and failed.
+    Reports beyond `workers` wait in the queue (still `Running`, progress 0),
+    up to `max_queued` queued or running in all (default 4 x `workers`); beyond
+    that `start` raises QueueFull.  A start for the same `as_of` as a report of
+    this process still Running returns that report's id.  One heartbeat thread
+    refreshes every queued or running report of this process, so a report whose
+    process died is found stale and failed.
     """
 
     def __init__(
@@ -215,6 +311,7 @@ class ReportGenerator:
         chunk_stores: int = DEFAULT_CHUNK_STORES,
         workers: int = 2,
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        max_queued: int | None = None,
     ):
         self.store = store
         self.reports_dir = Path(reports_dir)
@@ -222,17 +319,37 @@ class ReportGenerator:
         self.heartbeat_seconds = heartbeat_seconds
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="report")
         self._owned: set[str] = set()
+        self.max_queued = max_queued if max_queued is not None else 4 * workers
+        self._by_as_of: dict[int, str] = {}  # explicit as_of -> the id of this process's Running report for it
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
+        self.swept = threading.Event()  # set after each retention sweep (tests wait on it)
         LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None) -> str:
-        """Record a Running report and queue it; returns its id at once."""
-        report_id = uuid.uuid4().hex
-        self.store.create_report(report_id, as_of_us)
+        """Record a Running report and queue it; returns its id at once.
+
+        Raises QueueFull when `max_queued` reports of this process are queued or
+        running.  With an `as_of` that a Running report of this process already
+        has, returns that report's id instead of starting another.
+        """
         with self._lock:
-            self._owned.add(report_id)
+            if as_of_us is not None and as_of_us in self._by_as_of:
+                return self._by_as_of[as_of_us]
+            if len(self._owned) >= self.max_queued:
+                raise QueueFull(f"{len(self._owned)} reports are already queued or running here "
+                                f"(at most {self.max_queued}); try again when one has finished")
+            report_id = uuid.uuid4().hex
+            self._owned.add(report_id)  # reserved before the record exists, so the quota holds under a burst
+            if as_of_us is not None:
+                self._by_as_of[as_of_us] = report_id
+        try:
+            self.store.create_report(report_id, as_of_us)
+        except BaseException:
+            self._forget(report_id)
+            raise
+        with self._lock:
             if self._heart is None:
                 self._heart = threading.Thread(target=self._beat, name="report-heartbeat", daemon=True)
                 self._heart.start()
@@ -255,12 +372,18 @@ class ReportGenerator:
             rows = self._compute_and_store(report_id, as_of_us)
         except Exception as error:  # the thread must record every failure, never die silently
             log.exception("report %s failed", report_id)
-            self.store.fail_report(report_id, f"{type(error).__name__}: {error}")
+            self._forget(report_id)  # before the record says Failed: a caller who sees that finds room again
+            self.store.fail_report(report_id, failure_message(error))
         else:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
-            with self._lock:
-                self._owned.discard(report_id)
+            self._forget(report_id)
+
+    def _forget(self, report_id: str) -> None:
+        with self._lock:
+            self._owned.discard(report_id)
+            for as_of_us in [key for key, value in self._by_as_of.items() if value == report_id]:
+                del self._by_as_of[as_of_us]
 
     def _compute_and_store(self, report_id: str, as_of_us: int | None) -> int:
         store = self.store
@@ -268,10 +391,15 @@ class ReportGenerator:
         with store.data_lease("read") as lost:
             now_us = as_of_us if as_of_us is not None else store.latest_poll_us()
             if now_us is None:
-                raise ValueError("there are no polls in storeStatus, so there is nothing to report")
+                raise ReportError("there are no polls in storeStatus, so there is nothing to report")
+            if not FIRST_AS_OF_US <= now_us <= LAST_AS_OF_US:
+                raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
+                                  "trigger the report with an as_of")
             store.update_report(report_id, as_of_us=now_us)
+            # counting the stores can take a while on large data: say so rather than "0 of 0"
+            store.update_report(report_id, progress={"done": 0, "total": None, "phase": "counting"})
             store_ids = store.report_store_ids(now_us)
-            store.update_report(report_id, progress={"done": 0, "total": len(store_ids)})
+            store.update_report(report_id, progress={"done": 0, "total": len(store_ids), "phase": "computing"})
             since_us = now_us - utils.WEEK_US
             parts = []
             done = 0
@@ -281,12 +409,47 @@ class ReportGenerator:
                 polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
                 parts.append(utils.uptime_report(polls, hours, zones, now_us))
                 done += len(chunk)
-                store.update_report(report_id, progress={"done": done, "total": len(store_ids)})
+                store.update_report(report_id, progress={"done": done, "total": len(store_ids), "phase": "computing"})
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         payload = report_csv_bytes(report)
         write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
+        self._forget(report_id)  # before the record says Complete: a caller who sees that finds room again
         store.complete_report(report_id, payload, len(report))
         return len(report)
+
+    def sweep(self, retention_days: float, max_reports: int) -> list[str]:
+        """Delete the finished reports older than `retention_days` or beyond the newest `max_reports`:
+        their records, stored CSVs and files under REPORTS_DIR; returns their ids."""
+        cutoff = database.now_utc() - dt.timedelta(days=retention_days)
+        deleted = self.store.delete_finished_reports(cutoff, max_reports)
+        for report_id in deleted:
+            try:
+                (self.reports_dir / f"report_{report_id}.csv").unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("retention: could not delete the file of report %s: %s", report_id, error)
+        if deleted:
+            log.info("retention: deleted %d finished reports (older than %g days or beyond the newest %d): %s%s",
+                     len(deleted), retention_days, max_reports, ", ".join(deleted[:20]),
+                     " ..." if len(deleted) > 20 else "")
+        return deleted
+
+    def start_retention(self, retention_days: float, max_reports: int,
+                        every_seconds: float = RETENTION_SWEEP_SECONDS) -> threading.Thread:
+        """Sweep now and then every `every_seconds` in a named daemon thread, until `shutdown`."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.sweep(retention_days, max_reports)
+                except Exception:  # a failed sweep is retried at the next round, never kills the thread
+                    log.exception("retention sweep failed")
+                self.swept.set()
+                if self._stopped.wait(every_seconds):
+                    return
+
+        thread = threading.Thread(target=loop, name="report-retention", daemon=True)
+        thread.start()
+        return thread
 
     def abandon(self, reason: str) -> None:
         """Fail every report this process still owns (its worker is going away)."""
@@ -311,23 +474,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
     parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
     parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="stores per chunk")
-    parser.add_argument("--processes", type=int, default=default_processes(),
-                        help="worker processes for the engine (default: the usable cores; 1 = none)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help=f"worker processes for the engine (default: by the size of the data, one per "
+                             f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         as_of_us = parse_as_of(args.as_of) if args.as_of else None
-        from tqdm import tqdm  # only the command line draws progress bars
+        if sys.stderr.isatty():  # progress bars only on a terminal (tqdm is not even imported otherwise)
+            from tqdm import tqdm
 
-        with tqdm(desc="stores", unit="store", disable=not sys.stderr.isatty()) as bar:
+            with tqdm(desc="stores", unit="store") as bar:
 
-            def show(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+                def show(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
 
-            report, now_us, parsed = report_from_dir(
-                args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
-            )
+                report, now_us, parsed = report_from_dir(
+                    args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show
+                )
+        else:
+            report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes)
     except (ValueError, sources.HeaderError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,11 +14,12 @@ module, with the same checks.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Iterable, Iterator, Union
 
 import numpy as np
 import pandas as pd
@@ -40,13 +41,28 @@ COLUMNS = {
 }
 HEADER_ALIASES = {"dayofweek": "day"}
 MAX_STORE_ID_LENGTH = 64
-MAX_REJECTS_KEPT = 100_000  # beyond this only the count grows, so a hostile file cannot exhaust memory
+# a store id: ASCII letters, digits and - _ . : ; (so no spreadsheet formula can start with one but "-")
+STORE_ID_PATTERN = r"^[A-Za-z0-9_.:;-]+$"
+STORE_ID_CHARACTERS = "letters, digits and - _ . : ;"
+MAX_HEADER_FIELDS = 64  # a header wider than this (or longer than MAX_HEADER_BYTES) is refused at once
+MAX_HEADER_BYTES = 4096
+MAX_LINE_BYTES = 1 << 20  # a single line longer than this rejects the file (it cannot be a real row)
+MAX_REJECTS_KEPT = 1_000  # reasons kept per file; beyond this only the count grows
+# a file is abandoned once it has more than REJECT_LIMIT rejected rows and they are more than
+# REJECT_SHARE of the rows read so far: what comes next is not worth reading
+REJECT_LIMIT = 10_000
+REJECT_SHARE = 0.10
+BLOCK_BYTES = 1 << 23  # 8 MB of CSV text per block when a file is streamed
 
 Source = Union[str, Path, bytes, BinaryIO]
 
 
 class HeaderError(ValueError):
-    """The file's header is not the one expected: the whole file is rejected."""
+    """The whole file is rejected: its header is not the one expected (or too wide), or too many rows are bad."""
+
+
+class TooManyRejects(HeaderError):
+    """Reading stopped part-way: the file's rejected rows passed REJECT_LIMIT and REJECT_SHARE."""
 
 
 @dataclass
@@ -70,12 +86,27 @@ class Parsed:
     rejected: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def reject(self, lines, reasons) -> None:
-        lines, reasons = list(lines), list(reasons)
-        self.rejected += len(lines)
-        room = MAX_REJECTS_KEPT - len(self.rejects)
-        for line, reason in list(zip(lines, reasons))[: max(room, 0)]:
+    @property
+    def room(self) -> int:
+        """How many more reject reasons this file keeps."""
+        return max(MAX_REJECTS_KEPT - len(self.rejects), 0)
+
+    def reject(self, lines, reasons, count: int | None = None) -> None:
+        """Count `count` (default: all `lines`) rejected rows; keep reasons only while there is room."""
+        self.rejected += len(lines) if count is None else count
+        for line, reason in zip(np.asarray(lines)[: self.room], reasons):
             self.rejects.append(Reject(self.file, int(line), reason))
+
+    def check_reject_limit(self, last_line: int | None = None) -> None:
+        """Stop reading (TooManyRejects) once the rejects pass REJECT_LIMIT and REJECT_SHARE of the rows read."""
+        if self.rejected > REJECT_LIMIT and self.rejected > REJECT_SHARE * max(self.rows_read, 1):
+            where = f" at line {last_line}" if last_line else ""
+            first = "; ".join(f"line {r.line}: {r.reason}" for r in sorted(self.rejects, key=lambda r: r.line)[:3])
+            raise TooManyRejects(
+                f"{self.file}: stopped reading{where}: {self.rejected} of {self.rows_read} rows read were rejected "
+                f"(more than {REJECT_LIMIT} and {REJECT_SHARE:.0%}), so the whole file is rejected and nothing "
+                f"from it was loaded; first rejects: {first}"
+            )
 
     def summary(self, first: int = 20) -> dict:
         rejects = sorted(self.rejects, key=lambda r: r.line)
@@ -116,10 +147,37 @@ def _parse_header(first_line: str) -> list[str]:
         return []
 
 
+def _header_of(file: str, head: bytes) -> tuple[list[str], str, int]:
+    """The checked header of a file from its first bytes: (names, header text, bytes up to the first row).
+
+    Refuses at once (HeaderError) a file with no header, a header over
+    MAX_HEADER_BYTES or MAX_HEADER_FIELDS, or one without the file's columns,
+    so no work ever grows with a hostile header's width.
+    """
+    start = 3 if head.startswith(b"\xef\xbb\xbf") else 0
+    end = head.find(b"\n", start)
+    if end < 0:
+        end = len(head)
+    if end - start > MAX_HEADER_BYTES:
+        raise HeaderError(f"{file}: the header is longer than {MAX_HEADER_BYTES} bytes; expected the header "
+                          f"{','.join(COLUMNS[file])}")
+    first_line = head[start:end].decode("utf-8", errors="replace").rstrip("\r")
+    if first_line.count(",") >= MAX_HEADER_FIELDS:
+        raise HeaderError(f"{file}: the header has more than {MAX_HEADER_FIELDS} columns; expected the header "
+                          f"{','.join(COLUMNS[file])}")
+    header = _parse_header(first_line)
+    _check_header(file, header, first_line)
+    return header, first_line, min(end + 1, len(head))
+
+
 def _arrow_string_options(file: str, header: list[str], on_invalid_row):
     """pyarrow parse and convert options that read the expected columns as strings, with every
     physical line a row (blank ones too) and ragged rows handed to `on_invalid_row`."""
-    names = [name if name not in header[:i] else f"_dup{i}" for i, name in enumerate(header)]
+    seen: set[str] = set()
+    names = []
+    for i, name in enumerate(header):
+        names.append(name if name not in seen else f"_dup{i}")
+        seen.add(name)
     parse = pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid_row)
     convert = pa_csv.ConvertOptions(
         column_types={name: pa.string() for name in names},
@@ -138,7 +196,8 @@ def _check_header(file: str, header: list[str], raw_header: str) -> None:
             f"{file}: wrong header {raw_header[:200]!r}: expected columns {','.join(expected)} "
             f"(missing {', '.join(missing)}); check the file and its delimiter (comma)"
         )
-    duplicated = sorted({c for c in header if header.count(c) > 1 and c in expected})
+    counts = collections.Counter(header)
+    duplicated = sorted(c for c in expected if counts[c] > 1)
     if duplicated:
         raise HeaderError(f"{file}: header {raw_header[:200]!r} names {', '.join(duplicated)} more than once")
 
@@ -161,13 +220,28 @@ def _physical_lines(data: bytes) -> int:
     return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
-def _raw_rows_arrow(file: str, data: bytes, header: list[str]) -> RawRows | None:
-    """Read with pyarrow; None when it cannot (then the line-by-line reader takes over)."""
+def _raw_rows_arrow(file: str, data: bytes, header: list[str], first_line: int | None = None,
+                    parsed: Parsed | None = None) -> RawRows | None:
+    """Read with pyarrow; None when it cannot (then the line-by-line reader takes over).
+
+    With `first_line`, `data` is a block of data rows (no header) whose first
+    line is that line of the file; it is read on one thread so that ragged rows
+    have line numbers, and reading stops (TooManyRejects) as soon as the ragged
+    rows alone pass the reject limit of `parsed`.
+    """
     expected = COLUMNS[file]
     invalid: list[tuple[int | None, str, int]] = []
+    block = first_line is not None
+    offset = first_line - 1 if block else 0
+    stopped_at: list[int] = []
 
     def on_invalid_row(row) -> str:
-        invalid.append((row.number, row.text, row.actual_columns))
+        invalid.append((row.number, row.text[:200], row.actual_columns))
+        if parsed is not None and row.number is not None:
+            rejected = parsed.rejected + len(invalid)
+            if rejected > REJECT_LIMIT and rejected > REJECT_SHARE * (parsed.rows_read + row.number):
+                stopped_at.append(row.number)
+                return "error"
         return "skip"
 
     names, parse_options, convert_options = _arrow_string_options(file, header, on_invalid_row)
@@ -176,26 +250,33 @@ def _raw_rows_arrow(file: str, data: bytes, header: list[str]) -> RawRows | None
         invalid.clear()
         return pa_csv.read_csv(
             pa.BufferReader(data),  # zero-copy: no Python file reads
-            read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, use_threads=threads, block_size=1 << 24),
+            read_options=pa_csv.ReadOptions(skip_rows=0 if block else 1, column_names=names, use_threads=threads,
+                                            block_size=1 << 24),
             parse_options=parse_options,
             convert_options=convert_options,
         )
 
     try:
-        table = read(threads=True)
+        table = read(threads=not block)
         if invalid and any(number is None for number, _, _ in invalid):
             table = read(threads=False)  # only a single-threaded read knows invalid rows' line numbers
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        if stopped_at:
+            parsed.rows_read += stopped_at[0]
+            parsed.reject([offset + n for n, _, _ in invalid],
+                          (_shape_problem(header, expected, text, count) for _, text, count in invalid))
+            parsed.check_reject_limit(offset + stopped_at[0])
         return None
-    data_lines = _physical_lines(data) - 1
+    data_lines = _physical_lines(data) - (0 if block else 1)
     if table.num_rows + len(invalid) != data_lines or any(n is None for n, _, _ in invalid):
         return None
-    bad_lines = {number for number, _, _ in invalid}
+    first = offset + (1 if block else 2)
+    bad_lines = {offset + number for number, _, _ in invalid}
     if bad_lines:
-        all_lines = np.arange(2, data_lines + 2)
+        all_lines = np.arange(first, first + data_lines)
         line = all_lines[~np.isin(all_lines, list(bad_lines))]
     else:
-        line = np.arange(2, table.num_rows + 2)
+        line = np.arange(first, first + table.num_rows)
     columns = {name: table.column(name) for name in expected}
     raw = RawRows(columns, line.astype(np.int64), {})
     if invalid:
@@ -203,7 +284,7 @@ def _raw_rows_arrow(file: str, data: bytes, header: list[str]) -> RawRows | None
         nulls = pa.nulls(len(invalid), pa.string())
         raw = RawRows(
             {name: pa.chunked_array(columns[name].chunks + [nulls], pa.string()) for name in expected},
-            np.concatenate([raw.line, np.array([n for n, _, _ in invalid], dtype=np.int64)]),
+            np.concatenate([raw.line, np.array([offset + n for n, _, _ in invalid], dtype=np.int64)]),
             {
                 table.num_rows + i: _shape_problem(header, expected, text, count)
                 for i, (_, text, count) in enumerate(invalid)
@@ -221,15 +302,22 @@ def _shape_problem(header: list[str], expected: list[str], text: str, count: int
     return f"missing column {absent[0]}" if absent else f"expected {len(header)} fields, found {count}"
 
 
-def _raw_rows_python(file: str, text: str, header: list[str]) -> RawRows:
-    """Line-by-line reading that survives anything: undecodable bytes, quoted newlines, ragged rows."""
+def _raw_rows_python(file: str, lines: Iterable[str], header: list[str], first_line: int = 2,
+                     rows_per_block: int | None = None) -> Iterator[RawRows]:
+    """Line-by-line reading that survives anything: undecodable bytes, quoted newlines, ragged rows.
+
+    `lines` are the file's text lines after the header (`first_line` is the
+    first one's number); yields blocks of `rows_per_block` rows (or one block).
+    """
     expected = COLUMNS[file]
     positions = {name: header.index(name) for name in expected}
-    reader = csv.reader(io.StringIO(text, newline=""))
-    next(reader)
-    values: dict[str, list] = {name: [] for name in expected}
-    lines, problems = [], {}
-    line = reader.line_num + 1
+    reader = csv.reader(lines)
+
+    def new_block():
+        return {name: [] for name in expected}, [], {}
+
+    values, numbers, problems = new_block()
+    line = first_line
     while True:
         try:
             fields = next(reader)
@@ -241,17 +329,25 @@ def _raw_rows_python(file: str, text: str, header: list[str]) -> RawRows:
             problem = ""
             if any("\udc80" <= ch <= "\udcff" for value in fields for ch in value):
                 problem = "row is not valid UTF-8 text"
-            elif len(fields) != len(header) and any(field.strip() for field in fields):
+            elif len(fields) != len(header):  # ragged or blank: worded as the Arrow reader words it
                 problem = _shape_problem(header, expected, ",".join(fields), len(fields))
         if problem:
-            problems[len(lines)] = problem
+            problems[len(numbers)] = problem
         for name in expected:
             position = positions[name]
             values[name].append(None if problem or position >= len(fields) else fields[position])
-        lines.append(line)
-        line = reader.line_num + 1
-    columns = {name: pa.array(values[name], type=pa.string()) for name in expected}
-    return RawRows(columns, np.array(lines, dtype=np.int64), problems)
+        numbers.append(line)
+        line = first_line + reader.line_num
+        if rows_per_block and len(numbers) >= rows_per_block:
+            yield _python_block(values, numbers, problems)
+            values, numbers, problems = new_block()
+    if numbers or not rows_per_block:
+        yield _python_block(values, numbers, problems)
+
+
+def _python_block(values: dict, numbers: list, problems: dict) -> RawRows:
+    columns = {name: pa.array(column, type=pa.string()) for name, column in values.items()}
+    return RawRows(columns, np.array(numbers, dtype=np.int64), problems)
 
 
 def raw_rows(file: str, source: Source) -> RawRows:
@@ -261,14 +357,13 @@ def raw_rows(file: str, source: Source) -> RawRows:
         data = data[3:]
     if not data[:4096].strip(b" \t\r\n") and not data.strip(b" \t\r\n"):
         raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
-    end_of_header = data.find(b"\n")
-    first_line = data[: end_of_header if end_of_header >= 0 else len(data)].decode("utf-8", errors="replace").rstrip("\r")
-    header = _parse_header(first_line)
-    _check_header(file, header, first_line)
+    header, _, _ = _header_of(file, data[: MAX_HEADER_BYTES + 1])
     plain_ascii = _plain_ascii(data)
     raw = _raw_rows_arrow(file, data, header) if plain_ascii or _is_utf8(data) else None
     if raw is None:
-        raw = _raw_rows_python(file, data.decode("utf-8", errors="surrogateescape"), header)
+        text = io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline="")
+        next(text, None)  # the header
+        raw = next(_raw_rows_python(file, text, header))
     raw.plain_ascii = plain_ascii
     return raw
 
@@ -298,7 +393,9 @@ class Checker:
     def __init__(self, parsed: Parsed, raw: RawRows):
         self.parsed, self.raw = parsed, raw
         self.ok = np.ones(len(raw), dtype=bool)
-        self.reasons: dict[int, str] = dict(raw.problems)
+        # reasons are worded for at most the parsed file's remaining room: the rest are only counted
+        self.room = parsed.room
+        self.reasons: dict[int, str] = dict(list(raw.problems.items())[: self.room])
         if raw.problems:
             self.ok[list(raw.problems)] = False
         for name, column in raw.columns.items():
@@ -307,10 +404,8 @@ class Checker:
     def fail(self, mask: np.ndarray, reason) -> None:
         """Reject the rows still good where `mask` holds; `reason(i)` words it for row i."""
         newly = np.flatnonzero(self.ok & mask)
-        for i in newly[:MAX_REJECTS_KEPT]:
+        for i in newly[: max(self.room - len(self.reasons), 0)]:
             self.reasons[int(i)] = reason(int(i))
-        for i in newly[MAX_REJECTS_KEPT:]:
-            self.reasons[int(i)] = "rejected (reason not kept: too many rejects)"
         self.ok &= ~mask
 
     def value(self, name: str, i: int) -> str:
@@ -324,7 +419,7 @@ class Checker:
 
     def finish(self) -> np.ndarray:
         rows = sorted(self.reasons)
-        self.parsed.reject(self.raw.line[rows], [self.reasons[i] for i in rows])
+        self.parsed.reject(self.raw.line[rows], [self.reasons[i] for i in rows], count=int((~self.ok).sum()))
         return self.raw.line[self.ok]
 
 
@@ -361,8 +456,8 @@ def _check_store_ids(check: Checker) -> pa.Array:
     check.fail(empty, lambda i: "missing store_id")
     check.fail(_mask(pc.greater(pc.utf8_length(store_id), MAX_STORE_ID_LENGTH)),
                lambda i: f"store_id longer than {MAX_STORE_ID_LENGTH} characters")
-    if not check.raw.plain_ascii:
-        check.fail(~_mask(pc.utf8_is_printable(store_id)), lambda i: "store_id has control characters")
+    check.fail(~_mask(pc.match_substring_regex(store_id, STORE_ID_PATTERN)),
+               lambda i: f"store_id {check.value('store_id', i)} has characters other than {STORE_ID_CHARACTERS}")
     return store_id
 
 
@@ -461,10 +556,10 @@ def _later_row_wins(parsed: Parsed, frame: pd.DataFrame, key: list[str], value: 
         same &= earlier[column].to_numpy() == winner[column].to_numpy()
     parsed.reject(
         earlier["line"],
-        [
+        (  # worded lazily: only as many as the file keeps
             f"duplicate of line {w} (same {what})" if s else f"overridden by line {w} (same {what}, later row wins)"
             for s, w in zip(same, winner["line"].to_numpy())
-        ],
+        ),
     )
     return frame[last]
 
@@ -483,21 +578,123 @@ def _strings_of(array) -> pd.Series:
     return array.to_pandas()
 
 
+STATUS_WHOLE_FILE_BYTES = 1 << 27  # a polls file on disk up to 128 MB (about 2 million polls) is read in one go
+
+
+def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed:
+    """Read one file with `check_block` run on each block of rows and `combine` joining the blocks' results.
+
+    A file on disk is trusted to be a real export: it is read whole by
+    pyarrow's multi-threaded reader (a polls file over 128 MB block by block).
+    Bytes and streams (uploads) are always streamed block by block, so memory
+    grows with the rows kept, not with the file; either way reading stops once
+    the rejects pass REJECT_LIMIT and REJECT_SHARE (TooManyRejects).
+    """
+    on_disk = isinstance(source, (str, Path))
+    if on_disk and not (file == STATUS_FILE and Path(source).stat().st_size > STATUS_WHOLE_FILE_BYTES):
+        parsed, check = _start(file, source, label)
+        blocks = [check_block(check)]
+        parsed.check_reject_limit()
+    else:
+        parsed = Parsed(file=label, frame=pd.DataFrame())
+        blocks = []
+        stream = open(source, "rb") if on_disk else io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        try:
+            for raw in _stream_raw_rows(file, stream, parsed):
+                parsed.rows_read += len(raw)
+                blocks.append(check_block(Checker(parsed, raw)))
+                parsed.check_reject_limit(int(raw.line[-1]) if len(raw) else None)
+        finally:
+            if stream is not source:
+                stream.close()
+    parsed.frame = combine(parsed, blocks)
+    parsed.check_reject_limit()
+    return parsed
+
+
+def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[RawRows]:
+    """A file's data rows, BLOCK_BYTES of text at a time, each block cut at a line end.
+
+    Blocks go through pyarrow (single-threaded, so a ragged row's line number
+    is known); from the first block pyarrow cannot vouch for line by line
+    (bytes that are not UTF-8, a quoted line break) the `csv` module reads the
+    rest of the file, also block by block.  Always yields at least one block.
+    """
+    head = stream.read(MAX_HEADER_BYTES + 8)
+    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    if len(head) < MAX_HEADER_BYTES + 8 and not body.strip(b" \t\r\n"):
+        raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
+    header, _, consumed = _header_of(file, head)
+    pending, line, yielded = head[consumed:], 2, False
+    while True:
+        more = stream.read(BLOCK_BYTES)
+        if more:
+            pending += more
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0:
+                if len(pending) > MAX_LINE_BYTES:
+                    raise HeaderError(f"{file}: line {line} is longer than {MAX_LINE_BYTES} bytes, so this is not "
+                                      "a CSV export; the whole file is rejected")
+                continue
+            block, pending = pending[:cut], pending[cut:]
+        else:
+            block, pending = pending, b""
+            if not block:
+                break
+        plain = _plain_ascii(block)
+        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if plain or _is_utf8(block) else None
+        if raw is None:
+            rest = _lines_of(block + pending, stream)
+            for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
+                yielded = True
+                yield raw
+            return
+        raw.plain_ascii = plain
+        line += _physical_lines(block)
+        yielded = True
+        yield raw
+        if not more:
+            break
+    if not yielded:
+        yield _no_rows(file)
+
+
+PYTHON_BLOCK_ROWS = 1 << 16
+
+
+def _lines_of(first: bytes, stream: BinaryIO) -> Iterator[str]:
+    """Physical lines (split at b"\\n", ends kept) of `first` and then the rest of `stream`, as text,
+    one at a time (a block is never split into a list of all its lines)."""
+    pending = first
+    while True:
+        more = stream.read(BLOCK_BYTES)
+        if more:
+            pending += more
+        position = 0
+        while (end := pending.find(b"\n", position)) >= 0:
+            yield pending[position : end + 1].decode("utf-8", errors="surrogateescape")
+            position = end + 1
+        pending = pending[position:]
+        if not more:
+            if pending:
+                yield pending.decode("utf-8", errors="surrogateescape")
+            return
+        if len(pending) > MAX_LINE_BYTES:  # a monster line: the csv module reports it as too long a field
+            yield pending.decode("utf-8", errors="surrogateescape")
+            pending = b""
+
+
+def _no_rows(file: str) -> RawRows:
+    return RawRows({name: pa.array([], pa.string()) for name in COLUMNS[file]}, np.empty(0, np.int64), {}, True)
+
+
 def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
     """Polls: `store_id` (categorical), `timestamp_us` (int64), `active` (bool), `line`.
 
-    A large file on disk is read block by block, so memory grows with the polls
-    kept (about 20 bytes each) rather than with the file; anything that path
-    cannot vouch for line by line is read whole instead.  Smaller files are read
-    whole: one multi-threaded read is faster.
+    Memory grows with the polls kept (about 20 bytes each) when the file is
+    streamed (uploads, and files on disk over 128 MB), rather than with the file.
     """
-    if isinstance(source, (str, Path)) and Path(source).stat().st_size > STATUS_WHOLE_FILE_BYTES:
-        parsed = _read_store_status_in_blocks(Path(source), file)
-        if parsed is not None:
-            return parsed
-    parsed, check = _start(STATUS_FILE, source, file)
-    parsed.frame = _polls_frame(parsed, [_check_polls(check)])
-    return parsed
+    return _read(STATUS_FILE, source, file, _check_polls, _polls_frame)
 
 
 def _check_polls(check: Checker) -> dict:
@@ -544,67 +741,8 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-STATUS_BLOCK_BYTES = 1 << 25  # 32 MB of CSV text per block
-STATUS_WHOLE_FILE_BYTES = 1 << 27  # files up to 128 MB (about 2 million polls) are read in one go
-
-
-def _scan_file(path: Path) -> tuple[int, bool, bytes]:
-    """Physical line count, whether the bytes are plain printable ASCII, and the first 64 KB."""
-    lines, plain, head, last = 0, True, b"", b""
-    with path.open("rb") as handle:
-        while chunk := handle.read(STATUS_BLOCK_BYTES):
-            if not head:
-                head = chunk[:65536]
-            lines += chunk.count(b"\n")
-            plain = plain and _plain_ascii(chunk)
-            last = chunk[-1:]
-    if last and last != b"\n":
-        lines += 1
-    return lines, plain, head
-
-
-def _read_store_status_in_blocks(path: Path, file: str) -> Parsed | None:
-    """The block-by-block reader; None when the file needs the whole-file reader."""
-    lines, plain, head = _scan_file(path)
-    if not plain or not head:
-        return None  # undecodable or unusual bytes, or an empty file: the careful reader says why
-    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    first_line = body.split(b"\n", 1)[0].decode("ascii").rstrip("\r")
-    header = _parse_header(first_line)
-    _check_header(STATUS_FILE, header, first_line)
-    invalid = []
-
-    def on_invalid_row(row) -> str:
-        invalid.append(row)
-        return "skip"
-
-    names, parse_options, convert_options = _arrow_string_options(STATUS_FILE, header, on_invalid_row)
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, block_size=STATUS_BLOCK_BYTES),
-        parse_options=parse_options,
-        convert_options=convert_options,
-    )
-    parsed = Parsed(file=file, frame=pd.DataFrame())
-    blocks, first_line_number = [], 2
-    for batch in reader:
-        if invalid:
-            return None  # a ragged row: only the whole-file readers know its line number
-        raw = RawRows({name: batch.column(name) for name in COLUMNS[STATUS_FILE]},
-                      np.arange(first_line_number, first_line_number + batch.num_rows, dtype=np.int64), {})
-        raw.plain_ascii = True
-        blocks.append(_check_polls(Checker(parsed, raw)))
-        first_line_number += batch.num_rows
-    parsed.rows_read = first_line_number - 2
-    if invalid or parsed.rows_read != lines - 1:
-        return None  # rows and lines do not match up (quoted line breaks): line numbers would be wrong
-    parsed.frame = _polls_frame(parsed, blocks)
-    return parsed
-
-
-def read_menu_hours(source: Source, file: str = HOURS_FILE) -> Parsed:
-    """Business hours: `store_id`, `day`, `start_s`, `end_s` (seconds after midnight), `line`."""
-    parsed, check = _start(HOURS_FILE, source, file)
+def _check_hours(check: Checker) -> dict:
+    """Run the business-hours checks on one block of rows; returns its good rows."""
     store_id = _check_store_ids(check)
     day_text = check.trimmed("day")
     is_day = _mask(pc.match_substring_regex(day_text, r"^[0-6]$"))
@@ -617,18 +755,24 @@ def read_menu_hours(source: Source, file: str = HOURS_FILE) -> Parsed:
         check.fail(seconds[column] < 0,
                    lambda i, c=column: f"bad time {check.value(c, i)} in {c} (expected HH:MM:SS)")
     line = check.finish()
-    frame = pd.DataFrame(
-        {
-            "store_id": _strings_of(check.good(store_id)),
-            "day": day[check.ok],
-            "start_s": seconds["start_time_local"][check.ok],
-            "end_s": seconds["end_time_local"][check.ok],
-            "line": line,
-        }
-    )
+    return {
+        "store_id": _strings_of(check.good(store_id)),
+        "day": day[check.ok],
+        "start_s": seconds["start_time_local"][check.ok],
+        "end_s": seconds["end_time_local"][check.ok],
+        "line": line,
+    }
+
+
+def _hours_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    frame = pd.concat([pd.DataFrame(block) for block in blocks], ignore_index=True)
     frame = _later_row_wins(parsed, frame, ["store_id", "day", "start_s", "end_s"], [], "store, day and hours")
-    parsed.frame = frame.reset_index(drop=True)
-    return parsed
+    return frame.reset_index(drop=True)
+
+
+def read_menu_hours(source: Source, file: str = HOURS_FILE) -> Parsed:
+    """Business hours: `store_id`, `day`, `start_s`, `end_s` (seconds after midnight), `line`."""
+    return _read(HOURS_FILE, source, file, _check_hours, _hours_frame)
 
 
 def hms(seconds: int) -> str:
@@ -636,9 +780,8 @@ def hms(seconds: int) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def read_timezones(source: Source, file: str = ZONES_FILE) -> Parsed:
-    """Zones: `store_id`, `timezone_str`, `line` (one row per store, the later row wins)."""
-    parsed, check = _start(ZONES_FILE, source, file)
+def _check_zones(check: Checker) -> dict:
+    """Run the time-zone checks on one block of rows; returns its good rows."""
     store_id = _check_store_ids(check)
     zone = check.trimmed("timezone_str")
     names = pc.unique(zone).to_pylist()
@@ -646,12 +789,18 @@ def read_timezones(source: Source, file: str = ZONES_FILE) -> Parsed:
     check.fail(~_mask(pc.is_in(zone, valid_names)),
                lambda i: f"unknown timezone name {check.value('timezone_str', i)}")
     line = check.finish()
-    frame = pd.DataFrame(
-        {"store_id": _strings_of(check.good(store_id)), "timezone_str": _strings_of(check.good(zone)), "line": line}
-    )
+    return {"store_id": _strings_of(check.good(store_id)), "timezone_str": _strings_of(check.good(zone)), "line": line}
+
+
+def _zones_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    frame = pd.concat([pd.DataFrame(block) for block in blocks], ignore_index=True)
     frame = _later_row_wins(parsed, frame, ["store_id"], ["timezone_str"], "store_id")
-    parsed.frame = frame.reset_index(drop=True)
-    return parsed
+    return frame.reset_index(drop=True)
+
+
+def read_timezones(source: Source, file: str = ZONES_FILE) -> Parsed:
+    """Zones: `store_id`, `timezone_str`, `line` (one row per store, the later row wins)."""
+    return _read(ZONES_FILE, source, file, _check_zones, _zones_frame)
 
 
 READERS = {STATUS_FILE: read_store_status, HOURS_FILE: read_menu_hours, ZONES_FILE: read_timezones}

@@ -136,6 +136,13 @@ def _aware(value):
     return value
 
 
+def _raise_unless_duplicates(error: BulkWriteError) -> None:
+    """Duplicate keys (11000) are expected on re-loads; any other write or write-concern error is raised."""
+    others = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
+    if others or error.details.get("writeConcernErrors"):
+        raise error
+
+
 def _key_of(spec) -> list[tuple[str, object]]:
     """An index key as a comparable list: directions 1.0 and 1 are the same."""
     items = spec.items() if hasattr(spec, "items") else spec
@@ -243,6 +250,7 @@ class MongoStore(database.Store):
         self.maintenance_first_pause = 1.0
         self._server_selection_ms = server_selection_ms
         self._client = None
+        self._db = None
         self._client_lock = threading.Lock()
         self._resolving_in_background = False
         self._indexes_ready = threading.Event()
@@ -276,7 +284,11 @@ class MongoStore(database.Store):
 
     @property
     def db(self):
-        return self.client[self.name]
+        return self._db if self._db is not None else self.client[self.name]
+
+    @db.setter
+    def db(self, value) -> None:  # tests put a wrapped database in its place
+        self._db = value
 
     # ----- lifecycle
 
@@ -373,31 +385,43 @@ class MongoStore(database.Store):
 
     def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
         self._before_writing()
+        # into an empty collection plain inserts are the fast bulk path (the file holds each key once)
+        fresh = self.db[STATUS].count_documents({}, limit=1) == 0
         for start in range(0, len(frame), database.BATCH_SIZE):
             part = frame.iloc[start : start + database.BATCH_SIZE]
-            self._upsert_polls(part)
+            self._write_polls(part, fresh)
             on_rows(len(part))
         return len(frame)
 
     @retried
-    def _upsert_polls(self, part: pd.DataFrame) -> None:
+    def _write_polls(self, part: pd.DataFrame, fresh: bool) -> None:
+        """One batch of polls; idempotent, so retried whole: keys already there (a first attempt's, or a
+        racing load's) are upserted, and the newest load wins for a key."""
+        collection = self.db[STATUS]
         stamps = part["timestamp_us"].to_numpy(dtype=np.int64)
         whole_ms = pd.to_datetime(stamps // 1000 * 1000, unit="us", utc=True).to_pydatetime()
-        operations = [
-            UpdateOne(
-                {"store_id": store_id, "timestamp_us": int(stamp)},
-                {"$set": {"status": "active" if active else "inactive", "timestamp_utc": when}},
-                upsert=True,
-            )
+        docs = [
+            {"store_id": store_id, "timestamp_us": int(stamp), "timestamp_utc": when,
+             "status": "active" if active else "inactive"}
             for store_id, active, when, stamp in zip(part["store_id"], part["active"], whole_ms, stamps)
         ]
-        try:
-            self.db[STATUS].bulk_write(operations, ordered=False)
-        except BulkWriteError as error:
-            # two upserts of a new key racing each other: the loser's row is already there
-            others = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
-            if others or error.details.get("writeConcernErrors"):
-                raise
+        if fresh:
+            try:
+                collection.insert_many(docs, ordered=False)
+                docs = []
+            except BulkWriteError as error:
+                _raise_unless_duplicates(error)
+                docs = [docs[e["index"]] for e in error.details["writeErrors"]]  # already there: upsert them
+        if docs:
+            operations = [
+                UpdateOne({"store_id": d["store_id"], "timestamp_us": d["timestamp_us"]},
+                          {"$set": {"status": d["status"], "timestamp_utc": d["timestamp_utc"]}}, upsert=True)
+                for d in docs
+            ]
+            try:
+                collection.bulk_write(operations, ordered=False)
+            except BulkWriteError as error:
+                _raise_unless_duplicates(error)  # two upserts of one new key racing: the row is there
 
     @retried
     def _replace_batch(self, collection_name: str, store_batch: list[str], rows: list[dict]) -> None:
@@ -453,11 +477,6 @@ class MongoStore(database.Store):
         # the time condition comes first: the server does not mind, and mongomock tests keys in order
         return {"timestamp_us": {"$gte": reach, "$lte": int(now_us)}, "store_id": {"$in": store_ids}}
 
-    def _last_poll_before(self, store_id: str, reach: int) -> dict | None:
-        """The newest poll of one store before `reach`: the unique index read backwards, one key examined."""
-        return self.db[STATUS].find_one({"store_id": store_id, "timestamp_us": {"$lt": reach}}, POLL_PROJECTION,
-                                        sort=[("store_id", DESCENDING), ("timestamp_us", DESCENDING)])
-
     @retried
     def read_chunk(self, store_ids: list[str], since_us: int, now_us: int):
         reach = int(since_us) - database.LOOKBACK_US
@@ -469,8 +488,19 @@ class MongoStore(database.Store):
             recent = polls_from_documents(self.db[STATUS].find(query, POLL_PROJECTION, batch_size=READ_BATCH_SIZE))
         stamps = recent["timestamp_us"].to_numpy()
         has_earlier = set(recent["store_id"].to_numpy()[stamps < since_us])
-        older = [self._last_poll_before(store_id, reach) for store_id in store_ids if store_id not in has_earlier]
-        older = [doc for doc in older if doc is not None]
+        missing = [store_id for store_id in store_ids if store_id not in has_earlier]
+        older = []
+        if missing:
+            # each store's newest poll before the look-back: sorted in the (store_id, timestamp_us) index's
+            # reverse order, so $group's $first takes it from the index without an in-memory sort
+            pipeline = [
+                {"$match": {"store_id": {"$in": missing}, "timestamp_us": {"$lt": reach}}},
+                {"$sort": {"store_id": -1, "timestamp_us": -1}},
+                {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},
+                            "status": {"$first": "$status"}}},
+            ]
+            older = [{"store_id": d["_id"], "timestamp_us": d["timestamp_us"], "status": d["status"]}
+                     for d in self.db[STATUS].aggregate(pipeline, allowDiskUse=True)]
         polls = pd.concat([recent, polls_from_documents(older)], ignore_index=True) if older else recent
 
         hour_docs = self.db[HOURS].find(
@@ -595,6 +625,20 @@ class MongoStore(database.Store):
     def list_reports(self, skip: int = 0, limit: int = 20) -> list[dict]:
         cursor = self.db[REPORTS].find({}, REPORT_FIELDS).sort([("created_at", DESCENDING), ("_id", DESCENDING)])
         return [self._record(doc) for doc in cursor.skip(skip).limit(limit)]
+
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        finished = {"status": {"$in": ["Complete", "Failed"]}}
+        reports = self.db[REPORTS]
+        old = reports.find({**finished, "finished_at": {"$lt": finished_before}}, {"_id": 0, "report_id": 1})
+        beyond = reports.find(finished, {"_id": 0, "report_id": 1}).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).skip(max(keep_newest, 0))
+        ids = sorted({doc["report_id"] for doc in old} | {doc["report_id"] for doc in beyond})
+        for start in range(0, len(ids), database.BATCH_SIZE):
+            batch = ids[start : start + database.BATCH_SIZE]
+            # the record goes first: a report is never listed without its CSV
+            reports.delete_many({"report_id": {"$in": batch}, **finished})
+            self.db[REPORT_CHUNKS].delete_many({"report_id": {"$in": batch}})
+        return ids
 
     def read_report_csv(self, report: dict) -> bytes:
         chunks = self.db[REPORT_CHUNKS].find({"report_id": report["report_id"]}, {"_id": 0, "n": 1, "data": 1})

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
 WRITE_BATCH_ROWS = 50_000  # rows per transaction on ingest
+BULK_CACHE_KIB = -262_144  # page cache of a connection while it loads polls: 256 MB (negative: in KiB)
+DEFAULT_CACHE_KIB = -2_000  # SQLite's default page cache, 2 MB
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {STATUS} (
@@ -66,6 +68,7 @@ CREATE TABLE IF NOT EXISTS {REPORTS} (
     as_of_us INTEGER,
     progress_done INTEGER NOT NULL DEFAULT 0,
     progress_total INTEGER,
+    progress_phase TEXT,
     row_count INTEGER,
     error TEXT,
     csv_bytes INTEGER
@@ -82,15 +85,16 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
+TIME_INDEX = f"{STATUS}_time"
 INDEXES = {
-    f"{STATUS}_time": f"CREATE INDEX {STATUS}_time ON {STATUS} (timestamp_us)",
+    TIME_INDEX: f"CREATE INDEX {STATUS}_time ON {STATUS} (timestamp_us)",
     f"{HOURS}_store": f"CREATE INDEX {HOURS}_store ON {HOURS} (store_id)",
     f"{REPORTS}_created": f"CREATE INDEX {REPORTS}_created ON {REPORTS} (created_us DESC, report_id DESC)",
     f"{REPORTS}_status_heartbeat": f"CREATE INDEX {REPORTS}_status_heartbeat ON {REPORTS} (status, heartbeat_us)",
 }
 
 REPORT_COLUMNS = ("report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
-                  "progress_done, progress_total, row_count, error, csv_bytes")
+                  "progress_done, progress_total, progress_phase, row_count, error, csv_bytes")
 
 
 def _now_us() -> int:
@@ -197,15 +201,37 @@ class SqliteStore(database.Store):
     def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
         statement = (f"INSERT INTO {STATUS} (store_id, timestamp_us, status) VALUES (?, ?, ?) "
                      "ON CONFLICT (store_id, timestamp_us) DO UPDATE SET status = excluded.status")
-        store_ids = frame["store_id"].astype(object).to_numpy()
-        stamps = frame["timestamp_us"].to_numpy(dtype=np.int64)
-        status = np.where(frame["active"].to_numpy(dtype=bool), "active", "inactive").astype(object)
-        for start in range(0, len(frame), WRITE_BATCH_ROWS):
-            end = start + WRITE_BATCH_ROWS
-            rows = zip(store_ids[start:end].tolist(), stamps[start:end].tolist(), status[start:end].tolist())
+        if frame.empty:
+            return 0
+        # rows go in in key order, so the table's B-tree fills page after page instead of touching a
+        # random page for each row; of two rows with one key the later still goes in later, and wins
+        codes, names = pd.factorize(frame["store_id"], sort=True)
+        codes, stamps, active = utils._sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
+                                                    frame["active"].to_numpy(dtype=bool))
+        names = np.asarray(names, dtype=object)
+        status = np.array(["inactive", "active"], dtype=object)
+        connection = self._connection()
+        # into an empty table the time index is built once at the end, which is several times faster
+        # than keeping it up to date row by row (a crash in between leaves it to `migrate` at the next start)
+        rebuild_index = connection.execute(f"SELECT 1 FROM {STATUS} LIMIT 1").fetchone() is None
+        if rebuild_index:
             with self._write() as write:
-                write.executemany(statement, rows)
-            on_rows(min(end, len(frame)) - start)
+                write.execute(f"DROP INDEX IF EXISTS {TIME_INDEX}")
+        connection.execute(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
+        try:
+            for start in range(0, len(frame), WRITE_BATCH_ROWS):
+                end = start + WRITE_BATCH_ROWS
+                # Python objects for one batch at a time (for every row at once: hundreds of MB at 15M polls)
+                rows = zip(names[codes[start:end]].tolist(), stamps[start:end].tolist(),
+                           status[active[start:end].astype(np.int8)].tolist())
+                with self._write() as write:
+                    write.executemany(statement, rows)
+                on_rows(min(end, len(frame)) - start)
+        finally:
+            if rebuild_index:
+                with self._write() as write:
+                    write.execute(INDEXES[TIME_INDEX].replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+            connection.execute(f"PRAGMA cache_size = {DEFAULT_CACHE_KIB}")
         return len(frame)
 
     def _replace_by_store(self, table: str, columns: tuple[str, ...], rows: list[tuple], on_rows: Progress) -> None:
@@ -218,8 +244,11 @@ class SqliteStore(database.Store):
         on_rows(len(rows))
 
     def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
-        rows = [(s, int(d), sources.hms(a), sources.hms(b))
-                for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_s"], frame["end_s"])]
+        # each distinct time of day is formatted once (there are few: most hours are on the hour)
+        times, index = np.unique(frame[["start_s", "end_s"]].to_numpy(dtype=np.int64), return_inverse=True)
+        text = np.array([sources.hms(int(t)) for t in times], dtype=object)[index.reshape(-1, 2)]
+        rows = list(zip(frame["store_id"].astype(object).tolist(), frame["day"].astype(int).tolist(),
+                        text[:, 0].tolist(), text[:, 1].tolist()))
         if rows:
             self._replace_by_store(HOURS, ("store_id", "day", "start_time_local", "end_time_local"), rows, on_rows)
         return len(rows)
@@ -250,52 +279,71 @@ class SqliteStore(database.Store):
         """
         return [row[0] for row in self._connection().execute(query, (int(now_us),))]
 
-    # the queries of one chunk; tests check their plans with EXPLAIN QUERY PLAN
+    # The queries of one chunk; tests check their plans with EXPLAIN QUERY PLAN.  The polls come back
+    # as comma-separated numbers in one row, not as a row a poll: numpy reads the text far faster than
+    # Python builds a million row tuples.  Each poll is `position * 2 + active`, where position is
+    # the store's place in the chunk's list (json_each's key), and its timestamp; the two aggregates
+    # of one query see the rows in the same order, and count(*) checks the texts are read whole.
     CHUNK_POLLS = f"""
-        SELECT s.store_id, s.timestamp_us, s.status = 'active'
-        FROM json_each(?) AS j CROSS JOIN {STATUS} AS s
-        WHERE s.store_id = j.value AND s.timestamp_us >= ? AND s.timestamp_us <= ?
+        SELECT count(*), group_concat(j.key * 2 + (s.status = 'active')), group_concat(s.timestamp_us)
+        FROM json_each(:ids) AS j CROSS JOIN {STATUS} AS s
+        WHERE s.store_id = j.value AND s.timestamp_us >= :since AND s.timestamp_us <= :now
     """
     CHUNK_EARLIER_POLLS = f"""
-        SELECT s.store_id, s.timestamp_us, s.status = 'active'
-        FROM json_each(?) AS j CROSS JOIN {STATUS} AS s
+        SELECT count(*), group_concat(j.key * 2 + (s.status = 'active')), group_concat(s.timestamp_us)
+        FROM json_each(:ids) AS j CROSS JOIN {STATUS} AS s
         WHERE s.store_id = j.value AND s.timestamp_us = (
             SELECT t.timestamp_us FROM {STATUS} AS t
-            WHERE t.store_id = j.value AND t.timestamp_us < ? ORDER BY t.timestamp_us DESC LIMIT 1)
+            WHERE t.store_id = j.value AND t.timestamp_us < :since ORDER BY t.timestamp_us DESC LIMIT 1)
     """
     CHUNK_HOURS = f"""
-        SELECT h.store_id, h.day, h.start_time_local, h.end_time_local
-        FROM json_each(?) AS j CROSS JOIN {HOURS} AS h WHERE h.store_id = j.value
+        SELECT j.key, h.day, h.start_time_local, h.end_time_local
+        FROM json_each(:ids) AS j CROSS JOIN {HOURS} AS h WHERE h.store_id = j.value
     """
     CHUNK_ZONES = f"""
-        SELECT z.store_id, z.timezone_str
-        FROM json_each(?) AS j CROSS JOIN {ZONES} AS z WHERE z.store_id = j.value
+        SELECT j.key, z.timezone_str
+        FROM json_each(:ids) AS j CROSS JOIN {ZONES} AS z WHERE z.store_id = j.value
     """
 
+    @staticmethod
+    def _numbers(text: str | None, count: int) -> np.ndarray:
+        """The int64 values of a comma-separated text of `count` integers (None when there are none)."""
+        if not count:
+            return np.empty(0, dtype=np.int64)
+        values = np.fromstring(text, dtype=np.int64, sep=",")
+        if len(values) != count:
+            raise ValueError(f"expected {count} numbers from the database, read {len(values)}")
+        return values
+
     def read_chunk(self, store_ids: list[str], since_us: int, now_us: int):
-        ids = json.dumps(list(store_ids))
+        ids = list(store_ids)
+        window = {"ids": json.dumps(ids), "since": int(since_us), "now": int(now_us)}
         with self._read() as read:
-            rows = read.execute(self.CHUNK_POLLS, (ids, int(since_us), int(now_us))).fetchall()
-            rows += read.execute(self.CHUNK_EARLIER_POLLS, (ids, int(since_us))).fetchall()
-            hour_rows = read.execute(self.CHUNK_HOURS, (ids,)).fetchall()
-            zone_rows = read.execute(self.CHUNK_ZONES, (ids,)).fetchall()
-        if rows:
-            store, stamp, active = zip(*rows)
-        else:
-            store, stamp, active = (), (), ()
+            texts = [read.execute(query, window).fetchone()
+                     for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
+            hour_rows = read.execute(self.CHUNK_HOURS, window).fetchall()
+            zone_rows = read.execute(self.CHUNK_ZONES, window).fetchall()
+        coded = np.concatenate([self._numbers(keys, count) for count, keys, _ in texts])
+        stamps = np.concatenate([self._numbers(stamps, count) for count, _, stamps in texts])
+        # store ids as a categorical over the chunk's sorted, distinct ids, as sources.read_store_status gives them
+        id_array = np.array(ids, dtype=object)
+        names, category = np.unique(id_array, return_inverse=True)
         polls = pd.DataFrame({
-            "store_id": np.array(store, dtype=object),
-            "timestamp_us": np.array(stamp, dtype=np.int64),
-            "active": np.array(active, dtype=bool),
+            "store_id": pd.Categorical.from_codes(category[coded >> 1], categories=pd.Index(names, dtype=object)),
+            "timestamp_us": stamps,
+            "active": (coded & 1).astype(bool),
         })
-        hours = pd.DataFrame(hour_rows, columns=["store_id", "day", "start_time_local", "end_time_local"])
+        position, day, start, end = zip(*hour_rows) if hour_rows else ((), (), (), ())
         hours = pd.DataFrame({
-            "store_id": hours["store_id"].astype(object),
-            "day": hours["day"].astype(np.int64),
-            "start_s": sources.parse_time_of_day(hours["start_time_local"]).astype(np.int64),
-            "end_s": sources.parse_time_of_day(hours["end_time_local"]).astype(np.int64),
+            "store_id": id_array[np.asarray(position, dtype=np.int64)],
+            "day": np.asarray(day, dtype=np.int64),
+            "start_s": sources.parse_time_of_day(start).astype(np.int64),
+            "end_s": sources.parse_time_of_day(end).astype(np.int64),
         })
-        zones = pd.DataFrame(zone_rows, columns=["store_id", "timezone_str"])
+        zones = pd.DataFrame({
+            "store_id": id_array[np.array([p for p, _ in zone_rows], dtype=np.int64)],
+            "timezone_str": np.array([zone for _, zone in zone_rows], dtype=object),
+        })
         return polls, hours, zones
 
     # ----- reports
@@ -315,8 +363,8 @@ class SqliteStore(database.Store):
             sets.append("as_of_us = ?")
             values.append(int(as_of_us))
         if progress is not None:
-            sets += ["progress_done = ?", "progress_total = ?"]
-            values += [int(progress["done"]), progress.get("total")]
+            sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
+            values += [int(progress["done"]), progress.get("total"), progress.get("phase")]
         self._connection().execute(
             f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
             (*values, report_id),
@@ -362,12 +410,15 @@ class SqliteStore(database.Store):
     def _record(row) -> dict | None:
         if row is None:
             return None
-        (report_id, status, created, heartbeat, finished, requested, as_of, done, total, row_count, error,
+        (report_id, status, created, heartbeat, finished, requested, as_of, done, total, phase, row_count, error,
          csv_bytes) = row
+        progress = {"done": done, "total": total}
+        if phase is not None:
+            progress["phase"] = phase
         return {
             "report_id": report_id, "status": status, "created_at": _datetime(created),
             "heartbeat_at": _datetime(heartbeat), "finished_at": _datetime(finished),
-            "requested_as_of_us": requested, "as_of_us": as_of, "progress": {"done": done, "total": total},
+            "requested_as_of_us": requested, "as_of_us": as_of, "progress": progress,
             "row_count": row_count, "error": error, "csv_bytes": csv_bytes,
         }
 
@@ -385,6 +436,19 @@ class SqliteStore(database.Store):
             (limit, skip),
         ).fetchall()
         return [self._record(row) for row in rows]
+
+    def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        cutoff = utils.datetime_to_us(finished_before)
+        with self._write() as write:
+            ids = sorted({report_id for (report_id,) in write.execute(
+                f"SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') AND finished_us < ? "
+                f"UNION SELECT report_id FROM (SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') "
+                "ORDER BY created_us DESC, report_id DESC LIMIT -1 OFFSET ?)",
+                (cutoff, max(keep_newest, 0)))})
+            chosen = json.dumps(ids)
+            write.execute(f"DELETE FROM {REPORTS} WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
+            write.execute("DELETE FROM reportCsv WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
+        return ids
 
     def read_report_csv(self, report: dict) -> bytes:
         row = self._connection().execute("SELECT data FROM reportCsv WHERE report_id = ?",

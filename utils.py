@@ -80,11 +80,14 @@ def is_valid_timezone(name: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
-def _zone(name: str) -> ZoneInfo:
+def _load_zone(name: str) -> ZoneInfo:
     if not isinstance(name, str) or not name or name.strip() != name:
         raise ValueError(f"invalid time zone name {name!r}")
     return ZoneInfo(name)
+
+
+# memoised by wrapping rather than decorating: mutmut leaves decorated functions unmutated
+_zone = lru_cache(maxsize=None)(_load_zone)
 
 
 def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
@@ -92,8 +95,7 @@ def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
     return int(instant.astimezone(zone).utcoffset().total_seconds())
 
 
-@lru_cache(maxsize=4096)
-def zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """UTC offset segments of zone `name` between two epoch seconds.
 
     Returns `(transitions, offsets)`: `offsets[k]` (seconds) holds from
@@ -124,6 +126,9 @@ def zone_transitions(name: str, start_s: int, end_s: int) -> tuple[tuple[int, ..
         transitions.append(hi)
         offsets.append(after)
     return tuple(transitions), tuple(offsets)
+
+
+zone_transitions = lru_cache(maxsize=4096)(_zone_transitions)  # wrapped, not decorated: see _zone
 
 
 def local_to_utc_ticks(local_ticks: np.ndarray, transitions_s, offsets_s) -> np.ndarray:
@@ -466,3 +471,121 @@ def to_report_units(ticks: pd.DataFrame) -> pd.DataFrame:
 def uptime_report(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int) -> pd.DataFrame:
     """The report (see `uptime_ticks` for the inputs) in its published units."""
     return to_report_units(uptime_ticks(polls, hours, zones, now_us))
+
+
+# --------------------------------------------------------------------------- one store's week
+
+
+@dataclass(frozen=True)
+class StoreTimeline:
+    """One store's week behind its report row, every instant in ticks (see `store_timeline`).
+
+    `windows` maps hour/day/week to `(start, end)`; business hours are merged
+    intervals clipped to the week; `poll_*` are the deciding polls in time
+    order (one per instant, the later row's status); segments are business
+    time in the week split by status, touching segments of one status merged.
+    """
+
+    timezone: str
+    windows: dict[str, tuple[int, int]]
+    business_open: np.ndarray
+    business_close: np.ndarray
+    poll_ticks: np.ndarray
+    poll_active: np.ndarray
+    segment_start: np.ndarray
+    segment_end: np.ndarray
+    segment_active: np.ndarray
+
+
+def store_timeline(
+    poll_us: np.ndarray,
+    poll_active: np.ndarray,
+    hour_day: np.ndarray,
+    hour_start_s: np.ndarray,
+    hour_end_s: np.ndarray,
+    timezone: str | None,
+    now_us: int,
+) -> StoreTimeline:
+    """The week of one store as the engine sees it: business hours, deciding polls, status segments.
+
+    Takes the store's polls (µs since the epoch, in load order: of two rows at
+    one instant the later wins; polls after `now_us` are ignored), its
+    business-hour rows (weekday, start and end seconds after local midnight;
+    none means open all week) and its zone (None means America/Chicago).
+    Uses the engine's own pieces (`business_intervals_utc`, `merge_intervals`,
+    `poll_spans`), so the segments inside each window add up, to the tick, to
+    `coded_uptime_ticks` for that store.  Deciding polls are those in the week
+    window plus the nearest one on each side (after the window only a poll at
+    `now_us` itself can exist).
+
+    Examples
+    --------
+    >>> hour = 3_600_000_000  # µs; the timeline is in ticks (half-µs)
+    >>> polls = np.array([10 * hour, 11 * hour])
+    >>> t = store_timeline(polls, [True, False], [3], [9 * 3600], [12 * 3600], "UTC", 12 * hour)
+    >>> minute = 2 * 60_000_000  # ticks
+    >>> [(int(a) // minute, int(b) // minute, bool(s))
+    ...  for a, b, s in zip(t.segment_start, t.segment_end, t.segment_active)]
+    [(540, 630, True), (630, 720, False)]
+    """
+    zone = timezone or DEFAULT_TIMEZONE
+    now = int(now_us) * TICKS_PER_US
+    origin = now - WEEK_US * TICKS_PER_US
+    windows = {
+        "hour": (now - HOUR_US * TICKS_PER_US, now),
+        "day": (now - DAY_US * TICKS_PER_US, now),
+        "week": (origin, now),
+    }
+
+    # business hours in the week, merged (open all week without rows)
+    hour_day = np.asarray(hour_day, dtype=np.int64)
+    if hour_day.size:
+        _, opens, closes = business_intervals_utc(
+            np.zeros(hour_day.size, np.int64), hour_day, hour_start_s, hour_end_s,
+            np.full(hour_day.size, zone, dtype=object), origin, now,
+        )
+        opens, closes = merge_intervals(np.clip(opens, origin, now), np.clip(closes, origin, now))
+    else:
+        opens, closes = np.array([origin], np.int64), np.array([now], np.int64)
+
+    # polls at or before now in time order, one per instant (the later row's status)
+    stamps = np.asarray(poll_us, dtype=np.int64)
+    active = np.asarray(poll_active, dtype=bool)
+    kept = stamps <= int(now_us)
+    _, stamps, active = _sorted_polls(np.zeros(int(kept.sum()), np.int64), stamps[kept], active[kept])
+    last_of_instant = np.ones(stamps.size, dtype=bool)
+    last_of_instant[:-1] = stamps[1:] != stamps[:-1]
+    ticks, active = stamps[last_of_instant] * TICKS_PER_US, active[last_of_instant]
+    first_in, last_in = np.searchsorted(ticks, [origin, now])  # polls in [origin, now)
+    deciding = slice(max(first_in - 1, 0), min(last_in + 1, ticks.size))
+
+    # business intervals cut by the polls' spans: instant t belongs to the last poll whose span begins at or before t
+    if ticks.size and opens.size:
+        begin, end = poll_spans(np.zeros(ticks.size, np.int64), ticks)
+        first_poll = np.searchsorted(begin, opens, side="right") - 1
+        last_poll = np.searchsorted(begin, closes - 1, side="right") - 1
+        pieces = last_poll - first_poll + 1
+        interval = np.repeat(np.arange(opens.size), pieces)
+        poll = np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces) + first_poll[interval]
+        start = np.maximum(opens[interval], begin[poll])
+        stop = np.minimum(closes[interval], end[poll])
+        status = active[poll]
+        joins = np.zeros(start.size, dtype=bool)
+        joins[1:] = (start[1:] == stop[:-1]) & (status[1:] == status[:-1])
+        first = np.flatnonzero(~joins)
+        last = np.append(first[1:], start.size) - 1
+        start, stop, status = start[first], stop[last], status[first]
+    else:
+        start = stop = np.empty(0, np.int64)
+        status = np.empty(0, bool)
+    return StoreTimeline(zone, windows, opens, closes, ticks[deciding], active[deciding], start, stop, status)
+
+
+def timeline_totals(timeline: StoreTimeline) -> dict[str, int]:
+    """Uptime and downtime ticks per window from a timeline's segments (REPORT_COLUMNS' names)."""
+    totals = {}
+    for name, (low, high) in timeline.windows.items():
+        inside = np.maximum(np.minimum(timeline.segment_end, high) - np.maximum(timeline.segment_start, low), 0)
+        totals[f"uptime_last_{name}"] = int(inside[timeline.segment_active].sum())
+        totals[f"downtime_last_{name}"] = int(inside[~timeline.segment_active].sum())
+    return totals

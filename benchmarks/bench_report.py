@@ -83,6 +83,10 @@ TARGET_E2E_SECONDS = 3.0
 TARGET_SPEEDUP = 25.0
 TARGET_10X_TIME_RATIO = 12.0
 TARGET_10X_PEAK_MB = 2048.0
+TARGET_FLOOR_RATIO = 1.5  # the CLI within 1.5x of the floor
+TARGET_SEED_SECONDS = 15.0  # seeding the embedded store at 1x
+TARGET_API_RATIO = {1: 2.0, 10: 2.5}  # the report through the API within this many times the CLI's time
+TARGET_SERVICE_10X_PEAK_MB = 3072.0
 
 MEASURES = [
     "uptime_last_hour",
@@ -357,6 +361,79 @@ def worker_reference(work: Path) -> dict:
     }
 
 
+# The floor: what no CSV-mode report can avoid.  Start Python, import numpy, pandas and pyarrow, read the
+# three files with pyarrow and parse the poll timestamps; nothing is checked, nothing is computed.
+FLOOR_CODE = """
+import sys
+from pathlib import Path
+import numpy, pandas, pyarrow as pa, pyarrow.compute as pc, pyarrow.csv as pa_csv
+folder = Path(sys.argv[1])
+text = pa_csv.ConvertOptions(column_types={"store_id": pa.string()})
+tables = {name: pa_csv.read_csv(folder / name, convert_options=text)
+          for name in ("store_status.csv", "menu_hours.csv", "timezones.csv") if (folder / name).exists()}
+stamps = tables["store_status.csv"].column("timestamp_utc")
+us = pc.cast(pc.utf8_slice_codeunits(stamps, 0, -4), pa.timestamp("us")).cast(pa.int64()).to_numpy()
+print(len(us), "polls")
+"""
+
+SERVICE_POLL_SECONDS = 0.02  # how often the benchmark asks GET /get_report whether the report is Complete
+
+
+def service_config(work: Path, data_dir: Path | None) -> dict:
+    """The app's settings for the service stages: the embedded default (SQLite) in the scratch folder."""
+    config = {"EMBEDDED_DB": str(work / "service.sqlite3"), "REPORTS_DIR": str(work / "service_reports"),
+              "MONGO_URI": "", "API_TOKEN": "", "STALE_AFTER_SECONDS": 600}
+    if data_dir is not None:
+        config["DATA_DIR"] = str(data_dir)
+    return config
+
+
+def worker_service_seed(data_dir: Path, work: Path) -> dict:
+    """Time `create_app` on an empty embedded store with DATA_DIR set: it seeds the store from the files."""
+    os.environ.pop("MONGO_URI", None)
+    import app as app_module
+
+    inputs = current_rss_mb()
+    application, timing = timed(app_module.create_app, service_config(work, data_dir))
+    store = application.extensions["store"]
+    return {**timing, "peak_mb": peak_rss_mb(), "inputs_mb": inputs, "store": store.kind,
+            "db_mb": Path(store.path).stat().st_size / 2**20 if store.kind == "sqlite" else None}
+
+
+def worker_service_report(work: Path) -> dict:
+    """Start the app on the seeded store (a restart), then time POST /trigger_report until GET /get_report
+    answers with the CSV (Complete), through Flask's test client, as a client would ask."""
+    os.environ.pop("MONGO_URI", None)
+    import app as app_module
+
+    application, start = timed(app_module.create_app, service_config(work, None))
+    client = application.test_client()
+    inputs = current_rss_mb()
+
+    def report() -> bytes:
+        response = client.post("/trigger_report")
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /trigger_report answered {response.status_code}: "
+                               f"{response.get_data(as_text=True)}")
+        report_id = response.get_json()["report_id"]
+        while True:
+            response = client.get(f"/get_report?report_id={report_id}", headers={"Accept": "text/csv"})
+            if response.status_code != 200:
+                raise RuntimeError(f"GET /get_report answered {response.status_code}")
+            if response.mimetype == "text/csv":
+                return response.get_data()
+            state = response.get_json()
+            if state["status"] != "Running":
+                raise RuntimeError(f"the report ended {state['status']}: {state.get('error')}")
+            time.sleep(SERVICE_POLL_SECONDS)
+
+    payload, timing = timed(report)
+    (work / "report_service.csv").write_bytes(payload)
+    application.extensions["reports"].shutdown(wait=True)
+    return {**timing, "peak_mb": peak_rss_mb(), "inputs_mb": inputs, "startup_seconds": start["seconds"],
+            "bytes": len(payload)}
+
+
 def run_worker(args: argparse.Namespace) -> None:
     work = Path(args.work)
     if args.worker == "parse":
@@ -365,6 +442,10 @@ def run_worker(args: argparse.Namespace) -> None:
         result = worker_engine(work, args.chunk_stores, args.processes, args.sample_size, args.seed)
     elif args.worker == "write":
         result = worker_write(work)
+    elif args.worker == "service-seed":
+        result = worker_service_seed(Path(args.data_dir), work)
+    elif args.worker == "service-report":
+        result = worker_service_report(work)
     else:
         result = worker_reference(work)
     (work / f"{args.worker}-{args.processes}.json").write_text(json.dumps(result))
@@ -468,6 +549,8 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
         cli_args += ["--processes", str(args.cli_processes)]
     try:
         result["startup"] = run_measured([sys.executable, "-c", "import reportGenerator"], work / "startup.log")
+        if args.service:
+            result["service_seed"] = run_stage("service-seed", work, ["--data-dir", str(data_dir)])
         best: dict = {}
         for _ in range(args.repeat):
             keep_best(best, "parse", run_stage("parse", work, ["--data-dir", str(data_dir)]))
@@ -475,15 +558,24 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
             if args.parallel_engine > 1:
                 keep_best(best, "engine_parallel", run_stage("engine", work, engine_args, args.parallel_engine))
             keep_best(best, "write", run_stage("write", work, []))
+            # the floor, the CLI and the service's report one after the other, so they share the machine's mood
+            floor = [sys.executable, "-c", FLOOR_CODE, str(data_dir)]
+            keep_best(best, "floor", run_measured(floor, work / "floor.log"))
             output = work / "report_cli.csv"
             keep_best(best, "e2e", run_measured(
                 [sys.executable, str(CLI), "--data-dir", str(data_dir), "--output", str(output), *cli_args],
                 work / "cli.log",
             ))
+            if args.service:
+                keep_best(best, "service_report", run_stage("service-report", work, []))
         result.update(best)
         result["cli_matches_inprocess"] = (work / "report_cli.csv").read_bytes() == (
             work / "report_inprocess.csv"
         ).read_bytes()
+        if args.service:
+            result["service_matches_cli"] = (work / "report_service.csv").read_bytes() == (
+                work / "report_cli.csv"
+            ).read_bytes()
         if args.sample_size != 0:
             result["reference"] = run_stage("reference", work, [])
     finally:
@@ -506,6 +598,8 @@ def speedup(result: dict, measure: str = "seconds") -> tuple[float, float] | Non
 
 def identical(result: dict) -> bool:
     checks = [result["cli_matches_inprocess"], result["engine"]["one_row_per_store"]]
+    if "service_matches_cli" in result:
+        checks.append(result["service_matches_cli"])
     if "engine_parallel" in result:
         checks.append(result["engine_parallel"]["same_report"])
     reference = result.get("reference")
@@ -628,7 +722,16 @@ def print_scale(result: dict) -> None:
         ("CSV write", result["write"], f"report_csv_bytes + write_atomically ({result['write']['bytes']:,} bytes)"),
         ("end to end (CLI)", result["e2e"], "python reportGenerator.py --data-dir DIR --output FILE"
          + (f" ({result['e2e']['processes_seen']} processes seen)" if result["e2e"]["processes_seen"] > 1 else "")),
+        ("floor", result["floor"], "python, imports, pyarrow reads the 3 files, parses poll timestamps"),
     ]
+    if "service_seed" in result:
+        seed, api = result["service_seed"], result["service_report"]
+        rows += [
+            ("service: seeding", seed, f"create_app on an empty SQLite file, DATA_DIR = the files "
+                                       f"({seed['db_mb']:,.0f} MB file)"),
+            ("service: report via the API", api, f"POST /trigger_report -> GET /get_report is the CSV "
+                                                  f"(after a {api['startup_seconds']:.2f} s restart)"),
+        ]
     reference = result.get("reference")
     if reference:
         per_store_ms = reference["seconds"] / reference["stores"] * 1000
@@ -668,10 +771,20 @@ def print_scale(result: dict) -> None:
         )
         for mismatch in reference["first_mismatches"]:
             print(f"    mismatch {mismatch}")
+    e2e = result["e2e"]
+    ratios = [f"CLI / floor: {e2e['seconds'] / result['floor']['seconds']:.2f}x wall, "
+              f"{e2e['cpu_seconds'] / result['floor']['cpu_seconds']:.2f}x CPU"]
+    if "service_report" in result:
+        api = result["service_report"]
+        ratios.append(f"API report / CLI: {api['seconds'] / e2e['seconds']:.2f}x wall, "
+                      f"{api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU")
+    print("  " + "; ".join(ratios))
     checks = [f"CLI output identical to the in-process report: {'yes' if result['cli_matches_inprocess'] else 'NO'}",
               f"one row per store with a poll: {'yes' if result['engine']['one_row_per_store'] else 'NO'}"]
     if "engine_parallel" in result:
         checks.append(f"multi-process report identical: {'yes' if result['engine_parallel']['same_report'] else 'NO'}")
+    if "service_matches_cli" in result:
+        checks.append(f"API report identical to the CLI's: {'yes' if result['service_matches_cli'] else 'NO'}")
     print("  " + "; ".join(checks))
 
 
@@ -703,6 +816,21 @@ def print_growth(results: list[dict], scales: list[int]) -> None:
     if parallel:
         print(f"(engine Np: the engine with {first['engine_parallel']['processes']} processes; "
               "engine s, engine MB and speed-up: 1 process)")
+    print()
+    print("the CLI, its floor and the service on the embedded store (wall seconds, CPU seconds in brackets; peak MB)")
+    print(f"{'scale':>5} {'floor s':>14} {'CLI s':>14} {'CLI MB':>7} {'seed s':>15} {'seed MB':>8} "
+          f"{'API report s':>14} {'API MB':>7} {'CLI/floor':>10} {'API/CLI':>8}")
+    for scale, result in zip(scales, results):
+        floor, e2e = result["floor"], result["e2e"]
+        seed, api = result.get("service_seed"), result.get("service_report")
+
+        def both(measured) -> str:
+            return f"{measured['seconds']:.2f} ({measured['cpu_seconds']:.2f})" if measured else "-"
+
+        print(f"{scale:>4}x {both(floor):>14} {both(e2e):>14} {e2e['peak_mb']:>7,.0f} {both(seed):>15} "
+              f"{fmt(seed and seed['peak_mb'], ',.0f'):>8} {both(api):>14} {fmt(api and api['peak_mb'], ',.0f'):>7} "
+              f"{e2e['seconds'] / floor['seconds']:>9.2f}x "
+              f"{(format(api['seconds'] / e2e['seconds'], '.2f') + 'x') if api else '-':>8}")
 
 
 def print_targets(results: list[dict], scales: list[int]) -> None:
@@ -730,6 +858,28 @@ def print_targets(results: list[dict], scales: list[int]) -> None:
         stages = [ten[s]["peak_mb"] for s in ("parse", "engine", "engine_parallel", "write") if s in ten]
         print(f"  10x peak memory under {TARGET_10X_PEAK_MB / 1024:g} GB: CLI {ten['e2e']['peak_mb']:,.0f} MB "
               f"(largest stage {max(stages):,.0f} MB) -> {verdict(ten['e2e']['peak_mb'] < TARGET_10X_PEAK_MB)}")
+    for scale, result in by_scale.items():
+        e2e, floor = result["e2e"], result["floor"]
+        ratio = e2e["seconds"] / floor["seconds"]
+        print(f"  {scale}x CLI within {TARGET_FLOOR_RATIO:g}x of the floor: {e2e['seconds']:.2f} s / "
+              f"{floor['seconds']:.2f} s = {ratio:.2f}x wall ({e2e['cpu_seconds'] / floor['cpu_seconds']:.2f}x CPU) "
+              f"-> {verdict(ratio <= TARGET_FLOOR_RATIO)}")
+        if "service_report" not in result:
+            continue
+        seed, api = result["service_seed"], result["service_report"]
+        if scale == 1:
+            print(f"  1x seeding under {TARGET_SEED_SECONDS:g} s: {seed['seconds']:.2f} s "
+                  f"-> {verdict(seed['seconds'] < TARGET_SEED_SECONDS)}")
+        if scale in TARGET_API_RATIO:
+            ratio = api["seconds"] / e2e["seconds"]
+            print(f"  {scale}x API report within {TARGET_API_RATIO[scale]:g}x of the CLI: {api['seconds']:.2f} s / "
+                  f"{e2e['seconds']:.2f} s = {ratio:.2f}x wall ({api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU) "
+                  f"-> {verdict(ratio <= TARGET_API_RATIO[scale])}")
+        if scale == 10:
+            peak = max(seed["peak_mb"], api["peak_mb"])
+            print(f"  10x service peak memory under {TARGET_SERVICE_10X_PEAK_MB / 1024:g} GB: seeding "
+                  f"{seed['peak_mb']:,.0f} MB, report {api['peak_mb']:,.0f} MB "
+                  f"-> {verdict(peak < TARGET_SERVICE_10X_PEAK_MB)}")
     checked = [r for r in results if r.get("reference")]
     if checked:
         ok = all(identical(r) for r in checked)
@@ -769,10 +919,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                         help="before each scale, wait up to this long for the load average to fall below half "
                              "the cores (default 0: do not wait)")
+    parser.add_argument("--no-service", dest="service", action="store_false",
+                        help="skip the service path (seeding the embedded SQLite store from the files with create_app, "
+                             "and a report through the API on it)")
     parser.add_argument("--keep-work", action="store_true", help="keep the intermediate files and logs")
     parser.add_argument("--json", type=Path, help="also save the results as JSON here")
     # internal: one stage in a fresh process
-    parser.add_argument("--worker", choices=["parse", "engine", "write", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["parse", "engine", "write", "reference", "service-seed", "service-report"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--sample-size", type=int, default=DEFAULT_REFERENCE_STORES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -811,8 +965,8 @@ def configure_engine(args: argparse.Namespace) -> None:
     if args.chunk_stores is None:
         args.chunk_stores = reportGenerator.DEFAULT_CHUNK_STORES
     cli_parallel = cli_supports_processes()
-    default = reportGenerator.default_processes() if hasattr(reportGenerator, "default_processes") else 1
-    processes = args.processes or (default if cli_parallel else 1)
+    cores = reportGenerator.usable_cores() if hasattr(reportGenerator, "usable_cores") else 1
+    processes = args.processes or (cores if cli_parallel else 1)
     args.cli_processes = args.processes if cli_parallel and args.processes else None
     args.parallel_engine = processes if engine_supports_processes() else 1
     args.usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -27,7 +27,7 @@ and polls are written in chunks of stores, so millions of rows are cheap.
 
 Usage::
 
-    python scripts/generate_data.py                  # 200 stores -> data/
+    python scripts/generate_data.py --force          # 200 stores -> data/ (remakes the committed sample)
     python scripts/generate_data.py --stores 14000 --seed 7 --out /tmp/big
     python scripts/generate_data.py --end 2023-01-25T18:13:22Z --days 7
     python scripts/generate_data.py --stores 14000 --polls-per-store 107 --out /tmp/real
@@ -379,6 +379,9 @@ def make_timezones(rng: np.random.Generator, store_ids: np.ndarray) -> pd.DataFr
 # --------------------------------------------------------------------------
 
 
+OUTPUT_FILES = ("store_status.csv", "menu_hours.csv", "timezones.csv")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stores", type=int, default=200, help="number of stores (default 200)")
@@ -390,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--days", type=int, default=7, help="days of polls before --end (default 7)")
     parser.add_argument("--out", type=Path, default=Path("data"), help="output directory (default data)")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite the CSV files already in --out (e.g. the committed sample in data/)")
     parser.add_argument(
         "--polls-per-store",
         type=float,
@@ -402,6 +407,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--stores and --days must be positive")
     if args.polls_per_store is not None and not args.polls_per_store > 0:
         parser.error("--polls-per-store must be positive")
+    existing = [name for name in OUTPUT_FILES if (args.out / name).exists()]
+    if existing and not args.force:
+        parser.error(f"{args.out} already holds {', '.join(existing)}: give another --out, or --force to overwrite "
+                     "(data/ is the committed sample the README and the tests describe)")
     return args
 
 

@@ -2,11 +2,17 @@
  *
  * Trigger a report, follow its progress through /get_report, then show it as a
  * sortable, filterable table and a chart of the 20 stores with the most
- * downtime in the last week; list past reports from /reports.
+ * downtime in the last week; list past reports from /reports.  Clicking a
+ * store (its id in the table, or its bar) draws its week from
+ * /stores/<id>/timeline: one row per local day, business hours shaded, up and
+ * down segments, polls as ticks, the day and hour windows marked, and the
+ * segments added up per window beside the report's row.
  *
  * Test hooks: <body data-state="idle|running|complete|failed">, the report
- * section's data-report-id, and <ol id="chart-data"> whose items carry the
- * chart's figures as data- attributes (also read by screen readers).
+ * section's data-report-id, <ol id="chart-data"> whose items carry the
+ * chart's figures as data- attributes (also read by screen readers), and the
+ * week section's data-state="loading|shown|failed" and data-store-id, with
+ * each total cell's exact figure in data-value.
  */
 (function () {
   "use strict";
@@ -17,6 +23,19 @@
   var TOP_N = 20;             // stores in the chart
   var TOKEN_KEY = "storeUptime.apiToken";
   var REPORT_ID = /^[0-9a-f]{32}$/;
+
+  var UP_COLOUR = "#0072b2";     // Okabe-Ito blue and vermillion: apart for every kind of colour blindness
+  var DOWN_COLOUR = "#d55e00";
+  var WINDOW_NAMES = ["hour", "day", "week"];
+
+  var SHORT_LABELS = {          // the stacked table on narrow screens
+    uptime_last_hour: "Up 1 h (min)",
+    uptime_last_day: "Up 1 d (h)",
+    uptime_last_week: "Up 7 d (h)",
+    downtime_last_hour: "Down 1 h (min)",
+    downtime_last_day: "Down 1 d (h)",
+    downtime_last_week: "Down 7 d (h)"
+  };
 
   var COLUMN_LABELS = {
     store_id: "Store id",
@@ -38,7 +57,8 @@
     page: 1,
     listSeq: 0,         // bumps with every /reports request; late answers are dropped
     startedAt: 0,       // when the followed report was first asked for (for the elapsed time)
-    chart: null
+    chart: null,
+    weekSeq: 0          // bumps with every store opened; late answers are dropped
   };
 
   function $(id) { return document.getElementById(id); }
@@ -74,13 +94,14 @@
 
   // ------------------------------------------------------------------ API
 
+  /* The token lives in sessionStorage: this tab only, gone when it closes. */
   function getToken() {
-    try { return localStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
   }
 
   function setToken(value) {
     try {
-      if (value) { localStorage.setItem(TOKEN_KEY, value); } else { localStorage.removeItem(TOKEN_KEY); }
+      if (value) { sessionStorage.setItem(TOKEN_KEY, value); } else { sessionStorage.removeItem(TOKEN_KEY); }
     } catch (e) { /* storage disabled: the token lasts for this page only */ }
     sessionToken = value;
   }
@@ -152,13 +173,13 @@
     button.textContent = busy ? "Running…" : "Run report";
   }
 
-  function showProgress(progress) {
+  function showProgress(progress, phase) {
     var area = $("progress-area");
     var bar = $("progress");
     var text = $("progress-text");
     area.hidden = false;
     var done = progress && Number(progress.done) || 0;
-    var total = progress && Number(progress.total) || 0;
+    var total = progress && progress.total !== null && progress.total !== undefined ? Number(progress.total) : null;
     var elapsed = " · " + Math.round((Date.now() - state.startedAt) / 1000) + " s";
     if (total > 0 && done > 0) {
       bar.max = total;
@@ -166,7 +187,9 @@
       text.textContent = done + " of " + total + " stores (" + Math.floor(100 * done / total) + "%)" + elapsed;
     } else {
       bar.removeAttribute("value");   // indeterminate until the first chunk of stores is done
-      text.textContent = (total > 0 ? "Working on " + total + " stores…" : "Starting…") + elapsed;
+      text.textContent = (phase === "queued" ? "Waiting for a free report worker…"
+        : total === null ? "Counting the stores to report…"
+        : "Working on " + total + " stores…") + elapsed;
     }
   }
 
@@ -209,7 +232,7 @@
         if (seq !== state.watchSeq) { return; }
         failures = 0;
         if (body.status === "Running") {
-          showProgress(body.progress);
+          showProgress(body.progress, body.phase);
           return sleep(POLL_MS).then(step);
         }
         finish();
@@ -254,7 +277,7 @@
     var section = $("report");
     section.hidden = false;
     section.dataset.reportId = body.report_id;
-    $("report-heading").textContent = "Report " + body.report_id;
+    $("report-id").textContent = body.report_id;
     var count = body.row_count === null || body.row_count === undefined ? body.data.length : body.row_count;
     $("report-meta").textContent = "As of " + fmtTime(body.as_of) + " UTC · " + count + " stores";
     $("csv-link").href = "/get_report?report_id=" + encodeURIComponent(body.report_id) + "&format=csv";
@@ -264,6 +287,7 @@
     renderRows();
     renderChart(body.data);
     markCurrentReport();
+    if (!$("store-week").hidden && $("store-week").dataset.reportId !== body.report_id) { closeWeek(); }
   }
 
   function buildHeader() {
@@ -345,11 +369,18 @@
         if (key === "store_id") {
           cell = document.createElement("th");
           cell.scope = "row";
-          cell.textContent = row.store_id;
+          var open = document.createElement("button");
+          open.type = "button";
+          open.className = "store-link";
+          open.dataset.storeId = row.store_id;
+          open.textContent = row.store_id;
+          open.setAttribute("aria-label", "Show the week of store " + row.store_id);
+          cell.appendChild(open);
         } else {
           cell = document.createElement("td");
           cell.className = "num";
           cell.textContent = fmt(row[key]);
+          cell.dataset.label = SHORT_LABELS[key] || COLUMN_LABELS[key] || key;
         }
         cell.dataset.key = key;
         tr.appendChild(cell);
@@ -417,19 +448,18 @@
         labels: top.map(function (row) { return row.store_id; }),
         datasets: [
           {
-            label: "Downtime, last week (h)",
+            label: "Down (h)",
             data: top.map(function (row) { return Number(row.downtime_last_week) || 0; }),
-            backgroundColor: "#c73a3a",
-            xAxisID: "x"
+            backgroundColor: stripes(DOWN_COLOUR),
+            borderColor: DOWN_COLOUR,
+            borderWidth: 1
           },
           {
-            label: "Uptime share, last week (%)",
-            data: top.map(function (row) {
-              var share = uptimeShare(row);
-              return share === null ? null : Math.round(1000 * share) / 10;
-            }),
-            backgroundColor: "#2b8a5e",
-            xAxisID: "x2"
+            label: "Up (h)",
+            data: top.map(function (row) { return Number(row.uptime_last_week) || 0; }),
+            backgroundColor: UP_COLOUR,
+            borderColor: UP_COLOUR,
+            borderWidth: 1
           }
         ]
       },
@@ -439,28 +469,326 @@
         maintainAspectRatio: false,
         animation: quiet ? false : { duration: 300 },
         interaction: { mode: "index", axis: "y", intersect: false },
+        onClick: function (event, elements) {
+          if (elements.length) { openWeek(top[elements[0].index].store_id); }
+        },
+        onHover: function (event, elements) {
+          event.native.target.style.cursor = elements.length ? "pointer" : "default";
+        },
         scales: {
-          x: { position: "bottom", beginAtZero: true, title: { display: true, text: "hours down in business hours" } },
-          x2: {
-            position: "top", min: 0, max: 100,
-            grid: { drawOnChartArea: false },
-            ticks: { callback: function (value) { return value + "%"; } },
-            title: { display: true, text: "uptime share of business hours" }
-          },
-          y: { ticks: { autoSkip: false, font: { family: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" } } }
+          x: { stacked: true, beginAtZero: true, suggestedMax: 168, ticks: { stepSize: 24 },
+               title: { display: true, text: "hours of business time in the last week (168 h = open all week)" } },
+          y: { stacked: true,
+               ticks: { autoSkip: false, font: { family: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace" } } }
         },
         plugins: {
           legend: { position: "bottom" },
           tooltip: {
             callbacks: {
               label: function (ctx) {
-                if (ctx.datasetIndex === 0) { return " down " + fmt(ctx.raw) + " h"; }
-                return ctx.raw === null ? " no business hours" : " up " + ctx.raw.toFixed(1) + "% of business hours";
-              }
+                var row = top[ctx.dataIndex];
+                var share = uptimeShare(row);
+                var part = share === null ? "" : " (" + (100 * (ctx.datasetIndex === 0 ? 1 - share : share)).toFixed(1)
+                  + "% of business hours)";
+                return (ctx.datasetIndex === 0 ? " down " : " up ") + fmt(ctx.raw) + " h" + part;
+              },
+              footer: function () { return "click for the store's week"; }
             }
           }
         }
       }
+    });
+  }
+
+  /* A diagonal-striped fill, so "down" differs from "up" by more than its colour (print, grey screens). */
+  function stripes(colour) {
+    var tile = document.createElement("canvas");
+    tile.width = tile.height = 8;
+    var g = tile.getContext("2d");
+    g.fillStyle = colour;
+    g.fillRect(0, 0, 8, 8);
+    g.strokeStyle = "rgba(255,255,255,0.55)";
+    g.lineWidth = 2;
+    g.beginPath();
+    g.moveTo(-2, 2); g.lineTo(2, -2);
+    g.moveTo(0, 8); g.lineTo(8, 0);
+    g.moveTo(6, 10); g.lineTo(10, 6);
+    g.stroke();
+    return g.createPattern(tile, "repeat");
+  }
+
+  // ------------------------------------------------------------------ a store's week
+
+  /* Microseconds since the epoch of an API instant ("2023-01-24T13:00:00.000000Z"): exact in a double. */
+  function micros(iso) {
+    return Date.parse(iso.slice(0, 19) + "Z") * 1000 + Number(iso.slice(20, 26));
+  }
+
+  var zoneFormats = {};
+
+  function zoneFormat(zone) {
+    if (!zoneFormats[zone]) {
+      zoneFormats[zone] = new Intl.DateTimeFormat("en-GB", {
+        timeZone: zone, hourCycle: "h23", weekday: "short", year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", second: "2-digit"
+      });
+    }
+    return zoneFormats[zone];
+  }
+
+  /* The local wall clock in `zone` at `ms` since the epoch: {year, month, day, hour, minute, second, weekday}. */
+  function localParts(ms, zone) {
+    var parts = {};
+    zoneFormat(zone).formatToParts(new Date(ms)).forEach(function (part) { parts[part.type] = part.value; });
+    ["year", "month", "day", "hour", "minute", "second"].forEach(function (key) { parts[key] = Number(parts[key]); });
+    return parts;
+  }
+
+  function offsetMs(ms, zone) {
+    var p = localParts(ms, zone);
+    return Date.UTC(p.year, p.month - 1, p.day, p.hour, p.minute, p.second) - Math.floor(ms / 1000) * 1000;
+  }
+
+  /* The instant (ms) at which the clock in `zone` reads y-m-d h:00 (near enough across a DST change to draw). */
+  function localToMs(year, month, day, hour, zone) {
+    var wall = Date.UTC(year, month - 1, day, hour);
+    var first = wall - offsetMs(wall, zone);
+    return wall - offsetMs(first, zone);
+  }
+
+  var MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function localClock(us, zone, withDate) {
+    var p = localParts(Math.floor(us / 1000), zone);
+    var clock = pad(p.hour) + ":" + pad(p.minute) + ":" + pad(p.second);
+    return withDate ? p.weekday + " " + p.day + " " + MONTHS[p.month - 1] + " " + clock : clock;
+  }
+
+  function duration(us) {
+    var seconds = Math.round(us / 1e6);
+    var h = Math.floor(seconds / 3600), m = Math.floor(seconds % 3600 / 60), s = seconds % 60;
+    return (h ? h + " h " : "") + (h || m ? m + " min" : "") + (s ? (h || m ? " " : "") + s + " s" : "") || "0 s";
+  }
+
+  /* Business time by status inside each window, added up from the segments: µs per window and status. */
+  function segmentTotals(body) {
+    var totals = {};
+    WINDOW_NAMES.forEach(function (name) {
+      var low = micros(body.windows[name][0]), high = micros(body.windows[name][1]);
+      var up = 0, down = 0;
+      body.segments.forEach(function (seg) {
+        var part = Math.max(0, Math.min(micros(seg.end), high) - Math.max(micros(seg.start), low));
+        if (seg.status === "active") { up += part; } else { down += part; }
+      });
+      totals[name] = { up: up, down: down };
+    });
+    return totals;
+  }
+
+  function openWeek(storeId) {
+    if (!state.report) { return; }
+    var reportId = state.report.report_id;
+    var seq = ++state.weekSeq;
+    var section = $("store-week");
+    section.hidden = false;
+    section.dataset.state = "loading";
+    section.dataset.storeId = "";
+    section.dataset.reportId = reportId;
+    $("week-store").textContent = storeId;
+    $("week-meta").textContent = "";
+    $("week-body").hidden = true;
+    $("week-loading").textContent = "Loading the week of store " + storeId + "…";
+    section.scrollIntoView({ block: "start" });
+    $("week-heading").focus({ preventScroll: true });
+    api("/stores/" + encodeURIComponent(storeId) + "/timeline?report_id=" + encodeURIComponent(reportId))
+      .then(function (body) {
+        if (seq !== state.weekSeq) { return; }
+        renderWeek(body);
+        $("week-loading").textContent = "";
+        $("week-body").hidden = false;
+        section.dataset.storeId = storeId;
+        section.dataset.state = "shown";
+      }, function (error) {
+        if (seq !== state.weekSeq) { return; }
+        section.dataset.state = "failed";
+        $("week-loading").textContent = "Could not load the week of store " + storeId + ". " + error.message;
+      });
+  }
+
+  function closeWeek() {
+    state.weekSeq++;
+    var section = $("store-week");
+    section.hidden = true;
+    section.dataset.state = "";
+    section.dataset.storeId = "";
+  }
+
+  function block(className, left, width, title) {
+    var div = document.createElement("div");
+    div.className = className;
+    div.style.left = left + "%";
+    div.style.width = width + "%";
+    if (title) { div.title = title; }
+    return div;
+  }
+
+  function renderWeek(body) {
+    var zone = body.timezone;
+    var weekStart = micros(body.windows.week[0]);
+    var now = micros(body.windows.week[1]);
+    var dayStart = micros(body.windows.day[0]);
+    var hourStart = micros(body.windows.hour[0]);
+    var business = body.business_hours.map(function (b) { return [micros(b.start), micros(b.end)]; });
+    var segments = body.segments.map(function (seg, i) {
+      return { start: micros(seg.start), end: micros(seg.end), up: seg.status === "active", index: i };
+    });
+    var polls = body.polls.map(function (p) { return { at: micros(p.timestamp), up: p.status === "active" }; });
+    var offset = offsetMs(Math.floor(now / 1000), zone) / 60000;
+    $("week-meta").textContent = "Local time " + zone + " (UTC" + (offset < 0 ? "−" : "+")
+      + pad(Math.floor(Math.abs(offset) / 60)) + ":" + pad(Math.abs(offset) % 60) + " at the report's now) · as of "
+      + localClock(now, zone, true) + " local";
+
+    var days = $("week-days");
+    days.textContent = "";
+    var first = localParts(Math.floor(weekStart / 1000), zone);
+    var last = localParts(Math.floor((now - 1) / 1000), zone);
+    var axis = document.createElement("div");
+    axis.className = "week-day axis";
+    axis.setAttribute("aria-hidden", "true");
+    axis.appendChild(document.createElement("div"));
+    var scale = document.createElement("div");
+    scale.className = "axis-track";
+    [0, 6, 12, 18, 24].forEach(function (hour) {
+      var label = document.createElement("span");
+      label.style.left = (100 * hour / 24) + "%";
+      label.textContent = pad(hour) + ":00";
+      scale.appendChild(label);
+    });
+    axis.appendChild(scale);
+    days.appendChild(axis);
+    var date = Date.UTC(first.year, first.month - 1, first.day);
+    var lastDate = Date.UTC(last.year, last.month - 1, last.day);
+    for (; date <= lastDate; date += 86400000) {
+      var d = new Date(date);
+      var y = d.getUTCFullYear(), m = d.getUTCMonth() + 1, day = d.getUTCDate();
+      var from = localToMs(y, m, day, 0, zone) * 1000;
+      var next = new Date(date + 86400000);
+      var to = localToMs(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate(), 0, zone) * 1000;
+      days.appendChild(dayRow(from, to, y, m, day));
+    }
+
+    function x(us, from, to) { return Math.max(0, Math.min(100, 100 * (us - from) / (to - from))); }
+
+    function dayRow(from, to, y, m, day) {
+      var row = document.createElement("div");
+      row.className = "week-day";
+      row.setAttribute("role", "listitem");
+      var label = document.createElement("div");
+      label.className = "day-label";
+      var weekday = localParts(Math.floor((from + to) / 2000), zone).weekday;
+      label.textContent = weekday + " " + day + " " + MONTHS[m - 1];
+      var track = document.createElement("div");
+      track.className = "track";
+      var up = 0, down = 0;
+
+      [6, 12, 18].forEach(function (hour) {
+        var at = localToMs(y, m, day, hour, zone) * 1000;
+        track.appendChild(block("grid", x(at, from, to), 0));
+      });
+      if (weekStart > from) { track.appendChild(block("outside", 0, x(weekStart, from, to), "before the week")); }
+      if (now < to) { track.appendChild(block("outside", x(now, from, to), 100 - x(now, from, to), "after the report's now")); }
+      business.forEach(function (b) {
+        if (b[1] <= from || b[0] >= to) { return; }
+        var a = x(b[0], from, to), z = x(b[1], from, to);
+        track.appendChild(block("open", a, z - a, "open " + localClock(b[0], zone) + "–" + localClock(b[1], zone)));
+      });
+      segments.forEach(function (seg) {
+        var start = Math.max(seg.start, from), end = Math.min(seg.end, to);
+        if (end <= start) { return; }
+        if (seg.up) { up += end - start; } else { down += end - start; }
+        var a = x(start, from, to), z = x(end, from, to);
+        var piece = block("seg " + (seg.up ? "up" : "down"), a, z - a,
+                          (seg.up ? "up " : "down ") + localClock(seg.start, zone, true) + " – "
+                          + localClock(seg.end, zone, true) + " (" + duration(seg.end - seg.start) + ")");
+        piece.dataset.seg = String(seg.index);
+        track.appendChild(piece);
+      });
+      polls.forEach(function (p) {
+        if (p.at < from || p.at >= to) { return; }
+        var tick = block("tick " + (p.up ? "up" : "down"), x(p.at, from, to), 0,
+                         "poll " + localClock(p.at, zone) + ": " + (p.up ? "active" : "inactive"));
+        tick.dataset.at = String(p.at);
+        track.appendChild(tick);
+      });
+      [[dayStart, "1 d"], [hourStart, "1 h"]].forEach(function (mark) {
+        if (mark[0] < from || mark[0] >= to) { return; }
+        var line = block("mark", x(mark[0], from, to), 0, "the last " + (mark[1] === "1 d" ? "day" : "hour")
+                         + " starts " + localClock(mark[0], zone));
+        line.dataset.label = mark[1];
+        track.appendChild(line);
+      });
+      var sums = document.createElement("div");
+      sums.className = "day-sums";
+      sums.textContent = "▲ " + (up / 36e8).toFixed(2) + " h · ▼ " + (down / 36e8).toFixed(2) + " h";
+      row.setAttribute("aria-label", label.textContent + ": up " + (up / 36e8).toFixed(2) + " h, down "
+                       + (down / 36e8).toFixed(2) + " h in business hours");
+      label.appendChild(sums);
+      row.appendChild(label);
+      row.appendChild(track);
+      return row;
+    }
+
+    // totals: the segments added up per window, beside the report's own row
+    var totals = segmentTotals(body);
+    var tbody = document.querySelector("#week-totals tbody");
+    tbody.textContent = "";
+    WINDOW_NAMES.forEach(function (name) {
+      var unit = name === "hour" ? 6e7 : 36e8;
+      var suffix = name === "hour" ? " min" : " h";
+      var tr = document.createElement("tr");
+      tr.dataset.window = name;
+      var th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = "Last " + name;
+      var starts = document.createElement("td");
+      starts.textContent = localClock(micros(body.windows[name][0]), zone, true);
+      tr.appendChild(th);
+      tr.appendChild(starts);
+      [["uptime", totals[name].up], ["downtime", totals[name].down]].forEach(function (pair) {
+        var td = document.createElement("td");
+        td.className = "num";
+        td.dataset.key = pair[0] + "_last_" + name;
+        td.dataset.value = String(pair[1] / unit);
+        td.textContent = (pair[1] / unit).toFixed(2) + suffix;
+        tr.appendChild(td);
+      });
+      ["uptime", "downtime"].forEach(function (kind) {
+        var td = document.createElement("td");
+        td.className = "num report";
+        td.dataset.key = kind + "_last_" + name;
+        td.textContent = fmt(body.totals[kind + "_last_" + name]) + suffix;
+        tr.appendChild(td);
+      });
+      tbody.appendChild(tr);
+    });
+
+    var list = $("week-segments");
+    list.textContent = "";
+    segments.forEach(function (seg) {
+      var li = document.createElement("li");
+      li.textContent = (seg.up ? "Up " : "Down ") + localClock(seg.start, zone, true) + " – "
+        + localClock(seg.end, zone, true) + " (" + duration(seg.end - seg.start) + ")";
+      list.appendChild(li);
+    });
+    var pollList = $("week-polls");
+    pollList.textContent = "";
+    polls.forEach(function (p) {
+      var li = document.createElement("li");
+      li.textContent = "Poll " + localClock(p.at, zone, true) + ": " + (p.up ? "active" : "inactive")
+        + (p.at < weekStart ? " (before the week: decides its start)" : "");
+      pollList.appendChild(li);
     });
   }
 
@@ -555,6 +883,9 @@
         actions.appendChild(csv);
       }
 
+      created.dataset.label = "Created (UTC)";     // shown before the value where the table is stacked (phones)
+      asOf.dataset.label = "As of (UTC)";
+      count.dataset.label = "Stores";
       [created, asOf, status, count, actions].forEach(function (cell) { tr.appendChild(cell); });
       tbody.appendChild(tr);
     });
@@ -582,13 +913,16 @@
 
   // ------------------------------------------------------------------ start-up
 
+  /* #token=<token> in the address sets the token.  The fragment never reaches the server, so the
+   * token stays out of access logs and Referer headers; it is then dropped from the address too. */
   function readTokenFromUrl() {
-    var params = new URLSearchParams(location.search);
+    try { localStorage.removeItem(TOKEN_KEY); } catch (e) { /* older pages kept it there: forget it */ }
+    var params = new URLSearchParams(location.hash.replace(/^#/, ""));
     if (!params.has("token")) { return; }
     setToken(params.get("token"));
     params.delete("token");     // keep the token out of history, bookmarks and screenshots
-    var query = params.toString();
-    history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+    var rest = params.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
   }
 
   function init() {
@@ -605,6 +939,12 @@
       var value = event.target.value.trim();
       filterTimer = setTimeout(function () { state.filter = value; renderRows(); }, 120);
     });
+
+    document.querySelector("#report-table tbody").addEventListener("click", function (event) {
+      var button = event.target.closest("button.store-link");
+      if (button) { openWeek(button.dataset.storeId); }
+    });
+    $("week-close").addEventListener("click", closeWeek);
 
     $("refresh-reports").addEventListener("click", function () { loadPastReports(state.page); });
     $("newer").addEventListener("click", function () { loadPastReports(state.page - 1); });
@@ -624,7 +964,7 @@
 
     loadPastReports(1);
     followHash();
-    window.addEventListener("hashchange", followHash);
+    window.addEventListener("hashchange", function () { readTokenFromUrl(); followHash(); });
   }
 
   /* #report=<id> in the address opens that report (bookmarks, reloads, links). */

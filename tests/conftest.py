@@ -1,13 +1,44 @@
 """Shared fixtures: a tiny data folder with hand-worked answers, an app on each store (SQLite, mongomock), its client and store."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import database
 from app import create_app
+
+# Hypothesis profiles. "ci" (chosen when CI is set, as CI sets CI=true) draws the same examples on every
+# run, so a CI failure can be re-run and a pass means the same thing each time; "dev" (the default
+# elsewhere) draws new examples each run and replays past failures from .hypothesis/, to explore.
+# HYPOTHESIS_PROFILE=ci|dev picks one by name. Tests that set max_examples keep their own count.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True, deadline=None)
+settings.register_profile("dev", derandomize=False, deadline=None)
+# "mutation" is "ci" with a tenth of the examples (see `examples`), so a mutmut run fits in ~30 minutes;
+# the fixed @example cases still run in full.
+settings.register_profile("mutation", parent=settings.get_profile("ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def examples(count: int) -> int:
+    """A property test's max_examples: `count`, or a tenth of it (at least 10) in the "mutation" profile."""
+    return max(10, count // 10) if settings.get_current_profile_name() == "mutation" else count
+
+
+@pytest.fixture(autouse=True)
+def fresh_memos_under_mutation():
+    """Under mutmut, forget utils' memoised zones and transitions before each test: mutmut forks every
+    mutant's run from a process that has already run the tests, so a warm memo would hide a mutant in
+    the code that fills it."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        import utils
+
+        utils._zone.cache_clear()
+        utils.zone_transitions.cache_clear()
+    yield
 
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC
@@ -50,19 +81,13 @@ def data_dir(tmp_path) -> Path:
     return write_data_dir(tmp_path / "data")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def scratch_embedded_db(tmp_path_factory):
-    """No test ever touches the real instance/ database: an app built without EMBEDDED_DB gets a scratch file."""
-    import os
-
+@pytest.fixture(autouse=True)
+def scratch_embedded_db(tmp_path_factory, monkeypatch):
+    """No test ever touches the real instance/ database: an app built without EMBEDDED_DB gets a fresh
+    scratch file of its own test."""
     path = tmp_path_factory.mktemp("embedded") / "default.sqlite3"
-    previous = os.environ.get("EMBEDDED_DB")
-    os.environ["EMBEDDED_DB"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("EMBEDDED_DB", None)
-    else:
-        os.environ["EMBEDDED_DB"] = previous
+    monkeypatch.setenv("EMBEDDED_DB", str(path))
+    return path
 
 
 STORE_KINDS = ["sqlite", "mongomock"]
@@ -162,8 +187,8 @@ def force_report_state(store: database.Store, report_id: str, *, status: str | N
         if beat is not None:
             sets.append("heartbeat_us = ?"), values.append(int(beat.timestamp() * 1_000_000))
         if progress is not None:
-            sets += ["progress_done = ?", "progress_total = ?"]
-            values += [progress["done"], progress["total"]]
+            sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
+            values += [progress["done"], progress["total"], progress.get("phase")]
         if error is not None:
             sets.append("error = ?"), values.append(error)
         store._connection().execute(f"UPDATE reports SET {', '.join(sets)} WHERE report_id = ?", (*values, report_id))

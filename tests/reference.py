@@ -108,3 +108,31 @@ def reference_ticks(polls, hours, zones, now: dt.datetime) -> dict[str, dict[str
             row[f"downtime_last_{name}"] = down
         result[store_id] = row
     return result
+
+
+def reference_report(directory) -> list[dict]:
+    """The report of a data folder at its newest poll, by `reference_ticks`, in report units (minutes
+    for the hour, hours for day and week, numpy.round to 2 places), one dict per store in store_id order.
+    The files are read by sources.py, which is tested on its own; nothing here uses the engine."""
+    import numpy as np
+
+    import sources
+
+    parsed = sources.read_data_dir(directory)
+    polls, hours, zones = (parsed[f].frame for f in (sources.STATUS_FILE, sources.HOURS_FILE, sources.ZONES_FILE))
+    now_us = int(polls["timestamp_us"].max())
+    to_dt = lambda us: EPOCH + dt.timedelta(microseconds=int(us))  # noqa: E731
+    to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
+    ticks_of = reference_ticks(
+        [(s, to_dt(t), "active" if a else "inactive")
+         for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
+        [(s, d, to_time(a), to_time(b))
+         for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+        dict(zip(zones["store_id"], zones["timezone_str"])),
+        to_dt(now_us),
+    )
+    per_unit = {"hour": 60 * 2_000_000, "day": 3_600 * 2_000_000, "week": 3_600 * 2_000_000}
+    columns = ["uptime_last_hour", "uptime_last_day", "uptime_last_week",
+               "downtime_last_hour", "downtime_last_day", "downtime_last_week"]
+    return [{"store_id": str(store), **{c: float(np.round(row[c] / per_unit[c.rsplit("_", 1)[1]], 2)) for c in columns}}
+            for store, row in sorted(ticks_of.items())]

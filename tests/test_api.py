@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 
 import pytest
 
-import database
 from tests.conftest import TINY_REPORT, force_report_state, hours_of, polls_of, wait_for_report, wipe_polls
 
 
@@ -63,11 +63,142 @@ def test_as_of_moves_now(client):
     assert body["as_of"] == "2023-01-24T12:00:00Z"
 
 
-def test_running_report_shows_progress(client, store):
+@pytest.mark.parametrize(
+    "stored, answer",
+    [
+        (None, {"phase": "queued", "progress": {"done": 0, "total": None}}),  # as create_report leaves it
+        ({"done": 0, "total": None, "phase": "counting"},
+         {"phase": "counting", "progress": {"done": 0, "total": None}}),
+        ({"done": 2, "total": 5, "phase": "computing"}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),
+        ({"done": 2, "total": 5}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),  # older records
+        ({"done": 0, "total": 0, "phase": "computing"}, {"phase": "computing", "progress": {"done": 0, "total": 0}}),
+    ],
+)
+def test_running_report_shows_phase_and_progress(client, store, stored, answer):
     store.create_report("ab" * 16, None)
-    store.update_report("ab" * 16, progress={"done": 2, "total": 5})
+    if stored is not None:
+        store.update_report("ab" * 16, progress=stored)
     body = client.get("/get_report?report_id=" + "ab" * 16).get_json()
-    assert body == {"status": "Running", "progress": {"done": 2, "total": 5}}
+    assert body == {"status": "Running", **answer}
+
+
+def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, store, monkeypatch):
+    counting, release = threading.Event(), threading.Event()
+    real = type(store).report_store_ids
+
+    def slow_count(self, now_us):
+        counting.set()
+        release.wait(30)
+        return real(self, now_us)
+
+    monkeypatch.setattr(type(store), "report_store_ids", slow_count)
+    report_id = trigger(client)
+    assert counting.wait(30)
+    try:
+        body = client.get(f"/get_report?report_id={report_id}").get_json()
+        assert body == {"status": "Running", "phase": "counting", "progress": {"done": 0, "total": None}}
+        refused = client.get(f"/get_report?report_id={report_id}&format=csv")
+        assert refused.status_code == 409 and refused.mimetype == "application/json"
+        assert refused.get_json() == {"status": 409, "error": f"report {report_id} is still Running (counting stores): "
+                                      "its CSV is ready when it is Complete; ask again then"}
+    finally:
+        release.set()
+    assert wait_for_report(client, report_id)["data"] == TINY_REPORT
+
+
+def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_kind, monkeypatch):
+    """Progress is written by the job as it goes (one store per chunk here: the tiny data's 3 stores
+    give 0/3, 1/3, 2/3, 3/3), seen both in the job's own calls and through GET /get_report while the
+    job is held inside its second chunk. Nothing in the test writes progress."""
+    from app import create_app
+    from tests.conftest import store_config
+
+    app = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
+                      "REPORTS_DIR": str(tmp_path / "reports"), "CHUNK_STORES": 1})
+    store_class = type(app.extensions["store"])
+    written, reads = [], []
+    second_read, release = threading.Event(), threading.Event()
+    real_update, real_read = store_class.update_report, store_class.read_chunk
+
+    def update_report(self, report_id, **fields):
+        if "progress" in fields:
+            written.append(dict(fields["progress"]))
+        return real_update(self, report_id, **fields)
+
+    def read_chunk(self, store_ids, since_us, now_us):
+        reads.append(list(store_ids))
+        if len(reads) == 2:
+            second_read.set()
+            release.wait(30)  # no assert in the job's thread: the test thread checks what it sees
+        return real_read(self, store_ids, since_us, now_us)
+
+    monkeypatch.setattr(store_class, "update_report", update_report)
+    monkeypatch.setattr(store_class, "read_chunk", read_chunk)
+    client = app.test_client()
+    report_id = trigger(client)
+    try:
+        assert second_read.wait(30), "the job never reached its second chunk"
+        assert client.get(f"/get_report?report_id={report_id}").get_json() == {
+            "status": "Running", "phase": "computing", "progress": {"done": 1, "total": 3}}
+    finally:
+        release.set()
+    assert wait_for_report(client, report_id)["data"] == TINY_REPORT
+    assert reads == [["allday"], ["late"], ["worked"]]
+    assert written == [{"done": 0, "total": None, "phase": "counting"}] + [
+        {"done": done, "total": 3, "phase": "computing"} for done in range(4)]
+    app.extensions["reports"].shutdown(wait=True)
+
+
+def database_failure(kind: str) -> Exception:
+    """An error of the store's own driver, with text that must not reach a client."""
+    if kind == "sqlite":
+        import sqlite3
+
+        return sqlite3.OperationalError("disk I/O error at /srv/secret/store_monitoring.sqlite3")
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    return ServerSelectionTimeoutError("mongodb://admin:hunter2@db1.internal:27017 timed out")
+
+
+@pytest.mark.parametrize("method, path, store_method", [
+    ("get", "/get_report?report_id=" + "0" * 32, "find_report"),
+    ("post", "/trigger_report", "create_report"),
+    ("get", "/reports", "list_reports"),
+])
+def test_a_database_error_is_503_without_its_text(client, store, monkeypatch, method, path, store_method):
+    def fail(*args, **kwargs):
+        raise database_failure(store.kind)
+
+    monkeypatch.setattr(type(store), store_method, fail)
+    response = getattr(client, method)(path)
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "the database is not available; try again shortly", "status": 503}
+    for secret in ("secret", "hunter2", "internal", "I/O", "Traceback"):
+        assert secret not in response.get_data(as_text=True)
+
+
+def test_csv_of_a_report_that_is_not_complete_is_409_and_unknown_format_400(client, store):
+    store.create_report("cd" * 16, None)
+    store.update_report("cd" * 16, progress={"done": 1, "total": 3, "phase": "computing"})
+    running = client.get("/get_report?report_id=" + "cd" * 16 + "&format=csv")
+    assert running.status_code == 409
+    assert running.get_json()["error"].startswith(f"report {'cd' * 16} is still Running (1 of 3 stores)")
+    # asked for by the Accept header alone, a Running report still answers its state in JSON
+    polled = client.get("/get_report?report_id=" + "cd" * 16, headers={"Accept": "text/csv"})
+    assert polled.status_code == 200 and polled.get_json()["status"] == "Running"
+    store.fail_report("cd" * 16, "boom")
+    failed = client.get("/get_report?report_id=" + "cd" * 16 + "&format=CSV")
+    assert failed.status_code == 409
+    assert failed.get_json() == {"status": 409,
+                                 "error": f"report {'cd' * 16} Failed (boom), so it has no CSV: trigger a new report"}
+    for value in ("xml", "", "csv "):
+        unknown = client.get("/get_report?report_id=" + "cd" * 16 + "&format=" + value)
+        assert unknown.status_code == 400
+        assert unknown.get_json()["error"] == f"unknown format {value!r}: use format=csv or format=json"
+    report_id = trigger(client)
+    wait_for_report(client, report_id)
+    as_json = client.get(f"/get_report?report_id={report_id}&format=json", headers={"Accept": "text/csv"})
+    assert as_json.status_code == 200 and as_json.get_json()["data"] == TINY_REPORT
 
 
 def test_failed_report_gives_reason(app, client, store):
@@ -87,7 +218,8 @@ def test_failure_inside_the_job_is_recorded(app, client, monkeypatch):
 
     monkeypatch.setattr(utils, "uptime_report", broken)
     body = wait_for_report(client, trigger(client))
-    assert body == {"status": "Failed", "error": "RuntimeError: disk on fire"}
+    assert body == {"status": "Failed", "error": "the report could not be computed because of an internal error "
+                                                 "(the server log has the details)"}
     # the server keeps serving
     assert client.get("/health").status_code == 200
 
@@ -128,6 +260,8 @@ def test_bad_trigger_bodies_are_400_json(client, data, content_type):
 
 
 def test_wrong_method_and_unknown_path_are_json(client):
+    assert client.get("/trigger_report").get_json()["error"] == "GET is not allowed on /trigger_report: use POST"
+    assert client.put("/get_report").get_json()["error"] == "PUT is not allowed on /get_report: use GET"
     for response, code in ((client.get("/trigger_report"), 405), (client.get("/nowhere"), 404)):
         assert response.status_code == code
         assert response.is_json and response.get_json()["status"] == code

@@ -7,8 +7,9 @@ filtering, the past-reports list and the error messages against the report
 JSON fetched straight from the same service.
 
 Needs Debian's `chromium` and `chromium-driver` (run `scripts/install_browser.sh`;
-CI installs them) and selenium (requirements.txt); skipped otherwise.
-`SAVE_SCREENSHOT=1` also writes docs/screenshot.png (the README's picture).
+CI installs them) and selenium (requirements-dev.txt); skipped otherwise.
+`SAVE_SCREENSHOT=1` also remakes docs/screenshot.png and docs/store-week.png (the README's
+pictures) from the sample data in data/.
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+
+from tests.reference import reference_report
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -44,11 +48,13 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         "(apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -r requirements.txt")
+webdriver = pytest.importorskip("selenium.webdriver",
+                                reason="selenium is not installed: pip install -r requirements-dev.txt")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException, StaleElementReferenceException, TimeoutException,
 )
 from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -224,6 +230,11 @@ def driver(tmp_path_factory):
                                options=options)
     browser.set_page_load_timeout(30)
     browser.set_script_timeout(30)
+    # every page records what its Content-Security-Policy blocked (checked by the CSP test)
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "window.__cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation', function (e) {"
+        "  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI); });")})
     try:
         yield browser
     finally:
@@ -247,24 +258,45 @@ def shown(service, driver):
     assert trigger.is_enabled(), "the button stays disabled after the report finished"
     report = wait_for_report(service, report_id)
     assert report["status"] == "Complete" and report["row_count"] == len(report["data"]) > 0
-    if os.environ.get("SAVE_SCREENSHOT") == "1":
-        save_screenshot(driver, ROOT / "docs" / "screenshot.png")
     return report
 
 
-def save_screenshot(driver, path: Path) -> None:
-    """The whole page at the window's width (Chromium's DevTools full-page capture)."""
+def test_the_page_works_under_its_content_security_policy(service, driver, shown):
+    """The page and Chart.js run under the service's CSP, with nothing blocked; the headers are on the page."""
+    with OPENER.open(urllib.request.Request(service + "/"), timeout=HTTP_TIMEOUT) as response:
+        policy = response.headers["Content-Security-Policy"]
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert driver.execute_script("return window.__cspViolations") == []
+    assert driver.execute_script("return !!(window.Chart && window.Chart.getChart(document.getElementById('chart')))"), \
+        "Chart.js did not draw the chart"
+    if os.environ.get("CSP_SCREENSHOT"):
+        save_screenshot(driver, Path(os.environ["CSP_SCREENSHOT"]))
+
+
+def save_screenshot(driver, path: Path, selector: str | None = None, max_height: int = 6000) -> None:
+    """The page (or the element at `selector`) at the window's width (Chromium's DevTools capture)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
     size = metrics["cssContentSize"]
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000), "scale": 1},
-    })
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], max_height), "scale": 1}
+    if selector:
+        top, height = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            "return [r.top + window.scrollY, r.height];", selector)
+        clip.update(y=max(0, top - 12), height=min(height + 24, max_height))
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                             "clip": clip})
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def test_the_report_shown_has_the_reference_figures(shown, data_set):
+    """The page is checked against the service's JSON; that JSON is checked here against the figures
+    tests/reference.py works out from the same files, so the page is not only compared with itself."""
+    assert shown["data"] == reference_report(data_set)
 
 
 def test_table_shows_every_store_of_the_report_in_store_id_order(driver, shown):
@@ -292,17 +324,17 @@ def test_chart_lists_the_top_20_stores_by_week_downtime(driver, shown):
         else:
             assert float(item["share"]) == pytest.approx(share, rel=1e-9)
             assert 0.0 <= float(item["share"]) <= 1.0
-    # The chart itself was drawn (Chart.js loaded from static/vendor) with the same stores and figures.
+    # The chart itself was drawn (Chart.js loaded from static/vendor): one measure, hours, down then up stacked.
     drawn = driver.execute_script(
         "const c = window.Chart && Chart.getChart(document.getElementById('chart'));"
-        "return c ? {labels: c.data.labels, down: c.data.datasets[0].data, share: c.data.datasets[1].data} : null;"
+        "return c ? {labels: c.data.labels, down: c.data.datasets[0].data, up: c.data.datasets[1].data,"
+        "            axes: Object.keys(c.options.scales).sort()} : null;"
     )
     assert drawn is not None, "Chart.js did not draw the chart"
     assert drawn["labels"] == [row["store_id"] for row in expected]
     assert drawn["down"] == pytest.approx([row["downtime_last_week"] for row in expected])
-    for value, row in zip(drawn["share"], expected):
-        share = uptime_share(row)
-        assert (value is None) if share is None else value == pytest.approx(100 * share, abs=0.051)
+    assert drawn["up"] == pytest.approx([row["uptime_last_week"] for row in expected])
+    assert drawn["axes"] == ["x", "y"], "one value axis"
     assert driver.find_element(By.ID, "chart").size["height"] > 100
 
 
@@ -451,8 +483,147 @@ def test_errors_are_shown(driver, shown):
     assert not message.is_displayed()
 
 
+def micros(text: str) -> int:
+    """Microseconds since the epoch of an API instant (ISO 8601 UTC, microseconds, Z)."""
+    when = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+def segment_totals(timeline: dict) -> dict[str, float]:
+    """Each window's up and down time added up from the API's segments, in the report's units."""
+    totals = {}
+    for name, (low, high) in timeline["windows"].items():
+        low, high = micros(low), micros(high)
+        for status, kind in (("active", "uptime"), ("inactive", "downtime")):
+            covered = sum(max(0, min(micros(seg["end"]), high) - max(micros(seg["start"]), low))
+                          for seg in timeline["segments"] if seg["status"] == status)
+            totals[f"{kind}_last_{name}"] = covered / (60e6 if name == "hour" else 3600e6)
+    return totals
+
+
+def local_dates(timeline: dict) -> list[dt.date]:
+    """The local calendar dates the week window touches, in the store's zone."""
+    zone = ZoneInfo(timeline["timezone"])
+    start = dt.datetime.fromtimestamp(micros(timeline["windows"]["week"][0]) / 1e6, zone).date()
+    end = dt.datetime.fromtimestamp((micros(timeline["windows"]["week"][1]) - 1) / 1e6, zone).date()
+    return [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def shown_week(driver) -> dict:
+    """What the store's week section drew, read in one call."""
+    return driver.execute_script("""
+        const section = document.getElementById('store-week');
+        const cells = Array.from(section.querySelectorAll('#week-totals tbody td[data-key]'));
+        return {
+          store: section.dataset.storeId, report: section.dataset.reportId,
+          meta: document.getElementById('week-meta').textContent,
+          days: section.querySelectorAll('.week-day:not(.axis)').length,
+          drawn: Object.fromEntries(cells.filter(td => !td.classList.contains('report'))
+                                         .map(td => [td.dataset.key, Number(td.dataset.value)])),
+          shownText: Object.fromEntries(cells.filter(td => !td.classList.contains('report'))
+                                             .map(td => [td.dataset.key, td.textContent])),
+          reportText: Object.fromEntries(cells.filter(td => td.classList.contains('report'))
+                                              .map(td => [td.dataset.key, td.textContent])),
+          segments: Array.from(section.querySelectorAll('.track .seg')).map(el => Number(el.dataset.seg)),
+          downPieces: section.querySelectorAll('.track .seg.down').length,
+          ticks: Array.from(section.querySelectorAll('.track .tick')).map(el => Number(el.dataset.at)),
+          marks: Array.from(section.querySelectorAll('.track .mark')).map(el => el.dataset.label),
+        };""")
+
+
+def assert_week_matches_the_api(driver, service, report_id: str, store_id: str) -> dict:
+    wait(driver, lambda d: d.find_element(By.ID, "store-week").get_attribute("data-state") == "shown"
+         and d.find_element(By.ID, "store-week").get_attribute("data-store-id") == store_id,
+         f"the week of store {store_id} is not shown")
+    status, timeline = http_json(f"{service}/stores/{store_id}/timeline?report_id={report_id}")
+    assert status == 200, timeline
+    week = shown_week(driver)
+    assert week["report"] == report_id and timeline["timezone"] in week["meta"]
+    expected = segment_totals(timeline)
+    assert set(week["drawn"]) == set(expected) == set(timeline["totals"]) - {"store_id"}
+    for key, value in expected.items():
+        assert week["drawn"][key] == pytest.approx(value, abs=1e-9), key           # what the page added up
+        assert round(week["drawn"][key], 2) == pytest.approx(timeline["totals"][key], abs=0.0100001), key
+        unit = " min" if key.endswith("_hour") else " h"
+        assert week["reportText"][key] == f"{timeline['totals'][key]:.2f}{unit}", key  # the report's own row
+        assert week["shownText"][key] == f"{week['drawn'][key]:.2f}{unit}", key
+    assert week["days"] == len(local_dates(timeline))
+    assert set(week["segments"]) == set(range(len(timeline["segments"])))        # every segment drawn
+    week_start = micros(timeline["windows"]["week"][0])
+    polls = {micros(p["timestamp"]) for p in timeline["polls"]}
+    assert {t for t in polls if t >= week_start} <= set(week["ticks"]) <= polls  # every poll of the week a tick
+    assert sorted(week["marks"]) == ["1 d", "1 h"]
+    return timeline
+
+
+def test_clicking_a_store_id_shows_its_week(driver, service, shown):
+    store_id = top_by_week_downtime(shown["data"])[3]["store_id"]
+    click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link in the table")
+    timeline = assert_week_matches_the_api(driver, service, shown["report_id"], store_id)
+    assert timeline["totals"] == next(row for row in shown["data"] if row["store_id"] == store_id)
+    assert shown_week(driver)["downPieces"] > 0
+    driver.find_element(By.ID, "week-close").click()
+    assert not driver.find_element(By.ID, "store-week").is_displayed()
+
+
+def test_clicking_a_bar_of_the_chart_shows_that_stores_week(driver, service, shown):
+    index = 2
+    store_id = top_by_week_downtime(shown["data"])[index]["store_id"]
+    canvas = driver.find_element(By.ID, "chart")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", canvas)
+    x, y = driver.execute_script(
+        "const bar = Chart.getChart(arguments[0]).getDatasetMeta(0).data[arguments[1]];"
+        "return [bar.base + (bar.x - bar.base) / 2, bar.y];", canvas, index)
+    size = canvas.size
+    ActionChains(driver).move_to_element_with_offset(canvas, int(x - size["width"] / 2),
+                                                     int(y - size["height"] / 2)).click().perform()
+    assert_week_matches_the_api(driver, service, shown["report_id"], store_id)
+
+
+def test_narrow_screen_needs_no_sideways_scrolling(driver, shown):
+    """At 400 px: no page-wide scrolling, the stores table fits its box, past reports' buttons are on screen."""
+    driver.set_window_size(400, 900)
+    try:
+        wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 420, "the window did not narrow")
+        sizes = driver.execute_script("""
+            const scroll = document.querySelector('#report .table-scroll');
+            const buttons = Array.from(document.querySelectorAll(
+              '#past-reports td.actions button, #past-reports td.actions a'));
+            return {page: document.documentElement.scrollWidth, view: window.innerWidth,
+                    table: scroll.scrollWidth, box: scroll.clientWidth,
+                    rightmost: Math.max(...buttons.map(b => b.getBoundingClientRect().right))};""")
+        assert sizes["page"] <= sizes["view"], sizes
+        assert sizes["table"] <= sizes["box"], sizes
+        assert 0 < sizes["rightmost"] <= sizes["view"], sizes
+        first = table_rows(driver)[0]
+        assert len(first) == len(shown["columns"])     # every column still there, stacked
+    finally:
+        driver.set_window_size(1280, 1000)
+
+
+@pytest.mark.skipif(os.environ.get("SAVE_SCREENSHOT") != "1", reason="set SAVE_SCREENSHOT=1 to remake docs/*.png")
+def test_save_the_readme_screenshots(driver, tmp_path):
+    """docs/screenshot.png: the page on the sample data (data/, 200 stores) as a newcomer sees it;
+    docs/store-week.png: one store's week opened from it."""
+    with running_service(tmp_path, ROOT / "data") as base:
+        driver.set_window_size(1280, 1000)
+        driver.get(base + "/")
+        driver.find_element(By.ID, "trigger").click()
+        section = driver.find_element(By.ID, "report")
+        wait(driver, lambda d: section.get_attribute("data-report-id"), "no report shown", timeout=REPORT_TIMEOUT)
+        report = wait_for_report(base, section.get_attribute("data-report-id"))
+        assert report["row_count"] == 200
+        driver.execute_script("window.scrollTo(0, 0);")
+        save_screenshot(driver, ROOT / "docs" / "screenshot.png", max_height=1900)
+        store_id = "6204690224004845394"   # a store with split hours, ups and downs every day
+        click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link")
+        assert_week_matches_the_api(driver, base, report["report_id"], store_id)
+        save_screenshot(driver, ROOT / "docs" / "store-week.png", selector="#store-week")
+
+
 def test_page_sends_the_api_token(driver, tmp_path, data_set):
-    """With API_TOKEN set, the page says so until it has the token, then works (`?token=` in the address)."""
+    """With API_TOKEN set, the page says so until it has the token, then works (`#token=` in the address:
+    the fragment never reaches the server, so the token stays out of access logs and Referer headers)."""
     token = "browser-test-token"
     with running_service(tmp_path, data_set, API_TOKEN=token) as base:
         driver.get(base + "/")
@@ -460,8 +631,8 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         wait(driver, lambda d: message.is_displayed() and "HTTP 401" in message.text, "no message for a 401")
         assert "API token" in message.text
 
-        driver.get(f"{base}/?token={token}")
-        assert "token" not in driver.current_url, "the token stays in the address bar"
+        driver.get(f"{base}/#token={token}")
+        wait(driver, lambda d: "token" not in d.current_url, "the token stays in the address bar")
         trigger = driver.find_element(By.ID, "trigger")
         trigger.click()
         wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id"), "no report shown",
@@ -471,6 +642,7 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         assert len(table_rows(driver)) == STORES
         wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#past-reports tr[data-status='Complete']"),
              "past reports not listed with the token")
-        # The token is kept in this browser (for this origin only) until cleared.
-        assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") == token
-        driver.execute_script("localStorage.clear();")
+        # The token is kept in this tab only (sessionStorage), never in localStorage.
+        assert driver.execute_script("return sessionStorage.getItem('storeUptime.apiToken')") == token
+        assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") is None
+        driver.execute_script("sessionStorage.clear();")

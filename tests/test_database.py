@@ -266,3 +266,53 @@ def test_polls_frame_types(store, tmp_path):
     assert polls["timestamp_us"].dtype == "int64" and polls["active"].dtype == bool
     assert list(hours.columns) == ["store_id", "day", "start_s", "end_s"]
     assert isinstance(zones, pd.DataFrame) and list(zones.columns) == ["store_id", "timezone_str"]
+
+
+class ShuffledChunks:
+    """A reportChunks collection whose find answers in an order of its own (a real server promises no
+    order without a sort): reversed, with the middle ones swapped; a requested sort is honoured."""
+
+    class Cursor:
+        def __init__(self, docs):
+            self.docs = docs
+
+        def sort(self, key, direction=1):
+            key, direction = (key[0] if isinstance(key, list) else (key, direction))
+            return ShuffledChunks.Cursor(sorted(self.docs, key=lambda d: d[key], reverse=direction == -1))
+
+        def __iter__(self):
+            return iter(self.docs)
+
+    def __init__(self, collection):
+        self.collection = collection
+
+    def find(self, *args, **kwargs):
+        docs = list(self.collection.find(*args, **kwargs))[::-1]
+        if len(docs) > 3:
+            docs[1], docs[2] = docs[2], docs[1]
+        return ShuffledChunks.Cursor(docs)
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
+
+
+def test_report_csv_chunks_reassembled_in_order_whatever_order_they_come_in(monkeypatch):
+    import store_mongo
+
+    store = database.connect("mongomock://", "chunks")
+    monkeypatch.setattr(store_mongo, "CSV_CHUNK_BYTES", 7)
+    payload = b"store_id,uptime\n" + b"".join(b"%d,1.0\n" % i for i in range(50))
+    store.create_report("a" * 32, None)
+    store.complete_report("a" * 32, payload, 50)
+    real_db = store.db
+
+    class Db:
+        def __getitem__(self, name):
+            return ShuffledChunks(real_db[name]) if name == store_mongo.REPORT_CHUNKS else real_db[name]
+
+        def __getattr__(self, name):
+            return getattr(real_db, name)
+
+    monkeypatch.setattr(store, "db", Db())
+    assert list(d["n"] for d in store.db[store_mongo.REPORT_CHUNKS].find({}))[:3] != [0, 1, 2]  # shuffled
+    assert store.read_report_csv(store.find_report("a" * 32)) == payload  # 7-byte chunks, back in order

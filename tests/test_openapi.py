@@ -224,12 +224,24 @@ def test_report_states_keep_to_the_description(api_app, api_schema):
     assert as_csv.text.splitlines()[0] == ",".join(COLUMNS)
     by_accept = check({"report_id": report_id}, headers={"Accept": "text/csv"})
     assert by_accept.headers["content-type"][0].startswith("text/csv")
+    timeline = api_schema["/stores/{store_id}/timeline"]["GET"]
+    for store_id in ("worked", "allday", "late"):
+        case = timeline.Case(path_parameters={"store_id": store_id}, query={"report_id": report_id})
+        response = case.call()
+        case.validate_response(response, checks=CONFORMANCE)
+        assert response.status_code == 200 and response.json()["store_id"] == store_id
 
     store = api_app.extensions["store"]
     force_report_state(store, report_id, status="Running", progress={"done": 1, "total": 3})
-    assert check({"report_id": report_id}).json() == {"status": "Running", "progress": {"done": 1, "total": 3}}
+    assert check({"report_id": report_id}).json() == {"status": "Running", "phase": "computing",
+                                                      "progress": {"done": 1, "total": 3}}
+    force_report_state(store, report_id, progress={"done": 0, "total": None, "phase": "counting"})
+    assert check({"report_id": report_id}).json() == {"status": "Running", "phase": "counting",
+                                                      "progress": {"done": 0, "total": None}}
+    assert check({"report_id": report_id, "format": "csv"}).status_code == 409
     force_report_state(store, report_id, status="Failed", error="boom")
     assert check({"report_id": report_id}).json() == {"status": "Failed", "error": "boom"}
+    assert check({"report_id": report_id, "format": "csv"}).status_code == 409
 
     listing = api_schema["/reports"]["GET"].Case(query={"page": 1, "per_page": 100})
     listing.validate_response(listing.call(), checks=CONFORMANCE)
@@ -274,7 +286,8 @@ def test_report_workflow_through_links(api_schema):
 # a 500 where the description promises a 4xx, or a documented header missing.
 
 
-@pytest.mark.parametrize("path", ["/health", "/trigger_report", "/get_report", "/reports", "/ingest", "/"])
+@pytest.mark.parametrize("path", ["/health", "/trigger_report", "/get_report", "/reports", "/ingest", "/",
+                                  "/stores/x/timeline"])
 def test_wrong_method_is_405_json_with_allow_header(client, path):
     """RFC 9110: a 405 answer MUST name the allowed methods in `Allow`."""
     response = client.open(path, method="DELETE")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import reportGenerator
 import sources
 import utils
 from tests.conftest import TINY_REPORT
-from tests.reference import reference_ticks
+from tests.reference import reference_report, reference_ticks
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data"
 
@@ -35,17 +36,64 @@ def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
     assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "soon"]) == 2
 
 
+@lru_cache(maxsize=1)
+def sample_reference_report() -> list[dict]:
+    """The sample's report worked out by tests/reference.py, which shares no code with the engine."""
+    return reference_report(SAMPLE)
+
+
+def assert_is_the_reference(report: pd.DataFrame) -> None:
+    expected = sample_reference_report()
+    assert len(expected) == 200
+    assert report.astype({"store_id": str}).to_dict("records") == expected
+
+
 @pytest.mark.parametrize("chunk_stores", [1, 7, 10_000])
 def test_chunk_size_does_not_change_the_report(chunk_stores):
     whole, now_us, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=100_000)
     chunked, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=chunk_stores)
     pd.testing.assert_frame_equal(whole, chunked)
+    assert_is_the_reference(chunked)
 
 
 def test_worker_processes_give_the_same_report():
     alone, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=1)
     shared, _, _ = reportGenerator.report_from_dir(SAMPLE, chunk_stores=30, processes=2)
     pd.testing.assert_frame_equal(alone, shared)
+    assert_is_the_reference(shared)
+
+
+def test_cli_csv_on_the_sample_is_the_reference(tmp_path):
+    """The CLI's CSV file, read back, holds the reference's figures (the API's CSV equals it, below)."""
+    output = tmp_path / "cli.csv"
+    assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(output)]) == 0
+    assert_is_the_reference(pd.read_csv(output, dtype={"store_id": str}))
+
+
+def test_processes_are_chosen_by_the_size_of_the_work(monkeypatch):
+    monkeypatch.setattr(reportGenerator, "usable_cores", lambda: 8)
+    per = reportGenerator.POLLS_PER_PROCESS
+    # real scale (1.5M polls) and ten times it: one process, which measured faster than two
+    assert [reportGenerator.default_processes(n) for n in (0, 1_500_000, 15_000_000)] == [1, 1, 1]
+    assert [reportGenerator.default_processes(n) for n in (2 * per - 1, 2 * per, 3 * per, 100 * per)] == [1, 2, 3, 8]
+    monkeypatch.setattr(reportGenerator, "usable_cores", lambda: 2)
+    assert reportGenerator.default_processes(100 * per) == 2
+
+
+def test_the_command_line_default_uses_one_process_on_small_data(tmp_path, monkeypatch):
+    chosen = []
+    real = reportGenerator._ticks_by_chunk
+
+    def spy(coded, now_us, bounds, processes):
+        chosen.append(processes)
+        return real(coded, now_us, bounds, processes)
+
+    monkeypatch.setattr(reportGenerator, "_ticks_by_chunk", spy)
+    common = ["--data-dir", str(SAMPLE), "--chunk-stores", "30"]
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r.csv")]) == 0
+    assert reportGenerator.main([*common, "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
+    assert chosen == [1, 2]
+    assert (tmp_path / "r.csv").read_bytes() == (tmp_path / "r2.csv").read_bytes()
 
 
 def test_chunk_bounds_cover_every_store_once():

@@ -1,6 +1,7 @@
 """CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -84,7 +85,7 @@ def test_bom_crlf_quotes_and_bad_bytes():
     ).encode() + b"4,\xff\xfe,2023-01-22 12:00:00 UTC\r\n"
     parsed = sources.read_store_status(data)
     assert list(parsed.frame["store_id"]) == ["1", "3"]
-    assert reasons(parsed)[3] == "store_id has control characters"
+    assert reasons(parsed)[3] == "store_id '2\\nnewline' has characters other than letters, digits and - _ . : ;"
     assert reasons(parsed)[6] == "row is not valid UTF-8 text"
     assert parsed.rows_read == len(parsed.frame) + parsed.rejected
 
@@ -131,15 +132,18 @@ def test_menu_hours_rows():
     assert got[6] == "bad time '24:00:00' in start_time_local (expected HH:MM:SS)"
     assert got[7] == "bad time '9am' in end_time_local (expected HH:MM:SS)"
     assert got[8] == "duplicate of line 9 (same store, day and hours)"
+    assert {r.file for r in parsed.rejects} == {sources.HOURS_FILE}
 
 
 def test_timezone_rows():
     parsed = sources.read_timezones(
         b"store_id,timezone_str\n1,America/New_York\n2,Mars/Olympus\n1,America/Denver\n3,\n4,../../etc/passwd\n"
     )
-    assert parsed.frame[["store_id", "timezone_str"]].values.tolist() == [["1", "America/Denver"]]
+    assert parsed.frame.to_dict("list") == {"store_id": ["1"], "timezone_str": ["America/Denver"], "line": [4]}
+    assert list(parsed.frame.index) == [0]
+    assert {r.file for r in parsed.rejects} == {sources.ZONES_FILE}
     got = reasons(parsed)
-    assert got[2].startswith("overridden by line 4")
+    assert got[2] == "overridden by line 4 (same store_id, later row wins)"
     assert got[3] == "unknown timezone name 'Mars/Olympus'"
     assert got[5] == "unknown timezone name ''"
     assert got[6].startswith("unknown timezone name")
@@ -154,8 +158,11 @@ def test_detect_file_by_header():
 
 def test_read_data_dir_missing_file_is_noted(tmp_path):
     (tmp_path / "store_status.csv").write_text(HEADER + "1,active,2023-01-22 12:00:00 UTC\n")
+    (tmp_path / "timezones.csv").write_text("store_id,timezone_str\n1,Nowhere/Town\n")
     parsed = sources.read_data_dir(tmp_path)
     assert len(parsed[sources.STATUS_FILE].frame) == 1
+    assert [(r.file, r.line) for r in parsed[sources.ZONES_FILE].rejects] == [(str(tmp_path / "timezones.csv"), 2)]
+    assert parsed[sources.HOURS_FILE].file == str(tmp_path / "menu_hours.csv")
     assert parsed[sources.HOURS_FILE].frame.empty
     assert "not found" in parsed[sources.HOURS_FILE].notes[0]
 
@@ -170,6 +177,8 @@ def test_huge_field_is_rejected_not_loaded():
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from tests.conftest import examples  # noqa: E402
 
 GOOD_STAMPS = st.integers(1_600_000_000_000_000, 1_700_000_000_000_000).map(
     lambda us: (us, sources.pd.Timestamp(us, unit="us", tz="UTC"))
@@ -211,7 +220,7 @@ def status_files(draw):
     return (bom + "store_id,status,timestamp_utc" + newline + "".join(r + newline for r in rows)).encode(), expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(status_files())
 def test_every_row_is_loaded_or_rejected_with_its_line(case):
     data, expected = case
@@ -232,7 +241,7 @@ def test_every_row_is_loaded_or_rejected_with_its_line(case):
             assert index + 2 in rejected_lines
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_reader(body):
     for file, header in ((sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"),
@@ -245,10 +254,9 @@ def test_arbitrary_bytes_never_crash_the_reader(body):
 
 @pytest.mark.parametrize("extra", ["", "9,active\n", '"quoted\nbreak",active,2023-01-22 12:00:00 UTC\n', "5,\xe9,x\n"])
 def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra):
-    """A file on disk is read in blocks (here, tiny ones); the result is the same as reading it whole,
-    and files the block reader cannot vouch for (ragged rows, quoted line breaks, non-ASCII) fall back."""
-    monkeypatch.setattr(sources, "STATUS_BLOCK_BYTES", 64)
-    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    """Bytes (and uploads) are streamed in blocks (here, tiny ones); the result is the same as reading the
+    file whole, ragged rows, quoted line breaks and non-ASCII text included."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
     rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
             for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
@@ -261,5 +269,223 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     assert [(r.line, r.reason) for r in from_file.rejects] == [(r.line, r.reason) for r in from_bytes.rejects]
     assert from_file.rows_read == from_bytes.rows_read == len(text.splitlines()) - 1 - (1 if "quoted" in extra else 0)
     assert list(from_file.frame["store_id"].cat.categories) == sorted(from_file.frame["store_id"].cat.categories)
-    used_blocks = sources._read_store_status_in_blocks(path, "store_status.csv") is not None
-    assert used_blocks == (extra == "")
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)  # a large file on disk is streamed too
+    streamed = sources.read_store_status(path)
+    pd.testing.assert_frame_equal(streamed.frame, from_file.frame)
+    assert [(r.line, r.reason) for r in streamed.rejects] == [(r.line, r.reason) for r in from_file.rejects]
+
+
+BLOCK_FILE = (
+    HEADER
+    + "7,active,2023-01-22 12:00:00 UTC\n"  # line 2: overridden by line 6
+    + "12,inactive,2023-01-22T12:30:00Z\n"  # line 3: duplicate of line 7
+    + "7,online,2023-01-22 13:00:00 UTC\n"  # line 4: unknown status
+    + "300,ACTIVE,2023-01-22 13:00:00.000001 UTC\n"  # line 5
+    + "7,inactive,2023-01-22 12:00:00 UTC\n"  # line 6
+    + "12,inactive,2023-01-22 12:30:00 UTC\n"  # line 7
+    + ",active,2023-01-22 14:00:00 UTC\n"  # line 8: no store_id
+    + "12,active,not a time\n"  # line 9: unparseable timestamp
+    + "12,active,2023-01-22T15:00:00+01:00\n"  # line 10: 14:00 UTC
+    + "0042,inactive,2023-01-22 14:00:00 UTC\n"  # line 11
+)
+# 2023-01-22 12:00:00 UTC is 1,674,388,800 s after the epoch (19,379 days of 86,400 s, plus 12 h)
+NOON_US = 1_674_388_800_000_000
+BLOCK_FILE_ROWS = [  # (line, store_id, timestamp_us, active), the later row of each key, in file order
+    (5, "300", NOON_US + 3_600_000_000 + 1, True),
+    (6, "7", NOON_US, False),
+    (7, "12", NOON_US + 1_800_000_000, False),
+    (10, "12", NOON_US + 7_200_000_000, True),
+    (11, "0042", NOON_US + 7_200_000_000, False),
+]
+BLOCK_FILE_REJECTS = [
+    (2, "overridden by line 6 (same store_id and timestamp, later row wins)"),
+    (3, "duplicate of line 7 (same store_id and timestamp)"),
+    (4, "unknown status 'online' (expected active or inactive)"),
+    (8, "missing store_id"),
+    (9, "unparseable timestamp 'not a time'"),
+]
+
+
+def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_status.csv") -> sources.Parsed:
+    """read_store_status on a file on disk, made to take the block-by-block reader with tiny blocks;
+    the test fails if the file is handed to the whole-file reader instead."""
+    def whole_file(*args, **kwargs):
+        raise AssertionError("the file was handed to the whole-file reader")
+
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(sources, "raw_rows", whole_file)
+    return sources.read_store_status(path, file=file)
+
+
+@pytest.mark.parametrize("block_bytes", [64, 150, 1 << 20])
+def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes):
+    """The block reader's rows and rejects, worked out by hand for a file that spans several blocks
+    (duplicates and overrides straddle blocks), not only compared with the whole-file reader."""
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(BLOCK_FILE.encode())
+    whole = sources.read_store_status(BLOCK_FILE.encode())
+    for parsed in (read_in_blocks(monkeypatch, path, block_bytes), whole):
+        frame = parsed.frame
+        assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+        assert list(frame["store_id"].cat.categories) == ["0042", "12", "300", "7"]
+        assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
+        assert (parsed.rows_read, parsed.rejected) == (10, 5)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["no final newline", "crlf", "header case", "header spaces"],
+)
+def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatch, variant):
+    """Files the block reader must still vouch for itself (not hand to the whole-file reader): no line
+    break after the last row, CRLF line ends, a header in other case or with spaces after the commas."""
+    text = {
+        "no final newline": BLOCK_FILE.rstrip("\n"),
+        "crlf": BLOCK_FILE.replace("\n", "\r\n"),
+        "header case": BLOCK_FILE.replace(HEADER, "STORE_ID,Status,Timestamp_UTC\n"),
+        "header spaces": BLOCK_FILE.replace(HEADER, "store_id, status, timestamp_utc\n"),
+    }[variant]
+    path = tmp_path / "polls.csv"
+    path.write_bytes(text.encode())
+    parsed = read_in_blocks(monkeypatch, path, 64, file="polls.csv")
+    frame = parsed.frame
+    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+    assert sorted((r.file, r.line, r.reason) for r in parsed.rejects) == [
+        ("polls.csv", line, reason) for line, reason in BLOCK_FILE_REJECTS]
+
+
+def test_block_reader_rejects_a_wrong_header_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(b"store_id;status;timestamp_utc\n1;active;2023-01-22 12:00:00 UTC\n")
+    with pytest.raises(sources.HeaderError, match="wrong header 'store_id;status;timestamp_utc'"):
+        sources.read_store_status(path)
+
+
+# A byte that is not UTF-8 (line 3) sends the whole file to the line-by-line reader.
+FALLBACK_FILE = (
+    b"store_id,status,timestamp_utc\r\n"
+    b"1,active,2023-01-22 12:00:00 UTC\r\n"  # line 2
+    b"2,on\x80,2023-01-22 12:00:00 UTC\r\n"  # line 3: not UTF-8 (the lowest byte that is not)
+    b"3,active\xff,2023-01-22 12:00:00 UTC\r\n"  # line 4: not UTF-8 (the highest)
+    b"4,active,2023-01-22 12:00:00 UTC,x\r\n"  # line 5: a field too many
+    b"   \r\n"  # line 6: blank
+    b"\r\n"  # line 7: empty
+    b'"5\r\nsplit",active,2023-01-22 12:00:00 UTC\r\n'  # lines 8-9: a quoted line break
+    b"6,inactive,2023-01-22 13:00:00 UTC\r\n"  # line 10
+    + b"9" * 200_000 + b",active,2023-01-22 12:00:00 UTC\r\n"  # line 11: beyond the csv module's field limit
+    + b"10,inactive,2023-01-22T14:00:00Z\r\n"  # line 12
+    b"11,active\r\n"  # line 13
+    b'12,"on\r\nline",2023-01-22 12:00:00 UTC\r\n'  # lines 14-15: a status with a quoted CRLF in it
+)
+
+
+def test_line_by_line_reader_by_hand():
+    parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
+    frame = parsed.frame
+    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == [
+        (2, "1", NOON_US, True), (10, "6", NOON_US + 3_600_000_000, False), (12, "10", NOON_US + 7_200_000_000, False)]
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == [
+        (3, "row is not valid UTF-8 text"),
+        (4, "row is not valid UTF-8 text"),
+        (5, "expected 3 fields, found 4"),
+        (6, "blank line"),
+        (7, "blank line"),
+        (8, "store_id '5\\r\\nsplit' has characters other than letters, digits and - _ . : ;"),
+        (11, "unreadable CSV row: field larger than field limit (131072)"),
+        (13, "missing column timestamp_utc"),
+        (14, "unknown status 'on\\r\\nline' (expected active or inactive)"),
+    ]
+    assert {r.file for r in parsed.rejects} == {"polls.csv"}
+    assert (parsed.rows_read, parsed.rejected) == (12, 9)
+
+
+def test_blank_lines_are_worded_alike_by_both_readers():
+    body = b"1,active,2023-01-22 12:00:00 UTC\n   \n\n , \n"
+    arrow = sources.read_store_status(HEADER.encode() + body)
+    by_line = sources.read_store_status(HEADER.encode() + body + b"\xff,active,2023-01-22 12:00:00 UTC\n")
+    expected = [(3, "blank line"), (4, "blank line"), (5, "missing column timestamp_utc")]
+    assert sorted((r.line, r.reason) for r in arrow.rejects) == expected
+    assert sorted((r.line, r.reason) for r in by_line.rejects) == expected + [(6, "row is not valid UTF-8 text")]
+
+
+def test_a_lone_carriage_return_is_not_a_line_end():
+    """Lines end at LF (or CRLF), as uploads are streamed block by block at line ends: a row with a lone
+    CR inside is one unreadable line, rejected with its number, and the rows after it keep theirs."""
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
+                         "3,inactive,2023-01-22 12:00:00 UTC\n")
+    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(3, "3")]
+    assert list(reasons(parsed)) == [2] and reasons(parsed)[2].startswith("unreadable CSV row")
+    assert (parsed.rows_read, parsed.rejected) == (2, 1)
+
+
+def test_parse_time_of_day_by_hand():
+    values = ["09:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", " 7:05 ", "x", "00:00:00", "9:5", "12:59:59"]
+    assert sources.parse_time_of_day(values).tolist() == [
+        32_400, 86_399, -1, -1, -1, 25_500, -1, 0, -1, 12 * 3600 + 59 * 60 + 59]
+
+
+def test_parse_timestamps_by_hand():
+    got = sources.parse_timestamps_us(["2023-01-22 12:09:39.388884 UTC", "garbage", "2023-01-22T12:09:39+01:00"])
+    assert got.tolist() == [1_674_389_379_388_884, np.iinfo(np.int64).min, 1_674_385_779_000_000]
+
+
+def test_long_values_are_quoted_short_in_reasons():
+    forty = "x" * 40
+    parsed = status_rows(f"1,active,{forty}\n2,active,{forty}y\n")
+    assert reasons(parsed) == {2: f"unparseable timestamp '{forty}'", 3: f"unparseable timestamp '{forty}...'"}
+
+
+def test_a_row_short_of_an_ignored_column_is_ragged():
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n2,active,2023-01-22 12:00:00 UTC,n\n",
+                         header="store_id,status,timestamp_utc,note\n")
+    assert reasons(parsed) == {2: "expected 4 fields, found 3"}
+    assert list(parsed.frame["store_id"]) == ["2"]
+
+
+def test_frames_have_their_documented_types():
+    polls = status_rows("1,active,2023-01-22 12:00:00 UTC\n").frame
+    hours = sources.read_menu_hours(b"store_id,day,start_time_local,end_time_local\n1,2,09:00:00,17:00:00\n").frame
+    zones = sources.read_timezones(b"store_id,timezone_str\n1,UTC\n").frame
+    assert dict(polls.dtypes.astype(str)) == {
+        "store_id": "category", "timestamp_us": "int64", "active": "bool", "line": "int64"}
+    assert list(hours.columns) == ["store_id", "day", "start_s", "end_s", "line"]
+    assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s", "line")] == ["int64"] * 4
+    assert list(zones.columns) == ["store_id", "timezone_str", "line"]
+    for frame in (polls, hours, zones):
+        assert list(frame.index) == [0]
+
+
+ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason}) worked out by hand
+    "clean": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC\n", 2, {}),
+    "crlf": ("1,active,2023-01-22 12:00:00 UTC\r\n2,inactive,2023-01-22 13:00:00 UTC\r\n", 2, {}),
+    "no final newline": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC", 2, {}),
+    "ragged and blank": ("1,active\n\n   \n2,active,2023-01-22 12:00:00 UTC,x\n3,active,2023-01-22 12:00:00 UTC\n", 5,
+                         {2: "missing column timestamp_utc", 3: "blank line", 4: "blank line",
+                          5: "expected 3 fields, found 4"}),
+    "utf-8 beyond ascii": ("1,active,2023-01-22 12:00:00 UTC\n2,\u00e9t\u00e9,2023-01-22 12:00:00 UTC\n", 2,
+                           {3: "unknown status '\u00e9t\u00e9' (expected active or inactive)"}),
+}
+
+
+@pytest.mark.parametrize("name", list(ARROW_FILES))
+def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
+    """The Arrow reader vouches for ordinary files itself (Python touches only rejected rows); the
+    line-by-line reader is only for what Arrow cannot number (bad bytes, quoted line breaks)."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    body, rows_read, expected = ARROW_FILES[name]
+    parsed = status_rows(body)
+    assert parsed.rows_read == rows_read
+    assert reasons(parsed) == expected
+
+
+def test_quoted_line_breaks_keep_the_true_line_numbers():
+    parsed = status_rows('1,"act\nive",2023-01-22 12:00:00 UTC\n2,online,2023-01-22 12:00:00 UTC\n'
+                         '3,active,2023-01-22 12:00:00 UTC\n')
+    assert reasons(parsed) == {2: "unknown status 'act\\nive' (expected active or inactive)",
+                               4: "unknown status 'online' (expected active or inactive)"}
+    assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(5, "3")]

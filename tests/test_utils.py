@@ -7,10 +7,11 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import utils
+from tests.conftest import examples
 from tests.reference import reference_ticks
 
 UTC = dt.timezone.utc
@@ -80,11 +81,15 @@ def test_worked_example_from_the_spec():
 
 
 def test_tie_at_midpoint_goes_to_later_poll():
+    # polls 10:00 active and 10:30 inactive; the hour window is [09:30, 10:30). The midpoint 10:15 is as
+    # near to both polls and belongs to the later one, so active covers [09:30, 10:15) and inactive
+    # [10:15, 10:30). Counted in unrounded ticks (half-microseconds) the midpoint's own tick is on the
+    # inactive side: were the tie given to the earlier poll, uptime would be one tick more.
     polls = [("s", "2023-01-24 10:00:00", "active"), ("s", "2023-01-24 10:30:00", "inactive")]
-    report = report_for(polls, zones={"s": "UTC"}, now="2023-01-24 10:30:00")
-    # hour window [09:30, 10:30): active 09:30-10:15, inactive 10:15-10:30
-    assert report["s"]["uptime_last_hour"] == 45.0
-    assert report["s"]["downtime_last_hour"] == 15.0
+    poll_frame, hours, zones = frames(polls, zones={"s": "UTC"})
+    ticks = utils.uptime_ticks(poll_frame, hours, zones, us(utc("2023-01-24 10:30:00")))
+    assert ticks.loc[0, "uptime_last_hour"] == 45 * 60 * utils.TICKS_PER_SECOND
+    assert ticks.loc[0, "downtime_last_hour"] == 15 * 60 * utils.TICKS_PER_SECOND
 
 
 def test_midpoint_tie_exact_at_half_microsecond():
@@ -252,6 +257,27 @@ def test_empty_input_gives_empty_report_with_columns():
     assert list(report.columns) == utils.REPORT_COLUMNS
 
 
+@pytest.mark.parametrize(
+    "when, value_us",
+    [
+        # 2023-01-22 is 19,379 days after 1970-01-01: (19,379 x 86,400 + 12:09:39) s, and 388,884 us
+        (dt.datetime(2023, 1, 22, 12, 9, 39, 388884, tzinfo=UTC), 1_674_389_379_388_884),
+        (dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), -1),
+        # the last microsecond of year 9999: 2,932,896 days; beyond 2**53, so a float would round it
+        (dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), 253_402_300_799_999_999),
+    ],
+)
+def test_instants_and_microseconds(when, value_us):
+    assert utils.us_to_datetime(value_us) == when
+    assert utils.us_to_datetime(value_us).utcoffset() == dt.timedelta(0)
+    got = utils.datetime_to_us(when)
+    assert got == value_us and isinstance(got, int)
+    assert utils.datetime_to_us(when.replace(tzinfo=None)) == value_us  # naive means UTC
+    east = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    if when.year < 9999:
+        assert utils.datetime_to_us(when.astimezone(east)) == value_us
+
+
 def test_local_to_utc_maps_gap_and_fold():
     transitions, offsets = utils.zone_transitions("America/New_York", 1678500000, 1678700000)
     local = np.array([us(utc(t)) for t in ["2023-03-12 01:59:59", "2023-03-12 02:30:00", "2023-03-12 03:00:00"]])
@@ -261,6 +287,85 @@ def test_local_to_utc_maps_gap_and_fold():
         "07:00:00",
         "07:00:00",
     ]
+
+
+# --------------------------------------------------------------------------- edges of the engine's date range, DST rules
+# Each case is worked out by hand (UTC instants in the comments) and is also a fixed @example of the
+# property tests below, so it runs on every run instead of when Hypothesis happens to draw it.
+
+H = 3_600 * utils.TICKS_PER_SECOND  # ticks in an hour
+EDGE_CASES = {
+    # Los Angeles (PST, UTC-8), now Monday 2023-01-23 00:30 UTC, so the week starts Monday 2023-01-16
+    # 00:30 UTC. The Saturday row 21:00-20:00 (overnight) of 2023-01-14, two local dates before the
+    # week's first UTC date, runs 01-15 05:00 to 01-16 04:00 UTC: 3.5 h of it are in the week. The
+    # next Saturday's runs 01-22 05:00 to 01-23 04:00 UTC: 19.5 h before now. Polls 01-16 02:00 active,
+    # 01-22 12:00 inactive (midpoint 01-19 07:00): the early 3.5 h are up, the late 19.5 h down.
+    "saturday_overnight_in_los_angeles_a_week_back": (
+        "2023-01-23 00:30:00",
+        [("2023-01-16 02:00:00", "active"), ("2023-01-22 12:00:00", "inactive")],
+        [(5, "21:00:00", "20:00:00")],
+        "America/Los_Angeles",
+        {"uptime_last_hour": 0, "uptime_last_day": 0, "uptime_last_week": 3.5 * H,
+         "downtime_last_hour": 1 * H, "downtime_last_day": 19.5 * H, "downtime_last_week": 19.5 * H},
+    ),
+    # Chatham (UTC+13:45 in January), now 2023-01-25 18:00 UTC = Thursday 01-26 07:45 local, a local
+    # date after now's UTC date. The Thursday row 00:00-06:00 of 01-26 is 01-25 10:15-16:15 UTC (the
+    # one of 01-19 ends before the week). Polls 12:00 active, 15:00 inactive (midpoint 13:30):
+    # up 10:15-13:30 = 3.25 h, down 13:30-16:15 = 2.75 h.
+    "chatham_row_at_the_far_end": (
+        "2023-01-25 18:00:00",
+        [("2023-01-25 12:00:00", "active"), ("2023-01-25 15:00:00", "inactive")],
+        [(3, "00:00:00", "06:00:00")],
+        "Pacific/Chatham",
+        {"uptime_last_hour": 0, "uptime_last_day": 3.25 * H, "uptime_last_week": 3.25 * H,
+         "downtime_last_hour": 0, "downtime_last_day": 2.75 * H, "downtime_last_week": 2.75 * H},
+    ),
+    # New York, fall back on Sunday 2023-11-05 (01:00-01:59 happen twice). The row 01:30-03:00 opens at
+    # the first 01:30 (EDT, 05:30 UTC) and closes at 03:00 EST (08:00 UTC): 2.5 h. Polls 05:00
+    # inactive, 07:00 active (midpoint 06:00): down 05:30-06:00, up 06:00-08:00. (Opening at the
+    # second 01:30, 06:30 UTC, would give 1.5 h up and none down.)
+    "fold_in_new_york_counts_the_first_occurrence": (
+        "2023-11-05 12:00:00",
+        [("2023-11-05 05:00:00", "inactive"), ("2023-11-05 07:00:00", "active")],
+        [(6, "01:30:00", "03:00:00")],
+        "America/New_York",
+        {"uptime_last_hour": 0, "uptime_last_day": 2 * H, "uptime_last_week": 2 * H,
+         "downtime_last_hour": 0, "downtime_last_day": H // 2, "downtime_last_week": H // 2},
+    ),
+    # New York, spring forward on Sunday 2023-03-12 (02:00-02:59 never shown). The row 02:30-04:00
+    # opens at the end of the skip, 03:00 EDT (07:00 UTC), and closes 04:00 EDT (08:00 UTC): 1 h.
+    # Polls 07:00 active, 07:50 inactive (midpoint 07:25): up 25 min, down 35 min. (Reading 02:30
+    # with the old offset, 07:30 UTC, would give none up and 30 min down.)
+    "gap_in_new_york_means_the_end_of_the_skip": (
+        "2023-03-12 12:00:00",
+        [("2023-03-12 07:00:00", "active"), ("2023-03-12 07:50:00", "inactive")],
+        [(6, "02:30:00", "04:00:00")],
+        "America/New_York",
+        {"uptime_last_hour": 0, "uptime_last_day": 25 * H // 60, "uptime_last_week": 25 * H // 60,
+         "downtime_last_hour": 0, "downtime_last_day": 35 * H // 60, "downtime_last_week": 35 * H // 60},
+    ),
+}
+EDGE_STORE = "1000000000000000000"
+
+
+def edge_case(name: str):
+    """An EDGE_CASES entry in the form the property tests draw: (now, polls, hours in seconds, zones)."""
+    now, polls, rows, zone, _ = EDGE_CASES[name]
+    return (
+        utc(now),
+        [(EDGE_STORE, utc(when), status) for when, status in polls],
+        [(EDGE_STORE, day, seconds_of(start), seconds_of(end)) for day, start, end in rows],
+        {EDGE_STORE: zone},
+    )
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edges_of_the_range_and_dst_rules_by_hand(name):
+    now, polls, rows, zone, expected = EDGE_CASES[name]
+    poll_frame, hours, zones = frames([("s", when, status) for when, status in polls],
+                                      [("s", *row) for row in rows], {"s": zone})
+    got = utils.uptime_ticks(poll_frame, hours, zones, us(utc(now)))
+    assert {k: v for k, v in got.to_dict("records")[0].items() if k != "store_id"} == expected
 
 
 # --------------------------------------------------------------------------- property test against the reference
@@ -331,8 +436,12 @@ def as_time(seconds: int) -> dt.time:
     return dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stores())
+@example(edge_case("saturday_overnight_in_los_angeles_a_week_back"))
+@example(edge_case("chatham_row_at_the_far_end"))
+@example(edge_case("fold_in_new_york_counts_the_first_occurrence"))
+@example(edge_case("gap_in_new_york_means_the_end_of_the_skip"))
 def test_engine_matches_reference_exactly(case):
     now, polls, hours, zones = case
     got = utils.uptime_ticks(*engine_frames(polls, hours, zones), us(now))
@@ -341,8 +450,10 @@ def test_engine_matches_reference_exactly(case):
     assert got_rows == expected
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(stores())
+@example(edge_case("saturday_overnight_in_los_angeles_a_week_back"))
+@example(edge_case("chatham_row_at_the_far_end"))
 def test_uptime_plus_downtime_is_business_time(case):
     now, polls, hours, zones = case
     frames_ = engine_frames(polls, hours, zones)
