@@ -224,8 +224,12 @@ def polls_from_raw_batches(batches: Iterable[bytes]) -> pd.DataFrame:
     table = context.finish()
     if table.num_rows and any(table[name].null_count for name in ("store_id", "timestamp_us", "status")):
         raise ValueError("a stored poll lacks store_id, timestamp_us or status (or has another type)")
+    # a store's id comes once per poll: decode each distinct id to one Python string, then index
+    coded = pc.dictionary_encode(table["store_id"]).combine_chunks() if table.num_rows else None
+    store_ids = (coded.dictionary.to_numpy(zero_copy_only=False)[coded.indices.to_numpy()] if coded is not None
+                 else np.empty(0, dtype=object))
     return pd.DataFrame({
-        "store_id": pd.Series(table["store_id"].to_numpy(zero_copy_only=False), dtype=object),
+        "store_id": pd.Series(store_ids, dtype=object),
         "timestamp_us": pd.Series(table["timestamp_us"].to_numpy(), dtype=np.int64),
         "active": pd.Series(pc.equal(table["status"], "active").to_numpy(zero_copy_only=False), dtype=bool),
     })
