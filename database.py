@@ -55,7 +55,7 @@ LEASE_SECONDS = 60  # a holder that stops renewing (it crashed) loses its lease 
 LEASE_WAIT_SECONDS = 1_800
 LOOKBACK_US = 3 * 3_600_000_000  # polls come hourly: a short look-back finds most stores' last poll before the week
 
-CLI_PING_SECONDS = 10.0  # `python database.py` waits this long for MongoDB before it gives up
+CLI_PING_SECONDS = 5.0  # `python database.py` waits this long for MongoDB before it gives up
 
 Progress = Callable[[int], None]
 
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         store = connect_from_env()
-        if store.kind == "mongodb" and not store.ping(timeout=CLI_PING_SECONDS):
+        if store.kind == "mongodb" and not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
             print(f"database error: MongoDB at MONGO_URI does not answer within {CLI_PING_SECONDS:.0f} s "
                   f"(is it running and reachable?)", file=sys.stderr)
             return 2

@@ -303,7 +303,7 @@ def test_cli_load_with_the_database_away_is_one_line(tmp_path, monkeypatch, caps
     monkeypatch.setattr(database, "CLI_PING_SECONDS", 0.5)
     assert database.main(["load", str(write_data_dir(tmp_path))]) == 2
     captured = capsys.readouterr()
-    assert captured.out == ""
+    assert captured.out == ""  # and nothing else on stderr: one line
     assert captured.err.count("\n") == 1 and captured.err.startswith("database error: MongoDB at MONGO_URI")
 
 
