@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
-from flask import Flask, Response, abort, current_app, jsonify, request
+from flask import Flask, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 import database
@@ -107,16 +107,18 @@ def create_app(config: dict | None = None) -> Flask:
         log.warning("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)")
     if store.kind in ("sqlite", "mongomock"):
         _seed(app, store)
-    elif not store.ping():
-        log.error("MongoDB at MONGO_URI does not answer; /health will say so")
-    try:
-        if store.kind != "sqlite":
-            store.migrate()
-        stale = store.fail_stale_reports(dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
-        if stale:
-            log.warning("marked %d stale Running reports as Failed", stale)
-    except database.DATABASE_ERRORS as error:
-        log.error("could not prepare the database: %s", error)
+    if store.kind == "mongodb":
+        # index builds and the stale sweep wait for the database in a background thread, never here
+        store.start_maintenance(dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
+    else:
+        try:
+            if store.kind != "sqlite":
+                store.migrate()
+            stale = store.fail_stale_reports(dt.timedelta(seconds=app.config["STALE_AFTER_SECONDS"]))
+            if stale:
+                log.warning("marked %d stale Running reports as Failed", stale)
+        except database.DATABASE_ERRORS as error:
+            log.error("could not prepare the database: %s", database.describe_error(error))
 
     app.extensions["store"] = store
     app.extensions["ingest_slot"] = threading.Semaphore(1)  # one upload parsed and loaded at a time per process
@@ -216,6 +218,19 @@ def register_routes(app: Flask) -> None:
             return error_response(401, "missing or wrong API token: send 'Authorization: Bearer <token>'")
         return None
 
+    @app.before_request
+    def bound_database_time():
+        """The database calls of a request share one time limit (MongoDB: ~1 s, then 503); /ingest is a job."""
+        if request.endpoint != "ingest":
+            g.database_scope = _store().request_scope()
+            g.database_scope.__enter__()
+
+    @app.teardown_request
+    def end_database_time(error):
+        scope = g.pop("database_scope", None)
+        if scope is not None:
+            scope.__exit__(None, None, None)
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         message = error.description or error.name
@@ -229,7 +244,7 @@ def register_routes(app: Flask) -> None:
         return response, status
 
     def database_error(error):
-        log.error("database error: %s", str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+        log.error("database error: %s", database.describe_error(error))
         return error_response(503, "the database is not available; try again shortly")
 
     for error_class in database.DATABASE_ERRORS:

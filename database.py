@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -55,11 +55,21 @@ LEASE_SECONDS = 60  # a holder that stops renewing (it crashed) loses its lease 
 LEASE_WAIT_SECONDS = 1_800
 LOOKBACK_US = 3 * 3_600_000_000  # polls come hourly: a short look-back finds most stores' last poll before the week
 
+CLI_PING_SECONDS = 5.0  # `python database.py` waits this long for MongoDB before it gives up
+
 Progress = Callable[[int], None]
 
 
 def _no_progress(rows: int) -> None:
     pass
+
+
+def describe_error(error: BaseException) -> str:
+    """One short line for a database error: its first line, without pymongo's topology description."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    for marker in (", Timeout: ", ", Topology Description: ", " (configured timeouts:"):
+        text = text.split(marker, 1)[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 def now_utc() -> dt.datetime:
@@ -107,6 +117,10 @@ class Store(ABC):
 
     def close(self) -> None:
         pass
+
+    def request_scope(self):
+        """A context for the database calls of one HTTP request: MongoDB bounds them in time (about 1 s)."""
+        return nullcontext()
 
     # ----- ingest (the data write lease is held by the caller)
 
@@ -373,15 +387,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         store = connect_from_env()
+        if store.kind == "mongodb" and not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
+            print(f"database error: MongoDB at MONGO_URI does not answer within {CLI_PING_SECONDS:.0f} s "
+                  f"(is it running and reachable?)", file=sys.stderr)
+            return 2
         if args.command == "migrate":
             failed = store.migrate()
             for problem in failed:
                 print(f"index problem: {problem}", file=sys.stderr)
             return 1 if failed else 0
-        store.migrate()
+        failed = store.migrate()
+        if failed:
+            print(f"database error: the indexes could not be made ({failed[0]}); run `python database.py migrate`",
+                  file=sys.stderr)
+            return 2
         summaries = load_dir(store, args.directory, progress=sys.stderr.isatty())
     except DATABASE_ERRORS as error:
-        print(f"database error: {str(error).splitlines()[0][:300]}", file=sys.stderr)
+        print(f"database error: {describe_error(error)}", file=sys.stderr)
         return 2
     print_summaries(summaries, first=args.show)
     return 0

@@ -1,0 +1,409 @@
+"""What only the MongoDB store does, shown on mongomock and on fakes of pymongo's failures.
+
+Index reconciliation, unique indexes before the first insert, write errors that must
+not be counted as loaded, retries of transient errors (and none inside a request),
+the database away (start-up, /health, API calls, `database.py load`), the background
+start-up work, the Arrow read path against the dict path on the same documents, and
+the CSV chunk size.  What only a real server can show is in test_integration.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+
+import bson
+import mongomock
+import numpy as np
+import pandas as pd
+import pytest
+import tenacity
+from pymongo import ASCENDING
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
+
+import database
+import reportGenerator
+import sources
+import store_mongo
+import utils
+from app import create_app
+from store_mongo import INDEXES, MongoStore
+from tests.conftest import FAR_FUTURE_US, TINY_REPORT, write_data_dir
+
+
+@pytest.fixture
+def mongo():
+    store = MongoStore("mongomock://", "test")
+    store.retry_wait = tenacity.wait_none()  # retries at once: the tests count attempts, not seconds
+    yield store
+    store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def declared(collection: str) -> dict:
+    return {m.document["name"]: (list(m.document["key"].items()), bool(m.document.get("unique"))) for m in
+            INDEXES[collection]}
+
+
+def present(store: MongoStore, collection: str) -> dict:
+    return {name: ([(f, int(d)) for f, d in info["key"]], bool(info.get("unique")))
+            for name, info in store.db[collection].index_information().items() if name != "_id_"}
+
+
+# --------------------------------------------------------------------------- indexes
+
+
+def test_migrate_creates_every_declared_index(mongo):
+    assert mongo.migrate() == []
+    for collection in INDEXES:
+        assert present(mongo, collection) == declared(collection)
+    assert present(mongo, database.STATUS)["store_time_us"] == ([("store_id", 1), ("timestamp_us", 1)], True)
+
+
+def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo):
+    polls = mongo.db[database.STATUS]
+    polls.create_index([("store_id", ASCENDING)], name="store_time_us")  # same name, other keys, not unique
+    polls.create_index([("timestamp_us", -1)], name="by_time")  # the declared keys under another name
+    polls.create_index([("store_id", 1), ("timestamp_utc", 1)], name="store_time", unique=True)  # the old key
+    zones = mongo.db[database.ZONES]
+    zones.create_index([("store_id", 1)], name="store")  # same name and keys, but not unique
+    assert mongo.migrate() == []
+    assert present(mongo, database.STATUS) == declared(database.STATUS)
+    assert present(mongo, database.ZONES) == declared(database.ZONES)
+    assert mongo.migrate() == []  # reconciled: a second run changes nothing
+    assert present(mongo, database.STATUS) == declared(database.STATUS)
+
+
+def test_one_collection_failing_does_not_stop_the_others(mongo):
+    # two polls under one key with no index yet: the unique index cannot be built over them
+    mongo.db[database.STATUS].insert_many([{"store_id": "s", "timestamp_us": 1, "status": "active"},
+                                           {"store_id": "s", "timestamp_us": 1, "status": "inactive"}])
+    failed = mongo.migrate()
+    assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: ")
+    for collection in (database.HOURS, database.ZONES, database.REPORTS, store_mongo.REPORT_CHUNKS):
+        assert present(mongo, collection) == declared(collection)
+
+
+def test_unique_indexes_exist_before_the_first_insert(mongo):
+    mongo.kind = "mongodb"  # as on a server (mongomock's own loads skip it: it checks unique indexes by scanning)
+    assert mongo.db[database.STATUS].index_information().keys() <= {"_id_"}
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\ns,active,2023-01-24 10:00:00 UTC\n")
+    assert present(mongo, database.STATUS)["store_time_us"][1] is True
+
+
+def test_polls_under_a_millisecond_apart_keep_the_unique_index(mongo):
+    database.load_file(mongo, sources.STATUS_FILE,
+                       b"store_id,status,timestamp_utc\n"
+                       b"s,active,2023-01-24 10:00:00.000100 UTC\ns,inactive,2023-01-24 10:00:00.000600 UTC\n")
+    assert mongo.db[database.STATUS].count_documents({}) == 2
+    assert mongo.migrate() == []
+
+
+def test_nothing_is_written_when_the_indexes_cannot_be_made(mongo):
+    mongo.kind = "mongodb"
+    mongo.db[database.STATUS].insert_many([{"store_id": "d", "timestamp_us": 5, "status": "active"},
+                                           {"store_id": "d", "timestamp_us": 5, "status": "inactive"}])
+    with pytest.raises(OperationFailure, match="indexes are not right"):
+        database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
+    assert mongo.db[database.ZONES].count_documents({}) == 0
+
+
+# --------------------------------------------------------------------------- write errors and retries
+
+
+def _polls_frame(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"store_id": [f"s{i}" for i in range(n)], "timestamp_us": np.arange(n, dtype=np.int64) * 1000,
+                         "active": [True] * n})
+
+
+@pytest.mark.parametrize("details", [
+    {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]},
+    {"writeErrors": [{"index": 0, "code": 2, "errmsg": "bad value"}], "writeConcernErrors": []},
+])
+def test_bulk_errors_other_than_duplicates_are_raised(mongo, monkeypatch, details):
+    def failing_bulk_write(self, operations, ordered=True, **kwargs):
+        raise BulkWriteError({"nInserted": 0, "nUpserted": 0, **details})
+
+    monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", failing_bulk_write)
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_many", failing_bulk_write)
+    with pytest.raises(BulkWriteError):
+        mongo.load_polls(_polls_frame())  # into an empty collection (inserts)
+    monkeypatch.undo()
+    mongo.load_polls(_polls_frame(1))
+    monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", failing_bulk_write)
+    with pytest.raises(BulkWriteError):
+        mongo.load_polls(_polls_frame())  # into a collection with polls (upserts)
+
+
+def test_duplicate_key_races_are_not_errors(mongo, monkeypatch):
+    real_insert_many = mongomock.collection.Collection.insert_many
+
+    def racing_insert_many(self, documents, ordered=True, **kwargs):
+        real_insert_many(self, [documents[0], documents[2]])  # the second poll loses a race: it is upserted
+        raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
+                              "writeConcernErrors": []})
+
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_many", racing_insert_many)
+    assert mongo.load_polls(_polls_frame()) == 3
+    assert sorted(d["store_id"] for d in mongo.db[database.STATUS].find()) == ["s0", "s1", "s2"]
+
+
+def flaky(monkeypatch, method: str, errors: list[Exception]):
+    """Make mongomock's `method` raise each of `errors` in turn, then work; returns the call count."""
+    real = getattr(mongomock.collection.Collection, method)
+    calls = {"n": 0}
+
+    def wrapper(self, *args, **kwargs):
+        calls["n"] += 1
+        if errors:
+            raise errors.pop(0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, method, wrapper)
+    return calls
+
+
+def test_transient_errors_are_retried_and_the_write_lands_once(mongo, monkeypatch):
+    mongo.migrate()
+    labelled = OperationFailure("not primary", 10107, {"errorLabels": ["RetryableWriteError"]})
+    calls = flaky(monkeypatch, "insert_many", [AutoReconnect("connection reset"), labelled])
+    assert mongo.load_polls(_polls_frame()) == 3
+    assert calls["n"] == 3
+    assert mongo.db[database.STATUS].count_documents({}) == 3
+
+
+def test_a_retried_replacement_and_report_creation_are_idempotent(mongo, monkeypatch):
+    mongo.migrate()
+    flaky(monkeypatch, "insert_many", [AutoReconnect("reset after the delete")])
+    frame = pd.DataFrame({"store_id": ["a", "b"], "timezone_str": ["UTC", "Asia/Tokyo"]})
+    assert mongo.replace_zones(frame) == 2
+    assert sorted(d["store_id"] for d in mongo.db[database.ZONES].find()) == ["a", "b"]
+    calls = flaky(monkeypatch, "update_one", [AutoReconnect("answer lost")])
+    mongo.create_report("r" * 32, None)
+    mongo.update_report("r" * 32, progress={"done": 1, "total": 2})
+    mongo.create_report("r" * 32, None)  # a retry after a lost answer keeps what the first attempt stored
+    assert calls["n"] == 4
+    assert mongo.db[database.REPORTS].count_documents({}) == 1
+    assert mongo.find_report("r" * 32)["progress"] == {"done": 1, "total": 2}
+
+
+def test_other_errors_are_not_retried(mongo, monkeypatch):
+    calls = flaky(monkeypatch, "find", [OperationFailure("unauthorized", 13)])
+    with pytest.raises(OperationFailure):
+        mongo.read_chunk(["s"], 0, FAR_FUTURE_US)
+    assert calls["n"] == 1
+
+
+def test_no_retries_inside_a_request(mongo, monkeypatch):
+    calls = flaky(monkeypatch, "find", [AutoReconnect("gone")])
+    with store_mongo._request_scope(1.0):
+        with pytest.raises(AutoReconnect):
+            mongo.read_chunk(["s"], 0, FAR_FUTURE_US)
+    assert calls["n"] == 1
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def test_a_lost_read_lease_fails_the_report(mongo, monkeypatch, tmp_path):
+    """A renewal that matches nothing (a writer took the lease) ends the report Failed, not Complete."""
+    monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
+    database.load_dir(mongo, write_data_dir(tmp_path / "data"))
+    taken = threading.Event()
+    real_read_chunk = MongoStore.read_chunk
+
+    def read_chunk_while_the_lease_goes(self, *args):
+        if not taken.is_set():  # between two chunks, another holder takes the lease away
+            self.db["locks"].update_one({"_id": "data"}, {"$set": {"readers": []}})
+            taken.set()
+            deadline = dt.datetime.now() + dt.timedelta(seconds=30)
+            while not self._renewal_failed.is_set() and dt.datetime.now() < deadline:
+                self._renewal_failed.wait(0.05)
+        return real_read_chunk(self, *args)
+
+    mongo._renewal_failed = threading.Event()
+    real_renew = MongoStore._renew_lease
+
+    def renew(self, mode, holder):
+        ok = real_renew(self, mode, holder)
+        if not ok:
+            self._renewal_failed.set()
+        return ok
+
+    monkeypatch.setattr(MongoStore, "read_chunk", read_chunk_while_the_lease_goes)
+    monkeypatch.setattr(MongoStore, "_renew_lease", renew)
+    generator = reportGenerator.ReportGenerator(mongo, tmp_path / "reports", chunk_stores=1)
+    mongo.create_report("l" * 32, None)
+    generator.run("l" * 32)
+    report = mongo.find_report("l" * 32)
+    assert report["status"] == "Failed"
+    assert report["error"] == "the data changed while the report read it; trigger the report again"
+
+
+def test_reader_clears_a_lapsed_writer_so_it_cannot_renew_back(mongo, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 60)
+    assert mongo._try_lease("write", "w")
+    past = database.now_utc() - dt.timedelta(seconds=1)
+    mongo.db["locks"].update_one({"_id": "data"}, {"$set": {"writer.expires": past}})  # the writer's lease lapsed
+    assert mongo._try_lease("read", "r")
+    assert mongo._renew_lease("write", "w") is False
+    assert mongo._renew_lease("read", "r") is True
+
+
+# --------------------------------------------------------------------------- the database away
+
+
+def test_database_away_start_up_health_and_api(tmp_path, caplog):
+    """Nothing listens on the port: the app still builds, /health and the API answer 503 in the one
+    error shape, and the log has one short line per failure (no topology description)."""
+    caplog.set_level(logging.WARNING)
+    app = create_app({"MONGO_URI": f"mongodb://127.0.0.1:{free_port()}", "MONGO_DB": "x",
+                      "REPORTS_DIR": str(tmp_path / "reports")})
+    store = app.extensions["store"]
+    try:
+        assert store.kind == "mongodb"
+        client = app.test_client()
+        health = client.get("/health")
+        assert health.status_code == 503
+        assert health.get_json() == {"error": "the database (mongodb) does not answer", "status": 503}
+        for response in (client.get("/reports"), client.get(f"/get_report?report_id={'a' * 32}"),
+                         client.post("/trigger_report")):
+            assert response.status_code == 503
+            assert response.get_json() == {"error": "the database is not available; try again shortly",
+                                           "status": 503}
+        lines = [record.getMessage() for record in caplog.records]
+        assert any("database error: ServerSelectionTimeoutError" in line for line in lines)
+        assert not any("Topology Description" in line or "\n" in line for line in lines)
+    finally:
+        app.extensions["reports"].shutdown(wait=True)
+        store.close()
+
+
+def test_an_unresolvable_srv_address_does_not_stop_start_up(tmp_path):
+    app = create_app({"MONGO_URI": "mongodb+srv://cluster0.nowhere.invalid/", "MONGO_DB": "x",
+                      "REPORTS_DIR": str(tmp_path / "reports")})
+    store = app.extensions["store"]
+    try:
+        response = app.test_client().get("/health")
+        assert response.status_code == 503 and response.get_json()["status"] == 503
+        assert app.test_client().get("/reports").status_code == 503
+    finally:
+        app.extensions["reports"].shutdown(wait=True)
+        store.close()
+
+
+def test_cli_load_with_the_database_away_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MONGO_URI", f"mongodb://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(database, "CLI_PING_SECONDS", 0.5)
+    assert database.main(["load", str(write_data_dir(tmp_path))]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # and nothing else on stderr: one line
+    assert captured.err.count("\n") == 1 and captured.err.startswith("database error: MongoDB at MONGO_URI")
+
+
+def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
+    """Index creation and the stale sweep fail twice (the database is away), then succeed."""
+    mongo.maintenance_first_pause = 0.01
+    mongo.create_report("s" * 32, None)
+    mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
+                                          {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
+    real_migrate, failures = mongo.migrate, [AutoReconnect("down"), AutoReconnect("still down")]
+
+    def migrate():
+        if failures:
+            raise failures.pop(0)
+        return real_migrate()
+
+    mongo.migrate = migrate
+    with caplog.at_level(logging.WARNING):
+        mongo.start_maintenance(dt.timedelta(seconds=60)).join(timeout=30)
+    assert present(mongo, database.STATUS) == declared(database.STATUS)
+    assert mongo.find_report("s" * 32)["status"] == "Failed"
+    retries = [r.getMessage() for r in caplog.records if "start-up work (indexes) failed" in r.getMessage()]
+    assert len(retries) == 2
+
+
+def test_requests_do_not_wait_for_an_address_being_resolved():
+    store = MongoStore("mongodb+srv://cluster0.nowhere.invalid/", "x")
+    store._resolving_in_background = True  # as start_maintenance sets it while it resolves
+    with pytest.raises(ConnectionFailure, match="not resolved yet"):
+        store.find_report("a" * 32)
+    assert store.ping() is False
+
+
+# --------------------------------------------------------------------------- reading: Arrow and dicts
+
+
+def poll_documents(n: int, seed: int = 7) -> list[dict]:
+    """Polls exactly as load_polls stores them (with _id and timestamp_utc beside the projected fields)."""
+    rng = np.random.default_rng(seed)
+    stores = [f"store-{i}" for i in range(50)] + ["ünïcødé", "1114277559207252776", ""]
+    stamps = rng.integers(-10**15, 2 * 10**15, n)
+    documents = []
+    for i, stamp in enumerate(stamps):
+        documents.append({"_id": bson.ObjectId(), "store_id": stores[i % len(stores)], "timestamp_us": int(stamp),
+                          "status": "active" if rng.random() < 0.7 else "inactive",
+                          "timestamp_utc": utils.us_to_datetime(int(stamp) // 1000 * 1000)})
+    return documents
+
+
+def raw_batches(documents: list[dict], per_batch: int) -> list[bytes]:
+    """Documents as a server sends them: concatenated BSON, a batch at a time."""
+    return [b"".join(bson.encode(d) for d in documents[i : i + per_batch])
+            for i in range(0, len(documents), per_batch)] or []
+
+
+@pytest.mark.parametrize("n, per_batch", [(0, 10), (1, 10), (997, 100), (5_000, 4_096)])
+def test_arrow_and_dict_paths_give_identical_engine_input(n, per_batch):
+    documents = poll_documents(n)
+    by_arrow = store_mongo.polls_from_raw_batches(raw_batches(documents, per_batch))
+    by_dicts = store_mongo.polls_from_documents(documents)
+    pd.testing.assert_frame_equal(by_arrow, by_dicts, check_exact=True)
+    assert list(by_dicts["active"]) == [d["status"] == "active" for d in documents]  # independently derived
+
+
+def test_arrow_path_refuses_a_malformed_poll():
+    documents = poll_documents(3)
+    del documents[1]["timestamp_us"]
+    with pytest.raises(ValueError, match="lacks store_id, timestamp_us or status"):
+        store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
+
+
+def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, tmp_path):
+    """read_chunk as it runs on a server (raw batches decoded by pymongoarrow) gives the same frames and
+    the same report as on mongomock's dicts."""
+    database.load_dir(mongo, write_data_dir(tmp_path / "data"))
+    ids = mongo.report_store_ids(FAR_FUTURE_US)
+    now_us = mongo.latest_poll_us()
+    by_dicts = mongo.read_chunk(ids, now_us - utils.WEEK_US, now_us)
+
+    def find_raw_batches(self, query, projection, batch_size=2):
+        return raw_batches(list(self.find(query, projection)), 2)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "find_raw_batches", find_raw_batches, raising=False)
+    mongo.kind = "mongodb"  # read as on a server
+    by_arrow = mongo.read_chunk(ids, now_us - utils.WEEK_US, now_us)
+    for arrow_frame, dict_frame in zip(by_arrow, by_dicts):
+        pd.testing.assert_frame_equal(arrow_frame, dict_frame, check_exact=True)
+    report = utils.uptime_report(*by_arrow, now_us)
+    assert report.to_dict("records") == TINY_REPORT
+
+
+# --------------------------------------------------------------------------- stored CSVs
+
+
+def test_csv_chunks_stay_under_the_document_limit(mongo):
+    assert store_mongo.CSV_CHUNK_BYTES < store_mongo.BSON_DOCUMENT_LIMIT - 1024
+    payload = bytes(range(256)) * (9 * 1024 * 1024 // 256 + 7)  # over two chunks
+    mongo.create_report("c" * 32, None)
+    mongo.complete_report("c" * 32, payload, 1)
+    chunks = list(mongo.db[store_mongo.REPORT_CHUNKS].find({"report_id": "c" * 32}))
+    assert len(chunks) == -(-len(payload) // store_mongo.CSV_CHUNK_BYTES) == 3
+    assert all(len(bson.encode(chunk)) < store_mongo.BSON_DOCUMENT_LIMIT for chunk in chunks)
+    assert mongo.read_report_csv(mongo.find_report("c" * 32)) == payload
