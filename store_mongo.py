@@ -39,7 +39,7 @@ import pandas as pd
 import pymongo
 import tenacity
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
-from pymongo.errors import (AutoReconnect, BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError,
+from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
                             OperationFailure, PyMongoError)
 
 import database
@@ -280,7 +280,7 @@ class MongoStore(database.Store):
         """The pymongo client, built on first use (a `mongodb+srv://` address needs DNS to build one)."""
         if self._client is None:
             if self._resolving_in_background:  # a request must not wait on DNS: the background thread does
-                raise ConnectionFailure(f"the database address of MONGO_URI is not resolved yet")
+                raise ConnectionFailure("the database address of MONGO_URI is not resolved yet")
             with self._client_lock:
                 if self._client is None:
                     self._client = self._new_client()  # ConfigurationError when DNS fails
