@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -101,8 +102,11 @@ def create_app(config: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
 
     # STORE: a ready database.Store, so tests can run two apps ("workers") on one database
-    store = app.config.get("STORE") or database.connect(
-        app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
+    try:
+        store = app.config.get("STORE") or database.connect(
+            app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
+    except (OSError, sqlite3.Error) as error:  # the embedded file cannot be created or opened
+        raise SystemExit(f"error: cannot open the embedded database {app.config['EMBEDDED_DB']}: {error}") from None
     if store.kind == "mongomock":
         log.warning("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)")
     if store.kind in ("sqlite", "mongomock"):

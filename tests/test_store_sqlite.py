@@ -273,3 +273,14 @@ def test_sqlite_mongomock_and_the_csv_files_give_the_same_bytes(tmp_path_factory
         assert report["status"] == "Complete", report["error"]
         assert store.read_report_csv(report) == expected_bytes, store.kind
         generator.shutdown(wait=True)
+
+
+def test_an_embedded_file_that_cannot_be_opened_stops_start_up_with_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    path = tmp_path / "a-file" / "db.sqlite3"  # its folder is a file: it cannot be created
+    env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
+    env.update(EMBEDDED_DB=str(path), DATA_DIR=str(write_data_dir(tmp_path / "data")), PORT="0")
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot open the embedded database {path}: ")
+    assert "Traceback" not in done.stderr
