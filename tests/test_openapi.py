@@ -47,9 +47,11 @@ SCHEMATHESIS_CONFIG = {
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "413"]}},
         },
         {
-            # an as_of can match the pattern and still name no real instant (month 13, year 0): 400
+            # an as_of can match the pattern and still name no real instant (month 13, year 0): 400;
+            # generated triggers can outrun the reports on a busy machine, and the quota then answers
+            # 429 (documented; its own tests are in test_hostile.py)
             "include-path": "/trigger_report",
-            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401"]}},
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
         },
     ],
 }
