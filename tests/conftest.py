@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -197,3 +200,23 @@ def force_report_state(store: database.Store, report_id: str, *, status: str | N
               {"status": status, "heartbeat_at": beat, "progress": progress, "error": error}.items()
               if value is not None}
     store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": fields})
+
+
+# --------------------------------------------------------------------------- servers the tests start
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace` seconds; always reaped."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

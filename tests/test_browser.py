@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.conftest import free_port
 from tests.reference import reference_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,12 +64,6 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_json(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, dict]:

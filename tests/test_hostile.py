@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import pytest
 import requests
 
 import reportGenerator
-from tests.conftest import polls_of, store_config, wait_for_report, write_data_dir
+from tests.conftest import free_port, polls_of, stop_process, store_config, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_HEADER = "store_id,status,timestamp_utc\n"
@@ -196,12 +194,6 @@ def test_a_failed_report_says_what_failed_without_paths_or_class_names(app, clie
 # --------------------------------------------------------------------------- bounded ingest, on a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _memory_kb(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -214,7 +206,7 @@ def server(tmp_path):
     """A real `python app.py` on a free loopback port (embedded store, tiny data); yields (pid, base URL)."""
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux /proc to read the server's memory")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "server.sqlite3"), "HOST": "127.0.0.1",
            "PORT": str(port), "API_TOKEN": "",
            "DATA_DIR": str(write_data_dir(tmp_path / "data")), "REPORTS_DIR": str(tmp_path / "reports")}
@@ -235,12 +227,7 @@ def server(tmp_path):
             time.sleep(0.1)
         yield process.pid, base, session
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=10)
 
 
 def test_a_hostile_20_mib_upload_is_refused_in_bounded_memory(server):

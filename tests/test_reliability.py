@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import database
 import reportGenerator
 import sources
 from app import create_app
-from tests.conftest import TINY_REPORT, force_report_state, wait_for_report, write_data_dir
+from tests.conftest import TINY_REPORT, force_report_state, free_port, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -396,12 +395,6 @@ def test_near_miss_tokens_are_401(locked_client, given):
 
 
 # --------------------------------------------------------------------------- real gunicorn
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def http(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, bytes]:

@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import write_data_dir
+from tests.conftest import free_port, stop_process, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -36,12 +35,6 @@ START_TIMEOUT = 60
 if not os.access(NGINX, os.X_OK):
     pytest.skip(f"the slow-client test needs nginx ({NGINX}): run `bash scripts/install_nginx.sh` "
                 "(apt-get install nginx-light)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_healthy(session: requests.Session, url: str, process: subprocess.Popen, log: Path) -> None:
@@ -65,12 +58,7 @@ def started(command: list[str], env: dict, log: Path, cwd: Path = ROOT):
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(15)
+        stop_process(process)
 
 
 def nginx_conf(app_port: int, proxy_port: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
 import threading
 
 import bson
@@ -29,7 +28,7 @@ import store_mongo
 import utils
 from app import create_app
 from store_mongo import INDEXES, MongoStore
-from tests.conftest import FAR_FUTURE_US, TINY_REPORT, write_data_dir
+from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, write_data_dir
 
 
 @pytest.fixture
@@ -38,12 +37,6 @@ def mongo():
     store.retry_wait = tenacity.wait_none()  # retries at once: the tests count attempts, not seconds
     yield store
     store.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def declared(collection: str) -> dict:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ import app as app_module
 import database
 import reportGenerator
 from app import create_app
-from tests.conftest import FAR_FUTURE_US, TINY_REPORT, write_data_dir
+from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, stop_process, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,12 +161,6 @@ def test_the_default_data_dir_missing_only_warns(tmp_path, monkeypatch, caplog):
 # --------------------------------------------------------------------------- a restart keeps everything
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _call(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
@@ -196,17 +188,8 @@ def _start(tmp_path: Path, port: int, data_dir: Path) -> subprocess.Popen:
         time.sleep(0.1)
 
 
-def _stop(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 def test_uploads_and_reports_survive_a_restart(tmp_path, data_dir):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     boundary = uuid.uuid4().hex
     upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"store_status\"; filename=\"s.csv\"\r\n"
@@ -225,7 +208,7 @@ def test_uploads_and_reports_survive_a_restart(tmp_path, data_dir):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        _stop(server)
+        stop_process(server, grace=30)
     server = _start(tmp_path, port, data_dir)
     try:
         status, body = _call(f"{base}/get_report?report_id={report_id}")
@@ -237,7 +220,7 @@ def test_uploads_and_reports_survive_a_restart(tmp_path, data_dir):
         status, listing = _call(f"{base}/reports")
         assert [r["report_id"] for r in listing["reports"]] == [report_id]
     finally:
-        _stop(server)
+        stop_process(server, grace=30)
 
 
 # --------------------------------------------------------------------------- both stores, the same bytes
