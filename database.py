@@ -49,7 +49,6 @@ STATUS, HOURS, ZONES, REPORTS = "storeStatus", "businessHours", "timezones", "re
 
 # Errors that mean "the database failed", whichever store: a caller turns them into a clean message.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (PyMongoError, sqlite3.Error)
-DatabaseError = DATABASE_ERRORS  # for `except database.DatabaseError`
 
 LEASE_SECONDS = 60  # a holder that stops renewing (it crashed) loses its lease after this long
 LEASE_WAIT_SECONDS = 1_800

@@ -283,7 +283,7 @@ def failure_message(error: BaseException) -> str:
         return "a data load kept the data busy for too long; trigger the report again"
     if isinstance(error, database.LeaseLost):
         return "the data changed while the report read it; trigger the report again"
-    if isinstance(error, database.DatabaseError):
+    if isinstance(error, database.DATABASE_ERRORS):
         return "the database did not answer while the report ran; trigger it again"
     if isinstance(error, OSError):
         return "the report could not be saved on the server (the server log says why); trigger it again later"
