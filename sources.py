@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Union
@@ -210,7 +211,6 @@ class RawRows:
     columns: dict[str, pa.ChunkedArray | pa.Array]
     line: np.ndarray
     problems: dict[int, str]
-    plain_ascii: bool = False  # no control or non-ASCII bytes anywhere: printable checks can be skipped
 
     def __len__(self) -> int:
         return len(self.line)
@@ -358,30 +358,23 @@ def raw_rows(file: str, source: Source) -> RawRows:
     if not data[:4096].strip(b" \t\r\n") and not data.strip(b" \t\r\n"):
         raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
     header, _, _ = _header_of(file, data[: MAX_HEADER_BYTES + 1])
-    plain_ascii = _plain_ascii(data)
-    raw = _raw_rows_arrow(file, data, header) if plain_ascii or _is_utf8(data) else None
+    raw = _raw_rows_arrow(file, data, header) if _is_utf8(data) else None
     if raw is None:
         text = io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline="")
         next(text, None)  # the header
         raw = next(_raw_rows_python(file, text, header))
-    raw.plain_ascii = plain_ascii
     return raw
 
 
 def _is_utf8(data: bytes) -> bool:
+    """True when pyarrow can read the bytes as text (ASCII, the usual export, is known at once)."""
+    if data.isascii():
+        return True
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return False
     return True
-
-
-_PLAIN_BYTES = bytes(range(32, 127)) + b"\t\n\r"
-
-
-def _plain_ascii(data: bytes) -> bool:
-    """True when the bytes hold no control character (but tab and line ends) and nothing beyond ASCII."""
-    return not data.translate(None, _PLAIN_BYTES)
 
 
 # --------------------------------------------------------------------------- checking columns
@@ -399,7 +392,8 @@ class Checker:
         if raw.problems:
             self.ok[list(raw.problems)] = False
         for name, column in raw.columns.items():
-            self.fail(_mask(pc.is_null(column)), lambda i, name=name: f"missing column {name}")
+            if column.null_count:
+                self.fail(_mask(pc.is_null(column)), lambda i, name=name: f"missing column {name}")
 
     def fail(self, mask: np.ndarray, reason) -> None:
         """Reject the rows still good where `mask` holds; `reason(i)` words it for row i."""
@@ -442,21 +436,39 @@ def _trimmed(array):
     """Fields without surrounding white space (and "" for absent ones)."""
     if array.null_count:
         array = pc.fill_null(array, "")
-    # trimming copies every string: look first, since clean exports have nothing to trim
-    padded = not pc.all(pc.string_is_ascii(array)).as_py() or any(
-        pc.any(edge(array, blank)).as_py() for edge in (pc.starts_with, pc.ends_with) for blank in (" ", "\t")
-    )
-    return pc.utf8_trim_whitespace(array) if padded else array
+    return pc.utf8_trim_whitespace(array)  # cheaper than looking first whether anything needs it
 
 
-def _check_store_ids(check: Checker) -> pa.Array:
-    store_id = check.trimmed("store_id")
-    empty = _mask(pc.equal(store_id, ""))
+class Distinct:
+    """A column as each row's index into its distinct values, so that a check on a column with few
+    distinct values (store ids, statuses) runs once per value, not once per row."""
+
+    def __init__(self, array, clean=None):
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if array.null_count:
+            array = pc.fill_null(array, "")  # an absent field reads as ""
+        encoded = pc.dictionary_encode(array)
+        self.index = encoded.indices.to_numpy(zero_copy_only=False)
+        self.values = encoded.dictionary if clean is None else clean(encoded.dictionary)
+
+    def rows(self, value_mask) -> np.ndarray:
+        """A boolean Arrow array over the distinct values, spread to every row."""
+        return _mask(value_mask)[self.index]
+
+    def good(self, check: "Checker") -> pa.Array:
+        """The values of the rows still good, one per row."""
+        return self.values.take(pa.array(self.index[check.ok]))
+
+
+def _check_store_ids(check: Checker) -> Distinct:
+    store_id = Distinct(check.raw.columns["store_id"], _trimmed)
+    empty = store_id.rows(pc.equal(store_id.values, ""))
     check.fail(_blank_rows(check.raw, empty), lambda i: "blank line")
     check.fail(empty, lambda i: "missing store_id")
-    check.fail(_mask(pc.greater(pc.utf8_length(store_id), MAX_STORE_ID_LENGTH)),
+    check.fail(store_id.rows(pc.greater(pc.utf8_length(store_id.values), MAX_STORE_ID_LENGTH)),
                lambda i: f"store_id longer than {MAX_STORE_ID_LENGTH} characters")
-    check.fail(~_mask(pc.match_substring_regex(store_id, STORE_ID_PATTERN)),
+    check.fail(~store_id.rows(pc.match_substring_regex(store_id.values, STORE_ID_PATTERN)),
                lambda i: f"store_id {check.value('store_id', i)} has characters other than {STORE_ID_CHARACTERS}")
     return store_id
 
@@ -641,15 +653,13 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
             block, pending = pending, b""
             if not block:
                 break
-        plain = _plain_ascii(block)
-        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if plain or _is_utf8(block) else None
+        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if _is_utf8(block) else None
         if raw is None:
             rest = _lines_of(block + pending, stream)
             for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
                 yielded = True
                 yield raw
             return
-        raw.plain_ascii = plain
         line += _physical_lines(block)
         yielded = True
         yield raw
@@ -685,7 +695,7 @@ def _lines_of(first: bytes, stream: BinaryIO) -> Iterator[str]:
 
 
 def _no_rows(file: str) -> RawRows:
-    return RawRows({name: pa.array([], pa.string()) for name in COLUMNS[file]}, np.empty(0, np.int64), {}, True)
+    return RawRows({name: pa.array([], pa.string()) for name in COLUMNS[file]}, np.empty(0, np.int64), {})
 
 
 def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
@@ -700,45 +710,55 @@ def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
 def _check_polls(check: Checker) -> dict:
     """Run the poll checks on one block of rows; returns its good rows (store ids still strings)."""
     store_id = _check_store_ids(check)
-    status = pc.utf8_lower(check.trimmed("status"))
-    check.fail(~_mask(pc.is_in(status, pa.array(["active", "inactive"]))),
+    status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
+    check.fail(~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
                lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)")
     stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)
     stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
     check.fail(stamp == np.iinfo(np.int64).min, lambda i: f"unparseable timestamp {check.value('timestamp_utc', i)}")
     line = check.finish()
     return {
-        "store_id": check.good(store_id),
+        "store_index": store_id.index[check.ok],
+        "store_ids": store_id.values,
         "timestamp_us": stamp[check.ok],
-        "active": _mask(pc.equal(check.good(status), "active")),
+        "active": status.rows(pc.equal(status.values, "active"))[check.ok],
         "line": line,
     }
 
 
 def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
-    """One frame of all blocks' good polls, store ids as a categorical in store_id order."""
+    """One frame of all blocks' good polls, store ids as a categorical in store_id order, the rows
+    sorted by store and time (the order the report engine works in, so it need not sort again)."""
     catalog: dict[str, int] = {}
     code_parts = []
     for block in blocks:
-        local_codes, local_ids = pd.factorize(block["store_id"].to_pandas())
-        to_global = np.array([catalog.setdefault(store, len(catalog)) for store in local_ids], dtype=np.int32)
-        code_parts.append(to_global[local_codes] if len(local_codes) else np.empty(0, np.int32))
-        block["store_id"] = None  # the strings of this block are no longer needed
+        index, ids = block.pop("store_index"), block.pop("store_ids").to_pylist()
+        to_global = np.zeros(len(ids), dtype=np.int32)
+        for value in np.flatnonzero(np.bincount(index, minlength=len(ids))):  # ids of rows kept only
+            to_global[value] = catalog.setdefault(ids[value], len(catalog))
+        code_parts.append(to_global[index])
     names = np.array(list(catalog), dtype=object)
-    order = np.argsort(names, kind="stable")
+    by_name = np.argsort(names, kind="stable")
     rank = np.empty(len(names), dtype=np.int32)
-    rank[order] = np.arange(len(names), dtype=np.int32)
-    codes = rank[np.concatenate(code_parts)] if code_parts else np.empty(0, np.int32)
-    frame = pd.DataFrame(
-        {
-            "store_id": pd.Categorical.from_codes(codes, categories=pd.Index(names[order], dtype=object)),
-            "timestamp_us": np.concatenate([b["timestamp_us"] for b in blocks]),
-            "active": np.concatenate([b["active"] for b in blocks]),
-            "line": np.concatenate([b["line"] for b in blocks]),
-        }
-    )
-    frame = _later_row_wins(parsed, frame, ["store_id", "timestamp_us"], ["active"], "store_id and timestamp")
-    return frame.reset_index(drop=True)
+    rank[by_name] = np.arange(len(names), dtype=np.int32)
+    columns = {
+        "store_id": rank[np.concatenate(code_parts)] if code_parts else np.empty(0, np.int32),
+        **{name: np.concatenate([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
+    }
+    order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
+    columns = {name: values[order] for name, values in columns.items()}
+    if utils.has_repeats(columns["store_id"], columns["timestamp_us"]):
+        # rows of one store and instant: the later row in the file wins (reported in file order)
+        in_file_order = np.argsort(columns["line"], kind="stable")
+        columns = {name: values[in_file_order] for name, values in columns.items()}
+        kept = _later_row_wins(parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"],
+                               "store_id and timestamp")
+        columns = {name: kept[name].to_numpy() for name in columns}
+        order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
+        columns = {name: values[order] for name, values in columns.items()}
+    categories = pd.Index(names[by_name], dtype=object)
+    columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
+    return pd.DataFrame(columns)
 
 
 def _check_hours(check: Checker) -> dict:
@@ -756,7 +776,7 @@ def _check_hours(check: Checker) -> dict:
                    lambda i, c=column: f"bad time {check.value(c, i)} in {c} (expected HH:MM:SS)")
     line = check.finish()
     return {
-        "store_id": _strings_of(check.good(store_id)),
+        "store_id": _strings_of(store_id.good(check)),
         "day": day[check.ok],
         "start_s": seconds["start_time_local"][check.ok],
         "end_s": seconds["end_time_local"][check.ok],
@@ -789,7 +809,7 @@ def _check_zones(check: Checker) -> dict:
     check.fail(~_mask(pc.is_in(zone, valid_names)),
                lambda i: f"unknown timezone name {check.value('timezone_str', i)}")
     line = check.finish()
-    return {"store_id": _strings_of(check.good(store_id)), "timezone_str": _strings_of(check.good(zone)), "line": line}
+    return {"store_id": _strings_of(store_id.good(check)), "timezone_str": _strings_of(check.good(zone)), "line": line}
 
 
 def _zones_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
@@ -816,15 +836,22 @@ def detect_file(header_line: str) -> str | None:
 
 
 def read_data_dir(directory: str | Path) -> dict[str, Parsed]:
-    """Parse the three files of a data folder (a missing file reads as having no rows)."""
+    """Parse the three files of a data folder (a missing file reads as having no rows).
+
+    The business hours and zones are read in a second thread while the polls
+    are read: most of the work is in pyarrow and numpy, which let go of the GIL.
+    """
     directory = Path(directory)
-    parsed = {}
-    for file, reader in READERS.items():
-        path = directory / file
+
+    def read(file: str) -> Parsed:
+        path, reader = directory / file, READERS[file]
         if path.exists():
-            parsed[file] = reader(path, file=str(path))
-        else:
-            empty = ",".join(COLUMNS[file]).encode() + b"\n"
-            parsed[file] = reader(empty, file=str(path))
-            parsed[file].notes.append(f"{path} not found: no rows")
-    return parsed
+            return reader(path, file=str(path))
+        parsed = reader(",".join(COLUMNS[file]).encode() + b"\n", file=str(path))
+        parsed.notes.append(f"{path} not found: no rows")
+        return parsed
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-data-dir") as pool:
+        others = pool.submit(lambda: {file: read(file) for file in (HOURS_FILE, ZONES_FILE)})
+        polls = read(STATUS_FILE)
+        return {STATUS_FILE: polls, **others.result()}

@@ -320,25 +320,49 @@ class CodedInputs:
         )
 
 
-def _sorted_polls(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
-    """Polls sorted by (store, time) as `(store, stamp, active)`; of rows with equal store and
-    time, the one later in the input comes last."""
+def poll_order(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """The stable order of polls by (store, time): of rows with equal store and time, the one
+    earlier in the input comes first."""
+    codes = np.asarray(codes, dtype=np.int64)
+    stamps = np.asarray(stamps, dtype=np.int64)
     if stamps.size == 0:
-        return codes.astype(np.int64), stamps, active
+        return np.arange(0, dtype=np.intp)
     low = int(stamps.min())
     span = int(stamps.max()) - low + 1
     if (int(codes.max()) + 1) * span < 2**62:
-        packed = codes.astype(np.int64) * span + (stamps - low)
+        return np.argsort(codes * span + (stamps - low), kind="stable")
+    return np.lexsort((stamps, codes))
+
+
+def has_repeats(codes: np.ndarray, stamps: np.ndarray) -> bool:
+    """Whether any two neighbouring polls (sorted by store and time) share store and time."""
+    return bool(((codes[1:] == codes[:-1]) & (stamps[1:] == stamps[:-1])).any())
+
+
+def _in_poll_order(codes: np.ndarray, stamps: np.ndarray) -> bool:
+    """Whether the polls are already sorted by (store, time), with no (store, time) twice."""
+    later_store = codes[1:] > codes[:-1]
+    return bool((later_store | ((codes[1:] == codes[:-1]) & (stamps[1:] > stamps[:-1]))).all())
+
+
+def _sorted_polls(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
+    """Polls sorted by (store, time) as `(store, stamp, active)`; of rows with equal store and
+    time, the one later in the input comes last."""
+    codes = codes.astype(np.int64)
+    if stamps.size == 0 or _in_poll_order(codes, stamps):  # as sources.read_store_status gives them
+        return codes, stamps, active
+    low = int(stamps.min())
+    span = int(stamps.max()) - low + 1
+    if (int(codes.max()) + 1) * span < 2**62:
+        packed = codes * span + (stamps - low)
         # sorting the values (with the status as the lowest bit) is ~8x faster than any argsort;
         # it is only right when no (store, time) repeats, since it would order repeats by status
         keys = np.sort(packed * 2 + active)
         packed_sorted = keys >> 1
         if not (packed_sorted[1:] == packed_sorted[:-1]).any():
             return packed_sorted // span, packed_sorted % span + low, (keys & 1).astype(bool)
-        order = np.argsort(packed, kind="stable")
-    else:
-        order = np.lexsort((stamps, codes))
-    return codes[order].astype(np.int64), stamps[order], active[order]
+    order = poll_order(codes, stamps)
+    return codes[order], stamps[order], active[order]
 
 
 def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int):
@@ -346,7 +370,9 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
 
     Returns `(store_ids, CodedInputs)`; hour and zone rows of other stores are dropped.
     """
-    polls = polls[polls["timestamp_us"].to_numpy() <= int(now_us)]
+    kept = polls["timestamp_us"].to_numpy() <= int(now_us)
+    if not kept.all():
+        polls = polls[kept]
     codes, store_ids = pd.factorize(polls["store_id"], sort=True)
     store_index = pd.Index(store_ids)
     stamps = polls["timestamp_us"].to_numpy(dtype=np.int64)

@@ -73,7 +73,36 @@ def test_duplicates_and_conflicts_later_row_wins():
 
 def test_store_ids_are_never_numbers():
     parsed = status_rows("9223372036854775807,active,2023-01-22 12:00:00 UTC\n0042,active,2023-01-22 12:00:00 UTC\n")
-    assert list(parsed.frame["store_id"]) == ["9223372036854775807", "0042"]
+    assert list(parsed.frame["store_id"]) == ["0042", "9223372036854775807"]  # text order: "0" < "9"
+
+
+def by_line(frame) -> list[tuple]:
+    """The frame's polls as (line, store_id, timestamp_us, active), in file order."""
+    return sorted(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"]))
+
+
+ORDER_FILE = HEADER + (
+    "b,active,2023-01-22 12:00:00 UTC\n"  # line 2
+    "a,inactive,2023-01-22 13:00:00 UTC\n"  # line 3
+    "a,active,2023-01-22 12:00:00 UTC\n"  # line 4
+    "b,inactive,2023-01-22 11:00:00 UTC\n"  # line 5
+    "a,active,2023-01-22 13:00:00 UTC\n"  # line 6: the same store and instant as line 3, later: it wins
+)
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_polls_come_sorted_by_store_then_time(tmp_path, monkeypatch, blocks):
+    """The engine's order (store id, then time), each row keeping its line; the later of two rows for
+    one store and instant wins wherever the sort puts them."""
+    path = tmp_path / "store_status.csv"
+    path.write_text(ORDER_FILE)
+    parsed = read_in_blocks(monkeypatch, path, 40) if blocks else sources.read_store_status(path)
+    frame = parsed.frame
+    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == [
+        (4, "a", NOON_US, True), (6, "a", NOON_US + 3_600_000_000, True),
+        (5, "b", NOON_US - 3_600_000_000, False), (2, "b", NOON_US, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (3, "overridden by line 6 (same store_id and timestamp, later row wins)")]
 
 
 def test_bom_crlf_quotes_and_bad_bytes():
@@ -327,7 +356,7 @@ def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes)
     whole = sources.read_store_status(BLOCK_FILE.encode())
     for parsed in (read_in_blocks(monkeypatch, path, block_bytes), whole):
         frame = parsed.frame
-        assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+        assert by_line(frame) == BLOCK_FILE_ROWS
         assert list(frame["store_id"].cat.categories) == ["0042", "12", "300", "7"]
         assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
         assert (parsed.rows_read, parsed.rejected) == (10, 5)
@@ -350,7 +379,7 @@ def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatc
     path.write_bytes(text.encode())
     parsed = read_in_blocks(monkeypatch, path, 64, file="polls.csv")
     frame = parsed.frame
-    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == BLOCK_FILE_ROWS
+    assert by_line(frame) == BLOCK_FILE_ROWS
     assert sorted((r.file, r.line, r.reason) for r in parsed.rejects) == [
         ("polls.csv", line, reason) for line, reason in BLOCK_FILE_REJECTS]
 
@@ -384,7 +413,7 @@ FALLBACK_FILE = (
 def test_line_by_line_reader_by_hand():
     parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
     frame = parsed.frame
-    assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == [
+    assert by_line(frame) == [
         (2, "1", NOON_US, True), (10, "6", NOON_US + 3_600_000_000, False), (12, "10", NOON_US + 7_200_000_000, False)]
     assert sorted((r.line, r.reason) for r in parsed.rejects) == [
         (3, "row is not valid UTF-8 text"),
