@@ -726,6 +726,10 @@ def _check_polls(check: Checker) -> dict:
     }
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     """One frame of all blocks' good polls, store ids as a categorical in store_id order, the rows
     sorted by store and time (the order the report engine works in, so it need not sort again)."""
@@ -742,8 +746,8 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     rank = np.empty(len(names), dtype=np.int32)
     rank[by_name] = np.arange(len(names), dtype=np.int32)
     columns = {
-        "store_id": rank[np.concatenate(code_parts)] if code_parts else np.empty(0, np.int32),
-        **{name: np.concatenate([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
+        "store_id": rank[_joined(code_parts)] if code_parts else np.empty(0, np.int32),
+        **{name: _joined([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
     }
     order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
     columns = {name: values[order] for name, values in columns.items()}

@@ -594,3 +594,62 @@ def test_zone_transitions_are_exact_to_the_second_wherever_the_search_starts():
     for lead in range(11, 3600, 97):
         assert utils.zone_transitions("America/New_York", SPRING_2023_NY - lead, SPRING_2023_NY + 10) == (
             (SPRING_2023_NY,), (-18000, -14400)), lead
+
+
+# --------------------------------------------------------------------------- sorting the polls
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [5, 3, 5, 1, 3, 5, 0, 9],  # ties on both sides of the sampled median
+        [7] * 9,  # every key equal: one half is empty
+        [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],  # reversed
+        [2**61, -(2**61), 0, 2**61, 1],  # the extremes the packed keys can take
+    ],
+)
+def test_stable_argsort_in_two_halves_is_numpys_stable_order(monkeypatch, keys):
+    monkeypatch.setattr(utils, "SPLIT_SORT_MIN", 2)
+    monkeypatch.setattr(utils, "_cores", lambda: 2)
+    keys = np.array(keys, dtype=np.int64)
+    expected = sorted(range(len(keys)), key=lambda i: (keys[i], i))  # by key, then input position
+    assert utils.stable_argsort(keys).tolist() == expected
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.lists(st.integers(-5, 5), max_size=3_000))
+def test_stable_argsort_in_two_halves_property(keys):
+    keys = np.array(keys, dtype=np.int64)
+    saved = utils.SPLIT_SORT_MIN, utils._cores
+    utils.SPLIT_SORT_MIN, utils._cores = 1, lambda: 2
+    try:
+        order = utils.stable_argsort(keys)
+    finally:
+        utils.SPLIT_SORT_MIN, utils._cores = saved
+    assert order.tolist() == sorted(range(len(keys)), key=lambda i: (keys[i], i))
+
+
+def test_polls_already_in_order_but_repeated_keep_the_later_row_last():
+    # in (store, time) order but 17:30 twice: the order check must not take them as sorted
+    store = pd.Categorical(["s", "s", "s"], categories=["s"])
+    polls = pd.DataFrame({"store_id": store, "timestamp_us": np.array([1, 2, 2], dtype=np.int64) * 1_800_000_000
+                          + us(utc("2023-01-25 16:30:00")), "active": [True, True, False]})
+    _, hours, zones = frames([], zones={})
+    ticks = utils.uptime_ticks(polls, hours, pd.DataFrame({"store_id": ["s"], "timezone_str": ["UTC"]}),
+                               us(utc("2023-01-25 18:00:00")))
+    # 17:00 up, 17:30 down (the later row): [17:00, 17:15) up, [17:15, 18:00) down
+    assert ticks.loc[0, "uptime_last_hour"] == 15 * 60 * utils.TICKS_PER_SECOND
+    assert ticks.loc[0, "downtime_last_hour"] == 45 * 60 * utils.TICKS_PER_SECOND
+
+
+@pytest.mark.parametrize(
+    "categories, stores, numbers, ids",
+    [
+        (["a", "b", "c"], ["c", "a", "c"], [1, 0, 1], ["a", "c"]),  # "b" has no poll: not numbered
+        (["a", "b"], ["a", "b"], [0, 1], ["a", "b"]),  # every category in use
+        (["b", "a"], ["b", "a", "b"], [1, 0, 1], ["a", "b"]),  # categories not in order: numbered in order
+    ],
+)
+def test_store_numbers_count_only_stores_with_polls(categories, stores, numbers, ids):
+    codes, store_ids = utils._store_codes(pd.Series(pd.Categorical(stores, categories=categories)))
+    assert codes.tolist() == numbers
+    assert list(store_ids) == ids
