@@ -518,3 +518,51 @@ def test_quoted_line_breaks_keep_the_true_line_numbers():
     assert reasons(parsed) == {2: "unknown status 'act\\nive' (expected active or inactive)",
                                4: "unknown status 'online' (expected active or inactive)"}
     assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(5, "3")]
+
+
+# --------------------------------------------------------------------------- files on disk
+
+DISK_FILE = (
+    b"store_id,status,timestamp_utc\r\n"
+    b"1,active,2023-01-22 12:00:00 UTC\r\n"  # line 2
+    b"2,on,2023-01-22 12:00:00 UTC\r\n"  # line 3: unknown status
+    b"\r\n"  # line 4: blank
+    b"3,inactive,2023-01-22 13:00:00 UTC"  # line 5, no line break after it
+)
+DISK_ROWS = [(2, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
+DISK_REJECTS = [(3, "unknown status 'on' (expected active or inactive)"), (4, "blank line")]
+
+
+@pytest.mark.parametrize("scan_bytes", [1, 7, 1 << 23])
+@pytest.mark.parametrize(
+    "variant, text",
+    [
+        ("ascii", DISK_FILE),
+        ("lf", DISK_FILE.replace(b"\r\n", b"\n")),
+        ("bom", b"\xef\xbb\xbf" + DISK_FILE),  # not ASCII: read whole into memory
+        ("quoted line break", DISK_FILE.replace(b"2,on,", b'"2\non",x,')),  # pyarrow cannot vouch for it
+    ],
+)
+def test_a_file_on_disk_read_in_pieces(tmp_path, monkeypatch, scan_bytes, variant, text):
+    """A file on disk is looked over in pieces of SCAN_BYTES and then read by pyarrow from the file;
+    the rows, their line numbers and the rejects are the hand-worked ones whatever the piece size."""
+    monkeypatch.setattr(sources, "SCAN_BYTES", scan_bytes)
+    path = tmp_path / "store_status.csv.gz"  # plain text all the same: pyarrow must not decompress it
+    path.write_bytes(text)
+    parsed = sources.read_store_status(path)
+    rejects = sorted((r.line, r.reason) for r in parsed.rejects)
+    if variant == "quoted line break":  # lines 3-4 are one row, so the rest move down a line
+        assert by_line(parsed.frame) == [DISK_ROWS[0], (6, *DISK_ROWS[1][1:])]
+        assert rejects == [(3, "store_id '2\\non' has characters other than letters, digits and - _ . : ;"),
+                           (5, "blank line")]
+    else:
+        assert by_line(parsed.frame) == DISK_ROWS
+        assert rejects == DISK_REJECTS
+    assert parsed.rows_read == 4
+
+
+def test_a_blank_file_on_disk_is_a_clear_error(tmp_path):
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(b" \r\n\n  \n")
+    with pytest.raises(sources.HeaderError, match="empty"):
+        sources.read_store_status(path)
