@@ -454,6 +454,10 @@ class Checker:
     def good(self, array):
         return array if self.ok.all() else pc.filter(array, pa.array(self.ok))
 
+    def kept(self, values: np.ndarray) -> np.ndarray:
+        """The values of the rows still good (the same array when every row is)."""
+        return values if self.ok.all() else values[self.ok]
+
     def trimmed(self, name: str):
         return _trimmed(self.raw.columns[name])
 
@@ -533,7 +537,14 @@ def parse_timestamps_us(values) -> np.ndarray:
     or no zone (taken as UTC).  Arrow parses the usual forms in one pass;
     pandas takes the rest.
     """
-    text = _trimmed(values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string()))
+    values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
+    if len(values) and not values.null_count and pc.all(pc.ends_with(values, " UTC")).as_py():
+        try:  # the export's own form, with nothing around it to trim: most files
+            return _in_datetime_range(pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
+                                      .cast(pa.int64()).to_numpy(zero_copy_only=False))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    text = _trimmed(values)
     if len(text) and pc.all(pc.ends_with(text, " UTC")).as_py():
         plain = pc.utf8_slice_codeunits(text, 0, -4)
     else:
@@ -759,15 +770,18 @@ def _check_polls(check: Checker) -> dict:
     status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
     check.fail(~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
                lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)")
-    stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)
-    stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
+    if check.ok.all():
+        stamp = parse_timestamps_us(check.raw.columns["timestamp_utc"])
+    else:
+        stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)
+        stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
     check.fail(stamp == np.iinfo(np.int64).min, lambda i: f"unparseable timestamp {check.value('timestamp_utc', i)}")
     line = check.finish()
     return {
-        "store_index": store_id.index[check.ok],
+        "store_index": check.kept(store_id.index),
         "store_ids": store_id.values,
-        "timestamp_us": stamp[check.ok],
-        "active": status.rows(pc.equal(status.values, "active"))[check.ok],
+        "timestamp_us": check.kept(stamp),
+        "active": check.kept(status.rows(pc.equal(status.values, "active"))),
         "line": line,
     }
 
@@ -786,13 +800,15 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
         to_global = np.zeros(len(ids), dtype=np.int32)
         for value in np.flatnonzero(np.bincount(index, minlength=len(ids))):  # ids of rows kept only
             to_global[value] = catalog.setdefault(ids[value], len(catalog))
-        code_parts.append(to_global[index])
+        code_parts.append((to_global, index))
     names = np.array(list(catalog), dtype=object)
     by_name = np.argsort(names, kind="stable")
     rank = np.empty(len(names), dtype=np.int32)
     rank[by_name] = np.arange(len(names), dtype=np.int32)
+    # (values of rejected rows only keep a number 0 that no kept row uses)
+    codes = [rank[to_global][index] if len(rank) else index for to_global, index in code_parts]
     columns = {
-        "store_id": rank[_joined(code_parts)] if code_parts else np.empty(0, np.int32),
+        "store_id": _joined(codes) if codes else np.empty(0, np.int32),
         **{name: _joined([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
     }
     order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
@@ -808,7 +824,7 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
         columns = {name: values[order] for name, values in columns.items()}
     categories = pd.Index(names[by_name], dtype=object)
     columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)  # the arrays are the frame's own: no need to copy them again
 
 
 def _check_hours(check: Checker) -> dict:

@@ -325,14 +325,17 @@ class CodedInputs:
 def poll_order(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
     """The stable order of polls by (store, time): of rows with equal store and time, the one
     earlier in the input comes first."""
-    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.asarray(codes)
     stamps = np.asarray(stamps, dtype=np.int64)
     if stamps.size == 0:
         return np.arange(0, dtype=np.intp)
     low = int(stamps.min())
     span = int(stamps.max()) - low + 1
     if (int(codes.max()) + 1) * span < 2**62:
-        return stable_argsort(codes * span + (stamps - low))
+        keys = np.multiply(codes, span, dtype=np.int64)
+        keys += stamps
+        keys -= low
+        return stable_argsort(keys)
     return np.lexsort((stamps, codes))
 
 
