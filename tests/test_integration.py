@@ -101,7 +101,7 @@ def test_every_report_query_is_served_by_an_index(real_store, tmp_path):
                                                           "query": {"timestamp_us": {"$lte": now_us}}}))
     # read_chunk: the window, and each store's last poll before it ($group/$first in the index's reverse order)
     assert_index_served(polls.find(real_store._window_query(["worked", "late"], reach, now_us),
-                                   store_mongo.POLL_PROJECTION).explain())
+                                   store_mongo.RAW_POLL_PROJECTION).explain())
     pipeline = [{"$match": {"store_id": {"$in": ["worked", "late"]}, "timestamp_us": {"$lt": reach}}},
                 {"$sort": {"store_id": -1, "timestamp_us": -1}},
                 {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},

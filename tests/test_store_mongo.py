@@ -346,10 +346,31 @@ def poll_documents(n: int, seed: int = 7) -> list[dict]:
     return documents
 
 
-def raw_batches(documents: list[dict], per_batch: int) -> list[bytes]:
-    """Documents as a server sends them: concatenated BSON, a batch at a time."""
-    return [b"".join(bson.encode(d) for d in documents[i : i + per_batch])
+def projected(document: dict, projection: dict) -> dict:
+    """The document as a server projects it: fields kept (1), renamed ("$field", omitted when the field
+    is missing) or left out (0).  mongomock's find takes no expressions."""
+    out = {}
+    for key, spec in projection.items():
+        if isinstance(spec, str) and spec.startswith("$"):
+            if spec[1:] in document:
+                out[key] = document[spec[1:]]
+        elif spec and key in document:
+            out[key] = document[key]
+    return out
+
+
+def raw_batches(documents: list[dict], per_batch: int,
+                projection: dict = store_mongo.RAW_POLL_PROJECTION) -> list[bytes]:
+    """Documents as a server sends them for `projection`: concatenated BSON, a batch at a time."""
+    return [b"".join(bson.encode(projected(d, projection)) for d in documents[i : i + per_batch])
             for i in range(0, len(documents), per_batch)] or []
+
+
+def test_the_raw_projection_renames_the_poll_fields():
+    document = poll_documents(1)[0]
+    assert projected(document, store_mongo.RAW_POLL_PROJECTION) == {
+        short: document[name] for short, name in store_mongo.RAW_POLL_FIELDS.items()}
+    assert set(store_mongo.RAW_POLL_FIELDS.values()) == set(store_mongo.POLL_PROJECTION) - {"_id"}
 
 
 @pytest.mark.parametrize("n, per_batch", [(0, 10), (1, 10), (997, 100), (5_000, 4_096)])
@@ -359,6 +380,18 @@ def test_arrow_and_dict_paths_give_identical_engine_input(n, per_batch):
     by_dicts = store_mongo.polls_from_documents(documents)
     pd.testing.assert_frame_equal(by_arrow, by_dicts, check_exact=True)
     assert list(by_dicts["active"]) == [d["status"] == "active" for d in documents]  # independently derived
+
+
+def test_arrow_path_numbers_the_store_ids_across_batches():
+    """Each batch has its own distinct ids in its own order (and a batch may be empty): one id is one
+    Python string in the frame, whichever batches it came in."""
+    documents = poll_documents(400)
+    batches = raw_batches(documents[::-1][:150], 7) + [b""] + raw_batches(documents[::-1][150:], 61)
+    by_arrow = store_mongo.polls_from_raw_batches(batches)
+    pd.testing.assert_frame_equal(by_arrow, store_mongo.polls_from_documents(documents[::-1]), check_exact=True)
+    strings = {}
+    for value in by_arrow["store_id"]:
+        assert strings.setdefault(value, value) is value
 
 
 def test_arrow_path_refuses_a_malformed_poll():
@@ -377,7 +410,8 @@ def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, t
     by_dicts = mongo.read_chunk(ids, now_us - utils.WEEK_US, now_us)
 
     def find_raw_batches(self, query, projection, batch_size=2):
-        return raw_batches(list(self.find(query, projection)), 2)
+        assert projection == store_mongo.RAW_POLL_PROJECTION
+        return raw_batches(list(self.find(query)), 2, projection)
 
     monkeypatch.setattr(mongomock.collection.Collection, "find_raw_batches", find_raw_batches, raising=False)
     mongo.kind = "mongodb"  # read as on a server
