@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import csv
 import io
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,14 +124,6 @@ class Parsed:
 # --------------------------------------------------------------------------- raw reading
 
 
-def _read_bytes(source: Source) -> bytes:
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    if isinstance(source, (str, Path)):
-        return Path(source).read_bytes()
-    return source.read()
-
-
 def _normalise_header(names) -> list[str]:
     cleaned = []
     for name in names:
@@ -221,11 +212,11 @@ def _physical_lines(data: bytes) -> int:
     return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
-def _raw_rows_arrow(file: str, data: bytes | Path, header: list[str], first_line: int | None = None,
+def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first_line: int | None = None,
                     parsed: Parsed | None = None, physical_lines: int | None = None) -> RawRows | None:
     """Read with pyarrow; None when it cannot (then the line-by-line reader takes over).
 
-    `data` is the text, or the path of a whole file whose `physical_lines` are known.
+    `physical_lines`, when known, saves counting the lines of `data` again.
 
     With `first_line`, `data` is a block of data rows (no header) whose first
     line is that line of the file; it is read on one thread so that ragged rows
@@ -257,9 +248,6 @@ def _raw_rows_arrow(file: str, data: bytes | Path, header: list[str], first_line
             "parse_options": parse_options,
             "convert_options": convert_options,
         }
-        if isinstance(data, Path):
-            with pa.OSFile(str(data)) as stream:  # opened as is (pyarrow would decompress a .gz by its name)
-                return pa_csv.read_csv(stream, **options)
         return pa_csv.read_csv(pa.BufferReader(data), **options)  # zero-copy
 
     try:
@@ -356,60 +344,45 @@ def _python_block(values: dict, numbers: list, problems: dict) -> RawRows:
     return RawRows(columns, np.array(numbers, dtype=np.int64), problems)
 
 
-SCAN_BYTES = 1 << 23  # a file on disk is looked over 8 MB at a time
-
-
-def _plain_file(path: Path) -> tuple[bytes, int] | None:
-    """(its first bytes, its physical lines) for a file on disk of ASCII text that does not start
-    blank, looked over a piece at a time; None for any other file (read whole into memory instead).
-
-    pyarrow then reads the file itself: an 87 MB polls file read whole into Python
-    bytes costs a page fault for each of its 21,000 pages, which was a tenth of a report.
-    """
-    head, newlines, last = b"", 0, b""
-    with open(path, "rb") as stream:
-        piece = bytearray(max(1, min(SCAN_BYTES, os.fstat(stream.fileno()).st_size)))
-        while size := stream.readinto(piece):
-            text = piece if size == len(piece) else piece[:size]
-            if not text.isascii():
-                return None
-            if len(head) <= MAX_HEADER_BYTES:
-                head += bytes(text[: MAX_HEADER_BYTES + 1 - len(head)])
-            newlines += text.count(b"\n")
-            last = text[-1:]
-    if not head[:4096].strip(b" \t\r\n"):
-        return None
-    return head, newlines + (0 if last == b"\n" else 1)
+SCAN_BYTES = 1 << 20  # a file's line ends are counted a megabyte at a time (no file-sized temporaries)
+_BLANK = b" \t\r\n"
 
 
 def raw_rows(file: str, source: Source) -> RawRows:
     """Every data row of `file` as strings, with its line number and any structural problem."""
-    plain = _plain_file(Path(source)) if isinstance(source, (str, Path)) else None
-    if plain:
-        head, lines = plain
-        header, _, _ = _header_of(file, head)
-        raw = _raw_rows_arrow(file, Path(source), header, physical_lines=lines)
-        data = None
-    else:
-        data = _text_of(file, source)
-        header, _, _ = _header_of(file, data[: MAX_HEADER_BYTES + 1])
-        raw = _raw_rows_arrow(file, data, header) if _is_utf8(data) else None
+    data = _read_buffer(source)
+    if data[:3].to_pybytes() == b"\xef\xbb\xbf":
+        data = data[3:]
+    head = data[: MAX_HEADER_BYTES + 1].to_pybytes()
+    if not head[:4096].strip(_BLANK) and not data.to_pybytes().strip(_BLANK):
+        raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
+    header, _, _ = _header_of(file, head)
+    text = np.frombuffer(data, dtype=np.uint8)
+    ascii_only = not text.size or int(text.max()) < 0x80
+    raw = None
+    if ascii_only or _is_utf8(data.to_pybytes()):
+        raw = _raw_rows_arrow(file, data, header, physical_lines=_lines_in(text))
     if raw is None:
-        data = _text_of(file, source) if data is None else data
-        text = io.StringIO(data.decode("utf-8", errors="surrogateescape"), newline="")
-        next(text, None)  # the header
-        raw = next(_raw_rows_python(file, text, header))
+        lines = io.StringIO(data.to_pybytes().decode("utf-8", errors="surrogateescape"), newline="")
+        next(lines, None)  # the header
+        raw = next(_raw_rows_python(file, lines, header))
     return raw
 
 
-def _text_of(file: str, source: Source) -> bytes:
-    """All the bytes of a source but a UTF-8 byte order mark; an empty file is refused."""
-    data = _read_bytes(source)
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if not data[:4096].strip(b" \t\r\n") and not data.strip(b" \t\r\n"):
-        raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
-    return data
+def _read_buffer(source: Source) -> pa.Buffer:
+    """All the bytes of a source in an Arrow buffer: a file on disk is read by pyarrow into its own
+    memory, which costs far fewer page faults than Python bytes (an 87 MB polls file read into
+    bytes cost a fault for each of its 21,000 pages), and is parsed from there without a copy."""
+    if isinstance(source, (str, Path)):
+        with pa.OSFile(str(source)) as stream:  # opened as is (pyarrow would decompress a .gz by its name)
+            return stream.read_buffer()
+    return pa.py_buffer(bytes(source) if isinstance(source, (bytes, bytearray)) else source.read())
+
+
+def _lines_in(text: np.ndarray) -> int:
+    """Physical lines (ended by b"\\n", and a last one without) of text given as bytes in an array."""
+    newlines = sum(int(np.count_nonzero(text[i : i + SCAN_BYTES] == 0x0A)) for i in range(0, text.size, SCAN_BYTES))
+    return newlines + (0 if text.size and text[-1] == 0x0A else 1)
 
 
 def _is_utf8(data: bytes) -> bool:
