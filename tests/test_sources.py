@@ -1,6 +1,8 @@
 """CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -410,7 +412,13 @@ FALLBACK_FILE = (
 )
 
 
-def test_line_by_line_reader_by_hand():
+@pytest.mark.parametrize("block_rows, block_bytes", [(None, None), (2, 40), (1, 7), (3, 1 << 20)])
+def test_line_by_line_reader_by_hand(monkeypatch, block_rows, block_bytes):
+    """The upload is read a block of text and a block of rows at a time (here down to one row and
+    seven bytes); the rows, their lines and the rejects do not depend on where the blocks end."""
+    if block_rows:
+        monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", block_rows)
+        monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
     parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
     frame = parsed.frame
     assert by_line(frame) == [
@@ -566,3 +574,124 @@ def test_a_blank_file_on_disk_is_a_clear_error(tmp_path):
     path.write_bytes(b" \r\n\n  \n")
     with pytest.raises(sources.HeaderError, match="empty"):
         sources.read_store_status(path)
+
+
+# --------------------------------------------------------------------------- uploads, streamed
+
+class RecordingStream(io.BytesIO):
+    """An upload that remembers how much each read asked for."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked: list = []
+
+    def read(self, size=-1):
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.parametrize("body", [BLOCK_FILE.encode(), FALLBACK_FILE])
+def test_an_upload_is_read_a_block_at_a_time_never_whole(monkeypatch, body):
+    """Memory stays bounded by the block, not the upload: every read names a size no larger than a
+    block (the header's first read a few bytes over MAX_HEADER_BYTES), on the Arrow and the
+    line-by-line path alike."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    stream = RecordingStream(body)
+    parsed = sources.read_store_status(stream)
+    assert parsed.rows_read == (10 if body is not FALLBACK_FILE else 12)
+    assert stream.asked[0] == sources.MAX_HEADER_BYTES + 8
+    assert stream.asked[1:] and all(size == 64 for size in stream.asked[1:])
+    assert stream.tell() == len(body)  # and it was read to the end
+
+
+def test_an_upload_of_an_ordinary_file_stays_on_the_arrow_reader(monkeypatch):
+    """Blocks cut at line ends are each vouched for by pyarrow; the line-by-line reader is not needed."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    parsed = sources.read_store_status(BLOCK_FILE.encode())
+    assert by_line(parsed.frame) == sorted(BLOCK_FILE_ROWS)
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
+
+
+def test_an_ordinary_file_on_disk_stays_on_the_arrow_reader(tmp_path, monkeypatch):
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    for name, text in [("lf", DISK_FILE.replace(b"\r\n", b"\n")), ("crlf", DISK_FILE), ("final newline", DISK_FILE + b"\n")]:
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(text)
+        parsed = sources.read_store_status(path)
+        assert by_line(parsed.frame) == DISK_ROWS, name
+        assert sorted((r.line, r.reason) for r in parsed.rejects) == DISK_REJECTS, name
+
+
+EMPTY = "store_status.csv: the file is empty; expected the header store_id,status,timestamp_utc"
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [b"", b"   \r\n\n", b"\xef\xbb\xbf", b"\xef\xbb\xbf \n\t\n", b" " * sources.MAX_HEADER_BYTES],
+)
+def test_an_empty_upload_is_called_empty(upload):
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(io.BytesIO(upload), file="store_status.csv")
+    assert str(error.value) == EMPTY
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [b"X\x0c\n", b"\xef\xbb\xbfa\n", b"abc\n", b" " * (sources.MAX_HEADER_BYTES + 8) + b"\nx\n"],
+)
+def test_an_upload_that_is_not_blank_is_not_called_empty(upload):
+    """Short or late text is a wrong header, not an empty file: only white space (and a byte order
+    mark) make an upload empty, and only when it is all there is."""
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(io.BytesIO(upload), file="store_status.csv")
+    assert "header" in str(error.value) and "empty" not in str(error.value)
+
+
+def test_a_header_as_long_as_allowed_is_read_whole():
+    header = "store_id,status,timestamp_utc,"
+    header += "x" * (sources.MAX_HEADER_BYTES - len(header))  # exactly MAX_HEADER_BYTES bytes
+    parsed = sources.read_store_status(io.BytesIO((header + "\n7,active,2023-01-22 12:00:00 UTC,\n").encode()))
+    assert by_line(parsed.frame) == [(2, "7", NOON_US, True)]
+
+
+def test_a_line_longer_than_the_limit_rejects_the_upload(monkeypatch):
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
+    rows = "".join(f"7,active,2023-01-22 12:00:{n % 60:02d} UTC\n" for n in range(130))  # past the first read
+    upload = (HEADER + rows + "9" * 60).encode()
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(io.BytesIO(upload), file="polls.csv")
+    assert str(error.value) == ("store_status.csv: line 132 is longer than 50 bytes, so this is not a CSV export; "
+                                "the whole file is rejected")
+    ok = (HEADER + rows + "9" * 50).encode()  # a last line of 50 bytes: not over the limit
+    assert sources.read_store_status(io.BytesIO(ok)).rows_read == 131
+
+
+def test_a_file_with_no_rows_has_the_documented_types(tmp_path):
+    """A header and nothing else, streamed, read whole, or read line by line (a header that is not UTF-8
+    beyond the expected columns): no rows, and the frame's columns keep their types."""
+    latin1 = b"store_id,status,timestamp_utc,r\xe9gion\n"
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(latin1)
+    for parsed in (sources.read_store_status(HEADER.encode()), sources.read_store_status(path),
+                   sources.read_store_status(latin1)):
+        assert parsed.rows_read == 0 and parsed.rejected == 0
+        assert dict(parsed.frame.dtypes.astype(str)) == {
+            "store_id": "category", "timestamp_us": "int64", "active": "bool", "line": "int64"}
+
+
+def test_summary_keeps_twenty_rejects_and_the_notes():
+    body = "".join(f"{n},online,2023-01-22 12:00:00 UTC\n" for n in range(25))
+    parsed = status_rows(body)
+    parsed.notes.append("a note")
+    summary = parsed.summary()
+    assert [r["line"] for r in summary["rejects"]] == list(range(2, 22))
+    assert summary["notes"] == ["a note"]
+    assert (summary["rows_read"], summary["loaded"], summary["rejected"]) == (25, 0, 25)
