@@ -571,11 +571,13 @@ def test_five_thousand_stores_in_one_go():
 
 def test_polls_across_the_whole_calendar():
     # 20 stores, each polled in year 1 and half an hour before now in year 9000: the stores times the
-    # span of time is beyond what the engine's packed sort can hold, so the other sort is used
+    # span of time is beyond what the engine's packed sort can hold, so the other sort is used (the
+    # polls come in reverse, so that they must be sorted at all)
     polls = []
     for i in range(20):
         polls += [(f"s{i:02d}", "0001-01-01 00:00:00", "active" if i % 2 else "inactive"),
                   (f"s{i:02d}", "9000-01-24 17:30:00", "inactive" if i % 2 else "active")]
+    polls.reverse()
     report = report_for(polls, zones={f"s{i:02d}": "UTC" for i in range(20)}, now="9000-01-24 18:00:00")
     for i in range(20):  # the midpoint is millennia back: the recent poll holds the whole week
         assert report[f"s{i:02d}"]["uptime_last_week"] == (0.0 if i % 2 else 168.0)
@@ -653,3 +655,13 @@ def test_store_numbers_count_only_stores_with_polls(categories, stores, numbers,
     codes, store_ids = utils._store_codes(pd.Series(pd.Categorical(stores, categories=categories)))
     assert codes.tolist() == numbers
     assert list(store_ids) == ids
+
+
+def test_stores_out_of_order_while_time_goes_forward():
+    # the input order is store b then a, with later times: not the engine's order, so it must sort
+    # (a poll of b at 17:00 up, of a at 17:30 down, of b at 17:40 down: b up 17:00-17:20, down after)
+    polls = [("b", "2023-01-25 17:00:00", "active"), ("a", "2023-01-25 17:30:00", "inactive"),
+             ("b", "2023-01-25 17:40:00", "inactive")]
+    report = report_for(polls, zones={"a": "UTC", "b": "UTC"})
+    assert (report["a"]["uptime_last_hour"], report["a"]["downtime_last_hour"]) == (0.0, 60.0)
+    assert (report["b"]["uptime_last_hour"], report["b"]["downtime_last_hour"]) == (20.0, 40.0)
