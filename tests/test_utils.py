@@ -649,6 +649,7 @@ def test_polls_already_in_order_but_repeated_keep_the_later_row_last():
         (["a", "b", "c"], ["c", "a", "c"], [1, 0, 1], ["a", "c"]),  # "b" has no poll: not numbered
         (["a", "b"], ["a", "b"], [0, 1], ["a", "b"]),  # every category in use
         (["b", "a"], ["b", "a", "b"], [1, 0, 1], ["a", "b"]),  # categories not in order: numbered in order
+        (["a"], [], [], []),  # no polls at all
     ],
 )
 def test_store_numbers_count_only_stores_with_polls(categories, stores, numbers, ids):
