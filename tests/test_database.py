@@ -576,3 +576,25 @@ def test_load_dir_notes_a_missing_file_and_a_wrong_header_and_loads_the_rest(sto
     ]
     assert (summaries[0]["loaded"], summaries[0]["rejected"]) == (5, 0)
     assert store.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
+
+
+def test_describe_error_keeps_the_first_line_without_pymongo_details_and_at_most_200_characters():
+    assert database.describe_error(RuntimeError("no server\nsecond line")) == "RuntimeError: no server"
+    assert database.describe_error(OSError()) == "OSError: OSError"  # no message: the type's name
+    assert database.describe_error(RuntimeError("a b, Timeout: 30s, Timeout: 5s")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("a b, Topology Description: <x>")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("a b (configured timeouts: 1s)")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("y" * 250)) == "RuntimeError: " + "y" * 200
+
+
+def test_connect_names_the_mongo_database():
+    assert database.connect("mongomock://", "other").spec() == {"uri": "mongomock://", "name": "other"}
+
+
+def test_load_dir_draws_progress_bars_when_asked(store, tmp_path, capsys):
+    capsys.readouterr()
+    database.load_dir(store, write_data_dir(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    for file_kind, rows in (("store_status.csv", 5), ("menu_hours.csv", 1), ("timezones.csv", 1)):
+        assert f"loading {file_kind}: 100%" in err and f"| {rows}/{rows} [" in err and "row/s]" in err
+    assert err.endswith("\n")  # the finished bars stay on screen
