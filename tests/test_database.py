@@ -175,15 +175,16 @@ def test_list_reports_newest_first(store):
 
 
 def test_lease_many_readers_or_one_writer(store):
-    with store.data_lease("read"), store.data_lease("read"):
+    # a free lease is had at the first try: the waits below are bounds, not pauses
+    with store.data_lease("read", wait_seconds=10), store.data_lease("read", wait_seconds=10):
         with pytest.raises(database.LeaseTimeout):
             with store.data_lease("write", wait_seconds=0.2):
                 pass
-    with store.data_lease("write"):
+    with store.data_lease("write", wait_seconds=10):
         with pytest.raises(database.LeaseTimeout):
             with store.data_lease("read", wait_seconds=0.2):
                 pass
-    with store.data_lease("write"):  # released, so free again
+    with store.data_lease("write", wait_seconds=10):  # released, so free again
         pass
 
 
@@ -316,3 +317,284 @@ def test_report_csv_chunks_reassembled_in_order_whatever_order_they_come_in(monk
     monkeypatch.setattr(store, "db", Db())
     assert list(d["n"] for d in store.db[store_mongo.REPORT_CHUNKS].find({}))[:3] != [0, 1, 2]  # shuffled
     assert store.read_report_csv(store.find_report("a" * 32)) == payload  # 7-byte chunks, back in order
+
+
+# --------------------------------------------------------------------------- pinned by mutation testing
+
+
+def _set_finished(store: database.Store, report_id: str, finished: dt.datetime) -> None:
+    """Back-date a finished report's finish time (under the contract: no method sets it)."""
+    if store.kind == "sqlite":
+        store._connection().execute("UPDATE reports SET finished_us = ? WHERE report_id = ?",
+                                    (utils.datetime_to_us(finished), report_id))
+    else:
+        store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": {"finished_at": finished}})
+
+
+def test_list_reports_gives_twenty_by_default(store):
+    ids = [f"{n:032d}" for n in range(21)]  # created in this order, so newest first is the reverse
+    for report_id in ids:
+        store.create_report(report_id, None)
+    assert [r["report_id"] for r in store.list_reports()] == ids[::-1][:20]
+
+
+def test_a_heartbeat_younger_than_the_limit_is_not_stale(store):
+    from tests.conftest import force_report_state
+
+    store.create_report("1" * 32, None)
+    force_report_state(store, "1" * 32, heartbeat_age=45)
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 0  # 45 s < 60 s
+    assert store.find_report("1" * 32)["status"] == "Running"
+    assert store.fail_stale_reports(dt.timedelta(seconds=30)) == 1  # 45 s > 30 s
+    assert store.find_report("1" * 32)["status"] == "Failed"
+
+
+def test_delete_finished_reports_by_age_and_by_count_never_a_running_one(store):
+    ids = [f"{n}" * 32 for n in range(1, 6)]  # created in this order: 5 is the newest
+    for report_id in ids:
+        store.create_report(report_id, None)
+    for report_id in ids[:3]:
+        store.complete_report(report_id, b"store_id\n" + report_id.encode() + b"\n", 1)
+    store.fail_report(ids[3], "broken")  # ids[4] stays Running
+    now = database.now_utc()
+    _set_finished(store, ids[0], now - dt.timedelta(hours=2))
+
+    def listed():
+        return sorted(r["report_id"] for r in store.list_reports(limit=100))
+
+    # by age alone (keep many): only the one finished two hours ago is before an hour ago
+    assert store.delete_finished_reports(now - dt.timedelta(hours=1), keep_newest=10) == [ids[0]]
+    assert listed() == ids[1:]
+    assert store.read_report_csv({"report_id": ids[0], "csv_bytes": None}) == b""  # its CSV went with it
+    # by count alone: of the finished 2, 3, 4 (newest by creation: 4) keep the newest 1
+    assert store.delete_finished_reports(now - dt.timedelta(hours=1), keep_newest=1) == [ids[1], ids[2]]
+    assert listed() == ids[3:]
+    assert store.read_report_csv({"report_id": ids[1], "csv_bytes": None}) == b""
+    # keep none (or fewer than none): every finished one goes, the Running one stays
+    store.create_report("6" * 32, None)
+    store.complete_report("6" * 32, b"x\n", 0)
+    assert store.delete_finished_reports(now - dt.timedelta(hours=1), keep_newest=0) == [ids[3], "6" * 32]
+    assert listed() == [ids[4]]
+    store.complete_report(ids[4], b"y\n", 0)
+    assert store.delete_finished_reports(now + dt.timedelta(hours=1), keep_newest=-3) == [ids[4]]
+    assert listed() == []
+
+
+def test_delete_finished_reports_by_age_with_a_far_future_cutoff(store):
+    for report_id in ("1" * 32, "2" * 32):
+        store.create_report(report_id, None)
+        store.complete_report(report_id, b"x\n", 0)
+    assert store.delete_finished_reports(database.now_utc() + dt.timedelta(hours=1), keep_newest=10) == [
+        "1" * 32, "2" * 32]
+    assert store.count_reports() == 0
+
+
+def test_a_report_record_keeps_the_requested_as_of_and_the_csv_size(store):
+    store.create_report("a" * 32, 1674565200000001)
+    assert store.find_report("a" * 32)["requested_as_of_us"] == 1674565200000001
+    payload = b"store_id,uptime\nx,1.0\n"
+    store.complete_report("a" * 32, payload, 1)
+    report = store.find_report("a" * 32)
+    assert (report["requested_as_of_us"], report["csv_bytes"]) == (1674565200000001, 22)
+    assert [r["csv_bytes"] for r in store.list_reports()] == [22]
+
+
+def test_a_stored_csv_shorter_than_its_record_says_is_refused(store):
+    store.create_report("a" * 32, None)
+    store.complete_report("a" * 32, b"store_id\nx\n", 1)
+    report = store.find_report("a" * 32)
+    assert store.read_report_csv(report) == b"store_id\nx\n"
+    with pytest.raises(ValueError, match=f"^report {'a' * 32}: stored CSV is incomplete$"):
+        store.read_report_csv({**report, "csv_bytes": 12})
+    assert store.read_report_csv({**report, "csv_bytes": None}) == b"store_id\nx\n"  # size unknown: not checked
+
+
+@pytest.mark.parametrize("ids", [["bare"], []], ids=["a store with no hours or zone", "no stores"])
+def test_read_chunk_types_hold_when_there_are_no_hours_or_zones(store, ids):
+    """Empty frames keep the types of full ones: int64 days and seconds, text ids and zone names."""
+    database.load_file(store, sources.STATUS_FILE, b"store_id,status,timestamp_utc\nbare,active,2023-01-24T10:00:00Z\n")
+    polls, hours, zones = store.read_chunk(ids, 0, FAR_FUTURE_US)
+    assert len(polls) == len(ids) and hours.empty and zones.empty
+    assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s")] == ["int64"] * 3
+    assert all(pd.api.types.is_string_dtype(frame[column])
+               for frame, column in ((hours, "store_id"), (zones, "store_id"), (zones, "timezone_str")))
+
+
+def test_hours_read_back_as_int64_seconds(store, tmp_path):
+    database.load_dir(store, write_data_dir(tmp_path))
+    hours = store.read_chunk(["worked"], 0, FAR_FUTURE_US)[1]
+    assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s")] == ["int64"] * 3
+    assert hours[["day", "start_s", "end_s"]].to_numpy().tolist() == hours_rows_of_worked()
+
+
+def hours_rows_of_worked() -> list[list[int]]:
+    """TINY_HOURS' one row, worked out by hand: (day, seconds of its start, seconds of its end)."""
+    _, line = TINY_HOURS.strip().splitlines()
+    store_id, day, start, end = line.split(",")
+    seconds = [sum(int(part) * unit for part, unit in zip(t.split(":"), (3600, 60, 1))) for t in (start, end)]
+    return [[int(day), *seconds]]
+
+
+def test_replacing_hours_and_zones_reports_the_rows_written(store):
+    calls = []
+    hours = pd.DataFrame({"store_id": ["a", "a", "b"], "day": [0, 1, 2], "start_s": [0, 0, 3600],
+                          "end_s": [60, 86399, 7200]})
+    assert store.replace_hours(hours, calls.append) == 3
+    assert store.replace_zones(pd.DataFrame({"store_id": ["a", "b"], "timezone_str": ["UTC", "Asia/Tokyo"]}),
+                               calls.append) == 2
+    assert calls == [3, 2]
+    got = store.read_chunk(["a", "b"], 0, FAR_FUTURE_US)[1]
+    assert sorted(map(tuple, got.astype(str).to_numpy().tolist())) == [
+        ("a", "0", "0", "60"), ("a", "1", "0", "86399"), ("b", "2", "3600", "7200")]
+
+
+def test_loading_no_polls_writes_nothing(store):
+    calls = []
+    empty = pd.DataFrame({"store_id": pd.Series([], dtype=object), "timestamp_us": pd.Series([], dtype="int64"),
+                          "active": pd.Series([], dtype=bool)})
+    assert store.load_polls(empty, calls.append) == 0
+    assert (calls, store.latest_poll_us(), store.is_empty()) == ([], None, True)
+
+
+def test_of_two_waiting_writers_the_first_marked_goes_first_then_the_other(store):
+    """Only the first writer in line marks itself waiting; so when the reader leaves, it gets the lease
+    (the second does not block it), and the second gets it after."""
+    assert store._try_lease("read", "reader")
+    assert not store._try_lease("write", "w1")  # marks itself waiting
+    assert not store._try_lease("write", "w2")  # someone is already waiting: no mark
+    assert not store._try_lease("read", "late reader")  # behind the waiting writer
+    store._release_lease("read", "reader")
+    assert store._try_lease("write", "w1")
+    assert not store._try_lease("write", "w2")
+    store._release_lease("write", "w1")
+    assert store._try_lease("write", "w2")
+
+
+# --------------------------------------------------------------------------- database.py itself (mutation testing)
+
+
+def test_connect_from_env_names_the_mongo_database(monkeypatch, tmp_path):
+    monkeypatch.setenv("MONGO_URI", "mongomock://")
+    monkeypatch.setenv("MONGO_DB", "elsewhere")
+    assert database.connect_from_env().spec() == {"uri": "mongomock://", "name": "elsewhere"}
+    monkeypatch.delenv("MONGO_DB")
+    assert database.connect_from_env().spec() == {"uri": "mongomock://", "name": "store_monitoring"}
+
+
+def test_load_file_labels_its_summary_and_waits_no_longer_than_asked(store):
+    upload = b"store_id,status,timestamp_utc\na,active,2023-01-24T10:00:00Z\n"
+    assert database.load_file(store, sources.STATUS_FILE, upload, label="upload.csv")["file"] == "upload.csv"
+    assert database.load_file(store, sources.STATUS_FILE, upload)["file"] == "store_status.csv"
+    with store.data_lease("read", wait_seconds=10):  # a report is reading: the load may wait 0.2 s only
+        with pytest.raises(database.LeaseTimeout):
+            database.load_file(store, sources.STATUS_FILE, upload, lease_wait_seconds=0.2)
+
+
+def test_seeding_checks_again_under_the_lease_that_the_store_is_empty(store, tmp_path, monkeypatch):
+    """Two processes starting at once: both saw an empty store, the other one seeded it first."""
+    database.load_dir(store, write_data_dir(tmp_path / "first"))
+    before = snapshot(store)
+    answers = iter([True])  # the first look (before the lease) still saw it empty
+    real = store.is_empty
+    monkeypatch.setattr(store, "is_empty", lambda: next(answers, None) or real())
+    other = write_data_dir(tmp_path / "second", status="store_id,status,timestamp_utc\nnew,active,2023-01-24T10:00:00Z\n")
+    assert database.seed_if_empty(store, other) == []
+    assert snapshot(store) == before
+
+
+def test_data_dir_problem_names_the_files_it_looked_for(tmp_path):
+    assert database.data_dir_problem(tmp_path) == (
+        f"DATA_DIR {tmp_path} holds none of store_status.csv, menu_hours.csv, timezones.csv")
+
+
+def test_print_summaries_lists_notes_the_first_rejects_and_how_many_more():
+    import io
+
+    summary = {"file": "f.csv", "rows_read": 9, "loaded": 5, "rejected": 4, "notes": ["a note"],
+               "rejects": [{"line": n, "reason": f"bad {n}"} for n in (2, 3, 5, 8)]}
+    out = io.StringIO()
+    database.print_summaries([summary, {**summary, "file": "g.csv", "rejected": 2, "notes": [],
+                                        "rejects": summary["rejects"][:2]}], first=3, out=out)
+    assert out.getvalue() == ("f.csv: 9 rows read, 5 loaded, 4 rejected\n  note: a note\n"
+                              "  line 2: bad 2\n  line 3: bad 3\n  line 5: bad 5\n  ... and 1 more\n"
+                              "g.csv: 9 rows read, 5 loaded, 2 rejected\n  line 2: bad 2\n  line 3: bad 3\n")
+
+
+def test_print_summaries_writes_to_stdout_by_default_without_notes_and_twenty_rejects_at_most(capsys):
+    rejects = [{"line": n, "reason": "bad"} for n in range(2, 23)]  # 21 of them
+    database.print_summaries([{"file": "f.csv", "rows_read": 21, "loaded": 0, "rejected": 21, "rejects": rejects}])
+    assert capsys.readouterr().out == ("f.csv: 21 rows read, 0 loaded, 21 rejected\n"
+                                       + "".join(f"  line {n}: bad\n" for n in range(2, 22)) + "  ... and 1 more\n")
+
+
+def test_cli_lists_twenty_rejects_by_default_then_how_many_more(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    monkeypatch.setenv("EMBEDDED_DB", str(tmp_path / "cli.sqlite3"))
+    bad = "".join(f"x{n},active,garbage\n" for n in range(21))  # lines 7 to 27
+    assert database.main(["load", str(write_data_dir(tmp_path, status=TINY_STATUS + bad))]) == 0
+    out = capsys.readouterr().out
+    assert "line 26: unparseable timestamp 'garbage'" in out and "line 27:" not in out
+    assert "  ... and 1 more\n" in out
+    assert database.main(["load", str(write_data_dir(tmp_path / "again", status=TINY_STATUS + bad)), "--show", "1"]) == 0
+    assert "rejected\n  line 7: unparseable timestamp 'garbage'\n  ... and 20 more\n" in capsys.readouterr().out
+
+
+def test_cli_index_problems_and_database_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    path = tmp_path / "broken.sqlite3"
+    monkeypatch.setenv("EMBEDDED_DB", str(path))
+    with pytest.raises(SystemExit):
+        database.main([])  # a command is required
+    connection = database.connect(path=path)._connection()
+    connection.execute("DROP INDEX storeStatus_time")
+    connection.execute("CREATE TABLE storeStatus_time (x)")  # the index's name is taken
+    capsys.readouterr()
+    assert database.main(["migrate"]) == 1
+    assert capsys.readouterr().err == "index problem: storeStatus_time: there is already a table named storeStatus_time\n"
+    assert database.main(["load", str(write_data_dir(tmp_path / "data"))]) == 2
+    assert capsys.readouterr().err == (
+        "database error: the indexes could not be made (storeStatus_time: there is already a table named "
+        "storeStatus_time); run `python database.py migrate`\n")
+    monkeypatch.setenv("EMBEDDED_DB", str(tmp_path))  # a folder: SQLite cannot open it
+    assert database.main(["migrate"]) == 2
+    assert capsys.readouterr().err == "database error: OperationalError: unable to open database file\n"
+
+
+def test_load_dir_notes_a_missing_file_and_a_wrong_header_and_loads_the_rest(store, tmp_path, capsys):
+    directory = write_data_dir(tmp_path)
+    (directory / "menu_hours.csv").unlink()
+    (directory / "timezones.csv").write_text("store,zone\na,UTC\n")
+    capsys.readouterr()
+    summaries = database.load_dir(store, directory)
+    assert capsys.readouterr().err == ""  # no progress bars unless asked for
+    empty = {"rows_read": 0, "loaded": 0, "rejected": 0, "rejects": []}
+    assert summaries[1:] == [
+        {"file": str(directory / "menu_hours.csv"), **empty, "notes": ["file not found, skipped"]},
+        {"file": str(directory / "timezones.csv"), **empty,
+         "notes": ["whole file rejected: timezones.csv: wrong header 'store,zone': expected columns "
+                   "store_id,timezone_str (missing store_id, timezone_str); check the file and its delimiter (comma)"]},
+    ]
+    assert (summaries[0]["loaded"], summaries[0]["rejected"]) == (5, 0)
+    assert store.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
+
+
+def test_describe_error_keeps_the_first_line_without_pymongo_details_and_at_most_200_characters():
+    assert database.describe_error(RuntimeError("no server\nsecond line")) == "RuntimeError: no server"
+    assert database.describe_error(OSError()) == "OSError: OSError"  # no message: the type's name
+    assert database.describe_error(RuntimeError("a b, Timeout: 30s, Timeout: 5s")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("a b, Topology Description: <x>")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("a b (configured timeouts: 1s)")) == "RuntimeError: a b"
+    assert database.describe_error(RuntimeError("y" * 250)) == "RuntimeError: " + "y" * 200
+
+
+def test_connect_names_the_mongo_database():
+    assert database.connect("mongomock://", "other").spec() == {"uri": "mongomock://", "name": "other"}
+
+
+def test_load_dir_draws_progress_bars_when_asked(store, tmp_path, capsys):
+    capsys.readouterr()
+    database.load_dir(store, write_data_dir(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    for file_kind, rows in (("store_status.csv", 5), ("menu_hours.csv", 1), ("timezones.csv", 1)):
+        assert f"loading {file_kind}: 100%" in err and f"| {rows}/{rows} [" in err and "row/s]" in err
+    assert err.endswith("\n")  # the finished bars stay on screen

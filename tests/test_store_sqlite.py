@@ -267,3 +267,156 @@ def test_an_embedded_file_that_cannot_be_opened_stops_start_up_with_one_line(tmp
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot open the embedded database {path}: ")
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- pinned by mutation testing
+
+
+def test_ping_is_false_and_logged_when_the_connection_fails(tmp_path, caplog):
+    store = database.connect(path=tmp_path / "ping.sqlite3")
+    assert store.ping() is True
+    store._connection().close()  # the thread's connection, closed under the store
+    with caplog.at_level(logging.WARNING, logger="store_sqlite"):
+        assert store.ping() is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "database ping failed: Cannot operate on a closed database."]
+
+
+def test_close_closes_the_connection_and_the_store_opens_a_new_one(tmp_path):
+    import sqlite3
+
+    import threading
+
+    store = database.connect(path=tmp_path / "close.sqlite3")
+    first = store._connection()
+    assert store._connection() is first  # one connection per thread, kept
+    other = []
+    thread = threading.Thread(target=lambda: other.append(store._connection()))
+    thread.start()
+    thread.join(30)
+    assert other and other[0] is not first  # another thread has its own
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        first.execute("SELECT 1")
+    assert store.count_reports() == 0  # a new connection, opened on demand
+    assert store._connection() is not first
+    store.close()
+    store.close()  # closing twice is harmless
+    errors = []
+
+    def close_in_a_thread_that_never_used_it():
+        try:
+            store.close()
+        except Exception as error:  # noqa: BLE001 - the assertion below shows it
+            errors.append(error)
+
+    thread = threading.Thread(target=close_in_a_thread_that_never_used_it)
+    thread.start()
+    thread.join(30)
+    assert errors == []
+
+
+def test_renewing_a_lease_pushes_its_expiry_a_lease_period_ahead(tmp_path, monkeypatch):
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "renew.sqlite3")
+    now = [1_000_000_000]  # µs: taken at 1,000 s, renewed half a second later
+    monkeypatch.setattr(store_sqlite, "_now_us", lambda: now[0])
+
+    def expiry():
+        return store._connection().execute("SELECT expires_us FROM leases WHERE holder = 'holder'").fetchone()[0]
+
+    assert store._try_lease("read", "holder")
+    assert expiry() == 1_060_000_000  # LEASE_SECONDS = 60 later
+    now[0] = 1_000_500_000
+    assert store._renew_lease("read", "holder") is True
+    assert expiry() == 1_060_500_000
+    assert store._renew_lease("write", "holder") is False  # not in that mode
+    assert store._renew_lease("read", "someone else") is False
+
+
+def test_a_number_text_of_the_wrong_length_is_refused():
+    from store_sqlite import SqliteStore
+
+    assert SqliteStore._numbers("3,-1,9000000000000000000", 3).tolist() == [3, -1, 9_000_000_000_000_000_000]
+    assert SqliteStore._numbers(None, 0).tolist() == []
+    with pytest.raises(ValueError, match="^expected 3 numbers from the database, read 2$"):
+        SqliteStore._numbers("1,2", 3)
+
+
+def test_polls_read_back_with_the_categories_the_csv_reader_gives(tmp_path):
+    """read_chunk's store_id is a categorical over the chunk's sorted ids, of the same type as
+    sources.read_store_status gives (so the engine sees one kind of frame from a file or a store)."""
+    import sources
+
+    data = write_data_dir(tmp_path / "data")
+    store = database.connect(path=tmp_path / "cats.sqlite3")
+    database.load_dir(store, data)
+    from_store = store.read_chunk(["worked", "allday"], 0, FAR_FUTURE_US)[0]["store_id"].dtype
+    from_file = sources.READERS["store_status.csv"](data / "store_status.csv", file="s").frame["store_id"].dtype
+    assert list(from_store.categories) == ["allday", "worked"]
+    assert from_store.categories.dtype == from_file.categories.dtype
+
+
+def test_a_load_reports_its_rows_batch_by_batch(tmp_path, monkeypatch):
+    import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "WRITE_BATCH_ROWS", 2)
+    store = database.connect(path=tmp_path / "batches.sqlite3")
+    frame = pd.DataFrame({"store_id": list("abcde"), "timestamp_us": [1, 2, 3, 4, 5], "active": [True] * 5})
+    calls = []
+    assert store.load_polls(frame, calls.append) == 5
+    assert calls == [2, 2, 1]
+    assert store.report_store_ids(10) == list("abcde")
+
+
+def test_the_spec_opens_the_same_file_in_another_connection(tmp_path):
+    store = database.connect(path=tmp_path / "sub" / ".." / "spec.sqlite3")
+    store.create_report("a" * 32, None)
+    assert store.spec() == {"path": str(tmp_path / "spec.sqlite3")}  # resolved: another process may start elsewhere
+    assert database.connect(**store.spec()).find_report("a" * 32)["status"] == "Running"
+
+
+def test_instants_are_stored_as_integer_microseconds(tmp_path):
+    """The file's documented format: every instant an INTEGER count of microseconds (other tools read it)."""
+    store = database.connect(path=tmp_path / "types.sqlite3")
+    before = time.time_ns() // 1000
+    store.create_report("a" * 32, None)
+    store.complete_report("a" * 32, b"x\n", 0)
+    assert store._try_lease("read", "holder")
+    after = time.time_ns() // 1000
+    row = store._connection().execute(
+        "SELECT typeof(created_us), typeof(heartbeat_us), typeof(finished_us), created_us, finished_us FROM reports"
+    ).fetchone()
+    assert row[:3] == ("integer", "integer", "integer")
+    assert before <= row[3] <= row[4] <= after
+    assert store._connection().execute("SELECT typeof(expires_us) FROM leases").fetchone() == ("integer",)
+
+
+def test_migrate_rebuilds_a_changed_index_recreates_a_missing_one_and_reports_what_fails(tmp_path, caplog):
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "migrate.sqlite3")
+    connection = store._connection()
+
+    def declared():
+        return dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+
+    with caplog.at_level(logging.INFO, logger="store_sqlite"):
+        assert store.migrate() == []  # all up to date: nothing rebuilt, nothing said
+    assert caplog.records == []
+    connection.execute("DROP INDEX storeStatus_time")
+    connection.execute("CREATE TABLE storeStatus_time (x)")  # the name is taken: the index cannot be made
+    connection.execute("DROP INDEX reports_created")
+    connection.execute("CREATE INDEX reports_created ON reports (created_us)")  # an older definition
+    connection.execute("DROP INDEX reports_status_heartbeat")  # missing, and declared after the others
+    with caplog.at_level(logging.INFO, logger="store_sqlite"):
+        assert store.migrate() == ["storeStatus_time: there is already a table named storeStatus_time"]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "could not create index storeStatus_time: there is already a table named storeStatus_time"),
+        ("INFO", "index reports_created changed: rebuilding it"),
+    ]
+    indexes = declared()
+    for name in ("businessHours_store", "reports_created", "reports_status_heartbeat"):
+        assert indexes[name] == store_sqlite.INDEXES[name]
+    assert "storeStatus_time" not in indexes

@@ -311,3 +311,21 @@ def test_timelines_add_up_to_the_report_on_the_sample(tmp_path):
                 zip(mine["timestamp_us"], mine["active"]))
     finally:
         application.extensions["reports"].shutdown(wait=True)
+
+
+# --------------------------------------------------------------------------- pinned by mutation testing
+
+
+def test_a_store_with_no_poll_up_to_now_has_its_hours_but_no_segments():
+    """Polls only after `now` are ignored: no deciding polls, no segments, zero totals; the business
+    hours (none given: open all week) are still the whole week."""
+    now_us = us(utc("2023-01-25 12:00:00"))
+    hour = 3_600_000_000
+    timeline = utils.store_timeline(np.array([now_us + hour]), np.array([True]), [], [], [], "UTC", now_us)
+    week = ((now_us - utils.WEEK_US) * TICK, now_us * TICK)
+    assert (timeline.business_open.tolist(), timeline.business_close.tolist()) == ([week[0]], [week[1]])
+    assert (timeline.poll_ticks.size, timeline.poll_active.size) == (0, 0)
+    segments = (timeline.segment_start, timeline.segment_end, timeline.segment_active)
+    assert [(s.shape, str(s.dtype)) for s in segments] == [((0,), "int64"), ((0,), "int64"), ((0,), "bool")]
+    assert utils.timeline_totals(timeline) == {f"{kind}_last_{name}": 0 for name in ("hour", "day", "week")
+                                               for kind in ("uptime", "downtime")}
