@@ -683,7 +683,10 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
             block, pending = pending, b""
             if not block:
                 break
-        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if _is_utf8(block) else None
+        # an odd number of quotes means the cut fell inside a quoted field (a line break in a value):
+        # pyarrow would take its two halves for two rows, so the csv module reads on from here
+        arrow_can = not block.count(b'"') % 2 and _is_utf8(block)
+        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if arrow_can else None
         if raw is None:
             rest = _lines_of(block + pending, stream)
             for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):

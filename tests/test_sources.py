@@ -288,6 +288,7 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     """Bytes (and uploads) are streamed in blocks (here, tiny ones); the result is the same as reading the
     file whole, ragged rows, quoted line breaks and non-ASCII text included."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
     rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
             for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
@@ -337,6 +338,12 @@ BLOCK_FILE_REJECTS = [
 ]
 
 
+def small_head(monkeypatch) -> None:
+    """The reader's first read takes MAX_HEADER_BYTES + 8 bytes, which would swallow a small test file
+    whole: with a limit just over the header's length, the rows really come in blocks."""
+    monkeypatch.setattr(sources, "MAX_HEADER_BYTES", 40)
+
+
 def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_status.csv") -> sources.Parsed:
     """read_store_status on a file on disk, made to take the block-by-block reader with tiny blocks;
     the test fails if the file is handed to the whole-file reader instead."""
@@ -345,6 +352,7 @@ def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_statu
 
     monkeypatch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", 0)
     monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+    small_head(monkeypatch)
     monkeypatch.setattr(sources, "raw_rows", whole_file)
     return sources.read_store_status(path, file=file)
 
@@ -419,6 +427,7 @@ def test_line_by_line_reader_by_hand(monkeypatch, block_rows, block_bytes):
     if block_rows:
         monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", block_rows)
         monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+        small_head(monkeypatch)
     parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
     frame = parsed.frame
     assert by_line(frame) == [
@@ -596,11 +605,12 @@ def test_an_upload_is_read_a_block_at_a_time_never_whole(monkeypatch, body):
     block (the header's first read a few bytes over MAX_HEADER_BYTES), on the Arrow and the
     line-by-line path alike."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
     stream = RecordingStream(body)
     parsed = sources.read_store_status(stream)
     assert parsed.rows_read == (10 if body is not FALLBACK_FILE else 12)
-    assert stream.asked[0] == sources.MAX_HEADER_BYTES + 8
-    assert stream.asked[1:] and all(size == 64 for size in stream.asked[1:])
+    assert stream.asked[0] == 40 + 8
+    assert len(stream.asked) > len(body) // 64 and all(size == 64 for size in stream.asked[1:])
     assert stream.tell() == len(body)  # and it was read to the end
 
 
@@ -611,6 +621,7 @@ def test_an_upload_of_an_ordinary_file_stays_on_the_arrow_reader(monkeypatch):
 
     monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
     parsed = sources.read_store_status(BLOCK_FILE.encode())
     assert by_line(parsed.frame) == sorted(BLOCK_FILE_ROWS)
     assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
@@ -695,3 +706,17 @@ def test_summary_keeps_twenty_rejects_and_the_notes():
     assert [r["line"] for r in summary["rejects"]] == list(range(2, 22))
     assert summary["notes"] == ["a note"]
     assert (summary["rows_read"], summary["loaded"], summary["rejected"]) == (25, 0, 25)
+
+
+@pytest.mark.parametrize("block_bytes", [16, 20, 64, 1 << 20])
+def test_a_quoted_line_break_across_a_block_cut_stays_one_row(monkeypatch, block_bytes):
+    """Blocks are cut at line ends; one that falls inside quotes (an odd number of them before it) must
+    not split the quoted value into two rows."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+    small_head(monkeypatch)
+    parsed = status_rows('7,active,2023-01-22 12:00:00 UTC\n"8\nx",active,2023-01-22 12:00:00 UTC\n'
+                         '9,inactive,2023-01-22 12:00:00 UTC\n')
+    assert by_line(parsed.frame) == [(2, "7", NOON_US, True), (5, "9", NOON_US, False)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (3, "store_id '8\\nx' has characters other than letters, digits and - _ . : ;")]
+    assert parsed.rows_read == 3
