@@ -348,9 +348,9 @@ SCAN_BYTES = 1 << 20  # a file's line ends are counted a megabyte at a time (no 
 _BLANK = b" \t\r\n"
 
 
-def raw_rows(file: str, source: Source) -> RawRows:
-    """Every data row of `file` as strings, with its line number and any structural problem."""
-    data = _read_buffer(source)
+def raw_rows(file: str, path: str | Path) -> RawRows:
+    """Every data row of the file `file` at `path`, as strings, with its line number and any structural problem."""
+    data = _read_buffer(path)
     if data[:3].to_pybytes() == b"\xef\xbb\xbf":
         data = data[3:]
     head = data[: MAX_HEADER_BYTES + 1].to_pybytes()
@@ -369,14 +369,12 @@ def raw_rows(file: str, source: Source) -> RawRows:
     return raw
 
 
-def _read_buffer(source: Source) -> pa.Buffer:
-    """All the bytes of a source in an Arrow buffer: a file on disk is read by pyarrow into its own
-    memory, which costs far fewer page faults than Python bytes (an 87 MB polls file read into
-    bytes cost a fault for each of its 21,000 pages), and is parsed from there without a copy."""
-    if isinstance(source, (str, Path)):
-        with pa.OSFile(str(source)) as stream:  # opened as is (pyarrow would decompress a .gz by its name)
-            return stream.read_buffer()
-    return pa.py_buffer(bytes(source) if isinstance(source, (bytes, bytearray)) else source.read())
+def _read_buffer(path: str | Path) -> pa.Buffer:
+    """A file's bytes, read by pyarrow into its own memory, which costs far fewer page faults than
+    Python bytes (an 87 MB polls file read into bytes cost a fault for each of its 21,000 pages);
+    it is parsed from there without a copy."""
+    with pa.OSFile(str(path)) as stream:  # opened as is (pyarrow would decompress a .gz by its name)
+        return stream.read_buffer()
 
 
 def _lines_in(text: np.ndarray) -> int:
@@ -570,28 +568,15 @@ def parse_time_of_day(values) -> np.ndarray:
     return result
 
 
-def _last_occurrences(frame: pd.DataFrame, key: list[str]) -> np.ndarray:
-    """True for each row that is the last of its key in file order."""
-    if key == ["store_id", "timestamp_us"] and len(frame):
-        codes, uniques = pd.factorize(frame["store_id"])
-        stamps = frame["timestamp_us"].to_numpy()
-        low, span = int(stamps.min()), int(stamps.max()) - int(stamps.min()) + 1
-        if len(uniques) * span < 2**62:
-            packed = codes.astype(np.int64) * span + (stamps - low)
-            ordered = np.sort(packed)  # much faster than hashing; most files have no repeats at all
-            if not (ordered[1:] == ordered[:-1]).any():
-                return np.ones(len(frame), dtype=bool)
-            return ~pd.Series(packed).duplicated(keep="last").to_numpy()
-    return ~frame.duplicated(subset=key, keep="last").to_numpy()
-
-
-def _later_row_wins(parsed: Parsed, frame: pd.DataFrame, key: list[str], value: list[str], what: str) -> pd.DataFrame:
-    """Keep the last row of each key; report earlier ones as duplicates or as overridden."""
-    last = _last_occurrences(frame, key)
+def _later_row_wins(parsed: Parsed, frame: pd.DataFrame, key: list[str], value: list[str], what: str,
+                    last: np.ndarray | None = None) -> pd.DataFrame:
+    """Keep the last row in the file of each key (`last`, when known); report the earlier ones, in
+    file order, as duplicates or as overridden."""
+    last = ~frame.duplicated(subset=key, keep="last").to_numpy() if last is None else last
     if last.all():
         return frame
     winners = frame[last].set_index(key)
-    earlier = frame[~last]
+    earlier = frame[~last].sort_values("line", kind="stable")
     winner = winners.loc[pd.MultiIndex.from_frame(earlier[key]) if len(key) > 1 else earlier[key[0]]]
     same = np.ones(len(earlier), dtype=bool)
     for column in value:
@@ -609,8 +594,8 @@ def _later_row_wins(parsed: Parsed, frame: pd.DataFrame, key: list[str], value: 
 # --------------------------------------------------------------------------- the three files
 
 
-def _start(file: str, source: Source, label: str) -> tuple[Parsed, Checker]:
-    raw = raw_rows(file, source)
+def _start(file: str, path: str | Path, label: str) -> tuple[Parsed, Checker]:
+    raw = raw_rows(file, path)
     parsed = Parsed(file=label, frame=pd.DataFrame(), rows_read=len(raw))
     return parsed, Checker(parsed, raw)
 
@@ -789,15 +774,12 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     }
     order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
     columns = {name: values[order] for name, values in columns.items()}
-    if utils.has_repeats(columns["store_id"], columns["timestamp_us"]):
-        # rows of one store and instant: the later row in the file wins (reported in file order)
-        in_file_order = np.argsort(columns["line"], kind="stable")
-        columns = {name: values[in_file_order] for name, values in columns.items()}
+    last = utils.last_of_each_instant(columns["store_id"], columns["timestamp_us"])
+    if not last.all():
+        # rows of one store and instant: the sort is stable, so the last of them is the later row in the file
         kept = _later_row_wins(parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"],
-                               "store_id and timestamp")
+                               "store_id and timestamp", last)
         columns = {name: kept[name].to_numpy() for name in columns}
-        order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
-        columns = {name: values[order] for name, values in columns.items()}
     categories = pd.Index(names[by_name], dtype=object)
     columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
     return pd.DataFrame(columns, copy=False)  # the arrays are the frame's own: no need to copy them again

@@ -366,9 +366,11 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
         return np.concatenate(list(pool.map(lambda rows: rows[np.argsort(keys[rows], kind="stable")], halves)))
 
 
-def has_repeats(codes: np.ndarray, stamps: np.ndarray) -> bool:
-    """Whether any two neighbouring polls (sorted by store and time) share store and time."""
-    return bool(((codes[1:] == codes[:-1]) & (stamps[1:] == stamps[:-1])).any())
+def last_of_each_instant(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """For polls sorted by (store, time): True for each that no later neighbour shares store and time with."""
+    last = np.ones(stamps.size, dtype=bool)
+    last[:-1] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
+    return last
 
 
 def _in_poll_order(codes: np.ndarray, stamps: np.ndarray) -> bool:
@@ -483,8 +485,7 @@ def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]
 
     # --- polls: of several at one instant, the last (the later row) stands
     p_store, p_ticks, p_active = coded.poll_store, coded.poll_us * TICKS_PER_US, coded.poll_active
-    last_of_instant = np.ones(p_ticks.size, dtype=bool)
-    last_of_instant[:-1] = (p_store[1:] != p_store[:-1]) | (p_ticks[1:] != p_ticks[:-1])
+    last_of_instant = last_of_each_instant(p_store, p_ticks)
     if not last_of_instant.all():
         p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
     begin, end = poll_spans(p_store, p_ticks)
