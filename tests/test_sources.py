@@ -723,13 +723,13 @@ def test_a_quoted_line_break_across_a_block_cut_stays_one_row(monkeypatch, block
 
 
 def test_polls_across_the_calendar_come_sorted(tmp_path):
-    """20 stores polled in year 1 and in year 9000, given in reverse: the stores times the span of time
-    is beyond what the packed sort can hold, so the other sort is used; the order is still store, time."""
-    rows = [f"s{i:02d},active,{year}-01-24 17:30:00 UTC\n" for i in range(20) for year in ("0001", "9000")]
+    """40 stores polled in year 1 and in year 9000, given in reverse: the stores times the span of time
+    is beyond what even int64 can hold, so the packed sort cannot be used; the order is still store, time."""
+    rows = [f"s{i:02d},active,{year}-01-24 17:30:00 UTC\n" for i in range(40) for year in ("0001", "9000")]
     path = tmp_path / "store_status.csv"
     path.write_text(HEADER + "".join(reversed(rows)))
     frame = sources.read_store_status(path).frame
-    assert list(frame["store_id"]) == [f"s{i:02d}" for i in range(20) for _ in range(2)]
-    assert list(frame["line"]) == [41 - 2 * i - k for i in range(20) for k in (0, 1)]
+    assert list(frame["store_id"]) == [f"s{i:02d}" for i in range(40) for _ in range(2)]
+    assert list(frame["line"]) == [81 - 2 * i - k for i in range(40) for k in (0, 1)]
     stamps = frame["timestamp_us"].to_numpy()
     assert (stamps[0::2] < 0).all() and (stamps[1::2] > 2 * 10**17).all()
