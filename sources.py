@@ -363,7 +363,7 @@ def raw_rows(file: str, path: str | Path) -> RawRows:
     if ascii_only or _is_utf8(data.to_pybytes()):
         raw = _raw_rows_arrow(file, data, header, physical_lines=_lines_in(text))
     if raw is None:
-        lines = io.StringIO(data.to_pybytes().decode("utf-8", errors="surrogateescape"), newline="")
+        lines = _lines_of(data.to_pybytes(), io.BytesIO())  # split at line feeds only, as uploads are
         next(lines, None)  # the header
         raw = next(_raw_rows_python(file, lines, header))
     return raw

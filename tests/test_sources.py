@@ -581,8 +581,40 @@ def test_a_file_on_disk_read_in_pieces(tmp_path, monkeypatch, scan_bytes, varian
 def test_a_blank_file_on_disk_is_a_clear_error(tmp_path):
     path = tmp_path / "store_status.csv"
     path.write_bytes(b" \r\n\n  \n")
-    with pytest.raises(sources.HeaderError, match="empty"):
+    with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(path)
+    assert str(error.value) == EMPTY
+    path.write_bytes(b" " * 4200 + b"\x0c\n")  # blank for over 4 KB, then not
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(path)
+    assert "header" in str(error.value) and "empty" not in str(error.value)
+
+
+def test_a_header_as_long_as_allowed_on_disk(tmp_path):
+    header = "x" * (sources.MAX_HEADER_BYTES - 30) + ",store_id,status,timestamp_utc"  # MAX_HEADER_BYTES bytes
+    path = tmp_path / "store_status.csv"
+    path.write_text(header + "\n,7,active,2023-01-22 12:00:00 UTC\n")
+    assert by_line(sources.read_store_status(path).frame) == [(2, "7", NOON_US, True)]
+
+
+def test_the_line_by_line_reader_on_disk(tmp_path):
+    """A file on disk that is not UTF-8 is read line by line; a lone CR is not a line end there either."""
+    path = tmp_path / "store_status.csv"
+    path.write_bytes((HEADER + "1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
+                      "3,inactive,2023-01-22 12:00:00 UTC\n").encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n")
+    parsed = sources.read_store_status(path)
+    assert by_line(parsed.frame) == [(3, "3", NOON_US, False)]
+    assert [r.line for r in parsed.rejects] == [2, 4] and parsed.rejects[0].reason.startswith("unreadable CSV row")
+    assert parsed.rejects[1].reason == "row is not valid UTF-8 text"
+
+
+def test_an_upload_that_ends_without_a_line_break_in_bytes_that_are_not_utf8(monkeypatch):
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
+    small_head(monkeypatch)
+    parsed = sources.read_store_status(io.BytesIO(
+        (HEADER + "1,active,2023-01-22 12:00:00 UTC\n").encode() + b"\xff,active,2023-01-22 12:00:00 UTC"))
+    assert by_line(parsed.frame) == [(2, "1", NOON_US, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "row is not valid UTF-8 text")]
 
 
 # --------------------------------------------------------------------------- uploads, streamed
@@ -655,7 +687,7 @@ def test_an_empty_upload_is_called_empty(upload):
 
 @pytest.mark.parametrize(
     "upload",
-    [b"X\x0c\n", b"\xef\xbb\xbfa\n", b"abc\n", b" " * (sources.MAX_HEADER_BYTES + 8) + b"\nx\n"],
+    [b"X\x0c\n", b"X\n", b"\x0b\n", b"\xef\xbb\xbfa\n", b"abc\n", b" " * (sources.MAX_HEADER_BYTES + 8) + b"\nx\n"],
 )
 def test_an_upload_that_is_not_blank_is_not_called_empty(upload):
     """Short or late text is a wrong header, not an empty file: only white space (and a byte order
@@ -714,8 +746,8 @@ def test_a_quoted_line_break_across_a_block_cut_stays_one_row(monkeypatch, block
     not split the quoted value into two rows."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
     small_head(monkeypatch)
-    parsed = status_rows('7,active,2023-01-22 12:00:00 UTC\n"8\nx",active,2023-01-22 12:00:00 UTC\n'
-                         '9,inactive,2023-01-22 12:00:00 UTC\n')
+    parsed = status_rows('"7",active,2023-01-22 12:00:00 UTC\n"8\nx",active,2023-01-22 12:00:00 UTC\n'
+                         '9,inactive,2023-01-22 12:00:00 UTC\n')  # three quotes before the cut: still odd
     assert by_line(parsed.frame) == [(2, "7", NOON_US, True), (5, "9", NOON_US, False)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [
         (3, "store_id '8\\nx' has characters other than letters, digits and - _ . : ;")]

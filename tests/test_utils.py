@@ -666,3 +666,20 @@ def test_stores_out_of_order_while_time_goes_forward():
     report = report_for(polls, zones={"a": "UTC", "b": "UTC"})
     assert (report["a"]["uptime_last_hour"], report["a"]["downtime_last_hour"]) == (0.0, 60.0)
     assert (report["b"]["uptime_last_hour"], report["b"]["downtime_last_hour"]) == (20.0, 40.0)
+
+
+@pytest.mark.parametrize(
+    "polls, up_minutes",
+    [
+        # a, b, a: each store back to a earlier one, time going forward all along
+        ([("a", "2023-01-25 17:00:00", "active"), ("b", "2023-01-25 17:10:00", "active"),
+          ("a", "2023-01-25 17:40:00", "inactive")], {"a": 20.0, "b": 60.0}),
+        # one store whose times go 17:00, 17:40, 17:20: later than the first, not than the one before
+        ([("a", "2023-01-25 17:00:00", "active"), ("a", "2023-01-25 17:40:00", "inactive"),
+          ("a", "2023-01-25 17:20:00", "active")], {"a": 30.0}),
+    ],
+)
+def test_polls_nearly_in_order_are_sorted(polls, up_minutes):
+    # a, b, a: a up 17:00-17:20, down after; one store 17:00 up, 17:20 up, 17:40 down: up to 17:30
+    report = report_for(polls, zones={store: "UTC" for store in up_minutes})
+    assert {store: report[store]["uptime_last_hour"] for store in up_minutes} == up_minutes
