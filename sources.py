@@ -769,7 +769,7 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     # (values of rejected rows only keep a number 0 that no kept row uses)
     codes = [rank[to_global][index] if len(rank) else index for to_global, index in code_parts]
     columns = {
-        "store_id": _joined(codes) if codes else np.empty(0, np.int32),
+        "store_id": _joined(codes),  # (there is always a block: the readers yield one even for no rows)
         **{name: _joined([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
     }
     order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
