@@ -464,14 +464,14 @@ class Distinct:
     """A column as each row's index into its distinct values, so that a check on a column with few
     distinct values (store ids, statuses) runs once per value, not once per row."""
 
-    def __init__(self, array, clean=None):
+    def __init__(self, array, clean):
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
         if array.null_count:
             array = pc.fill_null(array, "")  # an absent field reads as ""
         encoded = pc.dictionary_encode(array)
         self.index = encoded.indices.to_numpy(zero_copy_only=False)
-        self.values = encoded.dictionary if clean is None else clean(encoded.dictionary)
+        self.values = clean(encoded.dictionary)  # e.g. trimmed: distinct raw values may clean to one
 
     def rows(self, value_mask) -> np.ndarray:
         """A boolean Arrow array over the distinct values, spread to every row."""

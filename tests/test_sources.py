@@ -765,3 +765,11 @@ def test_polls_across_the_calendar_come_sorted(tmp_path):
     assert list(frame["line"]) == [81 - 2 * i - k for i in range(40) for k in (0, 1)]
     stamps = frame["timestamp_us"].to_numpy()
     assert (stamps[0::2] < 0).all() and (stamps[1::2] > 2 * 10**17).all()
+
+
+def test_white_space_around_fields_is_trimmed():
+    """Padding around a store id, a status or a timestamp is not part of it (on either reader)."""
+    body = " 7 ,\tactive , 2023-01-22 12:00:00 UTC \n"
+    for data in ((HEADER + body).encode(), (HEADER + body).encode() + b"\xff,x,y\n"):
+        parsed = sources.read_store_status(data)
+        assert by_line(parsed.frame) == [(2, "7", NOON_US, True)]
