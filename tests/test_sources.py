@@ -773,3 +773,16 @@ def test_white_space_around_fields_is_trimmed():
     for data in ((HEADER + body).encode(), (HEADER + body).encode() + b"\xff,x,y\n"):
         parsed = sources.read_store_status(data)
         assert by_line(parsed.frame) == [(2, "7", NOON_US, True)]
+
+
+def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
+    """LF line ends, an empty line, and reads of one byte: a read can end just before a line feed that
+    starts the next piece of text."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    upload = (HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22 12:00:00 UTC\n\n"
+              b"3,inactive,2023-01-22 13:00:00 UTC\n")
+    parsed = sources.read_store_status(io.BytesIO(upload))
+    assert by_line(parsed.frame) == [(3, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"),
+                                                                  (4, "blank line")]
