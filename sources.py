@@ -208,8 +208,14 @@ class RawRows:
         return len(self.line)
 
 
-def _physical_lines(data: bytes) -> int:
-    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+SCAN_BYTES = 1 << 20  # line ends are counted a megabyte at a time (no text-sized temporaries)
+
+
+def _physical_lines(data: bytes | pa.Buffer) -> int:
+    """Physical lines of the text: ended by b"\\n", and a last one without."""
+    text = np.frombuffer(data, dtype=np.uint8)
+    newlines = sum(int(np.count_nonzero(text[i : i + SCAN_BYTES] == 0x0A)) for i in range(0, text.size, SCAN_BYTES))
+    return newlines + (0 if text.size and text[-1] == 0x0A else 1)
 
 
 def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first_line: int | None = None,
@@ -242,13 +248,13 @@ def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first
 
     def read(threads: bool) -> pa.Table:
         invalid.clear()
-        options = {
-            "read_options": pa_csv.ReadOptions(skip_rows=0 if block else 1, column_names=names, use_threads=threads,
-                                               block_size=1 << 24),
-            "parse_options": parse_options,
-            "convert_options": convert_options,
-        }
-        return pa_csv.read_csv(pa.BufferReader(data), **options)  # zero-copy
+        return pa_csv.read_csv(
+            pa.BufferReader(data),  # zero-copy
+            read_options=pa_csv.ReadOptions(skip_rows=0 if block else 1, column_names=names, use_threads=threads,
+                                            block_size=1 << 24),
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
 
     try:
         table = read(threads=not block)
@@ -344,7 +350,6 @@ def _python_block(values: dict, numbers: list, problems: dict) -> RawRows:
     return RawRows(columns, np.array(numbers, dtype=np.int64), problems)
 
 
-SCAN_BYTES = 1 << 20  # a file's line ends are counted a megabyte at a time (no file-sized temporaries)
 _BLANK = b" \t\r\n"
 
 
@@ -359,11 +364,10 @@ def raw_rows(file: str, path: str | Path) -> RawRows:
     header, _, _ = _header_of(file, head)
     text = np.frombuffer(data, dtype=np.uint8)
     ascii_only = not text.size or int(text.max()) < 0x80
-    raw = None
-    if ascii_only or _is_utf8(data.to_pybytes()):
-        raw = _raw_rows_arrow(file, data, header, physical_lines=_lines_in(text))
+    whole = None if ascii_only else data.to_pybytes()  # Python bytes (a copy) only for text beyond ASCII
+    raw = _raw_rows_arrow(file, data, header) if ascii_only or _is_utf8(whole) else None
     if raw is None:
-        lines = _lines_of(data.to_pybytes(), io.BytesIO())  # split at line feeds only, as uploads are
+        lines = _lines_of(data.to_pybytes() if whole is None else whole, io.BytesIO())  # split at line feeds only
         next(lines, None)  # the header
         raw = next(_raw_rows_python(file, lines, header))
     return raw
@@ -375,12 +379,6 @@ def _read_buffer(path: str | Path) -> pa.Buffer:
     it is parsed from there without a copy."""
     with pa.OSFile(str(path)) as stream:  # opened as is (pyarrow would decompress a .gz by its name)
         return stream.read_buffer()
-
-
-def _lines_in(text: np.ndarray) -> int:
-    """Physical lines (ended by b"\\n", and a last one without) of text given as bytes in an array."""
-    newlines = sum(int(np.count_nonzero(text[i : i + SCAN_BYTES] == 0x0A)) for i in range(0, text.size, SCAN_BYTES))
-    return newlines + (0 if text.size and text[-1] == 0x0A else 1)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -477,7 +475,7 @@ class Distinct:
         """A boolean Arrow array over the distinct values, spread to every row."""
         return _mask(value_mask)[self.index]
 
-    def good(self, check: "Checker") -> pa.Array:
+    def good(self, check: Checker) -> pa.Array:
         """The values of the rows still good, one per row."""
         return self.values.take(pa.array(self.index[check.ok]))
 
@@ -671,14 +669,16 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
         # an odd number of quotes means the cut fell inside a quoted field (a line break in a value):
         # pyarrow would take its two halves for two rows, so the csv module reads on from here
         arrow_can = not block.count(b'"') % 2 and _is_utf8(block)
-        raw = _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed) if arrow_can else None
+        lines = _physical_lines(block)
+        raw = (_raw_rows_arrow(file, block, header, first_line=line, parsed=parsed, physical_lines=lines)
+               if arrow_can else None)
         if raw is None:
             rest = _lines_of(block + pending, stream)
             for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
                 yielded = True
                 yield raw
             return
-        line += _physical_lines(block)
+        line += lines
         yielded = True
         yield raw
         if not more:

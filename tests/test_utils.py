@@ -635,9 +635,8 @@ def test_polls_already_in_order_but_repeated_keep_the_later_row_last():
     store = pd.Categorical(["s", "s", "s"], categories=["s"])
     polls = pd.DataFrame({"store_id": store, "timestamp_us": np.array([1, 2, 2], dtype=np.int64) * 1_800_000_000
                           + us(utc("2023-01-25 16:30:00")), "active": [True, True, False]})
-    _, hours, zones = frames([], zones={})
-    ticks = utils.uptime_ticks(polls, hours, pd.DataFrame({"store_id": ["s"], "timezone_str": ["UTC"]}),
-                               us(utc("2023-01-25 18:00:00")))
+    _, hours, zones = frames([], zones={"s": "UTC"})
+    ticks = utils.uptime_ticks(polls, hours, zones, us(utc("2023-01-25 18:00:00")))
     # 17:00 up, 17:30 down (the later row): [17:00, 17:15) up, [17:15, 18:00) down
     assert ticks.loc[0, "uptime_last_hour"] == 15 * 60 * utils.TICKS_PER_SECOND
     assert ticks.loc[0, "downtime_last_hour"] == 45 * 60 * utils.TICKS_PER_SECOND
