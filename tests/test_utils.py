@@ -569,6 +569,25 @@ def test_five_thousand_stores_in_one_go():
     assert ticks["downtime_last_week"].tolist() == [0 if i % 2 == 0 else week for i in range(n)]
 
 
+def test_every_store_band_stays_inside_int64():
+    # The engine lays each store's week on one int64 line, store after store, a band of (week + 1) ticks
+    # apart.  A band wider than that (say now + origin + 1, about 6.7e15 ticks) overflows past store
+    # 1,377 and wraps; at this instant, worked out by hand from 2**63 / (2 * now - week + 1), store 1,377's
+    # week would straddle the wrap point, its close landing before its open.  Every store, open all week
+    # with one active poll, must still be up the whole week.
+    n = 1_400
+    now = 1_674_843_218_520_854  # 2023-01-27 18:13:38.520854 UTC
+    polls = pd.DataFrame({"store_id": [f"{i:05d}" for i in range(n)],
+                          "timestamp_us": np.full(n, now - 1_800 * 10**6, dtype=np.int64),
+                          "active": np.ones(n, dtype=bool)})
+    empty_hours = pd.DataFrame({"store_id": [], "day": [], "start_s": [], "end_s": []})
+    zones = pd.DataFrame({"store_id": [], "timezone_str": []})
+    ticks = utils.uptime_ticks(polls, empty_hours, zones, now)
+    week = 7 * 86_400 * utils.TICKS_PER_SECOND
+    assert ticks["uptime_last_week"].tolist() == [week] * n
+    assert ticks["downtime_last_week"].tolist() == [0] * n
+
+
 def test_polls_across_the_whole_calendar():
     # 20 stores, each polled in year 1 and half an hour before now in year 9000: the stores times the
     # span of time is beyond what the engine's packed sort can hold, so the other sort is used (the
