@@ -7,7 +7,13 @@ files shared by processes) lives in test_store_sqlite.py and test_store_mongo.py
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,7 +21,10 @@ import pytest
 import database
 import sources
 import utils
-from tests.conftest import FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, hours_of, polls_of, write_data_dir
+from tests.conftest import (FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, free_port, hours_of, polls_of,
+                            write_data_dir)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -537,6 +546,62 @@ def test_cli_lists_twenty_rejects_by_default_then_how_many_more(tmp_path, capsys
     assert "  ... and 1 more\n" in out
     assert database.main(["load", str(write_data_dir(tmp_path / "again", status=TINY_STATUS + bad)), "--show", "1"]) == 0
     assert "rejected\n  line 7: unparseable timestamp 'garbage'\n  ... and 20 more\n" in capsys.readouterr().out
+
+
+def test_cli_logs_at_info_level_as_level_then_message(tmp_path):
+    # a subprocess, since under pytest the root logger already has handlers and basicConfig does nothing
+    path = tmp_path / "cli.sqlite3"
+    connection = database.connect(path=path)._connection()
+    connection.execute("DROP INDEX storeStatus_time")
+    connection.execute("CREATE INDEX storeStatus_time ON storeStatus (status)")  # not the declared index
+    env = {**os.environ, "EMBEDDED_DB": str(path)}
+    env.pop("MONGO_URI", None)
+    done = subprocess.run([sys.executable, "database.py", "migrate"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "INFO index storeStatus_time changed: rebuilding it\n"
+
+
+def test_cli_load_draws_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    monkeypatch.setenv("EMBEDDED_DB", str(tmp_path / "cli.sqlite3"))
+    directory = write_data_dir(tmp_path)
+    assert database.main(["load", str(directory)]) == 0
+    assert "loading" not in capsys.readouterr().err  # not a terminal: no bars
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert database.main(["load", str(directory)]) == 0
+    bars = terminal.getvalue()
+    for file_kind, rows in (("store_status.csv", 5), ("menu_hours.csv", 1), ("timezones.csv", 1)):
+        assert f"loading {file_kind}: 100%" in bars and f" {rows}/{rows} " in bars
+
+
+def test_cli_asks_an_unreachable_mongodb_once_quietly_and_for_cli_ping_seconds(tmp_path, monkeypatch, capsys, caplog):
+    import store_mongo
+
+    asked = []
+
+    def ping(self, timeout=store_mongo.PING_SECONDS, quiet=False):
+        asked.append({"timeout": timeout, "quiet": quiet})
+        return False  # the server does not answer
+
+    def migrate(self):
+        raise AssertionError("the command went on to the indexes of a server that does not answer")
+
+    monkeypatch.setattr(store_mongo.MongoStore, "ping", ping)
+    monkeypatch.setattr(store_mongo.MongoStore, "migrate", migrate)
+    monkeypatch.setattr(database, "CLI_PING_SECONDS", 3.0)
+    monkeypatch.setenv("MONGO_URI", f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=250")
+    assert database.main(["load", str(write_data_dir(tmp_path))]) == 2
+    assert asked == [{"timeout": 3.0, "quiet": True}]  # one short ask, no warning of its own
+    assert capsys.readouterr().err == "database error: MongoDB at MONGO_URI does not answer within 3 s " \
+                                      "(is it running and reachable?)\n"
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 def test_cli_index_problems_and_database_errors(tmp_path, capsys, monkeypatch):
