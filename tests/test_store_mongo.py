@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import subprocess
+import sys
 import threading
+import types
+from pathlib import Path
 
 import bson
 import mongomock
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tenacity
-from pymongo import ASCENDING
+from pymongo import ASCENDING, IndexModel
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
 
 import database
@@ -29,6 +33,8 @@ import utils
 from app import create_app
 from store_mongo import INDEXES, MongoStore
 from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, write_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -59,26 +65,46 @@ def test_migrate_creates_every_declared_index(mongo):
     assert present(mongo, database.STATUS)["store_time_us"] == ([("store_id", 1), ("timestamp_us", 1)], True)
 
 
-def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo):
+def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo, monkeypatch, caplog):
     polls = mongo.db[database.STATUS]
     polls.create_index([("store_id", ASCENDING)], name="store_time_us")  # same name, other keys, not unique
     polls.create_index([("timestamp_us", -1)], name="by_time")  # the declared keys under another name
     polls.create_index([("store_id", 1), ("timestamp_utc", 1)], name="store_time", unique=True)  # the old key
     zones = mongo.db[database.ZONES]
     zones.create_index([("store_id", 1)], name="store")  # same name and keys, but not unique
-    assert mongo.migrate() == []
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert mongo.migrate() == []
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "store_mongo"] == [
+        ("INFO", "dropped the retired index storeStatus.store_time"),
+        ("WARNING", ("rebuilding index storeStatus.store_time_us (declared [('store_id', 1), ('timestamp_us', 1)] "
+                     "{'unique': True}, found [('store_id', 1)] {})")),
+        ("WARNING", ("rebuilding index storeStatus.time_us (declared [('timestamp_us', -1)] {}, "
+                     "found [('timestamp_us', -1)] {})")),
+        ("WARNING", ("rebuilding index timezones.store (declared [('store_id', 1)] {'unique': True}, "
+                     "found [('store_id', 1)] {})")),
+    ]
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert present(mongo, database.ZONES) == declared(database.ZONES)
-    assert mongo.migrate() == []  # reconciled: a second run changes nothing
+    caplog.clear()
+    drops, creations = flaky(monkeypatch, "drop_index", []), flaky(monkeypatch, "create_indexes", [])
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert mongo.migrate() == []  # reconciled: a second run changes nothing
+    assert (drops["n"], creations["n"], caplog.records) == (0, 0, [])
+    assert present(mongo, database.STATUS) == declared(database.STATUS)
+    polls.drop_index("time_us")  # the second index of a collection whose first one is right
+    assert mongo.migrate() == []
+    assert (drops["n"], creations["n"]) == (1, 1)  # (the drop above) and time_us made again
     assert present(mongo, database.STATUS) == declared(database.STATUS)
 
 
-def test_one_collection_failing_does_not_stop_the_others(mongo):
+def test_one_collection_failing_does_not_stop_the_others(mongo, caplog):
     # two polls under one key with no index yet: the unique index cannot be built over them
     mongo.db[database.STATUS].insert_many([{"store_id": "s", "timestamp_us": 1, "status": "active"},
                                            {"store_id": "s", "timestamp_us": 1, "status": "inactive"}])
-    failed = mongo.migrate()
-    assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: ")
+    with caplog.at_level(logging.ERROR, logger="store_mongo"):
+        failed = mongo.migrate()
+    assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: DuplicateKeyError: ")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [f"index problem: {failed[0]}"]
     for collection in (database.HOURS, database.ZONES, database.REPORTS, store_mongo.REPORT_CHUNKS):
         assert present(mongo, collection) == declared(collection)
 
@@ -104,7 +130,50 @@ def test_nothing_is_written_when_the_indexes_cannot_be_made(mongo):
                                            {"store_id": "d", "timestamp_us": 5, "status": "inactive"}])
     with pytest.raises(OperationFailure, match="indexes are not right"):
         database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
+    with pytest.raises(OperationFailure, match="indexes are not right"):  # nor at the next try
+        database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
     assert mongo.db[database.ZONES].count_documents({}) == 0
+
+
+def test_loads_on_mongomock_leave_the_indexes_to_migrate(mongo):
+    """mongomock checks a unique index by scanning the collection at every insert, so a load there does not
+    build the indexes first (on a server it does: test_unique_indexes_exist_before_the_first_insert)."""
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\ns,active,2023-01-24 10:00:00 UTC\n")
+    assert mongo.db[database.STATUS].count_documents({}) == 1
+    assert list(mongo.db[database.STATUS].index_information()) == ["_id_"]
+
+
+def test_indexes_that_cannot_be_listed_or_dropped_are_reported_and_the_rest_is_done(mongo, monkeypatch):
+    mongo.db[database.STATUS].create_index([("store_id", 1), ("timestamp_utc", 1)], name="store_time", unique=True)
+    flaky(monkeypatch, "index_information", [OperationFailure("not authorized on test", 13)])
+    assert mongo.migrate() == ["storeStatus: could not list indexes: OperationFailure: not authorized on test"]
+    for collection in (database.HOURS, database.ZONES, database.REPORTS, store_mongo.REPORT_CHUNKS):
+        assert present(mongo, collection) == declared(collection)
+    flaky(monkeypatch, "drop_index", [OperationFailure("not authorized to drop", 13)])
+    assert mongo.migrate() == [
+        "storeStatus.store_time: could not drop the retired index: OperationFailure: not authorized to drop"]
+    assert present(mongo, database.STATUS) == {**declared(database.STATUS),
+                                               "store_time": ([("store_id", 1), ("timestamp_utc", 1)], True)}
+
+
+@pytest.mark.parametrize("flag", ["unique", "sparse"])
+def test_an_index_declared_with_a_false_flag_is_the_index_without_it(mongo, monkeypatch, caplog, flag):
+    """`unique=False` (or `sparse=False`) is what an index without the flag is: it is not rebuilt at each start-up."""
+    collection = mongo.db["scratch"]
+    collection.create_index([("t", -1)], name="t")
+    drops = flaky(monkeypatch, "drop_index", [])
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert store_mongo.reconcile_indexes(collection, [IndexModel([("t", -1)], name="t", **{flag: False})]) == []
+    assert (drops["n"], caplog.records) == (0, [])
+
+
+def test_an_operators_index_with_a_named_direction_does_not_stop_migrate(mongo):
+    zones = mongo.db[database.ZONES]
+    zones.create_index([("timezone_str", "hashed")], name="zone_hash")  # someone's own index, not declared
+    assert mongo.migrate() == []
+    information = zones.index_information()
+    assert information["zone_hash"]["key"] == [("timezone_str", "hashed")]
+    assert (list(information["store"]["key"]), information["store"].get("unique")) == ([("store_id", 1)], True)
 
 
 # --------------------------------------------------------------------------- write errors and retries
@@ -184,6 +253,18 @@ def test_a_retried_replacement_and_report_creation_are_idempotent(mongo, monkeyp
     assert calls["n"] == 4
     assert mongo.db[database.REPORTS].count_documents({}) == 1
     assert mongo.find_report("r" * 32)["progress"] == {"done": 1, "total": 2}
+
+
+def test_a_retry_is_logged_with_the_call_the_error_and_the_wait(mongo, monkeypatch, caplog):
+    slept = []
+    monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=slept.append))  # tenacity's pause only
+    mongo.retry_wait = tenacity.wait_fixed(2.5)
+    flaky(monkeypatch, "insert_many", [AutoReconnect("connection reset")])
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        assert mongo.load_polls(_polls_frame()) == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
+        "database call _write_polls failed (AutoReconnect: connection reset); retrying in 2.5 s"]
+    assert slept == [2.5]
 
 
 def test_other_errors_are_not_retried(mongo, monkeypatch):
@@ -301,25 +382,68 @@ def test_cli_load_with_the_database_away_is_one_line(tmp_path, monkeypatch, caps
 
 
 def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
-    """Index creation and the stale sweep fail twice (the database is away), then succeed."""
+    """Index creation fails twice and the stale sweep once (the database is away), then they succeed."""
     mongo.maintenance_first_pause = 0.01
     mongo.create_report("s" * 32, None)
     mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
                                           {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
     real_migrate, failures = mongo.migrate, [AutoReconnect("down"), AutoReconnect("still down")]
+    real_sweep, sweep_failures = mongo.fail_stale_reports, [AutoReconnect("gone again")]
 
     def migrate():
         if failures:
             raise failures.pop(0)
         return real_migrate()
 
-    mongo.migrate = migrate
-    with caplog.at_level(logging.WARNING):
-        mongo.start_maintenance(dt.timedelta(seconds=60)).join(timeout=30)
+    def fail_stale_reports(older_than):
+        if sweep_failures:
+            raise sweep_failures.pop(0)
+        return real_sweep(older_than)
+
+    mongo.migrate, mongo.fail_stale_reports = migrate, fail_stale_reports
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        thread = mongo.start_maintenance(dt.timedelta(seconds=60))
+        thread.join(timeout=30)
+    assert not thread.is_alive()
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert mongo.find_report("s" * 32)["status"] == "Failed"
-    retries = [r.getMessage() for r in caplog.records if "start-up work (indexes) failed" in r.getMessage()]
-    assert len(retries) == 2
+    assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
+        "database start-up work (indexes) failed, retrying in 0 s: AutoReconnect: down",
+        "database start-up work (indexes) failed, retrying in 0 s: AutoReconnect: still down",
+        "database start-up work (stale reports) failed, retrying in 0 s: AutoReconnect: gone again",
+        "marked 1 stale Running reports as Failed",
+        "MongoDB ready: indexes reconciled, stale reports swept",
+    ]
+
+
+def test_an_srv_address_is_resolved_once_in_the_background_while_requests_fail_at_once():
+    """The client of a `mongodb+srv://` address is built (DNS) by the start-up thread alone: until it is,
+    requests fail at once instead of waiting; then they use that client."""
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store.maintenance_first_pause = 0.01
+    resolving, resolved, built = threading.Event(), threading.Event(), []
+
+    def resolve_and_build():  # DNS answers when the test says so
+        resolving.set()
+        resolved.wait(30)
+        built.append(mongomock.MongoClient(tz_aware=True))
+        return built[-1]
+
+    store._new_client = resolve_and_build
+    try:
+        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        assert resolving.wait(30)
+        with pytest.raises(ConnectionFailure, match="not resolved yet"):
+            store.find_report("a" * 32)
+        resolved.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(built) == 1 and store.client is built[0]
+        assert store.find_report("a" * 32) is None
+        assert present(store, database.STATUS) == declared(database.STATUS)
+    finally:
+        resolved.set()
+        store.close()
 
 
 def test_requests_do_not_wait_for_an_address_being_resolved():
@@ -397,8 +521,31 @@ def test_arrow_path_numbers_the_store_ids_across_batches():
 def test_arrow_path_refuses_a_malformed_poll():
     documents = poll_documents(3)
     del documents[1]["timestamp_us"]
-    with pytest.raises(ValueError, match="lacks store_id, timestamp_us or status"):
+    with pytest.raises(ValueError, match=r"^a stored poll lacks store_id, timestamp_us or status \(or has another type\)$"):
         store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
+
+
+def test_polls_stored_as_32_bit_integers_read_as_int64_microseconds():
+    """BSON keeps a small int (a poll less than 36 minutes after the epoch) as int32: the Arrow path reads it
+    as int64 all the same, also when every poll of the read is one (a type inferred from the data would be int32)."""
+    documents = [{"store_id": "a", "timestamp_us": 5, "status": "active"},
+                 {"store_id": "a", "timestamp_us": 2**31 - 1, "status": "inactive"}]
+    assert all(b"\x10timestamp_us\x00" in bson.encode(document) for document in documents)  # 0x10: int32
+    by_arrow = store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
+    pd.testing.assert_frame_equal(by_arrow, pd.DataFrame({
+        "store_id": pd.Series(["a", "a"], dtype=object),
+        "timestamp_us": np.array([5, 2**31 - 1], dtype=np.int64),
+        "active": [True, False]}), check_exact=True)
+
+
+def test_reading_polls_prints_no_binary_compatibility_warnings():
+    """pymongoarrow's wheel warns on import that pyarrow's array structs grew (harmless: they only grew);
+    the reader imports it with those warnings silenced.  A fresh interpreter, as the import warns once."""
+    store_mongo._arrow_reader()
+    code = "import store_mongo; store_mongo._arrow_reader()"
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, tmp_path):
@@ -422,7 +569,15 @@ def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, t
     assert report.to_dict("records") == TINY_REPORT
 
 
-# --------------------------------------------------------------------------- stored CSVs
+# --------------------------------------------------------------------------- stored CSVs and report records
+
+
+def test_the_report_record_shows_its_as_of_as_a_date_to_the_millisecond(mongo):
+    mongo.create_report("m" * 32, None)
+    mongo.update_report("m" * 32, as_of_us=1_674_554_400_123_999)  # 2023-01-24 10:00:00.123999 UTC
+    record = mongo.db[database.REPORTS].find_one({"report_id": "m" * 32})
+    assert record["as_of_us"] == 1_674_554_400_123_999
+    assert record["as_of"] == dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=dt.timezone.utc)
 
 
 def test_csv_chunks_stay_under_the_document_limit(mongo):
