@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import pandas as pd
 import pytest
 import tenacity
 from pymongo import ASCENDING, IndexModel
-from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 import database
 import reportGenerator
@@ -267,6 +268,29 @@ def test_a_retry_is_logged_with_the_call_the_error_and_the_wait(mongo, monkeypat
     assert slept == [2.5]
 
 
+def test_jobs_back_off_from_half_a_second_to_eight_seconds(monkeypatch):
+    """The default wait before retry n: 0.5 s x 2**(n-1) plus up to 0.5 s of jitter, at most 8 s (jitter at its top here)."""
+    store = MongoStore("mongomock://", "test")
+    slept = []
+    monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=slept.append))  # tenacity's pause only
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    calls = flaky(monkeypatch, "insert_many", [AutoReconnect(f"reset {n}") for n in range(6)])
+    try:
+        assert store.load_polls(_polls_frame()) == 3
+    finally:
+        store.close()
+    assert calls["n"] == 7
+    assert slept == [1.0, 1.5, 2.5, 4.5, 8.0, 8.0]
+
+
+def test_a_request_on_a_server_is_not_retried(mongo, monkeypatch):
+    mongo.kind = "mongodb"  # as on a server: the store's own request scope
+    calls = flaky(monkeypatch, "update_one", [AutoReconnect("gone")])
+    with mongo.request_scope(), pytest.raises(AutoReconnect):
+        mongo.update_report("r" * 32, progress={"done": 1, "total": 2})
+    assert calls["n"] == 1
+
+
 def test_other_errors_are_not_retried(mongo, monkeypatch):
     calls = flaky(monkeypatch, "find", [OperationFailure("unauthorized", 13)])
     with pytest.raises(OperationFailure):
@@ -330,6 +354,16 @@ def test_reader_clears_a_lapsed_writer_so_it_cannot_renew_back(mongo, monkeypatc
     assert mongo._renew_lease("read", "r") is True
 
 
+def test_a_reader_that_stopped_renewing_does_not_keep_a_writer_out(mongo, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 60)
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w")  # a live reader: the writer waits
+    past = database.now_utc() - dt.timedelta(seconds=1)
+    mongo.db["locks"].update_one({"_id": "data"}, {"$set": {"readers.0.expires": past}})  # the reader's lease lapsed
+    assert mongo._try_lease("write", "w")
+    assert mongo._renew_lease("read", "r") is False
+
+
 # --------------------------------------------------------------------------- the database away
 
 
@@ -381,18 +415,41 @@ def test_cli_load_with_the_database_away_is_one_line(tmp_path, monkeypatch, caps
     assert captured.err.count("\n") == 1 and captured.err.startswith("database error: MongoDB at MONGO_URI")
 
 
+class RecordedPauses:
+    """Stands in for the start-up thread's stop event: records each pause instead of waiting it out."""
+
+    def __init__(self):
+        self.waited = []
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def wait(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        return False
+
+
 def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
-    """Index creation fails twice and the stale sweep once (the database is away), then they succeed."""
-    mongo.maintenance_first_pause = 0.01
+    """Index creation fails seven times (the database is away, then an index cannot be built) and the stale
+    sweep once, then they succeed: the pause doubles from the first up to 30 s, and starts again for the sweep."""
+    mongo.maintenance_first_pause = 1.0
+    mongo._stop = pauses = RecordedPauses()
     mongo.create_report("s" * 32, None)
     mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
                                           {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
-    real_migrate, failures = mongo.migrate, [AutoReconnect("down"), AutoReconnect("still down")]
+    real_migrate = mongo.migrate
+    failures = [AutoReconnect(f"down {n}") for n in range(1, 7)] + [["storeStatus.store_time_us: broken"]]
     real_sweep, sweep_failures = mongo.fail_stale_reports, [AutoReconnect("gone again")]
 
     def migrate():
         if failures:
-            raise failures.pop(0)
+            failure = failures.pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure  # the problems migrate reports
         return real_migrate()
 
     def fail_stale_reports(older_than):
@@ -405,12 +462,16 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
         thread = mongo.start_maintenance(dt.timedelta(seconds=60))
         thread.join(timeout=30)
     assert not thread.is_alive()
+    assert (thread.name, thread.daemon) == ("mongo-maintenance", True)  # named in logs; never holds the process up
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert mongo.find_report("s" * 32)["status"] == "Failed"
+    assert pauses.waited == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
     assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
-        "database start-up work (indexes) failed, retrying in 0 s: AutoReconnect: down",
-        "database start-up work (indexes) failed, retrying in 0 s: AutoReconnect: still down",
-        "database start-up work (stale reports) failed, retrying in 0 s: AutoReconnect: gone again",
+        *(f"database start-up work (indexes) failed, retrying in {pause} s: AutoReconnect: down {n}"
+          for n, pause in zip(range(1, 7), (1, 2, 4, 8, 16, 30))),
+        "database start-up work (indexes) failed, retrying in 30 s: RuntimeError: some indexes could not be made "
+        "(see above)",
+        "database start-up work (stale reports) failed, retrying in 1 s: AutoReconnect: gone again",
         "marked 1 stale Running reports as Failed",
         "MongoDB ready: indexes reconciled, stale reports swept",
     ]
@@ -443,6 +504,57 @@ def test_an_srv_address_is_resolved_once_in_the_background_while_requests_fail_a
         assert present(store, database.STATUS) == declared(database.STATUS)
     finally:
         resolved.set()
+        store.close()
+
+
+def test_a_failed_ping_is_logged_unless_quiet(caplog):
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store._resolving_in_background = True  # no client yet: the ping fails at once, with no network
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        assert store.ping() is False
+        assert [r.getMessage() for r in caplog.records] == [
+            "database ping failed: ConnectionFailure: the database address of MONGO_URI is not resolved yet"]
+        caplog.clear()
+        assert store.ping(quiet=True) is False
+        assert caplog.records == []
+
+
+def test_a_ping_and_a_request_wait_no_longer_than_their_own_limits():
+    """Nothing listens, and server selection alone would wait ten minutes for a server: the ping's own limit and
+    the request scope's (REQUEST_SECONDS) end the waits, so both answer in about a second."""
+    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", server_selection_ms=600_000)
+    answers = {}
+
+    def ask() -> None:
+        answers["ping"] = store.ping(timeout=0.2, quiet=True)
+        with store.request_scope():
+            try:
+                store.count_reports()
+            except PyMongoError as error:
+                answers["request"] = type(error).__name__
+
+    asking = threading.Thread(target=ask, daemon=True)
+    try:
+        asking.start()
+        asking.join(60)  # a bound, not a pause: without the limits the thread is still waiting here
+        assert answers == {"ping": False, "request": "ServerSelectionTimeoutError"}
+    finally:
+        store.close()
+
+
+def test_a_server_client_is_built_as_documented():
+    """What can be seen of the client without a server: its address, tz-aware dates, the server selection wait,
+    the application name servers log, and no connection opened by building it (pymongo's own flag)."""
+    port = free_port()
+    store = MongoStore(f"mongodb://127.0.0.1:{port}", "x", server_selection_ms=1_234)
+    try:
+        client = store.client
+        assert list(client.topology_description.server_descriptions()) == [("127.0.0.1", port)]
+        assert client.codec_options.tz_aware is True
+        assert client.options.server_selection_timeout == 1.234
+        assert client.options.pool_options.metadata["application"] == {"name": "store-uptime"}
+        assert client._topology._opened is False  # connect=False
+    finally:
         store.close()
 
 
@@ -578,6 +690,40 @@ def test_the_report_record_shows_its_as_of_as_a_date_to_the_millisecond(mongo):
     record = mongo.db[database.REPORTS].find_one({"report_id": "m" * 32})
     assert record["as_of_us"] == 1_674_554_400_123_999
     assert record["as_of"] == dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=dt.timezone.utc)
+
+
+def test_report_times_are_aware_even_from_a_client_that_gives_naive_dates(mongo):
+    mongo._client = mongomock.MongoClient()  # not tz_aware: its dates come back naive
+    mongo.create_report("n" * 32, None)
+    mongo.complete_report("n" * 32, b"x\n", 0)
+    for record in (mongo.find_report("n" * 32), *mongo.list_reports()):
+        for key in ("created_at", "heartbeat_at", "finished_at"):
+            assert record[key].utcoffset() == dt.timedelta(0), key
+
+
+def test_reports_are_listed_and_kept_by_creation_time_not_by_insertion(mongo):
+    """Two reports created at once can be inserted in the other order than their creation times (the time is
+    taken, then the record written): the creation time decides, for the list and for what is kept."""
+    ids = ["1" * 32, "2" * 32, "3" * 32]
+    for report_id in ids:
+        mongo.create_report(report_id, None)
+        mongo.complete_report(report_id, b"x\n", 0)
+    now = database.now_utc()
+    for report_id, age in zip(ids, (0, 2, 1)):  # the first inserted was created last
+        mongo.db[database.REPORTS].update_one({"report_id": report_id},
+                                              {"$set": {"created_at": now - dt.timedelta(seconds=age)}})
+    assert [r["report_id"] for r in mongo.list_reports()] == ["1" * 32, "3" * 32, "2" * 32]
+    assert mongo.delete_finished_reports(now - dt.timedelta(days=1), keep_newest=2) == ["2" * 32]
+
+
+def test_finished_reports_are_deleted_a_batch_at_a_time(mongo, monkeypatch):
+    monkeypatch.setattr(database, "BATCH_SIZE", 2)
+    ids = [str(n) * 32 for n in range(1, 6)]
+    for report_id in ids:
+        mongo.create_report(report_id, None)
+        mongo.complete_report(report_id, b"x\n", 0)
+    assert mongo.delete_finished_reports(database.now_utc() + dt.timedelta(hours=1), keep_newest=0) == ids
+    assert (mongo.count_reports(), mongo.db[store_mongo.REPORT_CHUNKS].count_documents({})) == (0, 0)
 
 
 def test_csv_chunks_stay_under_the_document_limit(mongo):
