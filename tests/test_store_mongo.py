@@ -435,8 +435,7 @@ class RecordedPauses:
 def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
     """Index creation fails seven times (the database is away, then an index cannot be built) and the stale
     sweep once, then they succeed: the pause doubles from the first up to 30 s, and starts again for the sweep."""
-    mongo.maintenance_first_pause = 1.0
-    mongo._stop = pauses = RecordedPauses()
+    mongo._stop = pauses = RecordedPauses()  # the first pause is the default, 1 s
     mongo.create_report("s" * 32, None)
     mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
                                           {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
@@ -554,6 +553,16 @@ def test_a_server_client_is_built_as_documented():
         assert client.options.server_selection_timeout == 1.234
         assert client.options.pool_options.metadata["application"] == {"name": "store-uptime"}
         assert client._topology._opened is False  # connect=False
+    finally:
+        store.close()
+
+
+def test_without_the_start_up_thread_an_srv_client_is_built_on_first_use():
+    """As in `python database.py load`: no start-up thread resolves the address, so the first call does."""
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store._new_client = lambda: mongomock.MongoClient(tz_aware=True)  # DNS answers at once
+    try:
+        assert store.find_report("a" * 32) is None
     finally:
         store.close()
 
