@@ -408,6 +408,21 @@ def test_a_report_record_keeps_the_requested_as_of_and_the_csv_size(store):
     assert [r["csv_bytes"] for r in store.list_reports()] == [22]
 
 
+REPORT_RECORD_FIELDS = {"report_id", "status", "created_at", "heartbeat_at", "finished_at", "requested_as_of_us",
+                        "as_of_us", "progress", "row_count", "error", "csv_bytes"}
+
+
+def test_every_store_gives_report_records_of_the_same_fields(store):
+    store.create_report("a" * 32, None)
+    assert set(store.find_report("a" * 32)) == REPORT_RECORD_FIELDS
+    store.update_report("a" * 32, as_of_us=1674565200000001, progress={"done": 1, "total": 1})
+    store.complete_report("a" * 32, b"store_id\n", 0)
+    store.create_report("b" * 32, None)
+    store.fail_report("b" * 32, "broken")
+    assert set(store.find_report("a" * 32)) == REPORT_RECORD_FIELDS
+    assert [set(record) for record in store.list_reports()] == [REPORT_RECORD_FIELDS] * 2
+
+
 def test_a_stored_csv_shorter_than_its_record_says_is_refused(store):
     store.create_report("a" * 32, None)
     store.complete_report("a" * 32, b"store_id\nx\n", 1)

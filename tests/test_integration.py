@@ -138,7 +138,8 @@ def test_heartbeats_and_the_stale_sweep_use_the_server_clock(real_store):
     assert real_store.find_report("c" * 32)["status"] == "Running"
 
 
-def test_lease_expiry_is_the_servers(real_store):
+def test_lease_expiry_is_the_servers(real_store, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 86_400)  # a day, so a wrong unit or factor in the expiry shows
     assert real_store._try_lease("write", "w1")
     lock = real_store.db["locks"].find_one({"_id": "data"})
     server_now = real_store.client.admin.command("hello")["localTime"]
@@ -150,6 +151,27 @@ def test_lease_expiry_is_the_servers(real_store):
     assert real_store._try_lease("read", "r1")  # lapsed by the server's clock
     assert real_store._renew_lease("write", "w1") is False  # cleared by the reader: the writer lost it
     real_store._release_lease("read", "r1")
+
+
+def test_leases_and_heartbeats_do_not_use_this_hosts_clock(real_store, monkeypatch):
+    """This host's clock two hours ahead of the server's: expiries and heartbeats are still the server's, so a
+    live writer keeps its lease and a fresh report is not swept as stale."""
+    def ahead():
+        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+
+    monkeypatch.setattr(store_mongo, "now_utc", ahead)
+    monkeypatch.setattr(database, "now_utc", ahead)
+    assert real_store._try_lease("write", "w1")
+    server_now = real_store.client.admin.command("hello")["localTime"]
+    left = (real_store.db["locks"].find_one({"_id": "data"})["writer"]["expires"] - server_now).total_seconds()
+    assert database.LEASE_SECONDS - 30 < left <= database.LEASE_SECONDS + 1
+    assert not real_store._try_lease("read", "r1")  # the writer is live by the server's clock
+    assert real_store._renew_lease("write", "w1")
+    real_store._release_lease("write", "w1")
+    real_store.create_report("f" * 32, None)
+    assert abs((real_store.find_report("f" * 32)["heartbeat_at"] - server_now).total_seconds()) < 30
+    assert real_store.fail_stale_reports(dt.timedelta(seconds=60)) == 0
+    assert real_store.find_report("f" * 32)["status"] == "Running"
 
 
 def test_report_job_on_real_mongodb(real_store, tmp_path):

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
+import subprocess
+import sys
 import threading
+import types
+from pathlib import Path
 
 import bson
 import mongomock
@@ -18,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tenacity
-from pymongo import ASCENDING
-from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
 
 import database
 import reportGenerator
@@ -29,6 +34,8 @@ import utils
 from app import create_app
 from store_mongo import INDEXES, MongoStore
 from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, write_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -59,26 +66,46 @@ def test_migrate_creates_every_declared_index(mongo):
     assert present(mongo, database.STATUS)["store_time_us"] == ([("store_id", 1), ("timestamp_us", 1)], True)
 
 
-def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo):
+def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo, monkeypatch, caplog):
     polls = mongo.db[database.STATUS]
     polls.create_index([("store_id", ASCENDING)], name="store_time_us")  # same name, other keys, not unique
     polls.create_index([("timestamp_us", -1)], name="by_time")  # the declared keys under another name
     polls.create_index([("store_id", 1), ("timestamp_utc", 1)], name="store_time", unique=True)  # the old key
     zones = mongo.db[database.ZONES]
     zones.create_index([("store_id", 1)], name="store")  # same name and keys, but not unique
-    assert mongo.migrate() == []
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert mongo.migrate() == []
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "store_mongo"] == [
+        ("INFO", "dropped the retired index storeStatus.store_time"),
+        ("WARNING", ("rebuilding index storeStatus.store_time_us (declared [('store_id', 1), ('timestamp_us', 1)] "
+                     "{'unique': True}, found [('store_id', 1)] {})")),
+        ("WARNING", ("rebuilding index storeStatus.time_us (declared [('timestamp_us', -1)] {}, "
+                     "found [('timestamp_us', -1)] {})")),
+        ("WARNING", ("rebuilding index timezones.store (declared [('store_id', 1)] {'unique': True}, "
+                     "found [('store_id', 1)] {})")),
+    ]
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert present(mongo, database.ZONES) == declared(database.ZONES)
-    assert mongo.migrate() == []  # reconciled: a second run changes nothing
+    caplog.clear()
+    drops, creations = flaky(monkeypatch, "drop_index", []), flaky(monkeypatch, "create_indexes", [])
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert mongo.migrate() == []  # reconciled: a second run changes nothing
+    assert (drops["n"], creations["n"], caplog.records) == (0, 0, [])
+    assert present(mongo, database.STATUS) == declared(database.STATUS)
+    polls.drop_index("time_us")  # the second index of a collection whose first one is right
+    assert mongo.migrate() == []
+    assert (drops["n"], creations["n"]) == (1, 1)  # (the drop above) and time_us made again
     assert present(mongo, database.STATUS) == declared(database.STATUS)
 
 
-def test_one_collection_failing_does_not_stop_the_others(mongo):
+def test_one_collection_failing_does_not_stop_the_others(mongo, caplog):
     # two polls under one key with no index yet: the unique index cannot be built over them
     mongo.db[database.STATUS].insert_many([{"store_id": "s", "timestamp_us": 1, "status": "active"},
                                            {"store_id": "s", "timestamp_us": 1, "status": "inactive"}])
-    failed = mongo.migrate()
-    assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: ")
+    with caplog.at_level(logging.ERROR, logger="store_mongo"):
+        failed = mongo.migrate()
+    assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: DuplicateKeyError: ")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [f"index problem: {failed[0]}"]
     for collection in (database.HOURS, database.ZONES, database.REPORTS, store_mongo.REPORT_CHUNKS):
         assert present(mongo, collection) == declared(collection)
 
@@ -104,7 +131,50 @@ def test_nothing_is_written_when_the_indexes_cannot_be_made(mongo):
                                            {"store_id": "d", "timestamp_us": 5, "status": "inactive"}])
     with pytest.raises(OperationFailure, match="indexes are not right"):
         database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
+    with pytest.raises(OperationFailure, match="indexes are not right"):  # nor at the next try
+        database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
     assert mongo.db[database.ZONES].count_documents({}) == 0
+
+
+def test_loads_on_mongomock_leave_the_indexes_to_migrate(mongo):
+    """mongomock checks a unique index by scanning the collection at every insert, so a load there does not
+    build the indexes first (on a server it does: test_unique_indexes_exist_before_the_first_insert)."""
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\ns,active,2023-01-24 10:00:00 UTC\n")
+    assert mongo.db[database.STATUS].count_documents({}) == 1
+    assert list(mongo.db[database.STATUS].index_information()) == ["_id_"]
+
+
+def test_indexes_that_cannot_be_listed_or_dropped_are_reported_and_the_rest_is_done(mongo, monkeypatch):
+    mongo.db[database.STATUS].create_index([("store_id", 1), ("timestamp_utc", 1)], name="store_time", unique=True)
+    flaky(monkeypatch, "index_information", [OperationFailure("not authorized on test", 13)])
+    assert mongo.migrate() == ["storeStatus: could not list indexes: OperationFailure: not authorized on test"]
+    for collection in (database.HOURS, database.ZONES, database.REPORTS, store_mongo.REPORT_CHUNKS):
+        assert present(mongo, collection) == declared(collection)
+    flaky(monkeypatch, "drop_index", [OperationFailure("not authorized to drop", 13)])
+    assert mongo.migrate() == [
+        "storeStatus.store_time: could not drop the retired index: OperationFailure: not authorized to drop"]
+    assert present(mongo, database.STATUS) == {**declared(database.STATUS),
+                                               "store_time": ([("store_id", 1), ("timestamp_utc", 1)], True)}
+
+
+@pytest.mark.parametrize("flag", ["unique", "sparse"])
+def test_an_index_declared_with_a_false_flag_is_the_index_without_it(mongo, monkeypatch, caplog, flag):
+    """`unique=False` (or `sparse=False`) is what an index without the flag is: it is not rebuilt at each start-up."""
+    collection = mongo.db["scratch"]
+    collection.create_index([("t", -1)], name="t")
+    drops = flaky(monkeypatch, "drop_index", [])
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        assert store_mongo.reconcile_indexes(collection, [IndexModel([("t", -1)], name="t", **{flag: False})]) == []
+    assert (drops["n"], caplog.records) == (0, [])
+
+
+def test_an_operators_index_with_a_named_direction_does_not_stop_migrate(mongo):
+    zones = mongo.db[database.ZONES]
+    zones.create_index([("timezone_str", "hashed")], name="zone_hash")  # someone's own index, not declared
+    assert mongo.migrate() == []
+    information = zones.index_information()
+    assert information["zone_hash"]["key"] == [("timezone_str", "hashed")]
+    assert (list(information["store"]["key"]), information["store"].get("unique")) == ([("store_id", 1)], True)
 
 
 # --------------------------------------------------------------------------- write errors and retries
@@ -186,6 +256,41 @@ def test_a_retried_replacement_and_report_creation_are_idempotent(mongo, monkeyp
     assert mongo.find_report("r" * 32)["progress"] == {"done": 1, "total": 2}
 
 
+def test_a_retry_is_logged_with_the_call_the_error_and_the_wait(mongo, monkeypatch, caplog):
+    slept = []
+    monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=slept.append))  # tenacity's pause only
+    mongo.retry_wait = tenacity.wait_fixed(2.5)
+    flaky(monkeypatch, "insert_many", [AutoReconnect("connection reset")])
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        assert mongo.load_polls(_polls_frame()) == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
+        "database call _write_polls failed (AutoReconnect: connection reset); retrying in 2.5 s"]
+    assert slept == [2.5]
+
+
+def test_jobs_back_off_from_half_a_second_to_eight_seconds(monkeypatch):
+    """The default wait before retry n: 0.5 s x 2**(n-1) plus up to 0.5 s of jitter, at most 8 s (jitter at its top here)."""
+    store = MongoStore("mongomock://", "test")
+    slept = []
+    monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=slept.append))  # tenacity's pause only
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    calls = flaky(monkeypatch, "insert_many", [AutoReconnect(f"reset {n}") for n in range(6)])
+    try:
+        assert store.load_polls(_polls_frame()) == 3
+    finally:
+        store.close()
+    assert calls["n"] == 7
+    assert slept == [1.0, 1.5, 2.5, 4.5, 8.0, 8.0]
+
+
+def test_a_request_on_a_server_is_not_retried(mongo, monkeypatch):
+    mongo.kind = "mongodb"  # as on a server: the store's own request scope
+    calls = flaky(monkeypatch, "update_one", [AutoReconnect("gone")])
+    with mongo.request_scope(), pytest.raises(AutoReconnect):
+        mongo.update_report("r" * 32, progress={"done": 1, "total": 2})
+    assert calls["n"] == 1
+
+
 def test_other_errors_are_not_retried(mongo, monkeypatch):
     calls = flaky(monkeypatch, "find", [OperationFailure("unauthorized", 13)])
     with pytest.raises(OperationFailure):
@@ -249,6 +354,16 @@ def test_reader_clears_a_lapsed_writer_so_it_cannot_renew_back(mongo, monkeypatc
     assert mongo._renew_lease("read", "r") is True
 
 
+def test_a_reader_that_stopped_renewing_does_not_keep_a_writer_out(mongo, monkeypatch):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 60)
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w")  # a live reader: the writer waits
+    past = database.now_utc() - dt.timedelta(seconds=1)
+    mongo.db["locks"].update_one({"_id": "data"}, {"$set": {"readers.0.expires": past}})  # the reader's lease lapsed
+    assert mongo._try_lease("write", "w")
+    assert mongo._renew_lease("read", "r") is False
+
+
 # --------------------------------------------------------------------------- the database away
 
 
@@ -300,26 +415,156 @@ def test_cli_load_with_the_database_away_is_one_line(tmp_path, monkeypatch, caps
     assert captured.err.count("\n") == 1 and captured.err.startswith("database error: MongoDB at MONGO_URI")
 
 
+class RecordedPauses:
+    """Stands in for the start-up thread's stop event: records each pause instead of waiting it out."""
+
+    def __init__(self):
+        self.waited = []
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def wait(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        return False
+
+
 def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
-    """Index creation and the stale sweep fail twice (the database is away), then succeed."""
-    mongo.maintenance_first_pause = 0.01
+    """Index creation fails seven times (the database is away, then an index cannot be built) and the stale
+    sweep once, then they succeed: the pause doubles from the first up to 30 s, and starts again for the sweep."""
+    mongo._stop = pauses = RecordedPauses()  # the first pause is the default, 1 s
     mongo.create_report("s" * 32, None)
     mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
                                           {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
-    real_migrate, failures = mongo.migrate, [AutoReconnect("down"), AutoReconnect("still down")]
+    real_migrate = mongo.migrate
+    failures = [AutoReconnect(f"down {n}") for n in range(1, 7)] + [["storeStatus.store_time_us: broken"]]
+    real_sweep, sweep_failures = mongo.fail_stale_reports, [AutoReconnect("gone again")]
 
     def migrate():
         if failures:
-            raise failures.pop(0)
+            failure = failures.pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure  # the problems migrate reports
         return real_migrate()
 
-    mongo.migrate = migrate
-    with caplog.at_level(logging.WARNING):
-        mongo.start_maintenance(dt.timedelta(seconds=60)).join(timeout=30)
+    def fail_stale_reports(older_than):
+        if sweep_failures:
+            raise sweep_failures.pop(0)
+        return real_sweep(older_than)
+
+    mongo.migrate, mongo.fail_stale_reports = migrate, fail_stale_reports
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        thread = mongo.start_maintenance(dt.timedelta(seconds=60))
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert (thread.name, thread.daemon) == ("mongo-maintenance", True)  # named in logs; never holds the process up
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert mongo.find_report("s" * 32)["status"] == "Failed"
-    retries = [r.getMessage() for r in caplog.records if "start-up work (indexes) failed" in r.getMessage()]
-    assert len(retries) == 2
+    assert pauses.waited == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
+    assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
+        *(f"database start-up work (indexes) failed, retrying in {pause} s: AutoReconnect: down {n}"
+          for n, pause in zip(range(1, 7), (1, 2, 4, 8, 16, 30))),
+        "database start-up work (indexes) failed, retrying in 30 s: RuntimeError: some indexes could not be made "
+        "(see above)",
+        "database start-up work (stale reports) failed, retrying in 1 s: AutoReconnect: gone again",
+        "marked 1 stale Running reports as Failed",
+        "MongoDB ready: indexes reconciled, stale reports swept",
+    ]
+
+
+def test_an_srv_address_is_resolved_once_in_the_background_while_requests_fail_at_once():
+    """The client of a `mongodb+srv://` address is built (DNS) by the start-up thread alone: until it is,
+    requests fail at once instead of waiting; then they use that client."""
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store.maintenance_first_pause = 0.01
+    resolving, resolved, built = threading.Event(), threading.Event(), []
+
+    def resolve_and_build():  # DNS answers when the test says so
+        resolving.set()
+        resolved.wait(30)
+        built.append(mongomock.MongoClient(tz_aware=True))
+        return built[-1]
+
+    store._new_client = resolve_and_build
+    try:
+        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        assert resolving.wait(30)
+        with pytest.raises(ConnectionFailure, match="not resolved yet"):
+            store.find_report("a" * 32)
+        resolved.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert len(built) == 1 and store.client is built[0]
+        assert store.find_report("a" * 32) is None
+        assert present(store, database.STATUS) == declared(database.STATUS)
+    finally:
+        resolved.set()
+        store.close()
+
+
+def test_a_failed_ping_is_logged_unless_quiet(caplog):
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store._resolving_in_background = True  # no client yet: the ping fails at once, with no network
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        assert store.ping() is False
+        assert [r.getMessage() for r in caplog.records] == [
+            "database ping failed: ConnectionFailure: the database address of MONGO_URI is not resolved yet"]
+        caplog.clear()
+        assert store.ping(quiet=True) is False
+        assert caplog.records == []
+
+
+def test_a_ping_and_a_request_wait_no_longer_than_their_own_limits():
+    """Nothing listens, and server selection alone would wait ten minutes for a server: the ping's own limit and
+    the request scope's (REQUEST_SECONDS) end the waits, so both answer in about a second."""
+    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}", "x", server_selection_ms=600_000)
+    answers = {}
+
+    def ask() -> None:
+        answers["ping"] = store.ping(timeout=0.2, quiet=True)
+        with store.request_scope():
+            try:
+                store.count_reports()
+            except PyMongoError as error:
+                answers["request"] = type(error).__name__
+
+    asking = threading.Thread(target=ask, daemon=True)
+    try:
+        asking.start()
+        asking.join(60)  # a bound, not a pause: without the limits the thread is still waiting here
+        assert answers == {"ping": False, "request": "ServerSelectionTimeoutError"}
+    finally:
+        store.close()
+
+
+def test_a_server_client_is_built_as_documented():
+    """What can be seen of the client without a server: its address, tz-aware dates, the server selection wait,
+    the application name servers log, and no connection opened by building it (pymongo's own flag)."""
+    port = free_port()
+    store = MongoStore(f"mongodb://127.0.0.1:{port}", "x", server_selection_ms=1_234)
+    try:
+        client = store.client
+        assert list(client.topology_description.server_descriptions()) == [("127.0.0.1", port)]
+        assert client.codec_options.tz_aware is True
+        assert client.options.server_selection_timeout == 1.234
+        assert client.options.pool_options.metadata["application"] == {"name": "store-uptime"}
+        assert client._topology._opened is False  # connect=False
+    finally:
+        store.close()
+
+
+def test_without_the_start_up_thread_an_srv_client_is_built_on_first_use():
+    """As in `python database.py load`: no start-up thread resolves the address, so the first call does."""
+    store = MongoStore("mongodb+srv://cluster0.example.invalid/", "x")
+    store._new_client = lambda: mongomock.MongoClient(tz_aware=True)  # DNS answers at once
+    try:
+        assert store.find_report("a" * 32) is None
+    finally:
+        store.close()
 
 
 def test_requests_do_not_wait_for_an_address_being_resolved():
@@ -397,8 +642,31 @@ def test_arrow_path_numbers_the_store_ids_across_batches():
 def test_arrow_path_refuses_a_malformed_poll():
     documents = poll_documents(3)
     del documents[1]["timestamp_us"]
-    with pytest.raises(ValueError, match="lacks store_id, timestamp_us or status"):
+    with pytest.raises(ValueError, match=r"^a stored poll lacks store_id, timestamp_us or status \(or has another type\)$"):
         store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
+
+
+def test_polls_stored_as_32_bit_integers_read_as_int64_microseconds():
+    """BSON keeps a small int (a poll less than 36 minutes after the epoch) as int32: the Arrow path reads it
+    as int64 all the same, also when every poll of the read is one (a type inferred from the data would be int32)."""
+    documents = [{"store_id": "a", "timestamp_us": 5, "status": "active"},
+                 {"store_id": "a", "timestamp_us": 2**31 - 1, "status": "inactive"}]
+    assert all(b"\x10timestamp_us\x00" in bson.encode(document) for document in documents)  # 0x10: int32
+    by_arrow = store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
+    pd.testing.assert_frame_equal(by_arrow, pd.DataFrame({
+        "store_id": pd.Series(["a", "a"], dtype=object),
+        "timestamp_us": np.array([5, 2**31 - 1], dtype=np.int64),
+        "active": [True, False]}), check_exact=True)
+
+
+def test_reading_polls_prints_no_binary_compatibility_warnings():
+    """pymongoarrow's wheel warns on import that pyarrow's array structs grew (harmless: they only grew);
+    the reader imports it with those warnings silenced.  A fresh interpreter, as the import warns once."""
+    store_mongo._arrow_reader()
+    code = "import store_mongo; store_mongo._arrow_reader()"
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, tmp_path):
@@ -422,7 +690,49 @@ def test_read_chunk_on_the_arrow_path_equals_the_dict_path(mongo, monkeypatch, t
     assert report.to_dict("records") == TINY_REPORT
 
 
-# --------------------------------------------------------------------------- stored CSVs
+# --------------------------------------------------------------------------- stored CSVs and report records
+
+
+def test_the_report_record_shows_its_as_of_as_a_date_to_the_millisecond(mongo):
+    mongo.create_report("m" * 32, None)
+    mongo.update_report("m" * 32, as_of_us=1_674_554_400_123_999)  # 2023-01-24 10:00:00.123999 UTC
+    record = mongo.db[database.REPORTS].find_one({"report_id": "m" * 32})
+    assert record["as_of_us"] == 1_674_554_400_123_999
+    assert record["as_of"] == dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=dt.timezone.utc)
+
+
+def test_report_times_are_aware_even_from_a_client_that_gives_naive_dates(mongo):
+    mongo._client = mongomock.MongoClient()  # not tz_aware: its dates come back naive
+    mongo.create_report("n" * 32, None)
+    mongo.complete_report("n" * 32, b"x\n", 0)
+    for record in (mongo.find_report("n" * 32), *mongo.list_reports()):
+        for key in ("created_at", "heartbeat_at", "finished_at"):
+            assert record[key].utcoffset() == dt.timedelta(0), key
+
+
+def test_reports_are_listed_and_kept_by_creation_time_not_by_insertion(mongo):
+    """Two reports created at once can be inserted in the other order than their creation times (the time is
+    taken, then the record written): the creation time decides, for the list and for what is kept."""
+    ids = ["1" * 32, "2" * 32, "3" * 32]
+    for report_id in ids:
+        mongo.create_report(report_id, None)
+        mongo.complete_report(report_id, b"x\n", 0)
+    now = database.now_utc()
+    for report_id, age in zip(ids, (0, 2, 1)):  # the first inserted was created last
+        mongo.db[database.REPORTS].update_one({"report_id": report_id},
+                                              {"$set": {"created_at": now - dt.timedelta(seconds=age)}})
+    assert [r["report_id"] for r in mongo.list_reports()] == ["1" * 32, "3" * 32, "2" * 32]
+    assert mongo.delete_finished_reports(now - dt.timedelta(days=1), keep_newest=2) == ["2" * 32]
+
+
+def test_finished_reports_are_deleted_a_batch_at_a_time(mongo, monkeypatch):
+    monkeypatch.setattr(database, "BATCH_SIZE", 2)
+    ids = [str(n) * 32 for n in range(1, 6)]
+    for report_id in ids:
+        mongo.create_report(report_id, None)
+        mongo.complete_report(report_id, b"x\n", 0)
+    assert mongo.delete_finished_reports(database.now_utc() + dt.timedelta(hours=1), keep_newest=0) == ids
+    assert (mongo.count_reports(), mongo.db[store_mongo.REPORT_CHUNKS].count_documents({})) == (0, 0)
 
 
 def test_csv_chunks_stay_under_the_document_limit(mongo):
