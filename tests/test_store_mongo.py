@@ -432,6 +432,27 @@ class RecordedPauses:
         return False
 
 
+@pytest.mark.parametrize("server_selection_ms, limit", [(store_mongo.SERVER_SELECTION_MS, 60.0), (61_500, 61.5)])
+def test_the_start_up_ping_waits_a_minute_or_the_server_selection_time_if_longer(monkeypatch, server_selection_ms, limit):
+    """The start-up thread gives a server that is still starting at least a minute to answer its ping
+    (more when server selection is set longer), not pymongo's default limit."""
+    store = MongoStore("mongomock://", "test", server_selection_ms=server_selection_ms)
+    limits, real_timeout = [], store_mongo.pymongo.timeout
+
+    def timeout(seconds):
+        limits.append(seconds)
+        return real_timeout(seconds)
+
+    monkeypatch.setattr(store_mongo.pymongo, "timeout", timeout)
+    try:
+        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        thread.join(timeout=60)  # a bound, not a pause: the work is done in well under a second
+        assert not thread.is_alive()
+    finally:
+        store.close()
+    assert limits == [limit]  # the one ping, before the indexes
+
+
 def test_background_start_up_work_retries_until_the_database_answers(mongo, caplog):
     """Index creation fails seven times (the database is away, then an index cannot be built) and the stale
     sweep once, then they succeed: the pause doubles from the first up to 30 s, and starts again for the sweep."""
