@@ -786,3 +786,37 @@ def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
     assert by_line(parsed.frame) == [(3, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
     assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"),
                                                                   (4, "blank line")]
+
+
+# --------------------------------------------------------------------------- run J's survivors (tests/MUTANTS.md)
+
+
+def test_a_line_longer_than_the_limit_rejects_the_upload_on_the_line_by_line_path(monkeypatch):
+    """Once an upload is on the line-by-line reader (a byte that is not UTF-8 on line 2), a line over
+    MAX_LINE_BYTES rejects the whole file as on the Arrow path; it used to be cut into pieces that
+    each counted as a row, so the rows after it got wrong line numbers."""
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
+    small_head(monkeypatch)
+    upload = (HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n"  # line 2: not UTF-8
+              + b"1,active,2023-01-22 12:00:00 UTC\n"  # line 3
+              + b"9" * 120 + b",active,2023-01-22 12:00:00 UTC\n"  # line 4: 151 bytes
+              + b"3,inactive,2023-01-22 13:00:00 UTC\n")  # line 5
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(io.BytesIO(upload), file="polls.csv")
+    assert str(error.value) == ("store_status.csv: line 4 is longer than 50 bytes, so this is not a CSV export; "
+                                "the whole file is rejected")
+
+
+def test_a_line_as_long_as_the_limit_is_a_row_on_the_line_by_line_path(monkeypatch):
+    """A line of exactly MAX_LINE_BYTES (a 19-digit store id and the rest: 50 bytes), read a byte at a
+    time so that it is once exactly that long with no line feed yet, is an ordinary row."""
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    row = b"9" * 19 + b",active,2023-01-22 12:00:00 UTC"
+    assert len(row) == 50
+    upload = HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n" + row + b"\n" + row[1:] + b"\n"
+    parsed = sources.read_store_status(io.BytesIO(upload))
+    assert by_line(parsed.frame) == [(3, "9" * 19, NOON_US, True), (4, "9" * 18, NOON_US, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
