@@ -820,3 +820,59 @@ def test_a_line_as_long_as_the_limit_is_a_row_on_the_line_by_line_path(monkeypat
     parsed = sources.read_store_status(io.BytesIO(upload))
     assert by_line(parsed.frame) == [(3, "9" * 19, NOON_US, True), (4, "9" * 18, NOON_US, True)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
+
+
+def test_the_line_by_line_reader_yields_blocks_of_its_row_count(monkeypatch):
+    """Memory on the line-by-line path is bounded by PYTHON_BLOCK_ROWS: five rows in blocks of two come
+    as blocks of 2, 2 and 1 rows, numbered in file order."""
+    monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", 2)
+    upload = HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n" + b"".join(
+        f"{n},active,2023-01-22 12:00:00 UTC\n".encode() for n in range(4))
+    parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame())
+    blocks = list(sources._stream_raw_rows(sources.STATUS_FILE, io.BytesIO(upload), parsed))
+    assert [block.line.tolist() for block in blocks] == [[2, 3], [4, 5], [6]]
+    assert [block.columns["store_id"].to_pylist() for block in blocks] == [[None, "0"], ["1", "2"], ["3"]]
+    assert [block.problems for block in blocks] == [{0: "row is not valid UTF-8 text"}, {}, {}]
+
+
+def test_an_upload_with_quoted_fields_stays_on_the_arrow_reader(monkeypatch):
+    """Quotes around fields are ordinary: a block with an even number of them (no quoted line break cut
+    in two) is read by pyarrow, not handed to the line-by-line reader."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
+    quoted = HEADER + "".join(f'"{line.split(",", 1)[0]}",{line.split(",", 1)[1]}\n'
+                              for line in BLOCK_FILE[len(HEADER):].splitlines())
+    parsed = sources.read_store_status(quoted.encode())
+    assert by_line(parsed.frame) == sorted(BLOCK_FILE_ROWS)
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
+
+
+def test_an_upload_of_ragged_rows_stops_at_the_row_that_passes_the_limit(monkeypatch):
+    """Reading stops inside a block at the ragged row that takes the rejects past REJECT_LIMIT (here 3)
+    and REJECT_SHARE: line 2 is good, lines 3 to 12 hold one field each, so the fourth of them, line 6,
+    is where it stops, with 4 of the 5 rows read so far rejected."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    upload = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + b"a\n" * 10
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(upload)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 6: 4 of 5 rows read were rejected (more than 3 and 10%), so "
+        "the whole file is rejected and nothing from it was loaded; first rejects: line 3: missing column status; "
+        "line 4: missing column status; line 5: missing column status")
+
+
+def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, monkeypatch):
+    """pyarrow does not look at the bytes of a column it is told to skip, so the reader must: a row with
+    bytes that are not UTF-8 anywhere is rejected as such, uploaded or on disk, even in an extra column."""
+    data = (b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\xe9\n"
+            b"2,active,2023-01-22 12:00:00 UTC,ok\n")
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(data)
+    for parsed in (sources.read_store_status(data), sources.read_store_status(path)):
+        assert by_line(parsed.frame) == [(3, "2", NOON_US, True)]
+        assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
+
