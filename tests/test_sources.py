@@ -584,6 +584,10 @@ def test_a_blank_file_on_disk_is_a_clear_error(tmp_path):
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(path)
     assert str(error.value) == EMPTY
+    path.write_bytes(b"\xef\xbb\xbf \r\n\t\n")  # a byte order mark and white space: empty too
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(path)
+    assert str(error.value) == EMPTY
     path.write_bytes(b" " * 4200 + b"\x0c\n")  # blank for over 4 KB, then not
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(path)
@@ -867,8 +871,9 @@ def test_an_upload_of_ragged_rows_stops_at_the_row_that_passes_the_limit(monkeyp
 
 def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, monkeypatch):
     """pyarrow does not look at the bytes of a column it is told to skip, so the reader must: a row with
-    bytes that are not UTF-8 anywhere is rejected as such, uploaded or on disk, even in an extra column."""
-    data = (b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\xe9\n"
+    bytes that are not UTF-8 anywhere is rejected as such, uploaded or on disk, even in an extra column
+    (0x80: the lowest byte that is not ASCII, and not UTF-8 on its own)."""
+    data = (b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\x80\n"
             b"2,active,2023-01-22 12:00:00 UTC,ok\n")
     path = tmp_path / "store_status.csv"
     path.write_bytes(data)
