@@ -236,7 +236,7 @@ def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first
     stopped_at: list[int] = []
 
     def on_invalid_row(row) -> str:
-        invalid.append((row.number, row.text[:200], row.actual_columns))
+        invalid.append((row.number, row.text.strip()[:200], row.actual_columns))  # blank or not as a whole
         if parsed is not None and row.number is not None:
             rejected = parsed.rejected + len(invalid)
             if rejected > REJECT_LIMIT and rejected > REJECT_SHARE * (parsed.rows_read + row.number):

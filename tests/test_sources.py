@@ -516,7 +516,7 @@ ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason})
 
 
 @pytest.mark.parametrize("name", list(ARROW_FILES))
-def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
+def test_ordinary_files_are_read_by_arrow_alone(tmp_path, monkeypatch, name):
     """The Arrow reader vouches for ordinary files itself (Python touches only rejected rows); the
     line-by-line reader is only for what Arrow cannot number (bad bytes, quoted line breaks)."""
     def no_fallback(*args, **kwargs):
@@ -524,9 +524,11 @@ def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
 
     monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
     body, rows_read, expected = ARROW_FILES[name]
-    parsed = status_rows(body)
-    assert parsed.rows_read == rows_read
-    assert reasons(parsed) == expected
+    path = tmp_path / "store_status.csv"
+    path.write_bytes((HEADER + body).encode())
+    for parsed in (status_rows(body), sources.read_store_status(path)):  # an upload, and a file on disk
+        assert parsed.rows_read == rows_read
+        assert reasons(parsed) == expected
 
 
 def test_quoted_line_breaks_keep_the_true_line_numbers():
@@ -881,3 +883,12 @@ def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, m
         assert by_line(parsed.frame) == [(3, "2", NOON_US, True)]
         assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
 
+
+
+def test_a_ragged_row_that_starts_with_200_blanks_is_not_blank():
+    """A row of one field, 250 spaces and an x, is short of columns, not blank: the Arrow reader used to
+    look only at its first 200 characters (the text it keeps) and call it a blank line."""
+    body = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + b" " * 250 + b"x\n"
+    for data in (body, body + b"\xff,active,2023-01-22 12:00:00 UTC\n"):  # Arrow, then line by line
+        parsed = sources.read_store_status(data)
+        assert (parsed.rejects[0].line, parsed.rejects[0].reason) == (3, "missing column status")
