@@ -892,3 +892,20 @@ def test_a_ragged_row_that_starts_with_200_blanks_is_not_blank():
     for data in (body, body + b"\xff,active,2023-01-22 12:00:00 UTC\n"):  # Arrow, then line by line
         parsed = sources.read_store_status(data)
         assert (parsed.rejects[0].line, parsed.rejects[0].reason) == (3, "missing column status")
+
+
+def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
+    """REJECT_LIMIT 3 and REJECT_SHARE 25%, twelve good rows (lines 2-13) then ragged ones (lines 14-21),
+    in blocks of 64 bytes: at line 17 the rejects are 4 of 16 rows, exactly 25%, not more, so reading
+    goes on; at line 18 they are 5 of 17 and it stops there, in a later block than the first."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
+    upload = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" * 12 + b"a\n" * 8
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(upload)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 18: 5 of 17 rows read were rejected (more than 3 and 25%), so "
+        "the whole file is rejected and nothing from it was loaded; first rejects: line 14: missing column status; "
+        "line 15: missing column status; line 16: missing column status")
