@@ -357,7 +357,7 @@ def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_statu
     return sources.read_store_status(path, file=file)
 
 
-@pytest.mark.parametrize("block_bytes", [64, 150, 1 << 20])
+@pytest.mark.parametrize("block_bytes", [64, 150, 200, 1 << 20])  # 200: exactly two blocks
 def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes):
     """The block reader's rows and rejects, worked out by hand for a file that spans several blocks
     (duplicates and overrides straddle blocks), not only compared with the whole-file reader."""
