@@ -909,3 +909,21 @@ def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
         "store_status.csv: stopped reading at line 18: 5 of 17 rows read were rejected (more than 3 and 25%), so "
         "the whole file is rejected and nothing from it was loaded; first rejects: line 14: missing column status; "
         "line 15: missing column status; line 16: missing column status")
+
+
+@pytest.mark.parametrize(
+    "stamp, us",
+    [
+        ("2023-01-22T12:09:39Z", 1_674_389_379_000_000),
+        ("2023-01-22T13:09:39+01:00", 1_674_389_379_000_000),
+        ("2023-01-22 12:09:39", 1_674_389_379_000_000),
+        ("2023-01-22T12:09:39.5", 1_674_389_379_500_000),
+        ("2023-01-22 12:09:39.388884 UTC", 1_674_389_379_388_884),
+    ],
+)
+def test_a_file_with_timestamps_all_in_one_form(stamp, us):
+    """Every row in the same form (no mix of forms to make a fast path give up): each form is read to
+    the microsecond; the export's fast path is only for values that end in " UTC"."""
+    parsed = status_rows(f"1,active,{stamp}\n2,inactive,{stamp}\n")
+    assert by_line(parsed.frame) == [(2, "1", us, True), (3, "2", us, False)]
+    assert parsed.rejected == 0
