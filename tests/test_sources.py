@@ -919,11 +919,19 @@ def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
         ("2023-01-22 12:09:39", 1_674_389_379_000_000),
         ("2023-01-22T12:09:39.5", 1_674_389_379_500_000),
         ("2023-01-22 12:09:39.388884 UTC", 1_674_389_379_388_884),
+        (" 2023-01-22 12:09:39.388884 UTC ", 1_674_389_379_388_884),  # padded: " UTC" is cut after trimming
+        ("2023-01-22T12:09:39.388884123Z", 1_674_389_379_388_884),  # nanoseconds: pandas reads it, cut to µs
+        # 9000-01-24 17:30 UTC: 7,030 years from 1970 with 1,705 leap days, plus 23 days and 17.5 hours
+        ("9000-01-24T18:30:00+01:00", (2_567_655 + 23) * 86_400_000_000 + 63_000_000_000),
+        # 2260-01-22 12:09:39 UTC: 290 years with 70 leap days, plus 21 days; an odd microsecond count over
+        # 2**53, which a float cannot hold
+        ("2260-01-22T12:09:39.388885123Z", (105_920 + 21) * 86_400_000_000 + 43_779_388_885),
     ],
 )
 def test_a_file_with_timestamps_all_in_one_form(stamp, us):
     """Every row in the same form (no mix of forms to make a fast path give up): each form is read to
-    the microsecond; the export's fast path is only for values that end in " UTC"."""
+    the microsecond; the export's fast path is only for values that end in " UTC", and a time with an
+    offset is read far beyond pandas' nanosecond range (year 2262)."""
     parsed = status_rows(f"1,active,{stamp}\n2,inactive,{stamp}\n")
     assert by_line(parsed.frame) == [(2, "1", us, True), (3, "2", us, False)]
     assert parsed.rejected == 0
