@@ -935,3 +935,16 @@ def test_a_file_with_timestamps_all_in_one_form(stamp, us):
     parsed = status_rows(f"1,active,{stamp}\n2,inactive,{stamp}\n")
     assert by_line(parsed.frame) == [(2, "1", us, True), (3, "2", us, False)]
     assert parsed.rejected == 0
+
+
+def test_timestamps_at_and_beyond_the_ends_of_the_calendar():
+    """The first and the last microsecond a datetime can hold (0001-01-01 and 9999-12-31T23:59:59.999999
+    UTC) are read; an offset that takes a time before the first or after the last is unparseable."""
+    first_us = -719_162 * 86_400_000_000  # 1,969 years of 365 days and 477 leap days before the epoch
+    last_us = (2_932_897 * 86_400 - 1) * 1_000_000 + 999_999  # 8,030 years to 10000-01-01 (1,947 leap days)
+    parsed = status_rows("1,active,0001-01-01 00:00:00 UTC\n2,active,9999-12-31 23:59:59.999999 UTC\n"
+                         "3,active,0001-01-01T00:00:00+01:00\n4,active,9999-12-31T23:59:59.999999-01:00\n")
+    assert by_line(parsed.frame) == [(2, "1", first_us, True), (3, "2", last_us, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (4, "unparseable timestamp '0001-01-01T00:00:00+01:00'"),
+        (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'")]
