@@ -948,3 +948,55 @@ def test_timestamps_at_and_beyond_the_ends_of_the_calendar():
     assert [(r.line, r.reason) for r in parsed.rejects] == [
         (4, "unparseable timestamp '0001-01-01T00:00:00+01:00'"),
         (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'")]
+
+
+@pytest.mark.parametrize(
+    "good, bad, loaded",
+    [(6, 2, 8), (10, 3, 12), (10, 4, None)],  # the rejects are then 3 of 11 rows, 4 of 16 and 5 of 17
+)
+def test_a_file_on_disk_is_rejected_only_past_both_reject_limits(tmp_path, monkeypatch, good, bad, loaded):
+    """With REJECT_LIMIT 3 and REJECT_SHARE 25%: line 2 is a duplicate of line 3, then `good` rows of
+    other stores, `bad` rows of unknown status and one more good row. 3 rejects are not more than the
+    limit and 4 of 16 rows are not more than the share, so those files load; 5 of 17 is past both. The
+    whole-file reader has no line to name, and the first rejects are listed by line."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    rows = (["1,active,2023-01-22 12:00:00 UTC"] * 2
+            + [f"{n},active,2023-01-22 12:00:00 UTC" for n in range(2, 2 + good)]
+            + ["9,online,2023-01-22 12:00:00 UTC"] * bad + ["99,inactive,2023-01-22 12:00:00 UTC"])
+    path = tmp_path / "store_status.csv"
+    path.write_text(HEADER + "".join(row + "\n" for row in rows))
+    if loaded is not None:
+        parsed = sources.read_store_status(path)
+        assert (parsed.rows_read, len(parsed.frame), parsed.rejected) == (len(rows), loaded, bad + 1)
+        return
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(path)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading: 5 of 17 rows read were rejected (more than 3 and 25%), so the whole "
+        "file is rejected and nothing from it was loaded; first rejects: line 2: duplicate of line 3 (same "
+        "store_id and timestamp); line 14: unknown status 'online' (expected active or inactive); line 15: "
+        "unknown status 'online' (expected active or inactive)")
+
+
+def test_rejects_beyond_the_reasons_kept_are_still_counted(monkeypatch):
+    """Only MAX_REJECTS_KEPT reasons (here 2) are kept, but every rejected row is counted."""
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
+    parsed = status_rows("".join(f"{n},online,2023-01-22 12:00:00 UTC\n" for n in range(5))
+                         + "7,active,2023-01-22 12:00:00 UTC\n")
+    assert (parsed.rows_read, len(parsed.frame), parsed.rejected) == (6, 1, 5)
+    assert [r.line for r in parsed.rejects] == [2, 3]
+
+
+def test_a_block_that_starts_with_an_empty_line_stays_on_the_arrow_reader(monkeypatch):
+    """Read a byte at a time, the upload's empty line 3 is a block of its own, b"\\n": one line, counted
+    from its very first byte, so pyarrow's one row matches and the line-by-line reader is not needed."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n\n2,inactive,2023-01-22 13:00:00 UTC\n")
+    assert by_line(parsed.frame) == [(2, "1", NOON_US, True), (4, "2", NOON_US + 3_600_000_000, False)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "blank line")]
