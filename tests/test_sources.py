@@ -1000,3 +1000,26 @@ def test_a_block_that_starts_with_an_empty_line_stays_on_the_arrow_reader(monkey
     parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n\n2,inactive,2023-01-22 13:00:00 UTC\n")
     assert by_line(parsed.frame) == [(2, "1", NOON_US, True), (4, "2", NOON_US + 3_600_000_000, False)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "blank line")]
+
+
+def test_a_row_blank_but_for_one_field_is_not_a_blank_line():
+    """Only a row with nothing but white space in every field is a blank line: one with a status alone,
+    or a timestamp alone, is missing its store_id."""
+    parsed = status_rows(",active,\n , ,2023-01-22 12:00:00 UTC\n , , \n")
+    assert reasons(parsed) == {2: "missing store_id", 3: "missing store_id", 4: "blank line"}
+
+
+def test_a_checker_words_no_more_reasons_than_the_file_keeps(monkeypatch):
+    """Reasons are worded only while the file has room for them (here 2): once the first check has
+    used the room, a later check's rejects are counted but not worded, however many they are."""
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
+    parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame(), rows_read=5)
+    raw = sources._python_block({name: ["x"] * 5 for name in sources.COLUMNS[sources.STATUS_FILE]},
+                                [2, 3, 4, 5, 6], {})
+    check = sources.Checker(parsed, raw)
+    worded = []
+    check.fail(np.array([True, True, False, False, False]), lambda i: worded.append(i) or "first")
+    check.fail(np.array([False, False, True, True, True]), lambda i: worded.append(i) or "second")
+    assert worded == [0, 1]
+    assert check.finish().tolist() == []
+    assert (parsed.rejected, [(r.line, r.reason) for r in parsed.rejects]) == (5, [(2, "first"), (3, "first")])
