@@ -1023,3 +1023,17 @@ def test_a_checker_words_no_more_reasons_than_the_file_keeps(monkeypatch):
     assert worded == [0, 1]
     assert check.finish().tolist() == []
     assert (parsed.rejected, [(r.line, r.reason) for r in parsed.rejects]) == (5, [(2, "first"), (3, "first")])
+
+
+def test_a_long_wrong_header_is_quoted_to_200_characters():
+    """The message about a wrong header quotes its first 200 characters, no more."""
+    missing = "x" * 250
+    twice = "store_id,status,timestamp_utc,store_id," + "x" * 200
+    for header, message in [
+        (missing, f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
+                  "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)"),
+        (twice, f"store_status.csv: header {twice[:200]!r} names store_id more than once"),
+    ]:
+        with pytest.raises(sources.HeaderError) as error:
+            status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header + "\n")
+        assert str(error.value) == message
