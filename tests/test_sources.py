@@ -1028,12 +1028,22 @@ def test_a_checker_words_no_more_reasons_than_the_file_keeps(monkeypatch):
 def test_a_long_wrong_header_is_quoted_to_200_characters():
     """The message about a wrong header quotes its first 200 characters, no more."""
     missing = "x" * 250
-    twice = "store_id,status,timestamp_utc,store_id," + "x" * 200
+    twice = "store_id,status,timestamp_utc,status,store_id," + "x" * 200
     for header, message in [
         (missing, f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
                   "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)"),
-        (twice, f"store_status.csv: header {twice[:200]!r} names store_id more than once"),
+        (twice, f"store_status.csv: header {twice[:200]!r} names status, store_id more than once"),
     ]:
         with pytest.raises(sources.HeaderError) as error:
             status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header + "\n")
         assert str(error.value) == message
+
+
+def test_header_names_lose_white_space_and_quotes_only():
+    """A header name is trimmed of white space and of quotes the csv module leaves (after a space), and
+    nothing else: an X before or after store_id makes another name."""
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n", header='store_id, "status", "timestamp_utc"\n')
+    assert by_line(parsed.frame) == [(2, "1", NOON_US, True)]
+    for header in ("Xstore_id,status,timestamp_utc\n", "store_idX,status,timestamp_utc\n"):
+        with pytest.raises(sources.HeaderError, match="missing store_id"):
+            status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header)
