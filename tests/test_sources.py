@@ -1047,3 +1047,41 @@ def test_header_names_lose_white_space_and_quotes_only():
     for header in ("Xstore_id,status,timestamp_utc\n", "store_idX,status,timestamp_utc\n"):
         with pytest.raises(sources.HeaderError, match="missing store_id"):
             status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header)
+
+
+def test_a_header_as_long_as_allowed_after_a_byte_order_mark():
+    """The byte order mark is not part of the header's length: MAX_HEADER_BYTES after it are read."""
+    header = "store_id,status,timestamp_utc,"
+    header += "x" * (sources.MAX_HEADER_BYTES - len(header))  # exactly MAX_HEADER_BYTES bytes
+    upload = b"\xef\xbb\xbf" + (header + "\n7,active,2023-01-22 12:00:00 UTC,\n").encode()
+    assert by_line(sources.read_store_status(io.BytesIO(upload)).frame) == [(2, "7", NOON_US, True)]
+
+
+def test_a_header_too_long_or_too_wide_is_refused_by_name():
+    expected = "expected the header store_id,status,timestamp_utc"
+    too_long = HEADER.rstrip("\n") + "," + "x" * sources.MAX_HEADER_BYTES
+    with pytest.raises(sources.HeaderError) as error:
+        status_rows("7,active,2023-01-22 12:00:00 UTC\n", header=too_long + "\n")
+    assert str(error.value) == f"store_status.csv: the header is longer than 4096 bytes; {expected}"
+    wide = HEADER.rstrip("\n") + "".join(f",c{n}" for n in range(61))  # 64 columns: allowed
+    row = "7,active,2023-01-22 12:00:00 UTC" + "," * 61
+    assert by_line(status_rows(row + "\n", header=wide + "\n").frame) == [(2, "7", NOON_US, True)]
+    with pytest.raises(sources.HeaderError) as error:  # 65 columns
+        status_rows(row + ",\n", header=wide + ",c61\n")
+    assert str(error.value) == f"store_status.csv: the header has more than 64 columns; {expected}"
+
+
+@pytest.mark.parametrize(
+    "header, quoted",
+    [
+        (b"\nstore_id,status,timestamp_utc\n", "''"),  # the first line is empty
+        (b"store_id;status;timestamp_utc;X\r\n", "'store_id;status;timestamp_utc;X'"),  # only the CR goes
+        (b"store_id;status;timestamp_utc  \n", "'store_id;status;timestamp_utc  '"),  # spaces stay
+    ],
+)
+def test_a_wrong_header_is_quoted_as_its_first_line(header, quoted):
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(header + b"7,active,2023-01-22 12:00:00 UTC\n")
+    assert str(error.value) == (f"store_status.csv: wrong header {quoted}: expected columns store_id,status,"
+                                "timestamp_utc (missing store_id, status, timestamp_utc); check the file and its "
+                                "delimiter (comma)")
