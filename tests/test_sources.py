@@ -1085,3 +1085,23 @@ def test_a_wrong_header_is_quoted_as_its_first_line(header, quoted):
     assert str(error.value) == (f"store_status.csv: wrong header {quoted}: expected columns store_id,status,"
                                 "timestamp_utc (missing store_id, status, timestamp_utc); check the file and its "
                                 "delimiter (comma)")
+
+
+def test_a_polls_file_on_disk_up_to_the_limit_is_read_whole(tmp_path, monkeypatch):
+    """A polls file on disk of up to STATUS_WHOLE_FILE_BYTES is read in one go: one of exactly that many
+    bytes takes the whole-file reader, one a byte longer is streamed."""
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(BLOCK_FILE.encode())
+    size = path.stat().st_size
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the other reader was used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", size)
+        patch.setattr(sources, "_stream_raw_rows", refused)
+        assert by_line(sources.read_store_status(path).frame) == BLOCK_FILE_ROWS
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", size - 1)
+        patch.setattr(sources, "raw_rows", refused)
+        assert by_line(sources.read_store_status(path).frame) == BLOCK_FILE_ROWS
