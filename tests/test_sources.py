@@ -1105,3 +1105,19 @@ def test_a_polls_file_on_disk_up_to_the_limit_is_read_whole(tmp_path, monkeypatc
         patch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", size - 1)
         patch.setattr(sources, "raw_rows", refused)
         assert by_line(sources.read_store_status(path).frame) == BLOCK_FILE_ROWS
+
+
+def test_an_upload_stops_after_the_block_whose_checks_pass_the_limit(monkeypatch):
+    """Rows of the right shape but an unknown status are rejected by the checks, block by block (here a
+    block per line): reading stops after the block of line 5, the fourth reject of four rows."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    online = "unknown status 'online' (expected active or inactive)"
+    with pytest.raises(sources.TooManyRejects) as error:
+        status_rows("9,online,2023-01-22 12:00:00 UTC\n" * 8)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 5: 4 of 4 rows read were rejected (more than 3 and 25%), so "
+        f"the whole file is rejected and nothing from it was loaded; first rejects: line 2: {online}; "
+        f"line 3: {online}; line 4: {online}")
