@@ -1030,8 +1030,8 @@ def test_a_long_wrong_header_is_quoted_to_200_characters():
     missing = "x" * 250
     twice = "store_id,status,timestamp_utc,status,store_id," + "x" * 200
     for header, message in [
-        (missing, f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
-                  "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)"),
+        (missing, (f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
+                   "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)")),
         (twice, f"store_status.csv: header {twice[:200]!r} names status, store_id more than once"),
     ]:
         with pytest.raises(sources.HeaderError) as error:
