@@ -236,7 +236,7 @@ def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first
     stopped_at: list[int] = []
 
     def on_invalid_row(row) -> str:
-        invalid.append((row.number, row.text[:200], row.actual_columns))
+        invalid.append((row.number, row.text.strip()[:200], row.actual_columns))  # blank or not as a whole
         if parsed is not None and row.number is not None:
             rejected = parsed.rejected + len(invalid)
             if rejected > REJECT_LIMIT and rejected > REJECT_SHARE * (parsed.rows_read + row.number):
@@ -658,8 +658,7 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
             cut = pending.rfind(b"\n") + 1
             if cut == 0:
                 if len(pending) > MAX_LINE_BYTES:
-                    raise HeaderError(f"{file}: line {line} is longer than {MAX_LINE_BYTES} bytes, so this is not "
-                                      "a CSV export; the whole file is rejected")
+                    raise _line_too_long(file, line)
                 continue
             block, pending = pending[:cut], pending[cut:]
         else:
@@ -673,7 +672,7 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
         raw = (_raw_rows_arrow(file, block, header, first_line=line, parsed=parsed, physical_lines=lines)
                if arrow_can else None)
         if raw is None:
-            rest = _lines_of(block + pending, stream)
+            rest = _lines_of(block + pending, stream, file, first_line=line)
             for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
                 yielded = True
                 yield raw
@@ -690,10 +689,12 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
 PYTHON_BLOCK_ROWS = 1 << 16
 
 
-def _lines_of(first: bytes, stream: BinaryIO) -> Iterator[str]:
+def _lines_of(first: bytes, stream: BinaryIO, file: str = "", first_line: int = 1) -> Iterator[str]:
     """Physical lines (split at b"\\n", ends kept) of `first` and then the rest of `stream`, as text,
-    one at a time (a block is never split into a list of all its lines)."""
-    pending = first
+    one at a time (a block is never split into a list of all its lines); `first_line` is the number of
+    the first.  A line that grows past MAX_LINE_BYTES while the stream is read rejects the file
+    (HeaderError), as on the Arrow path, rather than being cut into pieces that would each count as a row."""
+    pending, line = first, first_line
     while True:
         more = stream.read(BLOCK_BYTES)
         if more:
@@ -702,14 +703,19 @@ def _lines_of(first: bytes, stream: BinaryIO) -> Iterator[str]:
         while (end := pending.find(b"\n", position)) >= 0:
             yield pending[position : end + 1].decode("utf-8", errors="surrogateescape")
             position = end + 1
+            line += 1
         pending = pending[position:]
         if not more:
             if pending:
                 yield pending.decode("utf-8", errors="surrogateescape")
             return
-        if len(pending) > MAX_LINE_BYTES:  # a monster line: the csv module reports it as too long a field
-            yield pending.decode("utf-8", errors="surrogateescape")
-            pending = b""
+        if len(pending) > MAX_LINE_BYTES:
+            raise _line_too_long(file, line)
+
+
+def _line_too_long(file: str, line: int) -> HeaderError:
+    return HeaderError(f"{file}: line {line} is longer than {MAX_LINE_BYTES} bytes, so this is not a CSV export; "
+                       "the whole file is rejected")
 
 
 def _no_rows(file: str) -> RawRows:

@@ -357,7 +357,7 @@ def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_statu
     return sources.read_store_status(path, file=file)
 
 
-@pytest.mark.parametrize("block_bytes", [64, 150, 1 << 20])
+@pytest.mark.parametrize("block_bytes", [64, 150, 200, 1 << 20])  # 200: exactly two blocks
 def test_block_reader_on_a_hand_written_file(tmp_path, monkeypatch, block_bytes):
     """The block reader's rows and rejects, worked out by hand for a file that spans several blocks
     (duplicates and overrides straddle blocks), not only compared with the whole-file reader."""
@@ -516,7 +516,7 @@ ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason})
 
 
 @pytest.mark.parametrize("name", list(ARROW_FILES))
-def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
+def test_ordinary_files_are_read_by_arrow_alone(tmp_path, monkeypatch, name):
     """The Arrow reader vouches for ordinary files itself (Python touches only rejected rows); the
     line-by-line reader is only for what Arrow cannot number (bad bytes, quoted line breaks)."""
     def no_fallback(*args, **kwargs):
@@ -524,9 +524,11 @@ def test_ordinary_files_are_read_by_arrow_alone(monkeypatch, name):
 
     monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
     body, rows_read, expected = ARROW_FILES[name]
-    parsed = status_rows(body)
-    assert parsed.rows_read == rows_read
-    assert reasons(parsed) == expected
+    path = tmp_path / "store_status.csv"
+    path.write_bytes((HEADER + body).encode())
+    for parsed in (status_rows(body), sources.read_store_status(path)):  # an upload, and a file on disk
+        assert parsed.rows_read == rows_read
+        assert reasons(parsed) == expected
 
 
 def test_quoted_line_breaks_keep_the_true_line_numbers():
@@ -581,6 +583,10 @@ def test_a_file_on_disk_read_in_pieces(tmp_path, monkeypatch, scan_bytes, varian
 def test_a_blank_file_on_disk_is_a_clear_error(tmp_path):
     path = tmp_path / "store_status.csv"
     path.write_bytes(b" \r\n\n  \n")
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(path)
+    assert str(error.value) == EMPTY
+    path.write_bytes(b"\xef\xbb\xbf \r\n\t\n")  # a byte order mark and white space: empty too
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(path)
     assert str(error.value) == EMPTY
@@ -786,3 +792,332 @@ def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
     assert by_line(parsed.frame) == [(3, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
     assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"),
                                                                   (4, "blank line")]
+
+
+# --------------------------------------------------------------------------- run J's survivors (tests/MUTANTS.md)
+
+
+def test_a_line_longer_than_the_limit_rejects_the_upload_on_the_line_by_line_path(monkeypatch):
+    """Once an upload is on the line-by-line reader (a byte that is not UTF-8 on line 2), a line over
+    MAX_LINE_BYTES rejects the whole file as on the Arrow path; it used to be cut into pieces that
+    each counted as a row, so the rows after it got wrong line numbers."""
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
+    small_head(monkeypatch)
+    upload = (HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n"  # line 2: not UTF-8
+              + b"1,active,2023-01-22 12:00:00 UTC\n"  # line 3
+              + b"9" * 120 + b",active,2023-01-22 12:00:00 UTC\n"  # line 4: 151 bytes
+              + b"3,inactive,2023-01-22 13:00:00 UTC\n")  # line 5
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(io.BytesIO(upload), file="polls.csv")
+    assert str(error.value) == ("store_status.csv: line 4 is longer than 50 bytes, so this is not a CSV export; "
+                                "the whole file is rejected")
+
+
+def test_a_line_as_long_as_the_limit_is_a_row_on_the_line_by_line_path(monkeypatch):
+    """A line of exactly MAX_LINE_BYTES (a 19-digit store id and the rest: 50 bytes), read a byte at a
+    time so that it is once exactly that long with no line feed yet, is an ordinary row."""
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    row = b"9" * 19 + b",active,2023-01-22 12:00:00 UTC"
+    assert len(row) == 50
+    upload = HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n" + row + b"\n" + row[1:] + b"\n"
+    parsed = sources.read_store_status(io.BytesIO(upload))
+    assert by_line(parsed.frame) == [(3, "9" * 19, NOON_US, True), (4, "9" * 18, NOON_US, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
+
+
+def test_the_line_by_line_reader_yields_blocks_of_its_row_count(monkeypatch):
+    """Memory on the line-by-line path is bounded by PYTHON_BLOCK_ROWS: five rows in blocks of two come
+    as blocks of 2, 2 and 1 rows, numbered in file order."""
+    monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", 2)
+    upload = HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n" + b"".join(
+        f"{n},active,2023-01-22 12:00:00 UTC\n".encode() for n in range(4))
+    parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame())
+    blocks = list(sources._stream_raw_rows(sources.STATUS_FILE, io.BytesIO(upload), parsed))
+    assert [block.line.tolist() for block in blocks] == [[2, 3], [4, 5], [6]]
+    assert [block.columns["store_id"].to_pylist() for block in blocks] == [[None, "0"], ["1", "2"], ["3"]]
+    assert [block.problems for block in blocks] == [{0: "row is not valid UTF-8 text"}, {}, {}]
+
+
+def test_an_upload_with_quoted_fields_stays_on_the_arrow_reader(monkeypatch):
+    """Quotes around fields are ordinary: a block with an even number of them (no quoted line break cut
+    in two) is read by pyarrow, not handed to the line-by-line reader."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
+    quoted = HEADER + "".join(f'"{line.split(",", 1)[0]}",{line.split(",", 1)[1]}\n'
+                              for line in BLOCK_FILE[len(HEADER):].splitlines())
+    parsed = sources.read_store_status(quoted.encode())
+    assert by_line(parsed.frame) == sorted(BLOCK_FILE_ROWS)
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
+
+
+def test_an_upload_of_ragged_rows_stops_at_the_row_that_passes_the_limit(monkeypatch):
+    """Reading stops inside a block at the ragged row that takes the rejects past REJECT_LIMIT (here 3)
+    and REJECT_SHARE: line 2 is good, lines 3 to 12 hold one field each, so the fourth of them, line 6,
+    is where it stops, with 4 of the 5 rows read so far rejected."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    upload = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + b"a\n" * 10
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(upload)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 6: 4 of 5 rows read were rejected (more than 3 and 10%), so "
+        "the whole file is rejected and nothing from it was loaded; first rejects: line 3: missing column status; "
+        "line 4: missing column status; line 5: missing column status")
+
+
+def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, monkeypatch):
+    """pyarrow does not look at the bytes of a column it is told to skip, so the reader must: a row with
+    bytes that are not UTF-8 anywhere is rejected as such, uploaded or on disk, even in an extra column
+    (0x80: the lowest byte that is not ASCII, and not UTF-8 on its own)."""
+    data = (b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\x80\n"
+            b"2,active,2023-01-22 12:00:00 UTC,ok\n")
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(data)
+    for parsed in (sources.read_store_status(data), sources.read_store_status(path)):
+        assert by_line(parsed.frame) == [(3, "2", NOON_US, True)]
+        assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
+
+
+
+def test_a_ragged_row_that_starts_with_200_blanks_is_not_blank():
+    """A row of one field, 250 spaces and an x, is short of columns, not blank: the Arrow reader used to
+    look only at its first 200 characters (the text it keeps) and call it a blank line."""
+    body = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" + b" " * 250 + b"x\n"
+    for data in (body, body + b"\xff,active,2023-01-22 12:00:00 UTC\n"):  # Arrow, then line by line
+        parsed = sources.read_store_status(data)
+        assert (parsed.rejects[0].line, parsed.rejects[0].reason) == (3, "missing column status")
+
+
+def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
+    """REJECT_LIMIT 3 and REJECT_SHARE 25%, twelve good rows (lines 2-13) then ragged ones (lines 14-21),
+    in blocks of 64 bytes: at line 17 the rejects are 4 of 16 rows, exactly 25%, not more, so reading
+    goes on; at line 18 they are 5 of 17 and it stops there, in a later block than the first."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
+    small_head(monkeypatch)
+    upload = HEADER.encode() + b"1,active,2023-01-22 12:00:00 UTC\n" * 12 + b"a\n" * 8
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(upload)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 18: 5 of 17 rows read were rejected (more than 3 and 25%), so "
+        "the whole file is rejected and nothing from it was loaded; first rejects: line 14: missing column status; "
+        "line 15: missing column status; line 16: missing column status")
+
+
+@pytest.mark.parametrize(
+    "stamp, us",
+    [
+        ("2023-01-22T12:09:39Z", 1_674_389_379_000_000),
+        ("2023-01-22T13:09:39+01:00", 1_674_389_379_000_000),
+        ("2023-01-22 12:09:39", 1_674_389_379_000_000),
+        ("2023-01-22T12:09:39.5", 1_674_389_379_500_000),
+        ("2023-01-22 12:09:39.388884 UTC", 1_674_389_379_388_884),
+        (" 2023-01-22 12:09:39.388884 UTC ", 1_674_389_379_388_884),  # padded: " UTC" is cut after trimming
+        ("2023-01-22T12:09:39.388884123Z", 1_674_389_379_388_884),  # nanoseconds: pandas reads it, cut to µs
+        # 9000-01-24 17:30 UTC: 7,030 years from 1970 with 1,705 leap days, plus 23 days and 17.5 hours
+        ("9000-01-24T18:30:00+01:00", (2_567_655 + 23) * 86_400_000_000 + 63_000_000_000),
+        # 2260-01-22 12:09:39 UTC: 290 years with 70 leap days, plus 21 days; an odd microsecond count over
+        # 2**53, which a float cannot hold
+        ("2260-01-22T12:09:39.388885123Z", (105_920 + 21) * 86_400_000_000 + 43_779_388_885),
+    ],
+)
+def test_a_file_with_timestamps_all_in_one_form(stamp, us):
+    """Every row in the same form (no mix of forms to make a fast path give up): each form is read to
+    the microsecond; the export's fast path is only for values that end in " UTC", and a time with an
+    offset is read far beyond pandas' nanosecond range (year 2262)."""
+    parsed = status_rows(f"1,active,{stamp}\n2,inactive,{stamp}\n")
+    assert by_line(parsed.frame) == [(2, "1", us, True), (3, "2", us, False)]
+    assert parsed.rejected == 0
+
+
+def test_timestamps_at_and_beyond_the_ends_of_the_calendar():
+    """The first and the last microsecond a datetime can hold (0001-01-01 and 9999-12-31T23:59:59.999999
+    UTC) are read; an offset that takes a time before the first or after the last is unparseable."""
+    first_us = -719_162 * 86_400_000_000  # 1,969 years of 365 days and 477 leap days before the epoch
+    last_us = (2_932_897 * 86_400 - 1) * 1_000_000 + 999_999  # 8,030 years to 10000-01-01 (1,947 leap days)
+    parsed = status_rows("1,active,0001-01-01 00:00:00 UTC\n2,active,9999-12-31 23:59:59.999999 UTC\n"
+                         "3,active,0001-01-01T00:00:00+01:00\n4,active,9999-12-31T23:59:59.999999-01:00\n")
+    assert by_line(parsed.frame) == [(2, "1", first_us, True), (3, "2", last_us, True)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (4, "unparseable timestamp '0001-01-01T00:00:00+01:00'"),
+        (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'")]
+
+
+@pytest.mark.parametrize(
+    "good, bad, loaded",
+    [(6, 2, 8), (10, 3, 12), (10, 4, None)],  # the rejects are then 3 of 11 rows, 4 of 16 and 5 of 17
+)
+def test_a_file_on_disk_is_rejected_only_past_both_reject_limits(tmp_path, monkeypatch, good, bad, loaded):
+    """With REJECT_LIMIT 3 and REJECT_SHARE 25%: line 2 is a duplicate of line 3, then `good` rows of
+    other stores, `bad` rows of unknown status and one more good row. 3 rejects are not more than the
+    limit and 4 of 16 rows are not more than the share, so those files load; 5 of 17 is past both. The
+    whole-file reader has no line to name, and the first rejects are listed by line."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    rows = (["1,active,2023-01-22 12:00:00 UTC"] * 2
+            + [f"{n},active,2023-01-22 12:00:00 UTC" for n in range(2, 2 + good)]
+            + ["9,online,2023-01-22 12:00:00 UTC"] * bad + ["99,inactive,2023-01-22 12:00:00 UTC"])
+    path = tmp_path / "store_status.csv"
+    path.write_text(HEADER + "".join(row + "\n" for row in rows))
+    if loaded is not None:
+        parsed = sources.read_store_status(path)
+        assert (parsed.rows_read, len(parsed.frame), parsed.rejected) == (len(rows), loaded, bad + 1)
+        return
+    with pytest.raises(sources.TooManyRejects) as error:
+        sources.read_store_status(path)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading: 5 of 17 rows read were rejected (more than 3 and 25%), so the whole "
+        "file is rejected and nothing from it was loaded; first rejects: line 2: duplicate of line 3 (same "
+        "store_id and timestamp); line 14: unknown status 'online' (expected active or inactive); line 15: "
+        "unknown status 'online' (expected active or inactive)")
+
+
+def test_rejects_beyond_the_reasons_kept_are_still_counted(monkeypatch):
+    """Only MAX_REJECTS_KEPT reasons (here 2) are kept, but every rejected row is counted."""
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
+    parsed = status_rows("".join(f"{n},online,2023-01-22 12:00:00 UTC\n" for n in range(5))
+                         + "7,active,2023-01-22 12:00:00 UTC\n")
+    assert (parsed.rows_read, len(parsed.frame), parsed.rejected) == (6, 1, 5)
+    assert [r.line for r in parsed.rejects] == [2, 3]
+
+
+def test_a_block_that_starts_with_an_empty_line_stays_on_the_arrow_reader(monkeypatch):
+    """Read a byte at a time, the upload's empty line 3 is a block of its own, b"\\n": one line, counted
+    from its very first byte, so pyarrow's one row matches and the line-by-line reader is not needed."""
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the line-by-line reader was used")
+
+    monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n\n2,inactive,2023-01-22 13:00:00 UTC\n")
+    assert by_line(parsed.frame) == [(2, "1", NOON_US, True), (4, "2", NOON_US + 3_600_000_000, False)]
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "blank line")]
+
+
+def test_a_row_blank_but_for_one_field_is_not_a_blank_line():
+    """Only a row with nothing but white space in every field is a blank line: one with a status alone,
+    or a timestamp alone, is missing its store_id."""
+    parsed = status_rows(",active,\n , ,2023-01-22 12:00:00 UTC\n , , \n")
+    assert reasons(parsed) == {2: "missing store_id", 3: "missing store_id", 4: "blank line"}
+
+
+def test_a_checker_words_no_more_reasons_than_the_file_keeps(monkeypatch):
+    """Reasons are worded only while the file has room for them (here 2): once the first check has
+    used the room, a later check's rejects are counted but not worded, however many they are."""
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
+    parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame(), rows_read=5)
+    raw = sources._python_block({name: ["x"] * 5 for name in sources.COLUMNS[sources.STATUS_FILE]},
+                                [2, 3, 4, 5, 6], {})
+    check = sources.Checker(parsed, raw)
+    worded = []
+    check.fail(np.array([True, True, False, False, False]), lambda i: worded.append(i) or "first")
+    check.fail(np.array([False, False, True, True, True]), lambda i: worded.append(i) or "second")
+    assert worded == [0, 1]
+    assert check.finish().tolist() == []
+    assert (parsed.rejected, [(r.line, r.reason) for r in parsed.rejects]) == (5, [(2, "first"), (3, "first")])
+
+
+def test_a_long_wrong_header_is_quoted_to_200_characters():
+    """The message about a wrong header quotes its first 200 characters, no more."""
+    missing = "x" * 250
+    twice = "store_id,status,timestamp_utc,status,store_id," + "x" * 200
+    for header, message in [
+        (missing, (f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
+                   "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)")),
+        (twice, f"store_status.csv: header {twice[:200]!r} names status, store_id more than once"),
+    ]:
+        with pytest.raises(sources.HeaderError) as error:
+            status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header + "\n")
+        assert str(error.value) == message
+
+
+def test_header_names_lose_white_space_and_quotes_only():
+    """A header name is trimmed of white space and of quotes the csv module leaves (after a space), and
+    nothing else: an X before or after store_id makes another name."""
+    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n", header='store_id, "status", "timestamp_utc"\n')
+    assert by_line(parsed.frame) == [(2, "1", NOON_US, True)]
+    for header in ("Xstore_id,status,timestamp_utc\n", "store_idX,status,timestamp_utc\n"):
+        with pytest.raises(sources.HeaderError, match="missing store_id"):
+            status_rows("1,active,2023-01-22 12:00:00 UTC\n", header=header)
+
+
+def test_a_header_as_long_as_allowed_after_a_byte_order_mark():
+    """The byte order mark is not part of the header's length: MAX_HEADER_BYTES after it are read."""
+    header = "store_id,status,timestamp_utc,"
+    header += "x" * (sources.MAX_HEADER_BYTES - len(header))  # exactly MAX_HEADER_BYTES bytes
+    upload = b"\xef\xbb\xbf" + (header + "\n7,active,2023-01-22 12:00:00 UTC,\n").encode()
+    assert by_line(sources.read_store_status(io.BytesIO(upload)).frame) == [(2, "7", NOON_US, True)]
+
+
+def test_a_header_too_long_or_too_wide_is_refused_by_name():
+    expected = "expected the header store_id,status,timestamp_utc"
+    too_long = HEADER.rstrip("\n") + "," + "x" * sources.MAX_HEADER_BYTES
+    with pytest.raises(sources.HeaderError) as error:
+        status_rows("7,active,2023-01-22 12:00:00 UTC\n", header=too_long + "\n")
+    assert str(error.value) == f"store_status.csv: the header is longer than 4096 bytes; {expected}"
+    wide = HEADER.rstrip("\n") + "".join(f",c{n}" for n in range(61))  # 64 columns: allowed
+    row = "7,active,2023-01-22 12:00:00 UTC" + "," * 61
+    assert by_line(status_rows(row + "\n", header=wide + "\n").frame) == [(2, "7", NOON_US, True)]
+    with pytest.raises(sources.HeaderError) as error:  # 65 columns
+        status_rows(row + ",\n", header=wide + ",c61\n")
+    assert str(error.value) == f"store_status.csv: the header has more than 64 columns; {expected}"
+
+
+@pytest.mark.parametrize(
+    "header, quoted",
+    [
+        (b"\nstore_id,status,timestamp_utc\n", "''"),  # the first line is empty
+        (b"store_id;status;timestamp_utc;X\r\n", "'store_id;status;timestamp_utc;X'"),  # only the CR goes
+        (b"store_id;status;timestamp_utc  \n", "'store_id;status;timestamp_utc  '"),  # spaces stay
+    ],
+)
+def test_a_wrong_header_is_quoted_as_its_first_line(header, quoted):
+    with pytest.raises(sources.HeaderError) as error:
+        sources.read_store_status(header + b"7,active,2023-01-22 12:00:00 UTC\n")
+    assert str(error.value) == (f"store_status.csv: wrong header {quoted}: expected columns store_id,status,"
+                                "timestamp_utc (missing store_id, status, timestamp_utc); check the file and its "
+                                "delimiter (comma)")
+
+
+def test_a_polls_file_on_disk_up_to_the_limit_is_read_whole(tmp_path, monkeypatch):
+    """A polls file on disk of up to STATUS_WHOLE_FILE_BYTES is read in one go: one of exactly that many
+    bytes takes the whole-file reader, one a byte longer is streamed."""
+    path = tmp_path / "store_status.csv"
+    path.write_bytes(BLOCK_FILE.encode())
+    size = path.stat().st_size
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the other reader was used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", size)
+        patch.setattr(sources, "_stream_raw_rows", refused)
+        assert by_line(sources.read_store_status(path).frame) == BLOCK_FILE_ROWS
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "STATUS_WHOLE_FILE_BYTES", size - 1)
+        patch.setattr(sources, "raw_rows", refused)
+        assert by_line(sources.read_store_status(path).frame) == BLOCK_FILE_ROWS
+
+
+def test_an_upload_stops_after_the_block_whose_checks_pass_the_limit(monkeypatch):
+    """Rows of the right shape but an unknown status are rejected by the checks, block by block (here a
+    block per line): reading stops after the block of line 5, the fourth reject of four rows."""
+    monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
+    monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
+    small_head(monkeypatch)
+    online = "unknown status 'online' (expected active or inactive)"
+    with pytest.raises(sources.TooManyRejects) as error:
+        status_rows("9,online,2023-01-22 12:00:00 UTC\n" * 8)
+    assert str(error.value) == (
+        "store_status.csv: stopped reading at line 5: 4 of 4 rows read were rejected (more than 3 and 25%), so "
+        f"the whole file is rejected and nothing from it was loaded; first rejects: line 2: {online}; "
+        f"line 3: {online}; line 4: {online}")
