@@ -884,7 +884,6 @@ def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, m
         assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "row is not valid UTF-8 text")]
 
 
-
 def test_a_ragged_row_that_starts_with_200_blanks_is_not_blank():
     """A row of one field, 250 spaces and an x, is short of columns, not blank: the Arrow reader used to
     look only at its first 200 characters (the text it keeps) and call it a blank line."""
