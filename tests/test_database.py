@@ -678,3 +678,41 @@ def test_load_dir_draws_progress_bars_when_asked(store, tmp_path, capsys):
     for file_kind, rows in (("store_status.csv", 5), ("menu_hours.csv", 1), ("timezones.csv", 1)):
         assert f"loading {file_kind}: 100%" in err and f"| {rows}/{rows} [" in err and "row/s]" in err
     assert err.endswith("\n")  # the finished bars stay on screen
+
+
+# --------------------------------------------------------------------------- the stores' decorated methods (mutation run K)
+
+
+STALE = "the worker running this report stopped (no heartbeat); trigger it again"
+
+
+def test_a_failed_report_records_when_it_ended(store):
+    from tests.conftest import force_report_state
+
+    for report_id in ("f" * 32, "s" * 32):
+        store.create_report(report_id, None)
+    store.fail_report("f" * 32, "the engine stopped")
+    force_report_state(store, "s" * 32, heartbeat_age=120)
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 1
+    for report_id, error in (("f" * 32, "the engine stopped"), ("s" * 32, STALE)):
+        report = store.find_report(report_id)
+        assert (report["status"], report["error"]) == ("Failed", error)
+        assert report["finished_at"] is not None and report["finished_at"] >= report["created_at"]
+
+
+def test_an_empty_csv_is_stored_and_read_back_empty(store):
+    store.create_report("e" * 32, None)
+    store.complete_report("e" * 32, b"", 0)
+    report = store.find_report("e" * 32)
+    assert (report["status"], report["csv_bytes"]) == ("Complete", 0)
+    assert store.read_report_csv(report) == b""
+
+
+def test_a_progress_update_is_a_heartbeat(store):
+    from tests.conftest import force_report_state
+
+    store.create_report("h" * 32, None)
+    force_report_state(store, "h" * 32, heartbeat_age=120)
+    store.update_report("h" * 32, progress={"done": 1, "total": 2})
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 0
+    assert store.find_report("h" * 32)["status"] == "Running"
