@@ -908,6 +908,19 @@ def test_read_chunk_gives_every_poll_from_the_look_back_on(mongo):
     assert list(polls["timestamp_us"]) == [since - 2 * hour, since, since + hour + hour // 2]
 
 
+def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_changes_nothing(mongo):
+    mongo.create_report("r" * 32, 1674555240000000)
+    doc = mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0})
+    created = doc.pop("created_at")
+    assert isinstance(created, dt.datetime) and doc.pop("heartbeat_at") == created
+    assert doc == {"report_id": "r" * 32, "status": "Running", "finished_at": None,
+                   "requested_as_of_us": 1674555240000000, "as_of_us": None, "progress": {"done": 0, "total": None},
+                   "row_count": None, "error": None, "csv_chunks": None, "csv_bytes": None}
+    mongo.create_report("r" * 32, None)  # a retry after a lost answer
+    assert mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0}) == {
+        **doc, "created_at": created, "heartbeat_at": created}
+
+
 def test_the_lock_document_starts_with_no_writer_no_readers_and_no_one_waiting(mongo):
     mongo._ensure_lock_doc()
     mongo._ensure_lock_doc()  # a second process: nothing changes
