@@ -921,6 +921,32 @@ def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_c
         **doc, "created_at": created, "heartbeat_at": created}
 
 
+def test_a_writer_whose_lease_expired_gives_way_to_a_new_writer(mongo):
+    assert mongo._try_lease("write", "dead")
+    assert not mongo._try_lease("write", "w")  # alive: w waits
+    mongo.db["locks"].update_one({"_id": "data"},
+                                 {"$set": {"writer.expires": dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)}})
+    assert mongo._try_lease("write", "w")
+    assert mongo.db["locks"].find_one({"_id": "data"})["writer"]["holder"] == "w"
+
+
+def test_a_writers_retry_after_a_lost_answer_finds_its_lease_held(mongo):
+    assert mongo._try_lease("write", "w")
+    assert mongo._try_lease("write", "w") is True  # the first answer was lost: the retry says yes
+    assert mongo.db["locks"].find_one({"_id": "data"})["waiting"] is None
+
+
+def test_a_writer_that_took_the_lease_leaves_the_waiting_mark_to_the_next_writer(mongo):
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w1")  # marks itself waiting
+    mongo._release_lease("read", "r")
+    assert mongo._try_lease("write", "w1")  # takes the lease and clears its mark
+    assert not mongo._try_lease("write", "w2")  # so w2 can mark itself waiting
+    mongo._release_lease("write", "w1")
+    assert not mongo._try_lease("read", "r2")  # w2 waits: a new reader is refused
+    assert mongo._try_lease("write", "w2")
+
+
 def test_the_lock_document_starts_with_no_writer_no_readers_and_no_one_waiting(mongo):
     mongo._ensure_lock_doc()
     mongo._ensure_lock_doc()  # a second process: nothing changes
