@@ -786,3 +786,15 @@ def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
     assert by_line(parsed.frame) == [(3, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
     assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"),
                                                                   (4, "blank line")]
+
+
+def test_reject_reasons_are_kept_up_to_the_limit_and_only_counted_beyond(monkeypatch):
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 3)
+    parsed = sources.Parsed("store_status.csv", pd.DataFrame())
+    parsed.reject([2, 3], ["bad a", "bad b"])
+    assert parsed.room == 1
+    parsed.reject([4, 5, 6], ["bad c", "bad d", "bad e"])
+    assert parsed.room == 0 and parsed.rejected == 5
+    parsed.reject([7], ["bad f"])
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "bad a"), (3, "bad b"), (4, "bad c")]
+    assert parsed.rejected == 6

@@ -978,3 +978,31 @@ def test_the_mark_of_a_waiting_writer_that_died_stops_no_one(mongo, frozen_clock
     assert [slot["holder"] for slot in mongo.db["locks"].find_one({"_id": "data"})["readers"]] == ["r2"]
     mongo._release_lease("read", "r2")
     assert mongo._try_lease("write", "w2")  # nor is another writer
+
+
+def test_a_call_still_failing_when_its_retry_time_is_up_raises_its_own_error(mongo):
+    mongo.job_retry_seconds = 0  # no time to retry: the first failure is the last
+    attempts = []
+
+    def read(self, a, *, b):
+        attempts.append((a, b))
+        if len(attempts) < 5:
+            raise AutoReconnect("down")
+        return a + b
+
+    with pytest.raises(AutoReconnect, match="down"):
+        store_mongo.retried(read)(mongo, 1, b=2)
+    assert attempts == [(1, 2)]
+
+
+def test_a_retried_call_inside_a_request_gets_its_arguments_and_is_not_retried(mongo):
+    attempts = []
+
+    def read(self, a, *, b):
+        attempts.append((a, b))
+        raise AutoReconnect("down")
+
+    with store_mongo._request_scope(5):
+        with pytest.raises(AutoReconnect):
+            store_mongo.retried(read)(mongo, 1, b=2)
+    assert attempts == [(1, 2)]
