@@ -10,12 +10,14 @@ import datetime as dt
 import io
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pandas as pd
+import pymongo.errors
 import pytest
 
 import database
@@ -235,7 +237,7 @@ def test_a_waiting_writer_goes_before_new_readers(store):
     assert order == ["reader 1 out", "writer in"]
 
 
-def test_a_lost_lease_is_reported(store, monkeypatch):
+def test_a_lost_lease_is_reported(store, monkeypatch, caplog):
     monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
     with store.data_lease("read") as lost:
         store._release_lease("read", "nobody")  # harmless
@@ -245,6 +247,115 @@ def test_a_lost_lease_is_reported(store, monkeypatch):
         else:
             store.db["locks"].update_one({"_id": "data"}, {"$set": {"readers": []}})
         assert lost.wait(30)
+    assert [r.getMessage() for r in caplog.records if r.name == "database" and r.levelno == logging.ERROR] == [
+        "the data read lease was lost (it expired or was taken)"]
+
+
+class _FakeTime:
+    """database.time for one test: monotonic() stands still except when sleep() moves it on (if `moves`)."""
+
+    def __init__(self, moves: bool = True):
+        self.now, self.moves, self.pauses = 1_000.0, moves, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        if self.moves:
+            self.now += seconds
+
+
+def test_a_lease_wait_doubles_its_pauses_from_20_ms_up_to_half_a_second(store, monkeypatch):
+    clock = _FakeTime()
+    monkeypatch.setattr(database, "time", clock)
+    tries, real_try = [], store._try_lease
+
+    def try_lease(mode, holder):  # refused eight times, then the store's own answer
+        tries.append((mode, holder))
+        return len(tries) > 8 and real_try(mode, holder)
+
+    monkeypatch.setattr(store, "_try_lease", try_lease)
+    with store.data_lease("write", wait_seconds=60):
+        pass
+    assert clock.pauses == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5, 0.5])
+    holder = tries[0][1]
+    assert isinstance(holder, str) and len(holder) == 32 and tries == [("write", holder)] * 9
+
+
+@pytest.mark.parametrize("mode, why", [("read", "a load is running or waiting"),
+                                       ("write", "reports or a load are running")])
+def test_a_lease_wait_gives_up_once_its_deadline_is_past_and_gives_back_what_it_marked(store, monkeypatch,
+                                                                                        mode, why):
+    clock = _FakeTime()
+    monkeypatch.setattr(database, "time", clock)
+    tries, releases = [], []
+    monkeypatch.setattr(store, "_try_lease", lambda m, h: tries.append((m, h)) and False)
+    monkeypatch.setattr(store, "_release_lease", lambda m, h: releases.append((m, h)))
+    with pytest.raises(database.LeaseTimeout) as caught:
+        with store.data_lease(mode, wait_seconds=1):
+            pytest.fail("the lease was never free")
+    assert str(caught.value) == f"waited 1 s for the data {mode} lease ({why})"
+    # 0.02 + 0.04 + 0.08 + 0.16 + 0.32 = 0.62 s is not past the 1 s deadline; 0.5 s more is
+    assert clock.pauses == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.5])
+    assert len(tries) == 7 and set(tries) == {tries[0]} and tries[0][0] == mode
+    assert releases == [tries[0]]  # a writer's waiting mark dropped
+
+
+def test_a_lease_wait_is_not_over_while_its_deadline_is_not_past(store, monkeypatch):
+    clock = _FakeTime(moves=False)  # a coarse clock: no time seems to pass
+    monkeypatch.setattr(database, "time", clock)
+    tries, real_try = [], store._try_lease
+
+    def try_lease(mode, holder):
+        tries.append(mode)
+        return len(tries) > 1 and real_try(mode, holder)
+
+    monkeypatch.setattr(store, "_try_lease", try_lease)
+    with store.data_lease("read", wait_seconds=0):  # a second try at the deadline itself
+        pass
+    assert clock.pauses == [0.02] and tries == ["read", "read"]
+
+
+def test_a_daemon_thread_renews_the_lease_every_quarter_lease_through_a_failed_renewal(store, monkeypatch,
+                                                                                        caplog):
+    monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
+    waits = []
+
+    class Event(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    monkeypatch.setattr(database, "threading", type("threading", (), {"Event": Event, "Thread": threading.Thread}))
+    taken, renewals, third = [], [], threading.Event()
+    real_try, real_renew = store._try_lease, store._renew_lease
+    monkeypatch.setattr(store, "_try_lease", lambda mode, holder: taken.append((mode, holder)) or real_try(mode, holder))
+
+    def renew(mode, holder):
+        me = threading.current_thread()
+        if not renewals:
+            renewals.append((mode, holder, "failed", me.name, me.daemon))
+            if store.kind == "sqlite":
+                raise sqlite3.OperationalError("disk I/O error")
+            raise pymongo.errors.AutoReconnect("disk I/O error")
+        renewals.append((mode, holder, real_renew(mode, holder), me.name, me.daemon))
+        if len(renewals) == 3:
+            third.set()
+        return renewals[-1][2]
+
+    monkeypatch.setattr(store, "_renew_lease", renew)
+    with caplog.at_level(logging.WARNING, logger="database"):
+        with store.data_lease("read") as lost:
+            assert third.wait(30)
+            assert not lost.is_set()
+    (mode, holder), = taken
+    name = f"lease-read-{holder[:8]}"
+    assert renewals[:3] == [("read", holder, "failed", name, True), ("read", holder, True, name, True),
+                            ("read", holder, True, name, True)]
+    assert waits and waits == pytest.approx([0.05] * len(waits))  # 0.2 s / 4
+    assert [r.getMessage() for r in caplog.records if r.name == "database"] == [
+        "could not renew the data read lease: disk I/O error"]
 
 
 def test_empty_store_and_seeding_once(store, tmp_path):
@@ -678,3 +789,41 @@ def test_load_dir_draws_progress_bars_when_asked(store, tmp_path, capsys):
     for file_kind, rows in (("store_status.csv", 5), ("menu_hours.csv", 1), ("timezones.csv", 1)):
         assert f"loading {file_kind}: 100%" in err and f"| {rows}/{rows} [" in err and "row/s]" in err
     assert err.endswith("\n")  # the finished bars stay on screen
+
+
+# --------------------------------------------------------------------------- the stores' decorated methods (mutation run K)
+
+
+STALE = "the worker running this report stopped (no heartbeat); trigger it again"
+
+
+def test_a_failed_report_records_when_it_ended(store):
+    from tests.conftest import force_report_state
+
+    for report_id in ("f" * 32, "s" * 32):
+        store.create_report(report_id, None)
+    store.fail_report("f" * 32, "the engine stopped")
+    force_report_state(store, "s" * 32, heartbeat_age=120)
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 1
+    for report_id, error in (("f" * 32, "the engine stopped"), ("s" * 32, STALE)):
+        report = store.find_report(report_id)
+        assert (report["status"], report["error"]) == ("Failed", error)
+        assert report["finished_at"] is not None and report["finished_at"] >= report["created_at"]
+
+
+def test_an_empty_csv_is_stored_and_read_back_empty(store):
+    store.create_report("e" * 32, None)
+    store.complete_report("e" * 32, b"", 0)
+    report = store.find_report("e" * 32)
+    assert (report["status"], report["csv_bytes"]) == ("Complete", 0)
+    assert store.read_report_csv(report) == b""
+
+
+def test_a_progress_update_is_a_heartbeat(store):
+    from tests.conftest import force_report_state
+
+    store.create_report("h" * 32, None)
+    force_report_state(store, "h" * 32, heartbeat_age=120)
+    store.update_report("h" * 32, progress={"done": 1, "total": 2})
+    assert store.fail_stale_reports(dt.timedelta(seconds=60)) == 0
+    assert store.find_report("h" * 32)["status"] == "Running"

@@ -1120,3 +1120,14 @@ def test_an_upload_stops_after_the_block_whose_checks_pass_the_limit(monkeypatch
         "store_status.csv: stopped reading at line 5: 4 of 4 rows read were rejected (more than 3 and 25%), so "
         f"the whole file is rejected and nothing from it was loaded; first rejects: line 2: {online}; "
         f"line 3: {online}; line 4: {online}")
+
+def test_reject_reasons_are_kept_up_to_the_limit_and_only_counted_beyond(monkeypatch):
+    monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 3)
+    parsed = sources.Parsed("store_status.csv", pd.DataFrame())
+    parsed.reject([2, 3], ["bad a", "bad b"])
+    assert parsed.room == 1
+    parsed.reject([4, 5, 6], ["bad c", "bad d", "bad e"])
+    assert parsed.room == 0 and parsed.rejected == 5
+    parsed.reject([7], ["bad f"])
+    assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "bad a"), (3, "bad b"), (4, "bad c")]
+    assert parsed.rejected == 6

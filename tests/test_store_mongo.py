@@ -765,3 +765,265 @@ def test_csv_chunks_stay_under_the_document_limit(mongo):
     assert len(chunks) == -(-len(payload) // store_mongo.CSV_CHUNK_BYTES) == 3
     assert all(len(bson.encode(chunk)) < store_mongo.BSON_DOCUMENT_LIMIT for chunk in chunks)
     assert mongo.read_report_csv(mongo.find_report("c" * 32)) == payload
+
+
+# --------------------------------------------------------------------------- the decorated methods (mutation run K)
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """The client's clock (mongomock's stand-in for the server's) held still, moved by hand: clock[0]."""
+    clock = [dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)]
+    monkeypatch.setattr(store_mongo, "now_utc", lambda: clock[0])
+    monkeypatch.setattr(database, "LEASE_SECONDS", 60)
+    return clock
+
+
+def test_renewing_a_lease_pushes_only_that_holders_expiry_a_lease_period_ahead(mongo, frozen_clock):
+    start = frozen_clock[0]
+    assert mongo._try_lease("read", "r1") and mongo._try_lease("read", "r2")
+    frozen_clock[0] = start + dt.timedelta(seconds=30)
+    assert mongo._renew_lease("read", "r1") is True
+    lock = mongo.db["locks"].find_one({"_id": "data"})
+    assert lock["readers"] == [{"holder": "r1", "expires": start + dt.timedelta(seconds=90)},
+                               {"holder": "r2", "expires": start + dt.timedelta(seconds=60)}]
+    assert mongo._renew_lease("write", "r1") is False  # not in that mode
+    mongo._release_lease("read", "r1")
+    mongo._release_lease("read", "r2")
+    assert mongo._try_lease("write", "w")
+    frozen_clock[0] = start + dt.timedelta(seconds=45)
+    assert mongo._renew_lease("write", "w") is True
+    assert mongo.db["locks"].find_one({"_id": "data"})["writer"] == {
+        "holder": "w", "expires": start + dt.timedelta(seconds=105)}
+    assert mongo._renew_lease("write", "someone else") is False
+    assert mongo._renew_lease("read", "w") is False
+
+
+def test_stored_polls_are_the_documented_documents_on_the_insert_and_the_upsert_path(mongo):
+    """{store_id, timestamp_us, timestamp_utc (the BSON date: whole milliseconds, for people), status}."""
+    first = pd.DataFrame({"store_id": ["a", "b"], "timestamp_us": [1_674_554_400_123_999, 1_674_558_000_000_001],
+                          "active": [True, False]})
+    mongo.load_polls(first)  # into an empty collection: plain inserts
+    later = pd.DataFrame({"store_id": ["a", "c"], "timestamp_us": [1_674_554_400_123_999, 1_674_561_600_999_500],
+                          "active": [False, False]})
+    mongo.load_polls(later)  # into a collection with polls: upserts (one key again, one new)
+    stored = sorted(mongo.db[database.STATUS].find({}, {"_id": 0}), key=lambda d: d["store_id"])
+    utc = dt.timezone.utc
+    assert stored == [
+        {"store_id": "a", "timestamp_us": 1_674_554_400_123_999, "status": "inactive",
+         "timestamp_utc": dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=utc)},
+        {"store_id": "b", "timestamp_us": 1_674_558_000_000_001, "status": "inactive",
+         "timestamp_utc": dt.datetime(2023, 1, 24, 11, 0, 0, tzinfo=utc)},
+        {"store_id": "c", "timestamp_us": 1_674_561_600_999_500, "status": "inactive",
+         "timestamp_utc": dt.datetime(2023, 1, 24, 12, 0, 0, 999_000, tzinfo=utc)},
+    ]
+
+
+def test_a_fresh_load_that_meets_a_racing_load_keeps_every_poll(mongo, monkeypatch):
+    """Into an empty collection the polls are inserted unordered: a key another load wrote in the meantime
+    fails alone (and is upserted after), the polls after it still land."""
+    mongo.migrate()  # the unique key, as on a server
+    real_insert_many = mongomock.collection.Collection.insert_many
+
+    def racing_insert_many(self, documents, *args, **kwargs):
+        real_insert_many(self, [{**documents[1], "status": "active"}])  # the other load's copy of the second poll
+        return real_insert_many(self, documents, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_many", racing_insert_many)
+    frame = pd.DataFrame({"store_id": ["s0", "s1", "s2"], "timestamp_us": [1000, 2000, 3000],
+                          "active": [False, False, False]})
+    assert mongo.load_polls(frame) == 3
+    stored = {d["store_id"]: d["status"] for d in mongo.db[database.STATUS].find()}
+    assert stored == {"s0": "inactive", "s1": "inactive", "s2": "inactive"}  # this load's status wins
+
+
+def test_upserts_are_sent_unordered_so_one_racing_key_does_not_stop_the_rest(mongo, monkeypatch):
+    """Two loads upserting one new key at once: the server fails one upsert (duplicate key); in an unordered
+    bulk write the other operations still run (an ordered one stops at the first error)."""
+    mongo.load_polls(_polls_frame(1))  # not empty: the next load upserts
+    real_bulk_write = mongomock.collection.Collection.bulk_write
+
+    def racing_bulk_write(self, operations, ordered=True, **kwargs):
+        for index, operation in enumerate(operations):
+            if index == 1:  # lost the race: the server reports it and goes on only when unordered
+                if ordered:
+                    break
+                continue
+            real_bulk_write(self, [operation], ordered=ordered, **kwargs)
+        raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
+                              "writeConcernErrors": [], "nInserted": 0, "nUpserted": len(operations) - 1})
+
+    monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", racing_bulk_write)
+    frame = pd.DataFrame({"store_id": ["n0", "n1", "n2"], "timestamp_us": [5000, 6000, 7000], "active": [True] * 3})
+    assert mongo.load_polls(frame) == 3
+    assert sorted(d["store_id"] for d in mongo.db[database.STATUS].find({"store_id": {"$in": ["n0", "n2"]}})) == [
+        "n0", "n2"]
+
+
+def test_a_retried_completion_leaves_one_copy_of_each_chunk(mongo, monkeypatch):
+    monkeypatch.setattr(store_mongo, "CSV_CHUNK_BYTES", 4)
+    mongo.create_report("k" * 32, None)
+    calls = flaky(monkeypatch, "update_one", [AutoReconnect("answer lost")])  # the final update: all again
+    mongo.complete_report("k" * 32, b"abcdefghij", 2)
+    assert calls["n"] == 2
+    chunks = sorted((d["n"], d["data"]) for d in mongo.db[store_mongo.REPORT_CHUNKS].find({"report_id": "k" * 32}))
+    assert chunks == [(0, b"abcd"), (1, b"efgh"), (2, b"ij")]
+    record = mongo.db[database.REPORTS].find_one({"report_id": "k" * 32})
+    assert (record["csv_chunks"], record["csv_bytes"]) == (3, 10)
+    assert mongo.read_report_csv(mongo.find_report("k" * 32)) == b"abcdefghij"
+
+
+def test_a_completion_after_a_failed_longer_one_drops_the_extra_chunks(mongo, monkeypatch):
+    monkeypatch.setattr(store_mongo, "CSV_CHUNK_BYTES", 4)
+    mongo.create_report("k" * 32, None)
+    flaky(monkeypatch, "update_one", [OperationFailure("unauthorized", 13)])  # not retried: the job fails
+    with pytest.raises(OperationFailure):
+        mongo.complete_report("k" * 32, b"abcdefghij", 2)  # three chunks stored, the record not updated
+    mongo.complete_report("k" * 32, b"abcde", 1)  # the job run again, with a shorter CSV: two chunks
+    assert sorted(d["n"] for d in mongo.db[store_mongo.REPORT_CHUNKS].find({"report_id": "k" * 32})) == [0, 1]
+    assert mongo.read_report_csv(mongo.find_report("k" * 32)) == b"abcde"
+
+
+def test_report_store_ids_falls_back_to_a_group_when_distinct_is_too_big(mongo, monkeypatch):
+    """A server refuses distinct when its answer passes 16 MB; the $group pipeline gives the same ids."""
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
+                       b"b,active,2023-01-24T10:00:00Z\na,active,2023-01-24T11:00:00Z\n"
+                       b"c,active,2023-01-24T12:00:00Z\nb,inactive,2023-01-24T12:30:00Z\n")
+    at_noon = utils.datetime_to_us(dt.datetime(2023, 1, 24, 12, tzinfo=dt.timezone.utc))
+    assert mongo.report_store_ids(at_noon - 1) == ["a", "b"]
+
+    def too_big(self, *args, **kwargs):
+        raise OperationFailure("distinct too big, 16mb cap", 17217)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "distinct", too_big)
+    assert mongo.report_store_ids(at_noon - 1) == ["a", "b"]
+    assert mongo.report_store_ids(FAR_FUTURE_US) == ["a", "b", "c"]
+
+
+def test_the_arrow_path_reads_only_the_chunks_stores_and_window(mongo, monkeypatch):
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
+                       b"a,active,2023-01-24T10:00:00Z\nb,active,2023-01-24T11:00:00Z\n"
+                       b"a,inactive,2023-01-24T12:00:00Z\na,active,2023-01-24T14:00:00Z\n")
+    now_us = utils.datetime_to_us(dt.datetime(2023, 1, 24, 13, tzinfo=dt.timezone.utc))
+    by_dicts = mongo.read_chunk(["a"], now_us - utils.WEEK_US, now_us)
+
+    def find_raw_batches(self, query, projection, batch_size=2):
+        return raw_batches(list(self.find(query)), 2, projection)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "find_raw_batches", find_raw_batches, raising=False)
+    mongo.kind = "mongodb"  # read as on a server
+    by_arrow = mongo.read_chunk(["a"], now_us - utils.WEEK_US, now_us)
+    for arrow_frame, dict_frame in zip(by_arrow, by_dicts):
+        pd.testing.assert_frame_equal(arrow_frame, dict_frame, check_exact=True)
+    assert list(by_arrow[0]["timestamp_us"]) == [now_us - 3 * 3_600_000_000, now_us - 3_600_000_000]
+
+
+def test_read_chunk_gives_every_poll_from_the_look_back_on(mongo):
+    """Polls from LOOKBACK_US (3 h) before the window on, and none older once a store has one there."""
+    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
+                       b"a,active,2023-01-24T05:00:00Z\na,inactive,2023-01-24T08:00:00Z\n"
+                       b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:30:00Z\n")
+    since = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.timezone.utc))
+    polls = mongo.read_chunk(["a"], since, since + 3 * 3_600_000_000)[0]
+    hour = 3_600_000_000
+    assert list(polls["timestamp_us"]) == [since - 2 * hour, since, since + hour + hour // 2]
+
+
+def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_changes_nothing(mongo):
+    mongo.create_report("r" * 32, 1674555240000000)
+    doc = mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0})
+    created = doc.pop("created_at")
+    assert isinstance(created, dt.datetime) and doc.pop("heartbeat_at") == created
+    assert doc == {"report_id": "r" * 32, "status": "Running", "finished_at": None,
+                   "requested_as_of_us": 1674555240000000, "as_of_us": None, "progress": {"done": 0, "total": None},
+                   "row_count": None, "error": None, "csv_chunks": None, "csv_bytes": None}
+    mongo.create_report("r" * 32, None)  # a retry after a lost answer
+    assert mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0}) == {
+        **doc, "created_at": created, "heartbeat_at": created}
+
+
+def test_a_writer_whose_lease_expired_gives_way_to_a_new_writer(mongo):
+    assert mongo._try_lease("write", "dead")
+    assert not mongo._try_lease("write", "w")  # alive: w waits
+    mongo.db["locks"].update_one({"_id": "data"},
+                                 {"$set": {"writer.expires": dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)}})
+    assert mongo._try_lease("write", "w")
+    assert mongo.db["locks"].find_one({"_id": "data"})["writer"]["holder"] == "w"
+
+
+def test_a_writers_retry_after_a_lost_answer_finds_its_lease_held(mongo):
+    assert mongo._try_lease("write", "w")
+    assert mongo._try_lease("write", "w") is True  # the first answer was lost: the retry says yes
+    assert mongo.db["locks"].find_one({"_id": "data"})["waiting"] is None
+
+
+def test_a_writer_that_took_the_lease_leaves_the_waiting_mark_to_the_next_writer(mongo):
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w1")  # marks itself waiting
+    mongo._release_lease("read", "r")
+    assert mongo._try_lease("write", "w1")  # takes the lease and clears its mark
+    assert not mongo._try_lease("write", "w2")  # so w2 can mark itself waiting
+    mongo._release_lease("write", "w1")
+    assert not mongo._try_lease("read", "r2")  # w2 waits: a new reader is refused
+    assert mongo._try_lease("write", "w2")
+
+
+def test_the_lock_document_starts_with_no_writer_no_readers_and_no_one_waiting(mongo):
+    mongo._ensure_lock_doc()
+    mongo._ensure_lock_doc()  # a second process: nothing changes
+    assert list(mongo.db["locks"].find()) == [{"_id": "data", "writer": None, "readers": [], "waiting": None}]
+
+
+def test_a_readers_retry_after_a_lost_answer_finds_its_lease_held(mongo):
+    """The first attempt took the read lease but its answer was lost: the retry says yes, without a second slot,
+    even though a writer has started waiting since."""
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w")  # marks itself waiting: new readers are refused
+    assert mongo._try_lease("read", "r") is True
+    assert [slot["holder"] for slot in mongo.db["locks"].find_one({"_id": "data"})["readers"]] == ["r"]
+
+
+def test_a_writer_waiting_first_goes_before_a_writer_that_comes_later(mongo):
+    assert mongo._try_lease("read", "r")
+    assert not mongo._try_lease("write", "w1")  # marks itself waiting
+    mongo._release_lease("read", "r")
+    assert not mongo._try_lease("write", "w2")  # the lease is free, but w1 waits (alive) before it
+    assert mongo._try_lease("write", "w1")
+
+
+def test_the_mark_of_a_waiting_writer_that_died_stops_no_one(mongo, frozen_clock):
+    assert mongo._try_lease("read", "r1")
+    assert not mongo._try_lease("write", "w1")  # marks itself waiting, then stops trying (its process died)
+    frozen_clock[0] += dt.timedelta(seconds=61)  # past the mark's expiry (and r1's: it did not renew)
+    assert mongo._try_lease("read", "r2")  # a new reader is not held off by the dead mark
+    assert [slot["holder"] for slot in mongo.db["locks"].find_one({"_id": "data"})["readers"]] == ["r2"]
+    mongo._release_lease("read", "r2")
+    assert mongo._try_lease("write", "w2")  # nor is another writer
+
+
+def test_a_call_still_failing_when_its_retry_time_is_up_raises_its_own_error(mongo):
+    mongo.job_retry_seconds = 0  # no time to retry: the first failure is the last
+    attempts = []
+
+    def read(self, a, *, b):
+        attempts.append((a, b))
+        if len(attempts) < 5:
+            raise AutoReconnect("down")
+        return a + b
+
+    with pytest.raises(AutoReconnect, match="down"):
+        store_mongo.retried(read)(mongo, 1, b=2)
+    assert attempts == [(1, 2)]
+
+
+def test_a_retried_call_inside_a_request_gets_its_arguments_and_is_not_retried(mongo):
+    attempts = []
+
+    def read(self, a, *, b):
+        attempts.append((a, b))
+        raise AutoReconnect("down")
+
+    with store_mongo._request_scope(5):
+        with pytest.raises(AutoReconnect):
+            store_mongo.retried(read)(mongo, 1, b=2)
+    assert attempts == [(1, 2)]
