@@ -178,9 +178,11 @@ def wipe_polls(store: database.Store) -> None:
 
 def force_report_state(store: database.Store, report_id: str, *, status: str | None = None,
                        heartbeat_age: float | None = None, progress: dict | None = None,
-                       error: str | None = None) -> None:
-    """Overwrite a stored report's fields (heartbeat_age: seconds in the past)."""
+                       error: str | None = None, finished: "dt.datetime | None" = None) -> None:
+    """Overwrite a stored report's fields (heartbeat_age: seconds in the past; finished: its finish time)."""
     import datetime as dt
+
+    import utils
 
     beat = None if heartbeat_age is None else database.now_utc() - dt.timedelta(seconds=heartbeat_age)
     if store.kind == "sqlite":
@@ -194,10 +196,13 @@ def force_report_state(store: database.Store, report_id: str, *, status: str | N
             values += [progress["done"], progress["total"], progress.get("phase")]
         if error is not None:
             sets.append("error = ?"), values.append(error)
+        if finished is not None:
+            sets.append("finished_us = ?"), values.append(utils.datetime_to_us(finished))
         store._connection().execute(f"UPDATE reports SET {', '.join(sets)} WHERE report_id = ?", (*values, report_id))
         return
     fields = {key: value for key, value in
-              {"status": status, "heartbeat_at": beat, "progress": progress, "error": error}.items()
+              {"status": status, "heartbeat_at": beat, "progress": progress, "error": error,
+               "finished_at": finished}.items()
               if value is not None}
     store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": fields})
 

@@ -23,8 +23,8 @@ import pytest
 import database
 import sources
 import utils
-from tests.conftest import (FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, free_port, hours_of, polls_of,
-                            write_data_dir)
+from tests.conftest import (FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, force_report_state, free_port,
+                            hours_of, polls_of, write_data_dir)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,7 +163,6 @@ def test_report_lifecycle(store):
 
 
 def test_stale_reports_are_failed_and_live_ones_kept(store):
-    from tests.conftest import force_report_state
 
     store.create_report("1" * 32, None)
     store.create_report("2" * 32, None)
@@ -442,15 +441,6 @@ def test_report_csv_chunks_reassembled_in_order_whatever_order_they_come_in(monk
 # --------------------------------------------------------------------------- pinned by mutation testing
 
 
-def _set_finished(store: database.Store, report_id: str, finished: dt.datetime) -> None:
-    """Back-date a finished report's finish time (under the contract: no method sets it)."""
-    if store.kind == "sqlite":
-        store._connection().execute("UPDATE reports SET finished_us = ? WHERE report_id = ?",
-                                    (utils.datetime_to_us(finished), report_id))
-    else:
-        store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": {"finished_at": finished}})
-
-
 def test_list_reports_gives_twenty_by_default(store):
     ids = [f"{n:032d}" for n in range(21)]  # created in this order, so newest first is the reverse
     for report_id in ids:
@@ -459,7 +449,6 @@ def test_list_reports_gives_twenty_by_default(store):
 
 
 def test_a_heartbeat_younger_than_the_limit_is_not_stale(store):
-    from tests.conftest import force_report_state
 
     store.create_report("1" * 32, None)
     force_report_state(store, "1" * 32, heartbeat_age=45)
@@ -477,7 +466,7 @@ def test_delete_finished_reports_by_age_and_by_count_never_a_running_one(store):
         store.complete_report(report_id, b"store_id\n" + report_id.encode() + b"\n", 1)
     store.fail_report(ids[3], "broken")  # ids[4] stays Running
     now = database.now_utc()
-    _set_finished(store, ids[0], now - dt.timedelta(hours=2))
+    force_report_state(store, ids[0], finished=now - dt.timedelta(hours=2))
 
     def listed():
         return sorted(r["report_id"] for r in store.list_reports(limit=100))
@@ -798,7 +787,6 @@ STALE = "the worker running this report stopped (no heartbeat); trigger it again
 
 
 def test_a_failed_report_records_when_it_ended(store):
-    from tests.conftest import force_report_state
 
     for report_id in ("f" * 32, "s" * 32):
         store.create_report(report_id, None)
@@ -820,7 +808,6 @@ def test_an_empty_csv_is_stored_and_read_back_empty(store):
 
 
 def test_a_progress_update_is_a_heartbeat(store):
-    from tests.conftest import force_report_state
 
     store.create_report("h" * 32, None)
     force_report_state(store, "h" * 32, heartbeat_age=120)
