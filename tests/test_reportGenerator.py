@@ -1,7 +1,11 @@
 """The report job (reportGenerator.py): CSV mode, chunking, agreement with the API and the reference."""
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
+import subprocess
+import sys
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +29,13 @@ def test_cli_writes_the_hand_worked_report(data_dir, tmp_path, capsys):
     assert list(written.columns) == utils.REPORT_COLUMNS
     assert written.to_dict("records") == TINY_REPORT
     assert "wrote 3 stores" in capsys.readouterr().err
+
+
+def test_cli_tunes_the_allocator_for_its_one_run(data_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reportGenerator, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(tmp_path / "r.csv")]) == 0
+    assert calls == [1]
 
 
 def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
@@ -63,6 +74,27 @@ def test_worker_processes_give_the_same_report():
     assert_is_the_reference(shared)
 
 
+@pytest.mark.parametrize("cores", [1, 2, 3])
+def test_engine_threads_give_the_same_report_in_order(monkeypatch, cores):
+    """With two or more cores the chunks are computed by threads; the rows stay in store order."""
+    threads, progress = set(), []
+    real = utils.coded_uptime_ticks
+
+    def spy(coded, now_us):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return real(coded, now_us)
+
+    monkeypatch.setattr(reportGenerator, "usable_cores", lambda: cores)
+    monkeypatch.setattr(utils, "coded_uptime_ticks", spy)
+    report, _, _ = reportGenerator.report_from_dir(SAMPLE, on_progress=lambda done, total: progress.append(done))
+    assert_is_the_reference(report)
+    workers = min(cores, reportGenerator.ENGINE_THREADS)
+    size = 200 if workers == 1 else -(-200 // (reportGenerator.CHUNKS_PER_WORKER * workers))  # 200 stores
+    assert progress == [min(done, 200) for done in range(size, 200 + size, size)]
+    assert len(progress) == (1 if workers == 1 else reportGenerator.CHUNKS_PER_WORKER * workers)
+    assert threads == ({"MainThread"} if workers == 1 else {"engine"})
+
+
 def test_cli_csv_on_the_sample_is_the_reference(tmp_path):
     """The CLI's CSV file, read back, holds the reference's figures (the API's CSV equals it, below)."""
     output = tmp_path / "cli.csv"
@@ -94,6 +126,42 @@ def test_the_command_line_default_uses_one_process_on_small_data(tmp_path, monke
     assert reportGenerator.main([*common, "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
     assert chosen == [1, 2]
     assert (tmp_path / "r.csv").read_bytes() == (tmp_path / "r2.csv").read_bytes()
+
+
+KEEP_FREED_MEMORY = """
+import ctypes, sys
+import numpy as np
+import reportGenerator
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "tuned":
+    assert reportGenerator.keep_freed_memory()
+array = np.ones(30 << 17)  # 30 MB
+held = libc.mallinfo2()
+del array
+freed = libc.mallinfo2()
+print(held.hblkhd >> 20, freed.fordblks >> 20)  # MB in mappings of their own while held; MB the heap keeps, freed
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc 2.33 or later")
+def test_the_command_line_keeps_the_memory_it_frees():
+    """After keep_freed_memory a 30 MB array comes from the heap, and the heap keeps it once freed
+    (by default glibc maps it on its own and unmaps it when it is freed)."""
+    def run(mode: str) -> list[int]:
+        done = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY, mode], capture_output=True, text=True,
+                              cwd=Path(reportGenerator.__file__).parent, check=True)
+        return [int(word) for word in done.stdout.split()]
+
+    mapped, kept = run("default")
+    assert mapped >= 30 and kept < 30
+    mapped, kept = run("tuned")
+    assert mapped < 30 and kept >= 30
 
 
 def test_chunk_bounds_cover_every_store_once():

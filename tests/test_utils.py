@@ -649,6 +649,40 @@ def test_stable_argsort_in_two_halves_property(keys):
     assert order.tolist() == sorted(range(len(keys)), key=lambda i: (keys[i], i))
 
 
+@pytest.mark.parametrize("cores", [1, 2])
+@settings(max_examples=examples(200), deadline=None)
+@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 3), max_size=300),
+       st.integers(0, 70))
+def test_stable_argsort_by_buckets_any_int64(cores, keys, spread):
+    # keys anywhere in int64 (the bucket pass must not overflow) mixed with close ones and repeats,
+    # optionally stretched so that the top bits of the offset fall in different buckets
+    keys = np.array([k << min(spread, 60) if -8 < k < 8 else k for k in keys], dtype=np.int64)
+    saved = utils.SPLIT_SORT_MIN, utils._cores
+    utils.SPLIT_SORT_MIN, utils._cores = 1, lambda: cores
+    try:
+        order = utils.stable_argsort(keys)
+    finally:
+        utils.SPLIT_SORT_MIN, utils._cores = saved
+    assert order.tolist() == sorted(range(len(keys)), key=lambda i: (int(keys[i]), i))
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [2**63 - 1, -(2**63), 0, -1, 2**63 - 1, -(2**63)],  # the ends of int64, each twice
+        [3, 1 << 40, 2, (1 << 40) + 1, 1, 0, 1 << 40],  # two far-apart groups: each is one bucket
+        [1 << 50, 0, 0, 1 << 50, 0, 0, 1 << 50, 0, 1 << 50],  # the middle key's bucket starts the array
+        list(range(70_000, 0, -1)),  # more distinct keys than buckets, reversed
+    ],
+)
+def test_stable_argsort_by_buckets_examples(monkeypatch, cores, keys):
+    monkeypatch.setattr(utils, "SPLIT_SORT_MIN", 2)
+    monkeypatch.setattr(utils, "_cores", lambda: cores)
+    keys = np.array(keys, dtype=np.int64)
+    assert utils.stable_argsort(keys).tolist() == np.argsort(keys, kind="stable").tolist()
+
+
 def test_polls_already_in_order_but_repeated_keep_the_later_row_last():
     # in (store, time) order but 17:30 twice: the order check must not take them as sorted
     store = pd.Categorical(["s", "s", "s"], categories=["s"])
