@@ -507,12 +507,9 @@ def parse_timestamps_us(values) -> np.ndarray:
     pandas takes the rest.
     """
     values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
-    if len(values) and not values.null_count and pc.all(pc.ends_with(values, " UTC")).as_py():
-        try:  # the export's own form, with nothing around it to trim: most files
-            return _in_datetime_range(pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
-                                      .cast(pa.int64()).to_numpy(zero_copy_only=False))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
+    stamps = _parse_export_form(values)
+    if stamps is not None:
+        return stamps
     text = _trimmed(values)
     if len(text) and pc.all(pc.ends_with(text, " UTC")).as_py():
         plain = pc.utf8_slice_codeunits(text, 0, -4)
@@ -530,6 +527,18 @@ def parse_timestamps_us(values) -> np.ndarray:
     ok = parsed.notna().to_numpy()
     result[ok] = parsed[ok].dt.as_unit("us").dt.tz_convert(None).to_numpy().astype(np.int64)
     return _in_datetime_range(result)
+
+
+def _parse_export_form(values) -> np.ndarray | None:
+    """`parse_timestamps_us` for text that is all in the export's own form with nothing around it to trim
+    (most files), in one Arrow cast; None, quickly, for anything else."""
+    if len(values) and not values.null_count and pc.all(pc.ends_with(values, " UTC")).as_py():
+        try:
+            return _in_datetime_range(pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
+                                      .cast(pa.int64()).to_numpy(zero_copy_only=False))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return None
 
 
 _FIRST_US, _LAST_US = -62135596800000000, 253402300799999999  # 0001-01-01 and 9999-12-31T23:59:59.999999 UTC
@@ -732,12 +741,21 @@ def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
 
 
 def _check_polls(check: Checker) -> dict:
-    """Run the poll checks on one block of rows; returns its good rows (store ids still strings)."""
-    store_id = _check_store_ids(check)
-    status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
-    check.fail(~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
-               lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)")
-    if check.ok.all():
+    """Run the poll checks on one block of rows; returns its good rows (store ids still strings).
+
+    Timestamps in the export's own form are parsed in a second thread while the store ids and
+    statuses are checked (Arrow lets go of the GIL).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse-timestamps") as pool:
+        export_form = pool.submit(_parse_export_form, check.raw.columns["timestamp_utc"])
+        store_id = _check_store_ids(check)
+        status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
+        check.fail(~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
+                   lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)")
+        export_form = export_form.result()
+    if export_form is not None:  # (rows rejected already keep their stamp, unread)
+        stamp = export_form
+    elif check.ok.all():
         stamp = parse_timestamps_us(check.raw.columns["timestamp_utc"])
     else:
         stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)

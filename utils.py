@@ -361,23 +361,34 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     same.  With two cores the buckets are cut in two at a bucket boundary and
     each part is sorted in its own thread (numpy lets go of the GIL while it
     sorts); every key of the first part is below every key of the second.
+    Temporaries are few and freed early: on a virtual machine fresh memory is
+    slower to touch than the sort itself.
     """
     keys = np.asarray(keys, dtype=np.int64)
-    if keys.size < 2:
-        return np.arange(keys.size, dtype=np.intp)
-    low = keys.min()
-    offset = keys.view(np.uint64) - low.astype(np.uint64)  # below 2**64 even from -2**63: no overflow
+    n = keys.size
+    if n < 2:
+        return np.arange(n, dtype=np.intp)
+    offset = keys.view(np.uint64) - keys.min().astype(np.uint64)  # below 2**64 even from -2**63: no overflow
     shift = max(0, int(offset.max()).bit_length() - BUCKET_BITS)
-    by_bucket = np.argsort((offset >> np.uint64(shift)).astype(np.uint16), kind="stable")
+    offset >>= np.uint64(shift)
+    bucket = offset.astype(np.uint16)
+    del offset
+    by_bucket = np.argsort(bucket, kind="stable")
     grouped = keys[by_bucket]
-    if keys.size < max(SPLIT_SORT_MIN, 2) or _cores() < 2:
+    if n < max(SPLIT_SORT_MIN, 2) or _cores() < 2:
         return by_bucket[np.argsort(grouped, kind="stable")]
-    buckets = (offset[by_bucket] >> np.uint64(shift)).astype(np.uint16)
-    cut = int(np.searchsorted(buckets, buckets[keys.size // 2]))  # where the middle key's bucket starts
-    parts = ((0, cut), (cut, keys.size))
+    sorted_buckets = bucket[by_bucket]
+    del bucket
+    cut = int(np.searchsorted(sorted_buckets, sorted_buckets[n // 2]))  # where the middle key's bucket starts
+    del sorted_buckets
+    order = np.empty(n, dtype=np.intp)
+
+    def sort_part(part: slice) -> None:
+        np.take(by_bucket[part], np.argsort(grouped[part], kind="stable"), out=order[part])
+
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sort") as pool:
-        orders = list(pool.map(lambda part: np.argsort(grouped[part[0]:part[1]], kind="stable") + part[0], parts))
-    return by_bucket[np.concatenate(orders)]
+        list(pool.map(sort_part, (slice(0, cut), slice(cut, n))))
+    return order
 
 
 def last_of_each_instant(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
