@@ -19,6 +19,7 @@ import csv
 import ctypes
 import datetime as dt
 import importlib.util
+import io
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 import sources
 import utils
@@ -222,8 +226,54 @@ def store_ids_from_csv(values: pd.Series) -> pd.Series:
     return text.where(~quoted, text.str.slice(1))
 
 
+# ".0", ".01", ... ".09", ".1", ".11", ...: what Python's repr writes after the point of a number of whole cents
+CENTS_AFTER_POINT = pa.array(["." + (str(cents // 10) if cents % 10 == 0 else f"{cents:02d}") for cents in range(100)])
+NEEDS_QUOTES = '[,"\r\n]'
+
+
+def _figures_as_text(values: np.ndarray) -> pa.Array | None:
+    """Report figures (rounded to 2 places) as text, exactly as `repr` writes them: None when any is not
+    a whole number of cents, from 0 to 2**53, for then only the general writer is sure to write the same.
+
+    A figure equal to c / 100 for a whole c is the double nearest to c hundredths, so its shortest text
+    that reads back the same (which repr writes) is c hundredths without trailing zeros.
+    """
+    cents = np.rint(values * 100)
+    if not ((cents >= 0).all() and (cents < 2**53).all() and (cents / 100 == values).all()):  # (NaN fails each)
+        return None
+    cents = cents.astype(np.int64)
+    return pc.binary_join_element_wise(pc.cast(pa.array(cents // 100), pa.string()),
+                                       CENTS_AFTER_POINT.take(pa.array(cents % 100)), "")
+
+
+def _report_csv_arrow(report: pd.DataFrame) -> bytes | None:
+    """`report_csv_bytes` by pyarrow's CSV writer (a few times quicker than pandas'), for the usual report:
+    no store id needs quotes and every figure is a whole number of cents.  None otherwise."""
+    store_ids = pa.array(report["store_id"].astype(str), pa.string())
+    if pc.any(pc.match_substring_regex(store_ids, NEEDS_QUOTES)).as_py():
+        return None
+    risky = pc.starts_with(store_ids, FORMULA_STARTS[0])
+    for start in FORMULA_STARTS[1:]:
+        risky = pc.or_(risky, pc.starts_with(store_ids, start))
+    columns = {"store_id": pc.if_else(risky, pc.binary_join_element_wise("'", store_ids, ""), store_ids)}
+    for name in utils.REPORT_COLUMNS[1:]:
+        columns[name] = _figures_as_text(report[name].to_numpy(dtype=np.float64))
+        if columns[name] is None:
+            return None
+    out = io.BytesIO()
+    out.write((",".join(utils.REPORT_COLUMNS) + "\n").encode())
+    pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+    return out.getvalue()
+
+
 def report_csv_bytes(report: pd.DataFrame) -> bytes:
     """The report as CSV; store ids that a spreadsheet would take for a formula are neutralised."""
+    fast = _report_csv_arrow(report)
+    return fast if fast is not None else _report_csv_pandas(report)
+
+
+def _report_csv_pandas(report: pd.DataFrame) -> bytes:
+    """`report_csv_bytes` by pandas' CSV writer, for any report."""
     quoting = csv.QUOTE_MINIMAL
     if len(report):
         report = report.assign(store_id=neutralise_cells(report["store_id"]))

@@ -9,14 +9,17 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import database
 import reportGenerator
 import sources
 import utils
-from tests.conftest import TINY_REPORT
+from tests.conftest import TINY_REPORT, examples
 from tests.reference import reference_report, reference_ticks
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data"
@@ -242,3 +245,61 @@ def test_parse_as_of(text, expected):
 def test_parse_as_of_rejects(text):
     with pytest.raises(ValueError):
         reportGenerator.parse_as_of(text)
+
+
+# --------------------------------------------------------------------------- the report's CSV text
+
+
+def report_of(store_ids: list[str], *columns) -> pd.DataFrame:
+    figures = columns or [[1.5] * len(store_ids)] * 6
+    return pd.DataFrame({"store_id": pd.array(store_ids, dtype="string"),
+                         **{name: np.asarray(values, dtype=np.float64)
+                            for name, values in zip(utils.REPORT_COLUMNS[1:], figures)}})
+
+
+def test_report_csv_by_arrow_is_pandas_text_for_every_figure_in_a_week():
+    """Every whole number of cents from 0 to 168 hours, as the engine rounds it, is written as repr
+    writes it (pandas' writer is the reference), in every column."""
+    cents = np.arange(0, 168 * 100 + 1)
+    figures = np.round(cents / 100, 2)
+    report = report_of([f"s{i}" for i in cents], *[np.roll(figures, k) for k in range(6)])
+    fast = reportGenerator._report_csv_arrow(report)
+    assert fast is not None
+    assert fast == reportGenerator._report_csv_pandas(report)
+    assert fast.splitlines()[1] == b"s0,0.0,168.0,167.99,167.98,167.97,167.96"
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.lists(st.integers(0, 7 * 86_400 * utils.TICKS_PER_SECOND), min_size=1, max_size=50))
+def test_report_csv_by_arrow_is_pandas_text_for_the_engines_figures(ticks):
+    ticks = np.array(ticks, dtype=np.int64)
+    report = utils.to_report_units(utils.ticks_frame([f"s{i}" for i in range(ticks.size)],
+                                                     {name: ticks for name in utils.REPORT_COLUMNS[1:]}))
+    fast = reportGenerator._report_csv_arrow(report)
+    assert fast is not None and fast == reportGenerator._report_csv_pandas(report)
+
+
+def test_report_csv_by_arrow_neutralises_formula_starts_as_pandas_does():
+    report = report_of(["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "42", "a-b", "a=b"])
+    fast = reportGenerator._report_csv_arrow(report)
+    assert fast is not None and fast == reportGenerator._report_csv_pandas(report)
+    assert fast.decode().splitlines()[1:4] == ["'=1+1,1.5,1.5,1.5,1.5,1.5,1.5", "'+1,1.5,1.5,1.5,1.5,1.5,1.5",
+                                              "'-2,1.5,1.5,1.5,1.5,1.5,1.5"]
+
+
+@pytest.mark.parametrize("store_id", ["a,b", 'a"b', "a\rb", "a\nb", "\ry"])
+def test_store_ids_that_need_quotes_go_to_pandas_writer(store_id):
+    report = report_of(["1", store_id])
+    assert reportGenerator._report_csv_arrow(report) is None
+    assert reportGenerator.report_csv_bytes(report) == reportGenerator._report_csv_pandas(report)
+
+
+@pytest.mark.parametrize("figure", [0.125, 1e-5, -1.5, float("nan"), float("inf"), 2.0**53, 0.1 + 0.2])
+def test_figures_that_are_not_whole_cents_go_to_pandas_writer(figure):
+    report = report_of(["1", "2"], *[[1.5, figure]] * 6)
+    assert reportGenerator._report_csv_arrow(report) is None
+    assert reportGenerator.report_csv_bytes(report) == reportGenerator._report_csv_pandas(report)
+
+
+def test_an_empty_report_is_its_header():
+    assert reportGenerator.report_csv_bytes(report_of([])) == (",".join(utils.REPORT_COLUMNS) + "\n").encode()
