@@ -555,10 +555,16 @@ _TIME_OF_DAY = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2}))?$"
 
 
 def parse_time_of_day(values) -> np.ndarray:
-    """Seconds after midnight (int64; -1 where not a valid `HH:MM:SS` or `HH:MM`)."""
-    text = _trimmed(values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string()))
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
+    """Seconds after midnight (int64; -1 where not a valid `HH:MM:SS` or `HH:MM`).
+
+    Each distinct text is parsed once: a file of business hours holds a few hundred.
+    """
+    distinct = Distinct(values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string()),
+                        _trimmed)
+    return _parse_times(distinct.values)[distinct.index]
+
+
+def _parse_times(text: pa.Array) -> np.ndarray:
     matched = _mask(pc.match_substring_regex(text, _TIME_OF_DAY))
     result = np.full(len(text), -1, dtype=np.int64)
     if not matched.any():

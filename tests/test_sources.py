@@ -472,6 +472,17 @@ def test_parse_time_of_day_by_hand():
         32_400, 86_399, -1, -1, -1, 25_500, -1, 0, -1, 12 * 3600 + 59 * 60 + 59]
 
 
+def test_parse_time_of_day_repeats_and_absent_fields_in_chunks():
+    """Each distinct text is parsed once and spread back to its rows, across chunks; an absent field
+    (null, from a ragged row) and white space around a time read as they do alone."""
+    import pyarrow as pa
+
+    chunks = [pa.array(["09:00", None, " 09:00", "x"]), pa.array(["23:59:59", "09:00", None, "09:00:00"]), pa.array([], pa.string())]
+    got = sources.parse_time_of_day(pa.chunked_array(chunks, pa.string()))
+    assert got.tolist() == [32_400, -1, 32_400, -1, 86_399, 32_400, -1, 32_400]
+    assert sources.parse_time_of_day([]).tolist() == []
+
+
 def test_parse_timestamps_by_hand():
     got = sources.parse_timestamps_us(["2023-01-22 12:09:39.388884 UTC", "garbage", "2023-01-22T12:09:39+01:00"])
     assert got.tolist() == [1_674_389_379_388_884, np.iinfo(np.int64).min, 1_674_385_779_000_000]
