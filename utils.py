@@ -28,6 +28,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 TICKS_PER_SECOND = 2_000_000
 TICKS_PER_US = 2
@@ -438,6 +440,14 @@ def _store_codes(store_id: pd.Series) -> tuple[np.ndarray, pd.Index]:
     return pd.factorize(store_id.to_numpy(dtype=object) if codes is not None else store_id, sort=True)
 
 
+def _positions(store_id: pd.Series, store_set: pa.Array) -> np.ndarray:
+    """Each row's store's position in `store_set` (distinct store ids), -1 for stores not in it; by
+    Arrow's hash join, which reads Arrow-backed text as it is (the files' frames) instead of making
+    a Python string of each row."""
+    found = pc.index_in(pa.array(store_id, pa.string()), value_set=store_set)
+    return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
 def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, now_us: int):
     """Number the stores with a poll at or before `now_us` (in store_id order) and sort the polls.
 
@@ -447,23 +457,23 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
     if not kept.all():
         polls = polls[kept]
     codes, store_ids = _store_codes(polls["store_id"])
-    store_index = pd.Index(store_ids)
+    store_set = pa.array(np.asarray(store_ids, dtype=object), pa.string())
     stamps = polls["timestamp_us"].to_numpy(dtype=np.int64)
     poll_store, poll_us, poll_active = _sorted_polls(codes, stamps, polls["active"].to_numpy(dtype=bool))
 
     zone_of_store = np.full(len(store_ids), DEFAULT_TIMEZONE, dtype=object)
-    z_store = store_index.get_indexer(zones["store_id"])
+    z_store = _positions(zones["store_id"], store_set)
     z_known = z_store >= 0
     zone_of_store[z_store[z_known]] = zones["timezone_str"].to_numpy(dtype=object)[z_known]
 
-    h_store = store_index.get_indexer(hours["store_id"])
+    h_store = _positions(hours["store_id"], store_set)
     h_known = h_store >= 0
     coded = CodedInputs(
         n_stores=len(store_ids),
         poll_store=poll_store,
         poll_us=poll_us,
         poll_active=poll_active,
-        hour_store=h_store[h_known].astype(np.int64),
+        hour_store=h_store[h_known],
         hour_day=hours["day"].to_numpy(dtype=np.int64)[h_known],
         hour_start_s=hours["start_s"].to_numpy(dtype=np.int64)[h_known],
         hour_end_s=hours["end_s"].to_numpy(dtype=np.int64)[h_known],
