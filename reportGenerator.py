@@ -14,6 +14,13 @@ The same engine also runs straight from CSV files with no database:
 """
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # the command line: no garbage collection while numpy, pandas and pyarrow import; they make some
+    # 60,000 objects that live as long as the run and no garbage, and each collection would walk them all
+    gc.disable()
+
 import argparse
 import csv
 import ctypes
@@ -42,6 +49,10 @@ import pyarrow.csv as pa_csv
 
 import sources
 import utils
+
+if __name__ == "__main__":
+    gc.freeze()  # the imports' objects, out of every later collection's way (the one at exit too)
+    gc.enable()
 
 
 def _lazy_import(name: str):

@@ -167,6 +167,28 @@ def test_the_command_line_keeps_the_memory_it_frees():
     assert mapped < 30 and kept >= 30
 
 
+RUN_AS_COMMAND = """
+import gc, runpy, sys
+sys.argv = ["reportGenerator.py", "--help"]
+try:
+    runpy.run_path("reportGenerator.py", run_name="__main__")
+except SystemExit:
+    pass
+print(gc.isenabled(), gc.get_freeze_count())
+"""
+
+
+def test_the_command_line_freezes_what_its_imports_made_and_collects_the_rest():
+    def run(code: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              cwd=Path(reportGenerator.__file__).parent)
+        return done.stdout.split()[-2:]
+
+    enabled, frozen = run(RUN_AS_COMMAND)
+    assert enabled == "True" and int(frozen) > 10_000  # numpy, pandas and pyarrow's objects
+    assert run("import gc, reportGenerator; print(gc.isenabled(), gc.get_freeze_count())") == ["True", "0"]
+
+
 def test_chunk_bounds_cover_every_store_once():
     for n_stores, chunk, processes in [(0, 5, 2), (1, 5, 2), (14_000, 5_000, 2), (14_000, 5_000, 1), (7, 2, 3)]:
         bounds = reportGenerator._chunk_bounds(n_stores, chunk, processes)
