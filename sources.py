@@ -433,7 +433,7 @@ class Checker:
     def finish(self) -> np.ndarray:
         rows = sorted(self.reasons)
         self.parsed.reject(self.raw.line[rows], [self.reasons[i] for i in rows], count=int((~self.ok).sum()))
-        return self.raw.line[self.ok]
+        return self.kept(self.raw.line)
 
 
 def _mask(array) -> np.ndarray:
