@@ -784,20 +784,25 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
 def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     """One frame of all blocks' good polls, store ids as a categorical in store_id order, the rows
     sorted by store and time (the order the report engine works in, so it need not sort again)."""
-    catalog: dict[str, int] = {}
-    code_parts = []
+    # each block numbers its own distinct ids; the ids of rows kept, of every block, are numbered
+    # together (one Arrow hash pass) and ranked by name: a Python loop over them cost 0.5 s at 15 M polls
+    parts, kept_ids = [], []
     for block in blocks:
-        index, ids = block.pop("store_index"), block.pop("store_ids").to_pylist()
-        to_global = np.zeros(len(ids), dtype=np.int32)
-        for value in np.flatnonzero(np.bincount(index, minlength=len(ids))):  # ids of rows kept only
-            to_global[value] = catalog.setdefault(ids[value], len(catalog))
-        code_parts.append((to_global, index))
-    names = np.array(list(catalog), dtype=object)
-    by_name = np.argsort(names, kind="stable")
+        index, ids = block.pop("store_index"), block.pop("store_ids")
+        used = np.flatnonzero(np.bincount(index, minlength=len(ids)))  # ids of rows kept only
+        parts.append((index, used, len(ids)))
+        kept_ids.append(ids.take(pa.array(used)))
+    catalog = pc.dictionary_encode(pa.concat_arrays(kept_ids))
+    names = catalog.dictionary
+    by_name = pc.sort_indices(names).to_numpy()  # (store ids are ASCII: byte order is Python's str order)
     rank = np.empty(len(names), dtype=np.int32)
     rank[by_name] = np.arange(len(names), dtype=np.int32)
-    # (values of rejected rows only keep a number 0 that no kept row uses)
-    codes = [rank[to_global][index] if len(rank) else index for to_global, index in code_parts]
+    numbers, start, codes = rank[catalog.indices.to_numpy(zero_copy_only=False)], 0, []
+    for index, used, n_ids in parts:
+        to_global = np.zeros(n_ids, dtype=np.int32)  # (values of rejected rows only keep a 0 no kept row uses)
+        to_global[used] = numbers[start : start + used.size]
+        start += used.size
+        codes.append(to_global[index])
     columns = {
         "store_id": _joined(codes),  # (there is always a block: the readers yield one even for no rows)
         **{name: _joined([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
@@ -817,7 +822,7 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
         kept = _later_row_wins(parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"],
                                "store_id and timestamp", last)
         columns = {name: kept[name].to_numpy() for name in columns}
-    categories = pd.Index(names[by_name], dtype=object)
+    categories = pd.Index(names.take(pa.array(by_name)).to_numpy(zero_copy_only=False), dtype=object)
     columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
     return pd.DataFrame(columns, copy=False)  # the arrays are the frame's own: no need to copy them again
 

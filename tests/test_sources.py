@@ -466,6 +466,24 @@ def test_a_lone_carriage_return_is_not_a_line_end():
     assert (parsed.rows_read, parsed.rejected) == (2, 1)
 
 
+@pytest.mark.parametrize("block_bytes", [40, 1 << 20])
+def test_store_ids_across_blocks_are_one_sorted_catalog(monkeypatch, block_bytes):
+    """Blocks number their own ids; the frame numbers them once, in name order: an id in several blocks,
+    in several spellings of white space, is one store; an id whose only row is rejected is none."""
+    monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
+    stamp = "2023-01-22 12:00:00 UTC"
+    rows = [f"b,active,{stamp}", f"zz,active,{stamp}", f"bad id,active,{stamp}",
+            *[f"m,active,2023-01-22 12:{i // 60:02d}:{i % 60:02d} UTC" for i in range(150)],  # past the first read
+            f" b ,inactive,2023-01-22 13:00:00 UTC", f"a,active,{stamp}", f"zz,online,{stamp}",
+            f"b,active,2023-01-22 11:00:00 UTC"]
+    parsed = status_rows("\n".join(rows) + "\n")
+    frame = parsed.frame[parsed.frame["store_id"] != "m"]
+    assert list(parsed.frame["store_id"].cat.categories) == ["a", "b", "m", "zz"]
+    assert list(zip(frame["store_id"], frame["line"])) == [("a", 156), ("b", 158), ("b", 2), ("b", 155), ("zz", 3)]
+    assert sorted(reasons(parsed)) == [4, 157]
+    assert (parsed.frame["store_id"] == "m").sum() == 150
+
+
 def test_parse_time_of_day_by_hand():
     values = ["09:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", " 7:05 ", "x", "00:00:00", "9:5", "12:59:59"]
     assert sources.parse_time_of_day(values).tolist() == [
