@@ -260,13 +260,10 @@ def _figures_as_text(values: np.ndarray) -> pa.Array | None:
 def _report_csv_arrow(report: pd.DataFrame) -> bytes | None:
     """`report_csv_bytes` by pyarrow's CSV writer (a few times quicker than pandas'), for the usual report:
     no store id needs quotes and every figure is a whole number of cents.  None otherwise."""
-    store_ids = pa.array(report["store_id"].astype(str), pa.string())
+    store_ids = pa.array(neutralise_cells(report["store_id"]), pa.string())
     if pc.any(pc.match_substring_regex(store_ids, NEEDS_QUOTES)).as_py():
         return None
-    risky = pc.starts_with(store_ids, FORMULA_STARTS[0])
-    for start in FORMULA_STARTS[1:]:
-        risky = pc.or_(risky, pc.starts_with(store_ids, start))
-    columns = {"store_id": pc.if_else(risky, pc.binary_join_element_wise("'", store_ids, ""), store_ids)}
+    columns = {"store_id": store_ids}
     for name in utils.REPORT_COLUMNS[1:]:
         columns[name] = _figures_as_text(report[name].to_numpy(dtype=np.float64))
         if columns[name] is None:

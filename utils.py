@@ -377,7 +377,7 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     del offset
     by_bucket = np.argsort(bucket, kind="stable")
     grouped = keys[by_bucket]
-    if n < max(SPLIT_SORT_MIN, 2) or _cores() < 2:
+    if n < SPLIT_SORT_MIN or _cores() < 2:
         return by_bucket[np.argsort(grouped, kind="stable")]
     sorted_buckets = bucket[by_bucket]
     del bucket
