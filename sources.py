@@ -508,8 +508,11 @@ def parse_timestamps_us(values) -> np.ndarray:
     """
     values = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
     stamps = _parse_export_form(values)
-    if stamps is not None:
-        return stamps
+    return stamps if stamps is not None else _parse_other_forms(values)
+
+
+def _parse_other_forms(values) -> np.ndarray:
+    """`parse_timestamps_us` for text that `_parse_export_form` did not take."""
     text = _trimmed(values)
     if len(text) and pc.all(pc.ends_with(text, " UTC")).as_py():
         plain = pc.utf8_slice_codeunits(text, 0, -4)
@@ -761,8 +764,8 @@ def _check_polls(check: Checker) -> dict:
         export_form = export_form.result()
     if export_form is not None:  # (rows rejected already keep their stamp, unread)
         stamp = export_form
-    elif check.ok.all():
-        stamp = parse_timestamps_us(check.raw.columns["timestamp_utc"])
+    elif check.ok.all():  # (not all in the export's form: that parse has been tried)
+        stamp = _parse_other_forms(check.raw.columns["timestamp_utc"])
     else:
         stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)
         stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
