@@ -12,6 +12,7 @@ seeded from DATA_DIR when it is empty.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hmac
 import io
 import json
@@ -19,6 +20,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,6 +58,7 @@ DEFAULTS = {
     # Host names the service answers to (Flask's TRUSTED_HOSTS, against DNS rebinding); "*" means any
     "TRUSTED_HOSTS": "localhost,127.0.0.1,::1",
     "DASK_SCHEDULER": "",  # tcp://host:port: reports run as one task per range of stores on that Dask cluster
+    "MIN_FREE_MB": 200,  # /health is 503 when the disk holding the database or the reports has less free
 }
 MAX_JSON_BYTES = 4096  # a JSON request body larger than this is refused (413) before it is parsed
 INGEST_WAIT_SECONDS = 5.0  # how long an upload waits for the one ingest slot (or the data lease), then 503
@@ -68,7 +71,14 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB",
-                    "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS")
+                    "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS", "MIN_FREE_MB")
+# the query parameters each endpoint takes; any other is a 400 that names it
+QUERY_PARAMETERS = {
+    "get_report": {"report_id", "format"},
+    "store_timeline": {"report_id"},
+    "reports": {"page", "per_page"},
+    "delete_polls": {"since", "until"},
+}
 
 
 def load_settings(config: dict | None = None) -> dict:
@@ -98,6 +108,10 @@ def create_app(config: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config.from_mapping(load_settings(config))
+    try:
+        sources.max_future_seconds()  # read again for each file; a bad value stops start-up, not an upload
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     app.json.sort_keys = False  # keep "status" first and report rows in column order
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
 
@@ -105,8 +119,12 @@ def create_app(config: dict | None = None) -> Flask:
     try:
         store = app.config.get("STORE") or database.connect(
             app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
+    except database.DatabaseRefused as error:  # another application's file, or a newer schema: left untouched
+        raise SystemExit(f"error: {error}") from None
     except (OSError, sqlite3.Error) as error:  # the embedded file cannot be created or opened
         raise SystemExit(f"error: cannot open the embedded database {app.config['EMBEDDED_DB']}: {error}") from None
+    for step in store.migrations_applied:
+        log.warning("database migrated: %s", step)
     if store.kind == "mongomock":
         log.warning("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)")
     if store.kind in ("sqlite", "mongomock"):
@@ -155,7 +173,10 @@ def _seed(app: Flask, store: database.Store) -> None:
         log.warning("%s: starting with whatever the database holds", problem)
         return
     for summary in database.seed_if_empty(store, data_dir):
-        log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
+        if summary["notes"] and not summary["loaded"]:
+            log.warning("not seeded from %s: %s", summary["file"], "; ".join(summary["notes"]))
+        else:
+            log.info("seeded %s: %d loaded, %d rejected", summary["file"], summary["loaded"], summary["rejected"])
 
 
 def _store() -> database.Store:
@@ -168,6 +189,10 @@ def error_response(status: int, message: str) -> tuple[Response, int]:
 
 
 OPEN_ENDPOINTS = {"health", "index", "static", "openapi"}
+# the endpoints whose query string is checked (every one but the page and its files)
+API_ENDPOINTS = {"trigger_report", "get_report", "store_timeline", "reports", "ingest", "health", "data",
+                 "delete_polls", "openapi"}
+UPLOADS_SHOWN = 10  # GET /data lists this many of the newest uploads
 
 
 def busy_response(message: str) -> tuple[Response, int]:
@@ -249,7 +274,10 @@ def register_routes(app: Flask) -> None:
 
     def database_error(error):
         log.error("database error: %s", database.describe_error(error))
-        return error_response(503, "the database is not available; try again shortly")
+        if database.is_transient(error):
+            return busy_response("the database is not available; try again shortly")
+        return error_response(500, "the database failed to do this (a permanent error; the server log has "
+                                   "the details)")
 
     for error_class in database.DATABASE_ERRORS:
         app.register_error_handler(error_class, database_error)
@@ -258,6 +286,40 @@ def register_routes(app: Flask) -> None:
     def data_busy(error):
         log.warning("gave up waiting for the data lease: %s", error)
         return busy_response("reports or a load hold the data just now; try again shortly")
+
+    @app.errorhandler(database.LeaseLost)
+    def lease_lost(error):
+        log.error("data lease lost: %s", error)
+        return busy_response(f"{error}; try again")
+
+    @app.errorhandler(database.DiskFull)
+    def disk_full(error):
+        log.error("disk full: %s", error)
+        return error_response(507, str(error))
+
+    @app.errorhandler(database.DatabaseRefused)
+    def database_refused(error):
+        log.error("database refused: %s", error)
+        return error_response(500, str(error))
+
+    @app.errorhandler(database.UploadUnfinished)
+    def upload_unfinished(error):
+        return jsonify({"error": str(error), "status": 409, "upload_id": error.upload["upload_id"]}), 409
+
+    @app.before_request
+    def refuse_unknown_parameters():
+        if request.endpoint not in QUERY_PARAMETERS and request.endpoint not in API_ENDPOINTS:
+            return None
+        unknown = sorted(set(request.args) - QUERY_PARAMETERS.get(request.endpoint, set()))
+        if request.endpoint == "trigger_report" and "as_of" in unknown:
+            return error_response(400, 'as_of goes in the JSON body, not the query string: '
+                                       'curl -X POST -H "Content-Type: application/json" '
+                                       '-d \'{"as_of": "2023-01-25T18:00:00Z"}\' http://host/trigger_report')
+        if unknown:
+            allowed = ", ".join(sorted(QUERY_PARAMETERS.get(request.endpoint, set()))) or "none"
+            return error_response(400, f"unknown query parameter(s) {', '.join(unknown)[:200]} on {request.path}; "
+                                       f"this call takes: {allowed}")
+        return None
 
     @app.errorhandler(Exception)
     def unexpected_error(error):
@@ -277,6 +339,9 @@ def register_routes(app: Flask) -> None:
                     as_of_us = check_as_of_range(parse_as_of(body["as_of"]))
                 except ValueError as error:
                     abort(400, description=str(error))
+        unfinished = _store().unfinished_upload()
+        if unfinished is not None:
+            raise database.UploadUnfinished(unfinished)
         try:
             report_id = current_app.extensions["reports"].start(as_of_us)
         except QueueFull as error:
@@ -294,7 +359,7 @@ def register_routes(app: Flask) -> None:
         if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
             abort(409, description=_not_complete(report_id, report, "CSV"))
         if report["status"] == "Running":
-            return jsonify({"status": "Running", **_running_state(report)})
+            return jsonify({"status": "Running", **_running_state(report), **_after_newest(report)})
         if report["status"] == "Failed":
             return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
         payload = store.read_report_csv(report)
@@ -311,6 +376,7 @@ def register_routes(app: Flask) -> None:
                 "status": "Complete",
                 "report_id": report_id,
                 "as_of": _as_of(report),
+                **_after_newest(report),
                 "row_count": report.get("row_count"),
                 "columns": utils.REPORT_COLUMNS,
                 "data": rows.to_dict("records"),
@@ -350,6 +416,7 @@ def register_routes(app: Flask) -> None:
         page = _positive_int_arg("page", 1, 1_000_000)
         per_page = _positive_int_arg("per_page", 20, 100)
         store = _store()
+        store.fail_stale_reports(dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"]))
         rows = store.list_reports(skip=(page - 1) * per_page, limit=per_page)
         return jsonify(
             {
@@ -361,6 +428,7 @@ def register_routes(app: Flask) -> None:
                         "report_id": row["report_id"],
                         "status": row["status"],
                         "as_of": _as_of(row),
+                        **_after_newest(row),
                         "created_at": _iso(row.get("created_at")),
                         "finished_at": _iso(row.get("finished_at")),
                         "row_count": row.get("row_count"),
@@ -378,21 +446,73 @@ def register_routes(app: Flask) -> None:
             return busy_response("another upload is being loaded; try again in a few seconds")
         try:
             return _ingest()
+        except OSError as error:  # werkzeug spools the upload to a temporary file: that disk may be full
+            if error.errno != errno.ENOSPC:
+                raise
+            log.error("disk full while receiving an upload: %s", error)
+            return error_response(507, f"the disk holding the server's temporary folder ({tempfile.gettempdir()}) "
+                                       "is full; nothing of this upload was kept")
         finally:
             slot.release()
 
     @app.get("/health")
     def health():
         store = _store()
-        answers = store.ping()
-        if not answers:
+        if not store.ping():
             return error_response(503, f"the database ({store.kind}) does not answer")
-        body = {"status": "ok", "database": store.kind, "database_ok": True}
+        min_free = current_app.config["MIN_FREE_MB"] * 1_048_576
+        state = store.health(min_free)
+        problems = list(state["problems"])
+        reports_free = database.free_bytes(current_app.config["REPORTS_DIR"])
+        if reports_free is not None and reports_free < min_free:
+            problems.append(f"the disk holding the reports folder has {reports_free / 1_048_576:.0f} MB free, "
+                            f"under MIN_FREE_MB ({current_app.config['MIN_FREE_MB']} MB)")
+        facts = {"database": store.kind, "database_ok": not problems, "schema_version": state["schema_version"],
+                 "free_disk_mb": state["free_disk_mb"],
+                 "reports_free_disk_mb": None if reports_free is None else round(reports_free / 1_048_576, 1),
+                 "newest_poll": _iso_us(state.get("newest_poll_us"))}
+        if problems:  # the one error body, with the facts beside it
+            return jsonify({"error": "; ".join(problems), "status": 503, "problems": problems, **facts}), 503
+        body = {"status": "ok", **facts}
         if current_app.config["DASK_SCHEDULER"]:
             import cluster  # Dask only loads when a scheduler is configured
 
             body.update(cluster.scheduler_state(current_app.config["DASK_SCHEDULER"]))
         return jsonify(body)
+
+    @app.get("/data")
+    def data():
+        store = _store()
+        summary = store.data_summary()
+        return jsonify({
+            "stores": summary["stores"], "polls": summary["polls"], "hours_rows": summary["hours_rows"],
+            "zones": summary["zones"],
+            "oldest_poll": _iso_us(summary["oldest_poll_us"]), "newest_poll": _iso_us(summary["newest_poll_us"]),
+            "uploads": [{"upload_id": u["upload_id"], "file": u["file"], "kind": u["kind"], "at": _iso(u["at"]),
+                         "finished_at": _iso(u.get("finished_at")), "loaded": u["loaded"], "written": u["written"],
+                         "rejected": u["rejected"], "status": u["status"], "error": u.get("error"),
+                         "dismissed": bool(u.get("dismissed"))}
+                        for u in store.list_uploads(UPLOADS_SHOWN)],
+        })
+
+    @app.delete("/stores/<store_id>/polls")
+    def delete_polls(store_id: str):
+        bounds = {}
+        for name in ("since", "until"):
+            given = request.args.getlist(name)
+            if len(given) > 1:
+                abort(400, description=f"give {name} at most once")
+            try:
+                bounds[name] = check_as_of_range(parse_as_of(given[0])) if given else None
+            except ValueError as error:
+                abort(400, description=str(error).replace("as_of", name, 1))
+        if bounds["since"] is not None and bounds["until"] is not None and bounds["since"] > bounds["until"]:
+            abort(400, description="since is after until: nothing would be deleted")
+        deleted = database.delete_polls(_store(), store_id, bounds["since"], bounds["until"],
+                                        lease_wait_seconds=INGEST_WAIT_SECONDS)
+        log.info("deleted %d polls of store %r (since %s, until %s)", deleted, store_id[:64], bounds["since"],
+                 bounds["until"])
+        return jsonify({"deleted": deleted, "store_id": store_id})
 
 
 FIELD_FILES = {
@@ -423,6 +543,9 @@ def _ingest():
         except sources.HeaderError as error:
             results.append({"file": label, "kind": kind, "error": str(error)})
             continue
+        except database.DiskFull as error:
+            log.error("disk full during the upload of %s: %s", label, error)
+            return jsonify({"error": f"{label}: {error}", "status": 507, "files": results}), 507
         results.append({"kind": kind, **summary})
     if not sum(result.get("loaded", 0) for result in results):
         return jsonify({"error": "nothing was loaded: see files", "status": 400, "files": results}), 400
@@ -561,6 +684,15 @@ def _is_stale(report: dict) -> bool:
     if beat.tzinfo is None:
         beat = beat.replace(tzinfo=dt.timezone.utc)
     return database.now_utc() - beat > dt.timedelta(seconds=current_app.config["STALE_AFTER_SECONDS"])
+
+
+def _after_newest(report: dict) -> dict:
+    """{"as_of_after_newest_poll": true} for a report asked for a now later than the newest poll, else {}."""
+    return {"as_of_after_newest_poll": True} if report.get("as_of_after_newest_poll") else {}
+
+
+def _iso_us(value_us: int | None) -> str | None:
+    return None if value_us is None else _iso(utils.us_to_datetime(value_us))
 
 
 def _as_of(report: dict) -> str | None:

@@ -12,17 +12,21 @@ behind them.  Every instant crosses this door as integer microseconds since
 the epoch (UTC) or as an aware `datetime`; a poll is keyed by
 `(store_id, timestamp_us)`, exact to the microsecond, in both stores.
 
-Command line:
+Command line (`python database.py --help`):
 
-    python database.py load DIR      # load the three CSV files of DIR (rows loaded and rejected per file)
-    python database.py migrate       # create or reconcile every index, then exit
+    python database.py load PATH...  # load folders (their three CSV files) or single files, each file one upload
+    python database.py migrate       # bring the schema forward and reconcile every index, saying what it did
+    python database.py delete --store ID [--since ISO] [--until ISO]   # remove stored polls
+    python database.py uploads [--dismiss ID]   # the newest uploads; accept an unfinished one as it is
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import threading
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 import sources
 
@@ -56,11 +60,23 @@ LOOKBACK_US = 3 * 3_600_000_000  # polls come hourly: a short look-back finds mo
 
 CLI_PING_SECONDS = 5.0  # `python database.py` waits this long for MongoDB before it gives up
 
+# The schema this code writes.  1: the tables of the first releases, with no version marks; 2: version
+# marks (SQLite's application_id and user_version, MongoDB's `meta` document), the `uploads` journal
+# and reports' `as_of_after_newest_poll`.  Each store migrates an older database forward step by step.
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x55505431  # "UPT1": SQLite's PRAGMA application_id of this service's files
+META = "meta"  # MongoDB: the collection of the {"_id": "schema", "application": ..., "version": n} document
+APPLICATION_NAME = "store-uptime"
+UPLOADS = "uploads"  # the upload journal, the same name in both stores
+
 Progress = Callable[[int], None]
 
 
 def _no_progress(rows: int) -> None:
     pass
+
+
+STALE_ERROR = "the worker running this report stopped (no heartbeat); trigger it again"
 
 
 def describe_error(error: BaseException) -> str:
@@ -69,6 +85,17 @@ def describe_error(error: BaseException) -> str:
     for marker in (", Timeout: ", ", Topology Description: ", " (configured timeouts:"):
         text = text.split(marker, 1)[0]
     return f"{type(error).__name__}: {text[:200]}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """A database error that goes away by itself (busy, a lost connection, an election, a time-out): 503 and
+    Retry-After; any other database error is permanent (500)."""
+    if isinstance(error, sqlite3.Error):
+        return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    if isinstance(error, PyMongoError):
+        return (isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False))
+                or error.has_error_label("RetryableWriteError"))
+    return False
 
 
 def now_utc() -> dt.datetime:
@@ -83,6 +110,47 @@ class LeaseLost(RuntimeError):
     """A renewal found the lease gone (it expired, or another holder took it)."""
 
 
+class DatabaseRefused(RuntimeError):
+    """The database belongs to something else, or was made by a newer version of this service.
+
+    Raised when a store opens (or migrates); nothing was written to it.  The
+    message is one line naming the database and why.
+    """
+
+
+class DiskFull(RuntimeError):
+    """A write hit a full disk (or the database's quota); nothing of that write was kept."""
+
+    def __init__(self, where: str, free_bytes: int | None, what: str = "write"):
+        self.where, self.free_bytes, self.what = where, free_bytes, what
+        free = "" if free_bytes is None else f": {free_bytes / 1_048_576:.0f} MB free"
+        super().__init__(f"the disk holding {where} is full{free}; nothing of this {what} was kept")
+
+
+class UploadUnfinished(RuntimeError):
+    """An upload stopped part-way and left some of its rows visible: no report may read the data until
+    the same file is uploaded again (which finishes it) or the upload is dismissed."""
+
+    def __init__(self, upload: dict):
+        self.upload = upload
+        super().__init__(
+            f"upload {upload['upload_id']} of {upload['file']} ({upload['kind']}) stopped part-way "
+            f"({upload.get('written', 0)} of {upload.get('loaded', 0)} rows written), so the data is partial: "
+            f"upload the same file again to finish it, or dismiss it with "
+            f"`python database.py uploads --dismiss {upload['upload_id']}`")
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk holding `path` (or its nearest existing parent); None when unknown."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 # --------------------------------------------------------------------------- the contract
 
 
@@ -91,10 +159,17 @@ class Store(ABC):
 
     report_id, status ("Running" | "Complete" | "Failed"), created_at, heartbeat_at,
     finished_at (aware datetimes or None), requested_as_of_us, as_of_us (int µs or None),
-    progress ({"done": int, "total": int | None, and "phase" when the job set one}), row_count, error, csv_bytes.
+    progress ({"done": int, "total": int | None, and "phase" when the job set one}), row_count, error, csv_bytes,
+    as_of_after_newest_poll (bool: the report's now is later than the newest poll it saw).
+
+    Opening a store checks the database is this service's: an empty one is made at
+    SCHEMA_VERSION, an older one is migrated forward (in one transaction where the
+    store can), a foreign or newer one raises DatabaseRefused without writing to it.
     """
 
     kind: str  # "sqlite", "mongodb" or "mongomock"
+    schema_version: int  # the schema of the open database (SCHEMA_VERSION once migrated)
+    migrations_applied: list[str]  # what opening (or `migrate`) changed: "1 -> 2: ..." lines, empty when nothing
 
     # ----- lifecycle
 
@@ -114,6 +189,16 @@ class Store(ABC):
     def is_empty(self) -> bool:
         """True when there are no polls, hours or zones."""
 
+    @abstractmethod
+    def health(self, min_free_bytes: int) -> dict:
+        """What /health shows of the database, quickly (about a second at most):
+
+        {"schema_version": int, "free_disk_mb": float | None, "newest_poll_us": int | None,
+         "problems": [str, ...]}.  A problem is one line: a write probe that failed (the
+        database cannot be written), free disk under `min_free_bytes`, a corrupt file, an
+        unfinished upload (`unfinished_upload`).  An empty list means all is well.
+        """
+
     def close(self) -> None:
         pass
 
@@ -122,18 +207,73 @@ class Store(ABC):
         return nullcontext()
 
     # ----- ingest (the data write lease is held by the caller)
+    #
+    # One file is one upload.  `load_file` records it with `begin_upload`, writes it with one
+    # of the three writers below (passing the upload's id), and on any error calls
+    # `fail_upload`.  A writer with an `upload_id` marks that upload Complete itself, in the
+    # same step that makes its rows visible where the store can (SQLite: one transaction, so
+    # all or nothing).  `on_rows` is called after each batch and may raise (a lost lease):
+    # the writer then stops, and on SQLite nothing of the upload is kept.
+    # A full disk raises DiskFull, with nothing of the upload kept where the store can.
 
     @abstractmethod
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
         """Upsert polls (`store_id`, `timestamp_us`, `active`): the newest load wins for a key."""
 
     @abstractmethod
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
-        """Replace the business hours of every store named in `frame` (`store_id`, `day`, `start_s`, `end_s`)."""
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
+        """Replace the business hours of every store named in `frame` (`store_id`, `day`, `start_s`, `end_s`).
+        Rows of stores not in `frame` are never touched."""
 
     @abstractmethod
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
-        """Replace the zone of every store named in `frame` (`store_id`, `timezone_str`)."""
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
+        """Replace the zone of every store named in `frame` (`store_id`, `timezone_str`).
+        Rows of stores not in `frame` are never touched."""
+
+    @abstractmethod
+    def begin_upload(self, file: str, kind: str, digest: str, loaded: int, rejected: int) -> str:
+        """Record an upload as Running and return its id (32 hex characters).
+
+        `file` is the label shown to users, `kind` one of sources.FILES, `digest` the
+        sha256 hex of the file's bytes (a re-upload of the same bytes finishes an
+        unfinished upload), `loaded` and `rejected` the parsed file's row counts.
+        """
+
+    @abstractmethod
+    def fail_upload(self, upload_id: str, error: str) -> None:
+        """Mark a Running upload Failed with the reason (its writer raised)."""
+
+    @abstractmethod
+    def dismiss_upload(self, upload_id: str) -> bool:
+        """Accept an unfinished upload's data as it is: it no longer blocks reports.  False when unknown."""
+
+    @abstractmethod
+    def list_uploads(self, limit: int = 10) -> list[dict]:
+        """The newest uploads first: {"upload_id", "file", "kind", "digest", "at" (aware datetime),
+        "finished_at", "loaded", "rejected", "written", "status", "error"}.
+
+        `written` is how many rows reached the database (all or none on SQLite).  A
+        Running upload whose writer is gone (no write lease is held) shows Failed.
+        """
+
+    @abstractmethod
+    def unfinished_upload(self) -> dict | None:
+        """The newest upload that stopped part-way with some of its rows visible (`written` > 0,
+        Failed or with its writer gone), not dismissed and not finished since by a Complete
+        upload of the same digest; None when there is none (always None where uploads are
+        all or nothing)."""
+
+    @abstractmethod
+    def delete_polls(self, store_id: str, since_us: int | None = None, until_us: int | None = None) -> int:
+        """Delete the store's polls with since_us <= timestamp_us <= until_us (None: no bound); returns how many.
+        The data write lease is held by the caller."""
+
+    @abstractmethod
+    def data_summary(self) -> dict:
+        """What is stored: {"stores": distinct store ids with polls, "polls", "hours_rows", "zones",
+        "oldest_poll_us", "newest_poll_us" (None when there are no polls)}."""
 
     # ----- reading for the report
 
@@ -160,12 +300,17 @@ class Store(ABC):
         """Record a new report as Running (progress 0 of unknown)."""
 
     @abstractmethod
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None) -> None:
-        """Set the as_of and/or progress of a Running report and refresh its heartbeat."""
+    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
+                      as_of_after_newest_poll: bool | None = None) -> None:
+        """Set the as_of, progress and/or as_of_after_newest_poll of a Running report and refresh its heartbeat."""
 
     @abstractmethod
-    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> None:
-        """Store the CSV, then mark the report Complete (a reader never sees half a CSV)."""
+    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
+        """Store the CSV, then mark the report Complete (a reader never sees half a CSV).
+
+        Only a Running report turns Complete: for one already Failed (swept as stale, or
+        shut down) nothing is stored and the answer is False; True when it is now Complete.
+        """
 
     @abstractmethod
     def fail_report(self, report_id: str, error: str) -> None:
@@ -249,7 +394,7 @@ class Store(ABC):
                         log.error("the data %s lease was lost (it expired or was taken)", mode)
                         lost.set()
                         return
-                except DATABASE_ERRORS as error:
+                except (*DATABASE_ERRORS, DiskFull) as error:  # tried again at the next quarter lease
                     log.warning("could not renew the data %s lease: %s", mode, error)
 
         renewer = threading.Thread(target=renew, name=f"lease-{mode}-{holder[:8]}", daemon=True)
@@ -285,61 +430,141 @@ def connect_from_env() -> Store:
 # --------------------------------------------------------------------------- ingest
 
 
-def _write(store: Store, file_kind: str, parsed: sources.Parsed, on_rows: Progress = _no_progress) -> int:
-    if file_kind == sources.STATUS_FILE:
-        return store.load_polls(parsed.frame, on_rows)
-    if file_kind == sources.HOURS_FILE:
-        return store.replace_hours(parsed.frame, on_rows)
-    return store.replace_zones(parsed.frame, on_rows)
+WRITERS = {
+    sources.STATUS_FILE: "load_polls",
+    sources.HOURS_FILE: "replace_hours",
+    sources.ZONES_FILE: "replace_zones",
+}
+
+
+def _digest(source: sources.Source) -> str:
+    """sha256 of a source's bytes (a path, bytes, or a seekable stream, which is left at its start)."""
+    digest = hashlib.sha256()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        digest.update(source)
+    elif isinstance(source, (str, Path)):
+        with open(source, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        start = source.tell()
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+        source.seek(start)
+    return digest.hexdigest()
+
+
+def _write_upload(store: Store, file_kind: str, parsed: sources.Parsed, label: str, digest: str, lost,
+                  on_rows: Progress = _no_progress) -> None:
+    """One file, one upload: journaled, written whole (or, where the store cannot, finishable by a re-upload).
+
+    A lost lease stops the writer at its next batch; any error marks the upload Failed.
+    """
+    upload_id = store.begin_upload(label, file_kind, digest, len(parsed.frame), parsed.rejected)
+
+    def batch_written(rows: int) -> None:
+        if lost is not None and lost.is_set():
+            raise LeaseLost("the data write lease was lost while loading; nothing more of this upload is written")
+        on_rows(rows)
+
+    try:
+        getattr(store, WRITERS[file_kind])(parsed.frame, batch_written, upload_id=upload_id)
+        if lost is not None and lost.is_set():  # lost after the last batch: the load raced another writer
+            raise LeaseLost("the data write lease was lost while loading")
+    except BaseException as error:
+        try:
+            store.fail_upload(upload_id, describe_error(error) if isinstance(error, DATABASE_ERRORS) else str(error))
+        except Exception as second:  # the first error is the one to raise (a full disk fails this write too)
+            log.error("could not mark upload %s Failed: %s", upload_id, describe_error(second))
+        raise
 
 
 def load_file(store: Store, file_kind: str, source: sources.Source, label: str | None = None,
               lease_wait_seconds: float = LEASE_WAIT_SECONDS) -> dict:
-    """Parse, validate and load one CSV file (bytes, path or stream) of the given kind.
+    """Parse, validate and load one CSV file (bytes, path or stream) of the given kind, as one upload.
 
     The writes happen under the data write lease, so no report reads half of them.
     """
-    parsed = sources.READERS[file_kind](source, file=label or file_kind)
-    with store.data_lease("write", lease_wait_seconds):
-        _write(store, file_kind, parsed)
+    label = label or file_kind
+    digest = _digest(source)
+    parsed = sources.READERS[file_kind](source, file=label)
+    with store.data_lease("write", lease_wait_seconds) as lost:
+        _write_upload(store, file_kind, parsed, label, digest, lost)
     return parsed.summary()
 
 
-def load_dir(store: Store, directory: str | Path, progress: bool = False, only_if_empty: bool = False) -> list[dict]:
-    """Load the three CSV files of a folder under one write lease.
+class MissingInput(ValueError):
+    """A path given to load is missing, or names no file this service reads."""
 
-    A missing file is noted, not an error; a file with a wrong header is
-    reported and the others still load.
-    """
-    directory = Path(directory)
-    summaries, parsed_files = [], {}
-    for file_kind in sources.FILES:
-        path = directory / file_kind
-        summary = {"file": str(path), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [], "notes": []}
-        if not path.exists():
-            summary["notes"].append("file not found, skipped")
+
+def files_to_load(paths: list[str | Path]) -> list[tuple[str, Path]]:
+    """(file kind, path) for each path: a folder gives its store_status.csv, menu_hours.csv and timezones.csv
+    (those present), a file is recognised by its header.  Raises MissingInput for a path that is missing,
+    a folder with none of the three files, or a file whose header is none of the three."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            present = [(kind, path / kind) for kind in sources.FILES if (path / kind).is_file()]
+            if not present:
+                raise MissingInput(f"{path} holds none of {', '.join(sources.FILES)}")
+            found += present
+        elif path.is_file():
+            with open(path, "rb") as file:
+                head = file.read(4096).split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+            kind = sources.detect_file(head)
+            if kind is None:
+                raise MissingInput(f"{path}: its header {head[:80]!r} is none of the three files' "
+                                   f"({', '.join(sources.FILES)})")
+            found.append((kind, path))
         else:
-            try:
-                parsed_files[file_kind] = sources.READERS[file_kind](path, file=str(path))
-                summary = parsed_files[file_kind].summary()
-            except sources.HeaderError as error:
-                summary["notes"].append(f"whole file rejected: {error}")
-        summaries.append(summary)
+            raise MissingInput(f"{path} does not exist")
+    return found
+
+
+def load_paths(store: Store, paths: list[str | Path], progress: bool = False, only_if_empty: bool = False) -> list[dict]:
+    """Load files and folders (see `files_to_load`) under one write lease, each file as its own upload.
+
+    A file with a wrong header is reported and the others still load.
+    """
+    summaries, parsed_files = [], []
+    for folder in [Path(path) for path in paths if Path(path).is_dir()]:
+        summaries += [{"file": str(folder / kind), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [],
+                       "notes": ["file not found, not loaded"]}
+                      for kind in sources.FILES if not (folder / kind).is_file()]
+    for file_kind, path in files_to_load(paths):
+        try:
+            parsed = sources.READERS[file_kind](path, file=str(path))
+        except sources.HeaderError as error:
+            summaries.append({"file": str(path), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [],
+                              "notes": [f"whole file rejected: {error}"]})
+            continue
+        summaries.append(parsed.summary())
+        parsed_files.append((file_kind, path, parsed))
     from tqdm import tqdm  # progress bars only on a terminal
 
-    with store.data_lease("write"):
+    with store.data_lease("write") as lost:
         if only_if_empty and not store.is_empty():
             return []
-        for file_kind, parsed in parsed_files.items():
+        for file_kind, path, parsed in parsed_files:
             with tqdm(total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress,
                       leave=True) as bar:
-                _write(store, file_kind, parsed, bar.update)
+                _write_upload(store, file_kind, parsed, str(path), _digest(path), lost, bar.update)
     return summaries
 
 
+def load_dir(store: Store, directory: str | Path, progress: bool = False, only_if_empty: bool = False) -> list[dict]:
+    """Load the CSV files of a folder (see `load_paths`)."""
+    return load_paths(store, [directory], progress=progress, only_if_empty=only_if_empty)
+
+
 def seed_if_empty(store: Store, directory: str | Path) -> list[dict]:
-    """Load `directory` into an empty store; several processes starting at once seed it once."""
+    """Load `directory` into an empty store; several processes starting at once seed it once.
+
+    On a store that holds data, logs one line saying DATA_DIR was not loaded and how to load it.
+    """
     if not store.is_empty():
+        log.info("DATA_DIR %s was not loaded: the database already holds data (load files into it with "
+                 "`python database.py load PATH` or POST /ingest)", directory)
         return []
     return load_dir(store, directory, only_if_empty=True)
 
@@ -354,6 +579,13 @@ def data_dir_problem(directory: str | Path) -> str | None:
     if not any((directory / name).is_file() for name in sources.FILES):
         return f"DATA_DIR {directory} holds none of {', '.join(sources.FILES)}"
     return None
+
+
+def delete_polls(store: Store, store_id: str, since_us: int | None, until_us: int | None,
+                 lease_wait_seconds: float = LEASE_WAIT_SECONDS) -> int:
+    """Delete one store's polls in [since, until] (bounds optional) under the data write lease."""
+    with store.data_lease("write", lease_wait_seconds):
+        return store.delete_polls(store_id, since_us, until_us)
 
 
 # --------------------------------------------------------------------------- command line
@@ -372,41 +604,109 @@ def print_summaries(summaries: list[dict], first: int = 20, out=None) -> None:
             print(f"  ... and {summary['rejected'] - min(first, len(summary['rejects']))} more", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _instant(text: str) -> int:
+    """An ISO 8601 instant (a zone or Z is needed; a bare date means midnight UTC) as microseconds."""
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r} (e.g. 2023-01-25T18:00:00Z)") from None
+    if value.tzinfo is None:
+        if len(text) > 10:
+            raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or an offset such as +00:00")
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+def _print_uploads(store: Store, limit: int) -> None:
+    for upload in store.list_uploads(limit):
+        at = upload["at"].isoformat(timespec="seconds") if upload.get("at") else "?"
+        print(f"{upload['upload_id']}  {at}  {upload['status']:<8} {upload['kind']:<17} {upload['file']}: "
+              f"{upload['loaded']} rows, {upload['written']} written, {upload['rejected']} rejected"
+              f"{'  (dismissed)' if upload.get('dismissed') else ''}"
+              f"{'  error: ' + upload['error'] if upload.get('error') else ''}")
+
+
+def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Load the store CSV files, or reconcile indexes, in the database the environment names "
+        prog="python database.py",
+        description="Load, inspect or repair the database the environment names "
                     "(MONGO_URI, else the SQLite file EMBEDDED_DB or instance/store_monitoring.sqlite3).")
     commands = parser.add_subparsers(dest="command", required=True)
-    load = commands.add_parser("load", help="load store_status.csv, menu_hours.csv and timezones.csv from DIR")
-    load.add_argument("directory", type=Path)
+    load = commands.add_parser("load", help="load CSV files: folders (their store_status.csv, menu_hours.csv and "
+                                            "timezones.csv) or single files, recognised by their header")
+    load.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     load.add_argument("--show", type=int, default=20, help="how many rejected rows to list per file")
-    commands.add_parser("migrate", help="create or reconcile every declared index, then exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    commands.add_parser("migrate", help="bring the schema up to date and reconcile every declared index, then exit")
+    delete = commands.add_parser("delete", help="delete one store's polls (all, or those in [--since, --until])")
+    delete.add_argument("--store", required=True, help="the store_id")
+    delete.add_argument("--since", type=_instant, help="first instant deleted (ISO 8601), e.g. 2100-01-01T00:00:00Z")
+    delete.add_argument("--until", type=_instant, help="last instant deleted (ISO 8601)")
+    uploads = commands.add_parser("uploads", help="list the newest uploads, or dismiss an unfinished one")
+    uploads.add_argument("--limit", type=int, default=20)
+    uploads.add_argument("--dismiss", metavar="UPLOAD_ID",
+                         help="accept an unfinished upload's rows as they are, so reports run again")
+    return parser
 
+
+def _run(store: Store, args) -> int:
+    if args.command == "migrate":
+        failed = store.migrate()  # MongoDB takes its schema steps here; SQLite took them when it opened
+        for step in store.migrations_applied:
+            print(f"migrated: {step}")
+        for problem in failed:
+            print(f"index problem: {problem}", file=sys.stderr)
+        print(f"schema version {store.schema_version}; indexes {'NOT all made' if failed else 'reconciled'}")
+        return 1 if failed else 0
+    if args.command == "uploads":
+        if args.dismiss and not store.dismiss_upload(args.dismiss):
+            print(f"error: no upload with id {args.dismiss}", file=sys.stderr)
+            return 1
+        _print_uploads(store, args.limit)
+        return 0
+    failed = store.migrate()
+    if failed:
+        print(f"database error: the indexes could not be made ({failed[0]}); run `python database.py migrate`",
+              file=sys.stderr)
+        return 2
+    if args.command == "delete":
+        deleted = delete_polls(store, args.store, args.since, args.until)
+        print(f"deleted {deleted} polls of store {args.store}")
+        return 0
+    summaries = load_paths(store, args.paths, progress=sys.stderr.isatty())
+    print_summaries(summaries, first=args.show)
+    refused = [summary for summary in summaries
+               if any(note.startswith("whole file rejected") for note in summary.get("notes", []))]
+    return 1 if refused else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; exits 0 when all went well, 1 when a file or upload was refused, 2 on a database error."""
+    args = _command_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "load":
+        try:
+            files_to_load(args.paths)  # a missing path fails before the database is opened
+        except MissingInput as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     try:
         store = connect_from_env()
         if store.kind == "mongodb" and not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
             print(f"database error: MongoDB at MONGO_URI does not answer within {CLI_PING_SECONDS:.0f} s "
                   f"(is it running and reachable?)", file=sys.stderr)
             return 2
-        if args.command == "migrate":
-            failed = store.migrate()
-            for problem in failed:
-                print(f"index problem: {problem}", file=sys.stderr)
-            return 1 if failed else 0
-        failed = store.migrate()
-        if failed:
-            print(f"database error: the indexes could not be made ({failed[0]}); run `python database.py migrate`",
-                  file=sys.stderr)
-            return 2
-        summaries = load_dir(store, args.directory, progress=sys.stderr.isatty())
+        return _run(store, args)
+    except (DatabaseRefused, DiskFull, LeaseTimeout) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except DATABASE_ERRORS as error:
         print(f"database error: {describe_error(error)}", file=sys.stderr)
         return 2
-    print_summaries(summaries, first=args.show)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the store modules import `database`: run that one module's main, so its error classes are the ones
+    # the stores raise (a second copy as __main__ would catch none of them)
+    import database
+
+    sys.exit(database.main())

@@ -25,6 +25,7 @@ import argparse
 import csv
 import ctypes
 import datetime as dt
+import errno
 import importlib.util
 import io
 import logging
@@ -201,6 +202,11 @@ def report_from_dir(
 
     `processes=None` chooses them by the number of polls (`default_processes`).
     """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a folder" if data_dir.exists() else f"{data_dir} does not exist")
+    if not (data_dir / sources.STATUS_FILE).is_file():
+        raise FileNotFoundError(f"{data_dir} has no {sources.STATUS_FILE}: there are no polls to report on")
     parsed = sources.read_data_dir(data_dir)
     polls = parsed[sources.STATUS_FILE].frame
     if as_of_us is None:
@@ -353,14 +359,16 @@ class ReportError(Exception):
 
 def failure_message(error: BaseException) -> str:
     """What a Failed report tells its user: no exception names or server paths (the log has those)."""
-    if isinstance(error, (ReportError, cluster.ClusterUnavailable)):  # both already say it in user terms
-        return str(error)
+    if isinstance(error, (ReportError, cluster.ClusterUnavailable, database.DiskFull, database.UploadUnfinished)):
+        return str(error)  # each already says it in user terms
     if isinstance(error, database.LeaseTimeout):
         return "a data load kept the data busy for too long; trigger the report again"
     if isinstance(error, database.LeaseLost):
         return "the data changed while the report read it; trigger the report again"
     if isinstance(error, database.DATABASE_ERRORS):
         return "the database did not answer while the report ran; trigger it again"
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return "the disk holding the reports folder is full; nothing of this report was kept"
     if isinstance(error, OSError):
         return "the report could not be saved on the server (the server log says why); trigger it again later"
     return "the report could not be computed because of an internal error (the server log has the details)"
@@ -413,6 +421,7 @@ class ReportGenerator:
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
         self.swept = threading.Event()  # set after each retention sweep (tests wait on it)
+        self._retention: tuple[float, int] | None = None  # (days, max reports) once start_retention is called
         LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None) -> str:
@@ -466,6 +475,16 @@ class ReportGenerator:
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
             self._forget(report_id)
+            self._sweep_after_finish()
+
+    def _sweep_after_finish(self) -> None:
+        """Apply retention as each report finishes, so finished reports never pile up past MAX_REPORTS."""
+        if self._retention is None:
+            return
+        try:
+            self.sweep(*self._retention)
+        except Exception:  # retention is retried at the next finish or round; it never fails a report
+            log.exception("retention sweep failed")
 
     def _forget(self, report_id: str) -> None:
         with self._lock:
@@ -477,9 +496,15 @@ class ReportGenerator:
         store = self.store
         # the read lease keeps loads out while the report reads, so it sees one consistent state
         with store.data_lease("read") as lost:
-            now_us = as_of_us if as_of_us is not None else store.latest_poll_us()
+            unfinished = store.unfinished_upload()
+            if unfinished is not None:
+                raise database.UploadUnfinished(unfinished)
+            newest_us = store.latest_poll_us()
+            now_us = as_of_us if as_of_us is not None else newest_us
             if now_us is None:
                 raise ReportError("there are no polls in storeStatus, so there is nothing to report")
+            if newest_us is not None and now_us > newest_us:
+                store.update_report(report_id, as_of_after_newest_poll=True)
             if not FIRST_AS_OF_US <= now_us <= LAST_AS_OF_US:
                 raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
                                   "trigger the report with an as_of")
@@ -519,10 +544,23 @@ class ReportGenerator:
         return utils.to_report_units(ticks)
 
     def _store_report(self, report_id: str, report: pd.DataFrame) -> int:
+        """Write the CSV file, then store it and mark the report Complete: Complete means both are there.
+
+        A report failed meanwhile (swept as stale, shut down) stays Failed and its file is removed.
+        """
         payload = report_csv_bytes(report)
-        write_atomically(self.reports_dir / f"report_{report_id}.csv", payload)
+        path = self.reports_dir / f"report_{report_id}.csv"
+        write_atomically(path, payload)
         self._forget(report_id)  # before the record says Complete: a caller who sees that finds room again
-        self.store.complete_report(report_id, payload, len(report))
+        try:
+            completed = self.store.complete_report(report_id, payload, len(report))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if not completed:
+            path.unlink(missing_ok=True)
+            raise ReportError("the report was marked Failed before it finished (its heartbeat was late, or the "
+                              "server was stopping); trigger it again")
         return len(report)
 
     def sweep(self, retention_days: float, max_reports: int) -> list[str]:
@@ -543,7 +581,9 @@ class ReportGenerator:
 
     def start_retention(self, retention_days: float, max_reports: int,
                         every_seconds: float = RETENTION_SWEEP_SECONDS) -> threading.Thread:
-        """Sweep now and then every `every_seconds` in a named daemon thread, until `shutdown`."""
+        """Sweep now, after each report finishes, and every `every_seconds` in a named daemon thread,
+        until `shutdown`."""
+        self._retention = (retention_days, max_reports)
 
         def loop() -> None:
             while True:
@@ -636,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, sources.HeaderError, OSError, cluster.ClusterUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    for file, what in ((sources.HOURS_FILE, "every store is open 24/7"),
+                       (sources.ZONES_FILE, "every store is in America/Chicago")):
+        if not (args.data_dir / file).is_file():
+            print(f"warning: {args.data_dir / file} not found: {what}", file=sys.stderr)
     for result in parsed.values():
         if result.rejected:
             print(f"{result.file}: {result.rejected} rows rejected (first: line {result.rejects[0].line}: "

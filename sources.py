@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import collections
 import csv
+import datetime as dt
 import io
+import os
+import time
+import zoneinfo
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, Union
 
@@ -54,6 +59,15 @@ MAX_REJECTS_KEPT = 1_000  # reasons kept per file; beyond this only the count gr
 REJECT_LIMIT = 10_000
 REJECT_SHARE = 0.10
 BLOCK_BYTES = 1 << 23  # 8 MB of CSV text per block when a file is streamed
+# a poll dated more than MAX_FUTURE_SECONDS (environment; default one day) after the server's clock, or before
+# 2000, is rejected: one such row would otherwise move "now" of every default report (SPEC §2)
+MAX_FUTURE_SECONDS_VARIABLE = "MAX_FUTURE_SECONDS"
+DEFAULT_MAX_FUTURE_SECONDS = 86_400
+EARLIEST_POLL_US = 946_684_800_000_000  # 2000-01-01 00:00:00 UTC
+# zones zoneinfo can load that are no region of the IANA database: a host's own setting, a placeholder,
+# a link kept for old code, and the copies of every zone under posix/ and right/ (the latter counting leap seconds)
+NOT_REGION_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+NOT_REGION_ZONE_PREFIXES = ("posix/", "right/")
 
 Source = Union[str, Path, bytes, BinaryIO]
 
@@ -740,16 +754,70 @@ def _no_rows(file: str) -> RawRows:
     return RawRows({name: pa.array([], pa.string()) for name in COLUMNS[file]}, np.empty(0, np.int64), {})
 
 
+def max_future_seconds() -> int:
+    """MAX_FUTURE_SECONDS from the environment (default one day), read anew for each file; ValueError when it
+    is not a whole number of seconds, 0 or more."""
+    text = os.environ.get(MAX_FUTURE_SECONDS_VARIABLE)
+    if text is None:
+        return DEFAULT_MAX_FUTURE_SECONDS
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise ValueError(f"{MAX_FUTURE_SECONDS_VARIABLE} must be a whole number of seconds, 0 or more "
+                         f"(default {DEFAULT_MAX_FUTURE_SECONDS}); got {text[:40]!r}")
+    return seconds
+
+
+def _server_clock_us() -> int:
+    """The server's clock, in microseconds since the epoch (tests replace it)."""
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class PollWindow:
+    """The instants a poll may have, fixed once per file: from 2000-01-01 to `future_s` seconds after
+    the server's clock (`clock_us`) when the file is read."""
+
+    clock_us: int
+    future_s: int
+
+    @property
+    def latest_us(self) -> int:
+        return min(self.clock_us + self.future_s * 1_000_000, _LAST_US)  # (a huge setting cannot overflow)
+
+    def clock(self) -> str:
+        return dt.datetime.fromtimestamp(self.clock_us // 1_000_000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def poll_window() -> PollWindow:
+    """The window for a file read now (ValueError for a bad MAX_FUTURE_SECONDS, before any row is read)."""
+    future_s = max_future_seconds()
+    return PollWindow(_server_clock_us(), future_s)
+
+
 def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
     """Polls: `store_id` (categorical), `timestamp_us` (int64), `active` (bool), `line`.
 
+    Polls before 2000 or more than MAX_FUTURE_SECONDS after the server's clock are rejected.
     Memory grows with the polls kept (about 20 bytes each) when the file is
     streamed (uploads, and files on disk over 128 MB), rather than with the file.
     """
-    return _read(STATUS_FILE, source, file, _check_polls, _polls_frame)
+    window = poll_window()
+    return _read(STATUS_FILE, source, file, lambda check: _check_polls(check, window), _polls_frame)
 
 
-def _check_polls(check: Checker) -> dict:
+def _check_poll_window(check: Checker, stamp: np.ndarray, window: PollWindow) -> None:
+    """Reject the good rows whose instant is before 2000 or past the window (array comparisons only)."""
+    check.fail(stamp < EARLIEST_POLL_US, lambda i: f"timestamp {check.value('timestamp_utc', i)} is before "
+                                                   "2000-01-01, the earliest this service accepts")
+    check.fail(stamp > window.latest_us,
+               lambda i: f"timestamp {check.value('timestamp_utc', i)} is more than {window.future_s} s after "
+                         f"this server's clock ({window.clock()}); set {MAX_FUTURE_SECONDS_VARIABLE} to accept it")
+
+
+def _check_polls(check: Checker, window: PollWindow) -> dict:
     """Run the poll checks on one block of rows; returns its good rows (store ids still strings).
 
     Timestamps in the export's own form are parsed in a second thread while the store ids and
@@ -770,6 +838,7 @@ def _check_polls(check: Checker) -> dict:
         stamp = np.full(len(check.raw), np.iinfo(np.int64).min, dtype=np.int64)
         stamp[check.ok] = parse_timestamps_us(check.good(check.raw.columns["timestamp_utc"]))
     check.fail(stamp == np.iinfo(np.int64).min, lambda i: f"unparseable timestamp {check.value('timestamp_utc', i)}")
+    _check_poll_window(check, stamp, window)
     line = check.finish()
     return {
         "store_index": check.kept(store_id.index),
@@ -873,12 +942,33 @@ def _check_zones(check: Checker) -> dict:
     """Run the time-zone checks on one block of rows; returns its good rows."""
     store_id = _check_store_ids(check)
     zone = check.trimmed("timezone_str")
-    names = pc.unique(zone).to_pylist()
-    valid_names = pa.array([name for name in names if utils.is_valid_timezone(name)], pa.string())
+    names = pc.unique(zone).to_pylist()  # (each distinct name is looked at once)
+    not_regions = pa.array([name for name in names if _is_not_region(name)], pa.string())
+    check.fail(_mask(pc.is_in(zone, not_regions)),
+               lambda i: f"{check.value('timezone_str', i)} is not an IANA region time zone")
+    valid_names = pa.array([name for name in names if name in region_zones() and utils.is_valid_timezone(name)],
+                           pa.string())
     check.fail(~_mask(pc.is_in(zone, valid_names)),
                lambda i: f"unknown timezone name {check.value('timezone_str', i)}")
     line = check.finish()
     return {"store_id": _strings_of(store_id.good(check)), "timezone_str": _strings_of(check.good(zone)), "line": line}
+
+
+def _is_not_region(name: str) -> bool:
+    """A name zoneinfo may load (from the host's zone folder) that is no IANA region zone, worded as such
+    (whether or not this host has it) rather than as an unknown name."""
+    return name in NOT_REGION_ZONES or name.startswith(NOT_REGION_ZONE_PREFIXES)
+
+
+def _region_zones() -> frozenset[str]:
+    """The time zones a store may name: zoneinfo's available zones (the pinned tzdata package's, plus the
+    host's zone folder, which adds `localtime` and perhaps more) but for those that are no region.
+    `UTC` and the `Etc/...` zones stay."""
+    return frozenset(name for name in zoneinfo.available_timezones() if not _is_not_region(name))
+
+
+# memoised by wrapping rather than decorating, as in utils (available_timezones() walks the zone folders)
+region_zones = lru_cache(maxsize=1)(_region_zones)
 
 
 def _zones_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:

@@ -22,6 +22,53 @@ How it behaves against a real server (mongomock hides each of these):
   client's clock stands in.
 - Indexes are reconciled with `index_information()` by `migrate()`.
 - Polls are read with pymongoarrow straight from raw BSON batches into arrays.
+
+Schema marks.  The `meta` collection holds {"_id": "schema", "application":
+database.APPLICATION_NAME, "version": n}.  An empty database gets it at
+SCHEMA_VERSION; a database with no mark whose collections are all this
+service's is version 1 (the first releases) and is migrated forward by numbered
+steps, each idempotent, the mark written after each step (a crash mid-way leaves
+the old version, and the steps run again).  Anything else (other collections
+and no mark, another application's mark, a newer version) is refused with
+DatabaseRefused and nothing written.  On a server the check runs in the
+start-up thread (before the indexes), never in the constructor; until it has
+passed every write path refuses (503) and `health` says why.  A refusal is
+permanent for the life of the store.
+
+Uploads.  MongoDB cannot hold a million-document write in one transaction, so
+an upload is journaled in `uploads` instead of being all or nothing:
+`begin_upload` records it Running; the writer notes the batch it is about to
+send (`sending`), writes it (polls are upserted by (store_id, timestamp_us),
+hours and zones replaced store by store, so writing a batch twice changes
+nothing), then records `written` (rows so far) and calls `on_rows`, which may
+raise and stop it; the last step marks the upload Complete.  An upload that
+stopped (Failed, or Running with no live write lease) with rows that may be
+visible (`written` or `sending` > 0) is unfinished: reports refuse to run and
+/health is 503 until the same bytes are uploaded again (a Complete upload of
+the same digest, begun later, finishes it) or it is dismissed.
+
+What survives a crash of this process: every batch the server acknowledged;
+the journal says how far the upload got (at most the batch in flight is
+unaccounted for, and `sending` counts it as possibly written), and once the
+write lease lapses (database.LEASE_SECONDS) the upload reads Failed ("the
+process loading it stopped part-way").  A report being completed has its CSV
+chunks written before its record says Complete, so it stays Running until
+the stale sweep fails it.  What survives a power loss (or crash) of the
+server: upload batches, the journal and report completion are written with
+w="majority", j=True (DURABLE): acknowledged only once they are in the
+on-disk journal of a majority of the voting members (a standalone: its own
+journal), so an acknowledged batch survives a power loss and a failover
+without rollback; the cost is one journal flush per 10,000-row batch.  Other
+writes (progress, heartbeats, leases, the health probe's timestamp) use the
+client's default (w:1 before MongoDB 5.0, majority since), and can lose the
+last ~100 ms on a power loss: all are rewritten within seconds anyway.
+
+Disk full.  MongoDB's out-of-disk and quota errors (DISK_FULL_CODES) become
+database.DiskFull, whose message says what the server refused (the upload, or
+the upload after the rows already written).  The journal stays cautious: the
+batch that failed counts as possibly written (`sending`: a client cannot rule
+out part of a batch, e.g. a replacement's delete, having landed), so such an
+upload is unfinished until the same file is uploaded again or it is dismissed.
 """
 from __future__ import annotations
 
@@ -31,21 +78,24 @@ import datetime as dt
 import functools
 import logging
 import threading
+import uuid
 import warnings
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import pymongo
 import tenacity
-from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
-from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, DuplicateKeyError,
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne, WriteConcern
+from pymongo.errors import (AutoReconnect, BulkWriteError, CollectionInvalid, ConnectionFailure, DuplicateKeyError,
                             OperationFailure, PyMongoError)
 
 import database
 import sources
 import utils
-from database import HOURS, REPORTS, STATUS, ZONES, Progress, _no_progress, describe_error, now_utc
+from database import (HOURS, META, REPORTS, SCHEMA_VERSION, STATUS, UPLOADS, ZONES, Progress, _no_progress,
+                      describe_error, now_utc)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +113,17 @@ REQUEST_SECONDS = 1.0  # every database call of one HTTP request together
 PING_SECONDS = 0.3
 JOB_RETRY_SECONDS = 120  # a job retries transient errors (with backoff) for this long before it fails
 MAINTENANCE_MAX_PAUSE = 30.0  # the background start-up work retries at most this far apart
+HEALTH_SECONDS = 1.0  # every database call of `health` together
+
+# upload batches, the upload journal and report completion: in the on-disk journal of a majority before acknowledged
+DURABLE = WriteConcern(w="majority", j=True)
+DISK_FULL_CODES = frozenset({14031, 12501})  # OutOfDiskSpace; a quota exceeded
+# what a database of the first releases (schema 1, no mark) holds; `uploads` too when a migration stopped part-way
+SCHEMA_1_COLLECTIONS = frozenset({STATUS, HOURS, ZONES, REPORTS, REPORT_CHUNKS, LOCKS})
+OWN_COLLECTIONS = SCHEMA_1_COLLECTIONS | {UPLOADS, META}
+SCHEMA_MARK = "schema"  # the _id of the meta document
+SCHEMA_PENDING = "the database has not been checked yet (the start-up work is still running); try again shortly"
+WRITER_GONE = "the process loading it stopped part-way"
 
 INDEXES = {
     STATUS: [
@@ -77,6 +138,9 @@ INDEXES = {
         IndexModel([("status", ASCENDING), ("heartbeat_at", ASCENDING)], name="status_heartbeat"),
     ],
     REPORT_CHUNKS: [IndexModel([("report_id", ASCENDING), ("n", ASCENDING)], name="report_chunk", unique=True)],
+    # newest first, and in the order begun within one millisecond (seq); by digest, what finished an upload
+    UPLOADS: [IndexModel([("at", DESCENDING), ("seq", DESCENDING)], name="at"),
+              IndexModel([("digest", ASCENDING)], name="digest")],
 }
 # indexes of earlier versions that must go: the millisecond unique key breaks on sub-millisecond polls
 RETIRED_INDEXES = {STATUS: ["store_time"]}
@@ -84,7 +148,8 @@ RETIRED_INDEXES = {STATUS: ["store_time"]}
 INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds", "collation")
 
 REPORT_FIELDS = {"_id": 0, "report_id": 1, "status": 1, "created_at": 1, "heartbeat_at": 1, "finished_at": 1,
-                 "requested_as_of_us": 1, "as_of_us": 1, "progress": 1, "row_count": 1, "error": 1, "csv_bytes": 1}
+                 "requested_as_of_us": 1, "as_of_us": 1, "progress": 1, "row_count": 1, "error": 1, "csv_bytes": 1,
+                 "as_of_after_newest_poll": 1}
 POLL_PROJECTION = {"_id": 0, "store_id": 1, "timestamp_us": 1, "status": 1}
 # The same fields for the Arrow path, renamed by the server to one letter each (find projections take
 # expressions since MongoDB 4.4).  pymongoarrow looks every field of every document up by its name as a
@@ -93,7 +158,6 @@ POLL_PROJECTION = {"_id": 0, "store_id": 1, "timestamp_us": 1, "status": 1}
 # A poll that lacks a field gets no renamed field either, so the reader still notices it.
 RAW_POLL_FIELDS = {"s": "store_id", "t": "timestamp_us", "a": "status"}
 RAW_POLL_PROJECTION = {"_id": 0, **{short: f"${name}" for short, name in RAW_POLL_FIELDS.items()}}
-STALE_ERROR = "the worker running this report stopped (no heartbeat); trigger it again"
 
 # True inside an HTTP request (request_scope): no retries there, the request answers within its time limit
 _IN_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar("mongo_in_request", default=False)
@@ -150,6 +214,20 @@ def _raise_unless_duplicates(error: BulkWriteError) -> None:
     others = [e for e in error.details.get("writeErrors", []) if e.get("code") != 11000]
     if others or error.details.get("writeConcernErrors"):
         raise error
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """The server refused a write for want of disk (or quota), in the error itself or in a bulk write's errors."""
+    codes = {getattr(error, "code", None)}
+    if isinstance(error, BulkWriteError):
+        details = error.details or {}
+        codes |= {e.get("code") for e in details.get("writeErrors", []) + details.get("writeConcernErrors", [])}
+    return bool(codes & DISK_FULL_CODES)
+
+
+def does_not_answer(error: BaseException) -> bool:
+    """No server, no connection, or the time limit ran out: the database did not answer (rather than refuse)."""
+    return isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False))
 
 
 def _key_of(spec) -> list[tuple[str, object]]:
@@ -291,6 +369,11 @@ class MongoStore(database.Store):
         self._indexes_ready = threading.Event()
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
+        self.schema_version: int | None = None  # None until the schema check has read the database
+        self.migrations_applied: list[str] = []
+        self._schema_passed = False
+        self._refusal: database.DatabaseRefused | None = None
+        self._schema_lock = threading.Lock()
         if uri.startswith("mongomock://"):
             import mongomock
 
@@ -301,6 +384,8 @@ class MongoStore(database.Store):
             if not uri.startswith("mongodb+srv://"):
                 self._client = self._new_client()  # no I/O: connect=False
         self.server_clock = self.kind == "mongodb"  # mongomock has no $$NOW
+        if self.kind == "mongomock":
+            self._check_schema()  # in-process: no server to wait for
 
     def _new_client(self):
         return pymongo.MongoClient(self.uri, connect=False, tz_aware=True,
@@ -347,6 +432,12 @@ class MongoStore(database.Store):
         return True
 
     def migrate(self) -> list[str]:
+        """Check the schema (migrating an older one forward; DatabaseRefused for a foreign or newer database),
+        then reconcile the indexes; returns the index problems."""
+        self._check_schema()
+        return self._reconcile_indexes()
+
+    def _reconcile_indexes(self) -> list[str]:
         failed = []
         for collection, models in INDEXES.items():
             problems = reconcile_indexes(self.db[collection], models, RETIRED_INDEXES.get(collection, ()))
@@ -359,44 +450,52 @@ class MongoStore(database.Store):
 
     def start_maintenance(self, stale_after: dt.timedelta) -> threading.Thread:
         """In a background thread, until each has succeeded once: build the client (resolving a
-        `mongodb+srv://` address), reconcile the indexes, and fail the stale Running reports.
+        `mongodb+srv://` address), check the schema, reconcile the indexes, and fail the stale Running reports.
 
-        A failure logs one line and is retried with backoff; nothing here blocks the caller.
+        A failure logs one line and is retried with backoff; a refused database (DatabaseRefused) logs
+        one line and stops the work for good.  Nothing here blocks the caller.
         """
         self._resolving_in_background = self._client is None
-
-        def work() -> None:
-            pause, steps = self.maintenance_first_pause, ["client", "indexes", "stale reports"]
-            while steps and not self._stop.is_set():
-                step = steps[0]
-                try:
-                    if step == "client":
-                        with self._client_lock:
-                            if self._client is None:
-                                self._client = self._new_client()
-                        self._resolving_in_background = False
-                    elif step == "indexes":
-                        with pymongo.timeout(max(60.0, self._server_selection_ms / 1000)):
-                            self.client.admin.command("ping")
-                        if self.migrate():
-                            raise RuntimeError("some indexes could not be made (see above)")
-                    else:
-                        stale = self.fail_stale_reports(stale_after)
-                        if stale:
-                            log.warning("marked %d stale Running reports as Failed", stale)
-                    steps.pop(0)
-                    pause = self.maintenance_first_pause
-                except (PyMongoError, RuntimeError) as error:
-                    log.warning("database start-up work (%s) failed, retrying in %.0f s: %s", step, pause,
-                                describe_error(error))
-                    self._stop.wait(pause)
-                    pause = min(pause * 2, MAINTENANCE_MAX_PAUSE)
-            if not steps:
-                log.info("MongoDB ready: indexes reconciled, stale reports swept")
-
-        self._maintenance = threading.Thread(target=work, name="mongo-maintenance", daemon=True)
+        self._maintenance = threading.Thread(target=self._maintain, args=(stale_after,), name="mongo-maintenance",
+                                             daemon=True)
         self._maintenance.start()
         return self._maintenance
+
+    def _maintain(self, stale_after: dt.timedelta) -> None:
+        pause, steps = self.maintenance_first_pause, ["client", "schema", "indexes", "stale reports"]
+        while steps and not self._stop.is_set():
+            try:
+                self._maintenance_step(steps[0], stale_after)
+                steps.pop(0)
+                pause = self.maintenance_first_pause
+            except database.DatabaseRefused as error:
+                log.error("database start-up work stopped: %s", error)
+                return
+            except (PyMongoError, RuntimeError) as error:
+                log.warning("database start-up work (%s) failed, retrying in %.0f s: %s", steps[0], pause,
+                            describe_error(error))
+                self._stop.wait(pause)
+                pause = min(pause * 2, MAINTENANCE_MAX_PAUSE)
+        if not steps:
+            log.info("MongoDB ready: schema %s, indexes reconciled, stale reports swept", self.schema_version)
+
+    def _maintenance_step(self, step: str, stale_after: dt.timedelta) -> None:
+        if step == "client":
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._new_client()
+            self._resolving_in_background = False
+        elif step == "schema":
+            with pymongo.timeout(max(60.0, self._server_selection_ms / 1000)):
+                self.client.admin.command("ping")
+            self._check_schema()
+        elif step == "indexes":
+            if self.migrate():
+                raise RuntimeError("some indexes could not be made (see above)")
+        else:
+            stale = self.fail_stale_reports(stale_after)
+            if stale:
+                log.warning("marked %d stale Running reports as Failed", stale)
 
     def is_empty(self) -> bool:
         return all(self.db[name].count_documents({}, limit=1) == 0 for name in (STATUS, HOURS, ZONES))
@@ -406,34 +505,196 @@ class MongoStore(database.Store):
         if self._client is not None:
             self._client.close()
 
-    def _before_writing(self) -> None:
-        """Unique indexes exist before the first insert (they cannot be built over duplicates later).
+    def _require_schema(self) -> None:
+        """Writes go only to a database the schema check passed: a refusal is raised again, and while the
+        start-up thread has not finished the check, ConnectionFailure (transient: the API answers 503)."""
+        if self._schema_passed:
+            return
+        if self._refusal is not None:
+            raise self._refusal
+        if self._maintenance is not None:  # the start-up thread owns the check: a request never waits on it
+            raise ConnectionFailure(SCHEMA_PENDING)
+        self._check_schema()
 
-        Not on mongomock: it checks a unique index by scanning the collection at every insert (quadratic
-        loads), and one process's upserts cannot race each other there anyway.
+    def _before_writing(self) -> None:
+        """The schema check has passed, and unique indexes exist before the first insert (they cannot be
+        built over duplicates later).
+
+        Not the indexes on mongomock: it checks a unique index by scanning the collection at every insert
+        (quadratic loads), and one process's upserts cannot race each other there anyway.
         """
+        self._require_schema()
         if self.kind == "mongodb" and not self._indexes_ready.is_set():
-            failed = self.migrate()
+            failed = self._reconcile_indexes()
             if failed:
                 raise OperationFailure(f"the indexes are not right, so nothing is written: {failed[0]}")
 
-    # ----- ingest (each batch is an idempotent unit: retried whole)
+    def _durable(self, name: str):
+        return self.db[name].with_options(write_concern=DURABLE)
 
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
+    def _disk_full(self, what: str) -> database.DiskFull:
+        return database.DiskFull(f"MongoDB database {self.name}", None, what=what)
+
+    # ----- the schema: the meta document, numbered steps from an older version, refusals
+
+    def _check_schema(self) -> None:
+        """Read the database's schema mark and bring it to SCHEMA_VERSION, once; raises DatabaseRefused
+        (and remembers it: a refusal is permanent) for a foreign or newer database, writing nothing."""
+        with self._schema_lock:
+            if self._refusal is not None:
+                raise self._refusal
+            if self._schema_passed:
+                return
+            try:
+                version = self._found_version()
+            except database.DatabaseRefused as refusal:
+                self._refusal = refusal
+                raise
+            self.schema_version = version
+            self.migrations_applied += self._migrate_from(version)
+            self.schema_version, self._schema_passed = SCHEMA_VERSION, True
+
+    def _found_version(self) -> int:
+        """0 for an empty database, else its schema version; DatabaseRefused when it is not this service's."""
+        names = sorted(n for n in self.db.list_collection_names() if not n.startswith("system."))
+        mark = self.db[META].find_one({"_id": SCHEMA_MARK}) if META in names else None
+        if mark is not None:
+            return self._version_of(mark, names)
+        if not names:
+            return 0
+        if set(names) - OWN_COLLECTIONS or (META in names and self._meta_holds_others()):
+            raise self._foreign(names)
+        return 1
+
+    def _meta_holds_others(self) -> bool:
+        return self.db[META].count_documents({"_id": {"$nin": [SCHEMA_MARK, "probe"]}}, limit=1) > 0
+
+    def _version_of(self, mark: dict, names: list[str]) -> int:
+        version = mark.get("version")
+        if mark.get("application") != database.APPLICATION_NAME or type(version) is not int or version < 1:
+            raise self._foreign(names)
+        if version > SCHEMA_VERSION:
+            self.schema_version = version
+            raise database.DatabaseRefused(
+                f"MongoDB database {self.name} was made by a newer version of this service (schema {version}; "
+                f"this one knows up to {SCHEMA_VERSION}): run that version, or point MONGO_DB at another database")
+        return version
+
+    def _foreign(self, names: list[str]) -> database.DatabaseRefused:
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        return database.DatabaseRefused(f"MongoDB database {self.name} belongs to something else: it holds {shown}; "
+                                        f"point MONGO_DB at this service's database")
+
+    def _migrate_from(self, version: int) -> list[str]:
+        if version == 0:
+            self._write_schema_mark(SCHEMA_VERSION)
+            log.info("MongoDB database %s is new: marked as schema %d", self.name, SCHEMA_VERSION)
+            return []  # made, not migrated
+        applied = []
+        for number in range(version, SCHEMA_VERSION):
+            description, step = MIGRATIONS[number]
+            step(self)
+            self._write_schema_mark(number + 1)  # after the step: a crash in it leaves `number`, run again
+            applied.append(f"schema {number} -> {number + 1}: {description}")
+            log.info("MongoDB database %s migrated: %s", self.name, applied[-1])
+        return applied
+
+    def _write_schema_mark(self, version: int) -> None:
+        try:
+            self._durable(META).update_one(
+                {"_id": SCHEMA_MARK}, {"$set": {"application": database.APPLICATION_NAME, "version": version}},
+                upsert=True)
+        except DuplicateKeyError:  # another process wrote the same mark first
+            pass
+
+    def _step_uploads_journal(self) -> None:
+        """1 -> 2: the upload journal and its indexes (reports' as_of_after_newest_poll reads False when absent)."""
+        try:
+            self.db.create_collection(UPLOADS)
+        except CollectionInvalid:  # made by an earlier run of this step
+            pass
+        failed = reconcile_indexes(self.db[UPLOADS], INDEXES[UPLOADS])
+        if failed:
+            raise OperationFailure(f"the uploads journal's indexes could not be made: {failed[0]}")
+
+    # ----- health
+
+    def health(self, min_free_bytes: int) -> dict:
+        """The schema, a write probe, free disk, an unfinished upload and the newest poll, all within
+        HEALTH_SECONDS; a database that does not answer is a problem, not an exception."""
+        answer = {"schema_version": self.schema_version, "free_disk_mb": None, "newest_poll_us": None,
+                  "problems": []}
+        try:
+            with pymongo.timeout(HEALTH_SECONDS):
+                self._health_checks(answer, min_free_bytes)
+        except PyMongoError as error:
+            reason = "does not answer" if does_not_answer(error) else "failed"
+            answer["problems"].append(f"the database {reason}: {describe_error(error)}")
+        answer["schema_version"] = self.schema_version
+        return answer
+
+    def _health_checks(self, answer: dict, min_free_bytes: int) -> None:
+        problems = answer["problems"]
+        try:
+            self._require_schema()
+        except (database.DatabaseRefused, ConnectionFailure) as error:
+            if isinstance(error, ConnectionFailure) and str(error) != SCHEMA_PENDING:
+                raise
+            problems.append(str(error))
+            return  # nothing is written to, or read from, a database that is not (yet) known to be ours
+        self._write_probe(problems)
+        answer["newest_poll_us"] = self._newest_poll_us()
+        unfinished = self.unfinished_upload()
+        if unfinished is not None:
+            problems.append(
+                f"upload {unfinished['upload_id']} of {unfinished['file']} stopped part-way ({unfinished['kind']}, "
+                f"{unfinished['written']} of {unfinished['loaded']} rows written): upload the same file again to "
+                f"finish it, or dismiss it with `python database.py uploads --dismiss {unfinished['upload_id']}`")
+        free = self._free_disk_bytes()
+        if free is not None:
+            answer["free_disk_mb"] = round(free / 1_048_576, 1)
+            if free < min_free_bytes:
+                problems.append(f"the disk holding MongoDB database {self.name} has {free / 1_048_576:.0f} MB free, "
+                                f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)")
+
+    def _write_probe(self, problems: list[str]) -> None:
+        try:
+            self._durable(META).update_one({"_id": "probe"}, {"$set": {"at": now_utc()}}, upsert=True)
+        except PyMongoError as error:
+            if does_not_answer(error):
+                raise
+            full = " (its disk is full)" if is_disk_full(error) else ""
+            problems.append(f"the database cannot be written{full}: {describe_error(error)}")
+
+    def _free_disk_bytes(self) -> int | None:
+        """Free bytes on the server's disk holding this database, from dbStats; None when it does not say."""
+        try:
+            stats = self.db.command("dbStats")
+        except NotImplementedError:  # mongomock
+            return None
+        except OperationFailure as error:  # e.g. not authorized to run dbStats: unknown, not a fault
+            log.info("dbStats refused, free disk unknown: %s", describe_error(error))
+            return None
+        if "fsTotalSize" not in stats or "fsUsedSize" not in stats:
+            return None
+        return int(stats["fsTotalSize"] - stats["fsUsedSize"])
+
+    # ----- ingest: each batch an idempotent unit (retried whole), journaled when it belongs to an upload
+
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
         self._before_writing()
         # into an empty collection plain inserts are the fast bulk path (the file holds each key once)
         fresh = self.db[STATUS].count_documents({}, limit=1) == 0
-        for start in range(0, len(frame), database.BATCH_SIZE):
-            part = frame.iloc[start : start + database.BATCH_SIZE]
-            self._write_polls(part, fresh)
-            on_rows(len(part))
+        parts = (frame.iloc[start : start + database.BATCH_SIZE] for start in range(0, len(frame), database.BATCH_SIZE))
+        self._write_journaled(((len(part), functools.partial(self._write_polls, part, fresh)) for part in parts),
+                              on_rows, upload_id)
         return len(frame)
 
     @retried
     def _write_polls(self, part: pd.DataFrame, fresh: bool) -> None:
         """One batch of polls; idempotent, so retried whole: keys already there (a first attempt's, or a
         racing load's) are upserted, and the newest load wins for a key."""
-        collection = self.db[STATUS]
+        collection = self._durable(STATUS)
         stamps = part["timestamp_us"].to_numpy(dtype=np.int64)
         whole_ms = pd.to_datetime(stamps // 1000 * 1000, unit="us", utc=True).to_pydatetime()
         docs = [
@@ -461,41 +722,181 @@ class MongoStore(database.Store):
 
     @retried
     def _replace_batch(self, collection_name: str, store_batch: list[str], rows: list[dict]) -> None:
-        collection = self.db[collection_name]
+        collection = self._durable(collection_name)
         collection.delete_many({"store_id": {"$in": store_batch}})
         collection.insert_many([dict(row) for row in rows], ordered=False)  # copies: insert_many adds _id
 
-    def _replace_by_store(self, collection_name: str, docs: list[dict], on_rows: Progress) -> None:
+    def _replace_by_store(self, collection_name: str, docs: list[dict], on_rows: Progress,
+                          upload_id: str | None) -> None:
+        """Delete and insert the rows of the stores named in `docs`, a batch of stores at a time: the rows of
+        other stores are never touched."""
         self._before_writing()
         by_store: dict[str, list[dict]] = {}
         for doc in docs:
             by_store.setdefault(doc["store_id"], []).append(doc)
         stores = list(by_store)
-        for first in range(0, len(stores), database.BATCH_SIZE):
-            store_batch = stores[first : first + database.BATCH_SIZE]
-            rows = [doc for store_id in store_batch for doc in by_store[store_id]]
-            self._replace_batch(collection_name, store_batch, rows)
-            on_rows(len(rows))
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
+        def batches():
+            for first in range(0, len(stores), database.BATCH_SIZE):
+                store_batch = stores[first : first + database.BATCH_SIZE]
+                rows = [doc for store_id in store_batch for doc in by_store[store_id]]
+                yield len(rows), functools.partial(self._replace_batch, collection_name, store_batch, rows)
+
+        self._write_journaled(batches(), on_rows, upload_id)
+
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
         docs = [
             {"store_id": s, "day": int(d), "start_time_local": sources.hms(a), "end_time_local": sources.hms(b)}
             for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_s"], frame["end_s"])
         ]
-        if docs:
-            self._replace_by_store(HOURS, docs, on_rows)
+        self._replace_by_store(HOURS, docs, on_rows, upload_id)
         return len(docs)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
         docs = [{"store_id": s, "timezone_str": z} for s, z in zip(frame["store_id"], frame["timezone_str"])]
-        if docs:
-            self._replace_by_store(ZONES, docs, on_rows)
+        self._replace_by_store(ZONES, docs, on_rows, upload_id)
         return len(docs)
+
+    def _write_journaled(self, batches: Iterable[tuple[int, Callable[[], None]]], on_rows: Progress,
+                         upload_id: str | None) -> None:
+        """Write each batch, noting it in the upload's journal before (`sending`) and after (`written`, the
+        rows so far), then call `on_rows`, which may raise and stop the upload there; the last step marks
+        the upload Complete.  A full disk raises DiskFull, and leaves the failed batch counted as possibly
+        written (`sending`): part of it may be in."""
+        written = 0
+        try:
+            for rows, write in batches:
+                self._journal(upload_id, {"sending": rows})
+                write()
+                written += rows
+                self._journal(upload_id, {"written": written, "sending": 0})
+                on_rows(rows)
+            if upload_id is not None:
+                self._complete_upload(upload_id, written)
+        except PyMongoError as error:
+            if not is_disk_full(error):
+                raise
+            raise self._disk_full("upload" if not written else f"upload after its first {written} rows") from error
+
+    @retried
+    def _journal(self, upload_id: str | None, fields: dict) -> None:
+        if upload_id is not None:
+            self._durable(UPLOADS).update_one({"_id": upload_id}, {"$set": fields})
+
+    @retried
+    def _complete_upload(self, upload_id: str, written: int) -> None:
+        self._durable(UPLOADS).update_one(
+            {"_id": upload_id, "status": "Running"},
+            {"$set": {"status": "Complete", "written": written, "sending": 0, "error": None},
+             "$currentDate": {"finished_at": True}})
+
+    # ----- the upload journal
+
+    @retried
+    def begin_upload(self, file: str, kind: str, digest: str, loaded: int, rejected: int) -> str:
+        self._before_writing()
+        upload_id = uuid.uuid4().hex
+        fields = {"upload_id": upload_id, "file": file, "kind": kind, "digest": digest, "finished_at": None,
+                  "loaded": int(loaded), "rejected": int(rejected), "written": 0, "sending": 0, "status": "Running",
+                  "error": None, "dismissed": False, "seq": ObjectId()}  # seq: the order of uploads begun at one ms
+        try:
+            self._durable(UPLOADS).update_one({"_id": upload_id}, {"$setOnInsert": fields,
+                                                                   "$currentDate": {"at": True}}, upsert=True)
+        except PyMongoError as error:
+            if is_disk_full(error):
+                raise self._disk_full("upload") from error
+            raise
+        return upload_id
+
+    @retried
+    def fail_upload(self, upload_id: str, error: str) -> None:
+        self._require_schema()
+        self._durable(UPLOADS).update_one({"_id": upload_id, "status": "Running"},
+                                          {"$set": {"status": "Failed", "error": error},
+                                           "$currentDate": {"finished_at": True}})
+
+    def dismiss_upload(self, upload_id: str) -> bool:
+        self._require_schema()
+        return self._durable(UPLOADS).update_one({"_id": upload_id}, {"$set": {"dismissed": True}}).matched_count == 1
+
+    def list_uploads(self, limit: int = 10) -> list[dict]:
+        """The newest first.  `written` of an upload that stopped counts the batch it was writing (part of
+        it may be in); a Running upload with no live write lease stopped (its process died)."""
+        alive = self._writer_alive()
+        cursor = self.db[UPLOADS].find({}).sort([("at", DESCENDING), ("seq", DESCENDING)]).limit(max(int(limit), 0))
+        return [self._upload_record(doc, alive) for doc in cursor]
+
+    def unfinished_upload(self) -> dict | None:
+        alive = self._writer_alive()
+        stopped = ["Failed"] if alive else ["Failed", "Running"]
+        query = {"status": {"$in": stopped}, "dismissed": {"$ne": True},
+                 "$or": [{"written": {"$gt": 0}}, {"sending": {"$gt": 0}}]}
+        for doc in self.db[UPLOADS].find(query).sort([("at", DESCENDING), ("seq", DESCENDING)]):
+            if not self._finished_since(doc):
+                return self._upload_record(doc, alive)
+        return None
+
+    def _finished_since(self, doc: dict) -> bool:
+        """A Complete upload of the same bytes begun after this one (which rewrote every row of it)."""
+        later = [{"at": {"$gt": doc["at"]}}, {"at": doc["at"], "seq": {"$gt": doc["seq"]}}]
+        query = {"digest": doc["digest"], "status": "Complete", "_id": {"$ne": doc["_id"]}, "$or": later}
+        return self.db[UPLOADS].count_documents(query, limit=1) > 0
+
+    def _writer_alive(self) -> bool:
+        """A write lease is held and not expired (by the server's clock on MongoDB)."""
+        if self.server_clock:
+            query = {"_id": "data", "$expr": {"$gt": ["$writer.expires", "$$NOW"]}}
+        else:
+            query = {"_id": "data", "writer.expires": {"$gt": now_utc()}}
+        return self.db[LOCKS].count_documents(query, limit=1) > 0
+
+    @staticmethod
+    def _upload_record(doc: dict, writer_alive: bool) -> dict:
+        status, error, written = doc["status"], doc.get("error"), int(doc.get("written") or 0)
+        if status == "Running" and not writer_alive:
+            status, error = "Failed", WRITER_GONE
+        if status == "Failed":
+            written += int(doc.get("sending") or 0)
+        return {"upload_id": doc["upload_id"], "file": doc["file"], "kind": doc["kind"], "digest": doc["digest"],
+                "at": _aware(doc.get("at")), "finished_at": _aware(doc.get("finished_at")), "loaded": doc["loaded"],
+                "rejected": doc["rejected"], "written": written, "status": status, "error": error,
+                "dismissed": bool(doc.get("dismissed"))}
+
+    # ----- removing and summarising
+
+    def delete_polls(self, store_id: str, since_us: int | None = None, until_us: int | None = None) -> int:
+        """Not retried: a second attempt would count only what the first left."""
+        self._before_writing()
+        bounds = {}
+        if since_us is not None:
+            bounds["$gte"] = int(since_us)
+        if until_us is not None:
+            bounds["$lte"] = int(until_us)
+        query = {"store_id": store_id, **({"timestamp_us": bounds} if bounds else {})}
+        return self._durable(STATUS).delete_many(query).deleted_count
+
+    def data_summary(self) -> dict:
+        """Counts from the collections' metadata for polls (a full count reads 1.5 M index keys), exact counts
+        for the small ones, the distinct stores by an aggregation over the (store_id, timestamp_us) index
+        (a `distinct` answers in one 16 MB document), oldest and newest by the timestamp index."""
+        polls = self.db[STATUS]
+        pipeline = [{"$sort": {"store_id": 1}}, {"$group": {"_id": "$store_id"}}, {"$count": "stores"}]
+        counted = list(polls.aggregate(pipeline, allowDiskUse=True))
+        oldest = polls.find_one({}, {"_id": 0, "timestamp_us": 1}, sort=[("timestamp_us", ASCENDING)])
+        return {"stores": counted[0]["stores"] if counted else 0, "polls": polls.estimated_document_count(),
+                "hours_rows": self.db[HOURS].count_documents({}), "zones": self.db[ZONES].count_documents({}),
+                "oldest_poll_us": None if oldest is None else int(oldest["timestamp_us"]),
+                "newest_poll_us": self._newest_poll_us()}
 
     # ----- reading for the report
 
     @retried
     def latest_poll_us(self) -> int | None:
+        return self._newest_poll_us()
+
+    def _newest_poll_us(self) -> int | None:
         newest = self.db[STATUS].find_one({}, {"_id": 0, "timestamp_us": 1}, sort=[("timestamp_us", DESCENDING)])
         return None if newest is None else int(newest["timestamp_us"])
 
@@ -561,6 +962,7 @@ class MongoStore(database.Store):
 
     @retried
     def create_report(self, report_id: str, as_of_us: int | None) -> None:
+        self._require_schema()
         fields = {
             "status": "Running",
             "finished_at": None,
@@ -571,6 +973,7 @@ class MongoStore(database.Store):
             "error": None,
             "csv_chunks": None,
             "csv_bytes": None,
+            "as_of_after_newest_poll": False,
         }
         if self.server_clock:
             # an upsert that keeps whatever a first attempt already stored: a retry changes nothing
@@ -585,36 +988,62 @@ class MongoStore(database.Store):
                                         upsert=True)
 
     @retried
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None) -> None:
+    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
+                      as_of_after_newest_poll: bool | None = None) -> None:
         fields = {}
         if as_of_us is not None:
             fields["as_of_us"] = int(as_of_us)
             fields["as_of"] = _ms_floor(as_of_us)
         if progress is not None:
             fields["progress"] = progress
+        if as_of_after_newest_poll is not None:
+            fields["as_of_after_newest_poll"] = bool(as_of_after_newest_poll)
         update = {"$currentDate": {"heartbeat_at": True}}
         if fields:
             update["$set"] = fields
         self.db[REPORTS].update_one({"report_id": report_id, "status": "Running"}, update)
 
     @retried
-    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> None:
-        """Store the whole CSV in numbered chunks, then mark the report Complete.
+    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
+        """Store the whole CSV in numbered chunks, then mark the report Complete if it is still Running.
 
-        Readers only look for chunks of Complete reports, so a half-stored CSV is
-        never served; chunks are upserted by (report_id, n), so a retry rewrites them.
+        Readers only look for chunks of Complete reports, so a half-stored CSV is never served; chunks are
+        upserted by (report_id, n), so a retry rewrites them.  A report Failed before or meanwhile (the
+        status flip matches only Running) stays Failed and its chunks are removed: the answer is False.
         """
+        self._require_schema()
+        record = self.db[REPORTS].find_one({"report_id": report_id}, {"_id": 0, "status": 1})
+        if record is not None and record["status"] == "Complete":
+            return True  # a retry of this call whose first answer was lost
+        if record is None or record["status"] != "Running":
+            self.db[REPORT_CHUNKS].delete_many({"report_id": report_id})
+            return False
+        try:
+            return self._store_csv(report_id, csv_bytes, row_count)
+        except PyMongoError as error:
+            if not is_disk_full(error):
+                raise
+            with contextlib.suppress(PyMongoError):
+                self.db[REPORT_CHUNKS].delete_many({"report_id": report_id})
+            raise self._disk_full("report") from error
+
+    def _store_csv(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
         pieces = [csv_bytes[i : i + CSV_CHUNK_BYTES] for i in range(0, len(csv_bytes), CSV_CHUNK_BYTES)] or [b""]
+        chunks = self._durable(REPORT_CHUNKS)
         for n, piece in enumerate(pieces):
-            self.db[REPORT_CHUNKS].replace_one({"report_id": report_id, "n": n},
-                                               {"report_id": report_id, "n": n, "data": piece}, upsert=True)
-        self.db[REPORT_CHUNKS].delete_many({"report_id": report_id, "n": {"$gte": len(pieces)}})
-        self.db[REPORTS].update_one(
+            chunks.replace_one({"report_id": report_id, "n": n}, {"report_id": report_id, "n": n, "data": piece},
+                               upsert=True)
+        chunks.delete_many({"report_id": report_id, "n": {"$gte": len(pieces)}})
+        flipped = self._durable(REPORTS).update_one(
             {"report_id": report_id, "status": "Running"},
             {"$set": {"status": "Complete", "row_count": row_count, "csv_chunks": len(pieces),
                       "csv_bytes": len(csv_bytes)},
              "$currentDate": {"finished_at": True}},
         )
+        if flipped.matched_count == 1:
+            return True
+        chunks.delete_many({"report_id": report_id})  # failed meanwhile: it keeps no CSV
+        return False
 
     @retried
     def fail_report(self, report_id: str, error: str) -> None:
@@ -632,16 +1061,17 @@ class MongoStore(database.Store):
     @retried
     def fail_stale_reports(self, older_than: dt.timedelta) -> int:
         """Fail Running reports whose heartbeat is older than `older_than` by the server's clock."""
+        self._require_schema()
         if self.server_clock:
             cutoff = {"$subtract": ["$$NOW", int(older_than.total_seconds() * 1000)]}
             result = self.db[REPORTS].update_many(
                 {"status": "Running", "$expr": {"$lt": ["$heartbeat_at", cutoff]}},
-                [{"$set": {"status": "Failed", "finished_at": "$$NOW", "error": {"$literal": STALE_ERROR}}}],
+                [{"$set": {"status": "Failed", "finished_at": "$$NOW", "error": {"$literal": database.STALE_ERROR}}}],
             )
         else:
             result = self.db[REPORTS].update_many(
                 {"status": "Running", "heartbeat_at": {"$lt": now_utc() - older_than}},
-                {"$set": {"status": "Failed", "error": STALE_ERROR}, "$currentDate": {"finished_at": True}},
+                {"$set": {"status": "Failed", "error": database.STALE_ERROR}, "$currentDate": {"finished_at": True}},
             )
         return result.modified_count
 
@@ -650,6 +1080,7 @@ class MongoStore(database.Store):
             return None
         for key in ("created_at", "heartbeat_at", "finished_at"):
             doc[key] = _aware(doc.get(key))
+        doc["as_of_after_newest_poll"] = bool(doc.get("as_of_after_newest_poll", False))  # absent in schema 1
         return doc
 
     def find_report(self, report_id: str) -> dict | None:
@@ -663,6 +1094,7 @@ class MongoStore(database.Store):
         return [self._record(doc) for doc in cursor.skip(skip).limit(limit)]
 
     def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        self._require_schema()
         finished = {"status": {"$in": ["Complete", "Failed"]}}
         reports = self.db[REPORTS]
         old = reports.find({**finished, "finished_at": {"$lt": finished_before}}, {"_id": 0, "report_id": 1})
@@ -707,6 +1139,7 @@ class MongoStore(database.Store):
 
     @retried
     def _ensure_lock_doc(self) -> None:
+        self._require_schema()
         try:
             self.db[LOCKS].update_one({"_id": "data"},
                                       {"$setOnInsert": {"writer": None, "readers": [], "waiting": None}},
@@ -758,6 +1191,13 @@ class MongoStore(database.Store):
         else:
             self.db[LOCKS].update_one({"_id": "data", "writer.holder": holder}, {"$set": {"writer": None}})
             self.db[LOCKS].update_one({"_id": "data", "waiting.holder": holder}, {"$set": {"waiting": None}})
+
+
+# The numbered steps: MIGRATIONS[n] brings a database of schema n to n + 1 (each step idempotent).
+MIGRATIONS: dict[int, tuple[str, Callable[[MongoStore], None]]] = {
+    1: ("the uploads journal (collection uploads, indexes at and digest)", MongoStore._step_uploads_journal),
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 
 
 @contextlib.contextmanager

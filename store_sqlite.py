@@ -11,18 +11,46 @@ Tables (the same names and keys as the MongoDB collections):
     storeStatus(store_id, timestamp_us, status)       primary key (store_id, timestamp_us); index on timestamp_us
     businessHours(store_id, day, start_time_local, end_time_local)      index on store_id
     timezones(store_id, timezone_str)                  primary key store_id
-    reports(report_id, status, ...)  reportCsv(report_id, data)  leases(holder, mode, expires_us)
+    reports(report_id, status, ..., as_of_after_newest_poll)  reportCsv(report_id, data)
+    leases(holder, mode, expires_us)   uploads(upload_id, file, kind, digest, ..., status, dismissed)
+    healthProbe(id = 1, written_us)    the one row /health writes to prove the file can be written
 
 Instants are integer microseconds since the epoch (UTC).
+
+The file is the service's own: `PRAGMA application_id` is database.APPLICATION_ID and
+`PRAGMA user_version` the schema (database.SCHEMA_VERSION).  Opening reads both, and the
+tables, before writing anything: an empty file gets the schema; a file of schema 1 (the
+first releases wrote no marks, so it is known by its tables and columns) or any older
+version is migrated forward by the numbered steps of MIGRATIONS, each one transaction
+with its version mark; anything else (another program's file, a newer schema, not SQLite
+at all) raises database.DatabaseRefused and is left byte for byte as it was.
+
+One upload (one call of `load_polls`, `replace_hours` or `replace_zones`) is all or
+nothing: its rows are staged in TEMP tables of the writer's connection (invisible to
+everyone else), then published into the real table in one write transaction that also
+marks the upload Complete.  If the writer stops before that transaction commits (an
+error, a lost lease, a full disk, `kill -9`), no row of the upload is visible and the
+indexes are as they were.
+
+Durability: every committed transaction survives a crash of the process (even `kill -9`):
+the WAL holds it and the next connection recovers it; an uncommitted one leaves nothing
+and never half of anything.  The transactions that publish an upload and complete a
+report run with `synchronous=FULL` (the WAL is fsynced before they return), so an upload
+answered 200 and a report shown Complete also survive a power loss or an OS crash; every
+other write (heartbeats, progress, leases, the upload journal's Running and Failed marks)
+runs with `synchronous=NORMAL`, so a power loss may forget the last of those (each one
+whole or not at all), never corrupting the file.
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,33 +60,59 @@ import pandas as pd
 import database
 import sources
 import utils
-from database import HOURS, REPORTS, STATUS, ZONES, Progress, _no_progress
+from database import HOURS, REPORTS, STATUS, UPLOADS, ZONES, Progress, _no_progress
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
-WRITE_BATCH_ROWS = 50_000  # rows per transaction on ingest
-BULK_CACHE_KIB = -262_144  # page cache of a connection while it loads polls: 256 MB (negative: in KiB)
+HEALTH_BUSY_TIMEOUT_MS = 300  # /health's write probe waits no longer for a writer: it must answer within a second
+WRITE_BATCH_ROWS = 50_000  # rows staged per batch on ingest (`on_rows` is called after each)
+BULK_CACHE_KIB = -262_144  # page cache of a connection while it loads: 256 MB (negative: in KiB)
 DEFAULT_CACHE_KIB = -2_000  # SQLite's default page cache, 2 MB
+PROBE = "healthProbe"
+FIRST_MARKED_SCHEMA = 2  # schema 1 files carry no version marks
+
+# What schema 2 added to schema 1's tables (besides reports.as_of_after_newest_poll)
+SCHEMA_2_TABLES = f"""
+CREATE TABLE {UPLOADS} (
+    upload_id TEXT PRIMARY KEY,
+    file TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    at_us INTEGER NOT NULL,
+    finished_us INTEGER,
+    loaded INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    written INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL CHECK (status IN ('Running', 'Complete', 'Failed')),
+    error TEXT,
+    dismissed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE {PROBE} (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    written_us INTEGER NOT NULL
+);
+INSERT INTO {PROBE} (id, written_us) VALUES (1, 0);
+"""
 
 SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {STATUS} (
+CREATE TABLE {STATUS} (
     store_id TEXT NOT NULL,
     timestamp_us INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
     PRIMARY KEY (store_id, timestamp_us)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {HOURS} (
+CREATE TABLE {HOURS} (
     store_id TEXT NOT NULL,
     day INTEGER NOT NULL CHECK (day BETWEEN 0 AND 6),
     start_time_local TEXT NOT NULL,
     end_time_local TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {ZONES} (
+CREATE TABLE {ZONES} (
     store_id TEXT PRIMARY KEY,
     timezone_str TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS {REPORTS} (
+CREATE TABLE {REPORTS} (
     report_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     created_us INTEGER NOT NULL,
@@ -71,18 +125,51 @@ CREATE TABLE IF NOT EXISTS {REPORTS} (
     progress_phase TEXT,
     row_count INTEGER,
     error TEXT,
-    csv_bytes INTEGER
+    csv_bytes INTEGER,
+    as_of_after_newest_poll INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS reportCsv (
+CREATE TABLE reportCsv (
     report_id TEXT PRIMARY KEY,
     data BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS leases (
+CREATE TABLE leases (
     holder TEXT PRIMARY KEY,
     mode TEXT NOT NULL CHECK (mode IN ('read', 'write', 'waiting')),
     expires_us INTEGER NOT NULL
 );
-"""
+""" + SCHEMA_2_TABLES
+
+# Schema 1, the first releases' files: no version marks, so known by exactly these tables and columns.
+# The very first release's reports had no progress_phase; step 2 adds it to such a file.
+SCHEMA_1_COLUMNS = {
+    STATUS: {"store_id", "timestamp_us", "status"},
+    HOURS: {"store_id", "day", "start_time_local", "end_time_local"},
+    ZONES: {"store_id", "timezone_str"},
+    REPORTS: {"report_id", "status", "created_us", "heartbeat_us", "finished_us", "requested_as_of_us", "as_of_us",
+              "progress_done", "progress_total", "progress_phase", "row_count", "error", "csv_bytes"},
+    "reportCsv": {"report_id", "data"},
+    "leases": {"holder", "mode", "expires_us"},
+}
+SCHEMA_1_OPTIONAL = {REPORTS: {"progress_phase"}}
+
+
+def _statements(script: str) -> list[str]:
+    return [statement.strip() for statement in script.split(";") if statement.strip()]
+
+
+def _schema_2(connection: sqlite3.Connection) -> None:
+    if "progress_phase" not in _columns(connection, REPORTS):
+        connection.execute(f"ALTER TABLE {REPORTS} ADD COLUMN progress_phase TEXT")
+    connection.execute(f"ALTER TABLE {REPORTS} ADD COLUMN as_of_after_newest_poll INTEGER NOT NULL DEFAULT 0")
+    for statement in _statements(SCHEMA_2_TABLES):
+        connection.execute(statement)
+
+
+# The numbered steps from one schema to the next: (the version it makes, what it does, the step).
+MIGRATIONS = [
+    (2, "add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks",
+     _schema_2),
+]
 
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
 TIME_INDEX = f"{STATUS}_time"
@@ -91,10 +178,52 @@ INDEXES = {
     f"{HOURS}_store": f"CREATE INDEX {HOURS}_store ON {HOURS} (store_id)",
     f"{REPORTS}_created": f"CREATE INDEX {REPORTS}_created ON {REPORTS} (created_us DESC, report_id DESC)",
     f"{REPORTS}_status_heartbeat": f"CREATE INDEX {REPORTS}_status_heartbeat ON {REPORTS} (status, heartbeat_us)",
+    f"{UPLOADS}_at": f"CREATE INDEX {UPLOADS}_at ON {UPLOADS} (at_us DESC, upload_id DESC)",
 }
 
 REPORT_COLUMNS = ("report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
-                  "progress_done, progress_total, progress_phase, row_count, error, csv_bytes")
+                  "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll")
+UPLOAD_COLUMNS = "upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, dismissed"
+WRITER_GONE = "the process loading it stopped; nothing of it was kept"
+
+# The staging tables of one upload (TEMP: only the writer's connection sees them).  Polls are staged as
+# two number columns, joined by rowid at publication: a store's number * 2 + active, and the timestamp.
+POLL_STAGING = {
+    "stagePollStores": "code INTEGER PRIMARY KEY, store_id TEXT NOT NULL",
+    "stagePollKeys": "key INTEGER NOT NULL",
+    "stagePollTimes": "timestamp_us INTEGER NOT NULL",
+}
+PUBLISH_POLLS = f"""
+    INSERT INTO {STATUS} (store_id, timestamp_us, status)
+    SELECT n.store_id, t.timestamp_us, iif(k.key & 1, 'active', 'inactive')
+    FROM temp.stagePollKeys AS k
+    JOIN temp.stagePollTimes AS t ON t.rowid = k.rowid
+    JOIN temp.stagePollStores AS n ON n.code = k.key >> 1
+    WHERE true ORDER BY k.rowid
+    ON CONFLICT (store_id, timestamp_us) DO UPDATE SET status = excluded.status
+"""
+HOURS_STAGING = {"stageHours": "store_id TEXT NOT NULL, day INTEGER NOT NULL, start_time_local TEXT NOT NULL, "
+                               "end_time_local TEXT NOT NULL"}
+PUBLISH_HOURS = [
+    f"DELETE FROM {HOURS} WHERE store_id IN (SELECT store_id FROM temp.stageHours)",
+    (f"INSERT INTO {HOURS} (store_id, day, start_time_local, end_time_local) "
+     "SELECT store_id, day, start_time_local, end_time_local FROM temp.stageHours ORDER BY rowid"),
+]
+ZONES_STAGING = {"stageZones": "store_id TEXT NOT NULL, timezone_str TEXT NOT NULL"}
+PUBLISH_ZONES = [
+    (f"INSERT INTO {ZONES} (store_id, timezone_str) SELECT store_id, timezone_str FROM temp.stageZones "
+     "WHERE true ORDER BY rowid ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str"),
+]
+
+# The stores with polls, by a loose index scan: one seek per store on the primary key, not a pass over every poll
+STORE_IDS = f"""
+    WITH RECURSIVE ids(store_id) AS (
+        SELECT min(store_id) FROM {STATUS}
+        UNION ALL
+        SELECT (SELECT min(store_id) FROM {STATUS} WHERE store_id > ids.store_id) FROM ids
+        WHERE ids.store_id IS NOT NULL
+    )
+"""
 
 
 def _now_us() -> int:
@@ -105,6 +234,89 @@ def _datetime(value_us: int | None) -> dt.datetime | None:
     return None if value_us is None else utils.us_to_datetime(value_us)
 
 
+def _error_code(error: BaseException) -> int:
+    return (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code of an extended one
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, sqlite3.Error) and _error_code(error) == sqlite3.SQLITE_FULL
+
+
+# --------------------------------------------------------------------------- is the file ours?
+
+
+def _columns(connection: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in connection.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+
+
+def _tables(connection: sqlite3.Connection) -> dict[str, set[str]]:
+    """The file's own tables (not SQLite's internal ones) and their column names."""
+    names = [name for (name,) in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+    return {name: _columns(connection, name) for name in names}
+
+
+def _schema_1_mismatch(tables: dict[str, set[str]]) -> str | None:
+    """Why these tables are not exactly schema 1's, or None when they are."""
+    foreign = sorted(set(tables) - set(SCHEMA_1_COLUMNS))
+    if foreign:
+        return f"it holds tables this service never made ({', '.join(foreign)})"
+    missing = sorted(set(SCHEMA_1_COLUMNS) - set(tables))
+    if missing:
+        return f"it lacks tables of this service ({', '.join(missing)})"
+    for table, expected in SCHEMA_1_COLUMNS.items():
+        required = expected - SCHEMA_1_OPTIONAL.get(table, set())
+        unknown, missing = tables[table] - expected, required - tables[table]
+        if unknown or missing:
+            return f"its {table} table has other columns than this service's ({', '.join(sorted(unknown | missing))})"
+    return None
+
+
+def _recognise(connection: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the file, 0 when it is empty; DatabaseRefused when it is not this service's.
+
+    Only reads: the version marks and the tables."""
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    refused = f"{path} is not this service's database: "
+    if application_id == database.APPLICATION_ID:
+        if version > database.SCHEMA_VERSION:
+            raise database.DatabaseRefused(
+                f"{path} was made by a newer version of this service (schema {version}; this code knows up to "
+                f"{database.SCHEMA_VERSION})")
+        if version < FIRST_MARKED_SCHEMA:
+            raise database.DatabaseRefused(refused + f"it carries this service's application_id with schema {version}")
+        return version
+    if application_id:
+        raise database.DatabaseRefused(
+            refused + f"its application_id is {application_id:#010x}, not {database.APPLICATION_ID:#010x}")
+    if version:
+        raise database.DatabaseRefused(refused + f"it has user_version {version} and no application_id")
+    tables = _tables(connection)
+    if not tables and connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+        return 0
+    mismatch = _schema_1_mismatch(tables) if tables else "it holds views or triggers and no tables"
+    if mismatch:
+        raise database.DatabaseRefused(refused + mismatch)
+    return 1
+
+
+def _refusal_of(error: sqlite3.Error, path: Path) -> database.DatabaseRefused | None:
+    """The refusal a read-only look's error means (not SQLite, another program's unfinished write), or None."""
+    code = _error_code(error)
+    if code == sqlite3.SQLITE_NOTADB:
+        return database.DatabaseRefused(f"{path} is not this service's database: it is not a SQLite file ({error})")
+    if code == sqlite3.SQLITE_READONLY:  # SQLITE_READONLY_ROLLBACK: a hot journal, which only a writer can undo
+        return database.DatabaseRefused(
+            f"{path} is not this service's database: it has an unfinished transaction of another program ({error})")
+    return None
+
+
+# --------------------------------------------------------------------------- the store
+
+
 class SqliteStore(database.Store):
     kind = "sqlite"
 
@@ -112,13 +324,76 @@ class SqliteStore(database.Store):
         self.path = Path(path).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        connection = self._connection()
-        connection.execute("PRAGMA journal_mode=WAL")
-        with self._write() as write:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    write.execute(statement)
+        self.migrations_applied: list[str] = []
+        self.schema_version = self._open_schema()
         self.migrate()
+        self._damage: str | None = None
+        self.quick_check_done = threading.Event()
+        threading.Thread(target=self._quick_check, name="sqlite-quick-check", daemon=True).start()
+
+    # ----- opening: recognise, create or migrate, then WAL
+
+    def _read_only_uri(self) -> str:
+        return self.path.as_uri() + "?mode=ro"
+
+    def _look(self) -> int:
+        """The file's schema version (0: missing or empty), read on a read-only connection, which can write
+        nothing: not a hot journal's rollback, not a checkpoint at close."""
+        if not self.path.exists():
+            return 0
+        if not self.path.is_file():  # a folder, say: SQLite's own error says it cannot be opened
+            sqlite3.connect(self.path).close()
+        connection = sqlite3.connect(self._read_only_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                     isolation_level=None)
+        try:
+            connection.execute("BEGIN")  # one snapshot: the marks and the tables of one moment
+            return _recognise(connection, self.path)
+        except sqlite3.DatabaseError as error:
+            raise _refusal_of(error, self.path) or error
+        finally:
+            connection.close()
+
+    def _open_schema(self) -> int:
+        found = self._look()
+        connection = self._connection()
+        if found == 0:  # nothing of anyone's to protect: WAL from the start, so a crash leaves no hot journal
+            connection.execute("PRAGMA journal_mode=WAL")
+            found = self._create_schema()
+        for version, description, step in MIGRATIONS:
+            if found < version:
+                self._migrate_step(version, description, step)
+                found = version
+        connection.execute("PRAGMA journal_mode=WAL")
+        return found
+
+    def _create_schema(self) -> int:
+        """Make the schema in an empty file, in one transaction; the file's version after it."""
+        with self._write() as write:
+            found = _recognise(write, self.path)  # again, under the lock: another process may have made it
+            if found == 0:
+                for statement in _statements(SCHEMA):
+                    write.execute(statement)
+                self._mark_version(write, database.SCHEMA_VERSION)
+                found = database.SCHEMA_VERSION
+        return found
+
+    def _migrate_step(self, version: int, description: str, step) -> None:
+        """One numbered step in one transaction with its version mark; the version is read again inside
+        it, so of several processes opening an old file at once exactly one migrates it."""
+        with self._write() as write:
+            current = _recognise(write, self.path)
+            if current >= version:
+                return
+            step(write)
+            self._mark_version(write, version)
+        done = f"schema {current} -> {version}: {description}"
+        self.migrations_applied.append(done)
+        log.info("%s migrated: %s", self.path, done)
+
+    @staticmethod
+    def _mark_version(write: sqlite3.Connection, version: int) -> None:
+        write.execute(f"PRAGMA application_id = {int(database.APPLICATION_ID)}")
+        write.execute(f"PRAGMA user_version = {int(version)}")
 
     # ----- connections
 
@@ -132,17 +407,55 @@ class SqliteStore(database.Store):
             self._local.connection = connection
         return connection
 
+    def _health_connection(self) -> sqlite3.Connection:
+        """A connection of its own for /health, whose write probe waits at most HEALTH_BUSY_TIMEOUT_MS."""
+        connection = getattr(self._local, "health", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=HEALTH_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                         check_same_thread=False)
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.health = connection
+        return connection
+
     @contextmanager
-    def _write(self):
-        """A write transaction: taken at once (BEGIN IMMEDIATE), committed at the end, rolled back on error."""
-        connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
+    def _disk_full_as(self, what: str):
+        """Turn a full disk into database.DiskFull (`what` names the write that was lost)."""
         try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
+            yield
+        except (sqlite3.Error, OSError) as error:
+            if _is_disk_full(error):
+                raise database.DiskFull(str(self.path), database.free_bytes(self.path.parent), what=what) from error
             raise
-        connection.execute("COMMIT")
+
+    @staticmethod
+    def _roll_back(connection: sqlite3.Connection) -> None:
+        if connection.in_transaction:  # SQLite rolls some failures (a full disk) back by itself
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error as error:
+                log.error("could not roll back: %s", error)
+
+    @contextmanager
+    def _write(self, what: str = "write", durable: bool = False):
+        """A write transaction: taken at once (BEGIN IMMEDIATE), committed at the end, rolled back on error.
+
+        `durable`: committed with synchronous=FULL, so it survives a power loss too.  A full disk
+        raises database.DiskFull once the transaction is rolled back."""
+        connection = self._connection()
+        with self._disk_full_as(what):
+            if durable:
+                connection.execute("PRAGMA synchronous=FULL")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                    connection.execute("COMMIT")
+                except BaseException:
+                    self._roll_back(connection)
+                    raise
+            finally:
+                if durable:
+                    connection.execute("PRAGMA synchronous=NORMAL")
 
     @contextmanager
     def _read(self):
@@ -180,7 +493,7 @@ class SqliteStore(database.Store):
                         log.info("index %s changed: rebuilding it", name)
                         write.execute(f"DROP INDEX {name}")
                     write.execute(statement)
-            except sqlite3.Error as error:
+            except (sqlite3.Error, database.DiskFull) as error:
                 failed.append(f"{name}: {error}")
                 log.error("could not create index %s: %s", name, error)
         return failed
@@ -191,73 +504,277 @@ class SqliteStore(database.Store):
                    for table in (STATUS, HOURS, ZONES))
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        for name in ("connection", "health"):
+            connection = getattr(self._local, name, None)
+            if connection is not None:
+                connection.close()
+                setattr(self._local, name, None)
 
-    # ----- ingest
+    # ----- health
 
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
-        statement = (f"INSERT INTO {STATUS} (store_id, timestamp_us, status) VALUES (?, ?, ?) "
-                     "ON CONFLICT (store_id, timestamp_us) DO UPDATE SET status = excluded.status")
-        if frame.empty:
-            return 0
+    def _quick_check(self) -> None:
+        """PRAGMA quick_check once, in the background: its first complaint, if any, is a /health problem."""
+        try:
+            connection = sqlite3.connect(self._read_only_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                text = "\n".join(row[0] for row in connection.execute("PRAGMA quick_check(1)"))
+            finally:
+                connection.close()
+        except sqlite3.Error as error:
+            if _error_code(error) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                log.warning("could not check %s for damage: %s", self.path, database.describe_error(error))
+                self.quick_check_done.set()
+                return
+            text = database.describe_error(error)
+        lines = [line for line in text.splitlines() if line and not line.startswith("*** in database")]
+        if lines != ["ok"]:
+            self._damage = lines[0] if lines else text
+            log.error("%s failed its integrity check: %s", self.path, self._damage)
+        self.quick_check_done.set()
+
+    def _write_probe(self) -> tuple[str, str | None]:
+        """("ok" | "busy" | "failed", the problem): a real, committed write of the probe row.  "busy" (another
+        writer holds the lock, e.g. publishing an upload) is not a problem."""
+        connection = self._health_connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(f"INSERT INTO {PROBE} (id, written_us) VALUES (1, ?) "
+                               "ON CONFLICT (id) DO UPDATE SET written_us = excluded.written_us", (_now_us(),))
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            self._roll_back(connection)
+            if _error_code(error) == sqlite3.SQLITE_BUSY:
+                return "busy", None
+            if _is_disk_full(error):
+                return "failed", f"the disk holding {self.path} is full: the database cannot be written"
+            return "failed", f"the database {self.path} cannot be written: {database.describe_error(error)}"
+        return "ok", None
+
+    def _disk_problem(self, free: int | None, min_free_bytes: int) -> str | None:
+        if free is None or free >= min_free_bytes:
+            return None
+        return (f"the disk holding {self.path} has {free / 1_048_576:.0f} MB free, "
+                f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)")
+
+    def _schema_problem(self, connection: sqlite3.Connection) -> str | None:
+        on_disk = connection.execute("PRAGMA user_version").fetchone()[0]
+        if on_disk > database.SCHEMA_VERSION:
+            return (f"{self.path} was migrated by a newer version of this service (schema {on_disk}; this code "
+                    f"knows up to {database.SCHEMA_VERSION})")
+        return None
+
+    def _read_facts(self) -> tuple[int | None, str | None]:
+        """(the newest poll, a problem): the schema mark and the newest poll, read on the health connection."""
+        connection = self._health_connection()
+        try:
+            newest = connection.execute(f"SELECT max(timestamp_us) FROM {STATUS}").fetchone()[0]
+            return newest, self._schema_problem(connection)
+        except sqlite3.Error as error:
+            return None, f"the database {self.path} cannot be read: {database.describe_error(error)}"
+
+    def health(self, min_free_bytes: int) -> dict:
+        probe, probe_problem = self._write_probe()
+        newest, read_problem = self._read_facts()
+        free = database.free_bytes(self.path.parent)
+        problems = [probe_problem, read_problem, self._disk_problem(free, min_free_bytes)]
+        if self._damage:
+            problems.append(f"{self.path} is damaged: PRAGMA quick_check found: {self._damage}")
+        unfinished = self.unfinished_upload()
+        if unfinished:
+            problems.append(str(database.UploadUnfinished(unfinished)))
+        return {
+            "schema_version": self.schema_version,
+            "free_disk_mb": None if free is None else round(free / 1_048_576, 1),
+            "newest_poll_us": newest,
+            "write_probe": probe,  # "ok", "busy" (another writer held the lock: not a problem) or "failed"
+            "problems": [problem for problem in problems if problem],
+        }
+
+    # ----- ingest: staged in TEMP tables, published in one transaction
+
+    @contextmanager
+    def _staging(self, tables: dict[str, str]):
+        """The writer's connection with fresh TEMP staging tables, dropped at the end whatever happens."""
+        connection = self._connection()
+        with self._disk_full_as("upload"):
+            try:
+                for name, columns in tables.items():
+                    connection.execute(f"DROP TABLE IF EXISTS temp.{name}")
+                    connection.execute(f"CREATE TEMP TABLE {name} ({columns})")
+                for schema in ("main", "temp"):
+                    connection.execute(f"PRAGMA {schema}.cache_size = {BULK_CACHE_KIB}")
+                yield connection
+            finally:
+                self._drop_staging(connection, tables)
+
+    def _drop_staging(self, connection: sqlite3.Connection, tables: dict[str, str]) -> None:
+        try:
+            self._roll_back(connection)
+            for name in tables:
+                connection.execute(f"DROP TABLE IF EXISTS temp.{name}")
+            for schema in ("main", "temp"):
+                connection.execute(f"PRAGMA {schema}.cache_size = {DEFAULT_CACHE_KIB}")
+        except sqlite3.Error as error:  # never hides the error that ended the upload
+            log.error("could not drop the staging tables of an upload: %s", error)
+
+    def _stage(self, connection: sqlite3.Connection, statements: list[tuple[str, object]]) -> None:
+        """Run statements on the TEMP tables as one transaction (it takes no lock on the database file)."""
+        connection.execute("BEGIN")
+        try:
+            for statement, values in statements:
+                if isinstance(values, list):
+                    connection.executemany(statement, values)
+                else:
+                    connection.execute(statement, values)
+            connection.execute("COMMIT")
+        except BaseException:
+            self._roll_back(connection)
+            raise
+
+    @staticmethod
+    def _finish_upload(write: sqlite3.Connection, upload_id: str | None, rows: int) -> None:
+        if upload_id is not None:
+            write.execute(f"UPDATE {UPLOADS} SET status = 'Complete', finished_us = ?, written = ?, error = NULL "
+                          "WHERE upload_id = ?", (_now_us(), rows, upload_id))
+
+    def _publish(self, statements: list[str], upload_id: str | None, rows: int) -> None:
+        with self._write("upload", durable=True) as write:
+            for statement in statements:
+                write.execute(statement)
+            self._finish_upload(write, upload_id, rows)
+
+    def _stage_polls(self, connection: sqlite3.Connection, frame: pd.DataFrame, on_rows: Progress) -> None:
         # rows go in in key order, so the table's B-tree fills page after page instead of touching a
         # random page for each row; of two rows with one key the later still goes in later, and wins
         codes, names = pd.factorize(frame["store_id"], sort=True)
         codes, stamps, active = utils._sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
                                                     frame["active"].to_numpy(dtype=bool))
-        names = np.asarray(names, dtype=object)
-        status = np.array(["inactive", "active"], dtype=object)
-        connection = self._connection()
-        # into an empty table the time index is built once at the end, which is several times faster
-        # than keeping it up to date row by row (a crash in between leaves it to `migrate` at the next start)
-        rebuild_index = connection.execute(f"SELECT 1 FROM {STATUS} LIMIT 1").fetchone() is None
-        if rebuild_index:
-            with self._write() as write:
-                write.execute(f"DROP INDEX IF EXISTS {TIME_INDEX}")
-        connection.execute(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
-        try:
-            for start in range(0, len(frame), WRITE_BATCH_ROWS):
-                end = start + WRITE_BATCH_ROWS
-                # Python objects for one batch at a time (for every row at once: hundreds of MB at 15M polls)
-                rows = zip(names[codes[start:end]].tolist(), stamps[start:end].tolist(),
-                           status[active[start:end].astype(np.int8)].tolist())
-                with self._write() as write:
-                    write.executemany(statement, rows)
-                on_rows(min(end, len(frame)) - start)
-        finally:
-            if rebuild_index:
-                with self._write() as write:
-                    write.execute(INDEXES[TIME_INDEX].replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
-            connection.execute(f"PRAGMA cache_size = {DEFAULT_CACHE_KIB}")
+        keys = codes * 2 + active
+        self._stage(connection, [("INSERT INTO temp.stagePollStores (code, store_id) VALUES (?, ?)",
+                                  list(enumerate(np.asarray(names, dtype=object).tolist())))])
+        for start in range(0, len(frame), WRITE_BATCH_ROWS):
+            end = start + WRITE_BATCH_ROWS
+            # each batch crosses as two JSON arrays of numbers: far cheaper than a Python tuple per row
+            self._stage(connection, [
+                ("INSERT INTO temp.stagePollKeys (key) SELECT value FROM json_each(?)",
+                 (json.dumps(keys[start:end].tolist()),)),
+                ("INSERT INTO temp.stagePollTimes (timestamp_us) SELECT value FROM json_each(?)",
+                 (json.dumps(stamps[start:end].tolist()),)),
+            ])
+            on_rows(min(end, len(frame)) - start)
+
+    def _publish_polls(self, write: sqlite3.Connection) -> None:
+        # into an empty table the time index is built once after the rows, several times faster than keeping
+        # it up to date row by row; dropped and made again inside this transaction, so no other connection
+        # ever sees the table without it
+        empty = write.execute(f"SELECT 1 FROM {STATUS} LIMIT 1").fetchone() is None
+        if empty:
+            write.execute(f"DROP INDEX IF EXISTS {TIME_INDEX}")
+        write.execute(PUBLISH_POLLS)
+        if empty:
+            write.execute(INDEXES[TIME_INDEX])
+
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
+        with self._staging(POLL_STAGING) as connection:
+            if not frame.empty:
+                self._stage_polls(connection, frame, on_rows)
+            with self._write("upload", durable=True) as write:
+                if not frame.empty:
+                    self._publish_polls(write)
+                self._finish_upload(write, upload_id, len(frame))
         return len(frame)
 
-    def _replace_by_store(self, table: str, columns: tuple[str, ...], rows: list[tuple], on_rows: Progress) -> None:
-        stores = sorted({row[0] for row in rows})
-        placeholders = ", ".join("?" * len(columns))
-        with self._write() as write:
-            write.execute(f"DELETE FROM {table} WHERE store_id IN (SELECT value FROM json_each(?))",
-                          (json.dumps(stores),))
-            write.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
-        on_rows(len(rows))
+    def _replace(self, staging: dict[str, str], rows: list[tuple], publish: list[str], on_rows: Progress,
+                 upload_id: str | None) -> int:
+        name = next(iter(staging))
+        insert = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(rows[0]))})" if rows else ""
+        with self._staging(staging) as connection:
+            for start in range(0, len(rows), WRITE_BATCH_ROWS):
+                batch = rows[start:start + WRITE_BATCH_ROWS]
+                self._stage(connection, [(insert, batch)])
+                on_rows(len(batch))
+            self._publish(publish if rows else [], upload_id, len(rows))
+        return len(rows)
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
         # each distinct time of day is formatted once (there are few: most hours are on the hour)
         times, index = np.unique(frame[["start_s", "end_s"]].to_numpy(dtype=np.int64), return_inverse=True)
         text = np.array([sources.hms(int(t)) for t in times], dtype=object)[index.reshape(-1, 2)]
         rows = list(zip(frame["store_id"].astype(object).tolist(), frame["day"].astype(int).tolist(),
                         text[:, 0].tolist(), text[:, 1].tolist()))
-        if rows:
-            self._replace_by_store(HOURS, ("store_id", "day", "start_time_local", "end_time_local"), rows, on_rows)
-        return len(rows)
+        return self._replace(HOURS_STAGING, rows, PUBLISH_HOURS, on_rows, upload_id)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress) -> int:
-        rows = list(zip(frame["store_id"], frame["timezone_str"]))
-        if rows:
-            self._replace_by_store(ZONES, ("store_id", "timezone_str"), rows, on_rows)
-        return len(rows)
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+                      upload_id: str | None = None) -> int:
+        rows = list(zip(frame["store_id"].astype(object).tolist(), frame["timezone_str"].astype(object).tolist()))
+        return self._replace(ZONES_STAGING, rows, PUBLISH_ZONES, on_rows, upload_id)
+
+    # ----- the upload journal
+
+    def begin_upload(self, file: str, kind: str, digest: str, loaded: int, rejected: int) -> str:
+        upload_id = uuid.uuid4().hex
+        with self._write() as write:
+            write.execute(f"INSERT INTO {UPLOADS} (upload_id, file, kind, digest, at_us, loaded, rejected, written, "
+                          "status, dismissed) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'Running', 0)",
+                          (upload_id, file, kind, digest, _now_us(), int(loaded), int(rejected)))
+        return upload_id
+
+    def fail_upload(self, upload_id: str, error: str) -> None:
+        with self._write() as write:
+            write.execute(f"UPDATE {UPLOADS} SET status = 'Failed', finished_us = ?, error = ?, written = 0 "
+                          "WHERE upload_id = ? AND status = 'Running'", (_now_us(), error, upload_id))
+
+    def dismiss_upload(self, upload_id: str) -> bool:
+        with self._write() as write:
+            return write.execute(f"UPDATE {UPLOADS} SET dismissed = 1 WHERE upload_id = ?", (upload_id,)).rowcount == 1
+
+    @staticmethod
+    def _upload(row, writer_alive: bool) -> dict:
+        upload_id, file, kind, digest, at, finished, loaded, rejected, written, status, error, dismissed = row
+        if status == "Running" and not writer_alive:
+            status, error = "Failed", WRITER_GONE
+        return {"upload_id": upload_id, "file": file, "kind": kind, "digest": digest, "at": _datetime(at),
+                "finished_at": _datetime(finished), "loaded": loaded, "rejected": rejected, "written": written,
+                "status": status, "error": error, "dismissed": bool(dismissed)}
+
+    def list_uploads(self, limit: int = 10) -> list[dict]:
+        with self._read() as read:
+            rows = read.execute(f"SELECT {UPLOAD_COLUMNS} FROM {UPLOADS} ORDER BY at_us DESC, upload_id DESC LIMIT ?",
+                                (int(limit),)).fetchall()
+            writer_alive = read.execute("SELECT 1 FROM leases WHERE mode = 'write' AND expires_us >= ? LIMIT 1",
+                                        (_now_us(),)).fetchone() is not None
+        return [self._upload(row, writer_alive) for row in rows]
+
+    def unfinished_upload(self) -> dict | None:
+        """Always None here: an upload's rows become visible in the very transaction that marks it Complete,
+        so no upload ever stops part-way with some of its rows visible (a failed one leaves none)."""
+        return None
+
+    # ----- what is stored
+
+    def delete_polls(self, store_id: str, since_us: int | None = None, until_us: int | None = None) -> int:
+        conditions, values = ["store_id = ?"], [store_id]
+        for bound, operator in ((since_us, ">="), (until_us, "<=")):
+            if bound is not None:
+                conditions.append(f"timestamp_us {operator} ?")
+                values.append(int(bound))
+        with self._write() as write:
+            return write.execute(f"DELETE FROM {STATUS} WHERE {' AND '.join(conditions)}", values).rowcount
+
+    def data_summary(self) -> dict:
+        with self._read() as read:
+            def one(query: str):
+                return read.execute(query).fetchone()[0]
+
+            return {
+                "stores": one(f"{STORE_IDS} SELECT count(store_id) FROM ids"),
+                "polls": one(f"SELECT count(*) FROM {STATUS}"),
+                "hours_rows": one(f"SELECT count(*) FROM {HOURS}"),
+                "zones": one(f"SELECT count(*) FROM {ZONES}"),
+                "oldest_poll_us": one(f"SELECT min(timestamp_us) FROM {STATUS}"),
+                "newest_poll_us": one(f"SELECT max(timestamp_us) FROM {STATUS}"),
+            }
 
     # ----- reading for the report
 
@@ -265,14 +782,7 @@ class SqliteStore(database.Store):
         return self._connection().execute(f"SELECT max(timestamp_us) FROM {STATUS}").fetchone()[0]
 
     def report_store_ids(self, now_us: int) -> list[str]:
-        # a loose index scan: one seek per store on the primary key, not a pass over every poll
-        query = f"""
-            WITH RECURSIVE ids(store_id) AS (
-                SELECT min(store_id) FROM {STATUS}
-                UNION ALL
-                SELECT (SELECT min(store_id) FROM {STATUS} WHERE store_id > ids.store_id) FROM ids
-                WHERE ids.store_id IS NOT NULL
-            )
+        query = f"""{STORE_IDS}
             SELECT store_id FROM ids
             WHERE store_id IS NOT NULL
               AND (SELECT min(timestamp_us) FROM {STATUS} s WHERE s.store_id = ids.store_id) <= ?
@@ -357,7 +867,8 @@ class SqliteStore(database.Store):
                 (report_id, now, now, as_of_us),
             )
 
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None) -> None:
+    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
+                      as_of_after_newest_poll: bool | None = None) -> None:
         sets, values = ["heartbeat_us = ?"], [_now_us()]
         if as_of_us is not None:
             sets.append("as_of_us = ?")
@@ -365,53 +876,53 @@ class SqliteStore(database.Store):
         if progress is not None:
             sets += ["progress_done = ?", "progress_total = ?", "progress_phase = ?"]
             values += [int(progress["done"]), progress.get("total"), progress.get("phase")]
-        self._connection().execute(
-            f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
-            (*values, report_id),
-        )
-
-    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> None:
+        if as_of_after_newest_poll is not None:
+            sets.append("as_of_after_newest_poll = ?")
+            values.append(int(bool(as_of_after_newest_poll)))
         with self._write() as write:
-            write.execute("INSERT OR REPLACE INTO reportCsv (report_id, data) VALUES (?, ?)",
-                          (report_id, sqlite3.Binary(csv_bytes)))
-            write.execute(
+            write.execute(f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
+                          (*values, report_id))
+
+    def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
+        with self._write("report", durable=True) as write:
+            completed = write.execute(
                 f"UPDATE {REPORTS} SET status = 'Complete', finished_us = ?, row_count = ?, csv_bytes = ? "
                 "WHERE report_id = ? AND status = 'Running'",
                 (_now_us(), row_count, len(csv_bytes), report_id),
-            )
+            ).rowcount == 1
+            if completed:  # in the same transaction: a reader never sees Complete without the whole CSV
+                write.execute("INSERT OR REPLACE INTO reportCsv (report_id, data) VALUES (?, ?)",
+                              (report_id, sqlite3.Binary(csv_bytes)))
+        return completed
 
     def fail_report(self, report_id: str, error: str) -> None:
-        self._connection().execute(
-            f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, error = ? "
-            "WHERE report_id = ? AND status = 'Running'",
-            (_now_us(), error, report_id),
-        )
+        with self._write() as write:
+            write.execute(f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, error = ? "
+                          "WHERE report_id = ? AND status = 'Running'", (_now_us(), error, report_id))
 
     def beat(self, report_ids: list[str]) -> None:
         if report_ids:
-            self._connection().execute(
-                f"UPDATE {REPORTS} SET heartbeat_us = ? "
-                "WHERE status = 'Running' AND report_id IN (SELECT value FROM json_each(?))",
-                (_now_us(), json.dumps(list(report_ids))),
-            )
+            with self._write() as write:
+                write.execute(f"UPDATE {REPORTS} SET heartbeat_us = ? "
+                              "WHERE status = 'Running' AND report_id IN (SELECT value FROM json_each(?))",
+                              (_now_us(), json.dumps(list(report_ids))))
 
     def fail_stale_reports(self, older_than: dt.timedelta) -> int:
         now = _now_us()
         cutoff = now - older_than // dt.timedelta(microseconds=1)
-        cursor = self._connection().execute(
-            f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, "
-            "error = 'the worker running this report stopped (no heartbeat); trigger it again' "
-            "WHERE status = 'Running' AND heartbeat_us < ?",
-            (now, cutoff),
-        )
-        return cursor.rowcount
+        with self._write() as write:
+            return write.execute(
+                f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, error = ? "
+                "WHERE status = 'Running' AND heartbeat_us < ?",
+                (now, database.STALE_ERROR, cutoff),
+            ).rowcount
 
     @staticmethod
     def _record(row) -> dict | None:
         if row is None:
             return None
         (report_id, status, created, heartbeat, finished, requested, as_of, done, total, phase, row_count, error,
-         csv_bytes) = row
+         csv_bytes, after_newest) = row
         progress = {"done": done, "total": total}
         if phase is not None:
             progress["phase"] = phase
@@ -420,6 +931,7 @@ class SqliteStore(database.Store):
             "heartbeat_at": _datetime(heartbeat), "finished_at": _datetime(finished),
             "requested_as_of_us": requested, "as_of_us": as_of, "progress": progress,
             "row_count": row_count, "error": error, "csv_bytes": csv_bytes,
+            "as_of_after_newest_poll": bool(after_newest),
         }
 
     def find_report(self, report_id: str) -> dict | None:
@@ -482,9 +994,10 @@ class SqliteStore(database.Store):
 
     def _renew_lease(self, mode: str, holder: str) -> bool:
         expires = _now_us() + database.LEASE_SECONDS * 1_000_000
-        cursor = self._connection().execute("UPDATE leases SET expires_us = ? WHERE holder = ? AND mode = ?",
-                                            (expires, holder, mode))
-        return cursor.rowcount == 1
+        with self._write() as write:
+            return write.execute("UPDATE leases SET expires_us = ? WHERE holder = ? AND mode = ?",
+                                 (expires, holder, mode)).rowcount == 1
 
     def _release_lease(self, mode: str, holder: str) -> None:
-        self._connection().execute("DELETE FROM leases WHERE holder = ?", (holder,))
+        with self._write() as write:
+            write.execute("DELETE FROM leases WHERE holder = ?", (holder,))

@@ -280,6 +280,11 @@
     $("report-id").textContent = body.report_id;
     var count = body.row_count === null || body.row_count === undefined ? body.data.length : body.row_count;
     $("report-meta").textContent = "As of " + fmtTime(body.as_of) + " UTC · " + count + " stores";
+    var later = $("report-after-newest");
+    later.hidden = !body.as_of_after_newest_poll;
+    later.textContent = body.as_of_after_newest_poll
+      ? "This report's time is later than the newest poll stored: every store's last poll is carried forward to it."
+      : "";
     $("csv-link").href = "/get_report?report_id=" + encodeURIComponent(body.report_id) + "&format=csv";
     $("csv-link").setAttribute("download", "report_" + body.report_id + ".csv");
     if (history.replaceState) { history.replaceState(null, "", "#report=" + body.report_id); }

@@ -149,14 +149,21 @@ def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_
     app.extensions["reports"].shutdown(wait=True)
 
 
-def database_failure(kind: str) -> Exception:
-    """An error of the store's own driver, with text that must not reach a client."""
+def database_failure(kind: str, transient: bool = True) -> Exception:
+    """An error of the store's own driver, with text that must not reach a client: one that goes away
+    by itself (busy, no server within the time limit), or a permanent one (an I/O error, a rejected write)."""
     if kind == "sqlite":
         import sqlite3
 
-        return sqlite3.OperationalError("disk I/O error at /srv/secret/store_monitoring.sqlite3")
-    from pymongo.errors import ServerSelectionTimeoutError
+        if not transient:
+            return sqlite3.OperationalError("disk I/O error at /srv/secret/store_monitoring.sqlite3")
+        error = sqlite3.OperationalError("database is locked: /srv/secret/store_monitoring.sqlite3 (I/O)")
+        error.sqlite_errorcode = sqlite3.SQLITE_BUSY
+        return error
+    from pymongo.errors import ServerSelectionTimeoutError, WriteError
 
+    if not transient:
+        return WriteError("not authorized on secret as admin:hunter2@db1.internal (I/O)", code=13)
     return ServerSelectionTimeoutError("mongodb://admin:hunter2@db1.internal:27017 timed out")
 
 
@@ -165,16 +172,22 @@ def database_failure(kind: str) -> Exception:
     ("post", "/trigger_report", "create_report"),
     ("get", "/reports", "list_reports"),
 ])
-def test_a_database_error_is_503_without_its_text(client, store, monkeypatch, method, path, store_method):
+@pytest.mark.parametrize("transient, status", [(True, 503), (False, 500)])
+def test_a_database_error_is_503_or_500_without_its_text(client, store, monkeypatch, method, path, store_method,
+                                                         transient, status, caplog):
     def fail(*args, **kwargs):
-        raise database_failure(store.kind)
+        raise database_failure(store.kind, transient)
 
     monkeypatch.setattr(type(store), store_method, fail)
     response = getattr(client, method)(path)
-    assert response.status_code == 503
-    assert response.get_json() == {"error": "the database is not available; try again shortly", "status": 503}
+    assert response.status_code == status
+    assert ("Retry-After" in response.headers) == transient
+    message = ("the database is not available; try again shortly" if transient else
+               "the database failed to do this (a permanent error; the server log has the details)")
+    assert response.get_json() == {"error": message, "status": status}
     for secret in ("secret", "hunter2", "internal", "I/O", "Traceback"):
         assert secret not in response.get_data(as_text=True)
+    assert len([r for r in caplog.records if r.name == "app" and r.levelname == "ERROR"]) == 1  # one log line
 
 
 def test_csv_of_a_report_that_is_not_complete_is_409_and_unknown_format_400(client, store):
@@ -281,7 +294,12 @@ def test_unexpected_error_is_json_without_trace(app, client, monkeypatch):
 def test_health_names_the_database(client, store):
     response = client.get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": store.kind, "database_ok": True}
+    body = response.get_json()
+    assert {key: body[key] for key in ("status", "database", "database_ok", "schema_version", "newest_poll")} == {
+        "status": "ok", "database": store.kind, "database_ok": True, "schema_version": 2,
+        "newest_poll": "2023-01-24T13:00:00Z"}
+    assert set(body) == {"status", "database", "database_ok", "schema_version", "free_disk_mb",
+                         "reports_free_disk_mb", "newest_poll"}
 
 
 def test_stale_running_report_is_failed_when_polled(app, client, store):

@@ -436,6 +436,22 @@ def test_clicking_a_past_report_loads_it(driver, service, shown):
     assert_table_matches(driver, shown)
 
 
+def test_a_report_after_the_newest_poll_says_so_on_the_page(driver, service, shown):
+    later = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00")) + dt.timedelta(hours=3)
+    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": later.isoformat()}).encode(),
+                             method="POST")
+    assert status == 202, body
+    other = wait_for_report(service, body["report_id"])
+    assert other["as_of_after_newest_poll"] is True
+    line = driver.find_element(By.ID, "report-after-newest")
+    assert not line.is_displayed()  # the report at the newest poll has no such line
+    driver.execute_script("location.hash = '#report=' + arguments[0];", other["report_id"])
+    wait(driver, lambda d: line.is_displayed(), "no line saying the report is later than the newest poll")
+    assert "later than the newest poll" in line.text
+    driver.execute_script("location.hash = '#report=' + arguments[0];", shown["report_id"])
+    wait(driver, lambda d: not line.is_displayed(), "the line stays for a report at the newest poll")
+
+
 def test_errors_are_shown(driver, shown):
     message = driver.find_element(By.ID, "message")
     as_of = driver.find_element(By.ID, "as-of")

@@ -509,7 +509,7 @@ def test_a_report_record_keeps_the_requested_as_of_and_the_csv_size(store):
 
 
 REPORT_RECORD_FIELDS = {"report_id", "status", "created_at", "heartbeat_at", "finished_at", "requested_as_of_us",
-                        "as_of_us", "progress", "row_count", "error", "csv_bytes"}
+                        "as_of_us", "progress", "row_count", "error", "csv_bytes", "as_of_after_newest_poll"}
 
 
 def test_every_store_gives_report_records_of_the_same_fields(store):
@@ -748,13 +748,14 @@ def test_load_dir_notes_a_missing_file_and_a_wrong_header_and_loads_the_rest(sto
     summaries = database.load_dir(store, directory)
     assert capsys.readouterr().err == ""  # no progress bars unless asked for
     empty = {"rows_read": 0, "loaded": 0, "rejected": 0, "rejects": []}
-    assert summaries[1:] == [
-        {"file": str(directory / "menu_hours.csv"), **empty, "notes": ["file not found, skipped"]},
+    assert summaries[0] == {"file": str(directory / "menu_hours.csv"), **empty,
+                            "notes": ["file not found, not loaded"]}
+    assert summaries[2:] == [
         {"file": str(directory / "timezones.csv"), **empty,
          "notes": ["whole file rejected: timezones.csv: wrong header 'store,zone': expected columns "
                    "store_id,timezone_str (missing store_id, timezone_str); check the file and its delimiter (comma)"]},
     ]
-    assert (summaries[0]["loaded"], summaries[0]["rejected"]) == (5, 0)
+    assert (summaries[1]["loaded"], summaries[1]["rejected"]) == (5, 0)
     assert store.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
 
 

@@ -135,7 +135,7 @@ def test_heartbeats_and_the_stale_sweep_use_the_server_clock(real_store):
     real_store.create_report("c" * 32, None)
     assert real_store.fail_stale_reports(dt.timedelta(seconds=60)) == 1
     failed = real_store.find_report("b" * 32)
-    assert (failed["status"], failed["error"]) == ("Failed", store_mongo.STALE_ERROR)
+    assert (failed["status"], failed["error"]) == ("Failed", database.STALE_ERROR)
     assert abs((failed["finished_at"] - server_now).total_seconds()) < 30  # set by the server's $$NOW
     assert real_store.find_report("c" * 32)["status"] == "Running"
 

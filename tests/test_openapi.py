@@ -2,8 +2,9 @@
 
 The last part is property-based: schemathesis generates requests from the description
 (valid ones and deliberately invalid ones) for every operation, sends them to the app
-in-process (WSGI, no server) and checks every answer: no 5xx, a documented status code
-and content type, a body matching the documented schema, invalid input refused with 4xx.
+in-process (WSGI, no server), on each store (SQLite and mongomock), and checks every answer:
+no 5xx, a documented status code and content type, a body matching the documented schema,
+invalid input refused with 4xx.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from schemathesis.specs.openapi.checks import (
 
 import app as app_module
 from app import create_app
-from tests.conftest import force_report_state, write_data_dir
+from tests.conftest import STORE_KINDS, TINY_HOURS, TINY_STATUS, TINY_ZONES, force_report_state, store_config, \
+    write_data_dir
 
 SPEC_PATH = Path(app_module.__file__).resolve().parent / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text())
@@ -52,6 +54,12 @@ SCHEMATHESIS_CONFIG = {
             # 429 (documented; its own tests are in test_hostile.py)
             "include-path": "/trigger_report",
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "429"]}},
+        },
+        {
+            # a since or until can match the pattern and still name no real instant (month 13), or come after
+            # the other: 400; a store_id holding "/" names no route: 404
+            "include-path": "/stores/{store_id}/polls",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404"]}},
         },
     ],
 }
@@ -109,9 +117,13 @@ def test_every_operation_is_described_with_success_and_error_answers():
             assert response.get("description"), f"{where} {status}: no description"
             if status.startswith(("4", "5")):
                 schema = response["content"]["application/json"]["schema"]
-                assert schema["$ref"] in ("#/components/schemas/Error", "#/components/schemas/IngestError"), (
-                    f"{where} {status}: an error answer must use the error schema"
-                )
+                for body in _error_bodies(schema):
+                    assert {"error", "status"} <= set(body.get("required", ())), (
+                        f"{where} {status}: an error answer must be the error body ({{error, status}}, maybe more)"
+                    )
+                    assert body["properties"]["status"]["type"] == "integer", where
+                    allowed = body["properties"]["status"].get("enum")
+                    assert allowed is None or int(status) in allowed, f"{where} {status}: status {allowed}"
 
 
 def test_security_matches_the_token_check(app):
@@ -133,6 +145,33 @@ def _resolve(node: dict) -> dict:
     while "$ref" in node and node["$ref"].startswith("#/components/responses/"):
         node = SPEC["components"]["responses"][node["$ref"].rsplit("/", 1)[1]]
     return node
+
+
+def _error_bodies(schema: dict) -> list[dict]:
+    """The object schemas an error answer may be (a component, or each alternative of a oneOf of them)."""
+    assert "$ref" in schema and schema["$ref"].startswith("#/components/schemas/"), schema
+    schema = SPEC["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    if "oneOf" in schema:
+        return [body for alternative in schema["oneOf"] for body in _error_bodies(alternative)]
+    assert schema["type"] == "object" and schema["additionalProperties"] is False, schema
+    return [schema]
+
+
+def test_every_write_and_database_call_documents_its_faults():
+    """SPEC §4: a permanent database fault is 500, a transient one 503 with Retry-After, a full disk 507;
+    every API call refuses unknown query parameters (400)."""
+    unavailable = SPEC["components"]["responses"]["DatabaseUnavailable"]
+    assert unavailable["headers"]["Retry-After"]["required"] is True
+    writes = {("/trigger_report", "post"), ("/ingest", "post"), ("/stores/{store_id}/polls", "delete")}
+    for (path, method), operation in _spec_operations().items():
+        where = f"{method.upper()} {path}"
+        if path == "/":
+            continue  # the page: a static file, no database and no query string
+        assert {"400", "500"} <= set(operation["responses"]), where
+        if path != "/openapi.json":
+            assert "503" in operation["responses"], where
+        assert ("507" in operation["responses"]) == ((path, method) in writes), where
+        assert ("403" in operation["responses"]) == (method in ("post", "put", "patch", "delete")), where
 
 
 # --------------------------------------------------------------------------- serving it
@@ -163,16 +202,24 @@ def test_openapi_json_needs_no_token(tmp_path, data_dir):
 # --------------------------------------------------------------------------- the app keeps to it
 
 
-@pytest.fixture(scope="module")
-def api_app(tmp_path_factory):
-    """One app for all generated requests: an SQLite file seeded with the tiny data set."""
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def api_app(request, tmp_path_factory):
+    """One app for all generated requests on each store (SQLite file, mongomock), seeded with the tiny data set."""
     tmp = tmp_path_factory.mktemp("openapi")
     application = create_app(
-        {"MONGO_URI": "", "EMBEDDED_DB": str(tmp / "db.sqlite3"), "DATA_DIR": str(write_data_dir(tmp / "data")),
+        {**store_config(request.param, tmp), "DATA_DIR": str(write_data_dir(tmp / "data")),
          "REPORTS_DIR": str(tmp / "reports"), "TESTING": True}
     )
     yield application
     application.extensions["reports"].shutdown(wait=True)
+
+
+def _reload_tiny_data(client) -> None:
+    """Load the tiny data set again: generated DELETE /stores/{id}/polls calls may have removed some of it."""
+    files = {"store_status": TINY_STATUS, "menu_hours": TINY_HOURS, "timezones": TINY_ZONES}
+    form = {field: (io.BytesIO(content.encode()), f"{field}.csv") for field, content in files.items()}
+    response = client.post("/ingest", data=form, content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_data(as_text=True)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +250,7 @@ def test_app_keeps_to_its_openapi_description(case, api_app):
 def test_report_states_keep_to_the_description(api_app, api_schema):
     """The states random ids never reach: Running, Complete (JSON and CSV), Failed, and the listing."""
     client = api_app.test_client()
+    _reload_tiny_data(client)
     get_report = api_schema["/get_report"]["GET"]
 
     def check(query, headers=None):
@@ -268,6 +316,96 @@ def test_ingest_answers_keep_to_the_description(api_app, api_schema):
     check({}, 400)
     nothing = check({"menu_hours": b"not,a,header\n1,2,3\n"}, 400)  # the error body, with the files' reasons
     assert nothing["status"] == 400 and nothing["error"] and nothing["files"][0]["error"]
+
+
+def _check(operation, response_or_none=None, **case_args):
+    """Send a Case of `operation` (or validate a response already had) against the description."""
+    case = operation.Case(**case_args)
+    response = case.call() if response_or_none is None else response_or_none
+    case.validate_response(response, checks=CONFORMANCE)
+    return response
+
+
+def test_data_health_and_deletes_keep_to_the_description(api_app, api_schema):
+    """GET /data with uploads, GET /health, DELETE polls with bounds, and the 400s of both calls."""
+    client = api_app.test_client()
+    _reload_tiny_data(client)
+    data = _check(api_schema["/data"]["GET"])
+    assert data.status_code == 200
+    body = data.json()
+    assert body["stores"] == 3 and body["polls"] == 5
+    assert body["newest_poll"] == "2023-01-24T13:00:00Z" and body["oldest_poll"] == "2023-01-24T10:14:00Z"
+    assert 1 <= len(body["uploads"]) <= app_module.UPLOADS_SHOWN
+    assert {upload["status"] for upload in body["uploads"]} == {"Complete"}
+    assert _check(api_schema["/data"]["GET"], query={"limit": "5"}).status_code == 400
+
+    health = _check(api_schema["/health"]["GET"])
+    assert health.status_code == 200, health.text
+    assert health.json()["newest_poll"] == "2023-01-24T13:00:00Z"
+    assert _check(api_schema["/health"]["GET"], query={"verbose": "1"}).status_code == 400
+
+    delete = api_schema["/stores/{store_id}/polls"]["DELETE"]
+    kept = _check(delete, path_parameters={"store_id": "worked"},
+                  query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24"})  # until before since
+    assert kept.status_code == 400 and "since is after until" in kept.json()["error"]
+    assert _check(delete, path_parameters={"store_id": "worked"}, query={"since": "2023-02-30"}).status_code == 400
+    assert _check(delete, path_parameters={"store_id": "worked"}, query={"from": "2023-01-24"}).status_code == 400
+    one = _check(delete, path_parameters={"store_id": "worked"},
+                 query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24T11:15:00Z"})
+    assert one.status_code == 200 and one.json() == {"deleted": 1, "store_id": "worked"}
+    none = _check(delete, path_parameters={"store_id": "nobody"})
+    assert none.json() == {"deleted": 0, "store_id": "nobody"}
+    everything = _check(delete, path_parameters={"store_id": "allday"})
+    assert everything.json() == {"deleted": 2, "store_id": "allday"}
+    after = client.get("/data").get_json()
+    assert after["polls"] == 2 and after["stores"] == 2
+    _reload_tiny_data(client)
+
+
+def test_health_problems_keep_to_the_description(api_app, api_schema, monkeypatch):
+    """The 503 of /health: the plain error when the database does not answer, the problems body otherwise."""
+    store = api_app.extensions["store"]
+    health = api_schema["/health"]["GET"]
+    real = store.health(0)
+    problem = "the disk holding the database has 12 MB free, under MIN_FREE_MB (200 MB)"
+    monkeypatch.setattr(store, "health", lambda min_free: {**real, "problems": [problem]})
+    answer = _check(health)
+    assert answer.status_code == 503
+    body = answer.json()
+    assert body["error"] == problem and body["problems"] == [problem] and body["database_ok"] is False
+    monkeypatch.setattr(store, "ping", lambda: False)
+    silent = _check(health)
+    assert silent.status_code == 503 and set(silent.json()) == {"error", "status"}
+
+
+def test_unfinished_upload_and_late_as_of_keep_to_the_description(api_app, api_schema, monkeypatch):
+    """409 of POST /trigger_report, and `as_of_after_newest_poll` in get_report and the listing."""
+    client = api_app.test_client()
+    _reload_tiny_data(client)
+    trigger = api_schema["/trigger_report"]["POST"]
+    late = _check(trigger, body={"as_of": "2023-01-26T00:00:00Z"}, media_type="application/json")
+    assert late.status_code == 202, late.text
+    report_id = late.json()["report_id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/get_report?report_id={report_id}").get_json()["status"] == "Running":
+        assert time.monotonic() < deadline, "report still Running after 30 s"
+        time.sleep(0.05)
+    complete = _check(api_schema["/get_report"]["GET"], query={"report_id": report_id})
+    assert complete.json()["status"] == "Complete", complete.text
+    assert complete.json()["as_of_after_newest_poll"] is True
+    listing = _check(api_schema["/reports"]["GET"], query={"per_page": 100})
+    row = next(row for row in listing.json()["reports"] if row["report_id"] == report_id)
+    assert row["as_of_after_newest_poll"] is True
+    in_query = _check(trigger, query={"as_of": "2023-01-26T00:00:00Z"})
+    assert in_query.status_code == 400 and "JSON body" in in_query.json()["error"]
+
+    store = api_app.extensions["store"]
+    unfinished = {"upload_id": "ab" * 16, "file": "store_status.csv", "kind": "store_status.csv", "written": 10,
+                  "loaded": 100, "status": "Failed"}
+    monkeypatch.setattr(store, "unfinished_upload", lambda: unfinished)
+    refused = _check(trigger, body={}, media_type="application/json")
+    assert refused.status_code == 409
+    assert refused.json()["upload_id"] == "ab" * 16 and refused.json()["status"] == 409
 
 
 def test_report_workflow_through_links(api_schema):

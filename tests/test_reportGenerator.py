@@ -45,7 +45,13 @@ def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
     output = tmp_path / "report.csv"
     assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "2023-01-24T12:00"]) == 0
     assert list(pd.read_csv(output, dtype={"store_id": str})["store_id"]) == ["worked"]
+    capsys.readouterr()
     assert reportGenerator.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(output)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'} does not exist\n"
+    only_hours = tmp_path / "only-hours"
+    only_hours.mkdir()
+    (only_hours / "store_status.csv").write_text("store_id,status,timestamp_utc\nx,asleep,2023-01-24 12:00:00 UTC\n")
+    assert reportGenerator.main(["--data-dir", str(only_hours), "--output", str(output)]) == 2
     assert "no valid polls" in capsys.readouterr().err
     assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "soon"]) == 2
 

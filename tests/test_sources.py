@@ -789,17 +789,20 @@ def test_a_quoted_line_break_across_a_block_cut_stays_one_row(monkeypatch, block
     assert parsed.rows_read == 3
 
 
-def test_polls_across_the_calendar_come_sorted(tmp_path):
-    """40 stores polled in year 1 and in year 9000, given in reverse: the stores times the span of time
-    is beyond what even int64 can hold, so the packed sort cannot be used; the order is still store, time."""
-    rows = [f"s{i:02d},active,{year}-01-24 17:30:00 UTC\n" for i in range(40) for year in ("0001", "9000")]
+def test_polls_across_the_calendar_come_sorted(tmp_path, monkeypatch):
+    """40 stores polled in year 2000 and in year 9000 (MAX_FUTURE_SECONDS set wide open), given in reverse:
+    the stores times the span of time (7,000 years, 2.2e17 us) is beyond 2**62, so the packed sort cannot be
+    used; the order is still store, time."""
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", str(10**12))
+    rows = [f"s{i:02d},active,{year}-01-24 17:30:00 UTC\n" for i in range(40) for year in ("2000", "9000")]
     path = tmp_path / "store_status.csv"
     path.write_text(HEADER + "".join(reversed(rows)))
     frame = sources.read_store_status(path).frame
     assert list(frame["store_id"]) == [f"s{i:02d}" for i in range(40) for _ in range(2)]
     assert list(frame["line"]) == [81 - 2 * i - k for i in range(40) for k in (0, 1)]
     stamps = frame["timestamp_us"].to_numpy()
-    assert (stamps[0::2] < 0).all() and (stamps[1::2] > 2 * 10**17).all()
+    assert (stamps[0::2] < 10**15).all() and (stamps[1::2] > 2 * 10**17).all()
+    assert 40 * (stamps.max() - stamps.min() + 1) >= 2**62
 
 
 def test_white_space_around_fields_is_trimmed():
@@ -956,24 +959,30 @@ def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
         ("2260-01-22T12:09:39.388885123Z", (105_920 + 21) * 86_400_000_000 + 43_779_388_885),
     ],
 )
-def test_a_file_with_timestamps_all_in_one_form(stamp, us):
+def test_a_file_with_timestamps_all_in_one_form(monkeypatch, stamp, us):
     """Every row in the same form (no mix of forms to make a fast path give up): each form is read to
     the microsecond; the export's fast path is only for values that end in " UTC", and a time with an
-    offset is read far beyond pandas' nanosecond range (year 2262)."""
+    offset is read far beyond pandas' nanosecond range (year 2262), once MAX_FUTURE_SECONDS lets it in."""
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", str(10**12))
     parsed = status_rows(f"1,active,{stamp}\n2,inactive,{stamp}\n")
     assert by_line(parsed.frame) == [(2, "1", us, True), (3, "2", us, False)]
     assert parsed.rejected == 0
 
 
-def test_timestamps_at_and_beyond_the_ends_of_the_calendar():
+def test_timestamps_at_and_beyond_the_ends_of_the_calendar(monkeypatch):
     """The first and the last microsecond a datetime can hold (0001-01-01 and 9999-12-31T23:59:59.999999
-    UTC) are read; an offset that takes a time before the first or after the last is unparseable."""
+    UTC) are read; an offset that takes a time before the first or after the last is unparseable.  A file
+    keeps the last (MAX_FUTURE_SECONDS wide open) but not the first: it is before 2000."""
     first_us = -719_162 * 86_400_000_000  # 1,969 years of 365 days and 477 leap days before the epoch
     last_us = (2_932_897 * 86_400 - 1) * 1_000_000 + 999_999  # 8,030 years to 10000-01-01 (1,947 leap days)
-    parsed = status_rows("1,active,0001-01-01 00:00:00 UTC\n2,active,9999-12-31 23:59:59.999999 UTC\n"
-                         "3,active,0001-01-01T00:00:00+01:00\n4,active,9999-12-31T23:59:59.999999-01:00\n")
-    assert by_line(parsed.frame) == [(2, "1", first_us, True), (3, "2", last_us, True)]
+    stamps = ["0001-01-01 00:00:00 UTC", "9999-12-31 23:59:59.999999 UTC", "0001-01-01T00:00:00+01:00",
+              "9999-12-31T23:59:59.999999-01:00"]
+    assert sources.parse_timestamps_us(stamps).tolist() == [first_us, last_us] + [np.iinfo(np.int64).min] * 2
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", str(10**12))
+    parsed = status_rows("".join(f"{n},active,{stamp}\n" for n, stamp in enumerate(stamps, 1)))
+    assert by_line(parsed.frame) == [(3, "2", last_us, True)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [
+        (2, "timestamp '0001-01-01 00:00:00 UTC' is before 2000-01-01, the earliest this service accepts"),
         (4, "unparseable timestamp '0001-01-01T00:00:00+01:00'"),
         (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'")]
 
@@ -1160,3 +1169,173 @@ def test_reject_reasons_are_kept_up_to_the_limit_and_only_counted_beyond(monkeyp
     parsed.reject([7], ["bad f"])
     assert [(r.line, r.reason) for r in parsed.rejects] == [(2, "bad a"), (3, "bad b"), (4, "bad c")]
     assert parsed.rejected == 6
+
+
+# --------------------------------------------------------------------------- poisoned rows: out of time, odd zones
+
+# 2026-12-07 13:40:00 UTC: 56 years from 1970 with 14 leap days (20,454 days), plus 340 days and 13 h 40 min
+CLOCK_US = 20_794 * 86_400_000_000 + (13 * 60 + 40) * 60_000_000
+CLOCK = "2026-12-07 13:40:00 UTC"
+ZONES_HEADER = "store_id,timezone_str\n"
+
+
+def too_late(stamp: str, seconds: int = 86_400) -> str:
+    return (f"timestamp '{stamp}' is more than {seconds} s after this server's clock ({CLOCK}); "
+            "set MAX_FUTURE_SECONDS to accept it")
+
+
+def too_early(stamp: str) -> str:
+    return f"timestamp '{stamp}' is before 2000-01-01, the earliest this service accepts"
+
+
+def not_region(name: str) -> str:
+    return f"'{name}' is not an IANA region time zone"
+
+
+def every_read_path(tmp_path, monkeypatch, file: str, text: str) -> dict[str, tuple[list[int], dict[int, str]]]:
+    """The file `text` read by every path, each giving (the lines loaded, {line: reason}): an upload (bytes,
+    streamed through Arrow), an upload in 64-byte blocks, an upload with a byte that is not UTF-8 on an extra
+    last line (the line-by-line reader; that line's reject left out), the file on disk (read whole), in a data
+    folder (read_data_dir) and, for polls, on disk streamed in blocks."""
+    read = sources.READERS[file]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / file).write_text(text)
+    bad_bytes = text.encode() + b"\xff" + b"," * (len(sources.COLUMNS[file]) - 1) + b"\n"
+    last = len(text.splitlines()) + 1
+    results = {"upload": read(text.encode()), "by line": read(bad_bytes), "disk": read(folder / file),
+               "data dir": sources.read_data_dir(folder)[file]}
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "BLOCK_BYTES", 64)
+        small_head(patch)
+        results["upload in blocks"] = read(text.encode())
+        if file == sources.STATUS_FILE:
+            results["disk in blocks"] = read_in_blocks(patch, folder / file, 64)
+    assert reasons(results["by line"]).pop(last) == "row is not valid UTF-8 text"
+    return {name: (sorted(parsed.frame["line"]), {r.line: r.reason for r in parsed.rejects if r.line != last})
+            for name, parsed in results.items()}
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The server's clock stopped at CLOCK, and MAX_FUTURE_SECONDS at its default."""
+    monkeypatch.setattr(sources, "_server_clock_us", lambda: CLOCK_US)
+    monkeypatch.delenv("MAX_FUTURE_SECONDS", raising=False)
+
+
+@pytest.mark.parametrize(
+    "setting, stamp, reason",  # MAX_FUTURE_SECONDS (None: unset), the timestamp on line 3, its reject (None: kept)
+    [
+        (None, "2026-12-08 13:40:00 UTC", None),  # exactly one day after the clock
+        (None, "2026-12-08T13:40:00Z", None),
+        (None, "2026-12-08 13:40:00.000001 UTC", too_late("2026-12-08 13:40:00.000001 UTC")),
+        (None, "2026-12-08T14:40:00.000001+01:00", too_late("2026-12-08T14:40:00.000001+01:00")),
+        (None, "2100-01-01 00:00:00 UTC", too_late("2100-01-01 00:00:00 UTC")),
+        ("4000000000", "2100-01-01 00:00:00 UTC", None),  # 126 years
+        ("0", "2026-12-07 13:40:00 UTC", None),
+        ("0", "2026-12-07 13:40:00.000001 UTC", too_late("2026-12-07 13:40:00.000001 UTC", 0)),
+        (None, "9999-12-31 23:59:59.999999 UTC", too_late("9999-12-31 23:59:59.999999 UTC")),
+        (str(10**12), "9999-12-31 23:59:59.999999 UTC", None),  # a window past the calendar's end
+        (None, "2000-01-01 00:00:00 UTC", None),
+        (None, "1999-12-31 23:59:59.999999 UTC", too_early("1999-12-31 23:59:59.999999 UTC")),
+        (None, "2000-01-01T00:59:59.999999+01:00", too_early("2000-01-01T00:59:59.999999+01:00")),
+        (None, "1970-01-01 00:00:00 UTC", too_early("1970-01-01 00:00:00 UTC")),
+        (str(10**12), "0001-01-01 00:00:00 UTC", too_early("0001-01-01 00:00:00 UTC")),
+    ],
+)
+def test_polls_out_of_time_are_rejected_on_every_path(tmp_path, monkeypatch, clock, setting, stamp, reason):
+    """A poll more than MAX_FUTURE_SECONDS after the server's clock, or before 2000, is a counted reject
+    with its line, whatever the path and the timestamp's form; the limits themselves are accepted."""
+    if setting is not None:
+        monkeypatch.setenv("MAX_FUTURE_SECONDS", setting)
+    text = HEADER + f"1,active,2023-01-22 12:00:00 UTC\n2,active,{stamp}\n3,inactive,2023-01-22 13:00:00 UTC\n"
+    expected = ([2, 4], {3: reason}) if reason else ([2, 3, 4], {})
+    assert every_read_path(tmp_path, monkeypatch, sources.STATUS_FILE, text) == {
+        name: expected
+        for name in ("upload", "by line", "disk", "data dir", "upload in blocks", "disk in blocks")}
+
+
+def test_poisoned_polls_among_other_rejects(tmp_path, monkeypatch, clock):
+    """A row's first failed check is its reason: a bad status or an unparseable timestamp before the
+    window; a rejected poll is no winner over another row of its key; "now" stays with the good polls."""
+    text = HEADER + (
+        "1,active,2023-01-22 12:00:00 UTC\n"  # line 2: kept
+        "2,online,2100-01-01 00:00:00 UTC\n"  # line 3: unknown status
+        "3,active,2100-01-01 00:00:00 UTC\n"  # line 4: too late
+        "4,active,1999-12-31 23:59:59 UTC\n"  # line 5: too early
+        "5,active,not a time\n"  # line 6: unparseable
+        "3,inactive,2100-01-01T00:00:00Z\n"  # line 7: too late (not an override of line 4)
+        ",active,1990-01-01 00:00:00 UTC\n"  # line 8: no store_id
+        "6,inactive,2023-01-22 13:00:00 UTC\n"  # line 9: kept
+    )
+    expected = ([2, 9], {
+        3: "unknown status 'online' (expected active or inactive)",
+        4: too_late("2100-01-01 00:00:00 UTC"),
+        5: too_early("1999-12-31 23:59:59 UTC"),
+        6: "unparseable timestamp 'not a time'",
+        7: too_late("2100-01-01T00:00:00Z"),
+        8: "missing store_id",
+    })
+    got = every_read_path(tmp_path, monkeypatch, sources.STATUS_FILE, text)
+    assert got == {name: expected for name in got} and len(got) == 6
+    parsed = status_rows(text.removeprefix(HEADER))
+    assert (parsed.rows_read, parsed.rejected, int(parsed.frame["timestamp_us"].max())) == (
+        8, 6, NOON_US + 3_600_000_000)
+
+
+def test_max_future_seconds_is_read_for_each_file(monkeypatch, clock):
+    body = "1,active,2026-12-07 14:40:00 UTC\n"  # an hour after the clock
+    assert status_rows(body).rejected == 0
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", "3599")
+    assert reasons(status_rows(body)) == {2: too_late("2026-12-07 14:40:00 UTC", 3599)}
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", "3600")
+    assert status_rows(body).rejected == 0
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "1e5", "", "86400s"])
+def test_a_bad_max_future_seconds_is_a_clear_error(tmp_path, monkeypatch, value):
+    """Refused before any row is read, on every path that reads polls; the other files do not use it."""
+    monkeypatch.setenv("MAX_FUTURE_SECONDS", value)
+    message = f"MAX_FUTURE_SECONDS must be a whole number of seconds, 0 or more (default 86400); got {value!r}"
+    with pytest.raises(ValueError) as error:
+        status_rows("1,active,2023-01-22 12:00:00 UTC\n")
+    assert str(error.value) == message
+    (tmp_path / "store_status.csv").write_text(HEADER)
+    with pytest.raises(ValueError, match="^MAX_FUTURE_SECONDS must be"):
+        sources.read_data_dir(tmp_path)
+    assert len(sources.read_timezones((ZONES_HEADER + "1,UTC\n").encode()).frame) == 1
+
+
+@pytest.mark.parametrize(
+    "name, reason",  # the zone on line 3 and its reject (None: kept)
+    [
+        ("Factory", not_region("Factory")),
+        ("localtime", not_region("localtime")),
+        ("posixrules", not_region("posixrules")),
+        ("right/UTC", not_region("right/UTC")),
+        ("posix/Europe/Paris", not_region("posix/Europe/Paris")),
+        ("posix/Mars/Olympus", not_region("posix/Mars/Olympus")),  # worded alike on hosts with or without posix/
+        ("UTC", None),
+        ("Etc/UTC", None),
+        ("Etc/GMT+5", None),
+        ("America/New_York", None),
+        ("Mars/Olympus", "unknown timezone name 'Mars/Olympus'"),
+    ],
+)
+def test_zones_that_are_no_region_are_rejected_on_every_path(tmp_path, monkeypatch, name, reason):
+    text = ZONES_HEADER + f"1,UTC\n2,{name}\n3,Europe/Paris\n"
+    expected = ([2, 4], {3: reason}) if reason else ([2, 3, 4], {})
+    assert every_read_path(tmp_path, monkeypatch, sources.ZONES_FILE, text) == {
+        path: expected for path in ("upload", "by line", "disk", "data dir", "upload in blocks")}
+
+
+def test_region_zones_are_the_pinned_tzdata_zones_but_factory():
+    """Every zone of the pinned tzdata package but `Factory`; never the host's `localtime` and the like."""
+    import importlib.resources
+
+    pinned = set(importlib.resources.files("tzdata").joinpath("zones").read_text().split())
+    regions = sources.region_zones()
+    assert pinned - regions == {"Factory"}
+    assert {"UTC", "Etc/UTC", "Etc/GMT+5", "America/New_York"} <= regions
+    assert not regions & {"localtime", "Factory", "posixrules"}
+    assert not [zone for zone in regions if zone.startswith(("posix/", "right/"))]

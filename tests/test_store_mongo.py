@@ -493,7 +493,7 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
         "(see above)",
         "database start-up work (stale reports) failed, retrying in 1 s: AutoReconnect: gone again",
         "marked 1 stale Running reports as Failed",
-        "MongoDB ready: indexes reconciled, stale reports swept",
+        "MongoDB ready: schema 2, indexes reconciled, stale reports swept",
     ]
 
 
@@ -936,7 +936,8 @@ def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_c
     assert isinstance(created, dt.datetime) and doc.pop("heartbeat_at") == created
     assert doc == {"report_id": "r" * 32, "status": "Running", "finished_at": None,
                    "requested_as_of_us": 1674555240000000, "as_of_us": None, "progress": {"done": 0, "total": None},
-                   "row_count": None, "error": None, "csv_chunks": None, "csv_bytes": None}
+                   "row_count": None, "error": None, "csv_chunks": None, "csv_bytes": None,
+                   "as_of_after_newest_poll": False}
     mongo.create_report("r" * 32, None)  # a retry after a lost answer
     assert mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0}) == {
         **doc, "created_at": created, "heartbeat_at": created}

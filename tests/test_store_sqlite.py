@@ -2,17 +2,23 @@
 a DATA_DIR that cannot seed it, and the same report bytes as MongoDB (mongomock) and the CSV files."""
 from __future__ import annotations
 
+import datetime as dt
+import errno
+import hashlib
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +28,7 @@ import app as app_module
 import database
 import reportGenerator
 from app import create_app
-from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, stop_process, write_data_dir
+from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, polls_of, stop_process, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +146,8 @@ def test_an_explicit_data_dir_that_cannot_seed_stops_start_up_with_one_line(tmp_
     data_dir = make(tmp_path)
     env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
     env.update(DATA_DIR=str(data_dir), EMBEDDED_DB=str(tmp_path / "db.sqlite3"), PORT="0")
-    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"error: DATA_DIR {data_dir} {expected}" + (
@@ -263,7 +270,8 @@ def test_an_embedded_file_that_cannot_be_opened_stops_start_up_with_one_line(tmp
     path = tmp_path / "a-file" / "db.sqlite3"  # its folder is a file: it cannot be created
     env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
     env.update(EMBEDDED_DB=str(path), DATA_DIR=str(write_data_dir(tmp_path / "data")), PORT="0")
-    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot open the embedded database {path}: ")
     assert "Traceback" not in done.stderr
@@ -283,10 +291,6 @@ def test_ping_is_false_and_logged_when_the_connection_fails(tmp_path, caplog):
 
 
 def test_close_closes_the_connection_and_the_store_opens_a_new_one(tmp_path):
-    import sqlite3
-
-    import threading
-
     store = database.connect(path=tmp_path / "close.sqlite3")
     first = store._connection()
     assert store._connection() is first  # one connection per thread, kept
@@ -420,3 +424,665 @@ def test_migrate_rebuilds_a_changed_index_recreates_a_missing_one_and_reports_wh
     for name in ("businessHours_store", "reports_created", "reports_status_heartbeat"):
         assert indexes[name] == store_sqlite.INDEXES[name]
     assert "storeStatus_time" not in indexes
+
+
+# --------------------------------------------------------------------------- helpers of the storage contract
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SCHEMA_1_FILE = FIXTURES / "schema_v1.sqlite3"
+COMPLETE_V1, FAILED_V1 = "0" * 31 + "1", "0" * 31 + "2"
+
+
+def _polls(count: int, prefix: str = "s", stores: int = 100, start_us: int = 1_674_000_000_000_000) -> pd.DataFrame:
+    return pd.DataFrame({"store_id": [f"{prefix}{i % stores:05d}" for i in range(count)],
+                         "timestamp_us": start_us + np.arange(count, dtype=np.int64) * 1_000_000,
+                         "active": np.arange(count) % 3 != 0})
+
+
+def _hours(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["store_id", "day", "start_s", "end_s"])
+
+
+def _zones(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["store_id", "timezone_str"])
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    """A plain sqlite3 connection, outside the store."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def _count(store, table: str = "storeStatus") -> int:
+    return store._connection().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- one upload: all of it or none
+
+
+class Stop(RuntimeError):
+    pass
+
+
+def _stop_at_call(number: int):
+    calls = []
+
+    def on_rows(rows: int) -> None:
+        calls.append(rows)
+        if len(calls) == number:
+            raise Stop("the lease was lost")
+    return on_rows
+
+
+@pytest.mark.parametrize("writer, frame, table", [
+    ("load_polls", _polls(9, "new"), "storeStatus"),
+    ("replace_hours", _hours([("new", d, 0, 3600) for d in range(7)] + [("kept", 0, 0, 60)]), "businessHours"),
+    ("replace_zones", _zones([(f"new{i}", "UTC") for i in range(5)] + [("kept", "Asia/Kolkata")]), "timezones"),
+])
+def test_a_writer_stopped_between_batches_keeps_nothing(tmp_path, monkeypatch, writer, frame, table):
+    """on_rows raises after the second batch (a lost lease): no row of the call is visible, the upload is
+    not marked Complete, and the staging tables are gone."""
+    import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "WRITE_BATCH_ROWS", 2)
+    store = database.connect(path=tmp_path / "stop.sqlite3")
+    store.load_polls(_polls(3, "kept"))
+    store.replace_hours(_hours([("kept", 1, 0, 60)]))
+    store.replace_zones(_zones([("kept", "UTC")]))
+    before = store._connection().execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+    upload_id = store.begin_upload("f.csv", "store_status.csv", "0" * 64, len(frame), 0)
+    with pytest.raises(Stop):
+        getattr(store, writer)(frame, _stop_at_call(2), upload_id=upload_id)
+    assert store._connection().execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() == before
+    assert store._connection().execute("SELECT status, written FROM uploads").fetchall() == [("Running", 0)]
+    assert store._connection().execute("SELECT name FROM sqlite_temp_master").fetchall() == []
+    assert getattr(store, writer)(frame, upload_id=upload_id) == len(frame)  # the same call, not stopped
+    assert store._connection().execute("SELECT status, written FROM uploads").fetchall() == [("Complete", len(frame))]
+
+
+KILLED_LOADER = """
+import sys, time
+import numpy as np, pandas as pd
+import database
+store = database.connect(path=sys.argv[1])
+count = int(sys.argv[2])
+frame = pd.DataFrame({"store_id": [f"k{i % 500:04d}" for i in range(count)],
+                      "timestamp_us": 1_700_000_000_000_000 + np.arange(count, dtype=np.int64),
+                      "active": np.ones(count, dtype=bool)})
+upload_id = store.begin_upload("big.csv", "store_status.csv", "0" * 64, count, 0)
+staged = [0]
+def on_rows(rows):
+    staged[0] += rows
+    print(staged[0], flush=True)
+store.load_polls(frame, on_rows, upload_id=upload_id)
+print("published", flush=True)
+"""
+
+
+def test_a_kill_at_any_moment_leaves_the_whole_upload_or_none_of_it(tmp_path):
+    """kill -9 while staging, while publishing and after: the table holds every row of the upload or none,
+    keeps its time index, the file is sound, and the journal says Complete exactly when the rows are there."""
+    path = tmp_path / "killed.sqlite3"
+    store = database.connect(path=path)
+    store.load_polls(_polls(1_000, "old"))
+    count = 300_000
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outcomes = []
+    # after the first staged batch, after the last one (publishing), and a little later (published or not)
+    for wait_for, delay in (("50000", 0.0), (str(count), 0.0), (str(count), 0.05), (str(count), 0.2),
+                            ("published", 0.0)):
+        loader = subprocess.Popen([sys.executable, "-c", KILLED_LOADER, str(path), str(count)], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            for line in loader.stdout:
+                if line.strip() == wait_for:
+                    break
+            time.sleep(delay)
+        finally:
+            loader.kill()
+            loader.wait(30)
+        polls = _count(store)
+        outcomes.append(polls)
+        assert polls in (1_000, 1_000 + count), (wait_for, delay, polls)
+        indexes = {n for (n,) in store._connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "storeStatus_time" in indexes
+        assert store._connection().execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        newest = store.list_uploads(1)[0]
+        assert (newest["status"] == "Complete") == (polls > 1_000), newest
+        if newest["status"] != "Complete":
+            assert newest["error"] == "the process loading it stopped; nothing of it was kept"
+        if polls > 1_000:  # take the upload away again for the next round
+            store._connection().execute("DELETE FROM storeStatus WHERE store_id LIKE 'k%'")
+    assert outcomes[0] == 1_000 and outcomes[-1] == 1_000 + count
+
+
+def test_no_other_connection_ever_sees_the_polls_without_their_time_index(tmp_path):
+    """A load into an empty table drops and rebuilds the time index inside its one publishing transaction."""
+    path = tmp_path / "index.sqlite3"
+    store = database.connect(path=path)
+    seen, done = [], threading.Event()
+
+    def watch():
+        watcher = _raw(path)
+        while not done.is_set():
+            seen.append(watcher.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'storeStatus_time'").fetchone()[0])
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    try:
+        store.load_polls(_polls(300_000))
+    finally:
+        done.set()
+        thread.join(30)
+    assert len(seen) > 10 and set(seen) == {1}
+    assert _count(store) == 300_000
+
+
+def test_loading_the_same_polls_twice_changes_nothing_and_a_later_load_wins(tmp_path):
+    store = database.connect(path=tmp_path / "again.sqlite3")
+    frame = _polls(1_000)
+    store.load_polls(frame)
+    first = store._connection().execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    store.load_polls(frame)
+    assert store._connection().execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == first
+    flipped = frame.assign(active=~frame["active"]).iloc[:10]
+    store.load_polls(flipped)
+    polls = store.read_chunk(sorted(set(flipped["store_id"])), 0, FAR_FUTURE_US)[0]
+    got = dict(zip(zip(polls["store_id"].astype(str), polls["timestamp_us"]), polls["active"]))
+    assert all(got[(s, t)] == a for s, t, a in zip(flipped["store_id"], flipped["timestamp_us"], flipped["active"]))
+    assert _count(store) == 1_000
+
+
+def test_replacing_hours_and_zones_never_touches_another_stores_rows(tmp_path):
+    store = database.connect(path=tmp_path / "replace.sqlite3")
+    store.replace_hours(_hours([("a", 0, 0, 60), ("a", 1, 0, 60), ("b", 2, 3600, 7200)]))
+    store.replace_zones(_zones([("a", "UTC"), ("b", "Asia/Kolkata")]))
+    store.replace_hours(_hours([("a", 5, 60, 120), ("c", 6, 0, 0)]))
+    store.replace_zones(_zones([("a", "America/New_York"), ("c", "UTC"), ("c", "Europe/Paris")]))  # the later wins
+    hours = store._connection().execute("SELECT * FROM businessHours ORDER BY store_id, day").fetchall()
+    assert hours == [("a", 5, "00:01:00", "00:02:00"), ("b", 2, "01:00:00", "02:00:00"),
+                     ("c", 6, "00:00:00", "00:00:00")]
+    zones = store._connection().execute("SELECT * FROM timezones ORDER BY store_id").fetchall()
+    assert zones == [("a", "America/New_York"), ("b", "Asia/Kolkata"), ("c", "Europe/Paris")]
+
+
+# --------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs of the test's own (needs root), unmounted at the end."""
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 3 MB tmpfs to fill (this test needs root): {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as file, pytest.raises(OSError) as full:
+        while True:
+            file.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_keeps_nothing_of_an_upload_or_a_report_and_the_store_goes_on(small_disk):
+    path = small_disk / "db.sqlite3"
+    store = database.connect(path=path)
+    store.load_polls(_polls(2, "kept"))
+    store.create_report("a" * 32, None)
+    upload_id = store.begin_upload("big.csv", "store_status.csv", "0" * 64, 20_000, 0)
+    filler = _fill(small_disk)
+    try:
+        with pytest.raises(database.DiskFull) as full:
+            store.load_polls(_polls(20_000), upload_id=upload_id)
+        assert (full.value.where, full.value.what) == (str(path), "upload")
+        assert full.value.free_bytes is not None and full.value.free_bytes < 100_000
+        assert str(full.value).startswith(f"the disk holding {path} is full")
+        with pytest.raises(database.DiskFull) as full:
+            store.complete_report("a" * 32, b"x" * 1_000_000, 1)
+        assert full.value.what == "report"
+        # nothing kept, and reads still answer
+        assert store.data_summary()["polls"] == 2 and store.report_store_ids(FAR_FUTURE_US) == ["kept00000", "kept00001"]
+        assert store.find_report("a" * 32)["status"] == "Running"
+        assert _count(store, "reportCsv") == 0
+        health = store.health(0)
+        assert health["write_probe"] == "failed"
+        assert f"the disk holding {path} is full: the database cannot be written" in health["problems"]
+    finally:
+        filler.unlink()
+    store.fail_upload(upload_id, str(full.value))
+    assert store.load_polls(_polls(20_000), upload_id=store.begin_upload("big.csv", "store_status.csv", "0" * 64,
+                                                                          20_000, 0)) == 20_000
+    assert store.complete_report("a" * 32, b"x" * 1_000, 1) is True
+    assert [u["status"] for u in store.list_uploads()] == ["Complete", "Failed"]
+    assert store.data_summary()["polls"] == 20_002 and store.health(0)["problems"] == []
+    store.close()
+
+
+def test_a_filesystem_enospc_is_a_full_disk_too(tmp_path):
+    store = database.connect(path=tmp_path / "enospc.sqlite3")
+    with pytest.raises(database.DiskFull) as full, store._disk_full_as("upload"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert full.value.what == "upload" and full.value.where == str(store.path)
+    with pytest.raises(sqlite3.OperationalError), store._disk_full_as("write"):
+        raise sqlite3.OperationalError("disk I/O error")  # other errors pass through as they are
+
+
+# --------------------------------------------------------------------------- the file is ours: marks, migration
+
+
+def test_a_new_file_is_made_at_the_current_schema_with_the_marks(tmp_path):
+    path = tmp_path / "new.sqlite3"
+    store = database.connect(path=path)
+    raw = _raw(path)
+    assert raw.execute("PRAGMA application_id").fetchone()[0] == database.APPLICATION_ID
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == database.SCHEMA_VERSION == store.schema_version
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.migrations_applied == []
+    again = database.connect(path=path)
+    assert again.schema_version == 2 and again.migrations_applied == []
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()  # an empty file is new too
+    assert database.connect(path=empty).schema_version == 2
+
+
+def _copy_of_schema_1(tmp_path: Path) -> Path:
+    path = tmp_path / "v1.sqlite3"
+    path.write_bytes(SCHEMA_1_FILE.read_bytes())
+    return path
+
+
+def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_path):
+    (tmp_path / "pristine").mkdir()  # a copy to read: even a read-only look at a WAL file leaves -shm and -wal files
+    pristine = _raw(_copy_of_schema_1(tmp_path / "pristine"))
+    expected_csv = pristine.execute("SELECT data FROM reportCsv WHERE report_id = ?", (COMPLETE_V1,)).fetchone()[0]
+    expected_polls = pristine.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    expected_hours = pristine.execute("SELECT * FROM businessHours ORDER BY 1, 2").fetchall()
+    expected_zones = pristine.execute("SELECT * FROM timezones ORDER BY 1").fetchall()
+    pristine.close()
+    path = _copy_of_schema_1(tmp_path)
+    assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 0
+    store = database.connect(path=path)
+    assert store.schema_version == 2
+    assert store.migrations_applied == [
+        ("schema 1 -> 2: add the uploads journal, reports.as_of_after_newest_poll, the health probe row and "
+         "version marks")]
+    raw = _raw(path)
+    assert raw.execute("PRAGMA application_id").fetchone()[0] == database.APPLICATION_ID
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert len(expected_polls) == 120
+    assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == expected_polls
+    assert raw.execute("SELECT * FROM businessHours ORDER BY 1, 2").fetchall() == expected_hours
+    assert raw.execute("SELECT * FROM timezones ORDER BY 1").fetchall() == expected_zones
+    complete = store.find_report(COMPLETE_V1)
+    assert complete["status"] == "Complete" and complete["row_count"] == 3
+    assert complete["as_of_after_newest_poll"] is False and complete["progress"]["phase"] == "computing"
+    assert store.read_report_csv(complete) == bytes(expected_csv)
+    failed = store.find_report(FAILED_V1)
+    assert failed["status"] == "Failed"
+    assert failed["error"] == "the server stopped before the report finished; trigger it again"
+    assert store.report_store_ids(FAR_FUTURE_US) == ["1481966498820158979", "42", "8419537941919820732"]
+    assert store.list_uploads() == [] and store.health(0)["problems"] == []
+    assert database.connect(path=path).migrations_applied == []  # once
+
+
+def _shape(path: Path) -> dict:
+    raw = _raw(path)
+    tables = [n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    shape = {t: sorted(raw.execute(f"SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{t}')"))
+             for t in tables}
+    shape["indexes"] = sorted(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+    shape["probe"] = raw.execute("SELECT id FROM healthProbe").fetchall()
+    return shape
+
+
+def test_a_migrated_file_has_the_same_tables_columns_and_indexes_as_a_new_one(tmp_path):
+    database.connect(path=_copy_of_schema_1(tmp_path))
+    database.connect(path=tmp_path / "new.sqlite3")
+    assert _shape(tmp_path / "v1.sqlite3") == _shape(tmp_path / "new.sqlite3")
+
+
+def test_a_file_of_the_first_release_without_progress_phase_migrates_too(tmp_path):
+    path = _copy_of_schema_1(tmp_path)
+    _raw(path).execute("ALTER TABLE reports DROP COLUMN progress_phase")  # as the very first release made it
+    store = database.connect(path=path)
+    assert store.migrations_applied and store.find_report(COMPLETE_V1)["status"] == "Complete"
+    assert _shape(path) == _shape(database.connect(path=tmp_path / "new.sqlite3").path)
+
+
+def _sqlite_file(path: Path, *statements: str) -> Path:
+    raw = _raw(path)
+    for statement in statements:
+        raw.execute(statement)
+    raw.close()
+    return path
+
+
+def _schema_1_with(tmp_path: Path, *statements: str) -> Path:
+    path = _copy_of_schema_1(tmp_path)
+    return _sqlite_file(path, *statements)
+
+
+FOREIGN = {
+    "not SQLite": (lambda tmp: (tmp / "f").write_bytes(b"SQLite format 2, or a spreadsheet\n" * 200) and tmp / "f",
+                   "is not this service's database: it is not a SQLite file (file is not a database)"),
+    "another application id": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA application_id = 1234",
+                                                        "CREATE TABLE t (x)"),
+                               "is not this service's database: its application_id is 0x000004d2, not 0x55505431"),
+    "another program's tables": (lambda tmp: _sqlite_file(tmp / "f", "CREATE TABLE customers (id, name)"),
+                                 "is not this service's database: it holds tables this service never made (customers)"),
+    "schema 1 and one table more": (lambda tmp: _schema_1_with(tmp, "CREATE TABLE extra (x)"),
+                                    "is not this service's database: it holds tables this service never made (extra)"),
+    "a reports table of another shape": (
+        lambda tmp: _schema_1_with(tmp, "ALTER TABLE reports RENAME COLUMN csv_bytes TO size"),
+        "is not this service's database: its reports table has other columns than this service's (csv_bytes, size)"),
+    "a table missing": (lambda tmp: _schema_1_with(tmp, "DROP TABLE leases"),
+                        "is not this service's database: it lacks tables of this service (leases)"),
+    "a user_version and no application id": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA user_version = 7"),
+                                             ("is not this service's database: it has user_version 7 and no "
+                                              "application_id")),
+    "a foreign file in WAL mode": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA journal_mode=WAL", "CREATE TABLE t (x)",
+                                                            "INSERT INTO t VALUES (1)"),
+                                   "is not this service's database: it holds tables this service never made (t)"),
+    "a newer version of this service": (
+        lambda tmp: _sqlite_file(tmp / "f", f"PRAGMA application_id = {database.APPLICATION_ID}",
+                                 "PRAGMA user_version = 3", "CREATE TABLE storeStatus (x)"),
+        "was made by a newer version of this service (schema 3; this code knows up to 2)"),
+}
+
+
+@pytest.mark.parametrize("name", FOREIGN)
+def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, name):
+    make, why = FOREIGN[name]
+    path = make(tmp_path)
+    before = _sha256(path)
+    tables = None if name == "not SQLite" else _raw(f"file:{path}?mode=ro").execute(
+        "SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    with pytest.raises(database.DatabaseRefused) as refused:
+        database.connect(path=path)
+    assert str(refused.value) == f"{path} {why}"
+    assert "\n" not in str(refused.value)
+    assert _sha256(path) == before
+    if tables is not None:
+        assert _raw(f"file:{path}?mode=ro").execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() \
+            == tables
+
+
+def test_a_crash_inside_a_migration_step_leaves_the_old_schema_whole(tmp_path, monkeypatch):
+    import store_sqlite
+
+    path = _copy_of_schema_1(tmp_path)
+    real_step = store_sqlite.MIGRATIONS[0][2]
+
+    def crashing_step(connection):
+        real_step(connection)  # every statement of the step ran ...
+        raise sqlite3.OperationalError("the power went")  # ... and then the process died before COMMIT
+
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [(2, "step two", crashing_step)])
+    with pytest.raises(sqlite3.OperationalError):
+        database.connect(path=path)
+    raw = _raw(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert raw.execute("PRAGMA application_id").fetchone()[0] == 0
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name IN ('uploads', 'healthProbe')").fetchone() == (0,)
+    assert "as_of_after_newest_poll" not in {row[1] for row in raw.execute("PRAGMA table_info(reports)")}
+    monkeypatch.undo()
+    store = database.connect(path=path)
+    assert store.schema_version == 2 and len(store.migrations_applied) == 1
+
+
+OPENER = """
+import json, sys, time
+import database
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+store = database.connect(path=sys.argv[1])
+print(json.dumps(store.migrations_applied))
+"""
+
+
+@pytest.mark.parametrize("old", [True, False], ids=["a schema 1 file", "a new file"])
+def test_processes_opening_a_file_at_once_make_or_migrate_it_exactly_once(tmp_path, old):
+    path = _copy_of_schema_1(tmp_path) if old else tmp_path / "new.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = str(time.time() + 3)  # every process imports first, then they open together
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), start], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [opener.communicate(timeout=120) for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 4, results
+    applied = [json.loads(out) for out, _ in results]
+    assert sorted(len(steps) for steps in applied) == ([0, 0, 0, 1] if old else [0, 0, 0, 0]), applied
+    store = database.connect(path=path)
+    assert store.schema_version == 2 and _count(store) == (120 if old else 0)
+    assert _count(store, "healthProbe") == 1
+
+
+def test_migrate_reconciles_the_uploads_index_too(tmp_path):
+    store = database.connect(path=tmp_path / "idx.sqlite3")
+    store._connection().execute("DROP INDEX uploads_at")
+    assert store.migrate() == []
+    plan = _plan(store, "SELECT upload_id FROM uploads ORDER BY at_us DESC, upload_id DESC LIMIT 3", ())
+    assert any("uploads_at" in step for step in plan), plan
+
+
+# --------------------------------------------------------------------------- the upload journal
+
+
+def database_gone() -> str:
+    return "the process loading it stopped; nothing of it was kept"
+
+
+def test_the_upload_journal_records_running_complete_failed_and_dismissed(tmp_path):
+    store = database.connect(path=tmp_path / "journal.sqlite3")
+    before = database.now_utc()
+    first = store.begin_upload("a.csv", "store_status.csv", "1" * 64, 5, 2)
+    assert len(first) == 32 and int(first, 16) >= 0
+    with store.data_lease("write"):  # a live writer: its upload is Running
+        (running,) = store.list_uploads()
+        assert (running["status"], running["written"], running["error"]) == ("Running", 0, None)
+        store.load_polls(_polls(5), upload_id=first)
+    second = store.begin_upload("b.csv", "menu_hours.csv", "2" * 64, 1, 0)
+    store.fail_upload(second, "the lease was lost")
+    third = store.begin_upload("c.csv", "timezones.csv", "3" * 64, 1, 0)  # its writer is gone: no write lease
+    uploads = store.list_uploads()
+    assert [u["upload_id"] for u in uploads] == [third, second, first]
+    assert set(uploads[0]) >= {"upload_id", "file", "kind", "digest", "at", "finished_at", "loaded", "rejected",
+                               "written", "status", "error"}
+    assert (uploads[0]["status"], uploads[0]["error"]) == ("Failed", database_gone())
+    assert (uploads[1]["status"], uploads[1]["error"], uploads[1]["written"]) == ("Failed", "the lease was lost", 0)
+    complete = uploads[2]
+    assert (complete["file"], complete["kind"], complete["digest"]) == ("a.csv", "store_status.csv", "1" * 64)
+    assert (complete["status"], complete["loaded"], complete["rejected"], complete["written"]) == ("Complete", 5, 2, 5)
+    assert before <= complete["at"] <= complete["finished_at"] <= database.now_utc()
+    assert complete["at"].tzinfo is not None and uploads[0]["finished_at"] is None
+    assert [u["upload_id"] for u in store.list_uploads(limit=1)] == [third]
+    assert store.dismiss_upload(second) is True and store.dismiss_upload("f" * 32) is False
+    assert store.list_uploads()[1]["dismissed"] is True
+    assert store.unfinished_upload() is None
+
+
+def test_load_file_journals_its_upload(tmp_path):
+    store = database.connect(path=tmp_path / "load.sqlite3")
+    content = b"store_id,status,timestamp_utc\na,active,2023-01-24 10:00:00 UTC\nb,bad,2023-01-24 10:00:00 UTC\n"
+    database.load_file(store, "store_status.csv", content, label="mine.csv")
+    (upload,) = store.list_uploads()
+    assert (upload["file"], upload["status"], upload["loaded"], upload["rejected"], upload["written"]) == \
+        ("mine.csv", "Complete", 1, 1, 1)
+    assert upload["digest"] == hashlib.sha256(content).hexdigest()
+
+
+# --------------------------------------------------------------------------- what is stored
+
+
+def test_delete_polls_takes_the_bounds_inclusive_and_only_that_stores_polls(tmp_path):
+    store = database.connect(path=tmp_path / "delete.sqlite3")
+    store.load_polls(pd.DataFrame({"store_id": ["a"] * 5 + ["b"] * 5, "timestamp_us": list(range(10, 60, 10)) * 2,
+                                   "active": [True] * 10}))
+
+    def left(store_id):
+        return polls_of(store, store_id)["timestamp_us"].tolist()
+
+    assert store.delete_polls("a", 20, 40) == 3
+    assert left("a") == [10, 50] and left("b") == [10, 20, 30, 40, 50]
+    assert store.delete_polls("b", since_us=40) == 2 and left("b") == [10, 20, 30]
+    assert store.delete_polls("b", until_us=10) == 1 and left("b") == [20, 30]
+    assert store.delete_polls("nobody") == 0
+    assert store.delete_polls("a") == 2 and left("a") == [] and left("b") == [20, 30]
+
+
+def test_data_summary_says_what_is_stored(tmp_path):
+    store = database.connect(path=tmp_path / "summary.sqlite3")
+    assert store.data_summary() == {"stores": 0, "polls": 0, "hours_rows": 0, "zones": 0, "oldest_poll_us": None,
+                                    "newest_poll_us": None}
+    store.load_polls(_polls(1_000, stores=37, start_us=5_000_000))
+    store.replace_hours(_hours([("s00001", 0, 0, 60), ("s00001", 1, 0, 60), ("other", 2, 0, 60)]))
+    store.replace_zones(_zones([("s00002", "UTC")]))
+    assert store.data_summary() == {"stores": 37, "polls": 1_000, "hours_rows": 3, "zones": 1,
+                                    "oldest_poll_us": 5_000_000, "newest_poll_us": 5_000_000 + 999 * 1_000_000}
+
+
+# --------------------------------------------------------------------------- health
+
+
+def test_health_when_all_is_well(tmp_path):
+    store = database.connect(path=tmp_path / "health.sqlite3")
+    store.load_polls(_polls(3, start_us=7_000_000))
+    assert store.quick_check_done.wait(30)
+    written = _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0]
+    health = store.health(1)
+    assert health["problems"] == [] and health["write_probe"] == "ok"
+    assert (health["schema_version"], health["newest_poll_us"]) == (2, 9_000_000)
+    assert health["free_disk_mb"] == pytest.approx(database.free_bytes(tmp_path) / 1_048_576, abs=50)
+    assert _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0] > written  # a real write
+
+
+def test_health_is_quick_and_calm_while_another_writer_holds_the_lock(tmp_path):
+    store = database.connect(path=tmp_path / "busy.sqlite3")
+    other = _raw(store.path)
+    other.execute("BEGIN IMMEDIATE")  # a writer publishing an upload
+    try:
+        started = time.monotonic()
+        health = store.health(1)
+        assert time.monotonic() - started < 1.0
+    finally:
+        other.execute("ROLLBACK")
+    assert health["write_probe"] == "busy" and health["problems"] == []
+
+
+def test_health_names_a_disk_under_min_free(tmp_path):
+    store = database.connect(path=tmp_path / "low.sqlite3")
+    free = database.free_bytes(tmp_path)
+    health = store.health(free + 10 * 1_048_576)
+    (problem,) = health["problems"]
+    assert problem.startswith(f"the disk holding {store.path} has ")
+    assert problem.endswith(f" MB free, under MIN_FREE_MB ({(free + 10 * 1_048_576) / 1_048_576:.0f} MB)")
+
+
+def test_health_reports_a_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.sqlite3"
+    store = database.connect(path=path)
+    store.load_polls(_polls(20_000))
+    store.close()
+    raw = _raw(path)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = raw.execute("SELECT pageno FROM dbstat WHERE name = 'storeStatus' AND pagetype = 'leaf' "
+                       "ORDER BY pageno LIMIT 1 OFFSET 10").fetchone()[0]
+    raw.close()
+    with open(path, "r+b") as file:  # scribble over the middle of one page of polls
+        file.seek((page - 1) * 4096 + 200)
+        file.write(bytes(range(256)) * 12)
+    damaged = database.connect(path=path)
+    assert damaged.quick_check_done.wait(30)
+    (problem,) = damaged.health(1)["problems"]
+    assert problem.startswith(f"{path} is damaged: PRAGMA quick_check found: ")
+    assert "\n" not in problem and "*** in database" not in problem
+
+
+def test_health_reports_a_newer_schema_written_meanwhile(tmp_path):
+    store = database.connect(path=tmp_path / "newer.sqlite3")
+    _raw(store.path).execute("PRAGMA user_version = 3")  # another process, of a newer release, migrated it
+    assert store.health(1)["problems"] == [
+        f"{store.path} was migrated by a newer version of this service (schema 3; this code knows up to 2)"]
+
+
+# --------------------------------------------------------------------------- report life and durability
+
+
+def test_only_a_running_report_completes(tmp_path):
+    store = database.connect(path=tmp_path / "complete.sqlite3")
+    store.create_report("a" * 32, None)
+    store.fail_report("a" * 32, "shut down")
+    assert store.complete_report("a" * 32, b"x,y\n", 1) is False
+    assert store.find_report("a" * 32)["status"] == "Failed" and _count(store, "reportCsv") == 0
+    assert store.complete_report("b" * 32, b"x,y\n", 1) is False  # unknown
+    store.create_report("c" * 32, None)
+    assert store.complete_report("c" * 32, b"x,y\n", 1) is True
+    assert store.read_report_csv(store.find_report("c" * 32)) == b"x,y\n"
+    assert store.complete_report("c" * 32, b"other\n", 1) is False  # already Complete: kept as it was
+    assert store.read_report_csv(store.find_report("c" * 32)) == b"x,y\n"
+
+
+def test_stale_reports_fail_with_the_contracts_error(tmp_path):
+    store = database.connect(path=tmp_path / "stale.sqlite3")
+    store.create_report("a" * 32, None)
+    time.sleep(0.01)
+    assert store.fail_stale_reports(dt.timedelta(microseconds=1)) == 1
+    assert store.find_report("a" * 32)["error"] == database.STALE_ERROR
+
+
+def test_as_of_after_newest_poll_is_false_until_the_job_says_otherwise(tmp_path):
+    store = database.connect(path=tmp_path / "after.sqlite3")
+    store.create_report("a" * 32, None)
+    assert store.find_report("a" * 32)["as_of_after_newest_poll"] is False
+    store.update_report("a" * 32, as_of_us=5, as_of_after_newest_poll=True)
+    assert store.find_report("a" * 32)["as_of_after_newest_poll"] is True
+    store.update_report("a" * 32, progress={"done": 1, "total": 2})  # not named: unchanged
+    assert store.list_reports()[0]["as_of_after_newest_poll"] is True
+    store.update_report("a" * 32, as_of_after_newest_poll=False)
+    assert store.find_report("a" * 32)["as_of_after_newest_poll"] is False
+
+
+def test_uploads_and_completed_reports_commit_with_synchronous_full(tmp_path):
+    """The publishing transaction of an upload and complete_report are fsynced (they survive a power loss);
+    every other write runs with synchronous=NORMAL."""
+    store = database.connect(path=tmp_path / "sync.sqlite3")
+    store.create_report("a" * 32, None)
+    statements = []
+    connection = store._connection()
+    connection.set_trace_callback(statements.append)
+
+    def synchronous_at_commits():
+        levels, level = [], None
+        for statement in statements:
+            if statement.startswith("PRAGMA synchronous="):
+                level = statement.split("=")[1]
+            elif statement == "COMMIT" and level is not None:
+                levels.append(level)
+        statements.clear()
+        return levels
+
+    store.load_polls(_polls(10))
+    assert synchronous_at_commits()[-1] == "FULL"
+    store.replace_hours(_hours([("a", 0, 0, 60)]))
+    assert synchronous_at_commits()[-1] == "FULL"
+    store.complete_report("a" * 32, b"x\n", 0)
+    assert synchronous_at_commits() == ["FULL"]
+    store.begin_upload("f", "store_status.csv", "0" * 64, 1, 0)
+    store.create_report("b" * 32, None)
+    assert statements[::3] == ["BEGIN IMMEDIATE"] * 2 and statements[2::3] == ["COMMIT"] * 2
+    assert not [statement for statement in statements if statement.startswith("PRAGMA")]  # NORMAL, as set at connect
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+    connection.set_trace_callback(None)
