@@ -12,8 +12,10 @@ calls `store_report_ticks` and `coded_report_ticks`, and app.py `scheduler_state
 - Command line: the client parses the CSV files once and scatters each
   range's coded arrays to the workers (README, "Past one machine", says why).
 
-Tasks return plain int64 arrays, so the assembled report is exactly the one
-the single-process paths compute, byte for byte once written.
+The ranges are cut by `utils.store_ranges`, the rule every path uses: at most
+CHUNK_STORES stores each, and here at least RANGES_PER_CLUSTER_WORKER (2) ranges
+a worker.  Tasks return plain int64 arrays, so the assembled report is exactly
+the one the single-process paths compute, byte for byte once written.
 """
 from __future__ import annotations
 
@@ -43,18 +45,10 @@ class ClusterUnavailable(RuntimeError):
 # --------------------------------------------------------------------------- ranges
 
 
-def range_bounds(n_stores: int, range_stores: int, workers: int) -> list[tuple[int, int]]:
-    """Ranges of at most `range_stores` stores, and at least two per worker so a slow or lost one does not stall the rest."""
-    size = max(1, min(range_stores, -(-n_stores // (2 * max(1, workers)))))
-    return [(first, min(first + size, n_stores)) for first in range(0, n_stores, size)]
-
-
 def _assemble(parts: list[dict]) -> pd.DataFrame:
     """Per-range results, in range order, as one ticks frame (`utils.ticks_frame`)."""
     store_ids = np.concatenate([part["store_id"] for part in parts]) if parts else np.empty(0, object)
-    ticks = {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
-             for column in TICK_COLUMNS}
-    return utils.ticks_frame(store_ids, ticks)
+    return utils.ticks_frame(store_ids, utils.join_ticks(parts))
 
 
 def _result(store_ids, ticks: dict) -> dict:
@@ -117,6 +111,11 @@ def _worker_count(client) -> int:
     return max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
 
 
+def _ranges(client, n_stores: int, range_stores: int) -> list[tuple[int, int]]:
+    """The ranges of one report on this cluster: `utils.store_ranges` over its workers."""
+    return utils.store_ranges(n_stores, range_stores, _worker_count(client), utils.RANGES_PER_CLUSTER_WORKER)
+
+
 def store_report_ticks(
     address: str,
     spec: dict,
@@ -126,23 +125,22 @@ def store_report_ticks(
     range_stores: int,
     on_range_done: Callable[[int, int], None] | None = None,
     lost: threading.Event | None = None,
-    task: Callable = range_ticks,
 ) -> pd.DataFrame:
     """The ticks frame of `store_ids` (sorted), one cluster task per range, each reading the store `spec` names.
 
     `on_range_done(stores_done, total)` is called as each range finishes; when
     `lost` is set (the caller's data lease is gone) the rest is cancelled and
-    database.LeaseLost raised.  `task` is the function run per range.
+    database.LeaseLost raised.  Each task is `range_ticks`, looked up when the report starts.
     """
     if str(spec.get("uri") or "").startswith("mongomock:"):
         raise ValueError("MONGO_URI=mongomock:// keeps its data inside one process; a Dask cluster cannot read it")
     from distributed import as_completed
 
     with open_client(address) as client:
-        bounds = range_bounds(len(store_ids), range_stores, _worker_count(client))
+        bounds = _ranges(client, len(store_ids), range_stores)
         token = uuid.uuid4().hex[:12]
         futures = {
-            client.submit(task, spec, store_ids[first:last], since_us, now_us,
+            client.submit(range_ticks, spec, store_ids[first:last], since_us, now_us,
                           key=f"report-range-{token}-{first}", pure=False): index
             for index, (first, last) in enumerate(bounds)
         }
@@ -179,7 +177,7 @@ def coded_report_ticks(
     from distributed import as_completed
 
     with open_client(address) as client:
-        bounds = range_bounds(coded.n_stores, range_stores, _worker_count(client))
+        bounds = _ranges(client, coded.n_stores, range_stores)
         inputs = client.scatter([coded.stores(first, last) for first, last in bounds])
         futures = {client.submit(coded_range_ticks, data, now_us, pure=False): index
                    for index, data in enumerate(inputs)}
@@ -191,8 +189,7 @@ def coded_report_ticks(
             done += bounds[index][1] - bounds[index][0]
             if on_range_done:
                 on_range_done(done, coded.n_stores)
-    return {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
-            for column in TICK_COLUMNS}
+    return utils.join_ticks(parts)
 
 
 # --------------------------------------------------------------------------- health

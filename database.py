@@ -37,6 +37,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from pymongo.errors import ConnectionFailure, PyMongoError
 
@@ -72,8 +73,10 @@ UPLOADS = "uploads"  # the upload journal, the same name in both stores
 Progress = Callable[[int], None]
 
 
-def _no_progress(rows: int) -> None:
-    pass
+def no_progress(rows: int) -> None:
+    """The `on_rows` of a writer whose caller does not follow its progress."""
+
+
 
 
 STALE_ERROR = "the worker running this report stopped (no heartbeat); trigger it again"
@@ -151,6 +154,24 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
+def business_hours_text(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The stored text of each business-hours row's start and end: `sources.hms` of `start_s` and `end_s`.
+
+    Each distinct time of day is formatted once (there are few: most hours are on the hour).
+    """
+    times, index = np.unique(frame[["start_s", "end_s"]].to_numpy(dtype=np.int64), return_inverse=True)
+    text = np.array([sources.hms(int(t)) for t in times], dtype=object)[index.reshape(-1, 2)]
+    return text[:, 0].tolist(), text[:, 1].tolist()
+
+
+def checked_report_csv(report: dict, payload: bytes) -> bytes:
+    """`payload`, the stored CSV of `report`, when it is as long as the record says (ValueError otherwise:
+    a CSV stored in part)."""
+    if report.get("csv_bytes") is not None and len(payload) != report["csv_bytes"]:
+        raise ValueError(f"report {report['report_id']}: stored CSV is incomplete")
+    return payload
+
+
 # --------------------------------------------------------------------------- the contract
 
 
@@ -167,9 +188,16 @@ class Store(ABC):
     store can), a foreign or newer one raises DatabaseRefused without writing to it.
     """
 
+    # What a store is, for people and for start-up.  Callers may show `kind` (GET /health does) but never
+    # branch on it: what differs between stores is said by the attributes and methods below.
     kind: str  # "sqlite", "mongodb" or "mongomock"
+    label: str  # how a one-line error names the database: "MongoDB at MONGO_URI", "the SQLite file <path>"
     schema_version: int  # the schema of the open database (SCHEMA_VERSION once migrated)
     migrations_applied: list[str]  # what opening (or `migrate`) changed: "1 -> 2: ..." lines, empty when nothing
+    # True when the service seeds the store from DATA_DIR at start-up if it is empty (a store of this host:
+    # SQLite, mongomock); False for a shared server, loaded by hand (`python database.py load`)
+    seeds_on_start: bool
+    warning_on_start: str | None = None  # a line the service logs at start-up about this store, or None
 
     # ----- lifecycle
 
@@ -178,8 +206,19 @@ class Store(ABC):
         """Keyword arguments for `connect` that open this same store in another process."""
 
     @abstractmethod
-    def ping(self) -> bool:
-        """True when the database answers (quickly: within about a second)."""
+    def ping(self, timeout: float | None = None, quiet: bool = False) -> bool:
+        """True when the database answers within `timeout` seconds (None: the store's own short limit, about
+        a second at most); False when it does not, after logging one warning unless `quiet`."""
+
+    @abstractmethod
+    def prepare(self, stale_after: dt.timedelta) -> int:
+        """The store's start-up work in a service, once it is seeded (see `seeds_on_start`): make its schema
+        and indexes ready and mark Running reports whose heartbeat is older than `stale_after` Failed.
+
+        Returns how many reports it marked Failed now.  A store whose server may be away does the work in a
+        background thread, retrying until the server answers, and returns 0 at once.  Raises a database
+        error (DATABASE_ERRORS) when work done now fails; the service logs it and starts anyway.
+        """
 
     @abstractmethod
     def migrate(self) -> list[str]:
@@ -200,7 +239,7 @@ class Store(ABC):
         """
 
     def close(self) -> None:
-        pass
+        """Let go of what the store holds (connections, a client, background work); nothing by default."""
 
     def request_scope(self):
         """A context for the database calls of one HTTP request: MongoDB bounds them in time (about 1 s)."""
@@ -217,17 +256,17 @@ class Store(ABC):
     # A full disk raises DiskFull, with nothing of the upload kept where the store can.
 
     @abstractmethod
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         """Upsert polls (`store_id`, `timestamp_us`, `active`): the newest load wins for a key."""
 
     @abstractmethod
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
         """Replace the business hours of every store named in `frame` (`store_id`, `day`, `start_s`, `end_s`).
         Rows of stores not in `frame` are never touched."""
 
     @abstractmethod
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
         """Replace the zone of every store named in `frame` (`store_id`, `timezone_str`).
         Rows of stores not in `frame` are never touched."""
@@ -329,7 +368,8 @@ class Store(ABC):
         """The report record, or None."""
 
     @abstractmethod
-    def count_reports(self) -> int: ...
+    def count_reports(self) -> int:
+        """How many report records there are, whatever their status."""
 
     @abstractmethod
     def list_reports(self, skip: int = 0, limit: int = 20) -> list[dict]:
@@ -337,7 +377,8 @@ class Store(ABC):
 
     @abstractmethod
     def read_report_csv(self, report: dict) -> bytes:
-        """The CSV of a Complete report."""
+        """The CSV of a Complete report (ValueError when the stored CSV is not the length the record says:
+        see `checked_report_csv`)."""
 
     @abstractmethod
     def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
@@ -455,7 +496,7 @@ def _digest(source: sources.Source) -> str:
 
 
 def _write_upload(store: Store, file_kind: str, parsed: sources.Parsed, label: str, digest: str, lost,
-                  on_rows: Progress = _no_progress) -> None:
+                  on_rows: Progress = no_progress) -> None:
     """One file, one upload: journaled, written whole (or, where the store cannot, finishable by a re-upload).
 
     A lost lease stops the writer at its next batch; any error marks the upload Failed.
@@ -521,7 +562,8 @@ def files_to_load(paths: list[str | Path]) -> list[tuple[str, Path]]:
     return found
 
 
-def load_paths(store: Store, paths: list[str | Path], progress: bool = False, only_if_empty: bool = False) -> list[dict]:
+def load_paths(store: Store, paths: list[str | Path], progress: bool = False,
+               only_if_empty: bool = False) -> list[dict]:
     """Load files and folders (see `files_to_load`) under one write lease, each file as its own upload.
 
     A file with a wrong header is reported and the others still load.
@@ -691,8 +733,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         store = connect_from_env()
-        if store.kind == "mongodb" and not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
-            print(f"database error: MongoDB at MONGO_URI does not answer within {CLI_PING_SECONDS:.0f} s "
+        if not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
+            print(f"database error: {store.label} does not answer within {CLI_PING_SECONDS:.0f} s "
                   f"(is it running and reachable?)", file=sys.stderr)
             return 2
         return _run(store, args)

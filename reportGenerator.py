@@ -1,4 +1,4 @@
-"""The report job: load the data, compute the report chunk by chunk, write the CSV, store it.
+"""The report job: load the data, compute the report range by range, write the CSV, store it.
 
 `ReportGenerator` runs reports from a `database.Store` (SQLite or MongoDB) in a
 bounded pool of named, daemonic threads; each records its progress and
@@ -7,6 +7,8 @@ database and written to REPORTS_DIR) or `Failed` (with the reason), never
 silently.  `run` does the same work synchronously.  With a Dask scheduler
 (`scheduler=`, the service's DASK_SCHEDULER) the ranges of stores run as tasks
 on the cluster instead (cluster.py); the report is the same, byte for byte.
+Every path cuts the stores into ranges by one rule, `utils.store_ranges`
+(at most CHUNK_STORES each); report_csv.py turns the report into its CSV bytes.
 
 The same engine also runs straight from CSV files with no database:
 
@@ -22,18 +24,14 @@ if __name__ == "__main__":
     gc.disable()
 
 import argparse
-import csv
 import ctypes
 import datetime as dt
 import errno
 import importlib.util
-import io
 import logging
 import multiprocessing
 import os
-import re
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,14 +40,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 import sources
 import utils
+from report_csv import report_csv_bytes, write_atomically
 
 if __name__ == "__main__":
     gc.freeze()  # the imports' objects, out of every later collection's way (the one at exit too)
@@ -83,11 +78,6 @@ DEFAULT_CHUNK_STORES = 5_000
 # --------------------------------------------------------------------------- pure orchestration
 
 
-def chunked(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 POLLS_PER_PROCESS = 20_000_000
 
 
@@ -109,33 +99,24 @@ def default_processes(n_polls: int) -> int:
     return max(1, min(usable_cores(), n_polls // POLLS_PER_PROCESS))
 
 
-CHUNKS_PER_WORKER = 4  # so that the workers finish close together
-
-
-ENGINE_THREADS = 4  # at most this many threads compute chunks in one process (measured on 2 cores only: two
+ENGINE_THREADS = 4  # at most this many threads compute ranges in one process (measured on 2 cores only: two
 # threads took the engine's share of a 1.5M-poll report from 0.13 s to 0.08 s)
 
 
 def engine_workers() -> int:
-    """Threads that compute chunks at once in one process."""
+    """Threads that compute ranges at once in one process."""
     return min(ENGINE_THREADS, usable_cores())
-
-
-def _chunk_bounds(n_stores: int, chunk_stores: int, workers: int) -> list[tuple[int, int]]:
-    """Store ranges to compute: at most `chunk_stores` each, and enough of them to keep every worker busy."""
-    size = max(1, min(chunk_stores, -(-n_stores // (CHUNKS_PER_WORKER * workers)) if workers > 1 else chunk_stores))
-    return [(first, min(first + size, n_stores)) for first in range(0, n_stores, size)]
 
 
 _FORKED_INPUTS: utils.CodedInputs | None = None  # what forked workers inherit instead of being sent
 
 
-def _inherited_chunk_ticks(first: int, last: int, now_us: int) -> dict:
+def _inherited_range_ticks(first: int, last: int, now_us: int) -> dict:
     return utils.coded_uptime_ticks(_FORKED_INPUTS.stores(first, last), now_us)
 
 
-def _ticks_by_chunk(coded: utils.CodedInputs, now_us: int, bounds, processes: int) -> Iterable[dict]:
-    """Each chunk's ticks, in order; computed in `processes` forked workers when that can pay."""
+def _ticks_by_range(coded: utils.CodedInputs, now_us: int, bounds, processes: int) -> Iterable[dict]:
+    """Each range's ticks, in order; computed in `processes` forked workers when that can pay."""
     global _FORKED_INPUTS
     fork = "fork" in multiprocessing.get_all_start_methods()
     if processes > 1 and len(bounds) > 1 and fork and threading.active_count() == 1:
@@ -144,14 +125,14 @@ def _ticks_by_chunk(coded: utils.CodedInputs, now_us: int, bounds, processes: in
         _FORKED_INPUTS = coded
         try:
             with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_inherited_chunk_ticks, a, b, now_us) for a, b in bounds]
+                futures = [pool.submit(_inherited_range_ticks, a, b, now_us) for a, b in bounds]
                 for future in futures:
                     yield future.result()
         finally:
             _FORKED_INPUTS = None
         return
     if len(bounds) > 1 and engine_workers() > 1:
-        # the engine's numpy work lets go of the GIL: two threads compute two chunks at once
+        # the engine's numpy work lets go of the GIL: two threads compute two ranges at once
         with ThreadPoolExecutor(max_workers=engine_workers(), thread_name_prefix="engine") as pool:
             yield from pool.map(lambda bound: utils.coded_uptime_ticks(coded.stores(*bound), now_us), bounds)
         return
@@ -169,25 +150,23 @@ def report_from_frames(
     processes: int = 1,
     scheduler: str | None = None,
 ) -> pd.DataFrame:
-    """The report for in-memory frames (as `utils.uptime_ticks` takes them), chunk by chunk of stores.
+    """The report for in-memory frames (as `utils.uptime_ticks` takes them), range by range of stores.
 
-    With `processes > 1` the chunks are shared among forked worker processes
+    With `processes > 1` the ranges are shared among forked worker processes
     (only from a single-threaded process; otherwise they run here, one by one).
-    With a Dask `scheduler` address the chunks are scattered to its workers.
+    With a Dask `scheduler` address the ranges are scattered to its workers.
     """
     store_ids, coded = utils.code_inputs(polls, hours, zones, now_us)
     if scheduler:
         ticks = cluster.coded_report_ticks(scheduler, coded, now_us, chunk_stores, on_progress)
         return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
-    bounds = _chunk_bounds(coded.n_stores, chunk_stores, processes if processes > 1 else engine_workers())
+    bounds = utils.store_ranges(coded.n_stores, chunk_stores, processes if processes > 1 else engine_workers())
     parts = []
-    for (_, last), ticks in zip(bounds, _ticks_by_chunk(coded, now_us, bounds, processes)):
+    for (_, last), ticks in zip(bounds, _ticks_by_range(coded, now_us, bounds, processes)):
         parts.append(ticks)
         if on_progress:
             on_progress(last, coded.n_stores)
-    ticks = {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
-             for column in utils.REPORT_COLUMNS[1:]}
-    return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
+    return utils.to_report_units(utils.ticks_frame(store_ids, utils.join_ticks(parts)))
 
 
 def report_from_dir(
@@ -220,137 +199,6 @@ def report_from_dir(
         processes=processes, on_progress=on_progress, scheduler=scheduler,
     )
     return report, as_of_us, parsed
-
-
-# A cell a spreadsheet would read as a formula starts with one of these (OWASP, "CSV Injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_cells(values: pd.Series) -> pd.Series:
-    """Text cells with a single quote put before any that starts like a formula (OWASP's advice)."""
-    text = values.astype(str)
-    risky = text.str.startswith(FORMULA_STARTS)
-    return text.where(~risky, "'" + text)
-
-
-def store_ids_from_csv(values: pd.Series) -> pd.Series:
-    """Store ids as read back from a report CSV, without the quote `neutralise_cells` put before them.
-
-    Unambiguous: a store id never starts with a quote (sources.STORE_ID_PATTERN).
-    """
-    text = values.astype(str)
-    quoted = text.str.startswith(tuple("'" + start for start in FORMULA_STARTS))
-    return text.where(~quoted, text.str.slice(1))
-
-
-# ".0", ".01", ... ".09", ".1", ".11", ...: what Python's repr writes after the point of a number of whole cents
-CENTS_AFTER_POINT = pa.array(["." + (str(cents // 10) if cents % 10 == 0 else f"{cents:02d}") for cents in range(100)])
-NEEDS_QUOTES = '[,"\r\n]'
-
-
-def _figures_as_text(values: np.ndarray) -> pa.Array | None:
-    """Report figures (rounded to 2 places) as text, exactly as `repr` writes them: None when any is not
-    a whole number of cents, from 0 to 2**53, for then only the general writer is sure to write the same.
-
-    A figure equal to c / 100 for a whole c is the double nearest to c hundredths, so its shortest text
-    that reads back the same (which repr writes) is c hundredths without trailing zeros.
-    """
-    cents = np.rint(values * 100)
-    if not ((cents >= 0).all() and (cents < 2**53).all() and (cents / 100 == values).all()):  # (NaN fails each)
-        return None
-    cents = cents.astype(np.int64)
-    return pc.binary_join_element_wise(pc.cast(pa.array(cents // 100), pa.string()),
-                                       CENTS_AFTER_POINT.take(pa.array(cents % 100)), "")
-
-
-def _report_csv_arrow(report: pd.DataFrame) -> bytes | None:
-    """`report_csv_bytes` by pyarrow's CSV writer (a few times quicker than pandas'), for the usual report:
-    no store id needs quotes and every figure is a whole number of cents.  None otherwise."""
-    store_ids = pa.array(neutralise_cells(report["store_id"]), pa.string())
-    if pc.any(pc.match_substring_regex(store_ids, NEEDS_QUOTES)).as_py():
-        return None
-    columns = {"store_id": store_ids}
-    for name in utils.REPORT_COLUMNS[1:]:
-        columns[name] = _figures_as_text(report[name].to_numpy(dtype=np.float64))
-        if columns[name] is None:
-            return None
-    out = io.BytesIO()
-    out.write((",".join(utils.REPORT_COLUMNS) + "\n").encode())
-    pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-    return out.getvalue()
-
-
-def report_csv_bytes(report: pd.DataFrame) -> bytes:
-    """The report as CSV; store ids that a spreadsheet would take for a formula are neutralised."""
-    fast = _report_csv_arrow(report)
-    return fast if fast is not None else _report_csv_pandas(report)
-
-
-def _report_csv_pandas(report: pd.DataFrame) -> bytes:
-    """`report_csv_bytes` by pandas' CSV writer, for any report."""
-    quoting = csv.QUOTE_MINIMAL
-    if len(report):
-        report = report.assign(store_id=neutralise_cells(report["store_id"]))
-        if report["store_id"].str.contains("\r", regex=False).any():
-            quoting = csv.QUOTE_NONNUMERIC  # the csv module leaves a lone CR unquoted with "\n" line ends
-    return report.to_csv(index=False, columns=utils.REPORT_COLUMNS, quoting=quoting).encode("utf-8")
-
-
-def write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-# what openapi.json promises for as_of: a date, optionally a time (seconds and up to 6 decimals), a zone
-AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
-
-
-AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
-               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
-
-
-def as_of_error(text, why: str = "") -> ValueError:
-    """The one wording of every as_of error: what was given, why it was refused, the accepted forms."""
-    shown = repr(text[:64]) if isinstance(text, str) else f"of type {type(text).__name__}"
-    return ValueError(f"as_of {shown} is not an ISO 8601 instant{why}: use {AS_OF_FORMS}")
-
-
-def parse_as_of(text: str) -> int:
-    """Microseconds since the epoch for an ISO 8601 instant (no zone means UTC)."""
-    if not isinstance(text, str) or not AS_OF.fullmatch(text):
-        raise as_of_error(text)
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise as_of_error(text, " (no such date or time)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    try:
-        when.astimezone(dt.timezone.utc)
-    except OverflowError:
-        raise as_of_error(text, " (out of range: years 1 to 9999 in UTC)") from None
-    return utils.datetime_to_us(when)
-
-
-# the instants a report can be asked for: every date the engine computes with (now minus a week and
-# its look-back, local dates around the week, in every zone) then stays inside what datetime holds
-FIRST_AS_OF_US = utils.datetime_to_us(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
-LAST_AS_OF_US = utils.datetime_to_us(dt.datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
-
-
-def check_as_of_range(as_of_us: int) -> int:
-    """`as_of_us` when it is in the supported range (1970-01-01 to 9000-12-31 UTC); ValueError otherwise."""
-    if not FIRST_AS_OF_US <= as_of_us <= LAST_AS_OF_US:
-        raise ValueError("as_of must be from 1970-01-01T00:00:00Z to 9000-12-31T23:59:59.999999Z")
-    return as_of_us
 
 
 class ReportError(Exception):
@@ -409,7 +257,6 @@ class ReportGenerator:
     ):
         self.store = store
         self.scheduler = scheduler or None  # a Dask scheduler address: ranges run there (cluster.py)
-        self.range_task = None  # the per-range task on the cluster (None: cluster.range_ticks); tests swap it
         self.reports_dir = Path(reports_dir)
         self.chunk_stores = chunk_stores
         self.heartbeat_seconds = heartbeat_seconds
@@ -505,7 +352,7 @@ class ReportGenerator:
                 raise ReportError("there are no polls in storeStatus, so there is nothing to report")
             if newest_us is not None and now_us > newest_us:
                 store.update_report(report_id, as_of_after_newest_poll=True)
-            if not FIRST_AS_OF_US <= now_us <= LAST_AS_OF_US:
+            if not utils.FIRST_AS_OF_US <= now_us <= utils.LAST_AS_OF_US:
                 raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
                                   "trigger the report with an as_of")
             store.update_report(report_id, as_of_us=now_us)
@@ -517,18 +364,20 @@ class ReportGenerator:
             if self.scheduler:
                 parts = [self._cluster_report(report_id, store_ids, since_us, now_us, lost)]
             else:
-                parts = []
-                done = 0
-                for chunk in chunked(store_ids, self.chunk_stores):
-                    if lost.is_set():
-                        raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
-                    polls, hours, zones = store.read_chunk(chunk, since_us, now_us)
-                    parts.append(utils.uptime_report(polls, hours, zones, now_us))
-                    done += len(chunk)
-                    store.update_report(report_id, progress={"done": done, "total": len(store_ids),
-                                                             "phase": "computing"})
+                parts = self._range_reports(report_id, store_ids, since_us, now_us, lost)
         report = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=utils.REPORT_COLUMNS)
         return self._store_report(report_id, report)
+
+    def _range_reports(self, report_id: str, store_ids: list[str], since_us: int, now_us: int, lost) -> list:
+        """The report range by range in this thread, each range read from the store; progress after each."""
+        parts = []
+        for first, last in utils.store_ranges(len(store_ids), self.chunk_stores):
+            if lost.is_set():
+                raise database.LeaseLost("the data lease was lost while reading; a load may have changed the data")
+            polls, hours, zones = self.store.read_chunk(store_ids[first:last], since_us, now_us)
+            parts.append(utils.uptime_report(polls, hours, zones, now_us))
+            self.store.update_report(report_id, progress={"done": last, "total": len(store_ids), "phase": "computing"})
+        return parts
 
     def _cluster_report(self, report_id: str, store_ids: list[str], since_us: int, now_us: int, lost) -> pd.DataFrame:
         """The report computed on the Dask cluster, one task per range reading the store from its spec."""
@@ -540,7 +389,7 @@ class ReportGenerator:
 
         ticks = cluster.store_report_ticks(
             self.scheduler, self.store.spec(), store_ids, since_us, now_us, self.chunk_stores,
-            on_range_done=progress, lost=lost, task=self.range_task or cluster.range_ticks)
+            on_range_done=progress, lost=lost)
         return utils.to_report_units(ticks)
 
     def _store_report(self, report_id: str, report: pd.DataFrame) -> int:
@@ -646,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True, help="folder with the three input CSV files")
     parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
     parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
-    parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="stores per chunk")
+    parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="the most stores in one range")
     parser.add_argument("--processes", type=int, default=None,
                         help=f"worker processes for the engine (default: by the size of the data, one per "
                              f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)")
@@ -656,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        as_of_us = parse_as_of(args.as_of) if args.as_of else None
+        as_of_us = utils.parse_as_of(args.as_of) if args.as_of else None
         if sys.stderr.isatty():  # progress bars only on a terminal (tqdm is not even imported otherwise)
             from tqdm import tqdm
 

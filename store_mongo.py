@@ -94,8 +94,8 @@ from pymongo.errors import (AutoReconnect, BulkWriteError, CollectionInvalid, Co
 import database
 import sources
 import utils
-from database import (HOURS, META, REPORTS, SCHEMA_VERSION, STATUS, UPLOADS, ZONES, Progress, _no_progress,
-                      describe_error, now_utc)
+from database import (HOURS, META, REPORTS, SCHEMA_VERSION, STATUS, UPLOADS, ZONES, Progress, describe_error,
+                      no_progress, now_utc)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ OWN_COLLECTIONS = SCHEMA_1_COLLECTIONS | {UPLOADS, META}
 SCHEMA_MARK = "schema"  # the _id of the meta document
 SCHEMA_PENDING = "the database has not been checked yet (the start-up work is still running); try again shortly"
 WRITER_GONE = "the process loading it stopped part-way"
+MONGOMOCK_WARNING = "MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)"
 
 INDEXES = {
     STATUS: [
@@ -378,11 +379,12 @@ class MongoStore(database.Store):
             import mongomock
 
             self._client = mongomock.MongoClient(tz_aware=True)
-            self.kind = "mongomock"
+            self.kind, self.label, self.warning_on_start = "mongomock", "mongomock at MONGO_URI", MONGOMOCK_WARNING
         else:
-            self.kind = "mongodb"
+            self.kind, self.label = "mongodb", "MongoDB at MONGO_URI"
             if not uri.startswith("mongodb+srv://"):
                 self._client = self._new_client()  # no I/O: connect=False
+        self.seeds_on_start = self.kind == "mongomock"  # in-process, empty at each start; a server is loaded by hand
         self.server_clock = self.kind == "mongodb"  # mongomock has no $$NOW
         if self.kind == "mongomock":
             self._check_schema()  # in-process: no server to wait for
@@ -421,9 +423,10 @@ class MongoStore(database.Store):
             return contextlib.nullcontext()
         return _request_scope(REQUEST_SECONDS)
 
-    def ping(self, timeout: float = PING_SECONDS, quiet: bool = False) -> bool:
+    def ping(self, timeout: float | None = None, quiet: bool = False) -> bool:
+        """One `ping` command within `timeout` seconds (None: PING_SECONDS)."""
         try:
-            with pymongo.timeout(timeout):
+            with pymongo.timeout(PING_SECONDS if timeout is None else timeout):
                 self.client.admin.command("ping")
         except PyMongoError as error:
             if not quiet:
@@ -448,7 +451,16 @@ class MongoStore(database.Store):
             self._indexes_ready.set()
         return failed
 
-    def start_maintenance(self, stale_after: dt.timedelta) -> threading.Thread:
+    def prepare(self, stale_after: dt.timedelta) -> int:
+        """On a server, `_start_maintenance` (the server may be away: nothing here waits for it) and 0; on
+        mongomock, which answers at once, the schema, the indexes and the stale sweep now."""
+        if self.kind == "mongodb":
+            self._start_maintenance(stale_after)
+            return 0
+        self.migrate()
+        return self.fail_stale_reports(stale_after)
+
+    def _start_maintenance(self, stale_after: dt.timedelta) -> threading.Thread:
         """In a background thread, until each has succeeded once: build the client (resolving a
         `mongodb+srv://` address), check the schema, reconcile the indexes, and fail the stale Running reports.
 
@@ -681,7 +693,7 @@ class MongoStore(database.Store):
 
     # ----- ingest: each batch an idempotent unit (retried whole), journaled when it belongs to an upload
 
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         self._before_writing()
         # into an empty collection plain inserts are the fast bulk path (the file holds each key once)
         fresh = self.db[STATUS].count_documents({}, limit=1) == 0
@@ -744,16 +756,15 @@ class MongoStore(database.Store):
 
         self._write_journaled(batches(), on_rows, upload_id)
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
-        docs = [
-            {"store_id": s, "day": int(d), "start_time_local": sources.hms(a), "end_time_local": sources.hms(b)}
-            for s, d, a, b in zip(frame["store_id"], frame["day"], frame["start_s"], frame["end_s"])
-        ]
+        starts, ends = database.business_hours_text(frame)
+        docs = [{"store_id": s, "day": int(d), "start_time_local": start, "end_time_local": end}
+                for s, d, start, end in zip(frame["store_id"], frame["day"], starts, ends)]
         self._replace_by_store(HOURS, docs, on_rows, upload_id)
         return len(docs)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
         docs = [{"store_id": s, "timezone_str": z} for s, z in zip(frame["store_id"], frame["timezone_str"])]
         self._replace_by_store(ZONES, docs, on_rows, upload_id)
@@ -1111,10 +1122,7 @@ class MongoStore(database.Store):
     def read_report_csv(self, report: dict) -> bytes:
         chunks = self.db[REPORT_CHUNKS].find({"report_id": report["report_id"]}, {"_id": 0, "n": 1, "data": 1})
         ordered = sorted(chunks, key=lambda chunk: chunk["n"])  # the server promises no order without a sort
-        payload = b"".join(bytes(chunk["data"]) for chunk in ordered)
-        if report.get("csv_bytes") is not None and len(payload) != report["csv_bytes"]:
-            raise ValueError(f"report {report['report_id']}: stored CSV is incomplete")
-        return payload
+        return database.checked_report_csv(report, b"".join(bytes(chunk["data"]) for chunk in ordered))
 
     # ----- the data lease: one document {_id: "data", writer, readers: [...], waiting}
     # Expiry times are the server's ($$NOW + LEASE_SECONDS) on MongoDB, the client's on mongomock.

@@ -60,7 +60,7 @@ import pandas as pd
 import database
 import sources
 import utils
-from database import HOURS, REPORTS, STATUS, UPLOADS, ZONES, Progress, _no_progress
+from database import HOURS, REPORTS, STATUS, UPLOADS, ZONES, Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ INDEXES = {
 
 REPORT_COLUMNS = ("report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
                   "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll")
-UPLOAD_COLUMNS = "upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, dismissed"
+UPLOAD_COLUMNS = ("upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, "
+                  "dismissed")
 WRITER_GONE = "the process loading it stopped; nothing of it was kept"
 
 # The staging tables of one upload (TEMP: only the writer's connection sees them).  Polls are staged as
@@ -319,9 +320,11 @@ def _refusal_of(error: sqlite3.Error, path: Path) -> database.DatabaseRefused | 
 
 class SqliteStore(database.Store):
     kind = "sqlite"
+    seeds_on_start = True  # a file of this host: seeded from DATA_DIR when it is empty
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
+        self.label = f"the SQLite file {self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self.migrations_applied: list[str] = []
@@ -472,18 +475,25 @@ class SqliteStore(database.Store):
     def spec(self) -> dict:
         return {"path": str(self.path)}
 
-    def ping(self) -> bool:
+    def ping(self, timeout: float | None = None, quiet: bool = False) -> bool:
+        """A file of this host answers at once or not at all: `timeout` is never waited for."""
         try:
             self._connection().execute("SELECT 1").fetchone()
         except sqlite3.Error as error:
-            log.warning("database ping failed: %s", error)
+            if not quiet:
+                log.warning("database ping failed: %s", error)
             return False
         return True
+
+    def prepare(self, stale_after: dt.timedelta) -> int:
+        """The schema and indexes were made when the file opened: only the stale sweep is left."""
+        return self.fail_stale_reports(stale_after)
 
     def migrate(self) -> list[str]:
         failed = []
         connection = self._connection()
-        existing = dict(connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+        existing = dict(connection.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
         for name, statement in INDEXES.items():
             if existing.get(name) == statement:
                 continue
@@ -647,7 +657,7 @@ class SqliteStore(database.Store):
         # rows go in in key order, so the table's B-tree fills page after page instead of touching a
         # random page for each row; of two rows with one key the later still goes in later, and wins
         codes, names = pd.factorize(frame["store_id"], sort=True)
-        codes, stamps, active = utils._sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
+        codes, stamps, active = utils.sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
                                                     frame["active"].to_numpy(dtype=bool))
         keys = codes * 2 + active
         self._stage(connection, [("INSERT INTO temp.stagePollStores (code, store_id) VALUES (?, ?)",
@@ -674,7 +684,7 @@ class SqliteStore(database.Store):
         if empty:
             write.execute(INDEXES[TIME_INDEX])
 
-    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = _no_progress, upload_id: str | None = None) -> int:
+    def load_polls(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         with self._staging(POLL_STAGING) as connection:
             if not frame.empty:
                 self._stage_polls(connection, frame, on_rows)
@@ -696,16 +706,13 @@ class SqliteStore(database.Store):
             self._publish(publish if rows else [], upload_id, len(rows))
         return len(rows)
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
-        # each distinct time of day is formatted once (there are few: most hours are on the hour)
-        times, index = np.unique(frame[["start_s", "end_s"]].to_numpy(dtype=np.int64), return_inverse=True)
-        text = np.array([sources.hms(int(t)) for t in times], dtype=object)[index.reshape(-1, 2)]
-        rows = list(zip(frame["store_id"].astype(object).tolist(), frame["day"].astype(int).tolist(),
-                        text[:, 0].tolist(), text[:, 1].tolist()))
+        starts, ends = database.business_hours_text(frame)
+        rows = list(zip(frame["store_id"].astype(object).tolist(), frame["day"].astype(int).tolist(), starts, ends))
         return self._replace(HOURS_STAGING, rows, PUBLISH_HOURS, on_rows, upload_id)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = _no_progress,
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
                       upload_id: str | None = None) -> int:
         rows = list(zip(frame["store_id"].astype(object).tolist(), frame["timezone_str"].astype(object).tolist()))
         return self._replace(ZONES_STAGING, rows, PUBLISH_ZONES, on_rows, upload_id)
@@ -965,10 +972,7 @@ class SqliteStore(database.Store):
     def read_report_csv(self, report: dict) -> bytes:
         row = self._connection().execute("SELECT data FROM reportCsv WHERE report_id = ?",
                                          (report["report_id"],)).fetchone()
-        payload = b"" if row is None else bytes(row[0])
-        if report.get("csv_bytes") is not None and len(payload) != report["csv_bytes"]:
-            raise ValueError(f"report {report['report_id']}: stored CSV is incomplete")
-        return payload
+        return database.checked_report_csv(report, b"" if row is None else bytes(row[0]))
 
     # ----- the data lease: rows of `leases`, checked and taken in one write transaction
 

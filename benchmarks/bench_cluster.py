@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 
 import cluster  # noqa: E402
 import database  # noqa: E402
+import report_csv  # noqa: E402
 import reportGenerator  # noqa: E402
 import sources  # noqa: E402
 import utils  # noqa: E402
@@ -150,7 +151,7 @@ def shared_folder_report(client, data_dir: Path, range_stores: int):
     """Every worker reads the (shared) folder itself; the client only hands out ranges."""
     prepared = client.run(_folder_prepare, str(data_dir))  # every worker parses once
     (n_stores, now_us), = set(prepared.values())
-    bounds = cluster.range_bounds(n_stores, range_stores, len(prepared))
+    bounds = utils.store_ranges(n_stores, range_stores, len(prepared))
     futures = [client.submit(_folder_range, str(data_dir), first, last, pure=False) for first, last in bounds]
     parts = client.gather(futures)
     client.run(lambda dask_worker: setattr(dask_worker, "_bench_folder_inputs", None))
@@ -194,18 +195,18 @@ def bench_scale(scale: int, args) -> dict:
     out: dict = {"scale": scale, "stores": STORES_1X * scale, "polls": polls, "load_average": os.getloadavg()[0]}
     ok = True
 
-    alone, out["cli_single_s"] = timed(lambda: reportGenerator.report_csv_bytes(
+    alone, out["cli_single_s"] = timed(lambda: report_csv.report_csv_bytes(
         reportGenerator.report_from_dir(data_dir, processes=1)[0]))
     for range_stores in args.range_stores:
         with local_cluster() as (address, client):
-            scattered, seconds = timed(lambda: reportGenerator.report_csv_bytes(
+            scattered, seconds = timed(lambda: report_csv.report_csv_bytes(
                 reportGenerator.report_from_dir(data_dir, chunk_stores=range_stores, scheduler=address)[0]))
             out[f"cli_scatter_{range_stores}_s"] = seconds
             out[f"cli_scatter_{range_stores}_worker_peak_mb"] = worker_peaks(client)
         ok &= scattered == alone
         del scattered
     with local_cluster() as (address, client):
-        folder, out["cli_folder_s"] = timed(lambda: reportGenerator.report_csv_bytes(
+        folder, out["cli_folder_s"] = timed(lambda: report_csv.report_csv_bytes(
             shared_folder_report(client, data_dir, args.range_stores[0])))
         out["cli_folder_worker_peak_mb"] = worker_peaks(client)
     ok &= folder == alone

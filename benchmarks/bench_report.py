@@ -10,7 +10,7 @@ peak memory of one stage does not leak into the next:
 * engine     ``reportGenerator.report_from_frames`` on the parsed frames, in one
   process (the fair comparison with the single-threaded reference) and, when
   the CLI shares chunks among worker processes, also with that many processes
-* write      ``reportGenerator.report_csv_bytes`` and writing the file
+* write      ``report_csv.report_csv_bytes`` and writing the file
 * end to end ``python reportGenerator.py --data-dir DIR --output FILE`` (the CLI)
 * reference  ``tests.reference.reference_ticks`` (pure Python, one store at a
   time) on a random sample of stores; its time per store is extrapolated to
@@ -266,15 +266,15 @@ def worker_engine(work: Path, chunk_stores: int, processes: int, sample_size: in
 
 def worker_write(work: Path) -> dict:
     """Time `report_csv_bytes` plus writing the file, as the CLI does."""
-    import reportGenerator
+    import report_csv
 
     with open(work / "report.pkl", "rb") as source:
         report = pickle.load(source)
     inputs = current_rss_mb()
 
     def write() -> bytes:
-        payload = reportGenerator.report_csv_bytes(report)
-        reportGenerator.write_atomically(work / "report_inprocess.csv", payload)
+        payload = report_csv.report_csv_bytes(report)
+        report_csv.write_atomically(work / "report_inprocess.csv", payload)
         return payload
 
     payload, timing = timed(write)

@@ -24,6 +24,7 @@ import pytest
 
 import cluster
 import reportGenerator
+import utils
 from app import create_app
 from tests.conftest import wait_for_report
 
@@ -60,22 +61,6 @@ def generated_2000(tmp_path_factory) -> Path:
 def _cli_bytes(data_dir: Path, output: Path, *extra: str) -> bytes:
     assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), *extra]) == 0
     return output.read_bytes()
-
-
-# --------------------------------------------------------------------------- ranges
-
-
-@pytest.mark.parametrize("n_stores, range_stores, workers, sizes", [
-    (200, 40, 2, [40] * 5),
-    (200, 5_000, 2, [50] * 4),  # at least two ranges per worker
-    (7, 5_000, 2, [2, 2, 2, 1]),
-    (1, 40, 8, [1]),
-    (0, 40, 2, []),
-])
-def test_range_bounds_cover_every_store_once_in_order(n_stores, range_stores, workers, sizes):
-    bounds = cluster.range_bounds(n_stores, range_stores, workers)
-    assert [last - first for first, last in bounds] == sizes
-    assert [first for first, _ in bounds] == [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 # --------------------------------------------------------------------------- command line
@@ -169,11 +154,11 @@ def blocking_range_ticks(started: str, release: str, spec, store_ids, since_us, 
 
 
 def test_a_worker_killed_mid_report_still_gives_complete_and_the_same_bytes(
-        cluster_app, dask_cluster, dask_client, thread_report):
+        cluster_app, dask_cluster, dask_client, thread_report, monkeypatch):
     dask_client.wait_for_workers(2, timeout=60)
     started, release = f"started-{uuid.uuid4().hex}", f"release-{uuid.uuid4().hex}"
-    reports = cluster_app.extensions["reports"]
-    reports.range_task = functools.partial(blocking_range_ticks, started, release)
+    # the task the job submits; the workers, in their own processes, still have the real range_ticks
+    monkeypatch.setattr(cluster, "range_ticks", functools.partial(blocking_range_ticks, started, release))
     web = cluster_app.test_client()
     report_id = web.post("/trigger_report").get_json()["report_id"]
 
@@ -190,7 +175,7 @@ def test_a_worker_killed_mid_report_still_gives_complete_and_the_same_bytes(
     assert body["status"] == "Complete", body
     assert web.get(f"/get_report?report_id={report_id}&format=csv").data == thread_report
     # every range started once, and the killed one a second time on another worker
-    assert queue.qsize() == len(cluster.range_bounds(200, RANGE_STORES, 2))
+    assert queue.qsize() == len(utils.store_ranges(200, RANGE_STORES, 2, utils.RANGES_PER_CLUSTER_WORKER))
 
 
 def test_an_unreachable_scheduler_fails_the_report_with_the_reason(embedded_db, tmp_path):

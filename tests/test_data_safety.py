@@ -62,7 +62,7 @@ def _stop_after_first_batch(store, monkeypatch):
     """Make the data writer stop after its first batch (the progress callback raises there)."""
     real = database._write_upload
 
-    def stopping(store_, kind, parsed, label, digest, lost, on_rows=database._no_progress):
+    def stopping(store_, kind, parsed, label, digest, lost, on_rows=database.no_progress):
         def on_first(rows):
             raise Stop("stopped part-way")
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import requests
 
+import report_csv
 import reportGenerator
 from tests.conftest import free_port, polls_of, stop_process, store_config, wait_for_report, write_data_dir
 
@@ -134,10 +135,10 @@ def test_as_of_outside_the_supported_range_is_a_400_at_trigger_time(client, as_o
 def test_report_cells_that_look_like_formulas_are_neutralised():
     report = pd.DataFrame({"store_id": ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "42", "a-b"],
                            **{c: [1.5] * 8 for c in reportGenerator.utils.REPORT_COLUMNS[1:]}})
-    text = reportGenerator.report_csv_bytes(report).decode()
+    text = report_csv.report_csv_bytes(report).decode()
     ids = pd.read_csv(io.StringIO(text), dtype={"store_id": str}, keep_default_na=False)["store_id"]
     assert list(ids) == ["'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\ry", "42", "a-b"]
-    assert list(reportGenerator.store_ids_from_csv(ids)) == list(report["store_id"])
+    assert list(report_csv.store_ids_from_csv(ids)) == list(report["store_id"])
 
 
 def test_a_store_id_starting_with_a_minus_is_neutralised_in_the_csv_only(client):
@@ -306,9 +307,9 @@ def test_a_trigger_for_the_as_of_of_a_running_report_returns_its_id(held_reports
 
 
 def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, store, monkeypatch):
-    import app as app_module
+    import api
 
-    monkeypatch.setattr(app_module, "INGEST_WAIT_SECONDS", 0.01)
+    monkeypatch.setattr(api, "INGEST_WAIT_SECONDS", 0.01)
     upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "9,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
     slot = app.extensions["ingest_slot"]
     assert slot.acquire(timeout=1)  # another upload is loading
@@ -370,11 +371,11 @@ def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, dat
 
 
 def test_an_upload_waits_a_few_seconds_for_running_reports_then_gets_503(held_reports, monkeypatch):
-    import app as app_module
+    import api
 
     app, client, release = held_reports
     store = app.extensions["store"]
-    monkeypatch.setattr(app_module, "INGEST_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(api, "INGEST_WAIT_SECONDS", 0.5)
     report_id = client.post("/trigger_report").get_json()["report_id"]
     # the report holds the read lease once it has fixed its now
     deadline = time.monotonic() + 30

@@ -349,7 +349,7 @@ def test_on_a_server_a_refusal_is_found_by_the_start_up_thread_once_and_for_good
     store = server_store_on(client)
     assert store.schema_version is None and store.migrations_applied == []
     with caplog.at_level(logging.INFO, logger="store_mongo"):
-        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        thread = store._start_maintenance(dt.timedelta(seconds=60))
         thread.join(30)
     assert not thread.is_alive()
     refusal = ("MongoDB database test belongs to something else: it holds orders; point MONGO_DB at this "
@@ -381,7 +381,7 @@ def test_on_a_server_writes_wait_for_the_start_up_thread_and_health_says_why(mon
     store._check_schema = slow_check
     store._new_client = lambda: mongomock.MongoClient(tz_aware=True)
     try:
-        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        thread = store._start_maintenance(dt.timedelta(seconds=60))
         assert checking.wait(30)
         with pytest.raises(ConnectionFailure, match="not been checked yet"):
             store.create_report("a" * 32, None)

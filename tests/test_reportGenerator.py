@@ -1,4 +1,5 @@
-"""The report job (reportGenerator.py): CSV mode, chunking, agreement with the API and the reference."""
+"""The report job (reportGenerator.py): CSV mode, ranges of stores (threads, processes), agreement with
+the API and the reference."""
 from __future__ import annotations
 
 import ctypes
@@ -9,17 +10,14 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import database
 import reportGenerator
 import sources
 import utils
-from tests.conftest import TINY_REPORT, examples
+from tests.conftest import TINY_REPORT
 from tests.reference import reference_report, reference_ticks
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data"
@@ -85,7 +83,7 @@ def test_worker_processes_give_the_same_report():
 
 @pytest.mark.parametrize("cores", [1, 2, 3])
 def test_engine_threads_give_the_same_report_in_order(monkeypatch, cores):
-    """With two or more cores the chunks are computed by threads; the rows stay in store order."""
+    """With two or more cores the ranges are computed by threads; the rows stay in store order."""
     threads, progress = set(), []
     real = utils.coded_uptime_ticks
 
@@ -98,9 +96,9 @@ def test_engine_threads_give_the_same_report_in_order(monkeypatch, cores):
     report, _, _ = reportGenerator.report_from_dir(SAMPLE, on_progress=lambda done, total: progress.append(done))
     assert_is_the_reference(report)
     workers = min(cores, reportGenerator.ENGINE_THREADS)
-    size = 200 if workers == 1 else -(-200 // (reportGenerator.CHUNKS_PER_WORKER * workers))  # 200 stores
+    size = 200 if workers == 1 else -(-200 // (utils.RANGES_PER_LOCAL_WORKER * workers))  # 200 stores
     assert progress == [min(done, 200) for done in range(size, 200 + size, size)]
-    assert len(progress) == (1 if workers == 1 else reportGenerator.CHUNKS_PER_WORKER * workers)
+    assert len(progress) == (1 if workers == 1 else utils.RANGES_PER_LOCAL_WORKER * workers)
     assert threads == ({"MainThread"} if workers == 1 else {"engine"})
 
 
@@ -123,13 +121,13 @@ def test_processes_are_chosen_by_the_size_of_the_work(monkeypatch):
 
 def test_the_command_line_default_uses_one_process_on_small_data(tmp_path, monkeypatch):
     chosen = []
-    real = reportGenerator._ticks_by_chunk
+    real = reportGenerator._ticks_by_range
 
     def spy(coded, now_us, bounds, processes):
         chosen.append(processes)
         return real(coded, now_us, bounds, processes)
 
-    monkeypatch.setattr(reportGenerator, "_ticks_by_chunk", spy)
+    monkeypatch.setattr(reportGenerator, "_ticks_by_range", spy)
     common = ["--data-dir", str(SAMPLE), "--chunk-stores", "30"]
     assert reportGenerator.main([*common, "--output", str(tmp_path / "r.csv")]) == 0
     assert reportGenerator.main([*common, "--output", str(tmp_path / "r2.csv"), "--processes", "2"]) == 0
@@ -195,14 +193,6 @@ def test_the_command_line_freezes_what_its_imports_made_and_collects_the_rest():
     assert run("import gc, reportGenerator; print(gc.isenabled(), gc.get_freeze_count())") == ["True", "0"]
 
 
-def test_chunk_bounds_cover_every_store_once():
-    for n_stores, chunk, processes in [(0, 5, 2), (1, 5, 2), (14_000, 5_000, 2), (14_000, 5_000, 1), (7, 2, 3)]:
-        bounds = reportGenerator._chunk_bounds(n_stores, chunk, processes)
-        covered = [store for first, last in bounds for store in range(first, last)]
-        assert covered == list(range(n_stores))
-        assert all(last - first <= chunk for first, last in bounds)
-
-
 def test_sample_data_matches_the_reference_exactly():
     parsed = sources.read_data_dir(SAMPLE)
     polls = parsed[sources.STATUS_FILE].frame
@@ -237,97 +227,3 @@ def test_api_csv_equals_cli_csv_on_the_sample(new_store, tmp_path):
     assert reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(output)]) == 0
     assert store.read_report_csv(report) == output.read_bytes()
     assert (tmp_path / "reports" / f"report_{'f' * 32}.csv").read_bytes() == output.read_bytes()
-
-
-def test_write_atomically_leaves_no_partial_file(tmp_path, monkeypatch):
-    target = tmp_path / "r.csv"
-    target.write_bytes(b"old")
-
-    class Boom(Exception):
-        pass
-
-    def failing_replace(*args):
-        raise Boom()
-
-    monkeypatch.setattr(reportGenerator.os, "replace", failing_replace)
-    with pytest.raises(Boom):
-        reportGenerator.write_atomically(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("2023-01-24T12:00:00Z", 1674561600000000),
-        ("2023-01-24T13:00:00+01:00", 1674561600000000),
-        ("2023-01-24 12:00:00", 1674561600000000),
-        ("2023-01-24T12:00:00.000001Z", 1674561600000001),
-    ],
-)
-def test_parse_as_of(text, expected):
-    assert reportGenerator.parse_as_of(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "tomorrow", "2023-13-01T00:00:00Z", "x" * 100, None, 5])
-def test_parse_as_of_rejects(text):
-    with pytest.raises(ValueError):
-        reportGenerator.parse_as_of(text)
-
-
-# --------------------------------------------------------------------------- the report's CSV text
-
-
-def report_of(store_ids: list[str], *columns) -> pd.DataFrame:
-    figures = columns or [[1.5] * len(store_ids)] * 6
-    return pd.DataFrame({"store_id": pd.array(store_ids, dtype="string"),
-                         **{name: np.asarray(values, dtype=np.float64)
-                            for name, values in zip(utils.REPORT_COLUMNS[1:], figures)}})
-
-
-def test_report_csv_by_arrow_is_pandas_text_for_every_figure_in_a_week():
-    """Every whole number of cents from 0 to 168 hours, as the engine rounds it, is written as repr
-    writes it (pandas' writer is the reference), in every column."""
-    cents = np.arange(0, 168 * 100 + 1)
-    figures = np.round(cents / 100, 2)
-    report = report_of([f"s{i}" for i in cents], *[np.roll(figures, k) for k in range(6)])
-    fast = reportGenerator._report_csv_arrow(report)
-    assert fast is not None
-    assert fast == reportGenerator._report_csv_pandas(report)
-    assert fast.splitlines()[1] == b"s0,0.0,168.0,167.99,167.98,167.97,167.96"
-
-
-@settings(max_examples=examples(100), deadline=None)
-@given(st.lists(st.integers(0, 7 * 86_400 * utils.TICKS_PER_SECOND), min_size=1, max_size=50))
-def test_report_csv_by_arrow_is_pandas_text_for_the_engines_figures(ticks):
-    ticks = np.array(ticks, dtype=np.int64)
-    report = utils.to_report_units(utils.ticks_frame([f"s{i}" for i in range(ticks.size)],
-                                                     {name: ticks for name in utils.REPORT_COLUMNS[1:]}))
-    fast = reportGenerator._report_csv_arrow(report)
-    assert fast is not None and fast == reportGenerator._report_csv_pandas(report)
-
-
-def test_report_csv_by_arrow_neutralises_formula_starts_as_pandas_does():
-    report = report_of(["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "42", "a-b", "a=b"])
-    fast = reportGenerator._report_csv_arrow(report)
-    assert fast is not None and fast == reportGenerator._report_csv_pandas(report)
-    assert fast.decode().splitlines()[1:4] == ["'=1+1,1.5,1.5,1.5,1.5,1.5,1.5", "'+1,1.5,1.5,1.5,1.5,1.5,1.5",
-                                              "'-2,1.5,1.5,1.5,1.5,1.5,1.5"]
-
-
-@pytest.mark.parametrize("store_id", ["a,b", 'a"b', "a\rb", "a\nb", "\ry"])
-def test_store_ids_that_need_quotes_go_to_pandas_writer(store_id):
-    report = report_of(["1", store_id])
-    assert reportGenerator._report_csv_arrow(report) is None
-    assert reportGenerator.report_csv_bytes(report) == reportGenerator._report_csv_pandas(report)
-
-
-@pytest.mark.parametrize("figure", [0.125, 1e-5, -1.5, float("nan"), float("inf"), 2.0**53, 0.1 + 0.2])
-def test_figures_that_are_not_whole_cents_go_to_pandas_writer(figure):
-    report = report_of(["1", "2"], *[[1.5, figure]] * 6)
-    assert reportGenerator._report_csv_arrow(report) is None
-    assert reportGenerator.report_csv_bytes(report) == reportGenerator._report_csv_pandas(report)
-
-
-def test_an_empty_report_is_its_header():
-    assert reportGenerator.report_csv_bytes(report_of([])) == (",".join(utils.REPORT_COLUMNS) + "\n").encode()

@@ -826,7 +826,7 @@ def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
                                                                   (4, "blank line")]
 
 
-# --------------------------------------------------------------------------- run J's survivors (tests/MUTANTS.md)
+# --------------------------------------------------------------------------- run J's survivors (mutation testing)
 
 
 def test_a_line_longer_than_the_limit_rejects_the_upload_on_the_line_by_line_path(monkeypatch):

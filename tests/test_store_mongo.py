@@ -445,7 +445,7 @@ def test_the_start_up_ping_waits_a_minute_or_the_server_selection_time_if_longer
 
     monkeypatch.setattr(store_mongo.pymongo, "timeout", timeout)
     try:
-        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        thread = store._start_maintenance(dt.timedelta(seconds=60))
         thread.join(timeout=60)  # a bound, not a pause: the work is done in well under a second
         assert not thread.is_alive()
     finally:
@@ -479,7 +479,7 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
 
     mongo.migrate, mongo.fail_stale_reports = migrate, fail_stale_reports
     with caplog.at_level(logging.INFO, logger="store_mongo"):
-        thread = mongo.start_maintenance(dt.timedelta(seconds=60))
+        thread = mongo._start_maintenance(dt.timedelta(seconds=60))
         thread.join(timeout=30)
     assert not thread.is_alive()
     assert (thread.name, thread.daemon) == ("mongo-maintenance", True)  # named in logs; never holds the process up
@@ -512,7 +512,7 @@ def test_an_srv_address_is_resolved_once_in_the_background_while_requests_fail_a
 
     store._new_client = resolve_and_build
     try:
-        thread = store.start_maintenance(dt.timedelta(seconds=60))
+        thread = store._start_maintenance(dt.timedelta(seconds=60))
         assert resolving.wait(30)
         with pytest.raises(ConnectionFailure, match="not resolved yet"):
             store.find_report("a" * 32)
@@ -590,7 +590,7 @@ def test_without_the_start_up_thread_an_srv_client_is_built_on_first_use():
 
 def test_requests_do_not_wait_for_an_address_being_resolved():
     store = MongoStore("mongodb+srv://cluster0.nowhere.invalid/", "x")
-    store._resolving_in_background = True  # as start_maintenance sets it while it resolves
+    store._resolving_in_background = True  # as _start_maintenance sets it while it resolves
     with pytest.raises(ConnectionFailure, match="not resolved yet"):
         store.find_report("a" * 32)
     assert store.ping() is False

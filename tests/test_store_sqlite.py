@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import app as app_module
 import database
+import report_csv
 import reportGenerator
 from app import create_app
 from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, polls_of, stop_process, write_data_dir
@@ -253,7 +254,7 @@ def test_sqlite_mongomock_and_the_csv_files_give_the_same_bytes(tmp_path_factory
         zones="store_id,timezone_str\n" + "".join(f"{s},{z}\n" for s, z in dict(zones).items()),
     )
     expected, _, _ = reportGenerator.report_from_dir(data)
-    expected_bytes = reportGenerator.report_csv_bytes(expected)
+    expected_bytes = report_csv.report_csv_bytes(expected)
     for store in (database.connect(path=tmp / "db.sqlite3"), database.connect("mongomock://", "same")):
         database.load_dir(store, data)
         generator = reportGenerator.ReportGenerator(store, tmp / f"reports-{store.kind}")

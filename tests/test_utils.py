@@ -1,5 +1,6 @@
 """The report engine in utils.py: hand-worked cases, time-zone edge cases, and a
-hypothesis property test against the per-store reference in tests/reference.py."""
+hypothesis property test against the per-store reference in tests/reference.py;
+parsing the as_of instant; cutting the stores into ranges and joining their ticks."""
 from __future__ import annotations
 
 import datetime as dt
@@ -471,7 +472,7 @@ def test_uptime_plus_downtime_is_business_time(case):
 
 
 # --------------------------------------------------------------------------- pieces of the engine, by hand
-# Each pins a behaviour that mutation testing (tests/MUTANTS.md) found no test held.
+# Each pins a behaviour that mutation testing (docs/development.md) found no test held.
 
 SPRING_2023_NY = 1_678_604_400  # 2023-03-12 07:00 UTC: New York goes from UTC-5 to UTC-4
 FALL_2023_NY = 1_699_164_000  # 2023-11-05 06:00 UTC: back from UTC-4 to UTC-5
@@ -735,3 +736,75 @@ def test_polls_nearly_in_order_are_sorted(polls, up_minutes):
     # a, b, a: a up 17:00-17:20, down after; one store 17:00 up, 17:20 up, 17:40 down: up to 17:30
     report = report_for(polls, zones={store: "UTC" for store in up_minutes})
     assert {store: report[store]["uptime_last_hour"] for store in up_minutes} == up_minutes
+
+
+# --------------------------------------------------------------------------- the as_of instant
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2023-01-24T12:00:00Z", 1674561600000000),
+        ("2023-01-24T13:00:00+01:00", 1674561600000000),
+        ("2023-01-24 12:00:00", 1674561600000000),
+        ("2023-01-24T12:00:00.000001Z", 1674561600000001),
+    ],
+)
+def test_parse_as_of(text, expected):
+    assert utils.parse_as_of(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "tomorrow", "2023-13-01T00:00:00Z", "x" * 100, None, 5])
+def test_parse_as_of_rejects(text):
+    with pytest.raises(ValueError):
+        utils.parse_as_of(text)
+
+
+# --------------------------------------------------------------------------- ranges of stores, and their ticks
+
+
+def test_store_ranges_cover_every_store_once():
+    for n_stores, most, workers in [(0, 5, 2), (1, 5, 2), (14_000, 5_000, 2), (14_000, 5_000, 1), (7, 2, 3)]:
+        bounds = utils.store_ranges(n_stores, most, workers)
+        covered = [store for first, last in bounds for store in range(first, last)]
+        assert covered == list(range(n_stores))
+        assert all(last - first <= most for first, last in bounds)
+
+
+@pytest.mark.parametrize("n_stores, range_stores, workers, sizes", [
+    (200, 40, 2, [40] * 5),
+    (200, 5_000, 2, [50] * 4),  # at least two ranges per cluster worker
+    (7, 5_000, 2, [2, 2, 2, 1]),
+    (1, 40, 8, [1]),
+    (0, 40, 2, []),
+])
+def test_store_ranges_for_the_cluster_in_order(n_stores, range_stores, workers, sizes):
+    bounds = utils.store_ranges(n_stores, range_stores, workers, utils.RANGES_PER_CLUSTER_WORKER)
+    assert [last - first for first, last in bounds] == sizes
+    assert [first for first, _ in bounds] == [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+@pytest.mark.parametrize("n_stores, range_stores, workers, sizes", [
+    (200, 5_000, 2, [25] * 8),  # at least four ranges per thread or process
+    (14_000, 5_000, 2, [1_750] * 8),
+    (14_000, 1_000, 2, [1_000] * 14),
+    (7, 3, 1, [3, 3, 1]),  # one worker: ranges of CHUNK_STORES, nothing finer
+    (200, 5_000, 1, [200]),
+    (7, 0, 1, [1] * 7),
+])
+def test_store_ranges_in_one_process(n_stores, range_stores, workers, sizes):
+    bounds = utils.store_ranges(n_stores, range_stores, workers)
+    assert [last - first for first, last in bounds] == sizes
+    assert [first for first, _ in bounds] == [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def test_join_ticks_keeps_the_order_of_the_ranges():
+    columns = utils.REPORT_COLUMNS[1:]
+    parts = [{column: np.array([k, k + 1], np.int64) for k, column in enumerate(columns)},
+             {column: np.array([-k], np.int64) for k, column in enumerate(columns)}]
+    joined = utils.join_ticks(parts)
+    assert {column: joined[column].tolist() for column in columns} == {
+        column: [k, k + 1, -k] for k, column in enumerate(columns)}
+    empty = utils.join_ticks([])
+    assert list(empty) == columns and all(empty[column].dtype == np.int64 and empty[column].size == 0
+                                           for column in columns)
