@@ -5,6 +5,7 @@ CSV); errors are raised or `abort`ed and turned into the one error body by `erro
 which of them are open without the API token, and the query parameters each takes (`guards.py` enforces
 both).  Endpoint names are the view names ("api.get_report"); the blueprint has no URL prefix.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,8 +50,17 @@ FIELD_FILES = {
 # the views open without the API token ("static" is Flask's own, for the page's files)
 OPEN_ENDPOINTS = {"health", "index", "static", "openapi"}
 # the views whose query string is checked (every one but the page and its files)
-API_ENDPOINTS = {"trigger_report", "get_report", "store_timeline", "reports", "ingest", "health", "data",
-                 "delete_polls", "openapi"}
+API_ENDPOINTS = {
+    "trigger_report",
+    "get_report",
+    "store_timeline",
+    "reports",
+    "ingest",
+    "health",
+    "data",
+    "delete_polls",
+    "openapi",
+}
 # the query parameters each view takes; any other is a 400 that names it
 QUERY_PARAMETERS = {
     "get_report": {"report_id", "format"},
@@ -97,8 +107,11 @@ def get_report():
         return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
     payload = _store().read_report_csv(report)
     if wants_csv:
-        return Response(payload, mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="report_{report_id}.csv"'})
+        return Response(
+            payload,
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="report_{report_id}.csv"'},
+        )
     return jsonify(_complete_report_body(report_id, report, payload))
 
 
@@ -108,8 +121,7 @@ def store_timeline(store_id: str):
     report = _find_report(report_id)
     if report["status"] != "Complete":
         abort(409, description=_not_complete(report_id, report, "timeline"))
-    rows = pd.read_csv(io.BytesIO(_store().read_report_csv(report)), dtype={"store_id": str},
-                       keep_default_na=False)
+    rows = pd.read_csv(io.BytesIO(_store().read_report_csv(report)), dtype={"store_id": str}, keep_default_na=False)
     row = rows[rows["store_id"] == store_id]
     if row.empty:
         abort(404, description=f"report {report_id} has no store {store_id[:64]!r}")
@@ -117,8 +129,13 @@ def store_timeline(store_id: str):
     polls, hours, zones = _read_store_week(store_id, now_us - utils.WEEK_US, now_us)
     zone = zones["timezone_str"]
     timeline = utils.store_timeline(
-        polls["timestamp_us"].to_numpy(), polls["active"].to_numpy(), hours["day"].to_numpy(),
-        hours["start_s"].to_numpy(), hours["end_s"].to_numpy(), zone.iloc[-1] if len(zone) else None, now_us,
+        polls["timestamp_us"].to_numpy(),
+        polls["active"].to_numpy(),
+        hours["day"].to_numpy(),
+        hours["start_s"].to_numpy(),
+        hours["end_s"].to_numpy(),
+        zone.iloc[-1] if len(zone) else None,
+        now_us,
     )
     return jsonify(timeline_body(store_id, now_us, timeline, row.to_dict("records")[0]))
 
@@ -146,8 +163,14 @@ def reports():
     store = _store()
     store.fail_stale_reports(_stale_after())
     rows = store.list_reports(skip=(page - 1) * per_page, limit=per_page)
-    return jsonify({"page": page, "per_page": per_page, "total": store.count_reports(),
-                    "reports": [_listed_report(row) for row in rows]})
+    return jsonify(
+        {
+            "page": page,
+            "per_page": per_page,
+            "total": store.count_reports(),
+            "reports": [_listed_report(row) for row in rows],
+        }
+    )
 
 
 def _listed_report(row: dict) -> dict:
@@ -178,8 +201,11 @@ def ingest():
         if error.errno != errno.ENOSPC:
             raise
         log.error("disk full while receiving an upload: %s", error)
-        return error_response(507, f"the disk holding the server's temporary folder ({tempfile.gettempdir()}) "
-                                   "is full; nothing of this upload was kept")
+        return error_response(
+            507,
+            f"the disk holding the server's temporary folder ({tempfile.gettempdir()}) "
+            "is full; nothing of this upload was kept",
+        )
     finally:
         slot.release()
 
@@ -207,12 +233,18 @@ def _health_facts(store: database.Store) -> tuple[list[str], dict]:
     problems = list(state["problems"])
     reports_free = database.free_bytes(current_app.config["REPORTS_DIR"])
     if reports_free is not None and reports_free < min_free:
-        problems.append(f"the disk holding the reports folder has {reports_free / 1_048_576:.0f} MB free, "
-                        f"under MIN_FREE_MB ({current_app.config['MIN_FREE_MB']} MB)")
-    facts = {"database": store.kind, "database_ok": not problems, "schema_version": state["schema_version"],
-             "free_disk_mb": state["free_disk_mb"],
-             "reports_free_disk_mb": None if reports_free is None else round(reports_free / 1_048_576, 1),
-             "newest_poll": _iso_us(state.get("newest_poll_us"))}
+        problems.append(
+            f"the disk holding the reports folder has {reports_free / 1_048_576:.0f} MB free, "
+            f"under MIN_FREE_MB ({current_app.config['MIN_FREE_MB']} MB)"
+        )
+    facts = {
+        "database": store.kind,
+        "database_ok": not problems,
+        "schema_version": state["schema_version"],
+        "free_disk_mb": state["free_disk_mb"],
+        "reports_free_disk_mb": None if reports_free is None else round(reports_free / 1_048_576, 1),
+        "newest_poll": _iso_us(state.get("newest_poll_us")),
+    }
     return problems, facts
 
 
@@ -220,20 +252,34 @@ def _health_facts(store: database.Store) -> tuple[list[str], dict]:
 def data():
     store = _store()
     summary = store.data_summary()
-    return jsonify({
-        "stores": summary["stores"], "polls": summary["polls"], "hours_rows": summary["hours_rows"],
-        "zones": summary["zones"],
-        "oldest_poll": _iso_us(summary["oldest_poll_us"]), "newest_poll": _iso_us(summary["newest_poll_us"]),
-        "uploads": [_listed_upload(upload) for upload in store.list_uploads(UPLOADS_SHOWN)],
-    })
+    return jsonify(
+        {
+            "stores": summary["stores"],
+            "polls": summary["polls"],
+            "hours_rows": summary["hours_rows"],
+            "zones": summary["zones"],
+            "oldest_poll": _iso_us(summary["oldest_poll_us"]),
+            "newest_poll": _iso_us(summary["newest_poll_us"]),
+            "uploads": [_listed_upload(upload) for upload in store.list_uploads(UPLOADS_SHOWN)],
+        }
+    )
 
 
 def _listed_upload(upload: dict) -> dict:
     """One upload of GET /data."""
-    return {"upload_id": upload["upload_id"], "file": upload["file"], "kind": upload["kind"],
-            "at": _iso(upload["at"]), "finished_at": _iso(upload.get("finished_at")), "loaded": upload["loaded"],
-            "written": upload["written"], "rejected": upload["rejected"], "status": upload["status"],
-            "error": upload.get("error"), "dismissed": bool(upload.get("dismissed"))}
+    return {
+        "upload_id": upload["upload_id"],
+        "file": upload["file"],
+        "kind": upload["kind"],
+        "at": _iso(upload["at"]),
+        "finished_at": _iso(upload.get("finished_at")),
+        "loaded": upload["loaded"],
+        "written": upload["written"],
+        "rejected": upload["rejected"],
+        "status": upload["status"],
+        "error": upload.get("error"),
+        "dismissed": bool(upload.get("dismissed")),
+    }
 
 
 @bp.delete("/stores/<store_id>/polls")
@@ -241,10 +287,12 @@ def delete_polls(store_id: str):
     bounds = {name: _instant_arg(name) for name in ("since", "until")}
     if bounds["since"] is not None and bounds["until"] is not None and bounds["since"] > bounds["until"]:
         abort(400, description="since is after until: nothing would be deleted")
-    deleted = database.delete_polls(_store(), store_id, bounds["since"], bounds["until"],
-                                    lease_wait_seconds=INGEST_WAIT_SECONDS)
-    log.info("deleted %d polls of store %r (since %s, until %s)", deleted, store_id[:64], bounds["since"],
-             bounds["until"])
+    deleted = database.delete_polls(
+        _store(), store_id, bounds["since"], bounds["until"], lease_wait_seconds=INGEST_WAIT_SECONDS
+    )
+    log.info(
+        "deleted %d polls of store %r (since %s, until %s)", deleted, store_id[:64], bounds["since"], bounds["until"]
+    )
     return jsonify({"deleted": deleted, "store_id": store_id})
 
 
@@ -254,8 +302,11 @@ def delete_polls(store_id: str):
 def _ingest():
     """Parse and load each uploaded file, streaming it from werkzeug's temporary file."""
     if not request.files:
-        abort(400, description="upload CSV files as multipart form fields, e.g. "
-                               "curl -F store_status=@store_status.csv http://host/ingest")
+        abort(
+            400,
+            description="upload CSV files as multipart form fields, e.g. "
+            "curl -F store_status=@store_status.csv http://host/ingest",
+        )
     results = []
     for field, upload in request.files.items(multi=True):
         head = upload.stream.read(4096)
@@ -263,12 +314,18 @@ def _ingest():
         kind = FIELD_FILES.get(field) or sources.detect_file(_first_line(head))
         label = upload.filename or field
         if kind is None:
-            results.append({"file": label, "error": "not one of the three files: name the field store_status, "
-                            "menu_hours or timezones, or give the file its header"})
+            results.append(
+                {
+                    "file": label,
+                    "error": "not one of the three files: name the field store_status, "
+                    "menu_hours or timezones, or give the file its header",
+                }
+            )
             continue
         try:
-            summary = database.load_file(_store(), kind, upload.stream, label=label,
-                                         lease_wait_seconds=INGEST_WAIT_SECONDS)
+            summary = database.load_file(
+                _store(), kind, upload.stream, label=label, lease_wait_seconds=INGEST_WAIT_SECONDS
+            )
         except sources.HeaderError as error:
             results.append({"file": label, "kind": kind, "error": str(error)})
             continue
@@ -405,8 +462,13 @@ def _running_state(report: dict) -> dict:
     progress = report.get("progress") or {}
     total = progress.get("total")
     phase = progress.get("phase") or ("computing" if total else "queued")
-    return {"phase": phase, "progress": {"done": int(progress.get("done") or 0),
-                                         "total": None if phase in ("queued", "counting") else int(total or 0)}}
+    return {
+        "phase": phase,
+        "progress": {
+            "done": int(progress.get("done") or 0),
+            "total": None if phase in ("queued", "counting") else int(total or 0),
+        },
+    }
 
 
 def _not_complete(report_id: str, report: dict, what: str) -> str:
@@ -414,8 +476,13 @@ def _not_complete(report_id: str, report: dict, what: str) -> str:
     if report["status"] == "Running":
         running = _running_state(report)
         progress = running["progress"]
-        done = (f"{progress['done']} of {progress['total']} stores" if progress["total"] is not None
-                else "counting stores" if running["phase"] == "counting" else "waiting for a report worker")
+        done = (
+            f"{progress['done']} of {progress['total']} stores"
+            if progress["total"] is not None
+            else "counting stores"
+            if running["phase"] == "counting"
+            else "waiting for a report worker"
+        )
         return f"report {report_id} is still Running ({done}): its {what} is ready when it is Complete; ask again then"
     reason = report.get("error") or "unknown error"
     return f"report {report_id} Failed ({reason}), so it has no {what}: trigger a new report"
@@ -427,6 +494,7 @@ def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, tot
     The engine counts half-microseconds; a segment boundary at a half (the midpoint
     of two polls one microsecond apart) is shown at the microsecond before it.
     """
+
     def iso(ticks) -> list[str]:
         stamps = (np.asarray(ticks, dtype=np.int64) // utils.TICKS_PER_US).astype("datetime64[us]")
         return [text + "Z" for text in np.datetime_as_string(stamps, unit="us")]
@@ -437,12 +505,17 @@ def timeline_body(store_id: str, now_us: int, timeline: utils.StoreTimeline, tot
         "timezone": timeline.timezone,
         "as_of": iso([now_us * utils.TICKS_PER_US])[0],
         "windows": {name: iso(bounds) for name, bounds in timeline.windows.items()},
-        "business_hours": [{"start": a, "end": b} for a, b in
-                           zip(iso(timeline.business_open), iso(timeline.business_close))],
-        "polls": [{"timestamp": t, "status": "active" if a else "inactive"} for t, a in
-                  zip(iso(timeline.poll_ticks), timeline.poll_active.tolist())],
-        "segments": [{"start": a, "end": b, "status": status} for a, b, status in
-                     zip(iso(timeline.segment_start), iso(timeline.segment_end), statuses)],
+        "business_hours": [
+            {"start": a, "end": b} for a, b in zip(iso(timeline.business_open), iso(timeline.business_close))
+        ],
+        "polls": [
+            {"timestamp": t, "status": "active" if a else "inactive"}
+            for t, a in zip(iso(timeline.poll_ticks), timeline.poll_active.tolist())
+        ],
+        "segments": [
+            {"start": a, "end": b, "status": status}
+            for a, b, status in zip(iso(timeline.segment_start), iso(timeline.segment_end), statuses)
+        ],
         "totals": totals,
     }
 

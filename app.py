@@ -13,6 +13,7 @@ The rest of the HTTP layer, one job a module: `api.py` (the views, one blueprint
 every request passes: cross-site refusal, the token, the database time limit, unknown query parameters,
 the security headers) and `errors.py` (the one error body and its handlers).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -55,8 +56,17 @@ DEFAULTS = {
     "DASK_SCHEDULER": "",  # tcp://host:port: reports run as one task per range of stores on that Dask cluster
     "MIN_FREE_MB": 200,  # /health is 503 when the disk holding the database or the reports has less free
 }
-INTEGER_SETTINGS = ("PORT", "REPORT_WORKERS", "CHUNK_STORES", "STALE_AFTER_SECONDS", "MAX_UPLOAD_MB",
-                    "MAX_QUEUED_REPORTS", "REPORT_RETENTION_DAYS", "MAX_REPORTS", "MIN_FREE_MB")
+INTEGER_SETTINGS = (
+    "PORT",
+    "REPORT_WORKERS",
+    "CHUNK_STORES",
+    "STALE_AFTER_SECONDS",
+    "MAX_UPLOAD_MB",
+    "MAX_QUEUED_REPORTS",
+    "REPORT_RETENTION_DAYS",
+    "MAX_REPORTS",
+    "MIN_FREE_MB",
+)
 
 
 def load_settings(config: dict | None = None) -> dict:
@@ -110,7 +120,8 @@ def _open_store(app: Flask) -> database.Store:
     """
     try:
         store = app.config.get("STORE") or database.connect(
-            app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"])
+            app.config["MONGO_URI"] or None, app.config["MONGO_DB"], app.config["EMBEDDED_DB"]
+        )
     except database.DatabaseRefused as error:  # another application's file, or a newer schema: left untouched
         raise SystemExit(f"error: {error}") from None
     except (OSError, sqlite3.Error) as error:  # the embedded file cannot be created or opened
@@ -148,8 +159,10 @@ def _report_generator(app: Flask, store: database.Store) -> ReportGenerator:
 def _log_access(app: Flask) -> None:
     """One line on who may call the API, one on the host names it answers to."""
     if app.config["API_TOKEN"]:
-        log.info("API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs "
-                 "'Authorization: Bearer <token>'")
+        log.info(
+            "API_TOKEN is set: every endpoint but /health, /, /static and /openapi.json needs "
+            "'Authorization: Bearer <token>'"
+        )
     else:
         log.warning("API_TOKEN is not set: the API is open to anyone who can reach it")
     log.info("answering to hosts: %s", ", ".join(app.config["TRUSTED_HOSTS"]) if app.config["TRUSTED_HOSTS"] else "any")

@@ -17,13 +17,14 @@ CHUNK_STORES stores each, and here at least RANGES_PER_CLUSTER_WORKER (2) ranges
 a worker.  Tasks return plain int64 arrays, so the assembled report is exactly
 the one the single-process paths compute, byte for byte once written.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -102,8 +103,9 @@ def open_client(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS):
         client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_SECONDS)
     except (OSError, TimeoutError):
         client.close()
-        raise ClusterUnavailable(f"the Dask scheduler at {address} has no workers "
-                                 f"(waited {WORKERS_TIMEOUT_SECONDS:.0f} s)") from None
+        raise ClusterUnavailable(
+            f"the Dask scheduler at {address} has no workers (waited {WORKERS_TIMEOUT_SECONDS:.0f} s)"
+        ) from None
     return client
 
 
@@ -140,8 +142,15 @@ def store_report_ticks(
         bounds = _ranges(client, len(store_ids), range_stores)
         token = uuid.uuid4().hex[:12]
         futures = {
-            client.submit(range_ticks, spec, store_ids[first:last], since_us, now_us,
-                          key=f"report-range-{token}-{first}", pure=False): index
+            client.submit(
+                range_ticks,
+                spec,
+                store_ids[first:last],
+                since_us,
+                now_us,
+                key=f"report-range-{token}-{first}",
+                pure=False,
+            ): index
             for index, (first, last) in enumerate(bounds)
         }
         parts: list[dict | None] = [None] * len(bounds)
@@ -156,8 +165,10 @@ def store_report_ticks(
                 parts[index] = future.result()
                 first, last = bounds[index]
                 if list(parts[index]["store_id"]) != store_ids[first:last]:
-                    raise RuntimeError(f"the range of stores {first}..{last - 1} came back with other stores; "
-                                       "the data changed under the report")
+                    raise RuntimeError(
+                        f"the range of stores {first}..{last - 1} came back with other stores; "
+                        "the data changed under the report"
+                    )
                 done += last - first
                 if on_range_done:
                     on_range_done(done, len(store_ids))
@@ -179,8 +190,9 @@ def coded_report_ticks(
     with open_client(address) as client:
         bounds = _ranges(client, coded.n_stores, range_stores)
         inputs = client.scatter([coded.stores(first, last) for first, last in bounds])
-        futures = {client.submit(coded_range_ticks, data, now_us, pure=False): index
-                   for index, data in enumerate(inputs)}
+        futures = {
+            client.submit(coded_range_ticks, data, now_us, pure=False): index for index, data in enumerate(inputs)
+        }
         parts: list[dict | None] = [None] * len(bounds)
         done = 0
         for future in as_completed(futures, loop=client.loop):

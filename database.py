@@ -19,6 +19,7 @@ Command line (`python database.py --help`):
     python database.py delete --store ID [--since ISO] [--until ISO]   # remove stored polls
     python database.py uploads [--dismiss ID]   # the newest uploads; accept an unfinished one as it is
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -77,8 +78,6 @@ def no_progress(rows: int) -> None:
     """The `on_rows` of a writer whose caller does not follow its progress."""
 
 
-
-
 STALE_ERROR = "the worker running this report stopped (no heartbeat); trigger it again"
 
 
@@ -96,13 +95,16 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, sqlite3.Error):
         return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     if isinstance(error, PyMongoError):
-        return (isinstance(error, ConnectionFailure) or bool(getattr(error, "timeout", False))
-                or error.has_error_label("RetryableWriteError"))
+        return (
+            isinstance(error, ConnectionFailure)
+            or bool(getattr(error, "timeout", False))
+            or error.has_error_label("RetryableWriteError")
+        )
     return False
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class LeaseTimeout(RuntimeError):
@@ -140,7 +142,8 @@ class UploadUnfinished(RuntimeError):
             f"upload {upload['upload_id']} of {upload['file']} ({upload['kind']}) stopped part-way "
             f"({upload.get('written', 0)} of {upload.get('loaded', 0)} rows written), so the data is partial: "
             f"upload the same file again to finish it, or dismiss it with "
-            f"`python database.py uploads --dismiss {upload['upload_id']}`")
+            f"`python database.py uploads --dismiss {upload['upload_id']}`"
+        )
 
 
 def free_bytes(path: str | Path) -> int | None:
@@ -238,7 +241,7 @@ class Store(ABC):
         unfinished upload (`unfinished_upload`).  An empty list means all is well.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a store with nothing to let go of need not say so)
         """Let go of what the store holds (connections, a client, background work); nothing by default."""
 
     def request_scope(self):
@@ -260,14 +263,12 @@ class Store(ABC):
         """Upsert polls (`store_id`, `timestamp_us`, `active`): the newest load wins for a key."""
 
     @abstractmethod
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         """Replace the business hours of every store named in `frame` (`store_id`, `day`, `start_s`, `end_s`).
         Rows of stores not in `frame` are never touched."""
 
     @abstractmethod
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         """Replace the zone of every store named in `frame` (`store_id`, `timezone_str`).
         Rows of stores not in `frame` are never touched."""
 
@@ -339,8 +340,14 @@ class Store(ABC):
         """Record a new report as Running (progress 0 of unknown)."""
 
     @abstractmethod
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
-                      as_of_after_newest_poll: bool | None = None) -> None:
+    def update_report(
+        self,
+        report_id: str,
+        *,
+        as_of_us: int | None = None,
+        progress: dict | None = None,
+        as_of_after_newest_poll: bool | None = None,
+    ) -> None:
         """Set the as_of, progress and/or as_of_after_newest_poll of a Running report and refresh its heartbeat."""
 
     @abstractmethod
@@ -420,7 +427,8 @@ class Store(ABC):
                 if time.monotonic() > deadline:
                     raise LeaseTimeout(
                         f"waited {wait_seconds:.0f} s for the data {mode} lease "
-                        f"({'a load is running or waiting' if mode == 'read' else 'reports or a load are running'})")
+                        f"({'a load is running or waiting' if mode == 'read' else 'reports or a load are running'})"
+                    )
                 time.sleep(pause)
                 pause = min(pause * 2, 0.5)
         except BaseException:
@@ -464,8 +472,11 @@ def connect(uri: str | None = None, name: str = DEFAULT_DB, path: str | Path | N
 
 
 def connect_from_env() -> Store:
-    return connect(os.environ.get("MONGO_URI") or None, os.environ.get("MONGO_DB") or DEFAULT_DB,
-                   os.environ.get("EMBEDDED_DB") or None)
+    return connect(
+        os.environ.get("MONGO_URI") or None,
+        os.environ.get("MONGO_DB") or DEFAULT_DB,
+        os.environ.get("EMBEDDED_DB") or None,
+    )
 
 
 # --------------------------------------------------------------------------- ingest
@@ -495,8 +506,9 @@ def _digest(source: sources.Source) -> str:
     return digest.hexdigest()
 
 
-def _write_upload(store: Store, file_kind: str, parsed: sources.Parsed, label: str, digest: str, lost,
-                  on_rows: Progress = no_progress) -> None:
+def _write_upload(
+    store: Store, file_kind: str, parsed: sources.Parsed, label: str, digest: str, lost, on_rows: Progress = no_progress
+) -> None:
     """One file, one upload: journaled, written whole (or, where the store cannot, finishable by a re-upload).
 
     A lost lease stops the writer at its next batch; any error marks the upload Failed.
@@ -520,8 +532,13 @@ def _write_upload(store: Store, file_kind: str, parsed: sources.Parsed, label: s
         raise
 
 
-def load_file(store: Store, file_kind: str, source: sources.Source, label: str | None = None,
-              lease_wait_seconds: float = LEASE_WAIT_SECONDS) -> dict:
+def load_file(
+    store: Store,
+    file_kind: str,
+    source: sources.Source,
+    label: str | None = None,
+    lease_wait_seconds: float = LEASE_WAIT_SECONDS,
+) -> dict:
     """Parse, validate and load one CSV file (bytes, path or stream) of the given kind, as one upload.
 
     The writes happen under the data write lease, so no report reads half of them.
@@ -554,31 +571,50 @@ def files_to_load(paths: list[str | Path]) -> list[tuple[str, Path]]:
                 head = file.read(4096).split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
             kind = sources.detect_file(head)
             if kind is None:
-                raise MissingInput(f"{path}: its header {head[:80]!r} is none of the three files' "
-                                   f"({', '.join(sources.FILES)})")
+                raise MissingInput(
+                    f"{path}: its header {head[:80]!r} is none of the three files' ({', '.join(sources.FILES)})"
+                )
             found.append((kind, path))
         else:
             raise MissingInput(f"{path} does not exist")
     return found
 
 
-def load_paths(store: Store, paths: list[str | Path], progress: bool = False,
-               only_if_empty: bool = False) -> list[dict]:
+def load_paths(
+    store: Store, paths: list[str | Path], progress: bool = False, only_if_empty: bool = False
+) -> list[dict]:
     """Load files and folders (see `files_to_load`) under one write lease, each file as its own upload.
 
     A file with a wrong header is reported and the others still load.
     """
     summaries, parsed_files = [], []
     for folder in [Path(path) for path in paths if Path(path).is_dir()]:
-        summaries += [{"file": str(folder / kind), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [],
-                       "notes": ["file not found, not loaded"]}
-                      for kind in sources.FILES if not (folder / kind).is_file()]
+        summaries += [
+            {
+                "file": str(folder / kind),
+                "rows_read": 0,
+                "loaded": 0,
+                "rejected": 0,
+                "rejects": [],
+                "notes": ["file not found, not loaded"],
+            }
+            for kind in sources.FILES
+            if not (folder / kind).is_file()
+        ]
     for file_kind, path in files_to_load(paths):
         try:
             parsed = sources.READERS[file_kind](path, file=str(path))
         except sources.HeaderError as error:
-            summaries.append({"file": str(path), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [],
-                              "notes": [f"whole file rejected: {error}"]})
+            summaries.append(
+                {
+                    "file": str(path),
+                    "rows_read": 0,
+                    "loaded": 0,
+                    "rejected": 0,
+                    "rejects": [],
+                    "notes": [f"whole file rejected: {error}"],
+                }
+            )
             continue
         summaries.append(parsed.summary())
         parsed_files.append((file_kind, path, parsed))
@@ -588,8 +624,9 @@ def load_paths(store: Store, paths: list[str | Path], progress: bool = False,
         if only_if_empty and not store.is_empty():
             return []
         for file_kind, path, parsed in parsed_files:
-            with tqdm(total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress,
-                      leave=True) as bar:
+            with tqdm(
+                total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress, leave=True
+            ) as bar:
                 _write_upload(store, file_kind, parsed, str(path), _digest(path), lost, bar.update)
     return summaries
 
@@ -605,8 +642,11 @@ def seed_if_empty(store: Store, directory: str | Path) -> list[dict]:
     On a store that holds data, logs one line saying DATA_DIR was not loaded and how to load it.
     """
     if not store.is_empty():
-        log.info("DATA_DIR %s was not loaded: the database already holds data (load files into it with "
-                 "`python database.py load PATH` or POST /ingest)", directory)
+        log.info(
+            "DATA_DIR %s was not loaded: the database already holds data (load files into it with "
+            "`python database.py load PATH` or POST /ingest)",
+            directory,
+        )
         return []
     return load_dir(store, directory, only_if_empty=True)
 
@@ -623,8 +663,13 @@ def data_dir_problem(directory: str | Path) -> str | None:
     return None
 
 
-def delete_polls(store: Store, store_id: str, since_us: int | None, until_us: int | None,
-                 lease_wait_seconds: float = LEASE_WAIT_SECONDS) -> int:
+def delete_polls(
+    store: Store,
+    store_id: str,
+    since_us: int | None,
+    until_us: int | None,
+    lease_wait_seconds: float = LEASE_WAIT_SECONDS,
+) -> int:
     """Delete one store's polls in [since, until] (bounds optional) under the data write lease."""
     with store.data_lease("write", lease_wait_seconds):
         return store.delete_polls(store_id, since_us, until_us)
@@ -636,8 +681,11 @@ def delete_polls(store: Store, store_id: str, since_us: int | None, until_us: in
 def print_summaries(summaries: list[dict], first: int = 20, out=None) -> None:
     out = out or sys.stdout
     for summary in summaries:
-        print(f"{summary['file']}: {summary['rows_read']} rows read, {summary['loaded']} loaded, "
-              f"{summary['rejected']} rejected", file=out)
+        print(
+            f"{summary['file']}: {summary['rows_read']} rows read, {summary['loaded']} loaded, "
+            f"{summary['rejected']} rejected",
+            file=out,
+        )
         for note in summary.get("notes", []):
             print(f"  note: {note}", file=out)
         for reject in summary["rejects"][:first]:
@@ -655,27 +703,33 @@ def _instant(text: str) -> int:
     if value.tzinfo is None:
         if len(text) > 10:
             raise argparse.ArgumentTypeError(f"{text!r} has no time zone: add Z or an offset such as +00:00")
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+        value = value.replace(tzinfo=dt.UTC)
+    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
 
 def _print_uploads(store: Store, limit: int) -> None:
     for upload in store.list_uploads(limit):
         at = upload["at"].isoformat(timespec="seconds") if upload.get("at") else "?"
-        print(f"{upload['upload_id']}  {at}  {upload['status']:<8} {upload['kind']:<17} {upload['file']}: "
-              f"{upload['loaded']} rows, {upload['written']} written, {upload['rejected']} rejected"
-              f"{'  (dismissed)' if upload.get('dismissed') else ''}"
-              f"{'  error: ' + upload['error'] if upload.get('error') else ''}")
+        print(
+            f"{upload['upload_id']}  {at}  {upload['status']:<8} {upload['kind']:<17} {upload['file']}: "
+            f"{upload['loaded']} rows, {upload['written']} written, {upload['rejected']} rejected"
+            f"{'  (dismissed)' if upload.get('dismissed') else ''}"
+            f"{'  error: ' + upload['error'] if upload.get('error') else ''}"
+        )
 
 
 def _command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python database.py",
         description="Load, inspect or repair the database the environment names "
-                    "(MONGO_URI, else the SQLite file EMBEDDED_DB or instance/store_monitoring.sqlite3).")
+        "(MONGO_URI, else the SQLite file EMBEDDED_DB or instance/store_monitoring.sqlite3).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    load = commands.add_parser("load", help="load CSV files: folders (their store_status.csv, menu_hours.csv and "
-                                            "timezones.csv) or single files, recognised by their header")
+    load = commands.add_parser(
+        "load",
+        help="load CSV files: folders (their store_status.csv, menu_hours.csv and "
+        "timezones.csv) or single files, recognised by their header",
+    )
     load.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     load.add_argument("--show", type=int, default=20, help="how many rejected rows to list per file")
     commands.add_parser("migrate", help="bring the schema up to date and reconcile every declared index, then exit")
@@ -685,8 +739,9 @@ def _command_parser() -> argparse.ArgumentParser:
     delete.add_argument("--until", type=_instant, help="last instant deleted (ISO 8601)")
     uploads = commands.add_parser("uploads", help="list the newest uploads, or dismiss an unfinished one")
     uploads.add_argument("--limit", type=int, default=20)
-    uploads.add_argument("--dismiss", metavar="UPLOAD_ID",
-                         help="accept an unfinished upload's rows as they are, so reports run again")
+    uploads.add_argument(
+        "--dismiss", metavar="UPLOAD_ID", help="accept an unfinished upload's rows as they are, so reports run again"
+    )
     return parser
 
 
@@ -707,8 +762,10 @@ def _run(store: Store, args) -> int:
         return 0
     failed = store.migrate()
     if failed:
-        print(f"database error: the indexes could not be made ({failed[0]}); run `python database.py migrate`",
-              file=sys.stderr)
+        print(
+            f"database error: the indexes could not be made ({failed[0]}); run `python database.py migrate`",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "delete":
         deleted = delete_polls(store, args.store, args.since, args.until)
@@ -716,8 +773,11 @@ def _run(store: Store, args) -> int:
         return 0
     summaries = load_paths(store, args.paths, progress=sys.stderr.isatty())
     print_summaries(summaries, first=args.show)
-    refused = [summary for summary in summaries
-               if any(note.startswith("whole file rejected") for note in summary.get("notes", []))]
+    refused = [
+        summary
+        for summary in summaries
+        if any(note.startswith("whole file rejected") for note in summary.get("notes", []))
+    ]
     return 1 if refused else 0
 
 
@@ -734,8 +794,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = connect_from_env()
         if not store.ping(timeout=CLI_PING_SECONDS, quiet=True):
-            print(f"database error: {store.label} does not answer within {CLI_PING_SECONDS:.0f} s "
-                  f"(is it running and reachable?)", file=sys.stderr)
+            print(
+                f"database error: {store.label} does not answer within {CLI_PING_SECONDS:.0f} s "
+                f"(is it running and reachable?)",
+                file=sys.stderr,
+            )
             return 2
         return _run(store, args)
     except (DatabaseRefused, DiskFull, LeaseTimeout) as error:

@@ -5,6 +5,7 @@ HTTP errors (`abort(404, description=...)` in a view), database failures (503 wh
 not), the data lease, a full disk (507), a refused database, an unfinished upload (409), and anything
 else (500, with the traceback in the log only).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,7 @@ def database_error(error):
     log.error("database error: %s", database.describe_error(error))
     if database.is_transient(error):
         return busy_response("the database is not available; try again shortly")
-    return error_response(500, "the database failed to do this (a permanent error; the server log has "
-                               "the details)")
+    return error_response(500, "the database failed to do this (a permanent error; the server log has the details)")
 
 
 def data_busy(error):

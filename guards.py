@@ -6,6 +6,7 @@ the request's database calls get one shared time limit, and unknown query parame
 TRUSTED_HOSTS setting.  Which endpoints are open and which query parameters each takes are declared
 beside the views, in `api.py`.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -20,12 +21,14 @@ STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 # what a browser may do with the page and the API's answers
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
-                               "base-uri 'none'; form-action 'self'",
+    "base-uri 'none'; form-action 'self'",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-AS_OF_IN_THE_QUERY = ('as_of goes in the JSON body, not the query string: curl -X POST -H "Content-Type: '
-                      'application/json" -d \'{"as_of": "2023-01-25T18:00:00Z"}\' http://host/trigger_report')
+AS_OF_IN_THE_QUERY = (
+    'as_of goes in the JSON body, not the query string: curl -X POST -H "Content-Type: '
+    'application/json" -d \'{"as_of": "2023-01-25T18:00:00Z"}\' http://host/trigger_report'
+)
 
 
 def view_name() -> str | None:
@@ -91,8 +94,9 @@ def refuse_unknown_parameters():
         return error_response(400, AS_OF_IN_THE_QUERY)
     if unknown:
         allowed = ", ".join(sorted(taken)) or "none"
-        return error_response(400, f"unknown query parameter(s) {', '.join(unknown)[:200]} on {request.path}; "
-                                   f"this call takes: {allowed}")
+        return error_response(
+            400, f"unknown query parameter(s) {', '.join(unknown)[:200]} on {request.path}; this call takes: {allowed}"
+        )
     return None
 
 

@@ -5,6 +5,7 @@ report state lives in the database (the SQLite file by default, or MongoDB), so
 any worker answers for any report.  Only `MONGO_URI=mongomock://` (a test
 double private to each process) needs one worker (WEB_CONCURRENCY=1).
 """
+
 import ipaddress
 import os
 
@@ -40,13 +41,17 @@ def open_bind_problem(addresses, env) -> str | None:
     public = [address for address in addresses if not _is_loopback(address)]
     if not public or env.get("API_TOKEN") or env.get("ALLOW_OPEN") == "1":
         return None
-    return (f"refusing to listen on {', '.join(public)} without API_TOKEN: set API_TOKEN, "
-            "or ALLOW_OPEN=1 to serve an open API on purpose, or bind 127.0.0.1")
+    return (
+        f"refusing to listen on {', '.join(public)} without API_TOKEN: set API_TOKEN, "
+        "or ALLOW_OPEN=1 to serve an open API on purpose, or bind 127.0.0.1"
+    )
 
 
 # loopback by default: nginx (deploy/nginx.conf) faces the network and holds slow clients
 bind = bind_from_env(os.environ)
-workers = int(os.environ.get("WEB_CONCURRENCY", "1" if os.environ.get("MONGO_URI", "").startswith("mongomock:") else "2"))
+workers = int(
+    os.environ.get("WEB_CONCURRENCY", "1" if os.environ.get("MONGO_URI", "").startswith("mongomock:") else "2")
+)
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 60  # requests are short; reports run in background threads, not in requests

@@ -14,6 +14,7 @@ The same engine also runs straight from CSV files with no database:
 
     python reportGenerator.py --data-dir data --output report.csv [--as-of ISO] [--scheduler tcp://host:8786]
 """
+
 from __future__ import annotations
 
 import gc
@@ -36,9 +37,9 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -195,8 +196,14 @@ def report_from_dir(
     if processes is None:
         processes = default_processes(len(polls))
     report = report_from_frames(
-        polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, as_of_us, chunk_stores,
-        processes=processes, on_progress=on_progress, scheduler=scheduler,
+        polls,
+        parsed[sources.HOURS_FILE].frame,
+        parsed[sources.ZONES_FILE].frame,
+        as_of_us,
+        chunk_stores,
+        processes=processes,
+        on_progress=on_progress,
+        scheduler=scheduler,
     )
     return report, as_of_us, parsed
 
@@ -227,7 +234,7 @@ def failure_message(error: BaseException) -> str:
 
 HEARTBEAT_SECONDS = 10.0
 RETENTION_SWEEP_SECONDS = 3600.0  # how often finished reports past their retention are deleted
-LIVE_GENERATORS: "weakref.WeakSet[ReportGenerator]" = weakref.WeakSet()
+LIVE_GENERATORS: weakref.WeakSet[ReportGenerator] = weakref.WeakSet()
 
 
 class QueueFull(RuntimeError):
@@ -282,8 +289,10 @@ class ReportGenerator:
             if as_of_us is not None and as_of_us in self._by_as_of:
                 return self._by_as_of[as_of_us]
             if len(self._owned) >= self.max_queued:
-                raise QueueFull(f"{len(self._owned)} reports are already queued or running here "
-                                f"(at most {self.max_queued}); try again when one has finished")
+                raise QueueFull(
+                    f"{len(self._owned)} reports are already queued or running here "
+                    f"(at most {self.max_queued}); try again when one has finished"
+                )
             report_id = uuid.uuid4().hex
             self._owned.add(report_id)  # reserved before the record exists, so the quota holds under a burst
             if as_of_us is not None:
@@ -353,8 +362,10 @@ class ReportGenerator:
             if newest_us is not None and now_us > newest_us:
                 store.update_report(report_id, as_of_after_newest_poll=True)
             if not utils.FIRST_AS_OF_US <= now_us <= utils.LAST_AS_OF_US:
-                raise ReportError("the newest poll is outside the dates a report can cover (1970 to 9000); "
-                                  "trigger the report with an as_of")
+                raise ReportError(
+                    "the newest poll is outside the dates a report can cover (1970 to 9000); "
+                    "trigger the report with an as_of"
+                )
             store.update_report(report_id, as_of_us=now_us)
             # counting the stores can take a while on large data: say so rather than "0 of 0"
             store.update_report(report_id, progress={"done": 0, "total": None, "phase": "counting"})
@@ -388,8 +399,15 @@ class ReportGenerator:
             self.store.update_report(report_id, progress={"done": done, "total": total, "phase": "computing"})
 
         ticks = cluster.store_report_ticks(
-            self.scheduler, self.store.spec(), store_ids, since_us, now_us, self.chunk_stores,
-            on_range_done=progress, lost=lost)
+            self.scheduler,
+            self.store.spec(),
+            store_ids,
+            since_us,
+            now_us,
+            self.chunk_stores,
+            on_range_done=progress,
+            lost=lost,
+        )
         return utils.to_report_units(ticks)
 
     def _store_report(self, report_id: str, report: pd.DataFrame) -> int:
@@ -408,8 +426,10 @@ class ReportGenerator:
             raise
         if not completed:
             path.unlink(missing_ok=True)
-            raise ReportError("the report was marked Failed before it finished (its heartbeat was late, or the "
-                              "server was stopping); trigger it again")
+            raise ReportError(
+                "the report was marked Failed before it finished (its heartbeat was late, or the "
+                "server was stopping); trigger it again"
+            )
         return len(report)
 
     def sweep(self, retention_days: float, max_reports: int) -> list[str]:
@@ -423,13 +443,19 @@ class ReportGenerator:
             except OSError as error:
                 log.warning("retention: could not delete the file of report %s: %s", report_id, error)
         if deleted:
-            log.info("retention: deleted %d finished reports (older than %g days or beyond the newest %d): %s%s",
-                     len(deleted), retention_days, max_reports, ", ".join(deleted[:20]),
-                     " ..." if len(deleted) > 20 else "")
+            log.info(
+                "retention: deleted %d finished reports (older than %g days or beyond the newest %d): %s%s",
+                len(deleted),
+                retention_days,
+                max_reports,
+                ", ".join(deleted[:20]),
+                " ..." if len(deleted) > 20 else "",
+            )
         return deleted
 
-    def start_retention(self, retention_days: float, max_reports: int,
-                        every_seconds: float = RETENTION_SWEEP_SECONDS) -> threading.Thread:
+    def start_retention(
+        self, retention_days: float, max_reports: int, every_seconds: float = RETENTION_SWEEP_SECONDS
+    ) -> threading.Thread:
         """Sweep now, after each report finishes, and every `every_seconds` in a named daemon thread,
         until `shutdown`."""
         self._retention = (retention_days, max_reports)
@@ -486,8 +512,14 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return all(mallopt(option, value) == 1 for option, value in (
-        (M_MMAP_THRESHOLD, ONE_RUN_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, 2**31 - 1), (M_ARENA_MAX, 1)))
+    return all(
+        mallopt(option, value) == 1
+        for option, value in (
+            (M_MMAP_THRESHOLD, ONE_RUN_MMAP_THRESHOLD),
+            (M_TRIM_THRESHOLD, 2**31 - 1),
+            (M_ARENA_MAX, 1),
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,11 +528,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="where to write the report CSV")
     parser.add_argument("--as-of", help="ISO 8601 instant to report at (default: the newest poll)")
     parser.add_argument("--chunk-stores", type=int, default=DEFAULT_CHUNK_STORES, help="the most stores in one range")
-    parser.add_argument("--processes", type=int, default=None,
-                        help=f"worker processes for the engine (default: by the size of the data, one per "
-                             f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)")
-    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                        help="run the ranges of stores on this Dask scheduler's workers instead")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help=f"worker processes for the engine (default: by the size of the data, one per "
+        f"{POLLS_PER_PROCESS:,} polls, at most one per core; 1 = none)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="run the ranges of stores on this Dask scheduler's workers instead",
+    )
     args = parser.parse_args(argv)
     keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -516,26 +555,38 @@ def main(argv: list[str] | None = None) -> int:
                     bar.update(done - bar.n)
 
                 report, now_us, parsed = report_from_dir(
-                    args.data_dir, as_of_us, args.chunk_stores, args.processes, on_progress=show,
+                    args.data_dir,
+                    as_of_us,
+                    args.chunk_stores,
+                    args.processes,
+                    on_progress=show,
                     scheduler=args.scheduler,
                 )
         else:
-            report, now_us, parsed = report_from_dir(args.data_dir, as_of_us, args.chunk_stores, args.processes,
-                                                     scheduler=args.scheduler)
+            report, now_us, parsed = report_from_dir(
+                args.data_dir, as_of_us, args.chunk_stores, args.processes, scheduler=args.scheduler
+            )
     except (ValueError, sources.HeaderError, OSError, cluster.ClusterUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for file, what in ((sources.HOURS_FILE, "every store is open 24/7"),
-                       (sources.ZONES_FILE, "every store is in America/Chicago")):
+    for file, what in (
+        (sources.HOURS_FILE, "every store is open 24/7"),
+        (sources.ZONES_FILE, "every store is in America/Chicago"),
+    ):
         if not (args.data_dir / file).is_file():
             print(f"warning: {args.data_dir / file} not found: {what}", file=sys.stderr)
     for result in parsed.values():
         if result.rejected:
-            print(f"{result.file}: {result.rejected} rows rejected (first: line {result.rejects[0].line}: "
-                  f"{result.rejects[0].reason})", file=sys.stderr)
+            print(
+                f"{result.file}: {result.rejected} rows rejected (first: line {result.rejects[0].line}: "
+                f"{result.rejects[0].reason})",
+                file=sys.stderr,
+            )
     write_atomically(args.output, report_csv_bytes(report))
-    print(f"wrote {len(report)} stores to {args.output} (as of {utils.us_to_datetime(now_us).isoformat()})",
-          file=sys.stderr)
+    print(
+        f"wrote {len(report)} stores to {args.output} (as of {utils.us_to_datetime(now_us).isoformat()})",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ second; Python touches only the rejected rows.  A file pyarrow cannot read
 (bytes that are not UTF-8, for one) is read again line by line with the `csv`
 module, with the same checks.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,11 +22,12 @@ import io
 import os
 import time
 import zoneinfo
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator, Union
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -69,7 +71,7 @@ EARLIEST_POLL_US = 946_684_800_000_000  # 2000-01-01 00:00:00 UTC
 NOT_REGION_ZONES = frozenset({"localtime", "Factory", "posixrules"})
 NOT_REGION_ZONE_PREFIXES = ("posix/", "right/")
 
-Source = Union[str, Path, bytes, BinaryIO]
+Source = str | Path | bytes | BinaryIO
 
 
 class HeaderError(ValueError):
@@ -166,12 +168,15 @@ def _header_of(file: str, head: bytes) -> tuple[list[str], str, int]:
     if end < 0:
         end = len(head)
     if end - start > MAX_HEADER_BYTES:
-        raise HeaderError(f"{file}: the header is longer than {MAX_HEADER_BYTES} bytes; expected the header "
-                          f"{','.join(COLUMNS[file])}")
+        raise HeaderError(
+            f"{file}: the header is longer than {MAX_HEADER_BYTES} bytes; expected the header {','.join(COLUMNS[file])}"
+        )
     first_line = head[start:end].decode("utf-8", errors="replace").rstrip("\r")
     if first_line.count(",") >= MAX_HEADER_FIELDS:
-        raise HeaderError(f"{file}: the header has more than {MAX_HEADER_FIELDS} columns; expected the header "
-                          f"{','.join(COLUMNS[file])}")
+        raise HeaderError(
+            f"{file}: the header has more than {MAX_HEADER_FIELDS} columns; expected the header "
+            f"{','.join(COLUMNS[file])}"
+        )
     header = _parse_header(first_line)
     _check_header(file, header, first_line)
     return header, first_line, min(end + 1, len(head))
@@ -232,8 +237,14 @@ def _physical_lines(data: bytes | pa.Buffer) -> int:
     return newlines + (0 if text.size and text[-1] == 0x0A else 1)
 
 
-def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first_line: int | None = None,
-                    parsed: Parsed | None = None, physical_lines: int | None = None) -> RawRows | None:
+def _raw_rows_arrow(
+    file: str,
+    data: bytes | pa.Buffer,
+    header: list[str],
+    first_line: int | None = None,
+    parsed: Parsed | None = None,
+    physical_lines: int | None = None,
+) -> RawRows | None:
     """Read with pyarrow; None when it cannot (then the line-by-line reader takes over).
 
     `physical_lines`, when known, saves counting the lines of `data` again.
@@ -264,8 +275,9 @@ def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first
         invalid.clear()
         return pa_csv.read_csv(
             pa.BufferReader(data),  # zero-copy
-            read_options=pa_csv.ReadOptions(skip_rows=0 if block else 1, column_names=names, use_threads=threads,
-                                            block_size=1 << 24),
+            read_options=pa_csv.ReadOptions(
+                skip_rows=0 if block else 1, column_names=names, use_threads=threads, block_size=1 << 24
+            ),
             parse_options=parse_options,
             convert_options=convert_options,
         )
@@ -277,8 +289,10 @@ def _raw_rows_arrow(file: str, data: bytes | pa.Buffer, header: list[str], first
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         if stopped_at:
             parsed.rows_read += stopped_at[0]
-            parsed.reject([offset + n for n, _, _ in invalid],
-                          (_shape_problem(header, expected, text, count) for _, text, count in invalid))
+            parsed.reject(
+                [offset + n for n, _, _ in invalid],
+                (_shape_problem(header, expected, text, count) for _, text, count in invalid),
+            )
             parsed.check_reject_limit(offset + stopped_at[0])
         return None
     data_lines = (_physical_lines(data) if physical_lines is None else physical_lines) - (0 if block else 1)
@@ -316,8 +330,9 @@ def _shape_problem(header: list[str], expected: list[str], text: str, count: int
     return f"missing column {absent[0]}" if absent else f"expected {len(header)} fields, found {count}"
 
 
-def _raw_rows_python(file: str, lines: Iterable[str], header: list[str], first_line: int = 2,
-                     rows_per_block: int | None = None) -> Iterator[RawRows]:
+def _raw_rows_python(
+    file: str, lines: Iterable[str], header: list[str], first_line: int = 2, rows_per_block: int | None = None
+) -> Iterator[RawRows]:
     """Line-by-line reading that survives anything: undecodable bytes, quoted newlines, ragged rows.
 
     `lines` are the file's text lines after the header (`first_line` is the
@@ -499,18 +514,20 @@ def _check_store_ids(check: Checker) -> Distinct:
     empty = store_id.rows(pc.equal(store_id.values, ""))
     check.fail(_blank_rows(check.raw, empty), lambda i: "blank line")
     check.fail(empty, lambda i: "missing store_id")
-    check.fail(store_id.rows(pc.greater(pc.utf8_length(store_id.values), MAX_STORE_ID_LENGTH)),
-               lambda i: f"store_id longer than {MAX_STORE_ID_LENGTH} characters")
-    check.fail(~store_id.rows(pc.match_substring_regex(store_id.values, STORE_ID_PATTERN)),
-               lambda i: f"store_id {check.value('store_id', i)} has characters other than {STORE_ID_CHARACTERS}")
+    check.fail(
+        store_id.rows(pc.greater(pc.utf8_length(store_id.values), MAX_STORE_ID_LENGTH)),
+        lambda i: f"store_id longer than {MAX_STORE_ID_LENGTH} characters",
+    )
+    check.fail(
+        ~store_id.rows(pc.match_substring_regex(store_id.values, STORE_ID_PATTERN)),
+        lambda i: f"store_id {check.value('store_id', i)} has characters other than {STORE_ID_CHARACTERS}",
+    )
     return store_id
 
 
 def _quote(value) -> str:
     text = "" if value is None else str(value)
     return repr(text if len(text) <= 40 else text[:40] + "...")
-
-
 
 
 def parse_timestamps_us(values) -> np.ndarray:
@@ -551,8 +568,11 @@ def _parse_export_form(values) -> np.ndarray | None:
     (most files), in one Arrow cast; None, quickly, for anything else."""
     if len(values) and not values.null_count and pc.all(pc.ends_with(values, " UTC")).as_py():
         try:
-            return _in_datetime_range(pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
-                                      .cast(pa.int64()).to_numpy(zero_copy_only=False))
+            return _in_datetime_range(
+                pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
+                .cast(pa.int64())
+                .to_numpy(zero_copy_only=False)
+            )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
     return None
@@ -576,8 +596,9 @@ def parse_time_of_day(values) -> np.ndarray:
 
     Each distinct text is parsed once: a file of business hours holds a few hundred.
     """
-    distinct = Distinct(values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string()),
-                        _trimmed)
+    distinct = Distinct(
+        values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(list(values), pa.string()), _trimmed
+    )
     return _parse_times(distinct.values)[distinct.index]
 
 
@@ -598,8 +619,9 @@ def _parse_times(text: pa.Array) -> np.ndarray:
     return result
 
 
-def _later_row_wins(parsed: Parsed, frame: pd.DataFrame, key: list[str], value: list[str], what: str,
-                    last: np.ndarray | None = None) -> pd.DataFrame:
+def _later_row_wins(
+    parsed: Parsed, frame: pd.DataFrame, key: list[str], value: list[str], what: str, last: np.ndarray | None = None
+) -> pd.DataFrame:
     """Keep the last row in the file of each key (`last`, when known); report the earlier ones, in
     file order, as duplicates or as overridden."""
     last = ~frame.duplicated(subset=key, keep="last").to_numpy() if last is None else last
@@ -655,7 +677,9 @@ def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed
     else:
         parsed = Parsed(file=label, frame=pd.DataFrame())
         blocks = []
-        stream = open(source, "rb") if on_disk else io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        stream = (
+            open(source, "rb") if on_disk else io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        )
         try:
             for raw in _stream_raw_rows(file, stream, parsed):
                 parsed.rows_read += len(raw)
@@ -701,8 +725,11 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
         # pyarrow would take its two halves for two rows, so the csv module reads on from here
         arrow_can = not block.count(b'"') % 2 and _is_utf8(block)
         lines = _physical_lines(block)
-        raw = (_raw_rows_arrow(file, block, header, first_line=line, parsed=parsed, physical_lines=lines)
-               if arrow_can else None)
+        raw = (
+            _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed, physical_lines=lines)
+            if arrow_can
+            else None
+        )
         if raw is None:
             rest = _lines_of(block + pending, stream, file, first_line=line)
             for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
@@ -746,8 +773,10 @@ def _lines_of(first: bytes, stream: BinaryIO, file: str = "", first_line: int = 
 
 
 def _line_too_long(file: str, line: int) -> HeaderError:
-    return HeaderError(f"{file}: line {line} is longer than {MAX_LINE_BYTES} bytes, so this is not a CSV export; "
-                       "the whole file is rejected")
+    return HeaderError(
+        f"{file}: line {line} is longer than {MAX_LINE_BYTES} bytes, so this is not a CSV export; "
+        "the whole file is rejected"
+    )
 
 
 def _no_rows(file: str) -> RawRows:
@@ -765,8 +794,10 @@ def max_future_seconds() -> int:
     except ValueError:
         seconds = -1
     if seconds < 0:
-        raise ValueError(f"{MAX_FUTURE_SECONDS_VARIABLE} must be a whole number of seconds, 0 or more "
-                         f"(default {DEFAULT_MAX_FUTURE_SECONDS}); got {text[:40]!r}")
+        raise ValueError(
+            f"{MAX_FUTURE_SECONDS_VARIABLE} must be a whole number of seconds, 0 or more "
+            f"(default {DEFAULT_MAX_FUTURE_SECONDS}); got {text[:40]!r}"
+        )
     return seconds
 
 
@@ -788,7 +819,7 @@ class PollWindow:
         return min(self.clock_us + self.future_s * 1_000_000, _LAST_US)  # (a huge setting cannot overflow)
 
     def clock(self) -> str:
-        return dt.datetime.fromtimestamp(self.clock_us // 1_000_000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return dt.datetime.fromtimestamp(self.clock_us // 1_000_000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def poll_window() -> PollWindow:
@@ -810,11 +841,19 @@ def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
 
 def _check_poll_window(check: Checker, stamp: np.ndarray, window: PollWindow) -> None:
     """Reject the good rows whose instant is before 2000 or past the window (array comparisons only)."""
-    check.fail(stamp < EARLIEST_POLL_US, lambda i: f"timestamp {check.value('timestamp_utc', i)} is before "
-                                                   "2000-01-01, the earliest this service accepts")
-    check.fail(stamp > window.latest_us,
-               lambda i: f"timestamp {check.value('timestamp_utc', i)} is more than {window.future_s} s after "
-                         f"this server's clock ({window.clock()}); set {MAX_FUTURE_SECONDS_VARIABLE} to accept it")
+    check.fail(
+        stamp < EARLIEST_POLL_US,
+        lambda i: (
+            f"timestamp {check.value('timestamp_utc', i)} is before 2000-01-01, the earliest this service accepts"
+        ),
+    )
+    check.fail(
+        stamp > window.latest_us,
+        lambda i: (
+            f"timestamp {check.value('timestamp_utc', i)} is more than {window.future_s} s after "
+            f"this server's clock ({window.clock()}); set {MAX_FUTURE_SECONDS_VARIABLE} to accept it"
+        ),
+    )
 
 
 def _check_polls(check: Checker, window: PollWindow) -> dict:
@@ -827,8 +866,10 @@ def _check_polls(check: Checker, window: PollWindow) -> dict:
         export_form = pool.submit(_parse_export_form, check.raw.columns["timestamp_utc"])
         store_id = _check_store_ids(check)
         status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
-        check.fail(~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
-                   lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)")
+        check.fail(
+            ~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
+            lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)",
+        )
         export_form = export_form.result()
     if export_form is not None:  # (rows rejected already keep their stamp, unread)
         stamp = export_form
@@ -891,8 +932,9 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
     last = utils.last_of_each_instant(columns["store_id"], columns["timestamp_us"])
     if not last.all():
         # rows of one store and instant: the sort is stable, so the last of them is the later row in the file
-        kept = _later_row_wins(parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"],
-                               "store_id and timestamp", last)
+        kept = _later_row_wins(
+            parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"], "store_id and timestamp", last
+        )
         columns = {name: kept[name].to_numpy() for name in columns}
     categories = pd.Index(names.take(pa.array(by_name)).to_numpy(zero_copy_only=False), dtype=object)
     columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
@@ -910,8 +952,7 @@ def _check_hours(check: Checker) -> dict:
     seconds = {}
     for column in ("start_time_local", "end_time_local"):
         seconds[column] = parse_time_of_day(check.raw.columns[column])
-        check.fail(seconds[column] < 0,
-                   lambda i, c=column: f"bad time {check.value(c, i)} in {c} (expected HH:MM:SS)")
+        check.fail(seconds[column] < 0, lambda i, c=column: f"bad time {check.value(c, i)} in {c} (expected HH:MM:SS)")
     line = check.finish()
     return {
         "store_id": _strings_of(store_id.good(check)),
@@ -944,12 +985,14 @@ def _check_zones(check: Checker) -> dict:
     zone = check.trimmed("timezone_str")
     names = pc.unique(zone).to_pylist()  # (each distinct name is looked at once)
     not_regions = pa.array([name for name in names if _is_not_region(name)], pa.string())
-    check.fail(_mask(pc.is_in(zone, not_regions)),
-               lambda i: f"{check.value('timezone_str', i)} is not an IANA region time zone")
-    valid_names = pa.array([name for name in names if name in region_zones() and utils.is_valid_timezone(name)],
-                           pa.string())
-    check.fail(~_mask(pc.is_in(zone, valid_names)),
-               lambda i: f"unknown timezone name {check.value('timezone_str', i)}")
+    check.fail(
+        _mask(pc.is_in(zone, not_regions)),
+        lambda i: f"{check.value('timezone_str', i)} is not an IANA region time zone",
+    )
+    valid_names = pa.array(
+        [name for name in names if name in region_zones() and utils.is_valid_timezone(name)], pa.string()
+    )
+    check.fail(~_mask(pc.is_in(zone, valid_names)), lambda i: f"unknown timezone name {check.value('timezone_str', i)}")
     line = check.finish()
     return {"store_id": _strings_of(store_id.good(check)), "timezone_str": _strings_of(check.good(zone)), "line": line}
 

@@ -70,6 +70,7 @@ batch that failed counts as possibly written (`sending`: a client cannot rule
 out part of a batch, e.g. a replacement's delete, having landed), so such an
 upload is unfinished until the same file is uploaded again or it is dismissed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,7 +81,7 @@ import logging
 import threading
 import uuid
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -88,14 +89,32 @@ import pymongo
 import tenacity
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne, WriteConcern
-from pymongo.errors import (AutoReconnect, BulkWriteError, CollectionInvalid, ConnectionFailure, DuplicateKeyError,
-                            OperationFailure, PyMongoError)
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 import database
 import sources
 import utils
-from database import (HOURS, META, REPORTS, SCHEMA_VERSION, STATUS, UPLOADS, ZONES, Progress, describe_error,
-                      no_progress, now_utc)
+from database import (
+    HOURS,
+    META,
+    REPORTS,
+    SCHEMA_VERSION,
+    STATUS,
+    UPLOADS,
+    ZONES,
+    Progress,
+    describe_error,
+    no_progress,
+    now_utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +159,31 @@ INDEXES = {
     ],
     REPORT_CHUNKS: [IndexModel([("report_id", ASCENDING), ("n", ASCENDING)], name="report_chunk", unique=True)],
     # newest first, and in the order begun within one millisecond (seq); by digest, what finished an upload
-    UPLOADS: [IndexModel([("at", DESCENDING), ("seq", DESCENDING)], name="at"),
-              IndexModel([("digest", ASCENDING)], name="digest")],
+    UPLOADS: [
+        IndexModel([("at", DESCENDING), ("seq", DESCENDING)], name="at"),
+        IndexModel([("digest", ASCENDING)], name="digest"),
+    ],
 }
 # indexes of earlier versions that must go: the millisecond unique key breaks on sub-millisecond polls
 RETIRED_INDEXES = {STATUS: ["store_time"]}
 # the options that make two indexes on the same keys different (anything else, e.g. "v", is the server's)
 INDEX_OPTIONS = ("unique", "sparse", "partialFilterExpression", "expireAfterSeconds", "collation")
 
-REPORT_FIELDS = {"_id": 0, "report_id": 1, "status": 1, "created_at": 1, "heartbeat_at": 1, "finished_at": 1,
-                 "requested_as_of_us": 1, "as_of_us": 1, "progress": 1, "row_count": 1, "error": 1, "csv_bytes": 1,
-                 "as_of_after_newest_poll": 1}
+REPORT_FIELDS = {
+    "_id": 0,
+    "report_id": 1,
+    "status": 1,
+    "created_at": 1,
+    "heartbeat_at": 1,
+    "finished_at": 1,
+    "requested_as_of_us": 1,
+    "as_of_us": 1,
+    "progress": 1,
+    "row_count": 1,
+    "error": 1,
+    "csv_bytes": 1,
+    "as_of_after_newest_poll": 1,
+}
 POLL_PROJECTION = {"_id": 0, "store_id": 1, "timestamp_us": 1, "status": 1}
 # The same fields for the Arrow path, renamed by the server to one letter each (find projections take
 # expressions since MongoDB 4.4).  pymongoarrow looks every field of every document up by its name as a
@@ -172,9 +205,12 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
-    log.warning("database call %s failed (%s); retrying in %.1f s",
-                getattr(state.fn, "__name__", "?"), describe_error(state.outcome.exception()),
-                state.next_action.sleep if state.next_action else 0.0)
+    log.warning(
+        "database call %s failed (%s); retrying in %.1f s",
+        getattr(state.fn, "__name__", "?"),
+        describe_error(state.outcome.exception()),
+        state.next_action.sleep if state.next_action else 0.0,
+    )
 
 
 def retried(method):
@@ -206,7 +242,7 @@ def _ms_floor(value_us: int) -> dt.datetime:
 
 def _aware(value):
     if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value
 
 
@@ -271,11 +307,21 @@ def reconcile_indexes(collection, models: list[IndexModel], retired: Iterable[st
         if have is not None and _key_of(have["key"]) == key and _options_of(have) == options:
             continue
         try:
-            stale = [other for other, info in existing.items()
-                     if other != "_id_" and (other == name or _key_of(info["key"]) == key)]
+            stale = [
+                other
+                for other, info in existing.items()
+                if other != "_id_" and (other == name or _key_of(info["key"]) == key)
+            ]
             for other in stale:
-                log.warning("rebuilding index %s.%s (declared %s %s, found %s %s)", collection.name, name, key,
-                            options, _key_of(existing[other]["key"]), _options_of(existing[other]))
+                log.warning(
+                    "rebuilding index %s.%s (declared %s %s, found %s %s)",
+                    collection.name,
+                    name,
+                    key,
+                    options,
+                    _key_of(existing[other]["key"]),
+                    _options_of(existing[other]),
+                )
                 collection.drop_index(other)
                 existing.pop(other)
             collection.create_indexes([model])
@@ -335,14 +381,20 @@ def polls_from_raw_batches(batches: Iterable[bytes]) -> pd.DataFrame:
         every_id, position = unified.dictionary.to_numpy(zero_copy_only=False), unified.indices.to_numpy()
         row = first = 0
         for batch_codes, batch_ids in zip(codes, distinct_ids):
-            np.take(every_id[position[first : first + len(batch_ids)]], batch_codes,
-                    out=store_ids[row : row + len(batch_codes)])
+            np.take(
+                every_id[position[first : first + len(batch_ids)]],
+                batch_codes,
+                out=store_ids[row : row + len(batch_codes)],
+            )
             row, first = row + len(batch_codes), first + len(batch_ids)
-    return pd.DataFrame({
-        "store_id": pd.Series(store_ids, dtype=object, copy=False),
-        "timestamp_us": np.concatenate(stamps) if stamps else np.empty(0, dtype=np.int64),
-        "active": np.concatenate(active) if active else np.empty(0, dtype=bool),
-    }, copy=False)
+    return pd.DataFrame(
+        {
+            "store_id": pd.Series(store_ids, dtype=object, copy=False),
+            "timestamp_us": np.concatenate(stamps) if stamps else np.empty(0, dtype=np.int64),
+            "active": np.concatenate(active) if active else np.empty(0, dtype=bool),
+        },
+        copy=False,
+    )
 
 
 def polls_from_documents(documents: Iterable[dict]) -> pd.DataFrame:
@@ -356,8 +408,13 @@ def polls_from_documents(documents: Iterable[dict]) -> pd.DataFrame:
 
 
 class MongoStore(database.Store):
-    def __init__(self, uri: str, name: str = database.DEFAULT_DB, server_selection_ms: int = SERVER_SELECTION_MS,
-                 job_retry_seconds: float = JOB_RETRY_SECONDS):
+    def __init__(
+        self,
+        uri: str,
+        name: str = database.DEFAULT_DB,
+        server_selection_ms: int = SERVER_SELECTION_MS,
+        job_retry_seconds: float = JOB_RETRY_SECONDS,
+    ):
         self.uri, self.name = uri, name
         self.job_retry_seconds = job_retry_seconds
         self.retry_wait = tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5)
@@ -390,8 +447,13 @@ class MongoStore(database.Store):
             self._check_schema()  # in-process: no server to wait for
 
     def _new_client(self):
-        return pymongo.MongoClient(self.uri, connect=False, tz_aware=True,
-                                   serverSelectionTimeoutMS=self._server_selection_ms, appname="store-uptime")
+        return pymongo.MongoClient(
+            self.uri,
+            connect=False,
+            tz_aware=True,
+            serverSelectionTimeoutMS=self._server_selection_ms,
+            appname="store-uptime",
+        )
 
     @property
     def client(self):
@@ -468,8 +530,9 @@ class MongoStore(database.Store):
         one line and stops the work for good.  Nothing here blocks the caller.
         """
         self._resolving_in_background = self._client is None
-        self._maintenance = threading.Thread(target=self._maintain, args=(stale_after,), name="mongo-maintenance",
-                                             daemon=True)
+        self._maintenance = threading.Thread(
+            target=self._maintain, args=(stale_after,), name="mongo-maintenance", daemon=True
+        )
         self._maintenance.start()
         return self._maintenance
 
@@ -484,8 +547,9 @@ class MongoStore(database.Store):
                 log.error("database start-up work stopped: %s", error)
                 return
             except (PyMongoError, RuntimeError) as error:
-                log.warning("database start-up work (%s) failed, retrying in %.0f s: %s", steps[0], pause,
-                            describe_error(error))
+                log.warning(
+                    "database start-up work (%s) failed, retrying in %.0f s: %s", steps[0], pause, describe_error(error)
+                )
                 self._stop.wait(pause)
                 pause = min(pause * 2, MAINTENANCE_MAX_PAUSE)
         if not steps:
@@ -589,13 +653,16 @@ class MongoStore(database.Store):
             self.schema_version = version
             raise database.DatabaseRefused(
                 f"MongoDB database {self.name} was made by a newer version of this service (schema {version}; "
-                f"this one knows up to {SCHEMA_VERSION}): run that version, or point MONGO_DB at another database")
+                f"this one knows up to {SCHEMA_VERSION}): run that version, or point MONGO_DB at another database"
+            )
         return version
 
     def _foreign(self, names: list[str]) -> database.DatabaseRefused:
         shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        return database.DatabaseRefused(f"MongoDB database {self.name} belongs to something else: it holds {shown}; "
-                                        f"point MONGO_DB at this service's database")
+        return database.DatabaseRefused(
+            f"MongoDB database {self.name} belongs to something else: it holds {shown}; "
+            f"point MONGO_DB at this service's database"
+        )
 
     def _migrate_from(self, version: int) -> list[str]:
         if version == 0:
@@ -614,8 +681,10 @@ class MongoStore(database.Store):
     def _write_schema_mark(self, version: int) -> None:
         try:
             self._durable(META).update_one(
-                {"_id": SCHEMA_MARK}, {"$set": {"application": database.APPLICATION_NAME, "version": version}},
-                upsert=True)
+                {"_id": SCHEMA_MARK},
+                {"$set": {"application": database.APPLICATION_NAME, "version": version}},
+                upsert=True,
+            )
         except DuplicateKeyError:  # another process wrote the same mark first
             pass
 
@@ -634,8 +703,7 @@ class MongoStore(database.Store):
     def health(self, min_free_bytes: int) -> dict:
         """The schema, a write probe, free disk, an unfinished upload and the newest poll, all within
         HEALTH_SECONDS; a database that does not answer is a problem, not an exception."""
-        answer = {"schema_version": self.schema_version, "free_disk_mb": None, "newest_poll_us": None,
-                  "problems": []}
+        answer = {"schema_version": self.schema_version, "free_disk_mb": None, "newest_poll_us": None, "problems": []}
         try:
             with pymongo.timeout(HEALTH_SECONDS):
                 self._health_checks(answer, min_free_bytes)
@@ -661,13 +729,16 @@ class MongoStore(database.Store):
             problems.append(
                 f"upload {unfinished['upload_id']} of {unfinished['file']} stopped part-way ({unfinished['kind']}, "
                 f"{unfinished['written']} of {unfinished['loaded']} rows written): upload the same file again to "
-                f"finish it, or dismiss it with `python database.py uploads --dismiss {unfinished['upload_id']}`")
+                f"finish it, or dismiss it with `python database.py uploads --dismiss {unfinished['upload_id']}`"
+            )
         free = self._free_disk_bytes()
         if free is not None:
             answer["free_disk_mb"] = round(free / 1_048_576, 1)
             if free < min_free_bytes:
-                problems.append(f"the disk holding MongoDB database {self.name} has {free / 1_048_576:.0f} MB free, "
-                                f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)")
+                problems.append(
+                    f"the disk holding MongoDB database {self.name} has {free / 1_048_576:.0f} MB free, "
+                    f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)"
+                )
 
     def _write_probe(self, problems: list[str]) -> None:
         try:
@@ -698,8 +769,9 @@ class MongoStore(database.Store):
         # into an empty collection plain inserts are the fast bulk path (the file holds each key once)
         fresh = self.db[STATUS].count_documents({}, limit=1) == 0
         parts = (frame.iloc[start : start + database.BATCH_SIZE] for start in range(0, len(frame), database.BATCH_SIZE))
-        self._write_journaled(((len(part), functools.partial(self._write_polls, part, fresh)) for part in parts),
-                              on_rows, upload_id)
+        self._write_journaled(
+            ((len(part), functools.partial(self._write_polls, part, fresh)) for part in parts), on_rows, upload_id
+        )
         return len(frame)
 
     @retried
@@ -710,8 +782,12 @@ class MongoStore(database.Store):
         stamps = part["timestamp_us"].to_numpy(dtype=np.int64)
         whole_ms = pd.to_datetime(stamps // 1000 * 1000, unit="us", utc=True).to_pydatetime()
         docs = [
-            {"store_id": store_id, "timestamp_us": int(stamp), "timestamp_utc": when,
-             "status": "active" if active else "inactive"}
+            {
+                "store_id": store_id,
+                "timestamp_us": int(stamp),
+                "timestamp_utc": when,
+                "status": "active" if active else "inactive",
+            }
             for store_id, active, when, stamp in zip(part["store_id"], part["active"], whole_ms, stamps)
         ]
         if fresh:
@@ -723,8 +799,11 @@ class MongoStore(database.Store):
                 docs = [docs[e["index"]] for e in error.details["writeErrors"]]  # already there: upsert them
         if docs:
             operations = [
-                UpdateOne({"store_id": d["store_id"], "timestamp_us": d["timestamp_us"]},
-                          {"$set": {"status": d["status"], "timestamp_utc": d["timestamp_utc"]}}, upsert=True)
+                UpdateOne(
+                    {"store_id": d["store_id"], "timestamp_us": d["timestamp_us"]},
+                    {"$set": {"status": d["status"], "timestamp_utc": d["timestamp_utc"]}},
+                    upsert=True,
+                )
                 for d in docs
             ]
             try:
@@ -738,8 +817,9 @@ class MongoStore(database.Store):
         collection.delete_many({"store_id": {"$in": store_batch}})
         collection.insert_many([dict(row) for row in rows], ordered=False)  # copies: insert_many adds _id
 
-    def _replace_by_store(self, collection_name: str, docs: list[dict], on_rows: Progress,
-                          upload_id: str | None) -> None:
+    def _replace_by_store(
+        self, collection_name: str, docs: list[dict], on_rows: Progress, upload_id: str | None
+    ) -> None:
         """Delete and insert the rows of the stores named in `docs`, a batch of stores at a time: the rows of
         other stores are never touched."""
         self._before_writing()
@@ -756,22 +836,23 @@ class MongoStore(database.Store):
 
         self._write_journaled(batches(), on_rows, upload_id)
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         starts, ends = database.business_hours_text(frame)
-        docs = [{"store_id": s, "day": int(d), "start_time_local": start, "end_time_local": end}
-                for s, d, start, end in zip(frame["store_id"], frame["day"], starts, ends)]
+        docs = [
+            {"store_id": s, "day": int(d), "start_time_local": start, "end_time_local": end}
+            for s, d, start, end in zip(frame["store_id"], frame["day"], starts, ends)
+        ]
         self._replace_by_store(HOURS, docs, on_rows, upload_id)
         return len(docs)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         docs = [{"store_id": s, "timezone_str": z} for s, z in zip(frame["store_id"], frame["timezone_str"])]
         self._replace_by_store(ZONES, docs, on_rows, upload_id)
         return len(docs)
 
-    def _write_journaled(self, batches: Iterable[tuple[int, Callable[[], None]]], on_rows: Progress,
-                         upload_id: str | None) -> None:
+    def _write_journaled(
+        self, batches: Iterable[tuple[int, Callable[[], None]]], on_rows: Progress, upload_id: str | None
+    ) -> None:
         """Write each batch, noting it in the upload's journal before (`sending`) and after (`written`, the
         rows so far), then call `on_rows`, which may raise and stop the upload there; the last step marks
         the upload Complete.  A full disk raises DiskFull, and leaves the failed batch counted as possibly
@@ -800,8 +881,11 @@ class MongoStore(database.Store):
     def _complete_upload(self, upload_id: str, written: int) -> None:
         self._durable(UPLOADS).update_one(
             {"_id": upload_id, "status": "Running"},
-            {"$set": {"status": "Complete", "written": written, "sending": 0, "error": None},
-             "$currentDate": {"finished_at": True}})
+            {
+                "$set": {"status": "Complete", "written": written, "sending": 0, "error": None},
+                "$currentDate": {"finished_at": True},
+            },
+        )
 
     # ----- the upload journal
 
@@ -809,12 +893,25 @@ class MongoStore(database.Store):
     def begin_upload(self, file: str, kind: str, digest: str, loaded: int, rejected: int) -> str:
         self._before_writing()
         upload_id = uuid.uuid4().hex
-        fields = {"upload_id": upload_id, "file": file, "kind": kind, "digest": digest, "finished_at": None,
-                  "loaded": int(loaded), "rejected": int(rejected), "written": 0, "sending": 0, "status": "Running",
-                  "error": None, "dismissed": False, "seq": ObjectId()}  # seq: the order of uploads begun at one ms
+        fields = {
+            "upload_id": upload_id,
+            "file": file,
+            "kind": kind,
+            "digest": digest,
+            "finished_at": None,
+            "loaded": int(loaded),
+            "rejected": int(rejected),
+            "written": 0,
+            "sending": 0,
+            "status": "Running",
+            "error": None,
+            "dismissed": False,
+            "seq": ObjectId(),
+        }  # seq: the order of uploads begun at one ms
         try:
-            self._durable(UPLOADS).update_one({"_id": upload_id}, {"$setOnInsert": fields,
-                                                                   "$currentDate": {"at": True}}, upsert=True)
+            self._durable(UPLOADS).update_one(
+                {"_id": upload_id}, {"$setOnInsert": fields, "$currentDate": {"at": True}}, upsert=True
+            )
         except PyMongoError as error:
             if is_disk_full(error):
                 raise self._disk_full("upload") from error
@@ -824,9 +921,10 @@ class MongoStore(database.Store):
     @retried
     def fail_upload(self, upload_id: str, error: str) -> None:
         self._require_schema()
-        self._durable(UPLOADS).update_one({"_id": upload_id, "status": "Running"},
-                                          {"$set": {"status": "Failed", "error": error},
-                                           "$currentDate": {"finished_at": True}})
+        self._durable(UPLOADS).update_one(
+            {"_id": upload_id, "status": "Running"},
+            {"$set": {"status": "Failed", "error": error}, "$currentDate": {"finished_at": True}},
+        )
 
     def dismiss_upload(self, upload_id: str) -> bool:
         self._require_schema()
@@ -842,8 +940,11 @@ class MongoStore(database.Store):
     def unfinished_upload(self) -> dict | None:
         alive = self._writer_alive()
         stopped = ["Failed"] if alive else ["Failed", "Running"]
-        query = {"status": {"$in": stopped}, "dismissed": {"$ne": True},
-                 "$or": [{"written": {"$gt": 0}}, {"sending": {"$gt": 0}}]}
+        query = {
+            "status": {"$in": stopped},
+            "dismissed": {"$ne": True},
+            "$or": [{"written": {"$gt": 0}}, {"sending": {"$gt": 0}}],
+        }
         for doc in self.db[UPLOADS].find(query).sort([("at", DESCENDING), ("seq", DESCENDING)]):
             if not self._finished_since(doc):
                 return self._upload_record(doc, alive)
@@ -870,10 +971,20 @@ class MongoStore(database.Store):
             status, error = "Failed", WRITER_GONE
         if status == "Failed":
             written += int(doc.get("sending") or 0)
-        return {"upload_id": doc["upload_id"], "file": doc["file"], "kind": doc["kind"], "digest": doc["digest"],
-                "at": _aware(doc.get("at")), "finished_at": _aware(doc.get("finished_at")), "loaded": doc["loaded"],
-                "rejected": doc["rejected"], "written": written, "status": status, "error": error,
-                "dismissed": bool(doc.get("dismissed"))}
+        return {
+            "upload_id": doc["upload_id"],
+            "file": doc["file"],
+            "kind": doc["kind"],
+            "digest": doc["digest"],
+            "at": _aware(doc.get("at")),
+            "finished_at": _aware(doc.get("finished_at")),
+            "loaded": doc["loaded"],
+            "rejected": doc["rejected"],
+            "written": written,
+            "status": status,
+            "error": error,
+            "dismissed": bool(doc.get("dismissed")),
+        }
 
     # ----- removing and summarising
 
@@ -896,10 +1007,14 @@ class MongoStore(database.Store):
         pipeline = [{"$sort": {"store_id": 1}}, {"$group": {"_id": "$store_id"}}, {"$count": "stores"}]
         counted = list(polls.aggregate(pipeline, allowDiskUse=True))
         oldest = polls.find_one({}, {"_id": 0, "timestamp_us": 1}, sort=[("timestamp_us", ASCENDING)])
-        return {"stores": counted[0]["stores"] if counted else 0, "polls": polls.estimated_document_count(),
-                "hours_rows": self.db[HOURS].count_documents({}), "zones": self.db[ZONES].count_documents({}),
-                "oldest_poll_us": None if oldest is None else int(oldest["timestamp_us"]),
-                "newest_poll_us": self._newest_poll_us()}
+        return {
+            "stores": counted[0]["stores"] if counted else 0,
+            "polls": polls.estimated_document_count(),
+            "hours_rows": self.db[HOURS].count_documents({}),
+            "zones": self.db[ZONES].count_documents({}),
+            "oldest_poll_us": None if oldest is None else int(oldest["timestamp_us"]),
+            "newest_poll_us": self._newest_poll_us(),
+        }
 
     # ----- reading for the report
 
@@ -944,11 +1059,18 @@ class MongoStore(database.Store):
             pipeline = [
                 {"$match": {"store_id": {"$in": missing}, "timestamp_us": {"$lt": reach}}},
                 {"$sort": {"store_id": -1, "timestamp_us": -1}},
-                {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},
-                            "status": {"$first": "$status"}}},
+                {
+                    "$group": {
+                        "_id": "$store_id",
+                        "timestamp_us": {"$first": "$timestamp_us"},
+                        "status": {"$first": "$status"},
+                    }
+                },
             ]
-            older = [{"store_id": d["_id"], "timestamp_us": d["timestamp_us"], "status": d["status"]}
-                     for d in self.db[STATUS].aggregate(pipeline, allowDiskUse=True)]
+            older = [
+                {"store_id": d["_id"], "timestamp_us": d["timestamp_us"], "status": d["status"]}
+                for d in self.db[STATUS].aggregate(pipeline, allowDiskUse=True)
+            ]
         polls = pd.concat([recent, polls_from_documents(older)], ignore_index=True) if older else recent
 
         hour_docs = self.db[HOURS].find(
@@ -990,17 +1112,26 @@ class MongoStore(database.Store):
             # an upsert that keeps whatever a first attempt already stored: a retry changes nothing
             defaults = {key: {"$literal": value} for key, value in fields.items()}
             defaults.update(created_at="$$NOW", heartbeat_at="$$NOW")
-            self.db[REPORTS].update_one({"report_id": report_id},
-                                        [{"$replaceWith": {"$mergeObjects": [defaults, "$$ROOT"]}}], upsert=True)
+            self.db[REPORTS].update_one(
+                {"report_id": report_id}, [{"$replaceWith": {"$mergeObjects": [defaults, "$$ROOT"]}}], upsert=True
+            )
         else:
             now = now_utc()
-            self.db[REPORTS].update_one({"report_id": report_id},
-                                        {"$setOnInsert": {**fields, "created_at": now, "heartbeat_at": now}},
-                                        upsert=True)
+            self.db[REPORTS].update_one(
+                {"report_id": report_id},
+                {"$setOnInsert": {**fields, "created_at": now, "heartbeat_at": now}},
+                upsert=True,
+            )
 
     @retried
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
-                      as_of_after_newest_poll: bool | None = None) -> None:
+    def update_report(
+        self,
+        report_id: str,
+        *,
+        as_of_us: int | None = None,
+        progress: dict | None = None,
+        as_of_after_newest_poll: bool | None = None,
+    ) -> None:
         fields = {}
         if as_of_us is not None:
             fields["as_of_us"] = int(as_of_us)
@@ -1042,14 +1173,21 @@ class MongoStore(database.Store):
         pieces = [csv_bytes[i : i + CSV_CHUNK_BYTES] for i in range(0, len(csv_bytes), CSV_CHUNK_BYTES)] or [b""]
         chunks = self._durable(REPORT_CHUNKS)
         for n, piece in enumerate(pieces):
-            chunks.replace_one({"report_id": report_id, "n": n}, {"report_id": report_id, "n": n, "data": piece},
-                               upsert=True)
+            chunks.replace_one(
+                {"report_id": report_id, "n": n}, {"report_id": report_id, "n": n, "data": piece}, upsert=True
+            )
         chunks.delete_many({"report_id": report_id, "n": {"$gte": len(pieces)}})
         flipped = self._durable(REPORTS).update_one(
             {"report_id": report_id, "status": "Running"},
-            {"$set": {"status": "Complete", "row_count": row_count, "csv_chunks": len(pieces),
-                      "csv_bytes": len(csv_bytes)},
-             "$currentDate": {"finished_at": True}},
+            {
+                "$set": {
+                    "status": "Complete",
+                    "row_count": row_count,
+                    "csv_chunks": len(pieces),
+                    "csv_bytes": len(csv_bytes),
+                },
+                "$currentDate": {"finished_at": True},
+            },
         )
         if flipped.matched_count == 1:
             return True
@@ -1066,8 +1204,9 @@ class MongoStore(database.Store):
     @retried
     def beat(self, report_ids: list[str]) -> None:
         if report_ids:
-            self.db[REPORTS].update_many({"report_id": {"$in": report_ids}, "status": "Running"},
-                                         {"$currentDate": {"heartbeat_at": True}})
+            self.db[REPORTS].update_many(
+                {"report_id": {"$in": report_ids}, "status": "Running"}, {"$currentDate": {"heartbeat_at": True}}
+            )
 
     @retried
     def fail_stale_reports(self, older_than: dt.timedelta) -> int:
@@ -1109,8 +1248,11 @@ class MongoStore(database.Store):
         finished = {"status": {"$in": ["Complete", "Failed"]}}
         reports = self.db[REPORTS]
         old = reports.find({**finished, "finished_at": {"$lt": finished_before}}, {"_id": 0, "report_id": 1})
-        beyond = reports.find(finished, {"_id": 0, "report_id": 1}).sort(
-            [("created_at", DESCENDING), ("_id", DESCENDING)]).skip(max(keep_newest, 0))
+        beyond = (
+            reports.find(finished, {"_id": 0, "report_id": 1})
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .skip(max(keep_newest, 0))
+        )
         ids = sorted({doc["report_id"] for doc in old} | {doc["report_id"] for doc in beyond})
         for start in range(0, len(ids), database.BATCH_SIZE):
             batch = ids[start : start + database.BATCH_SIZE]
@@ -1149,9 +1291,9 @@ class MongoStore(database.Store):
     def _ensure_lock_doc(self) -> None:
         self._require_schema()
         try:
-            self.db[LOCKS].update_one({"_id": "data"},
-                                      {"$setOnInsert": {"writer": None, "readers": [], "waiting": None}},
-                                      upsert=True)
+            self.db[LOCKS].update_one(
+                {"_id": "data"}, {"$setOnInsert": {"writer": None, "readers": [], "waiting": None}}, upsert=True
+            )
         except DuplicateKeyError:  # another process created it first
             pass
 
@@ -1165,8 +1307,14 @@ class MongoStore(database.Store):
                 return True  # a first attempt took it and its answer was lost
             query = {"_id": "data", "$expr": {"$and": [self._lapsed("writer", now), self._lapsed("waiting", now)]}}
             # a lapsed writer is cleared, so it cannot renew itself back while readers hold the lease
-            update = [{"$set": {"writer": None,
-                                "readers": {"$concatArrays": [self._live_readers(now), [self._slot(holder)]]}}}]
+            update = [
+                {
+                    "$set": {
+                        "writer": None,
+                        "readers": {"$concatArrays": [self._live_readers(now), [self._slot(holder)]]},
+                    }
+                }
+            ]
             return locks.update_one(query, update).matched_count == 1
         waiting_is_me = {"$or": [self._lapsed("waiting", now), {"$eq": ["$waiting.holder", holder]}]}
         no_readers = {"$eq": [{"$size": self._live_readers(now)}, 0]}
@@ -1183,13 +1331,20 @@ class MongoStore(database.Store):
     def _renew_lease(self, mode: str, holder: str) -> bool:
         """Push the holder's expiry forward; a renewal that matches nothing means the lease is lost."""
         if mode == "read":
-            renewed = {"$map": {"input": "$readers", "as": "r", "in": {
-                "$cond": [{"$eq": ["$$r.holder", holder]}, self._slot(holder), "$$r"]}}}
-            result = self.db[LOCKS].update_one({"_id": "data", "readers.holder": holder},
-                                               [{"$set": {"readers": renewed}}])
+            renewed = {
+                "$map": {
+                    "input": "$readers",
+                    "as": "r",
+                    "in": {"$cond": [{"$eq": ["$$r.holder", holder]}, self._slot(holder), "$$r"]},
+                }
+            }
+            result = self.db[LOCKS].update_one(
+                {"_id": "data", "readers.holder": holder}, [{"$set": {"readers": renewed}}]
+            )
         else:
-            result = self.db[LOCKS].update_one({"_id": "data", "writer.holder": holder},
-                                               [{"$set": {"writer": self._slot(holder)}}])
+            result = self.db[LOCKS].update_one(
+                {"_id": "data", "writer.holder": holder}, [{"$set": {"writer": self._slot(holder)}}]
+            )
         return result.matched_count == 1
 
     @retried

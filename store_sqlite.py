@@ -41,6 +41,7 @@ other write (heartbeats, progress, leases, the upload journal's Running and Fail
 runs with `synchronous=NORMAL`, so a power loss may forget the last of those (each one
 whole or not at all), never corrupting the file.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -95,7 +96,8 @@ CREATE TABLE {PROBE} (
 INSERT INTO {PROBE} (id, written_us) VALUES (1, 0);
 """
 
-SCHEMA = f"""
+SCHEMA = (
+    f"""
 CREATE TABLE {STATUS} (
     store_id TEXT NOT NULL,
     timestamp_us INTEGER NOT NULL,
@@ -137,7 +139,9 @@ CREATE TABLE leases (
     mode TEXT NOT NULL CHECK (mode IN ('read', 'write', 'waiting')),
     expires_us INTEGER NOT NULL
 );
-""" + SCHEMA_2_TABLES
+"""
+    + SCHEMA_2_TABLES
+)
 
 # Schema 1, the first releases' files: no version marks, so known by exactly these tables and columns.
 # The very first release's reports had no progress_phase; step 2 adds it to such a file.
@@ -145,8 +149,21 @@ SCHEMA_1_COLUMNS = {
     STATUS: {"store_id", "timestamp_us", "status"},
     HOURS: {"store_id", "day", "start_time_local", "end_time_local"},
     ZONES: {"store_id", "timezone_str"},
-    REPORTS: {"report_id", "status", "created_us", "heartbeat_us", "finished_us", "requested_as_of_us", "as_of_us",
-              "progress_done", "progress_total", "progress_phase", "row_count", "error", "csv_bytes"},
+    REPORTS: {
+        "report_id",
+        "status",
+        "created_us",
+        "heartbeat_us",
+        "finished_us",
+        "requested_as_of_us",
+        "as_of_us",
+        "progress_done",
+        "progress_total",
+        "progress_phase",
+        "row_count",
+        "error",
+        "csv_bytes",
+    },
     "reportCsv": {"report_id", "data"},
     "leases": {"holder", "mode", "expires_us"},
 }
@@ -167,8 +184,7 @@ def _schema_2(connection: sqlite3.Connection) -> None:
 
 # The numbered steps from one schema to the next: (the version it makes, what it does, the step).
 MIGRATIONS = [
-    (2, "add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks",
-     _schema_2),
+    (2, "add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks", _schema_2),
 ]
 
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
@@ -181,10 +197,13 @@ INDEXES = {
     f"{UPLOADS}_at": f"CREATE INDEX {UPLOADS}_at ON {UPLOADS} (at_us DESC, upload_id DESC)",
 }
 
-REPORT_COLUMNS = ("report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
-                  "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll")
-UPLOAD_COLUMNS = ("upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, "
-                  "dismissed")
+REPORT_COLUMNS = (
+    "report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
+    "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll"
+)
+UPLOAD_COLUMNS = (
+    "upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, dismissed"
+)
 WRITER_GONE = "the process loading it stopped; nothing of it was kept"
 
 # The staging tables of one upload (TEMP: only the writer's connection sees them).  Polls are staged as
@@ -203,17 +222,23 @@ PUBLISH_POLLS = f"""
     WHERE true ORDER BY k.rowid
     ON CONFLICT (store_id, timestamp_us) DO UPDATE SET status = excluded.status
 """
-HOURS_STAGING = {"stageHours": "store_id TEXT NOT NULL, day INTEGER NOT NULL, start_time_local TEXT NOT NULL, "
-                               "end_time_local TEXT NOT NULL"}
+HOURS_STAGING = {
+    "stageHours": "store_id TEXT NOT NULL, day INTEGER NOT NULL, start_time_local TEXT NOT NULL, "
+    "end_time_local TEXT NOT NULL"
+}
 PUBLISH_HOURS = [
     f"DELETE FROM {HOURS} WHERE store_id IN (SELECT store_id FROM temp.stageHours)",
-    (f"INSERT INTO {HOURS} (store_id, day, start_time_local, end_time_local) "
-     "SELECT store_id, day, start_time_local, end_time_local FROM temp.stageHours ORDER BY rowid"),
+    (
+        f"INSERT INTO {HOURS} (store_id, day, start_time_local, end_time_local) "
+        "SELECT store_id, day, start_time_local, end_time_local FROM temp.stageHours ORDER BY rowid"
+    ),
 ]
 ZONES_STAGING = {"stageZones": "store_id TEXT NOT NULL, timezone_str TEXT NOT NULL"}
 PUBLISH_ZONES = [
-    (f"INSERT INTO {ZONES} (store_id, timezone_str) SELECT store_id, timezone_str FROM temp.stageZones "
-     "WHERE true ORDER BY rowid ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str"),
+    (
+        f"INSERT INTO {ZONES} (store_id, timezone_str) SELECT store_id, timezone_str FROM temp.stageZones "
+        "WHERE true ORDER BY rowid ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str"
+    ),
 ]
 
 # The stores with polls, by a loose index scan: one seek per store on the primary key, not a pass over every poll
@@ -254,8 +279,12 @@ def _columns(connection: sqlite3.Connection, table: str) -> set[str]:
 
 def _tables(connection: sqlite3.Connection) -> dict[str, set[str]]:
     """The file's own tables (not SQLite's internal ones) and their column names."""
-    names = [name for (name,) in connection.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'")]
+    names = [
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        )
+    ]
     return {name: _columns(connection, name) for name in names}
 
 
@@ -286,13 +315,15 @@ def _recognise(connection: sqlite3.Connection, path: Path) -> int:
         if version > database.SCHEMA_VERSION:
             raise database.DatabaseRefused(
                 f"{path} was made by a newer version of this service (schema {version}; this code knows up to "
-                f"{database.SCHEMA_VERSION})")
+                f"{database.SCHEMA_VERSION})"
+            )
         if version < FIRST_MARKED_SCHEMA:
             raise database.DatabaseRefused(refused + f"it carries this service's application_id with schema {version}")
         return version
     if application_id:
         raise database.DatabaseRefused(
-            refused + f"its application_id is {application_id:#010x}, not {database.APPLICATION_ID:#010x}")
+            refused + f"its application_id is {application_id:#010x}, not {database.APPLICATION_ID:#010x}"
+        )
     if version:
         raise database.DatabaseRefused(refused + f"it has user_version {version} and no application_id")
     tables = _tables(connection)
@@ -311,7 +342,8 @@ def _refusal_of(error: sqlite3.Error, path: Path) -> database.DatabaseRefused | 
         return database.DatabaseRefused(f"{path} is not this service's database: it is not a SQLite file ({error})")
     if code == sqlite3.SQLITE_READONLY:  # SQLITE_READONLY_ROLLBACK: a hot journal, which only a writer can undo
         return database.DatabaseRefused(
-            f"{path} is not this service's database: it has an unfinished transaction of another program ({error})")
+            f"{path} is not this service's database: it has an unfinished transaction of another program ({error})"
+        )
     return None
 
 
@@ -346,13 +378,14 @@ class SqliteStore(database.Store):
             return 0
         if not self.path.is_file():  # a folder, say: SQLite's own error says it cannot be opened
             sqlite3.connect(self.path).close()
-        connection = sqlite3.connect(self._read_only_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                     isolation_level=None)
+        connection = sqlite3.connect(
+            self._read_only_uri(), uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
         try:
             connection.execute("BEGIN")  # one snapshot: the marks and the tables of one moment
             return _recognise(connection, self.path)
         except sqlite3.DatabaseError as error:
-            raise _refusal_of(error, self.path) or error
+            raise (_refusal_of(error, self.path) or error) from None
         finally:
             connection.close()
 
@@ -403,8 +436,9 @@ class SqliteStore(database.Store):
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                         check_same_thread=False)
+            connection = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe in WAL mode
             self._local.connection = connection
@@ -414,8 +448,9 @@ class SqliteStore(database.Store):
         """A connection of its own for /health, whose write probe waits at most HEALTH_BUSY_TIMEOUT_MS."""
         connection = getattr(self._local, "health", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, timeout=HEALTH_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                         check_same_thread=False)
+            connection = sqlite3.connect(
+                self.path, timeout=HEALTH_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             connection.execute("PRAGMA synchronous=NORMAL")
             self._local.health = connection
         return connection
@@ -492,8 +527,9 @@ class SqliteStore(database.Store):
     def migrate(self) -> list[str]:
         failed = []
         connection = self._connection()
-        existing = dict(connection.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+        existing = dict(
+            connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+        )
         for name, statement in INDEXES.items():
             if existing.get(name) == statement:
                 continue
@@ -510,8 +546,9 @@ class SqliteStore(database.Store):
 
     def is_empty(self) -> bool:
         connection = self._connection()
-        return all(connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
-                   for table in (STATUS, HOURS, ZONES))
+        return all(
+            connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in (STATUS, HOURS, ZONES)
+        )
 
     def close(self) -> None:
         for name in ("connection", "health"):
@@ -548,8 +585,11 @@ class SqliteStore(database.Store):
         connection = self._health_connection()
         try:
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute(f"INSERT INTO {PROBE} (id, written_us) VALUES (1, ?) "
-                               "ON CONFLICT (id) DO UPDATE SET written_us = excluded.written_us", (_now_us(),))
+            connection.execute(
+                f"INSERT INTO {PROBE} (id, written_us) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET written_us = excluded.written_us",
+                (_now_us(),),
+            )
             connection.execute("COMMIT")
         except sqlite3.Error as error:
             self._roll_back(connection)
@@ -563,14 +603,18 @@ class SqliteStore(database.Store):
     def _disk_problem(self, free: int | None, min_free_bytes: int) -> str | None:
         if free is None or free >= min_free_bytes:
             return None
-        return (f"the disk holding {self.path} has {free / 1_048_576:.0f} MB free, "
-                f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)")
+        return (
+            f"the disk holding {self.path} has {free / 1_048_576:.0f} MB free, "
+            f"under MIN_FREE_MB ({min_free_bytes / 1_048_576:.0f} MB)"
+        )
 
     def _schema_problem(self, connection: sqlite3.Connection) -> str | None:
         on_disk = connection.execute("PRAGMA user_version").fetchone()[0]
         if on_disk > database.SCHEMA_VERSION:
-            return (f"{self.path} was migrated by a newer version of this service (schema {on_disk}; this code "
-                    f"knows up to {database.SCHEMA_VERSION})")
+            return (
+                f"{self.path} was migrated by a newer version of this service (schema {on_disk}; this code "
+                f"knows up to {database.SCHEMA_VERSION})"
+            )
         return None
 
     def _read_facts(self) -> tuple[int | None, str | None]:
@@ -644,8 +688,11 @@ class SqliteStore(database.Store):
     @staticmethod
     def _finish_upload(write: sqlite3.Connection, upload_id: str | None, rows: int) -> None:
         if upload_id is not None:
-            write.execute(f"UPDATE {UPLOADS} SET status = 'Complete', finished_us = ?, written = ?, error = NULL "
-                          "WHERE upload_id = ?", (_now_us(), rows, upload_id))
+            write.execute(
+                f"UPDATE {UPLOADS} SET status = 'Complete', finished_us = ?, written = ?, error = NULL "
+                "WHERE upload_id = ?",
+                (_now_us(), rows, upload_id),
+            )
 
     def _publish(self, statements: list[str], upload_id: str | None, rows: int) -> None:
         with self._write("upload", durable=True) as write:
@@ -657,20 +704,35 @@ class SqliteStore(database.Store):
         # rows go in in key order, so the table's B-tree fills page after page instead of touching a
         # random page for each row; of two rows with one key the later still goes in later, and wins
         codes, names = pd.factorize(frame["store_id"], sort=True)
-        codes, stamps, active = utils.sorted_polls(codes, frame["timestamp_us"].to_numpy(dtype=np.int64),
-                                                    frame["active"].to_numpy(dtype=bool))
+        codes, stamps, active = utils.sorted_polls(
+            codes, frame["timestamp_us"].to_numpy(dtype=np.int64), frame["active"].to_numpy(dtype=bool)
+        )
         keys = codes * 2 + active
-        self._stage(connection, [("INSERT INTO temp.stagePollStores (code, store_id) VALUES (?, ?)",
-                                  list(enumerate(np.asarray(names, dtype=object).tolist())))])
+        self._stage(
+            connection,
+            [
+                (
+                    "INSERT INTO temp.stagePollStores (code, store_id) VALUES (?, ?)",
+                    list(enumerate(np.asarray(names, dtype=object).tolist())),
+                )
+            ],
+        )
         for start in range(0, len(frame), WRITE_BATCH_ROWS):
             end = start + WRITE_BATCH_ROWS
             # each batch crosses as two JSON arrays of numbers: far cheaper than a Python tuple per row
-            self._stage(connection, [
-                ("INSERT INTO temp.stagePollKeys (key) SELECT value FROM json_each(?)",
-                 (json.dumps(keys[start:end].tolist()),)),
-                ("INSERT INTO temp.stagePollTimes (timestamp_us) SELECT value FROM json_each(?)",
-                 (json.dumps(stamps[start:end].tolist()),)),
-            ])
+            self._stage(
+                connection,
+                [
+                    (
+                        "INSERT INTO temp.stagePollKeys (key) SELECT value FROM json_each(?)",
+                        (json.dumps(keys[start:end].tolist()),),
+                    ),
+                    (
+                        "INSERT INTO temp.stagePollTimes (timestamp_us) SELECT value FROM json_each(?)",
+                        (json.dumps(stamps[start:end].tolist()),),
+                    ),
+                ],
+            )
             on_rows(min(end, len(frame)) - start)
 
     def _publish_polls(self, write: sqlite3.Connection) -> None:
@@ -694,26 +756,25 @@ class SqliteStore(database.Store):
                 self._finish_upload(write, upload_id, len(frame))
         return len(frame)
 
-    def _replace(self, staging: dict[str, str], rows: list[tuple], publish: list[str], on_rows: Progress,
-                 upload_id: str | None) -> int:
+    def _replace(
+        self, staging: dict[str, str], rows: list[tuple], publish: list[str], on_rows: Progress, upload_id: str | None
+    ) -> int:
         name = next(iter(staging))
         insert = f"INSERT INTO temp.{name} VALUES ({', '.join('?' * len(rows[0]))})" if rows else ""
         with self._staging(staging) as connection:
             for start in range(0, len(rows), WRITE_BATCH_ROWS):
-                batch = rows[start:start + WRITE_BATCH_ROWS]
+                batch = rows[start : start + WRITE_BATCH_ROWS]
                 self._stage(connection, [(insert, batch)])
                 on_rows(len(batch))
             self._publish(publish if rows else [], upload_id, len(rows))
         return len(rows)
 
-    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_hours(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         starts, ends = database.business_hours_text(frame)
         rows = list(zip(frame["store_id"].astype(object).tolist(), frame["day"].astype(int).tolist(), starts, ends))
         return self._replace(HOURS_STAGING, rows, PUBLISH_HOURS, on_rows, upload_id)
 
-    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress,
-                      upload_id: str | None = None) -> int:
+    def replace_zones(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
         rows = list(zip(frame["store_id"].astype(object).tolist(), frame["timezone_str"].astype(object).tolist()))
         return self._replace(ZONES_STAGING, rows, PUBLISH_ZONES, on_rows, upload_id)
 
@@ -722,15 +783,20 @@ class SqliteStore(database.Store):
     def begin_upload(self, file: str, kind: str, digest: str, loaded: int, rejected: int) -> str:
         upload_id = uuid.uuid4().hex
         with self._write() as write:
-            write.execute(f"INSERT INTO {UPLOADS} (upload_id, file, kind, digest, at_us, loaded, rejected, written, "
-                          "status, dismissed) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'Running', 0)",
-                          (upload_id, file, kind, digest, _now_us(), int(loaded), int(rejected)))
+            write.execute(
+                f"INSERT INTO {UPLOADS} (upload_id, file, kind, digest, at_us, loaded, rejected, written, "
+                "status, dismissed) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'Running', 0)",
+                (upload_id, file, kind, digest, _now_us(), int(loaded), int(rejected)),
+            )
         return upload_id
 
     def fail_upload(self, upload_id: str, error: str) -> None:
         with self._write() as write:
-            write.execute(f"UPDATE {UPLOADS} SET status = 'Failed', finished_us = ?, error = ?, written = 0 "
-                          "WHERE upload_id = ? AND status = 'Running'", (_now_us(), error, upload_id))
+            write.execute(
+                f"UPDATE {UPLOADS} SET status = 'Failed', finished_us = ?, error = ?, written = 0 "
+                "WHERE upload_id = ? AND status = 'Running'",
+                (_now_us(), error, upload_id),
+            )
 
     def dismiss_upload(self, upload_id: str) -> bool:
         with self._write() as write:
@@ -741,16 +807,32 @@ class SqliteStore(database.Store):
         upload_id, file, kind, digest, at, finished, loaded, rejected, written, status, error, dismissed = row
         if status == "Running" and not writer_alive:
             status, error = "Failed", WRITER_GONE
-        return {"upload_id": upload_id, "file": file, "kind": kind, "digest": digest, "at": _datetime(at),
-                "finished_at": _datetime(finished), "loaded": loaded, "rejected": rejected, "written": written,
-                "status": status, "error": error, "dismissed": bool(dismissed)}
+        return {
+            "upload_id": upload_id,
+            "file": file,
+            "kind": kind,
+            "digest": digest,
+            "at": _datetime(at),
+            "finished_at": _datetime(finished),
+            "loaded": loaded,
+            "rejected": rejected,
+            "written": written,
+            "status": status,
+            "error": error,
+            "dismissed": bool(dismissed),
+        }
 
     def list_uploads(self, limit: int = 10) -> list[dict]:
         with self._read() as read:
-            rows = read.execute(f"SELECT {UPLOAD_COLUMNS} FROM {UPLOADS} ORDER BY at_us DESC, upload_id DESC LIMIT ?",
-                                (int(limit),)).fetchall()
-            writer_alive = read.execute("SELECT 1 FROM leases WHERE mode = 'write' AND expires_us >= ? LIMIT 1",
-                                        (_now_us(),)).fetchone() is not None
+            rows = read.execute(
+                f"SELECT {UPLOAD_COLUMNS} FROM {UPLOADS} ORDER BY at_us DESC, upload_id DESC LIMIT ?", (int(limit),)
+            ).fetchall()
+            writer_alive = (
+                read.execute(
+                    "SELECT 1 FROM leases WHERE mode = 'write' AND expires_us >= ? LIMIT 1", (_now_us(),)
+                ).fetchone()
+                is not None
+            )
         return [self._upload(row, writer_alive) for row in rows]
 
     def unfinished_upload(self) -> dict | None:
@@ -771,6 +853,7 @@ class SqliteStore(database.Store):
 
     def data_summary(self) -> dict:
         with self._read() as read:
+
             def one(query: str):
                 return read.execute(query).fetchone()[0]
 
@@ -836,8 +919,7 @@ class SqliteStore(database.Store):
         ids = list(store_ids)
         window = {"ids": json.dumps(ids), "since": int(since_us), "now": int(now_us)}
         with self._read() as read:
-            texts = [read.execute(query, window).fetchone()
-                     for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
+            texts = [read.execute(query, window).fetchone() for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
             hour_rows = read.execute(self.CHUNK_HOURS, window).fetchall()
             zone_rows = read.execute(self.CHUNK_ZONES, window).fetchall()
         coded = np.concatenate([self._numbers(keys, count) for count, keys, _ in texts])
@@ -845,22 +927,28 @@ class SqliteStore(database.Store):
         # store ids as a categorical over the chunk's sorted, distinct ids, as sources.read_store_status gives them
         id_array = np.array(ids, dtype=object)
         names, category = np.unique(id_array, return_inverse=True)
-        polls = pd.DataFrame({
-            "store_id": pd.Categorical.from_codes(category[coded >> 1], categories=pd.Index(names, dtype=object)),
-            "timestamp_us": stamps,
-            "active": (coded & 1).astype(bool),
-        })
+        polls = pd.DataFrame(
+            {
+                "store_id": pd.Categorical.from_codes(category[coded >> 1], categories=pd.Index(names, dtype=object)),
+                "timestamp_us": stamps,
+                "active": (coded & 1).astype(bool),
+            }
+        )
         position, day, start, end = zip(*hour_rows) if hour_rows else ((), (), (), ())
-        hours = pd.DataFrame({
-            "store_id": id_array[np.asarray(position, dtype=np.int64)],
-            "day": np.asarray(day, dtype=np.int64),
-            "start_s": sources.parse_time_of_day(start).astype(np.int64),
-            "end_s": sources.parse_time_of_day(end).astype(np.int64),
-        })
-        zones = pd.DataFrame({
-            "store_id": id_array[np.array([p for p, _ in zone_rows], dtype=np.int64)],
-            "timezone_str": np.array([zone for _, zone in zone_rows], dtype=object),
-        })
+        hours = pd.DataFrame(
+            {
+                "store_id": id_array[np.asarray(position, dtype=np.int64)],
+                "day": np.asarray(day, dtype=np.int64),
+                "start_s": sources.parse_time_of_day(start).astype(np.int64),
+                "end_s": sources.parse_time_of_day(end).astype(np.int64),
+            }
+        )
+        zones = pd.DataFrame(
+            {
+                "store_id": id_array[np.array([p for p, _ in zone_rows], dtype=np.int64)],
+                "timezone_str": np.array([zone for _, zone in zone_rows], dtype=object),
+            }
+        )
         return polls, hours, zones
 
     # ----- reports
@@ -874,8 +962,14 @@ class SqliteStore(database.Store):
                 (report_id, now, now, as_of_us),
             )
 
-    def update_report(self, report_id: str, *, as_of_us: int | None = None, progress: dict | None = None,
-                      as_of_after_newest_poll: bool | None = None) -> None:
+    def update_report(
+        self,
+        report_id: str,
+        *,
+        as_of_us: int | None = None,
+        progress: dict | None = None,
+        as_of_after_newest_poll: bool | None = None,
+    ) -> None:
         sets, values = ["heartbeat_us = ?"], [_now_us()]
         if as_of_us is not None:
             sets.append("as_of_us = ?")
@@ -887,32 +981,44 @@ class SqliteStore(database.Store):
             sets.append("as_of_after_newest_poll = ?")
             values.append(int(bool(as_of_after_newest_poll)))
         with self._write() as write:
-            write.execute(f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
-                          (*values, report_id))
+            write.execute(
+                f"UPDATE {REPORTS} SET {', '.join(sets)} WHERE report_id = ? AND status = 'Running'",
+                (*values, report_id),
+            )
 
     def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
         with self._write("report", durable=True) as write:
-            completed = write.execute(
-                f"UPDATE {REPORTS} SET status = 'Complete', finished_us = ?, row_count = ?, csv_bytes = ? "
-                "WHERE report_id = ? AND status = 'Running'",
-                (_now_us(), row_count, len(csv_bytes), report_id),
-            ).rowcount == 1
+            completed = (
+                write.execute(
+                    f"UPDATE {REPORTS} SET status = 'Complete', finished_us = ?, row_count = ?, csv_bytes = ? "
+                    "WHERE report_id = ? AND status = 'Running'",
+                    (_now_us(), row_count, len(csv_bytes), report_id),
+                ).rowcount
+                == 1
+            )
             if completed:  # in the same transaction: a reader never sees Complete without the whole CSV
-                write.execute("INSERT OR REPLACE INTO reportCsv (report_id, data) VALUES (?, ?)",
-                              (report_id, sqlite3.Binary(csv_bytes)))
+                write.execute(
+                    "INSERT OR REPLACE INTO reportCsv (report_id, data) VALUES (?, ?)",
+                    (report_id, sqlite3.Binary(csv_bytes)),
+                )
         return completed
 
     def fail_report(self, report_id: str, error: str) -> None:
         with self._write() as write:
-            write.execute(f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, error = ? "
-                          "WHERE report_id = ? AND status = 'Running'", (_now_us(), error, report_id))
+            write.execute(
+                f"UPDATE {REPORTS} SET status = 'Failed', finished_us = ?, error = ? "
+                "WHERE report_id = ? AND status = 'Running'",
+                (_now_us(), error, report_id),
+            )
 
     def beat(self, report_ids: list[str]) -> None:
         if report_ids:
             with self._write() as write:
-                write.execute(f"UPDATE {REPORTS} SET heartbeat_us = ? "
-                              "WHERE status = 'Running' AND report_id IN (SELECT value FROM json_each(?))",
-                              (_now_us(), json.dumps(list(report_ids))))
+                write.execute(
+                    f"UPDATE {REPORTS} SET heartbeat_us = ? "
+                    "WHERE status = 'Running' AND report_id IN (SELECT value FROM json_each(?))",
+                    (_now_us(), json.dumps(list(report_ids))),
+                )
 
     def fail_stale_reports(self, older_than: dt.timedelta) -> int:
         now = _now_us()
@@ -928,50 +1034,88 @@ class SqliteStore(database.Store):
     def _record(row) -> dict | None:
         if row is None:
             return None
-        (report_id, status, created, heartbeat, finished, requested, as_of, done, total, phase, row_count, error,
-         csv_bytes, after_newest) = row
+        (
+            report_id,
+            status,
+            created,
+            heartbeat,
+            finished,
+            requested,
+            as_of,
+            done,
+            total,
+            phase,
+            row_count,
+            error,
+            csv_bytes,
+            after_newest,
+        ) = row
         progress = {"done": done, "total": total}
         if phase is not None:
             progress["phase"] = phase
         return {
-            "report_id": report_id, "status": status, "created_at": _datetime(created),
-            "heartbeat_at": _datetime(heartbeat), "finished_at": _datetime(finished),
-            "requested_as_of_us": requested, "as_of_us": as_of, "progress": progress,
-            "row_count": row_count, "error": error, "csv_bytes": csv_bytes,
+            "report_id": report_id,
+            "status": status,
+            "created_at": _datetime(created),
+            "heartbeat_at": _datetime(heartbeat),
+            "finished_at": _datetime(finished),
+            "requested_as_of_us": requested,
+            "as_of_us": as_of,
+            "progress": progress,
+            "row_count": row_count,
+            "error": error,
+            "csv_bytes": csv_bytes,
             "as_of_after_newest_poll": bool(after_newest),
         }
 
     def find_report(self, report_id: str) -> dict | None:
-        row = self._connection().execute(f"SELECT {REPORT_COLUMNS} FROM {REPORTS} WHERE report_id = ?",
-                                         (report_id,)).fetchone()
+        row = (
+            self._connection()
+            .execute(f"SELECT {REPORT_COLUMNS} FROM {REPORTS} WHERE report_id = ?", (report_id,))
+            .fetchone()
+        )
         return self._record(row)
 
     def count_reports(self) -> int:
         return self._connection().execute(f"SELECT count(*) FROM {REPORTS}").fetchone()[0]
 
     def list_reports(self, skip: int = 0, limit: int = 20) -> list[dict]:
-        rows = self._connection().execute(
-            f"SELECT {REPORT_COLUMNS} FROM {REPORTS} ORDER BY created_us DESC, report_id DESC LIMIT ? OFFSET ?",
-            (limit, skip),
-        ).fetchall()
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {REPORT_COLUMNS} FROM {REPORTS} ORDER BY created_us DESC, report_id DESC LIMIT ? OFFSET ?",
+                (limit, skip),
+            )
+            .fetchall()
+        )
         return [self._record(row) for row in rows]
 
     def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
         cutoff = utils.datetime_to_us(finished_before)
         with self._write() as write:
-            ids = sorted({report_id for (report_id,) in write.execute(
-                f"SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') AND finished_us < ? "
-                f"UNION SELECT report_id FROM (SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') "
-                "ORDER BY created_us DESC, report_id DESC LIMIT -1 OFFSET ?)",
-                (cutoff, max(keep_newest, 0)))})
+            ids = sorted(
+                {
+                    report_id
+                    for (report_id,) in write.execute(
+                        f"SELECT report_id FROM {REPORTS} WHERE status IN ('Complete', 'Failed') AND finished_us < ? "
+                        f"UNION SELECT report_id FROM (SELECT report_id FROM {REPORTS} "
+                        "WHERE status IN ('Complete', 'Failed') "
+                        "ORDER BY created_us DESC, report_id DESC LIMIT -1 OFFSET ?)",
+                        (cutoff, max(keep_newest, 0)),
+                    )
+                }
+            )
             chosen = json.dumps(ids)
             write.execute(f"DELETE FROM {REPORTS} WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
             write.execute("DELETE FROM reportCsv WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
         return ids
 
     def read_report_csv(self, report: dict) -> bytes:
-        row = self._connection().execute("SELECT data FROM reportCsv WHERE report_id = ?",
-                                         (report["report_id"],)).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT data FROM reportCsv WHERE report_id = ?", (report["report_id"],))
+            .fetchone()
+        )
         return database.checked_report_csv(report, b"" if row is None else bytes(row[0]))
 
     # ----- the data lease: rows of `leases`, checked and taken in one write transaction
@@ -988,19 +1132,26 @@ class SqliteStore(database.Store):
                 write.execute("INSERT INTO leases (holder, mode, expires_us) VALUES (?, 'read', ?)", (holder, expires))
                 return True
             if not modes:
-                write.execute("INSERT OR REPLACE INTO leases (holder, mode, expires_us) VALUES (?, 'write', ?)",
-                              (holder, expires))
+                write.execute(
+                    "INSERT OR REPLACE INTO leases (holder, mode, expires_us) VALUES (?, 'write', ?)", (holder, expires)
+                )
                 return True
             if "waiting" not in modes:  # first writer in line: new readers now wait behind it
-                write.execute("INSERT OR REPLACE INTO leases (holder, mode, expires_us) VALUES (?, 'waiting', ?)",
-                              (holder, expires))
+                write.execute(
+                    "INSERT OR REPLACE INTO leases (holder, mode, expires_us) VALUES (?, 'waiting', ?)",
+                    (holder, expires),
+                )
             return False
 
     def _renew_lease(self, mode: str, holder: str) -> bool:
         expires = _now_us() + database.LEASE_SECONDS * 1_000_000
         with self._write() as write:
-            return write.execute("UPDATE leases SET expires_us = ? WHERE holder = ? AND mode = ?",
-                                 (expires, holder, mode)).rowcount == 1
+            return (
+                write.execute(
+                    "UPDATE leases SET expires_us = ? WHERE holder = ? AND mode = ?", (expires, holder, mode)
+                ).rowcount
+                == 1
+            )
 
     def _release_lease(self, mode: str, holder: str) -> None:
         with self._write() as write:

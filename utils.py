@@ -20,6 +20,7 @@ The engine (`uptime_report`) works on whole arrays:
    (`poll_spans`); the business time inside (span ∩ window) is a difference
    of two clock readings, summed per store with `bincount`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -61,7 +62,7 @@ _FAR = 2**61
 
 # --------------------------------------------------------------------------- instants
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def us_to_datetime(value_us: int) -> dt.datetime:
@@ -72,7 +73,7 @@ def us_to_datetime(value_us: int) -> dt.datetime:
 def datetime_to_us(value: dt.datetime) -> int:
     """Microseconds since the epoch for a datetime (a naive one is taken as UTC)."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return (value - _EPOCH) // dt.timedelta(microseconds=1)
 
 
@@ -80,8 +81,10 @@ def datetime_to_us(value: dt.datetime) -> int:
 AS_OF = re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?([Zz]|[+-]\d{2}:?\d{2})?", re.ASCII)
 
 
-AS_OF_FORMS = ("YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
-               "(no zone means UTC), e.g. 2023-01-25T18:00:00Z")
+AS_OF_FORMS = (
+    "YYYY-MM-DD, optionally followed by THH:MM[:SS[.ffffff]] and Z, +HH:MM or -HH:MM "
+    "(no zone means UTC), e.g. 2023-01-25T18:00:00Z"
+)
 
 
 def as_of_error(text, why: str = "") -> ValueError:
@@ -99,9 +102,9 @@ def parse_as_of(text: str) -> int:
     except ValueError:
         raise as_of_error(text, " (no such date or time)") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     try:
-        when.astimezone(dt.timezone.utc)
+        when.astimezone(dt.UTC)
     except OverflowError:
         raise as_of_error(text, " (out of range: years 1 to 9999 in UTC)") from None
     return datetime_to_us(when)
@@ -109,8 +112,8 @@ def parse_as_of(text: str) -> int:
 
 # the instants a report can be asked for: every date the engine computes with (now minus a week and
 # its look-back, local dates around the week, in every zone) then stays inside what datetime holds
-FIRST_AS_OF_US = datetime_to_us(dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
-LAST_AS_OF_US = datetime_to_us(dt.datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+FIRST_AS_OF_US = datetime_to_us(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+LAST_AS_OF_US = datetime_to_us(dt.datetime(9000, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
 
 
 def check_as_of_range(as_of_us: int) -> int:
@@ -143,7 +146,7 @@ _zone = lru_cache(maxsize=None)(_load_zone)
 
 
 def _offset_seconds(zone: ZoneInfo, epoch_second: int) -> int:
-    instant = dt.datetime.fromtimestamp(epoch_second, tz=dt.timezone.utc)
+    instant = dt.datetime.fromtimestamp(epoch_second, tz=dt.UTC)
     return int(instant.astimezone(zone).utcoffset().total_seconds())
 
 
@@ -296,7 +299,7 @@ class BusinessClock:
     before: np.ndarray  # business time in all intervals before each one
 
     @classmethod
-    def from_intervals(cls, opens: np.ndarray, closes: np.ndarray) -> "BusinessClock":
+    def from_intervals(cls, opens: np.ndarray, closes: np.ndarray) -> BusinessClock:
         opens, closes = merge_intervals(opens, closes)
         lengths = closes - opens
         before = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
@@ -355,7 +358,7 @@ class CodedInputs:
     hour_end_s: np.ndarray
     zone_of_store: np.ndarray  # object, one zone name per store
 
-    def stores(self, first: int, last: int) -> "CodedInputs":
+    def stores(self, first: int, last: int) -> CodedInputs:
         """The inputs of stores first..last-1, renumbered from 0."""
         polls = slice(*np.searchsorted(self.poll_store, [first, last]))
         rows = (self.hour_store >= first) & (self.hour_store < last)
@@ -380,8 +383,9 @@ RANGES_PER_LOCAL_WORKER = 4
 RANGES_PER_CLUSTER_WORKER = 2
 
 
-def store_ranges(n_stores: int, range_stores: int, workers: int = 1,
-                 per_worker: int = RANGES_PER_LOCAL_WORKER) -> list[tuple[int, int]]:
+def store_ranges(
+    n_stores: int, range_stores: int, workers: int = 1, per_worker: int = RANGES_PER_LOCAL_WORKER
+) -> list[tuple[int, int]]:
     """Stores 0..n_stores-1 cut into ranges `(first, last)`, in order: the one rule of every path.
 
     At most `range_stores` (CHUNK_STORES) stores each; when several `workers` share them, cut finer so
@@ -644,8 +648,10 @@ def ticks_frame(store_ids, ticks: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def join_ticks(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The ticks of several ranges (each as `coded_uptime_ticks` gives them) as one, in the order given."""
-    return {column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
-            for column in REPORT_COLUMNS[1:]}
+    return {
+        column: np.concatenate([part[column] for part in parts]) if parts else np.empty(0, np.int64)
+        for column in REPORT_COLUMNS[1:]
+    }
 
 
 def to_report_units(ticks: pd.DataFrame) -> pd.DataFrame:
@@ -730,8 +736,13 @@ def store_timeline(
     hour_day = np.asarray(hour_day, dtype=np.int64)
     if hour_day.size:
         _, opens, closes = business_intervals_utc(
-            np.zeros(hour_day.size, np.int64), hour_day, hour_start_s, hour_end_s,
-            np.full(hour_day.size, zone, dtype=object), origin, now,
+            np.zeros(hour_day.size, np.int64),
+            hour_day,
+            hour_start_s,
+            hour_end_s,
+            np.full(hour_day.size, zone, dtype=object),
+            origin,
+            now,
         )
         opens, closes = merge_intervals(np.clip(opens, origin, now), np.clip(closes, origin, now))
     else:
@@ -768,4 +779,3 @@ def store_timeline(
         start = stop = np.empty(0, np.int64)
         status = np.empty(0, bool)
     return StoreTimeline(zone, windows, opens, closes, ticks[deciding], active[deciding], start, stop, status)
-

@@ -28,6 +28,7 @@ Usage::
     python benchmarks/bench_cluster.py                     # 1x and 10x
     python benchmarks/bench_cluster.py --scales 1 --range-stores 2500,5000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,21 @@ def ensure_data(work_dir: Path, stores: int, seed: int) -> Path:
     out = work_dir / f"stores{stores}"
     if not (out / ".complete").exists():
         print(f"generating {stores} stores into {out} ...", flush=True)
-        subprocess.run([sys.executable, str(REPO / "scripts" / "generate_data.py"), "--stores", str(stores),
-                        "--seed", str(seed), "--polls-per-store", str(POLLS_PER_STORE), "--out", str(out)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "generate_data.py"),
+                "--stores",
+                str(stores),
+                "--seed",
+                str(seed),
+                "--polls-per-store",
+                str(POLLS_PER_STORE),
+                "--out",
+                str(out),
+            ],
+            check=True,
+        )
         (out / ".complete").touch()
     return out
 
@@ -110,8 +124,18 @@ def local_cluster():
     """A fresh 2-worker cluster (so each run's peak memory is its own) and a client of it; not timed."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, protocol="tcp", host="127.0.0.1",
-                      dashboard_address=None, memory_limit=0) as local, Client(local, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+            memory_limit=0,
+        ) as local,
+        Client(local, set_as_default=False) as client,
+    ):
         client.wait_for_workers(2, timeout=300)
         client.get_task_stream()  # the scheduler records the task stream from its first request on
         yield local.scheduler_address, client
@@ -127,8 +151,9 @@ def _folder_inputs(worker, data_dir: str, now_us: int | None):
         parsed = sources.read_data_dir(data_dir)
         polls = parsed[sources.STATUS_FILE].frame
         now = int(polls["timestamp_us"].max()) if now_us is None else now_us
-        store_ids, coded = utils.code_inputs(polls, parsed[sources.HOURS_FILE].frame,
-                                             parsed[sources.ZONES_FILE].frame, now)
+        store_ids, coded = utils.code_inputs(
+            polls, parsed[sources.HOURS_FILE].frame, parsed[sources.ZONES_FILE].frame, now
+        )
         cache = (data_dir, now, np.asarray(store_ids, dtype=object), coded)
         worker._bench_folder_inputs = cache
     return cache
@@ -150,7 +175,7 @@ def _folder_range(data_dir: str, first: int, last: int) -> dict:
 def shared_folder_report(client, data_dir: Path, range_stores: int):
     """Every worker reads the (shared) folder itself; the client only hands out ranges."""
     prepared = client.run(_folder_prepare, str(data_dir))  # every worker parses once
-    (n_stores, now_us), = set(prepared.values())
+    ((n_stores, now_us),) = set(prepared.values())
     bounds = utils.store_ranges(n_stores, range_stores, len(prepared))
     futures = [client.submit(_folder_range, str(data_dir), first, last, pure=False) for first, last in bounds]
     parts = client.gather(futures)
@@ -195,19 +220,24 @@ def bench_scale(scale: int, args) -> dict:
     out: dict = {"scale": scale, "stores": STORES_1X * scale, "polls": polls, "load_average": os.getloadavg()[0]}
     ok = True
 
-    alone, out["cli_single_s"] = timed(lambda: report_csv.report_csv_bytes(
-        reportGenerator.report_from_dir(data_dir, processes=1)[0]))
+    alone, out["cli_single_s"] = timed(
+        lambda: report_csv.report_csv_bytes(reportGenerator.report_from_dir(data_dir, processes=1)[0])
+    )
     for range_stores in args.range_stores:
         with local_cluster() as (address, client):
-            scattered, seconds = timed(lambda: report_csv.report_csv_bytes(
-                reportGenerator.report_from_dir(data_dir, chunk_stores=range_stores, scheduler=address)[0]))
+            scattered, seconds = timed(
+                lambda range_stores=range_stores: report_csv.report_csv_bytes(
+                    reportGenerator.report_from_dir(data_dir, chunk_stores=range_stores, scheduler=address)[0]
+                )
+            )
             out[f"cli_scatter_{range_stores}_s"] = seconds
             out[f"cli_scatter_{range_stores}_worker_peak_mb"] = worker_peaks(client)
         ok &= scattered == alone
         del scattered
     with local_cluster() as (address, client):
-        folder, out["cli_folder_s"] = timed(lambda: report_csv.report_csv_bytes(
-            shared_folder_report(client, data_dir, args.range_stores[0])))
+        folder, out["cli_folder_s"] = timed(
+            lambda: report_csv.report_csv_bytes(shared_folder_report(client, data_dir, args.range_stores[0]))
+        )
         out["cli_folder_worker_peak_mb"] = worker_peaks(client)
     ok &= folder == alone
     del alone, folder
@@ -235,15 +265,22 @@ def projection(result: dict, range_stores: int, workers_measured: int = 2) -> li
     per_poll = compute / result["polls"]
     serial_1m = serial * TARGET_STORES / result["stores"]
     compute_1m = per_poll * TARGET_POLLS
-    lines = [f"PROJECTION (a linear model, not measured) for {TARGET_STORES:,} stores, ~{TARGET_POLLS / 1e6:.0f}M polls, "
-             f"from the {result['scale']}x service run with {range_stores}-store ranges: "
-             f"range compute {per_poll * 1e6:.2f} µs a poll ({compute / max(1, result[f'service_cluster_{range_stores}_ranges']):.2f} s a range), "
-             f"job-host serial share {serial:.1f} s -> {serial_1m:.0f} s at 1M stores"]
+    lines = [
+        f"PROJECTION (a linear model, not measured) for {TARGET_STORES:,} stores, ~{TARGET_POLLS / 1e6:.0f}M polls, "
+        f"from the {result['scale']}x service run with {range_stores}-store ranges: "
+        f"range compute {per_poll * 1e6:.2f} µs a poll "
+        f"({compute / max(1, result[f'service_cluster_{range_stores}_ranges']):.2f} s a range), "
+        f"job-host serial share {serial:.1f} s -> {serial_1m:.0f} s at 1M stores"
+    ]
     for workers in PROJECTED_WORKERS:
-        lines.append(f"  {workers:>3} workers: ~{serial_1m + compute_1m / workers:.0f} s "
-                     f"({compute_1m / workers:.0f} s of range work each + {serial_1m:.0f} s on the job host)")
-    lines.append("  assumes the database serves every worker's range reads at the rate measured here "
-                 "(SQLite on local disk), no network cost, and the job host writing the CSV as here")
+        lines.append(
+            f"  {workers:>3} workers: ~{serial_1m + compute_1m / workers:.0f} s "
+            f"({compute_1m / workers:.0f} s of range work each + {serial_1m:.0f} s on the job host)"
+        )
+    lines.append(
+        "  assumes the database serves every worker's range reads at the rate measured here "
+        "(SQLite on local disk), no network cost, and the job host writing the CSV as here"
+    )
     return lines
 
 
@@ -268,12 +305,26 @@ def main() -> int:
     print(header)
     for r in results:
         rows = [("CLI single process", r["cli_single_s"], None, "")]
-        rows += [(f"CLI scatter, ranges {n}", r[f"cli_scatter_{n}_s"], r["cli_single_s"],
-                  r[f"cli_scatter_{n}_worker_peak_mb"]) for n in args.range_stores]
+        rows += [
+            (
+                f"CLI scatter, ranges {n}",
+                r[f"cli_scatter_{n}_s"],
+                r["cli_single_s"],
+                r[f"cli_scatter_{n}_worker_peak_mb"],
+            )
+            for n in args.range_stores
+        ]
         rows += [("CLI shared folder", r["cli_folder_s"], r["cli_single_s"], r["cli_folder_worker_peak_mb"])]
         rows += [("service threads", r["service_threads_s"], None, "")]
-        rows += [(f"service cluster, ranges {n}", r[f"service_cluster_{n}_s"], r["service_threads_s"],
-                  r[f"service_cluster_{n}_worker_peak_mb"]) for n in args.range_stores]
+        rows += [
+            (
+                f"service cluster, ranges {n}",
+                r[f"service_cluster_{n}_s"],
+                r["service_threads_s"],
+                r[f"service_cluster_{n}_worker_peak_mb"],
+            )
+            for n in args.range_stores
+        ]
         for name, wall, base, peaks in rows:
             over = "" if base is None else f"{wall - base:+.1f} s {100 * (wall - base) / base:+.0f}%"
             print(f"{r['scale']:>4}x {r['stores']:>7} {r['polls']:>10}  {name:<28} {wall:>7.1f} {over:>16}  {peaks}")

@@ -13,6 +13,7 @@ server's peak resident memory (VmHWM) grew.  Cases:
 Bounded: every request has `--timeout` seconds; the server is stopped after each case.
 Nothing is asserted; the figures go to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,19 @@ def start_server(work: Path) -> tuple[subprocess.Popen, str]:
 
     data = write_data_dir(work / "data")
     port = free_port()
-    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(work / "server.sqlite3"), "HOST": "127.0.0.1",
-           "PORT": str(port), "DATA_DIR": str(data),
-           "REPORTS_DIR": str(work / "reports"), "API_TOKEN": ""}
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MONGO_URI": "",
+        "EMBEDDED_DB": str(work / "server.sqlite3"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATA_DIR": str(data),
+        "REPORTS_DIR": str(work / "reports"),
+        "API_TOKEN": "",
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,8 +89,9 @@ def bad_rows(mib: int) -> bytes:
 
 def wide_header(columns: int) -> bytes:
     names = ["store_id", "status", "timestamp_utc"] + [f"c{i}" for i in range(3, columns)]
-    return (",".join(names) + "\n" + ",".join(["s1", "active", "2023-01-24 10:00:00 UTC"] + [""] * (columns - 3))
-            + "\n").encode()
+    return (
+        ",".join(names) + "\n" + ",".join(["s1", "active", "2023-01-24 10:00:00 UTC"] + [""] * (columns - 3)) + "\n"
+    ).encode()
 
 
 def run_case(name: str, payload: bytes, timeout: float) -> None:
@@ -91,17 +101,21 @@ def run_case(name: str, payload: bytes, timeout: float) -> None:
             before = memory_kb(process.pid)
             started = time.monotonic()
             try:
-                response = SESSION.post(base + "/ingest", files={"store_status": ("hostile.csv", payload)},
-                                        timeout=timeout)
+                response = SESSION.post(
+                    base + "/ingest", files={"store_status": ("hostile.csv", payload)}, timeout=timeout
+                )
                 answer = f"{response.status_code} {response.text[:160]!r}"
             except requests.RequestException as error:
                 answer = f"no answer ({type(error).__name__})"
             elapsed = time.monotonic() - started
             after = memory_kb(process.pid)
-            print(f"{name}: upload {len(payload) / 2**20:.1f} MiB; answer {answer}; {elapsed:.1f} s; "
-                  f"VmHWM {before['VmHWM'] / 1024:.0f} -> {after['VmHWM'] / 1024:.0f} MB "
-                  f"(grew {(after['VmHWM'] - before['VmHWM']) / 1024:.0f} MB); VmRSS after {after['VmRSS'] / 1024:.0f} MB",
-                  flush=True)
+            print(
+                f"{name}: upload {len(payload) / 2**20:.1f} MiB; answer {answer}; {elapsed:.1f} s; "
+                f"VmHWM {before['VmHWM'] / 1024:.0f} -> {after['VmHWM'] / 1024:.0f} MB "
+                f"(grew {(after['VmHWM'] - before['VmHWM']) / 1024:.0f} MB); "
+                f"VmRSS after {after['VmRSS'] / 1024:.0f} MB",
+                flush=True,
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             try:

@@ -23,6 +23,7 @@ set (it includes the raw batches of both paths, which both children inherit).  T
 Last line: `read path: arrow X s, dicts Y s, speed-up Z, identical yes|no` (CPU seconds
 at the largest size).  Target: at most 0.6 s CPU per 1.5M polls on the Arrow path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,9 +97,19 @@ def _child(path: str, out) -> None:
     start_cpu, start_wall = time.process_time(), time.perf_counter()
     frame = _decode(path)
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
-    digest = (tuple(str(t) for t in frame.dtypes), len(frame), int(pd.util.hash_pandas_object(frame, index=False).sum()))
-    out.send({"cpu": cpu, "wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-              "digest": digest})
+    digest = (
+        tuple(str(t) for t in frame.dtypes),
+        len(frame),
+        int(pd.util.hash_pandas_object(frame, index=False).sum()),
+    )
+    out.send(
+        {
+            "cpu": cpu,
+            "wall": wall,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "digest": digest,
+        }
+    )
     out.close()
 
 
@@ -118,28 +129,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--polls", default="1500000", help="comma-separated sizes (default 1500000)")
     args = parser.parse_args(argv)
     sizes = [int(text) for text in args.polls.split(",")]
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-          f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    )
     last = None
     for n in sizes:
         started = time.perf_counter()
         _BATCHES = build_batches(n)
         sizes_mb = {path: sum(map(len, batches)) / 2**20 for path, batches in _BATCHES.items()}
-        print(f"\n{n:,} polls in {len(_BATCHES['arrow'])} raw batches ({sizes_mb['arrow']:.0f} MB of BSON for "
-              f"arrow, {sizes_mb['dicts']:.0f} MB for dicts; built in {time.perf_counter() - started:.0f} s, not timed)")
+        print(
+            f"\n{n:,} polls in {len(_BATCHES['arrow'])} raw batches ({sizes_mb['arrow']:.0f} MB of BSON for "
+            f"arrow, {sizes_mb['dicts']:.0f} MB for dicts; built in {time.perf_counter() - started:.0f} s, not timed)"
+        )
         results = {path: run_path(path) for path in ("arrow", "dicts")}
         for path, result in results.items():
-            print(f"  {path:5}  {n / result['wall']:>12,.0f} docs/s  CPU {result['cpu']:6.2f} s  "
-                  f"wall {result['wall']:6.2f} s  peak RSS {result['peak_mb']:7.0f} MB")
+            print(
+                f"  {path:5}  {n / result['wall']:>12,.0f} docs/s  CPU {result['cpu']:6.2f} s  "
+                f"wall {result['wall']:6.2f} s  peak RSS {result['peak_mb']:7.0f} MB"
+            )
         identical = results["arrow"]["digest"] == results["dicts"]["digest"]
         per_15m = results["arrow"]["cpu"] * 1_500_000 / n
-        print(f"  arrow CPU per 1.5M polls: {per_15m:.2f} s (target <= 0.6 s); identical frames: "
-              f"{'yes' if identical else 'no'}")
+        print(
+            f"  arrow CPU per 1.5M polls: {per_15m:.2f} s (target <= 0.6 s); identical frames: "
+            f"{'yes' if identical else 'no'}"
+        )
         last = (results["arrow"]["cpu"], results["dicts"]["cpu"], identical)
         _BATCHES = {}
     arrow, dicts, identical = last
-    print(f"read path: arrow {arrow:.2f} s, dicts {dicts:.2f} s, speed-up {dicts / arrow:.1f}, "
-          f"identical {'yes' if identical else 'no'}")
+    print(
+        f"read path: arrow {arrow:.2f} s, dicts {dicts:.2f} s, speed-up {dicts / arrow:.1f}, "
+        f"identical {'yes' if identical else 'no'}"
+    )
     return 0 if identical else 1
 
 

@@ -46,6 +46,7 @@ Usage::
     python benchmarks/bench_report.py --data-dir data         # existing CSV files, no generation
     python benchmarks/bench_report.py --processes 1 --json results.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -283,7 +284,7 @@ def worker_write(work: Path) -> dict:
 
 def reference_inputs(polls, hours, zones, now_us: int):
     """The sample frames as the plain Python lists `reference_ticks` takes."""
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
     def instant(us: int) -> dt.datetime:
         return epoch + dt.timedelta(microseconds=int(us))
@@ -381,8 +382,13 @@ SERVICE_POLL_SECONDS = 0.02  # how often the benchmark asks GET /get_report whet
 
 def service_config(work: Path, data_dir: Path | None) -> dict:
     """The app's settings for the service stages: the embedded default (SQLite) in the scratch folder."""
-    config = {"EMBEDDED_DB": str(work / "service.sqlite3"), "REPORTS_DIR": str(work / "service_reports"),
-              "MONGO_URI": "", "API_TOKEN": "", "STALE_AFTER_SECONDS": 600}
+    config = {
+        "EMBEDDED_DB": str(work / "service.sqlite3"),
+        "REPORTS_DIR": str(work / "service_reports"),
+        "MONGO_URI": "",
+        "API_TOKEN": "",
+        "STALE_AFTER_SECONDS": 600,
+    }
     if data_dir is not None:
         config["DATA_DIR"] = str(data_dir)
     return config
@@ -396,8 +402,13 @@ def worker_service_seed(data_dir: Path, work: Path) -> dict:
     inputs = current_rss_mb()
     application, timing = timed(app_module.create_app, service_config(work, data_dir))
     store = application.extensions["store"]
-    return {**timing, "peak_mb": peak_rss_mb(), "inputs_mb": inputs, "store": store.kind,
-            "db_mb": Path(store.path).stat().st_size / 2**20 if store.kind == "sqlite" else None}
+    return {
+        **timing,
+        "peak_mb": peak_rss_mb(),
+        "inputs_mb": inputs,
+        "store": store.kind,
+        "db_mb": Path(store.path).stat().st_size / 2**20 if store.kind == "sqlite" else None,
+    }
 
 
 def worker_service_report(work: Path) -> dict:
@@ -413,8 +424,9 @@ def worker_service_report(work: Path) -> dict:
     def report() -> bytes:
         response = client.post("/trigger_report")
         if response.status_code != 202:
-            raise RuntimeError(f"POST /trigger_report answered {response.status_code}: "
-                               f"{response.get_data(as_text=True)}")
+            raise RuntimeError(
+                f"POST /trigger_report answered {response.status_code}: {response.get_data(as_text=True)}"
+            )
         report_id = response.get_json()["report_id"]
         while True:
             response = client.get(f"/get_report?report_id={report_id}", headers={"Accept": "text/csv"})
@@ -430,8 +442,13 @@ def worker_service_report(work: Path) -> dict:
     payload, timing = timed(report)
     (work / "report_service.csv").write_bytes(payload)
     application.extensions["reports"].shutdown(wait=True)
-    return {**timing, "peak_mb": peak_rss_mb(), "inputs_mb": inputs, "startup_seconds": start["seconds"],
-            "bytes": len(payload)}
+    return {
+        **timing,
+        "peak_mb": peak_rss_mb(),
+        "inputs_mb": inputs,
+        "startup_seconds": start["seconds"],
+        "bytes": len(payload),
+    }
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -482,8 +499,17 @@ def run_measured(command: list[str], log: Path) -> dict:
 
 def run_stage(name: str, work: Path, extra: list[str], processes: int = 1) -> dict:
     """One stage in a fresh process; the stage's own figures, with the tree's peak when it forked."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--work", str(work),
-               "--processes", str(processes), *extra]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--work",
+        str(work),
+        "--processes",
+        str(processes),
+        *extra,
+    ]
     outside = run_measured(command, work / f"{name}-{processes}.log")
     measured = json.loads((work / f"{name}-{processes}.json").read_text())
     if outside["processes_seen"] > 1:
@@ -505,8 +531,16 @@ def ensure_data(stores: int, seed: int, polls_per_store: float, cache_dir: Path)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     command = [
-        sys.executable, str(GENERATOR), "--stores", str(stores), "--seed", str(seed),
-        "--polls-per-store", f"{polls_per_store:g}", "--out", str(folder),
+        sys.executable,
+        str(GENERATOR),
+        "--stores",
+        str(stores),
+        "--seed",
+        str(seed),
+        "--polls-per-store",
+        f"{polls_per_store:g}",
+        "--out",
+        str(folder),
     ]
     print(f"generating {stores:,} stores into {folder} ...", flush=True)
     measured = run_measured(command, cache_dir / f"generate_{stores}.log")
@@ -540,10 +574,21 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
     """All stages on one data folder; returns the measurements."""
     waited = wait_for_idle(args.wait_idle, args.usable_cores) if args.wait_idle else 0.0
     work = Path(tempfile.mkdtemp(prefix="bench-report-", dir=args.cache_dir))
-    result: dict = {"label": label, "data_dir": str(data_dir), "code": code_version(),
-                    "waited_for_idle_s": waited, "load_before": os.getloadavg()}
-    engine_args = ["--chunk-stores", str(args.chunk_stores), "--sample-size", str(args.sample_size),
-                   "--seed", str(args.seed)]
+    result: dict = {
+        "label": label,
+        "data_dir": str(data_dir),
+        "code": code_version(),
+        "waited_for_idle_s": waited,
+        "load_before": os.getloadavg(),
+    }
+    engine_args = [
+        "--chunk-stores",
+        str(args.chunk_stores),
+        "--sample-size",
+        str(args.sample_size),
+        "--seed",
+        str(args.seed),
+    ]
     cli_args = ["--chunk-stores", str(args.chunk_stores)]
     if args.cli_processes:
         cli_args += ["--processes", str(args.cli_processes)]
@@ -567,10 +612,14 @@ def bench_scale(data_dir: Path, args: argparse.Namespace, label: str) -> dict:
         output = work / "report_cli.csv"
         for _ in range(args.repeat):
             keep_best(best, "floor", run_measured(floor, work / "floor.log"))
-            keep_best(best, "e2e", run_measured(
-                [sys.executable, str(CLI), "--data-dir", str(data_dir), "--output", str(output), *cli_args],
-                work / "cli.log",
-            ))
+            keep_best(
+                best,
+                "e2e",
+                run_measured(
+                    [sys.executable, str(CLI), "--data-dir", str(data_dir), "--output", str(output), *cli_args],
+                    work / "cli.log",
+                ),
+            )
         result.update(best)
         result["cli_matches_inprocess"] = (work / "report_cli.csv").read_bytes() == (
             work / "report_inprocess.csv"
@@ -621,13 +670,16 @@ def code_version() -> str:
     """
     hashes = ", ".join(
         f"{name} {hashlib.sha1((REPO / name).read_bytes()).hexdigest()[:8]}"
-        for name in ENGINE_FILES if (REPO / name).exists()
+        for name in ENGINE_FILES
+        if (REPO / name).exists()
     )
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO,
-                                 capture_output=True, text=True, check=True).stdout.split("\n")
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", *ENGINE_FILES], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return f"not a git checkout ({hashes})"
     changed = [line[3:] for line in changed if line.strip()]
@@ -642,10 +694,16 @@ def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     memory_gb = None
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-        memory_gb = next(int(line.split()[1]) / 1024**2 for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemTotal:"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        memory_gb = next(
+            int(line.split()[1]) / 1024**2
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal:")
+        )
     except (OSError, StopIteration):
         pass
     try:
@@ -675,19 +733,28 @@ def print_header(info: dict, args: argparse.Namespace) -> None:
     memory = f", {info['memory_gb']:.1f} GB RAM" if info["memory_gb"] else ""
     print("store uptime report benchmark")
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable){memory}, {info['os']}")
-    print(f"python {info['python']} ({info['executable']}), numpy {info['numpy']}, pandas {info['pandas']}, "
-          f"pyarrow {info['pyarrow']} (str columns: {info['string_dtype']})")
+    print(
+        f"python {info['python']} ({info['executable']}), numpy {info['numpy']}, pandas {info['pandas']}, "
+        f"pyarrow {info['pyarrow']} (str columns: {info['string_dtype']})"
+    )
     print(f"code: {info['code']}")
     if args.data_dir:
         print(f"data: {args.data_dir}")
     else:
-        print(f"data: scripts/generate_data.py, seed {args.seed}, ~{args.polls_per_store:g} polls a store a week, "
-              f"cached in {args.cache_dir}")
+        print(
+            f"data: scripts/generate_data.py, seed {args.seed}, ~{args.polls_per_store:g} polls a store a week, "
+            f"cached in {args.cache_dir}"
+        )
     engines = "1 process" + (f", and {args.parallel_engine} processes" if args.parallel_engine > 1 else "")
     cli = f"--processes {args.cli_processes}" if args.cli_processes else "its defaults"
     print(f"engine: chunks of {args.chunk_stores:,} stores, {engines}; CLI with {cli}")
-    reference = ("skipped" if args.sample_size == 0 else "all stores" if args.sample_size < 0
-                 else f"{args.sample_size:,} random stores")
+    reference = (
+        "skipped"
+        if args.sample_size == 0
+        else "all stores"
+        if args.sample_size < 0
+        else f"{args.sample_size:,} random stores"
+    )
     print(f"reference: {reference}; repeat {args.repeat} (fastest time, highest peak kept)")
 
 
@@ -719,31 +786,54 @@ def print_scale(result: dict) -> None:
     ]
     if "engine_parallel" in result:
         parallel = result["engine_parallel"]
-        rows.append((f"engine, {parallel['processes']} processes", parallel,
-                     f"the same, chunks shared among {parallel['processes']} forked processes"))
+        rows.append(
+            (
+                f"engine, {parallel['processes']} processes",
+                parallel,
+                f"the same, chunks shared among {parallel['processes']} forked processes",
+            )
+        )
     rows += [
         ("CSV write", result["write"], f"report_csv_bytes + write_atomically ({result['write']['bytes']:,} bytes)"),
-        ("end to end (CLI)", result["e2e"], "python reportGenerator.py --data-dir DIR --output FILE"
-         + (f" ({result['e2e']['processes_seen']} processes seen)" if result["e2e"]["processes_seen"] > 1 else "")),
+        (
+            "end to end (CLI)",
+            result["e2e"],
+            "python reportGenerator.py --data-dir DIR --output FILE"
+            + (f" ({result['e2e']['processes_seen']} processes seen)" if result["e2e"]["processes_seen"] > 1 else ""),
+        ),
         ("floor", result["floor"], "python, imports, pyarrow reads the 3 files, parses poll timestamps"),
     ]
     if "service_seed" in result:
         seed, api = result["service_seed"], result["service_report"]
         rows += [
-            ("service: seeding", seed, f"create_app on an empty SQLite file, DATA_DIR = the files "
-                                       f"({seed['db_mb']:,.0f} MB file)"),
-            ("service: report via the API", api, f"POST /trigger_report -> GET /get_report is the CSV "
-                                                  f"(after a {api['startup_seconds']:.2f} s restart)"),
+            (
+                "service: seeding",
+                seed,
+                f"create_app on an empty SQLite file, DATA_DIR = the files ({seed['db_mb']:,.0f} MB file)",
+            ),
+            (
+                "service: report via the API",
+                api,
+                f"POST /trigger_report -> GET /get_report is the CSV (after a {api['startup_seconds']:.2f} s restart)",
+            ),
         ]
     reference = result.get("reference")
     if reference:
         per_store_ms = reference["seconds"] / reference["stores"] * 1000
-        rows.append((f"reference, {reference['stores']:,} stores", reference,
-                     f"tests/reference.py: {per_store_ms:.2f} ms a store ({reference['sample_polls']:,} polls)"))
-        rows.append((f"engine on the same {reference['stores']:,} stores",
-                     {"seconds": reference["engine_sample_seconds"],
-                      "cpu_seconds": reference["engine_sample_cpu_seconds"]},
-                     "utils.uptime_ticks on the sampled stores only"))
+        rows.append(
+            (
+                f"reference, {reference['stores']:,} stores",
+                reference,
+                f"tests/reference.py: {per_store_ms:.2f} ms a store ({reference['sample_polls']:,} polls)",
+            )
+        )
+        rows.append(
+            (
+                f"engine on the same {reference['stores']:,} stores",
+                {"seconds": reference["engine_sample_seconds"], "cpu_seconds": reference["engine_sample_cpu_seconds"]},
+                "utils.uptime_ticks on the sampled stores only",
+            )
+        )
     print(f"  {'stage':<32} {'wall s':>8} {'cpu s':>8} {'peak MB':>8} {'inputs MB':>10}  notes")
     for name, measured, note in rows:
         print(
@@ -756,15 +846,20 @@ def print_scale(result: dict) -> None:
     gain = speedup(result)
     if gain:
         full, factor = gain
-        how = ("measured on all stores" if reference["stores"] == parse["stores"]
-               else f"extrapolated from {reference['stores']:,} sampled stores")
+        how = (
+            "measured on all stores"
+            if reference["stores"] == parse["stores"]
+            else f"extrapolated from {reference['stores']:,} sampled stores"
+        )
         print(
             f"  engine speed-up over the per-store reference: {factor:,.0f}x (engine, 1 process: "
             f"{result['engine']['seconds']:.2f} s for {parse['stores']:,} stores; reference: {full:,.1f} s, {how}); "
             f"in CPU time: {speedup(result, 'cpu_seconds')[1]:,.0f}x"
         )
-        print(f"  same-sample speed-up: {reference['seconds'] / reference['engine_sample_seconds']:,.0f}x "
-              f"(both on the {reference['stores']:,} sampled stores)")
+        print(
+            f"  same-sample speed-up: {reference['seconds'] / reference['engine_sample_seconds']:,.0f}x "
+            f"(both on the {reference['stores']:,} sampled stores)"
+        )
     if reference:
         verdict = "yes" if reference["ticks_identical"] and reference["rounded_identical"] else "NO"
         print(
@@ -775,15 +870,21 @@ def print_scale(result: dict) -> None:
         for mismatch in reference["first_mismatches"]:
             print(f"    mismatch {mismatch}")
     e2e = result["e2e"]
-    ratios = [f"CLI / floor: {e2e['seconds'] / result['floor']['seconds']:.2f}x wall, "
-              f"{e2e['cpu_seconds'] / result['floor']['cpu_seconds']:.2f}x CPU"]
+    ratios = [
+        f"CLI / floor: {e2e['seconds'] / result['floor']['seconds']:.2f}x wall, "
+        f"{e2e['cpu_seconds'] / result['floor']['cpu_seconds']:.2f}x CPU"
+    ]
     if "service_report" in result:
         api = result["service_report"]
-        ratios.append(f"API report / CLI: {api['seconds'] / e2e['seconds']:.2f}x wall, "
-                      f"{api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU")
+        ratios.append(
+            f"API report / CLI: {api['seconds'] / e2e['seconds']:.2f}x wall, "
+            f"{api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU"
+        )
     print("  " + "; ".join(ratios))
-    checks = [f"CLI output identical to the in-process report: {'yes' if result['cli_matches_inprocess'] else 'NO'}",
-              f"one row per store with a poll: {'yes' if result['engine']['one_row_per_store'] else 'NO'}"]
+    checks = [
+        f"CLI output identical to the in-process report: {'yes' if result['cli_matches_inprocess'] else 'NO'}",
+        f"one row per store with a poll: {'yes' if result['engine']['one_row_per_store'] else 'NO'}",
+    ]
     if "engine_parallel" in result:
         checks.append(f"multi-process report identical: {'yes' if result['engine_parallel']['same_report'] else 'NO'}")
     if "service_matches_cli" in result:
@@ -795,8 +896,10 @@ def print_growth(results: list[dict], scales: list[int]) -> None:
     first = results[0]
     parallel = "engine_parallel" in first
     print()
-    print(f"growth curve (wall seconds; ratio: end-to-end time / the {scales[0]}x end-to-end time, wall and CPU; "
-          "peak MB: the CLI's process tree)")
+    print(
+        f"growth curve (wall seconds; ratio: end-to-end time / the {scales[0]}x end-to-end time, wall and CPU; "
+        "peak MB: the CLI's process tree)"
+    )
     print(
         f"{'scale':>5} {'stores':>8} {'polls':>11} {'parse s':>8} {'engine s':>9}"
         + (f" {'engine Np s':>11}" if parallel else "")
@@ -817,12 +920,16 @@ def print_growth(results: list[dict], scales: list[int]) -> None:
             f"{(f'{gain[1]:,.0f}x' if gain else '-'):>9} {('yes' if identical(result) else 'NO'):>10} {load:>5.1f}"
         )
     if parallel:
-        print(f"(engine Np: the engine with {first['engine_parallel']['processes']} processes; "
-              "engine s, engine MB and speed-up: 1 process)")
+        print(
+            f"(engine Np: the engine with {first['engine_parallel']['processes']} processes; "
+            "engine s, engine MB and speed-up: 1 process)"
+        )
     print()
     print("the CLI, its floor and the service on the embedded store (wall seconds, CPU seconds in brackets; peak MB)")
-    print(f"{'scale':>5} {'floor s':>14} {'CLI s':>14} {'CLI MB':>7} {'seed s':>15} {'seed MB':>8} "
-          f"{'API report s':>14} {'API MB':>7} {'CLI/floor':>10} {'API/CLI':>8}")
+    print(
+        f"{'scale':>5} {'floor s':>14} {'CLI s':>14} {'CLI MB':>7} {'seed s':>15} {'seed MB':>8} "
+        f"{'API report s':>14} {'API MB':>7} {'CLI/floor':>10} {'API/CLI':>8}"
+    )
     for scale, result in zip(scales, results):
         floor, e2e = result["floor"], result["e2e"]
         seed, api = result.get("service_seed"), result.get("service_report")
@@ -830,10 +937,12 @@ def print_growth(results: list[dict], scales: list[int]) -> None:
         def both(measured) -> str:
             return f"{measured['seconds']:.2f} ({measured['cpu_seconds']:.2f})" if measured else "-"
 
-        print(f"{scale:>4}x {both(floor):>14} {both(e2e):>14} {e2e['peak_mb']:>7,.0f} {both(seed):>15} "
-              f"{fmt(seed and seed['peak_mb'], ',.0f'):>8} {both(api):>14} {fmt(api and api['peak_mb'], ',.0f'):>7} "
-              f"{e2e['seconds'] / floor['seconds']:>9.2f}x "
-              f"{(format(api['seconds'] / e2e['seconds'], '.2f') + 'x') if api else '-':>8}")
+        print(
+            f"{scale:>4}x {both(floor):>14} {both(e2e):>14} {e2e['peak_mb']:>7,.0f} {both(seed):>15} "
+            f"{fmt(seed and seed['peak_mb'], ',.0f'):>8} {both(api):>14} {fmt(api and api['peak_mb'], ',.0f'):>7} "
+            f"{e2e['seconds'] / floor['seconds']:>9.2f}x "
+            f"{(format(api['seconds'] / e2e['seconds'], '.2f') + 'x') if api else '-':>8}"
+        )
 
 
 def print_targets(results: list[dict], scales: list[int]) -> None:
@@ -847,47 +956,64 @@ def print_targets(results: list[dict], scales: list[int]) -> None:
     if one:
         e2e = one["e2e"]["seconds"]
         size = f"{one['label']}, {one['parse']['stores']:,} stores, {one['parse']['polls']:,} polls"
-        print(f"  end to end under {TARGET_E2E_SECONDS:g} s ({size}): {e2e:.3f} s "
-              f"-> {verdict(e2e < TARGET_E2E_SECONDS)}")
+        print(
+            f"  end to end under {TARGET_E2E_SECONDS:g} s ({size}): {e2e:.3f} s -> {verdict(e2e < TARGET_E2E_SECONDS)}"
+        )
         gain = speedup(one)
         if gain:
-            print(f"  engine at least {TARGET_SPEEDUP:g}x faster than the reference: {gain[1]:,.0f}x "
-                  f"-> {verdict(gain[1] >= TARGET_SPEEDUP)}")
+            print(
+                f"  engine at least {TARGET_SPEEDUP:g}x faster than the reference: {gain[1]:,.0f}x "
+                f"-> {verdict(gain[1] >= TARGET_SPEEDUP)}"
+            )
     if one and ten:
         ratio = ten["e2e"]["seconds"] / one["e2e"]["seconds"]
         cpu_ratio = ten["e2e"]["cpu_seconds"] / one["e2e"]["cpu_seconds"]
-        print(f"  10x end to end within {TARGET_10X_TIME_RATIO:g}x of 1x: {ratio:.2f}x wall ({cpu_ratio:.2f}x CPU) "
-              f"-> {verdict(ratio <= TARGET_10X_TIME_RATIO)}")
+        print(
+            f"  10x end to end within {TARGET_10X_TIME_RATIO:g}x of 1x: {ratio:.2f}x wall ({cpu_ratio:.2f}x CPU) "
+            f"-> {verdict(ratio <= TARGET_10X_TIME_RATIO)}"
+        )
         stages = [ten[s]["peak_mb"] for s in ("parse", "engine", "engine_parallel", "write") if s in ten]
-        print(f"  10x peak memory under {TARGET_10X_PEAK_MB / 1024:g} GB: CLI {ten['e2e']['peak_mb']:,.0f} MB "
-              f"(largest stage {max(stages):,.0f} MB) -> {verdict(ten['e2e']['peak_mb'] < TARGET_10X_PEAK_MB)}")
+        print(
+            f"  10x peak memory under {TARGET_10X_PEAK_MB / 1024:g} GB: CLI {ten['e2e']['peak_mb']:,.0f} MB "
+            f"(largest stage {max(stages):,.0f} MB) -> {verdict(ten['e2e']['peak_mb'] < TARGET_10X_PEAK_MB)}"
+        )
     for scale, result in by_scale.items():
         e2e, floor = result["e2e"], result["floor"]
         ratio = e2e["seconds"] / floor["seconds"]
-        print(f"  {scale}x CLI within {TARGET_FLOOR_RATIO:g}x of the floor: {e2e['seconds']:.2f} s / "
-              f"{floor['seconds']:.2f} s = {ratio:.2f}x wall ({e2e['cpu_seconds'] / floor['cpu_seconds']:.2f}x CPU) "
-              f"-> {verdict(ratio <= TARGET_FLOOR_RATIO)}")
+        print(
+            f"  {scale}x CLI within {TARGET_FLOOR_RATIO:g}x of the floor: {e2e['seconds']:.2f} s / "
+            f"{floor['seconds']:.2f} s = {ratio:.2f}x wall ({e2e['cpu_seconds'] / floor['cpu_seconds']:.2f}x CPU) "
+            f"-> {verdict(ratio <= TARGET_FLOOR_RATIO)}"
+        )
         if "service_report" not in result:
             continue
         seed, api = result["service_seed"], result["service_report"]
         if scale == 1:
-            print(f"  1x seeding under {TARGET_SEED_SECONDS:g} s: {seed['seconds']:.2f} s "
-                  f"-> {verdict(seed['seconds'] < TARGET_SEED_SECONDS)}")
+            print(
+                f"  1x seeding under {TARGET_SEED_SECONDS:g} s: {seed['seconds']:.2f} s "
+                f"-> {verdict(seed['seconds'] < TARGET_SEED_SECONDS)}"
+            )
         if scale in TARGET_API_RATIO:
             ratio = api["seconds"] / e2e["seconds"]
-            print(f"  {scale}x API report within {TARGET_API_RATIO[scale]:g}x of the CLI: {api['seconds']:.2f} s / "
-                  f"{e2e['seconds']:.2f} s = {ratio:.2f}x wall ({api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU) "
-                  f"-> {verdict(ratio <= TARGET_API_RATIO[scale])}")
+            print(
+                f"  {scale}x API report within {TARGET_API_RATIO[scale]:g}x of the CLI: {api['seconds']:.2f} s / "
+                f"{e2e['seconds']:.2f} s = {ratio:.2f}x wall ({api['cpu_seconds'] / e2e['cpu_seconds']:.2f}x CPU) "
+                f"-> {verdict(ratio <= TARGET_API_RATIO[scale])}"
+            )
         if scale == 10:
             peak = max(seed["peak_mb"], api["peak_mb"])
-            print(f"  10x service peak memory under {TARGET_SERVICE_10X_PEAK_MB / 1024:g} GB: seeding "
-                  f"{seed['peak_mb']:,.0f} MB, report {api['peak_mb']:,.0f} MB "
-                  f"-> {verdict(peak < TARGET_SERVICE_10X_PEAK_MB)}")
+            print(
+                f"  10x service peak memory under {TARGET_SERVICE_10X_PEAK_MB / 1024:g} GB: seeding "
+                f"{seed['peak_mb']:,.0f} MB, report {api['peak_mb']:,.0f} MB "
+                f"-> {verdict(peak < TARGET_SERVICE_10X_PEAK_MB)}"
+            )
     checked = [r for r in results if r.get("reference")]
     if checked:
         ok = all(identical(r) for r in checked)
-        print(f"  results identical to the reference: {'yes' if ok else 'NO'} "
-              f"(at {', '.join(r['label'] for r in checked)})")
+        print(
+            f"  results identical to the reference: {'yes' if ok else 'NO'} "
+            f"(at {', '.join(r['label'] for r in checked)})"
+        )
 
 
 # --------------------------------------------------------------------------- command line
@@ -897,39 +1023,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--stores", type=int, default=DEFAULT_STORES,
-                        help=f"stores at scale 1 (default {DEFAULT_STORES:,})")
-    parser.add_argument("--polls-per-store", type=float, default=DEFAULT_POLLS_PER_STORE,
-                        help=f"average polls a store over the week (default {DEFAULT_POLLS_PER_STORE:g}: ~1.5M polls "
-                             "for 14,000 stores)")
+    parser.add_argument(
+        "--stores", type=int, default=DEFAULT_STORES, help=f"stores at scale 1 (default {DEFAULT_STORES:,})"
+    )
+    parser.add_argument(
+        "--polls-per-store",
+        type=float,
+        default=DEFAULT_POLLS_PER_STORE,
+        help=f"average polls a store over the week (default {DEFAULT_POLLS_PER_STORE:g}: ~1.5M polls "
+        "for 14,000 stores)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="data and sampling seed (default 7)")
-    parser.add_argument("--scales", default="1",
-                        help="comma-separated multiples of --stores, e.g. 1,2,4,10 (default 1)")
+    parser.add_argument(
+        "--scales", default="1", help="comma-separated multiples of --stores, e.g. 1,2,4,10 (default 1)"
+    )
     parser.add_argument("--data-dir", type=Path, help="benchmark these CSV files instead of generated data (one scale)")
-    parser.add_argument("--reference-stores", default=str(DEFAULT_REFERENCE_STORES),
-                        help=f"stores sampled for the per-store reference, 'all', or 0 to skip it "
-                             f"(default {DEFAULT_REFERENCE_STORES})")
-    parser.add_argument("--chunk-stores", type=int, default=None,
-                        help="stores per engine chunk (default: reportGenerator.DEFAULT_CHUNK_STORES)")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="engine worker processes for the CLI and the multi-process engine stage "
-                             "(default: the CLI's own default, the usable cores)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run the parse, engine, write and CLI stages this many times; keep the fastest time "
-                             "and the highest peak (default 1)")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "store-uptime-bench",
-                        help="where generated data and scratch files go (default $TMPDIR/store-uptime-bench)")
-    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                        help="before each scale, wait up to this long for the load average to fall below half "
-                             "the cores (default 0: do not wait)")
-    parser.add_argument("--no-service", dest="service", action="store_false",
-                        help="skip the service path (seeding the embedded SQLite store from the files with create_app, "
-                             "and a report through the API on it)")
+    parser.add_argument(
+        "--reference-stores",
+        default=str(DEFAULT_REFERENCE_STORES),
+        help=f"stores sampled for the per-store reference, 'all', or 0 to skip it (default {DEFAULT_REFERENCE_STORES})",
+    )
+    parser.add_argument(
+        "--chunk-stores",
+        type=int,
+        default=None,
+        help="stores per engine chunk (default: reportGenerator.DEFAULT_CHUNK_STORES)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="engine worker processes for the CLI and the multi-process engine stage "
+        "(default: the CLI's own default, the usable cores)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the parse, engine, write and CLI stages this many times; keep the fastest time "
+        "and the highest peak (default 1)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "store-uptime-bench",
+        help="where generated data and scratch files go (default $TMPDIR/store-uptime-bench)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each scale, wait up to this long for the load average to fall below half "
+        "the cores (default 0: do not wait)",
+    )
+    parser.add_argument(
+        "--no-service",
+        dest="service",
+        action="store_false",
+        help="skip the service path (seeding the embedded SQLite store from the files with create_app, "
+        "and a report through the API on it)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the intermediate files and logs")
     parser.add_argument("--json", type=Path, help="also save the results as JSON here")
     # internal: one stage in a fresh process
-    parser.add_argument("--worker", choices=["parse", "engine", "write", "reference", "service-seed", "service-report"],
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker",
+        choices=["parse", "engine", "write", "reference", "service-seed", "service-report"],
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--sample-size", type=int, default=DEFAULT_REFERENCE_STORES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1005,8 +1167,11 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(identical(r) for r in results)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("worker", "work")}
-        args.json.write_text(json.dumps({"machine": info, "settings": settings, "results": results,
-                                         "all_identical": ok}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"machine": info, "settings": settings, "results": results, "all_identical": ok}, indent=2, default=str
+            )
+        )
         print(f"\nresults saved to {args.json}")
     return 0 if ok else 1
 

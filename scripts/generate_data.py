@@ -163,9 +163,7 @@ def make_poll_plan(rng: np.random.Generator, n: int, n_hours: int) -> pd.DataFra
     )
 
 
-def simulate_uptime(
-    rng: np.random.Generator, p_down: np.ndarray, p_up: np.ndarray, n_hours: int
-) -> np.ndarray:
+def simulate_uptime(rng: np.random.Generator, p_down: np.ndarray, p_up: np.ndarray, n_hours: int) -> np.ndarray:
     """Hourly up/down states (stores x hours) from a two-state Markov chain.
 
     The loop runs over hours only; each step is vectorised over stores.
@@ -290,9 +288,7 @@ def make_menu_hours(rng: np.random.Generator, store_ids: np.ndarray) -> pd.DataF
     """Business-hours rows; about 10% of stores get none (open 24/7)."""
     ids = store_ids[~exact_mask(rng, store_ids.size, 0.10)]
     n = ids.size
-    style = np.array(list(HOUR_STYLES))[
-        rng.choice(len(HOUR_STYLES), size=n, p=list(HOUR_STYLES.values()))
-    ]
+    style = np.array(list(HOUR_STYLES))[rng.choice(len(HOUR_STYLES), size=n, p=list(HOUR_STYLES.values()))]
 
     # Per-store usual opening and closing times.
     quarter = [0, 0, 0, 0, 0.25, 0.5, 0.5, 0.75]
@@ -327,9 +323,9 @@ def make_menu_hours(rng: np.random.Generator, store_ids: np.ndarray) -> pd.DataF
     # Second rows of split shifts and overlapping hours.
     two = (kind == "split") | (kind == "overlap")
     store2, day2 = store[two], day[two]
-    start2 = np.where(
-        kind[two] == "split", np.rint(dinner_start[store2] * 3600), second_start[store2] * 3600
-    ).astype(np.int64)
+    start2 = np.where(kind[two] == "split", np.rint(dinner_start[store2] * 3600), second_start[store2] * 3600).astype(
+        np.int64
+    )
     end2 = store_closes.ravel()[two]
 
     store = np.concatenate([store, store2])
@@ -393,8 +389,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--days", type=int, default=7, help="days of polls before --end (default 7)")
     parser.add_argument("--out", type=Path, default=Path("data"), help="output directory (default data)")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite the CSV files already in --out (e.g. the committed sample in data/)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite the CSV files already in --out (e.g. the committed sample in data/)",
+    )
     parser.add_argument(
         "--polls-per-store",
         type=float,
@@ -409,8 +408,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--polls-per-store must be positive")
     existing = [name for name in OUTPUT_FILES if (args.out / name).exists()]
     if existing and not args.force:
-        parser.error(f"{args.out} already holds {', '.join(existing)}: give another --out, or --force to overwrite "
-                     "(data/ is the committed sample the README and the tests describe)")
+        parser.error(
+            f"{args.out} already holds {', '.join(existing)}: give another --out, or --force to overwrite "
+            "(data/ is the committed sample the README and the tests describe)"
+        )
     return args
 
 
@@ -430,9 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     hours.to_csv(args.out / "menu_hours.csv", index=False)
     zones = make_timezones(rng, store_ids)
     zones.to_csv(args.out / "timezones.csv", index=False)
-    polls = write_store_status(
-        rng, store_ids, end_us, args.days, args.out / "store_status.csv", args.polls_per_store
-    )
+    polls = write_store_status(rng, store_ids, end_us, args.days, args.out / "store_status.csv", args.polls_per_store)
 
     elapsed = time.perf_counter() - started
     print(

@@ -17,6 +17,7 @@ Safety: it talks only to a loopback address (127.0.0.0/8, ::1 or localhost), run
 at most 600 s with at most 200 clients and 50 reports, and uses only the standard
 library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -232,8 +233,16 @@ class Run:
                 self.stats.reconnects += client.reconnects
             client.close()
 
-    def request(self, client: Client, path: str, kind: str, method: str = "GET", body: bytes | None = None,
-                expected: int = 200, record_success: bool = True) -> tuple[bytes, float] | None:
+    def request(
+        self,
+        client: Client,
+        path: str,
+        kind: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        expected: int = 200,
+        record_success: bool = True,
+    ) -> tuple[bytes, float] | None:
         """One request, counted under `kind`: the body and seconds taken, or None on any failure."""
         began = time.perf_counter()
         try:
@@ -274,8 +283,10 @@ class Run:
 
     def execute(self) -> None:
         threads = [threading.Thread(target=self.trigger_reports, name="trigger", daemon=True)]
-        threads += [threading.Thread(target=self.poll, args=(n,), name=f"client-{n}", daemon=True)
-                    for n in range(self.args.clients)]
+        threads += [
+            threading.Thread(target=self.poll, args=(n,), name=f"client-{n}", daemon=True)
+            for n in range(self.args.clients)
+        ]
         for thread in threads:
             thread.start()
         try:
@@ -345,15 +356,17 @@ def summarise(run: Run) -> dict:
     reports = []
     for report in sorted(run.reports.values(), key=lambda r: r.triggered_at):
         seen = None if report.finished_seen_at is None else round(report.finished_seen_at - report.triggered_at, 2)
-        reports.append({
-            "report_id": report.report_id,
-            "triggered_at_s": round(report.triggered_at, 2),
-            "status": report.status,
-            "seconds_seen_by_clients": seen,
-            "seconds_on_server": round(server[report.report_id], 2) if report.report_id in server else None,
-            "row_count": report.row_count,
-            "error": report.error,
-        })
+        reports.append(
+            {
+                "report_id": report.report_id,
+                "triggered_at_s": round(report.triggered_at, 2),
+                "status": report.status,
+                "seconds_seen_by_clients": seen,
+                "seconds_on_server": round(server[report.report_id], 2) if report.report_id in server else None,
+                "row_count": report.row_count,
+                "error": report.error,
+            }
+        )
     done = [r["seconds_seen_by_clients"] for r in reports if r["status"] == "Complete"]
     return {
         "target": run.target.url,
@@ -386,15 +399,19 @@ def print_summary(summary: dict) -> None:
     print(f"  {'kind':<22}{'count':>8}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
     for kind, row in summary["latency_by_kind"].items():
         print(f"  {kind:<22}{row['count']:>8}{row['p50_ms']:>9}{row['p90_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}")
-    print(f"reports       {summary['reports_triggered']} triggered: {summary['reports_complete']} complete, "
-          f"{summary['reports_failed']} failed, {summary['reports_still_running']} still running")
+    print(
+        f"reports       {summary['reports_triggered']} triggered: {summary['reports_complete']} complete, "
+        f"{summary['reports_failed']} failed, {summary['reports_still_running']} still running"
+    )
     for report in summary["reports"]:
         took = report["seconds_seen_by_clients"]
         server = report["seconds_on_server"]
-        line = (f"  {report['report_id']}  triggered at {report['triggered_at_s']:>6} s  {report['status']:<8}"
-                + (f"  done after {took} s (server: {server} s)" if took is not None else "")
-                + (f"  rows {report['row_count']}" if report["row_count"] is not None else "")
-                + (f"  error: {report['error']}" if report["error"] else ""))
+        line = (
+            f"  {report['report_id']}  triggered at {report['triggered_at_s']:>6} s  {report['status']:<8}"
+            + (f"  done after {took} s (server: {server} s)" if took is not None else "")
+            + (f"  rows {report['row_count']}" if report["row_count"] is not None else "")
+            + (f"  error: {report['error']}" if report["error"] else "")
+        )
         print(line)
 
 
@@ -402,21 +419,30 @@ def print_summary(summary: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000",
-                        help="the service, on loopback only (default %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="the service, on loopback only (default %(default)s)"
+    )
     parser.add_argument("--clients", type=int, default=20, help=f"concurrent clients, 1..{MAX_CLIENTS} (default 20)")
-    parser.add_argument("--duration", type=float, default=60.0,
-                        help=f"seconds to run, up to {MAX_DURATION:.0f} (default 60)")
-    parser.add_argument("--reports", type=int, default=3,
-                        help=f"reports to trigger, spread over the run, 1..{MAX_REPORTS} (default 3)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help=f"seconds to run, up to {MAX_DURATION:.0f} (default 60)"
+    )
+    parser.add_argument(
+        "--reports", type=int, default=3, help=f"reports to trigger, spread over the run, 1..{MAX_REPORTS} (default 3)"
+    )
     parser.add_argument("--token", default=None, help="bearer token, when the service sets API_TOKEN")
     parser.add_argument("--as-of", default=None, help="as_of to send with each trigger (default: none)")
-    parser.add_argument("--health-every", type=int, default=20,
-                        help="every n-th request of a client is GET /health (default 20)")
-    parser.add_argument("--think-ms", type=float, default=0.0,
-                        help="pause of each client between its requests, ms (default 0: back to back)")
+    parser.add_argument(
+        "--health-every", type=int, default=20, help="every n-th request of a client is GET /health (default 20)"
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="pause of each client between its requests, ms (default 0: back to back)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:

@@ -20,6 +20,7 @@ Run on a clean checkout, run mutmut, then undo with `git checkout -- <modules>`;
 
     python scripts/mutmut_undecorate.py store_mongo.py database.py store_sqlite.py sources.py
 """
+
 from __future__ import annotations
 
 import ast
@@ -77,13 +78,19 @@ class Rewrite:
         decorators = self.remove_decorators(function)
         name = function.name
         first = function.decorator_list[0]
-        if (len(decorators) == 1 and isinstance(first, ast.Attribute) and isinstance(first.value, ast.Name)
-                and first.attr in ("setter", "getter", "deleter")):
+        if (
+            len(decorators) == 1
+            and isinstance(first, ast.Attribute)
+            and isinstance(first.value, ast.Name)
+            and first.attr in ("setter", "getter", "deleter")
+        ):
             prop, renamed = first.value.id, f"_{first.value.id}_{first.attr}"
             line = self.lines[function.lineno - 1]
             self.replace[function.lineno - 1] = line.replace(f"def {name}(", f"def {renamed}(", 1)
-            self.add_after(cls, f'{cls.name}.{prop} = {cls.name}.__dict__["{prop}"].{first.attr}('
-                                f'{cls.name}.__dict__["{renamed}"])\n')
+            self.add_after(
+                cls,
+                f'{cls.name}.{prop} = {cls.name}.__dict__["{prop}"].{first.attr}({cls.name}.__dict__["{renamed}"])\n',
+            )
             return
         raw = f'{cls.name}.__dict__["{name}"]'
         self.add_after(cls, f"{cls.name}.{name} = {_wrap(decorators, raw)}\n")
@@ -97,14 +104,20 @@ class Rewrite:
         outer_params += [a.arg for a in (outer.args.vararg, outer.args.kwarg) if a]
         outer_locals = {n.id for n in ast.walk(outer) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         outer_locals |= {n.name for n in ast.walk(outer) if isinstance(n, ast.FunctionDef) and n is not outer}
-        used = {n.id for statement in inner.body for n in ast.walk(statement)
-                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        used = {
+            n.id
+            for statement in inner.body
+            for n in ast.walk(statement)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+        }
         inner_params = {a.arg for a in ast.walk(inner.args) if isinstance(a, ast.arg)}
         inner_locals = {n.id for n in ast.walk(inner) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         captured_locals = (used & outer_locals) - inner_params - inner_locals - set(outer_params)
         if captured_locals or inner.args.posonlyargs or isinstance(inner, ast.AsyncFunctionDef):
-            raise SystemExit(f"{outer.name}.{inner.name}: cannot move (uses {sorted(captured_locals)} of "
-                             f"{outer.name}, or is async / has positional-only parameters)")
+            raise SystemExit(
+                f"{outer.name}.{inner.name}: cannot move (uses {sorted(captured_locals)} of "
+                f"{outer.name}, or is async / has positional-only parameters)"
+            )
         captured = [p for p in outer_params if p in used and p not in inner_params]
         generator = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(inner))
         hoisted = f"{outer.name}__{inner.name}"
@@ -115,8 +128,10 @@ class Rewrite:
         call = f"{hoisted}({', '.join(captured + call_args)})"
         body_first, body_last = inner.body[0].lineno - 1, inner.end_lineno - 1
         body_indent = _indent_of(self.lines[body_first])
-        body = [line[len(body_indent):] if line.startswith(body_indent) else line
-                for line in self.lines[body_first : body_last + 1]]
+        body = [
+            line[len(body_indent) :] if line.startswith(body_indent) else line
+            for line in self.lines[body_first : body_last + 1]
+        ]
         self.replace[body_first] = f"{body_indent}return {'(yield from ' + call + ')' if generator else call}\n"
         self.drop.update(range(body_first + 1, body_last + 1))
         signature = ", ".join(captured + [ast.unparse(inner.args)]) if captured else ast.unparse(inner.args)

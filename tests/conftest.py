@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny data folder with hand-worked answers, an app on each store (SQLite, mongomock), its client and store."""
+"""Shared fixtures: a tiny data folder with hand-worked answers, an app on each store (SQLite, mongomock),
+its client and store."""
+
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import socket
@@ -43,6 +46,7 @@ def fresh_memos_under_mutation():
         utils.zone_transitions.cache_clear()
     yield
 
+
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC
 worked,inactive,2023-01-24 11:15:00.000000 UTC
@@ -61,16 +65,39 @@ worked,UTC
 # allday: open 24/7, active until the 12:40 midpoint, inactive after;
 # late: open 24/7, one active poll.
 TINY_REPORT = [
-    {"store_id": "allday", "uptime_last_hour": 40.0, "uptime_last_day": 23.67, "uptime_last_week": 167.67,
-     "downtime_last_hour": 20.0, "downtime_last_day": 0.33, "downtime_last_week": 0.33},
-    {"store_id": "late", "uptime_last_hour": 60.0, "uptime_last_day": 24.0, "uptime_last_week": 168.0,
-     "downtime_last_hour": 0.0, "downtime_last_day": 0.0, "downtime_last_week": 0.0},
-    {"store_id": "worked", "uptime_last_hour": 0.0, "uptime_last_day": 1.74, "uptime_last_week": 1.74,
-     "downtime_last_hour": 0.0, "downtime_last_day": 1.26, "downtime_last_week": 1.26},
+    {
+        "store_id": "allday",
+        "uptime_last_hour": 40.0,
+        "uptime_last_day": 23.67,
+        "uptime_last_week": 167.67,
+        "downtime_last_hour": 20.0,
+        "downtime_last_day": 0.33,
+        "downtime_last_week": 0.33,
+    },
+    {
+        "store_id": "late",
+        "uptime_last_hour": 60.0,
+        "uptime_last_day": 24.0,
+        "uptime_last_week": 168.0,
+        "downtime_last_hour": 0.0,
+        "downtime_last_day": 0.0,
+        "downtime_last_week": 0.0,
+    },
+    {
+        "store_id": "worked",
+        "uptime_last_hour": 0.0,
+        "uptime_last_day": 1.74,
+        "uptime_last_week": 1.74,
+        "downtime_last_hour": 0.0,
+        "downtime_last_day": 1.26,
+        "downtime_last_week": 1.26,
+    },
 ]
 
 
-def write_data_dir(directory: Path, status: str = TINY_STATUS, hours: str = TINY_HOURS, zones: str = TINY_ZONES) -> Path:
+def write_data_dir(
+    directory: Path, status: str = TINY_STATUS, hours: str = TINY_HOURS, zones: str = TINY_ZONES
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "store_status.csv").write_text(status)
     (directory / "menu_hours.csv").write_text(hours)
@@ -124,8 +151,14 @@ def _connect_args(config: dict) -> dict:
 @pytest.fixture
 def app(tmp_path, data_dir, store_kind):
     """The app on a fresh store (each kind in turn) seeded from the tiny data set."""
-    application = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
-                              "REPORTS_DIR": str(tmp_path / "reports"), "TESTING": True})
+    application = create_app(
+        {
+            **store_config(store_kind, tmp_path),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "reports"),
+            "TESTING": True,
+        }
+    )
     yield application
     application.extensions["reports"].shutdown(wait=True)
 
@@ -176,12 +209,17 @@ def wipe_polls(store: database.Store) -> None:
         store.db[database.STATUS].delete_many({})
 
 
-def force_report_state(store: database.Store, report_id: str, *, status: str | None = None,
-                       heartbeat_age: float | None = None, progress: dict | None = None,
-                       error: str | None = None, finished: "dt.datetime | None" = None) -> None:
+def force_report_state(
+    store: database.Store,
+    report_id: str,
+    *,
+    status: str | None = None,
+    heartbeat_age: float | None = None,
+    progress: dict | None = None,
+    error: str | None = None,
+    finished: dt.datetime | None = None,
+) -> None:
     """Overwrite a stored report's fields (heartbeat_age: seconds in the past; finished: its finish time)."""
-    import datetime as dt
-
     import utils
 
     beat = None if heartbeat_age is None else database.now_utc() - dt.timedelta(seconds=heartbeat_age)
@@ -200,10 +238,17 @@ def force_report_state(store: database.Store, report_id: str, *, status: str | N
             sets.append("finished_us = ?"), values.append(utils.datetime_to_us(finished))
         store._connection().execute(f"UPDATE reports SET {', '.join(sets)} WHERE report_id = ?", (*values, report_id))
         return
-    fields = {key: value for key, value in
-              {"status": status, "heartbeat_at": beat, "progress": progress, "error": error,
-               "finished_at": finished}.items()
-              if value is not None}
+    fields = {
+        key: value
+        for key, value in {
+            "status": status,
+            "heartbeat_at": beat,
+            "progress": progress,
+            "error": error,
+            "finished_at": finished,
+        }.items()
+        if value is not None
+    }
     store.db[database.REPORTS].update_one({"report_id": report_id}, {"$set": fields})
 
 

@@ -6,6 +6,7 @@ zoneinfo (`fold=0`, the first occurrence) and pandas' `shift_forward` for
 times a DST change skips.  Results are exact integers of half-microseconds
 ("ticks") so the engine can be compared with `==`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 WINDOWS = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1), "week": dt.timedelta(days=7)}
 
@@ -124,15 +125,27 @@ def reference_report(directory) -> list[dict]:
     to_dt = lambda us: EPOCH + dt.timedelta(microseconds=int(us))  # noqa: E731
     to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
     ticks_of = reference_ticks(
-        [(s, to_dt(t), "active" if a else "inactive")
-         for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
-        [(s, d, to_time(a), to_time(b))
-         for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+        [
+            (s, to_dt(t), "active" if a else "inactive")
+            for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])
+        ],
+        [
+            (s, d, to_time(a), to_time(b))
+            for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])
+        ],
         dict(zip(zones["store_id"], zones["timezone_str"])),
         to_dt(now_us),
     )
     per_unit = {"hour": 60 * 2_000_000, "day": 3_600 * 2_000_000, "week": 3_600 * 2_000_000}
-    columns = ["uptime_last_hour", "uptime_last_day", "uptime_last_week",
-               "downtime_last_hour", "downtime_last_day", "downtime_last_week"]
-    return [{"store_id": str(store), **{c: float(np.round(row[c] / per_unit[c.rsplit("_", 1)[1]], 2)) for c in columns}}
-            for store, row in sorted(ticks_of.items())]
+    columns = [
+        "uptime_last_hour",
+        "uptime_last_day",
+        "uptime_last_week",
+        "downtime_last_hour",
+        "downtime_last_day",
+        "downtime_last_week",
+    ]
+    return [
+        {"store_id": str(store), **{c: float(np.round(row[c] / per_unit[c.rsplit("_", 1)[1]], 2)) for c in columns}}
+        for store, row in sorted(ticks_of.items())
+    ]

@@ -1,4 +1,5 @@
 """The HTTP API (SPEC §4) through Flask's test client, on each store: trigger, poll, data, CSV, errors."""
+
 from __future__ import annotations
 
 import csv
@@ -48,7 +49,7 @@ def test_csv_download_by_query_and_by_accept_header(app, client):
         "downtime_last_hour,downtime_last_day,downtime_last_week"
     )
     # the same bytes were written under REPORTS_DIR
-    written = (app.config["REPORTS_DIR"] + f"/report_{report_id}.csv")
+    written = app.config["REPORTS_DIR"] + f"/report_{report_id}.csv"
     assert open(written, "rb").read() == by_query.data
 
 
@@ -67,8 +68,10 @@ def test_as_of_moves_now(client):
     "stored, answer",
     [
         (None, {"phase": "queued", "progress": {"done": 0, "total": None}}),  # as create_report leaves it
-        ({"done": 0, "total": None, "phase": "counting"},
-         {"phase": "counting", "progress": {"done": 0, "total": None}}),
+        (
+            {"done": 0, "total": None, "phase": "counting"},
+            {"phase": "counting", "progress": {"done": 0, "total": None}},
+        ),
         ({"done": 2, "total": 5, "phase": "computing"}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),
         ({"done": 2, "total": 5}, {"phase": "computing", "progress": {"done": 2, "total": 5}}),  # older records
         ({"done": 0, "total": 0, "phase": "computing"}, {"phase": "computing", "progress": {"done": 0, "total": 0}}),
@@ -99,8 +102,11 @@ def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, st
         assert body == {"status": "Running", "phase": "counting", "progress": {"done": 0, "total": None}}
         refused = client.get(f"/get_report?report_id={report_id}&format=csv")
         assert refused.status_code == 409 and refused.mimetype == "application/json"
-        assert refused.get_json() == {"status": 409, "error": f"report {report_id} is still Running (counting stores): "
-                                      "its CSV is ready when it is Complete; ask again then"}
+        assert refused.get_json() == {
+            "status": 409,
+            "error": f"report {report_id} is still Running (counting stores): "
+            "its CSV is ready when it is Complete; ask again then",
+        }
     finally:
         release.set()
     assert wait_for_report(client, report_id)["data"] == TINY_REPORT
@@ -113,8 +119,14 @@ def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_
     from app import create_app
     from tests.conftest import store_config
 
-    app = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
-                      "REPORTS_DIR": str(tmp_path / "reports"), "CHUNK_STORES": 1})
+    app = create_app(
+        {
+            **store_config(store_kind, tmp_path),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "reports"),
+            "CHUNK_STORES": 1,
+        }
+    )
     store_class = type(app.extensions["store"])
     written, reads = [], []
     second_read, release = threading.Event(), threading.Event()
@@ -139,13 +151,17 @@ def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_
     try:
         assert second_read.wait(30), "the job never reached its second chunk"
         assert client.get(f"/get_report?report_id={report_id}").get_json() == {
-            "status": "Running", "phase": "computing", "progress": {"done": 1, "total": 3}}
+            "status": "Running",
+            "phase": "computing",
+            "progress": {"done": 1, "total": 3},
+        }
     finally:
         release.set()
     assert wait_for_report(client, report_id)["data"] == TINY_REPORT
     assert reads == [["allday"], ["late"], ["worked"]]
     assert written == [{"done": 0, "total": None, "phase": "counting"}] + [
-        {"done": done, "total": 3, "phase": "computing"} for done in range(4)]
+        {"done": done, "total": 3, "phase": "computing"} for done in range(4)
+    ]
     app.extensions["reports"].shutdown(wait=True)
 
 
@@ -167,14 +183,18 @@ def database_failure(kind: str, transient: bool = True) -> Exception:
     return ServerSelectionTimeoutError("mongodb://admin:hunter2@db1.internal:27017 timed out")
 
 
-@pytest.mark.parametrize("method, path, store_method", [
-    ("get", "/get_report?report_id=" + "0" * 32, "find_report"),
-    ("post", "/trigger_report", "create_report"),
-    ("get", "/reports", "list_reports"),
-])
+@pytest.mark.parametrize(
+    "method, path, store_method",
+    [
+        ("get", "/get_report?report_id=" + "0" * 32, "find_report"),
+        ("post", "/trigger_report", "create_report"),
+        ("get", "/reports", "list_reports"),
+    ],
+)
 @pytest.mark.parametrize("transient, status", [(True, 503), (False, 500)])
-def test_a_database_error_is_503_or_500_without_its_text(client, store, monkeypatch, method, path, store_method,
-                                                         transient, status, caplog):
+def test_a_database_error_is_503_or_500_without_its_text(
+    client, store, monkeypatch, method, path, store_method, transient, status, caplog
+):
     def fail(*args, **kwargs):
         raise database_failure(store.kind, transient)
 
@@ -182,8 +202,11 @@ def test_a_database_error_is_503_or_500_without_its_text(client, store, monkeypa
     response = getattr(client, method)(path)
     assert response.status_code == status
     assert ("Retry-After" in response.headers) == transient
-    message = ("the database is not available; try again shortly" if transient else
-               "the database failed to do this (a permanent error; the server log has the details)")
+    message = (
+        "the database is not available; try again shortly"
+        if transient
+        else "the database failed to do this (a permanent error; the server log has the details)"
+    )
     assert response.get_json() == {"error": message, "status": status}
     for secret in ("secret", "hunter2", "internal", "I/O", "Traceback"):
         assert secret not in response.get_data(as_text=True)
@@ -202,8 +225,10 @@ def test_csv_of_a_report_that_is_not_complete_is_409_and_unknown_format_400(clie
     store.fail_report("cd" * 16, "boom")
     failed = client.get("/get_report?report_id=" + "cd" * 16 + "&format=CSV")
     assert failed.status_code == 409
-    assert failed.get_json() == {"status": 409,
-                                 "error": f"report {'cd' * 16} Failed (boom), so it has no CSV: trigger a new report"}
+    assert failed.get_json() == {
+        "status": 409,
+        "error": f"report {'cd' * 16} Failed (boom), so it has no CSV: trigger a new report",
+    }
     for value in ("xml", "", "csv "):
         unknown = client.get("/get_report?report_id=" + "cd" * 16 + "&format=" + value)
         assert unknown.status_code == 400
@@ -231,16 +256,27 @@ def test_failure_inside_the_job_is_recorded(app, client, monkeypatch):
 
     monkeypatch.setattr(utils, "uptime_report", broken)
     body = wait_for_report(client, trigger(client))
-    assert body == {"status": "Failed", "error": "the report could not be computed because of an internal error "
-                                                 "(the server log has the details)"}
+    assert body == {
+        "status": "Failed",
+        "error": "the report could not be computed because of an internal error (the server log has the details)",
+    }
     # the server keeps serving
     assert client.get("/health").status_code == 200
 
 
 @pytest.mark.parametrize(
     "query",
-    ["", "?report_id=", "?report_id=xyz", "?report_id=" + "A" * 32, "?report_id=" + "a" * 33,
-     "?report_id=%24ne", "?report_id[$ne]=x", "?report_id=a&report_id=b", "?report_id=" + "é" * 32],
+    [
+        "",
+        "?report_id=",
+        "?report_id=xyz",
+        "?report_id=" + "A" * 32,
+        "?report_id=" + "a" * 33,
+        "?report_id=%24ne",
+        "?report_id[$ne]=x",
+        "?report_id=a&report_id=b",
+        "?report_id=" + "é" * 32,
+    ],
 )
 def test_missing_or_malformed_report_id_is_400_json(client, query):
     response = client.get("/get_report" + query)
@@ -296,10 +332,21 @@ def test_health_names_the_database(client, store):
     assert response.status_code == 200
     body = response.get_json()
     assert {key: body[key] for key in ("status", "database", "database_ok", "schema_version", "newest_poll")} == {
-        "status": "ok", "database": store.kind, "database_ok": True, "schema_version": 2,
-        "newest_poll": "2023-01-24T13:00:00Z"}
-    assert set(body) == {"status", "database", "database_ok", "schema_version", "free_disk_mb",
-                         "reports_free_disk_mb", "newest_poll"}
+        "status": "ok",
+        "database": store.kind,
+        "database_ok": True,
+        "schema_version": 2,
+        "newest_poll": "2023-01-24T13:00:00Z",
+    }
+    assert set(body) == {
+        "status",
+        "database",
+        "database_ok",
+        "schema_version",
+        "free_disk_mb",
+        "reports_free_disk_mb",
+        "newest_poll",
+    }
 
 
 def test_stale_running_report_is_failed_when_polled(app, client, store):
@@ -319,15 +366,21 @@ def upload(client, **files):
 
 
 def test_ingest_loads_reports_rejects_and_is_idempotent(client, store):
-    body = (b"store_id,status,timestamp_utc\n"
-            b"fresh,active,2023-01-24 12:00:00 UTC\nfresh,online,2023-01-24 12:30:00 UTC\n")
+    body = (
+        b"store_id,status,timestamp_utc\nfresh,active,2023-01-24 12:00:00 UTC\nfresh,online,2023-01-24 12:30:00 UTC\n"
+    )
     response = upload(client, store_status=body)
     assert response.status_code == 200
     [summary] = response.get_json()["files"]
     assert (summary["kind"], summary["rows_read"], summary["loaded"], summary["rejected"]) == (
-        "store_status.csv", 2, 1, 1)
-    assert summary["rejects"] == [{"file": "store_status.csv", "line": 3,
-                                   "reason": "unknown status 'online' (expected active or inactive)"}]
+        "store_status.csv",
+        2,
+        1,
+        1,
+    )
+    assert summary["rejects"] == [
+        {"file": "store_status.csv", "line": 3, "reason": "unknown status 'online' (expected active or inactive)"}
+    ]
     assert len(polls_of(store, "fresh")) == 1
     assert upload(client, store_status=body).status_code == 200
     assert len(polls_of(store, "fresh")) == 1

@@ -1,6 +1,7 @@
 """The API's answers about the data itself, on each store: GET /data, DELETE /stores/<id>/polls, unknown
 query parameters, reports refused on partial data, a now after the newest poll, dead reports shown dead
 in every listing, the health check's truth, and the status codes of database faults (500, 503, 507)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -24,8 +25,13 @@ def trigger(client, body=None) -> str:
 def test_data_summarises_the_seeded_data_and_its_uploads(client, app):
     body = client.get("/data").get_json()
     assert {k: body[k] for k in ("stores", "polls", "hours_rows", "zones", "oldest_poll", "newest_poll")} == {
-        "stores": 3, "polls": 5, "hours_rows": 1, "zones": 1,
-        "oldest_poll": "2023-01-24T10:14:00Z", "newest_poll": "2023-01-24T13:00:00Z"}
+        "stores": 3,
+        "polls": 5,
+        "hours_rows": 1,
+        "zones": 1,
+        "oldest_poll": "2023-01-24T10:14:00Z",
+        "newest_poll": "2023-01-24T13:00:00Z",
+    }
     files = [upload["file"].rsplit("/", 1)[-1] for upload in body["uploads"]]
     assert files == ["timezones.csv", "menu_hours.csv", "store_status.csv"]  # newest first
     assert {upload["status"] for upload in body["uploads"]} == {"Complete"}
@@ -66,12 +72,15 @@ def test_a_far_future_poll_can_be_removed_so_now_comes_back(client, store):
     assert body["as_of"] == "2023-01-24T13:00:00Z"
 
 
-@pytest.mark.parametrize("query, message", [
-    ("since=yesterday", "since 'yesterday' is not an ISO 8601 instant"),
-    ("since=2023-01-25&until=2023-01-24", "since is after until"),
-    ("since=2023-01-24&since=2023-01-25", "give since at most once"),
-    ("store=worked", "unknown query parameter(s) store"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("since=yesterday", "since 'yesterday' is not an ISO 8601 instant"),
+        ("since=2023-01-25&until=2023-01-24", "since is after until"),
+        ("since=2023-01-24&since=2023-01-25", "give since at most once"),
+        ("store=worked", "unknown query parameter(s) store"),
+    ],
+)
 def test_delete_polls_refuses_bad_bounds_and_deletes_nothing(client, query, message):
     response = client.delete(f"/stores/worked/polls?{query}")
     assert response.status_code == 400 and message in response.get_json()["error"]
@@ -89,14 +98,17 @@ def test_delete_polls_follows_the_token_and_same_origin_rules(app, client):
 # --------------------------------------------------------------------------- nothing silent
 
 
-@pytest.mark.parametrize("method, path, named", [
-    ("get", "/get_report?report_id=" + "0" * 32 + "&limt=5", "limt"),
-    ("get", "/reports?pages=2", "pages"),
-    ("get", "/health?verbose=1", "verbose"),
-    ("get", "/data?all=1", "all"),
-    ("get", "/stores/worked/timeline?report_id=" + "0" * 32 + "&day=1", "day"),
-    ("post", "/trigger_report?force=1", "force"),
-])
+@pytest.mark.parametrize(
+    "method, path, named",
+    [
+        ("get", "/get_report?report_id=" + "0" * 32 + "&limt=5", "limt"),
+        ("get", "/reports?pages=2", "pages"),
+        ("get", "/health?verbose=1", "verbose"),
+        ("get", "/data?all=1", "all"),
+        ("get", "/stores/worked/timeline?report_id=" + "0" * 32 + "&day=1", "day"),
+        ("post", "/trigger_report?force=1", "force"),
+    ],
+)
 def test_unknown_query_parameters_are_refused_by_name(client, method, path, named):
     response = getattr(client, method)(path)
     assert response.status_code == 400
@@ -119,8 +131,13 @@ def test_a_report_after_the_newest_poll_says_so_in_every_answer(client):
 
 
 def test_reports_refuse_to_start_on_an_unfinished_upload(client, store, monkeypatch):
-    unfinished = {"upload_id": "9" * 32, "file": "big.csv", "kind": "store_status.csv", "written": 10_000,
-                  "loaded": 25_000}
+    unfinished = {
+        "upload_id": "9" * 32,
+        "file": "big.csv",
+        "kind": "store_status.csv",
+        "written": 10_000,
+        "loaded": 25_000,
+    }
     monkeypatch.setattr(store, "unfinished_upload", lambda: unfinished)
     response = client.post("/trigger_report")
     assert response.status_code == 409
@@ -160,15 +177,19 @@ def test_health_is_503_when_free_disk_is_under_min_free_mb(client, app):
     assert "under MIN_FREE_MB" in response.get_json()["error"]
 
 
-@pytest.mark.parametrize("error, status", [
-    (sqlite3.OperationalError("database is locked"), 503),
-    (AutoReconnect("connection closed"), 503),
-    (sqlite3.DatabaseError("database disk image is malformed"), 500),
-    (OperationFailure("Document failed validation", code=121), 500),
-    (database.DiskFull("/var/db/x.sqlite3", 3 * 1_048_576, what="write"), 507),
-])
-def test_database_faults_are_transient_503_permanent_500_or_disk_full_507(client, store, monkeypatch, caplog,
-                                                                          error, status):
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (sqlite3.OperationalError("database is locked"), 503),
+        (AutoReconnect("connection closed"), 503),
+        (sqlite3.DatabaseError("database disk image is malformed"), 500),
+        (OperationFailure("Document failed validation", code=121), 500),
+        (database.DiskFull("/var/db/x.sqlite3", 3 * 1_048_576, what="write"), 507),
+    ],
+)
+def test_database_faults_are_transient_503_permanent_500_or_disk_full_507(
+    client, store, monkeypatch, caplog, error, status
+):
     if isinstance(error, sqlite3.OperationalError):
         error.sqlite_errorcode = sqlite3.SQLITE_BUSY
 

@@ -11,6 +11,7 @@ CI installs them) and selenium (requirements-dev.txt); skipped otherwise.
 `SAVE_SCREENSHOT=1` also remakes docs/screenshot.png and docs/store-week.png (the README's
 pictures) from the sample data in data/.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 STORES = 30
-START_TIMEOUT = 90      # seconds for the service to answer /health
-REPORT_TIMEOUT = 90     # seconds for a report on the small data set
-UI_TIMEOUT = 15         # seconds for the page to react to a click or a keystroke
+START_TIMEOUT = 90  # seconds for the service to answer /health
+REPORT_TIMEOUT = 90  # seconds for a report on the small data set
+UI_TIMEOUT = 15  # seconds for the page to react to a click or a keystroke
 HTTP_TIMEOUT = 15
 
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
@@ -48,14 +49,17 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         "(apt-get install chromium chromium-driver)",
         allow_module_level=True,
     )
-webdriver = pytest.importorskip("selenium.webdriver",
-                                reason="selenium is not installed: pip install -r requirements-dev.txt")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed: pip install -r requirements-dev.txt"
+)
 from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException, StaleElementReferenceException, TimeoutException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
 )
 from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -125,12 +129,14 @@ def wait(driver, condition, message: str, timeout: float = UI_TIMEOUT):
 
 def click(driver, selector: str, message: str) -> None:
     """Click the element at `selector`, again if the page redrew it in between (lists are redrawn)."""
+
     def attempt(d) -> bool:
         try:
             d.find_element(By.CSS_SELECTOR, selector).click()
             return True
         except (StaleElementReferenceException, NoSuchElementException):
             return False
+
     wait(driver, attempt, message)
 
 
@@ -155,12 +161,25 @@ def running_service(base_dir: Path, data_dir: Path, **settings: str):
     """`python app.py` on a free loopback port; yields its base URL; stopped (terminate, then kill) on exit."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
-    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir), REPORTS_DIR=str(base_dir / "reports"),
-               EMBEDDED_DB=str(base_dir / "db" / "browser.sqlite3"), PYTHONUNBUFFERED="1", **settings)
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        DATA_DIR=str(data_dir),
+        REPORTS_DIR=str(base_dir / "reports"),
+        EMBEDDED_DB=str(base_dir / "db" / "browser.sqlite3"),
+        PYTHONUNBUFFERED="1",
+        **settings,
+    )
     log_path = base_dir / "service.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -192,7 +211,10 @@ def data_set(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("browser-data")
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", str(STORES), "--out", str(data_dir)],
-        check=True, cwd=ROOT, timeout=120, stdout=subprocess.DEVNULL,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+        stdout=subprocess.DEVNULL,
     )
     return data_dir
 
@@ -210,25 +232,40 @@ def driver(tmp_path_factory):
     options = Options()
     options.binary_location = CHROMIUM
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-        "--no-proxy-server", "--disable-dev-shm-usage", "--window-size=1280,1000",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--no-proxy-server",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     if any(os.environ.get(name) for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")):
-        with warnings.catch_warnings():   # deprecated, but webdriver.Chrome takes no ClientConfig
+        with warnings.catch_warnings():  # deprecated, but webdriver.Chrome takes no ClientConfig
             warnings.simplefilter("ignore", DeprecationWarning)
             options.ignore_local_proxy_environment_variables()
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(profile / "chromedriver.log")),
-                               options=options)
+    browser = webdriver.Chrome(
+        service=Service(CHROMEDRIVER, log_output=str(profile / "chromedriver.log")), options=options
+    )
     browser.set_page_load_timeout(30)
     browser.set_script_timeout(30)
     # every page records what its Content-Security-Policy blocked (checked by the CSP test)
-    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
-        "window.__cspViolations = [];"
-        "document.addEventListener('securitypolicyviolation', function (e) {"
-        "  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI); });")})
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": (
+                "window.__cspViolations = [];"
+                "document.addEventListener('securitypolicyviolation', function (e) {"
+                "  window.__cspViolations.push(e.violatedDirective + ' ' + e.blockedURI); });"
+            )
+        },
+    )
     try:
         yield browser
     finally:
@@ -262,8 +299,9 @@ def test_the_page_works_under_its_content_security_policy(service, driver, shown
         assert response.headers["Referrer-Policy"] == "no-referrer"
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert driver.execute_script("return window.__cspViolations") == []
-    assert driver.execute_script("return !!(window.Chart && window.Chart.getChart(document.getElementById('chart')))"), \
-        "Chart.js did not draw the chart"
+    assert driver.execute_script(
+        "return !!(window.Chart && window.Chart.getChart(document.getElementById('chart')))"
+    ), "Chart.js did not draw the chart"
     if os.environ.get("CSP_SCREENSHOT"):
         save_screenshot(driver, Path(os.environ["CSP_SCREENSHOT"]))
 
@@ -277,10 +315,13 @@ def save_screenshot(driver, path: Path, selector: str | None = None, max_height:
     if selector:
         top, height = driver.execute_script(
             "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
-            "return [r.top + window.scrollY, r.height];", selector)
+            "return [r.top + window.scrollY, r.height];",
+            selector,
+        )
         clip.update(y=max(0, top - 12), height=min(height + 24, max_height))
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                             "clip": clip})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
     path.write_bytes(base64.b64decode(shot["data"]))
 
 
@@ -299,7 +340,8 @@ def test_table_shows_every_store_of_the_report_in_store_id_order(driver, shown):
     assert [cells[0] for cells in rows] == sorted(row["store_id"] for row in shown["data"])
     assert_table_matches(driver, shown)
     headers = driver.execute_script(
-        "return Array.from(document.querySelectorAll('#report-table thead th')).map(th => th.dataset.key);")
+        "return Array.from(document.querySelectorAll('#report-table thead th')).map(th => th.dataset.key);"
+    )
     assert headers == shown["columns"]
     assert driver.find_element(By.ID, "row-count").text == f"{len(rows)} stores"
 
@@ -345,15 +387,17 @@ def test_csv_link_downloads_this_report(driver, service, shown):
 
 
 def test_past_reports_list_the_report(driver, shown):
-    def listed(d) -> list[str] | None:    # read in one call: the list is redrawn as reports finish
+    def listed(d) -> list[str] | None:  # read in one call: the list is redrawn as reports finish
         return d.execute_script(
             "const tr = document.querySelector('#past-reports tr[data-report-id=\"' + arguments[0] + '\"]');"
             "return tr && [tr.dataset.status, tr.getAttribute('aria-current'),"
-            "              ...Array.from(tr.children).map(td => td.textContent.trim())];", shown["report_id"])
+            "              ...Array.from(tr.children).map(td => td.textContent.trim())];",
+            shown["report_id"],
+        )
 
     wait(driver, lambda d: (listed(d) or [None])[0] == "Complete", "the report is not listed as Complete")
     status, current, created, as_of, badge, count, actions = listed(driver)
-    assert current == "true"          # the report on show is marked in the list
+    assert current == "true"  # the report on show is marked in the list
     assert badge == "Complete" and count == str(shown["row_count"])
     assert as_of == shown["as_of"].replace("T", " ").split(".")[0].rstrip("Z")
     assert "View" in actions and "CSV" in actions
@@ -364,20 +408,22 @@ def test_sorting_by_a_column_header(driver, shown):
         driver.find_element(By.CSS_SELECTOR, f'#report-table thead button[data-key="{key}"]').click()
 
     def header_sort(key: str) -> str:
-        return driver.find_element(By.CSS_SELECTOR, f'#report-table thead th[data-key="{key}"]').get_attribute("aria-sort")
+        return driver.find_element(By.CSS_SELECTOR, f'#report-table thead th[data-key="{key}"]').get_attribute(
+            "aria-sort"
+        )
 
     def expect(key: str, descending: bool) -> list[str]:
         sign = -1 if descending else 1
         return [r["store_id"] for r in sorted(shown["data"], key=lambda r: (sign * r[key], r["store_id"]))]
 
     key = "downtime_last_week"
-    click_header(key)    # numbers sort biggest first on the first click
+    click_header(key)  # numbers sort biggest first on the first click
     wait(driver, lambda d: [c[0] for c in table_rows(d)] == expect(key, descending=True), "no descending sort")
     assert header_sort(key) == "descending" and header_sort("store_id") == "none"
     click_header(key)
     wait(driver, lambda d: [c[0] for c in table_rows(d)] == expect(key, descending=False), "no ascending sort")
     assert header_sort(key) == "ascending"
-    assert_table_matches(driver, shown)    # the same rows, only reordered
+    assert_table_matches(driver, shown)  # the same rows, only reordered
 
     click_header("store_id")
     ids = sorted(r["store_id"] for r in shown["data"])
@@ -401,15 +447,16 @@ def test_filtering_by_store_id(driver, shown):
     wait(driver, lambda d: table_rows(d) == [], "a filter matching nothing still shows rows")
     assert "No store id matches" in driver.find_element(By.CSS_SELECTOR, "#report-table tbody").text
     box.clear()
-    box.send_keys(" ")     # an input event for the cleared box
+    box.send_keys(" ")  # an input event for the cleared box
     wait(driver, lambda d: len(table_rows(d)) == len(shown["data"]), "clearing the filter did not restore the rows")
 
 
 def test_clicking_a_past_report_loads_it(driver, service, shown):
     # A second report as of two days earlier, started through the API, then opened from the list.
     earlier = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00")) - dt.timedelta(days=2)
-    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": earlier.isoformat()}).encode(),
-                             method="POST")
+    status, body = http_json(
+        f"{service}/trigger_report", json.dumps({"as_of": earlier.isoformat()}).encode(), method="POST"
+    )
     assert status == 202, body
     other = wait_for_report(service, body["report_id"])
     assert other["status"] == "Complete" and other["row_count"] > 0
@@ -417,29 +464,45 @@ def test_clicking_a_past_report_loads_it(driver, service, shown):
     driver.find_element(By.ID, "refresh-reports").click()
     selector = f'#past-reports button.view[data-report-id="{other["report_id"]}"]'
     click(driver, selector, "the new report is not listed")
-    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
-         "clicking View did not load the report")
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
+        "clicking View did not load the report",
+    )
     assert_table_matches(driver, other)
     assert [i["store_id"] for i in chart_items(driver)] == [r["store_id"] for r in top_by_week_downtime(other["data"])]
-    assert driver.find_element(By.ID, "csv-link").get_attribute("href").endswith(
-        f"report_id={other['report_id']}&format=csv")
+    assert (
+        driver.find_element(By.ID, "csv-link")
+        .get_attribute("href")
+        .endswith(f"report_id={other['report_id']}&format=csv")
+    )
     # A #report=<id> address opens a report too; then View goes back to the first one.
     driver.execute_script("location.hash = '#report=' + arguments[0];", shown["report_id"])
-    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
-         "#report=<id> did not load the report")
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
+        "#report=<id> did not load the report",
+    )
     click(driver, f'#past-reports button.view[data-report-id="{other["report_id"]}"]', "no View button")
-    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
-         "clicking View did not load the second report again")
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == other["report_id"],
+        "clicking View did not load the second report again",
+    )
     click(driver, f'#past-reports button.view[data-report-id="{shown["report_id"]}"]', "no View button")
-    wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
-         "clicking View did not load the first report again")
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == shown["report_id"],
+        "clicking View did not load the first report again",
+    )
     assert_table_matches(driver, shown)
 
 
 def test_a_report_after_the_newest_poll_says_so_on_the_page(driver, service, shown):
     later = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00")) + dt.timedelta(hours=3)
-    status, body = http_json(f"{service}/trigger_report", json.dumps({"as_of": later.isoformat()}).encode(),
-                             method="POST")
+    status, body = http_json(
+        f"{service}/trigger_report", json.dumps({"as_of": later.isoformat()}).encode(), method="POST"
+    )
     assert status == 202, body
     other = wait_for_report(service, body["report_id"])
     assert other["as_of_after_newest_poll"] is True
@@ -478,10 +541,16 @@ def test_errors_are_shown(driver, shown):
         };""")
     try:
         trigger.click()
-        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "failed",
-             "the Failed report did not end the run")
-        wait(driver, lambda d: message.is_displayed() and "simulated: disk full" in message.text,
-             "no message for a Failed report")
+        wait(
+            driver,
+            lambda d: d.execute_script("return document.body.dataset.state") == "failed",
+            "the Failed report did not end the run",
+        )
+        wait(
+            driver,
+            lambda d: message.is_displayed() and "simulated: disk full" in message.text,
+            "no message for a Failed report",
+        )
         assert "failed" in message.text
         assert trigger.is_enabled() and trigger.text == "Run report"
         assert not driver.find_element(By.ID, "progress-area").is_displayed()
@@ -495,8 +564,8 @@ def test_errors_are_shown(driver, shown):
 
 def micros(text: str) -> int:
     """Microseconds since the epoch of an API instant (ISO 8601 UTC, microseconds, Z)."""
-    when = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
-    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    when = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
 
 def segment_totals(timeline: dict) -> dict[str, float]:
@@ -505,8 +574,11 @@ def segment_totals(timeline: dict) -> dict[str, float]:
     for name, (low, high) in timeline["windows"].items():
         low, high = micros(low), micros(high)
         for status, kind in (("active", "uptime"), ("inactive", "downtime")):
-            covered = sum(max(0, min(micros(seg["end"]), high) - max(micros(seg["start"]), low))
-                          for seg in timeline["segments"] if seg["status"] == status)
+            covered = sum(
+                max(0, min(micros(seg["end"]), high) - max(micros(seg["start"]), low))
+                for seg in timeline["segments"]
+                if seg["status"] == status
+            )
             totals[f"{kind}_last_{name}"] = covered / (60e6 if name == "hour" else 3600e6)
     return totals
 
@@ -542,9 +614,14 @@ def shown_week(driver) -> dict:
 
 
 def assert_week_matches_the_api(driver, service, report_id: str, store_id: str) -> dict:
-    wait(driver, lambda d: d.find_element(By.ID, "store-week").get_attribute("data-state") == "shown"
-         and d.find_element(By.ID, "store-week").get_attribute("data-store-id") == store_id,
-         f"the week of store {store_id} is not shown")
+    wait(
+        driver,
+        lambda d: (
+            d.find_element(By.ID, "store-week").get_attribute("data-state") == "shown"
+            and d.find_element(By.ID, "store-week").get_attribute("data-store-id") == store_id
+        ),
+        f"the week of store {store_id} is not shown",
+    )
     status, timeline = http_json(f"{service}/stores/{store_id}/timeline?report_id={report_id}")
     assert status == 200, timeline
     week = shown_week(driver)
@@ -552,13 +629,13 @@ def assert_week_matches_the_api(driver, service, report_id: str, store_id: str) 
     expected = segment_totals(timeline)
     assert set(week["drawn"]) == set(expected) == set(timeline["totals"]) - {"store_id"}
     for key, value in expected.items():
-        assert week["drawn"][key] == pytest.approx(value, abs=1e-9), key           # what the page added up
+        assert week["drawn"][key] == pytest.approx(value, abs=1e-9), key  # what the page added up
         assert round(week["drawn"][key], 2) == pytest.approx(timeline["totals"][key], abs=0.0100001), key
         unit = " min" if key.endswith("_hour") else " h"
         assert week["reportText"][key] == f"{timeline['totals'][key]:.2f}{unit}", key  # the report's own row
         assert week["shownText"][key] == f"{week['drawn'][key]:.2f}{unit}", key
     assert week["days"] == len(local_dates(timeline))
-    assert set(week["segments"]) == set(range(len(timeline["segments"])))        # every segment drawn
+    assert set(week["segments"]) == set(range(len(timeline["segments"])))  # every segment drawn
     week_start = micros(timeline["windows"]["week"][0])
     polls = {micros(p["timestamp"]) for p in timeline["polls"]}
     assert {t for t in polls if t >= week_start} <= set(week["ticks"]) <= polls  # every poll of the week a tick
@@ -583,10 +660,14 @@ def test_clicking_a_bar_of_the_chart_shows_that_stores_week(driver, service, sho
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", canvas)
     x, y = driver.execute_script(
         "const bar = Chart.getChart(arguments[0]).getDatasetMeta(0).data[arguments[1]];"
-        "return [bar.base + (bar.x - bar.base) / 2, bar.y];", canvas, index)
+        "return [bar.base + (bar.x - bar.base) / 2, bar.y];",
+        canvas,
+        index,
+    )
     size = canvas.size
-    ActionChains(driver).move_to_element_with_offset(canvas, int(x - size["width"] / 2),
-                                                     int(y - size["height"] / 2)).click().perform()
+    ActionChains(driver).move_to_element_with_offset(
+        canvas, int(x - size["width"] / 2), int(y - size["height"] / 2)
+    ).click().perform()
     assert_week_matches_the_api(driver, service, shown["report_id"], store_id)
 
 
@@ -606,7 +687,7 @@ def test_narrow_screen_needs_no_sideways_scrolling(driver, shown):
         assert sizes["table"] <= sizes["box"], sizes
         assert 0 < sizes["rightmost"] <= sizes["view"], sizes
         first = table_rows(driver)[0]
-        assert len(first) == len(shown["columns"])     # every column still there, stacked
+        assert len(first) == len(shown["columns"])  # every column still there, stacked
     finally:
         driver.set_window_size(1280, 1000)
 
@@ -625,7 +706,7 @@ def test_save_the_readme_screenshots(driver, tmp_path):
         assert report["row_count"] == 200
         driver.execute_script("window.scrollTo(0, 0);")
         save_screenshot(driver, ROOT / "docs" / "screenshot.png", max_height=1900)
-        store_id = "6204690224004845394"   # a store with split hours, ups and downs every day
+        store_id = "6204690224004845394"  # a store with split hours, ups and downs every day
         click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link")
         assert_week_matches_the_api(driver, base, report["report_id"], store_id)
         save_screenshot(driver, ROOT / "docs" / "store-week.png", selector="#store-week")
@@ -645,13 +726,20 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         wait(driver, lambda d: "token" not in d.current_url, "the token stays in the address bar")
         trigger = driver.find_element(By.ID, "trigger")
         trigger.click()
-        wait(driver, lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id"), "no report shown",
-             timeout=REPORT_TIMEOUT)
+        wait(
+            driver,
+            lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id"),
+            "no report shown",
+            timeout=REPORT_TIMEOUT,
+        )
         assert driver.execute_script("return document.body.dataset.state") == "complete"
         assert not driver.find_element(By.ID, "message").is_displayed()
         assert len(table_rows(driver)) == STORES
-        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#past-reports tr[data-status='Complete']"),
-             "past reports not listed with the token")
+        wait(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#past-reports tr[data-status='Complete']"),
+            "past reports not listed with the token",
+        )
         # The token is kept in this tab only (sessionStorage), never in localStorage.
         assert driver.execute_script("return sessionStorage.getItem('storeUptime.apiToken')") == token
         assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") is None

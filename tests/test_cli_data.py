@@ -1,6 +1,7 @@
 """The command lines on missing or partial input: `python database.py` (load, delete, uploads, migrate)
 and `python reportGenerator.py` exit non-zero with one line on a missing folder or file, load single
 files recognised by their header, and warn where a report would silently assume hours or zones."""
+
 from __future__ import annotations
 
 import logging
@@ -118,8 +119,12 @@ def test_the_service_refuses_a_foreign_database_at_start_up(tmp_path):
 
 
 def test_data_dir_on_a_database_with_data_logs_that_it_was_not_loaded(tmp_path, caplog):
-    config = {"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-              "DATA_DIR": str(write_data_dir(tmp_path / "data")), "REPORTS_DIR": str(tmp_path / "reports")}
+    config = {
+        "MONGO_URI": "",
+        "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+        "DATA_DIR": str(write_data_dir(tmp_path / "data")),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+    }
     create_app(config).extensions["reports"].shutdown(wait=True)
     with caplog.at_level(logging.INFO, logger="database"):
         create_app(config).extensions["reports"].shutdown(wait=True)
@@ -131,8 +136,14 @@ def test_seeding_from_a_folder_with_only_zones_never_says_polls_were_seeded(tmp_
     folder.mkdir()
     (folder / "timezones.csv").write_text("store_id,timezone_str\nx,UTC\n")
     with caplog.at_level(logging.INFO):
-        app = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(folder),
-                          "REPORTS_DIR": str(tmp_path / "reports")})
+        app = create_app(
+            {
+                "MONGO_URI": "",
+                "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+                "DATA_DIR": str(folder),
+                "REPORTS_DIR": str(tmp_path / "reports"),
+            }
+        )
     app.extensions["reports"].shutdown(wait=True)
     messages = [r.getMessage() for r in caplog.records]
     assert not any(m.startswith("seeded") and "store_status.csv" in m for m in messages)
@@ -168,6 +179,11 @@ def test_report_cli_warns_when_hours_or_zones_are_missing(tmp_path, capsys):
 def test_a_bad_max_future_seconds_stops_start_up_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MAX_FUTURE_SECONDS", "one day")
     with pytest.raises(SystemExit) as stopped:
-        create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-                    "DATA_DIR": str(write_data_dir(tmp_path / "data"))})
+        create_app(
+            {
+                "MONGO_URI": "",
+                "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+                "DATA_DIR": str(write_data_dir(tmp_path / "data")),
+            }
+        )
     assert str(stopped.value).startswith("error: MAX_FUTURE_SECONDS must be a whole number of seconds")

@@ -6,6 +6,7 @@ same bytes as the single-process runs, on the sample and on a generated
 report Complete with the same bytes; an unreachable scheduler ends it Failed
 with the reason; /health reports the scheduler.  One cluster for the module.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,9 @@ RANGE_STORES = 40  # the sample's 200 stores make 5 ranges over the 2 workers
 @pytest.fixture(scope="module")
 def dask_cluster():
     """A LocalCluster of 2 single-threaded worker processes on 127.0.0.1 over TCP."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, protocol="tcp",
-                                  host="127.0.0.1", dashboard_address=None) as local:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as local:
         yield local
 
 
@@ -53,8 +55,22 @@ def dask_client(dask_cluster):
 def generated_2000(tmp_path_factory) -> Path:
     """A generated 2,000-store data set in a scratch folder (never in data/)."""
     out = tmp_path_factory.mktemp("generated") / "stores_2000"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", "2000",
-                    "--polls-per-store", "60", "--seed", "11", "--out", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "generate_data.py"),
+            "--stores",
+            "2000",
+            "--polls-per-store",
+            "60",
+            "--seed",
+            "11",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -70,8 +86,14 @@ def _cli_bytes(data_dir: Path, output: Path, *extra: str) -> bytes:
 def test_cli_on_the_cluster_writes_the_single_process_bytes(data, dask_cluster, tmp_path, request):
     data_dir = SAMPLE if data == "sample" else request.getfixturevalue("generated_2000")
     alone = _cli_bytes(data_dir, tmp_path / "alone.csv", "--processes", "1")
-    on_cluster = _cli_bytes(data_dir, tmp_path / "cluster.csv", "--chunk-stores", "300" if data != "sample" else "40",
-                            "--scheduler", dask_cluster.scheduler_address)
+    on_cluster = _cli_bytes(
+        data_dir,
+        tmp_path / "cluster.csv",
+        "--chunk-stores",
+        "300" if data != "sample" else "40",
+        "--scheduler",
+        dask_cluster.scheduler_address,
+    )
     expected_rows = 200 if data == "sample" else 2000
     assert alone.count(b"\n") == expected_rows + 1
     assert on_cluster == alone
@@ -79,7 +101,9 @@ def test_cli_on_the_cluster_writes_the_single_process_bytes(data, dask_cluster, 
 
 def test_cli_with_an_unreachable_scheduler_says_so(tmp_path, capsys):
     address = f"tcp://127.0.0.1:{_closed_port()}"
-    code = reportGenerator.main(["--data-dir", str(SAMPLE), "--output", str(tmp_path / "r.csv"), "--scheduler", address])
+    code = reportGenerator.main(
+        ["--data-dir", str(SAMPLE), "--output", str(tmp_path / "r.csv"), "--scheduler", address]
+    )
     assert code == 2
     assert f"the Dask scheduler at {address} cannot be reached" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
@@ -95,9 +119,17 @@ def embedded_db(tmp_path_factory) -> Path:
 
 
 def _app(embedded_db: Path, reports_dir: Path, scheduler: str = ""):
-    return create_app({"MONGO_URI": "", "EMBEDDED_DB": str(embedded_db), "DATA_DIR": str(SAMPLE),
-                       "REPORTS_DIR": str(reports_dir), "CHUNK_STORES": RANGE_STORES, "DASK_SCHEDULER": scheduler,
-                       "TESTING": True})
+    return create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(embedded_db),
+            "DATA_DIR": str(SAMPLE),
+            "REPORTS_DIR": str(reports_dir),
+            "CHUNK_STORES": RANGE_STORES,
+            "DASK_SCHEDULER": scheduler,
+            "TESTING": True,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +169,17 @@ def test_service_on_the_cluster_stores_the_thread_path_bytes(cluster_app, thread
 def test_health_reports_the_scheduler_and_its_workers(cluster_app, dask_client):
     dask_client.wait_for_workers(2, timeout=60)
     body = cluster_app.test_client().get("/health").get_json()
-    assert {key: body[key] for key in ("status", "database", "database_ok", "scheduler", "scheduler_ok",
-                                       "scheduler_workers")} == {
-        "status": "ok", "database": "sqlite", "database_ok": True,
-        "scheduler": cluster_app.config["DASK_SCHEDULER"], "scheduler_ok": True, "scheduler_workers": 2}
+    assert {
+        key: body[key]
+        for key in ("status", "database", "database_ok", "scheduler", "scheduler_ok", "scheduler_workers")
+    } == {
+        "status": "ok",
+        "database": "sqlite",
+        "database_ok": True,
+        "scheduler": cluster_app.config["DASK_SCHEDULER"],
+        "scheduler_ok": True,
+        "scheduler_workers": 2,
+    }
     schema = json.loads((ROOT / "openapi.json").read_text())["components"]["schemas"]["Health"]
     assert set(body) <= set(schema["properties"]) and schema["additionalProperties"] is False
 
@@ -154,7 +193,8 @@ def blocking_range_ticks(started: str, release: str, spec, store_ids, since_us, 
 
 
 def test_a_worker_killed_mid_report_still_gives_complete_and_the_same_bytes(
-        cluster_app, dask_cluster, dask_client, thread_report, monkeypatch):
+    cluster_app, dask_cluster, dask_client, thread_report, monkeypatch
+):
     dask_client.wait_for_workers(2, timeout=60)
     started, release = f"started-{uuid.uuid4().hex}", f"release-{uuid.uuid4().hex}"
     # the task the job submits; the workers, in their own processes, still have the real range_ticks
@@ -192,10 +232,17 @@ def test_an_unreachable_scheduler_fails_the_report_with_the_reason(embedded_db, 
     assert f"the Dask scheduler at {address} cannot be reached" in body["error"]
     assert health.status_code == 200
     answer = health.get_json()
-    assert {key: answer[key] for key in ("status", "database", "database_ok", "scheduler", "scheduler_ok",
-                                         "scheduler_workers")} == {
-        "status": "ok", "database": "sqlite", "database_ok": True, "scheduler": address, "scheduler_ok": False,
-        "scheduler_workers": 0}
+    assert {
+        key: answer[key]
+        for key in ("status", "database", "database_ok", "scheduler", "scheduler_ok", "scheduler_workers")
+    } == {
+        "status": "ok",
+        "database": "sqlite",
+        "database_ok": True,
+        "scheduler": address,
+        "scheduler_ok": False,
+        "scheduler_workers": 0,
+    }
     assert not list((tmp_path / "reports").glob("*.csv"))
 
 

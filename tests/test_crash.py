@@ -1,6 +1,7 @@
 """Whole data or none, for real: a real `python app.py` on the embedded store killed with SIGKILL at
 several moments of an upload, and a real full disk (a small tmpfs) under the database.  After each,
 the restarted service holds all of the upload or none of it, says so in GET /data, and works."""
+
 from __future__ import annotations
 
 import http.client
@@ -25,8 +26,11 @@ BIG_ROWS = 300_000
 
 def big_polls() -> bytes:
     """300,000 polls of 3,000 stores, every one new to the seeded data."""
-    lines = [f"crash{i % 3000},{'active' if i % 4 else 'inactive'},2023-01-2{i % 5} {i % 24:02d}:{i % 60:02d}:"
-             f"{(i // 60) % 60:02d}.{i:06d} UTC" for i in range(BIG_ROWS)]
+    lines = [
+        f"crash{i % 3000},{'active' if i % 4 else 'inactive'},2023-01-2{i % 5} {i % 24:02d}:{i % 60:02d}:"
+        f"{(i // 60) % 60:02d}.{i:06d} UTC"
+        for i in range(BIG_ROWS)
+    ]
     return ("store_id,status,timestamp_utc\n" + "\n".join(lines) + "\n").encode()
 
 
@@ -38,15 +42,21 @@ class Server:
         self.database = database
         self.log = tmp_path / f"server-{self.port}.log"
         self.env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
-        self.env.update(PORT=str(self.port), HOST="127.0.0.1", EMBEDDED_DB=str(database),
-                        DATA_DIR=str(write_data_dir(tmp_path / "seed")), REPORTS_DIR=str(tmp_path / "reports"),
-                        **environment)
+        self.env.update(
+            PORT=str(self.port),
+            HOST="127.0.0.1",
+            EMBEDDED_DB=str(database),
+            DATA_DIR=str(write_data_dir(tmp_path / "seed")),
+            REPORTS_DIR=str(tmp_path / "reports"),
+            **environment,
+        )
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -69,8 +79,14 @@ class Server:
 
     def upload(self, name: str, payload: bytes, filename: str = "big.csv"):
         boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-                "Content-Type: text/csv\r\n\r\n").encode() + payload + f"\r\n--{boundary}--\r\n".encode()
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: text/csv\r\n\r\n"
+            ).encode()
+            + payload
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         return self.call("POST", "/ingest", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
     def kill(self) -> None:
@@ -188,11 +204,13 @@ def small_disk(tmp_path):
     """A real 96 MB tmpfs mounted for the test (needs root and mount; skipped with the reason otherwise)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): the full-disk "
-                    "test needs root")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): the full-disk test needs root"
+        )
     try:
         yield mount_point
     finally:

@@ -1,6 +1,7 @@
 """Whole data or none (the contract on every store): the upload journal, a writer that stops part-way,
 removing polls, what is stored, a report's life (Complete only with its CSV stored and written), the
 lease given back when its holder raises, and retention as each report finishes."""
+
 from __future__ import annotations
 
 import threading
@@ -13,9 +14,13 @@ from reportGenerator import ReportGenerator
 from tests.conftest import FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, polls_of
 
 POLLS = TINY_STATUS.encode()
-MANY_POLLS = ("store_id,status,timestamp_utc\n" + "".join(
-    f"s{i % 50},{'active' if i % 3 else 'inactive'},2023-01-2{i % 7} {i % 24:02d}:{i % 60:02d}:00.{i:06d} UTC\n"
-    for i in range(2_500))).encode()
+MANY_POLLS = (
+    "store_id,status,timestamp_utc\n"
+    + "".join(
+        f"s{i % 50},{'active' if i % 3 else 'inactive'},2023-01-2{i % 7} {i % 24:02d}:{i % 60:02d}:00.{i:06d} UTC\n"
+        for i in range(2_500)
+    )
+).encode()
 SMALL_BATCH = 1_000  # so MANY_POLLS is written in three batches by every store
 
 
@@ -100,8 +105,9 @@ def test_uploading_the_same_file_again_finishes_an_unfinished_upload(store, monk
     monkeypatch.undo()
     database.load_file(store, sources.STATUS_FILE, MANY_POLLS)
     assert store.unfinished_upload() is None
-    assert stored_polls(store) == len({line.split(",")[0] + line.split(",")[2]
-                                       for line in MANY_POLLS.decode().splitlines()[1:]})
+    assert stored_polls(store) == len(
+        {line.split(",")[0] + line.split(",")[2] for line in MANY_POLLS.decode().splitlines()[1:]}
+    )
 
 
 def test_another_file_does_not_finish_an_unfinished_upload_but_dismissing_it_does(store, monkeypatch):
@@ -145,14 +151,24 @@ def test_delete_polls_by_store_and_inclusive_bounds(store):
 
 def test_data_summary_counts_what_is_stored(store):
     empty = store.data_summary()
-    assert empty == {"stores": 0, "polls": 0, "hours_rows": 0, "zones": 0, "oldest_poll_us": None,
-                     "newest_poll_us": None}
+    assert empty == {
+        "stores": 0,
+        "polls": 0,
+        "hours_rows": 0,
+        "zones": 0,
+        "oldest_poll_us": None,
+        "newest_poll_us": None,
+    }
     database.load_file(store, sources.STATUS_FILE, POLLS)
     database.load_file(store, sources.HOURS_FILE, TINY_HOURS.encode())
     database.load_file(store, sources.ZONES_FILE, TINY_ZONES.encode())
     summary = store.data_summary()
-    assert {k: summary[k] for k in ("stores", "polls", "hours_rows", "zones")} == \
-        {"stores": 3, "polls": 5, "hours_rows": 1, "zones": 1}
+    assert {k: summary[k] for k in ("stores", "polls", "hours_rows", "zones")} == {
+        "stores": 3,
+        "polls": 5,
+        "hours_rows": 1,
+        "zones": 1,
+    }
     assert summary["oldest_poll_us"] == 1674555240000000  # 2023-01-24 10:14 UTC
     assert summary["newest_poll_us"] == 1674565200000000  # 2023-01-24 13:00 UTC
 
@@ -232,8 +248,7 @@ def test_retention_holds_as_each_report_finishes(store, tmp_path):
         store.create_report(report_id, None)
         generator.run(report_id)
         assert store.count_reports() <= 2
-    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == \
-        [f"report_{n:032x}.csv" for n in (3, 4)]
+    assert sorted(path.name for path in (tmp_path / "reports").iterdir()) == [f"report_{n:032x}.csv" for n in (3, 4)]
 
 
 # --------------------------------------------------------------------------- the lease

@@ -4,6 +4,7 @@ Ingest counts, idempotency, replacement, microsecond keys, reading for the repor
 report records and the data lease.  Store-specific behaviour (query plans, indexes,
 files shared by processes) lives in test_store_sqlite.py and test_store_mongo.py.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,8 +24,17 @@ import pytest
 import database
 import sources
 import utils
-from tests.conftest import (FAR_FUTURE_US, TINY_HOURS, TINY_STATUS, TINY_ZONES, force_report_state, free_port,
-                            hours_of, polls_of, write_data_dir)
+from tests.conftest import (
+    FAR_FUTURE_US,
+    TINY_HOURS,
+    TINY_STATUS,
+    TINY_ZONES,
+    force_report_state,
+    free_port,
+    hours_of,
+    polls_of,
+    write_data_dir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,10 +73,13 @@ def test_loading_twice_changes_nothing(store, tmp_path):
 
 
 def test_polls_a_microsecond_apart_are_two_polls(store):
-    database.load_file(store, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\n"
-                       b"s,active,2023-01-24 10:00:00.000001 UTC\ns,inactive,2023-01-24 10:00:00.000002 UTC\n"
-                       b"s,active,2023-01-24 10:00:00.000999 UTC\n")
+    database.load_file(
+        store,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"s,active,2023-01-24 10:00:00.000001 UTC\ns,inactive,2023-01-24 10:00:00.000002 UTC\n"
+        b"s,active,2023-01-24 10:00:00.000999 UTC\n",
+    )
     polls = polls_of(store, "s")
     assert sorted(zip(polls["timestamp_us"] % 1_000_000, polls["active"])) == [(1, True), (2, False), (999, True)]
 
@@ -86,7 +99,8 @@ def test_bad_rows_reported_good_rows_loaded(store, tmp_path):
     by_file = {s["file"].rsplit("/", 1)[-1]: s for s in summaries}
     assert by_file["store_status.csv"]["loaded"] == 5
     assert [(r["line"], r["reason"].split(" '")[0]) for r in by_file["store_status.csv"]["rejects"]] == [
-        (7, "unknown status"), (8, "unparseable timestamp")
+        (7, "unknown status"),
+        (8, "unparseable timestamp"),
     ]
     assert by_file["menu_hours.csv"]["rejects"][0]["line"] == 3
     assert by_file["timezones.csv"]["rejects"][0]["line"] == 3
@@ -95,8 +109,11 @@ def test_bad_rows_reported_good_rows_loaded(store, tmp_path):
 
 def test_hours_and_zones_are_replaced_by_the_newest_file(store, tmp_path):
     database.load_dir(store, write_data_dir(tmp_path))
-    database.load_file(store, sources.HOURS_FILE,
-                       b"store_id,day,start_time_local,end_time_local\nworked,3,08:00:00,09:00:00\nworked,4,22:00,02:00\n")
+    database.load_file(
+        store,
+        sources.HOURS_FILE,
+        b"store_id,day,start_time_local,end_time_local\nworked,3,08:00:00,09:00:00\nworked,4,22:00,02:00\n",
+    )
     database.load_file(store, sources.ZONES_FILE, b"store_id,timezone_str\nworked,Asia/Tokyo\n")
     hours = hours_of(store, "worked").sort_values("day")
     assert hours[["day", "start_s", "end_s"]].to_numpy().tolist() == [[3, 8 * 3600, 9 * 3600], [4, 22 * 3600, 2 * 3600]]
@@ -117,31 +134,41 @@ def test_read_chunk_gives_the_hand_worked_report(store, tmp_path):
 
 
 def test_report_store_ids_only_counts_polls_at_or_before_now(store):
-    database.load_file(store, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\nearly,active,2023-01-24T10:00:00Z\n"
-                       b"later,active,2023-01-24T12:00:00Z\n")
-    ten = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.timezone.utc))
+    database.load_file(
+        store,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\nearly,active,2023-01-24T10:00:00Z\nlater,active,2023-01-24T12:00:00Z\n",
+    )
+    ten = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.UTC))
     assert store.report_store_ids(ten) == ["early"]
     assert store.report_store_ids(ten - 1) == []
     assert store.latest_poll_us() == ten + 2 * utils.HOUR_US
 
 
 def test_read_chunk_finds_last_poll_long_before_the_window(store):
-    database.load_file(store, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\n"
-                       b"old,inactive,2023-01-01T00:00:00Z\nold,active,2022-12-01T00:00:00Z\n"
-                       b"new,active,2023-01-24T12:00:00Z\n")
+    database.load_file(
+        store,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"old,inactive,2023-01-01T00:00:00Z\nold,active,2022-12-01T00:00:00Z\n"
+        b"new,active,2023-01-24T12:00:00Z\n",
+    )
     now = store.latest_poll_us()
     polls, hours, zones = store.read_chunk(["new", "old"], now - utils.WEEK_US, now)
     assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [
-        ("new", now, True), ("old", utils.datetime_to_us(dt.datetime(2023, 1, 1, tzinfo=dt.timezone.utc)), False)]
+        ("new", now, True),
+        ("old", utils.datetime_to_us(dt.datetime(2023, 1, 1, tzinfo=dt.UTC)), False),
+    ]
 
 
 def test_read_chunk_ignores_polls_after_now_and_other_stores(store):
-    database.load_file(store, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\n"
-                       b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:00:00Z\nb,active,2023-01-24T10:30:00Z\n")
-    now = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, 30, tzinfo=dt.timezone.utc))
+    database.load_file(
+        store,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:00:00Z\nb,active,2023-01-24T10:30:00Z\n",
+    )
+    now = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, 30, tzinfo=dt.UTC))
     polls = store.read_chunk(["a"], now - utils.WEEK_US, now)[0]
     assert list(zip(polls["store_id"], polls["active"])) == [("a", True)]
 
@@ -247,7 +274,8 @@ def test_a_lost_lease_is_reported(store, monkeypatch, caplog):
             store.db["locks"].update_one({"_id": "data"}, {"$set": {"readers": []}})
         assert lost.wait(30)
     assert [r.getMessage() for r in caplog.records if r.name == "database" and r.levelno == logging.ERROR] == [
-        "the data read lease was lost (it expired or was taken)"]
+        "the data read lease was lost (it expired or was taken)"
+    ]
 
 
 class _FakeTime:
@@ -282,10 +310,10 @@ def test_a_lease_wait_doubles_its_pauses_from_20_ms_up_to_half_a_second(store, m
     assert isinstance(holder, str) and len(holder) == 32 and tries == [("write", holder)] * 9
 
 
-@pytest.mark.parametrize("mode, why", [("read", "a load is running or waiting"),
-                                       ("write", "reports or a load are running")])
-def test_a_lease_wait_gives_up_once_its_deadline_is_past_and_gives_back_what_it_marked(store, monkeypatch,
-                                                                                        mode, why):
+@pytest.mark.parametrize(
+    "mode, why", [("read", "a load is running or waiting"), ("write", "reports or a load are running")]
+)
+def test_a_lease_wait_gives_up_once_its_deadline_is_past_and_gives_back_what_it_marked(store, monkeypatch, mode, why):
     clock = _FakeTime()
     monkeypatch.setattr(database, "time", clock)
     tries, releases = [], []
@@ -316,8 +344,7 @@ def test_a_lease_wait_is_not_over_while_its_deadline_is_not_past(store, monkeypa
     assert clock.pauses == [0.02] and tries == ["read", "read"]
 
 
-def test_a_daemon_thread_renews_the_lease_every_quarter_lease_through_a_failed_renewal(store, monkeypatch,
-                                                                                        caplog):
+def test_a_daemon_thread_renews_the_lease_every_quarter_lease_through_a_failed_renewal(store, monkeypatch, caplog):
     monkeypatch.setattr(database, "LEASE_SECONDS", 0.2)
     waits = []
 
@@ -329,7 +356,9 @@ def test_a_daemon_thread_renews_the_lease_every_quarter_lease_through_a_failed_r
     monkeypatch.setattr(database, "threading", type("threading", (), {"Event": Event, "Thread": threading.Thread}))
     taken, renewals, third = [], [], threading.Event()
     real_try, real_renew = store._try_lease, store._renew_lease
-    monkeypatch.setattr(store, "_try_lease", lambda mode, holder: taken.append((mode, holder)) or real_try(mode, holder))
+    monkeypatch.setattr(
+        store, "_try_lease", lambda mode, holder: taken.append((mode, holder)) or real_try(mode, holder)
+    )
 
     def renew(mode, holder):
         me = threading.current_thread()
@@ -348,13 +377,17 @@ def test_a_daemon_thread_renews_the_lease_every_quarter_lease_through_a_failed_r
         with store.data_lease("read") as lost:
             assert third.wait(30)
             assert not lost.is_set()
-    (mode, holder), = taken
+    ((mode, holder),) = taken
     name = f"lease-read-{holder[:8]}"
-    assert renewals[:3] == [("read", holder, "failed", name, True), ("read", holder, True, name, True),
-                            ("read", holder, True, name, True)]
+    assert renewals[:3] == [
+        ("read", holder, "failed", name, True),
+        ("read", holder, True, name, True),
+        ("read", holder, True, name, True),
+    ]
     assert waits and waits == pytest.approx([0.05] * len(waits))  # 0.2 s / 4
     assert [r.getMessage() for r in caplog.records if r.name == "database"] == [
-        "could not renew the data read lease: disk I/O error"]
+        "could not renew the data read lease: disk I/O error"
+    ]
 
 
 def test_empty_store_and_seeding_once(store, tmp_path):
@@ -397,7 +430,7 @@ class ShuffledChunks:
             self.docs = docs
 
         def sort(self, key, direction=1):
-            key, direction = (key[0] if isinstance(key, list) else (key, direction))
+            key, direction = key[0] if isinstance(key, list) else (key, direction)
             return ShuffledChunks.Cursor(sorted(self.docs, key=lambda d: d[key], reverse=direction == -1))
 
         def __iter__(self):
@@ -494,7 +527,9 @@ def test_delete_finished_reports_by_age_with_a_far_future_cutoff(store):
         store.create_report(report_id, None)
         store.complete_report(report_id, b"x\n", 0)
     assert store.delete_finished_reports(database.now_utc() + dt.timedelta(hours=1), keep_newest=10) == [
-        "1" * 32, "2" * 32]
+        "1" * 32,
+        "2" * 32,
+    ]
     assert store.count_reports() == 0
 
 
@@ -508,8 +543,20 @@ def test_a_report_record_keeps_the_requested_as_of_and_the_csv_size(store):
     assert [r["csv_bytes"] for r in store.list_reports()] == [22]
 
 
-REPORT_RECORD_FIELDS = {"report_id", "status", "created_at", "heartbeat_at", "finished_at", "requested_as_of_us",
-                        "as_of_us", "progress", "row_count", "error", "csv_bytes", "as_of_after_newest_poll"}
+REPORT_RECORD_FIELDS = {
+    "report_id",
+    "status",
+    "created_at",
+    "heartbeat_at",
+    "finished_at",
+    "requested_as_of_us",
+    "as_of_us",
+    "progress",
+    "row_count",
+    "error",
+    "csv_bytes",
+    "as_of_after_newest_poll",
+}
 
 
 def test_every_store_gives_report_records_of_the_same_fields(store):
@@ -540,8 +587,10 @@ def test_read_chunk_types_hold_when_there_are_no_hours_or_zones(store, ids):
     polls, hours, zones = store.read_chunk(ids, 0, FAR_FUTURE_US)
     assert len(polls) == len(ids) and hours.empty and zones.empty
     assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s")] == ["int64"] * 3
-    assert all(pd.api.types.is_string_dtype(frame[column])
-               for frame, column in ((hours, "store_id"), (zones, "store_id"), (zones, "timezone_str")))
+    assert all(
+        pd.api.types.is_string_dtype(frame[column])
+        for frame, column in ((hours, "store_id"), (zones, "store_id"), (zones, "timezone_str"))
+    )
 
 
 def test_hours_read_back_as_int64_seconds(store, tmp_path):
@@ -561,21 +610,32 @@ def hours_rows_of_worked() -> list[list[int]]:
 
 def test_replacing_hours_and_zones_reports_the_rows_written(store):
     calls = []
-    hours = pd.DataFrame({"store_id": ["a", "a", "b"], "day": [0, 1, 2], "start_s": [0, 0, 3600],
-                          "end_s": [60, 86399, 7200]})
+    hours = pd.DataFrame(
+        {"store_id": ["a", "a", "b"], "day": [0, 1, 2], "start_s": [0, 0, 3600], "end_s": [60, 86399, 7200]}
+    )
     assert store.replace_hours(hours, calls.append) == 3
-    assert store.replace_zones(pd.DataFrame({"store_id": ["a", "b"], "timezone_str": ["UTC", "Asia/Tokyo"]}),
-                               calls.append) == 2
+    assert (
+        store.replace_zones(pd.DataFrame({"store_id": ["a", "b"], "timezone_str": ["UTC", "Asia/Tokyo"]}), calls.append)
+        == 2
+    )
     assert calls == [3, 2]
     got = store.read_chunk(["a", "b"], 0, FAR_FUTURE_US)[1]
     assert sorted(map(tuple, got.astype(str).to_numpy().tolist())) == [
-        ("a", "0", "0", "60"), ("a", "1", "0", "86399"), ("b", "2", "3600", "7200")]
+        ("a", "0", "0", "60"),
+        ("a", "1", "0", "86399"),
+        ("b", "2", "3600", "7200"),
+    ]
 
 
 def test_loading_no_polls_writes_nothing(store):
     calls = []
-    empty = pd.DataFrame({"store_id": pd.Series([], dtype=object), "timestamp_us": pd.Series([], dtype="int64"),
-                          "active": pd.Series([], dtype=bool)})
+    empty = pd.DataFrame(
+        {
+            "store_id": pd.Series([], dtype=object),
+            "timestamp_us": pd.Series([], dtype="int64"),
+            "active": pd.Series([], dtype=bool),
+        }
+    )
     assert store.load_polls(empty, calls.append) == 0
     assert (calls, store.latest_poll_us(), store.is_empty()) == ([], None, True)
 
@@ -621,34 +681,51 @@ def test_seeding_checks_again_under_the_lease_that_the_store_is_empty(store, tmp
     answers = iter([True])  # the first look (before the lease) still saw it empty
     real = store.is_empty
     monkeypatch.setattr(store, "is_empty", lambda: next(answers, None) or real())
-    other = write_data_dir(tmp_path / "second", status="store_id,status,timestamp_utc\nnew,active,2023-01-24T10:00:00Z\n")
+    other = write_data_dir(
+        tmp_path / "second", status="store_id,status,timestamp_utc\nnew,active,2023-01-24T10:00:00Z\n"
+    )
     assert database.seed_if_empty(store, other) == []
     assert snapshot(store) == before
 
 
 def test_data_dir_problem_names_the_files_it_looked_for(tmp_path):
     assert database.data_dir_problem(tmp_path) == (
-        f"DATA_DIR {tmp_path} holds none of store_status.csv, menu_hours.csv, timezones.csv")
+        f"DATA_DIR {tmp_path} holds none of store_status.csv, menu_hours.csv, timezones.csv"
+    )
 
 
 def test_print_summaries_lists_notes_the_first_rejects_and_how_many_more():
     import io
 
-    summary = {"file": "f.csv", "rows_read": 9, "loaded": 5, "rejected": 4, "notes": ["a note"],
-               "rejects": [{"line": n, "reason": f"bad {n}"} for n in (2, 3, 5, 8)]}
+    summary = {
+        "file": "f.csv",
+        "rows_read": 9,
+        "loaded": 5,
+        "rejected": 4,
+        "notes": ["a note"],
+        "rejects": [{"line": n, "reason": f"bad {n}"} for n in (2, 3, 5, 8)],
+    }
     out = io.StringIO()
-    database.print_summaries([summary, {**summary, "file": "g.csv", "rejected": 2, "notes": [],
-                                        "rejects": summary["rejects"][:2]}], first=3, out=out)
-    assert out.getvalue() == ("f.csv: 9 rows read, 5 loaded, 4 rejected\n  note: a note\n"
-                              "  line 2: bad 2\n  line 3: bad 3\n  line 5: bad 5\n  ... and 1 more\n"
-                              "g.csv: 9 rows read, 5 loaded, 2 rejected\n  line 2: bad 2\n  line 3: bad 3\n")
+    database.print_summaries(
+        [summary, {**summary, "file": "g.csv", "rejected": 2, "notes": [], "rejects": summary["rejects"][:2]}],
+        first=3,
+        out=out,
+    )
+    assert out.getvalue() == (
+        "f.csv: 9 rows read, 5 loaded, 4 rejected\n  note: a note\n"
+        "  line 2: bad 2\n  line 3: bad 3\n  line 5: bad 5\n  ... and 1 more\n"
+        "g.csv: 9 rows read, 5 loaded, 2 rejected\n  line 2: bad 2\n  line 3: bad 3\n"
+    )
 
 
 def test_print_summaries_writes_to_stdout_by_default_without_notes_and_twenty_rejects_at_most(capsys):
     rejects = [{"line": n, "reason": "bad"} for n in range(2, 23)]  # 21 of them
     database.print_summaries([{"file": "f.csv", "rows_read": 21, "loaded": 0, "rejected": 21, "rejects": rejects}])
-    assert capsys.readouterr().out == ("f.csv: 21 rows read, 0 loaded, 21 rejected\n"
-                                       + "".join(f"  line {n}: bad\n" for n in range(2, 22)) + "  ... and 1 more\n")
+    assert capsys.readouterr().out == (
+        "f.csv: 21 rows read, 0 loaded, 21 rejected\n"
+        + "".join(f"  line {n}: bad\n" for n in range(2, 22))
+        + "  ... and 1 more\n"
+    )
 
 
 def test_cli_lists_twenty_rejects_by_default_then_how_many_more(tmp_path, capsys, monkeypatch):
@@ -659,7 +736,9 @@ def test_cli_lists_twenty_rejects_by_default_then_how_many_more(tmp_path, capsys
     out = capsys.readouterr().out
     assert "line 26: unparseable timestamp 'garbage'" in out and "line 27:" not in out
     assert "  ... and 1 more\n" in out
-    assert database.main(["load", str(write_data_dir(tmp_path / "again", status=TINY_STATUS + bad)), "--show", "1"]) == 0
+    assert (
+        database.main(["load", str(write_data_dir(tmp_path / "again", status=TINY_STATUS + bad)), "--show", "1"]) == 0
+    )
     assert "rejected\n  line 7: unparseable timestamp 'garbage'\n  ... and 20 more\n" in capsys.readouterr().out
 
 
@@ -671,8 +750,15 @@ def test_cli_logs_at_info_level_as_level_then_message(tmp_path):
     connection.execute("CREATE INDEX storeStatus_time ON storeStatus (status)")  # not the declared index
     env = {**os.environ, "EMBEDDED_DB": str(path)}
     env.pop("MONGO_URI", None)
-    done = subprocess.run([sys.executable, "database.py", "migrate"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "database.py", "migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "INFO index storeStatus_time changed: rebuilding it\n"
 
@@ -714,8 +800,10 @@ def test_cli_asks_an_unreachable_mongodb_once_quietly_and_for_cli_ping_seconds(t
     monkeypatch.setenv("MONGO_URI", f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=250")
     assert database.main(["load", str(write_data_dir(tmp_path))]) == 2
     assert asked == [{"timeout": 3.0, "quiet": True}]  # one short ask, no warning of its own
-    assert capsys.readouterr().err == "database error: MongoDB at MONGO_URI does not answer within 3 s " \
-                                      "(is it running and reachable?)\n"
+    assert (
+        capsys.readouterr().err == "database error: MongoDB at MONGO_URI does not answer within 3 s "
+        "(is it running and reachable?)\n"
+    )
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
@@ -730,11 +818,14 @@ def test_cli_index_problems_and_database_errors(tmp_path, capsys, monkeypatch):
     connection.execute("CREATE TABLE storeStatus_time (x)")  # the index's name is taken
     capsys.readouterr()
     assert database.main(["migrate"]) == 1
-    assert capsys.readouterr().err == "index problem: storeStatus_time: there is already a table named storeStatus_time\n"
+    assert (
+        capsys.readouterr().err == "index problem: storeStatus_time: there is already a table named storeStatus_time\n"
+    )
     assert database.main(["load", str(write_data_dir(tmp_path / "data"))]) == 2
     assert capsys.readouterr().err == (
         "database error: the indexes could not be made (storeStatus_time: there is already a table named "
-        "storeStatus_time); run `python database.py migrate`\n")
+        "storeStatus_time); run `python database.py migrate`\n"
+    )
     monkeypatch.setenv("EMBEDDED_DB", str(tmp_path))  # a folder: SQLite cannot open it
     assert database.main(["migrate"]) == 2
     assert capsys.readouterr().err == "database error: OperationalError: unable to open database file\n"
@@ -748,12 +839,16 @@ def test_load_dir_notes_a_missing_file_and_a_wrong_header_and_loads_the_rest(sto
     summaries = database.load_dir(store, directory)
     assert capsys.readouterr().err == ""  # no progress bars unless asked for
     empty = {"rows_read": 0, "loaded": 0, "rejected": 0, "rejects": []}
-    assert summaries[0] == {"file": str(directory / "menu_hours.csv"), **empty,
-                            "notes": ["file not found, not loaded"]}
+    assert summaries[0] == {"file": str(directory / "menu_hours.csv"), **empty, "notes": ["file not found, not loaded"]}
     assert summaries[2:] == [
-        {"file": str(directory / "timezones.csv"), **empty,
-         "notes": ["whole file rejected: timezones.csv: wrong header 'store,zone': expected columns "
-                   "store_id,timezone_str (missing store_id, timezone_str); check the file and its delimiter (comma)"]},
+        {
+            "file": str(directory / "timezones.csv"),
+            **empty,
+            "notes": [
+                "whole file rejected: timezones.csv: wrong header 'store,zone': expected columns "
+                "store_id,timezone_str (missing store_id, timezone_str); check the file and its delimiter (comma)"
+            ],
+        },
     ]
     assert (summaries[1]["loaded"], summaries[1]["rejected"]) == (5, 0)
     assert store.report_store_ids(FAR_FUTURE_US) == ["allday", "late", "worked"]
@@ -781,7 +876,7 @@ def test_load_dir_draws_progress_bars_when_asked(store, tmp_path, capsys):
     assert err.endswith("\n")  # the finished bars stay on screen
 
 
-# --------------------------------------------------------------------------- the stores' decorated methods (mutation run K)
+# ------------------------------------------------------------- the stores' decorated methods (mutation run K)
 
 
 STALE = "the worker running this report stopped (no heartbeat); trigger it again"

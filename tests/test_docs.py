@@ -2,6 +2,7 @@
 with the code's defaults; every relative link in README.md and docs/*.md resolves (anchors too); every
 route of the app is in docs/api.md and every endpoint there is a route; the README stays a short front
 door; and no page points outside the repository."""
+
 from __future__ import annotations
 
 import importlib
@@ -22,14 +23,19 @@ NAME = r"[A-Z][A-Z0-9_]*"
 # os.environ.get("NAME"[, "default"]) / os.getenv(...) / env.get("NAME") [or "default"] (gunicorn.conf.py's
 # helpers take the environment as `env`); the default is kept only when it is a string literal
 ENV_CALL = re.compile(
-    r"""(?:\bos\.environ\.get|\bos\.environ\.setdefault|\bos\.getenv|\benv\.get)\(\s*(?P<q>["'])(?P<name>""" + NAME
+    r"""(?:\bos\.environ\.get|\bos\.environ\.setdefault|\bos\.getenv|\benv\.get)\(\s*(?P<q>["'])(?P<name>"""
+    + NAME
     + r""")(?P=q)(?:\s*,\s*(?P<q2>["'])(?P<default>[^"'\n]*)(?P=q2)\s*\)|\s*\)\s*or\s+(?P<q3>["'])"""
-    r"""(?P<or_default>[^"'\n]*)(?P=q3))?""")
+    r"""(?P<or_default>[^"'\n]*)(?P=q3))?"""
+)
 ENV_INDEX = re.compile(r"""(?:\bos\.environ|\benv)\[\s*(?P<q>["'])(?P<name>""" + NAME + r""")(?P=q)\s*\]""")
 # a module constant that names a variable, e.g. sources.MAX_FUTURE_SECONDS_VARIABLE = "MAX_FUTURE_SECONDS";
 # its default, when the code has one, is the module's DEFAULT_<NAME>
-VARIABLE_CONSTANT = re.compile(r"""^(?P<constant>""" + NAME + r"""_VARIABLE)\s*(?::\s*\w+\s*)?=\s*(?P<q>["'])"""
-                               r"""(?P<name>""" + NAME + r""")(?P=q)""", re.MULTILINE)
+VARIABLE_CONSTANT = re.compile(
+    r"""^(?P<constant>""" + NAME + r"""_VARIABLE)\s*(?::\s*\w+\s*)?=\s*(?P<q>["'])"""
+    r"""(?P<name>""" + NAME + r""")(?P=q)""",
+    re.MULTILINE,
+)
 
 LINK = re.compile(r"!?\[[^\]]*\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 AUTOLINK = re.compile(r"<(?P<target>[a-z][a-z0-9+.-]*://[^>\s]+)>", re.IGNORECASE)
@@ -195,23 +201,36 @@ def docs_app(tmp_path_factory):
     from tests.conftest import write_data_dir
 
     folder = tmp_path_factory.mktemp("docs")
-    application = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(folder / "db.sqlite3"),
-                              "DATA_DIR": str(write_data_dir(folder / "data")),
-                              "REPORTS_DIR": str(folder / "reports"), "TESTING": True})
+    application = create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(folder / "db.sqlite3"),
+            "DATA_DIR": str(write_data_dir(folder / "data")),
+            "REPORTS_DIR": str(folder / "reports"),
+            "TESTING": True,
+        }
+    )
     yield application
     application.extensions["reports"].shutdown(wait=True)
 
 
 def routes(app) -> set[tuple[str, str]]:
     """(method, rule) of every route but the static files."""
-    return {(method, rule.rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static"
-            for method in rule.methods - {"HEAD", "OPTIONS"}}
+    return {
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
 
 
 def test_every_route_is_in_the_api_page(docs_app):
     text = (DOCS / "api.md").read_text(encoding="utf-8")
-    missing = sorted(f"{method} {rule}" for method, rule in routes(docs_app)
-                     if not re.search(rf"\b{method} {re.escape(rule)}(?![\w/<])", text))
+    missing = sorted(
+        f"{method} {rule}"
+        for method, rule in routes(docs_app)
+        if not re.search(rf"\b{method} {re.escape(rule)}(?![\w/<])", text)
+    )
     assert missing == [], "routes of the app that docs/api.md does not name"
 
 
@@ -232,8 +251,9 @@ def test_the_readme_is_a_short_front_door():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_no_page_points_outside_the_repository(page):
-    outside = [url for url in URL.findall(page.read_text(encoding="utf-8"))
-               if urlsplit(url).hostname not in LOCAL_HOSTS]
+    outside = [
+        url for url in URL.findall(page.read_text(encoding="utf-8")) if urlsplit(url).hostname not in LOCAL_HOSTS
+    ]
     assert outside == [], "only http://localhost and http://127.0.0.1 examples; link pages in the repository"
 
 
@@ -242,7 +262,10 @@ def test_every_test_named_in_the_guarantees_exists():
     text = (ROOT / "docs" / "guarantees.md").read_text()
     named = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", text)
     assert len(named) > 30
-    missing = [f"{file}::{name}" for file, name in named
-               if not (ROOT / "tests" / file).is_file()
-               or (name and not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M))]
+    missing = [
+        f"{file}::{name}"
+        for file, name in named
+        if not (ROOT / "tests" / file).is_file()
+        or (name and not re.search(rf"^def {name}\(", (ROOT / "tests" / file).read_text(), re.M))
+    ]
     assert missing == []

@@ -3,6 +3,7 @@
 The bounded-upload test runs a real `python app.py` on a loopback port and reads
 its memory from /proc/<pid>/status; the others use Flask's test client.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,16 +28,19 @@ CSV_HEADER = "store_id,status,timestamp_utc\n"
 # --------------------------------------------------------------------------- no cross-site writes
 
 
-@pytest.mark.parametrize("headers, allowed", [
-    ({}, True),                                                   # curl, scripts
-    ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, True),   # the service's own page
-    ({"Sec-Fetch-Site": "none"}, True),                           # typed into the address bar
-    ({"Sec-Fetch-Site": "cross-site"}, False),
-    ({"Sec-Fetch-Site": "same-site"}, False),                     # a sibling subdomain is another service
-    ({"Origin": "http://evil.example"}, False),                   # an older browser without Sec-Fetch-Site
-    ({"Origin": "null"}, False),                                  # a sandboxed frame or a data: page
-    ({"Origin": "http://localhost:8000"}, False),                 # another port is another origin
-])
+@pytest.mark.parametrize(
+    "headers, allowed",
+    [
+        ({}, True),  # curl, scripts
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, True),  # the service's own page
+        ({"Sec-Fetch-Site": "none"}, True),  # typed into the address bar
+        ({"Sec-Fetch-Site": "cross-site"}, False),
+        ({"Sec-Fetch-Site": "same-site"}, False),  # a sibling subdomain is another service
+        ({"Origin": "http://evil.example"}, False),  # an older browser without Sec-Fetch-Site
+        ({"Origin": "null"}, False),  # a sandboxed frame or a data: page
+        ({"Origin": "http://localhost:8000"}, False),  # another port is another origin
+    ],
+)
 def test_state_changing_routes_refuse_cross_site_requests(client, store, headers, allowed):
     before = store.count_reports()
     answer = client.post("/trigger_report", headers=headers)
@@ -67,8 +71,13 @@ def test_unknown_host_names_are_refused(tmp_path, data_dir):
         answer = client.get("/health", headers={"Host": "rebound.attacker.example"})
         assert answer.status_code == 400 and answer.get_json()["status"] == 400
         # the default answers to loopback names only; "*" answers to any
-        assert create_app({**config, "TRUSTED_HOSTS": "*"}).test_client().get(
-            "/health", headers={"Host": "anything.example"}).status_code == 200
+        assert (
+            create_app({**config, "TRUSTED_HOSTS": "*"})
+            .test_client()
+            .get("/health", headers={"Host": "anything.example"})
+            .status_code
+            == 200
+        )
     finally:
         app.extensions["reports"].shutdown(wait=True)
 
@@ -83,21 +92,25 @@ def test_default_trusted_hosts_are_the_loopback_names(client):
 
 def test_trigger_report_takes_a_json_object_under_any_content_type(client):
     # curl -d sends application/x-www-form-urlencoded
-    answer = client.post("/trigger_report", data='{"as_of": "2023-01-24T13:00:00Z"}',
-                         content_type="application/x-www-form-urlencoded")
+    answer = client.post(
+        "/trigger_report", data='{"as_of": "2023-01-24T13:00:00Z"}', content_type="application/x-www-form-urlencoded"
+    )
     assert answer.status_code == 202
     body = wait_for_report(client, answer.get_json()["report_id"])
     assert body["as_of"] == "2023-01-24T13:00:00Z"
 
 
-@pytest.mark.parametrize("data", [
-    "as_of=2023-01-24",                      # what an HTML form sends
-    "[" * 100_000 + "]" * 100_000,           # deeply nested: over the size limit
-    "[" * 3_000,                             # deeply nested and small
-    '{"as_of": ' * 1_000 + '"x"' + "}" * 1_000,
-    "\xff\xfe",
-    "[1, 2]",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        "as_of=2023-01-24",  # what an HTML form sends
+        "[" * 100_000 + "]" * 100_000,  # deeply nested: over the size limit
+        "[" * 3_000,  # deeply nested and small
+        '{"as_of": ' * 1_000 + '"x"' + "}" * 1_000,
+        "\xff\xfe",
+        "[1, 2]",
+    ],
+)
 def test_malformed_or_oversized_json_is_a_4xx(client, store, data):
     answer = client.post("/trigger_report", data=data.encode("latin-1"), content_type="application/json")
     assert answer.status_code in (400, 413)
@@ -116,10 +129,17 @@ def test_a_large_json_body_is_refused_before_it_is_parsed(client, monkeypatch):
     assert parsed == []
 
 
-@pytest.mark.parametrize("as_of, status", [
-    ("9999-12-31", 400), ("9000-12-31T23:59:59.999999Z", 202), ("9001-01-01", 400),
-    ("1970-01-01T00:00:00Z", 202), ("1969-12-31T23:59:59Z", 400), ("0001-01-01", 400),
-])
+@pytest.mark.parametrize(
+    "as_of, status",
+    [
+        ("9999-12-31", 400),
+        ("9000-12-31T23:59:59.999999Z", 202),
+        ("9001-01-01", 400),
+        ("1970-01-01T00:00:00Z", 202),
+        ("1969-12-31T23:59:59Z", 400),
+        ("0001-01-01", 400),
+    ],
+)
 def test_as_of_outside_the_supported_range_is_a_400_at_trigger_time(client, as_of, status):
     answer = client.post("/trigger_report", json={"as_of": as_of})
     assert answer.status_code == status
@@ -133,8 +153,12 @@ def test_as_of_outside_the_supported_range_is_a_400_at_trigger_time(client, as_o
 
 
 def test_report_cells_that_look_like_formulas_are_neutralised():
-    report = pd.DataFrame({"store_id": ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "42", "a-b"],
-                           **{c: [1.5] * 8 for c in reportGenerator.utils.REPORT_COLUMNS[1:]}})
+    report = pd.DataFrame(
+        {
+            "store_id": ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\ry", "42", "a-b"],
+            **{c: [1.5] * 8 for c in reportGenerator.utils.REPORT_COLUMNS[1:]},
+        }
+    )
     text = report_csv.report_csv_bytes(report).decode()
     ids = pd.read_csv(io.StringIO(text), dtype={"store_id": str}, keep_default_na=False)["store_id"]
     assert list(ids) == ["'=1+1", "'+1", "'-2", "'@SUM(A1)", "'\tx", "'\ry", "42", "a-b"]
@@ -152,14 +176,16 @@ def test_a_store_id_starting_with_a_minus_is_neutralised_in_the_csv_only(client)
 
 
 def test_formula_store_ids_are_rejected_at_ingest(client, store):
-    rows = ['"=HYPERLINK(""http://x"",""y"")",active,2023-01-24 12:00:00 UTC', "+1+1,active,2023-01-24 12:00:00 UTC",
-            "@SUM(A1),active,2023-01-24 12:00:00 UTC"]
+    rows = [
+        '"=HYPERLINK(""http://x"",""y"")",active,2023-01-24 12:00:00 UTC',
+        "+1+1,active,2023-01-24 12:00:00 UTC",
+        "@SUM(A1),active,2023-01-24 12:00:00 UTC",
+    ]
     upload = {"store_status": (io.BytesIO((CSV_HEADER + "\n".join(rows) + "\n").encode()), "s.csv")}
     answer = client.post("/ingest", data=upload, content_type="multipart/form-data")
     assert answer.status_code == 400
     assert answer.get_json()["files"][0]["rejected"] == 3
-    assert all(polls_of(store, store_id).empty
-               for store_id in ('=HYPERLINK("http://x","y")', "+1+1", "@SUM(A1)"))
+    assert all(polls_of(store, store_id).empty for store_id in ('=HYPERLINK("http://x","y")', "+1+1", "@SUM(A1)"))
 
 
 # --------------------------------------------------------------------------- smaller leaks
@@ -208,11 +234,19 @@ def server(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs Linux /proc to read the server's memory")
     port = free_port()
-    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "server.sqlite3"), "HOST": "127.0.0.1",
-           "PORT": str(port), "API_TOKEN": "",
-           "DATA_DIR": str(write_data_dir(tmp_path / "data")), "REPORTS_DIR": str(tmp_path / "reports")}
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MONGO_URI": "",
+        "EMBEDDED_DB": str(tmp_path / "server.sqlite3"),
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "API_TOKEN": "",
+        "DATA_DIR": str(write_data_dir(tmp_path / "data")),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     session = requests.Session()
     session.trust_env = False  # loopback only
     base = f"http://127.0.0.1:{port}"
@@ -267,8 +301,15 @@ def held_reports(tmp_path, data_dir, monkeypatch, store_kind):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(utils, "uptime_report", held)
-    app = create_app({**store_config(store_kind, tmp_path), "DATA_DIR": str(data_dir),
-                      "REPORTS_DIR": str(tmp_path / "reports"), "REPORT_WORKERS": 1, "MAX_QUEUED_REPORTS": 2})
+    app = create_app(
+        {
+            **store_config(store_kind, tmp_path),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "reports"),
+            "REPORT_WORKERS": 1,
+            "MAX_QUEUED_REPORTS": 2,
+        }
+    )
     try:
         yield app, app.test_client(), release
     finally:
@@ -302,15 +343,20 @@ def test_a_trigger_for_the_as_of_of_a_running_report_returns_its_id(held_reports
     release.set()
     assert wait_for_report(client, first.get_json()["report_id"])["status"] == "Complete"
     # once it has finished, the same as_of starts a new report
-    assert client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"}).get_json()["report_id"] \
+    assert (
+        client.post("/trigger_report", json={"as_of": "2023-01-24T13:00:00Z"}).get_json()["report_id"]
         != first.get_json()["report_id"]
+    )
 
 
 def test_one_upload_at_a_time_others_get_503_with_retry_after(app, client, store, monkeypatch):
     import api
 
     monkeypatch.setattr(api, "INGEST_WAIT_SECONDS", 0.01)
-    upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "9,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
+
+    def upload():
+        return {"store_status": (io.BytesIO((CSV_HEADER + "9,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}
+
     slot = app.extensions["ingest_slot"]
     assert slot.acquire(timeout=1)  # another upload is loading
     try:
@@ -358,8 +404,15 @@ def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, dat
     from app import create_app
 
     ids = finished_reports(client, 2)
-    second = create_app({**store_config(store_kind, tmp_path), "STORE": store, "DATA_DIR": str(data_dir),
-                         "REPORTS_DIR": str(tmp_path / "reports"), "MAX_REPORTS": 1})
+    second = create_app(
+        {
+            **store_config(store_kind, tmp_path),
+            "STORE": store,
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "reports"),
+            "MAX_REPORTS": 1,
+        }
+    )
     try:
         assert second.extensions["reports"].swept.wait(30), "no retention sweep at start-up"
         assert store.find_report(ids[0]) is None and store.find_report(ids[1]) is not None
@@ -382,7 +435,10 @@ def test_an_upload_waits_a_few_seconds_for_running_reports_then_gets_503(held_re
     while store.find_report(report_id)["as_of_us"] is None:
         assert time.monotonic() < deadline, "the report never started reading"
         time.sleep(0.02)
-    upload = lambda: {"store_status": (io.BytesIO((CSV_HEADER + "w,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}  # noqa: E731
+
+    def upload():
+        return {"store_status": (io.BytesIO((CSV_HEADER + "w,active,2023-01-24 12:00:00 UTC\n").encode()), "s.csv")}
+
     answer = client.post("/ingest", data=upload(), content_type="multipart/form-data")
     assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
     assert answer.get_json() == {"error": "reports or a load hold the data just now; try again shortly", "status": 503}
@@ -393,14 +449,17 @@ def test_an_upload_waits_a_few_seconds_for_running_reports_then_gets_503(held_re
     assert len(polls_of(store, "w")) == 1
 
 
-@pytest.mark.parametrize("error, words", [
-    ("LeaseTimeout", "a data load kept the data busy"),
-    ("LeaseLost", "the data changed while the report read it"),
-    ("sqlite", "the database did not answer"),
-    ("OSError", "could not be saved on the server"),
-    ("RuntimeError", "internal error"),
-    ("ReportError", "nothing to report here"),
-])
+@pytest.mark.parametrize(
+    "error, words",
+    [
+        ("LeaseTimeout", "a data load kept the data busy"),
+        ("LeaseLost", "the data changed while the report read it"),
+        ("sqlite", "the database did not answer"),
+        ("OSError", "could not be saved on the server"),
+        ("RuntimeError", "internal error"),
+        ("ReportError", "nothing to report here"),
+    ],
+)
 def test_failure_messages_are_in_user_terms(error, words):
     import sqlite3
 

@@ -7,6 +7,7 @@ query or the /reports sort), index conflicts mongomock allows, the server's cloc
 heartbeats and leases, raw batches for the Arrow read path.  Each test works in its
 own throw-away database and drops it afterwards.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -81,8 +82,12 @@ def test_sub_millisecond_polls_and_reconciled_indexes(real_store):
     polls.create_index([("store_id", ASCENDING), ("timestamp_utc", ASCENDING)], name="store_time", unique=True)
     polls.create_index([("timestamp_us", -1)], name="by_time")  # declared keys under another name: a server refuses
     assert real_store.migrate() == []
-    database.load_file(real_store, "store_status.csv", b"store_id,status,timestamp_utc\n"
-                       b"s,active,2023-01-24 10:00:00.000100 UTC\ns,inactive,2023-01-24 10:00:00.000600 UTC\n")
+    database.load_file(
+        real_store,
+        "store_status.csv",
+        b"store_id,status,timestamp_utc\n"
+        b"s,active,2023-01-24 10:00:00.000100 UTC\ns,inactive,2023-01-24 10:00:00.000600 UTC\n",
+    )
     assert polls.count_documents({}) == 2
     assert set(polls.index_information()) == {"_id_", "store_time_us", "time_us"}
     assert real_store.migrate() == []
@@ -97,23 +102,31 @@ def test_every_report_query_is_served_by_an_index(real_store, tmp_path):
     # latest_poll_us
     assert_index_served(polls.find({}, {"_id": 0, "timestamp_us": 1}).sort("timestamp_us", -1).limit(1).explain())
     # report_store_ids
-    assert_index_served(real_store.db.command("explain", {"distinct": database.STATUS, "key": "store_id",
-                                                          "query": {"timestamp_us": {"$lte": now_us}}}))
+    assert_index_served(
+        real_store.db.command(
+            "explain", {"distinct": database.STATUS, "key": "store_id", "query": {"timestamp_us": {"$lte": now_us}}}
+        )
+    )
     # read_chunk: the window, and each store's last poll before it ($group/$first in the index's reverse order)
-    assert_index_served(polls.find(real_store._window_query(["worked", "late"], reach, now_us),
-                                   store_mongo.RAW_POLL_PROJECTION).explain())
-    pipeline = [{"$match": {"store_id": {"$in": ["worked", "late"]}, "timestamp_us": {"$lt": reach}}},
-                {"$sort": {"store_id": -1, "timestamp_us": -1}},
-                {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"},
-                            "status": {"$first": "$status"}}}]
+    assert_index_served(
+        polls.find(
+            real_store._window_query(["worked", "late"], reach, now_us), store_mongo.RAW_POLL_PROJECTION
+        ).explain()
+    )
+    pipeline = [
+        {"$match": {"store_id": {"$in": ["worked", "late"]}, "timestamp_us": {"$lt": reach}}},
+        {"$sort": {"store_id": -1, "timestamp_us": -1}},
+        {"$group": {"_id": "$store_id", "timestamp_us": {"$first": "$timestamp_us"}, "status": {"$first": "$status"}}},
+    ]
     assert_index_served(real_store.db.command("aggregate", database.STATUS, pipeline=pipeline, explain=True))
     # hours and zones of a chunk
     assert_index_served(real_store.db[database.HOURS].find({"store_id": {"$in": ["worked"]}}).explain())
     assert_index_served(real_store.db[database.ZONES].find({"store_id": {"$in": ["worked"]}}).explain())
     # /reports' sort and the stale sweep
     real_store.create_report("a" * 32, None)
-    assert_index_served(real_store.db[database.REPORTS].find({}).sort([("created_at", -1), ("_id", -1)])
-                        .skip(0).limit(20).explain())
+    assert_index_served(
+        real_store.db[database.REPORTS].find({}).sort([("created_at", -1), ("_id", -1)]).skip(0).limit(20).explain()
+    )
     assert_index_served(real_store.db[database.REPORTS].find({"status": "Running"}).explain())
 
 
@@ -126,7 +139,7 @@ def test_arrow_read_path_on_a_server(real_store, tmp_path):
 
 
 def test_heartbeats_and_the_stale_sweep_use_the_server_clock(real_store):
-    server_now = real_store.client.admin.command("hello")["localTime"].replace(tzinfo=dt.timezone.utc)
+    server_now = real_store.client.admin.command("hello")["localTime"].replace(tzinfo=dt.UTC)
     real_store.create_report("b" * 32, None)
     beat = real_store.find_report("b" * 32)["heartbeat_at"]
     assert abs((beat - server_now).total_seconds()) < 30  # the server's clock, whatever this host's says
@@ -148,8 +161,9 @@ def test_lease_expiry_is_the_servers(real_store, monkeypatch):
     left = (lock["writer"]["expires"] - server_now).total_seconds()
     assert database.LEASE_SECONDS - 30 < left <= database.LEASE_SECONDS + 1
     assert not real_store._try_lease("read", "r1")  # a live writer, by the server's clock
-    real_store.db["locks"].update_one({"_id": "data"}, {"$set": {"writer.expires": server_now - dt.timedelta(seconds=1),
-                                                                  "waiting": None}})
+    real_store.db["locks"].update_one(
+        {"_id": "data"}, {"$set": {"writer.expires": server_now - dt.timedelta(seconds=1), "waiting": None}}
+    )
     assert real_store._try_lease("read", "r1")  # lapsed by the server's clock
     assert real_store._renew_lease("write", "w1") is False  # cleared by the reader: the writer lost it
     real_store._release_lease("read", "r1")
@@ -158,8 +172,9 @@ def test_lease_expiry_is_the_servers(real_store, monkeypatch):
 def test_leases_and_heartbeats_do_not_use_this_hosts_clock(real_store, monkeypatch):
     """This host's clock two hours ahead of the server's: expiries and heartbeats are still the server's, so a
     live writer keeps its lease and a fresh report is not swept as stale."""
+
     def ahead():
-        return dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+        return dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
 
     monkeypatch.setattr(store_mongo, "now_utc", ahead)
     monkeypatch.setattr(database, "now_utc", ahead)

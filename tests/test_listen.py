@@ -1,4 +1,5 @@
 """gunicorn.conf.py listens privately by default and refuses an open API on the network."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,28 +29,34 @@ def load_conf(env: dict):
         os.environ.update(old)
 
 
-@pytest.mark.parametrize("env, bind", [
-    ({}, "127.0.0.1:8000"),
-    ({"PORT": "9001"}, "127.0.0.1:9001"),
-    ({"HOST": "0.0.0.0", "PORT": "9002"}, "0.0.0.0:9002"),
-    ({"BIND": "[::1]:9003", "HOST": "0.0.0.0"}, "[::1]:9003"),
-])
+@pytest.mark.parametrize(
+    "env, bind",
+    [
+        ({}, "127.0.0.1:8000"),
+        ({"PORT": "9001"}, "127.0.0.1:9001"),
+        ({"HOST": "0.0.0.0", "PORT": "9002"}, "0.0.0.0:9002"),
+        ({"BIND": "[::1]:9003", "HOST": "0.0.0.0"}, "[::1]:9003"),
+    ],
+)
 def test_bind_defaults_to_loopback(env, bind):
     assert load_conf(env).bind == bind
 
 
-@pytest.mark.parametrize("addresses, env, refused", [
-    (["127.0.0.1:8000"], {}, False),
-    (["[::1]:8000", "localhost:8001", "unix:/run/app.sock"], {}, False),
-    (["0.0.0.0:8000"], {}, True),
-    (["[::]:8000"], {}, True),
-    (["10.1.2.3:8000"], {}, True),
-    (["app.example.com:8000"], {}, True),
-    (["127.0.0.1:8000", "0.0.0.0:8001"], {}, True),
-    (["0.0.0.0:8000"], {"API_TOKEN": "secret"}, False),
-    (["0.0.0.0:8000"], {"ALLOW_OPEN": "1"}, False),
-    (["0.0.0.0:8000"], {"ALLOW_OPEN": "yes"}, True),
-])
+@pytest.mark.parametrize(
+    "addresses, env, refused",
+    [
+        (["127.0.0.1:8000"], {}, False),
+        (["[::1]:8000", "localhost:8001", "unix:/run/app.sock"], {}, False),
+        (["0.0.0.0:8000"], {}, True),
+        (["[::]:8000"], {}, True),
+        (["10.1.2.3:8000"], {}, True),
+        (["app.example.com:8000"], {}, True),
+        (["127.0.0.1:8000", "0.0.0.0:8001"], {}, True),
+        (["0.0.0.0:8000"], {"API_TOKEN": "secret"}, False),
+        (["0.0.0.0:8000"], {"ALLOW_OPEN": "1"}, False),
+        (["0.0.0.0:8000"], {"ALLOW_OPEN": "yes"}, True),
+    ],
+)
 def test_open_bind_decision(addresses, env, refused):
     problem = load_conf({}).open_bind_problem(addresses, env)
     assert (problem is not None) == refused
@@ -63,8 +70,14 @@ def test_real_gunicorn_refuses_a_public_bind_without_a_token(tmp_path):
         port = probe.getsockname()[1]
     env = {key: value for key, value in os.environ.items() if key not in ("API_TOKEN", "ALLOW_OPEN", "BIND")}
     env.update(HOST="0.0.0.0", PORT=str(port), MONGO_URI="mongomock://", REPORTS_DIR=str(tmp_path / "reports"))
-    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert f"refusing to listen on 0.0.0.0:{port} without API_TOKEN" in result.stderr + result.stdout
     assert "Booting worker" not in result.stderr + result.stdout

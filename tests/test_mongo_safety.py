@@ -7,6 +7,7 @@ untouched, the check in the start-up thread on a server), removing polls and the
 answer, a full disk, a report's life (never Complete once Failed, and no CSV kept), replacing hours and
 zones store by store, and the write concern of upload batches and report completion.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,15 +20,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tenacity
-from pymongo.errors import (AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError,
-                            WriteError)
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteError
 
 import database
 import store_mongo
 from store_mongo import INDEXES, MongoStore
 from tests.conftest import FAR_FUTURE_US, free_port, polls_of
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture
@@ -66,8 +66,9 @@ def failing(monkeypatch, method: str, errors: list[Exception], collection: str |
 
 
 def polls(n: int, store: str = "s", first_us: int = 1_674_554_400_000_000) -> pd.DataFrame:
-    return pd.DataFrame({"store_id": [store] * n, "timestamp_us": first_us + np.arange(n, dtype=np.int64) * 1000,
-                         "active": [True] * n})
+    return pd.DataFrame(
+        {"store_id": [store] * n, "timestamp_us": first_us + np.arange(n, dtype=np.int64) * 1000, "active": [True] * n}
+    )
 
 
 def journal(store: MongoStore, upload_id: str) -> dict:
@@ -82,9 +83,21 @@ def test_an_upload_is_journaled_as_the_documented_document_and_marked_complete_b
     doc = journal(mongo, upload_id)
     at = doc.pop("at")
     assert at.tzinfo is not None and isinstance(doc.pop("seq"), store_mongo.ObjectId)
-    assert doc == {"_id": upload_id, "upload_id": upload_id, "file": "polls.csv", "kind": "store_status.csv",
-                   "digest": "d" * 64, "finished_at": None, "loaded": 3, "rejected": 1, "written": 0, "sending": 0,
-                   "status": "Running", "error": None, "dismissed": False}
+    assert doc == {
+        "_id": upload_id,
+        "upload_id": upload_id,
+        "file": "polls.csv",
+        "kind": "store_status.csv",
+        "digest": "d" * 64,
+        "finished_at": None,
+        "loaded": 3,
+        "rejected": 1,
+        "written": 0,
+        "sending": 0,
+        "status": "Running",
+        "error": None,
+        "dismissed": False,
+    }
     assert mongo.load_polls(polls(3), upload_id=upload_id) == 3
     done = journal(mongo, upload_id)
     assert (done["status"], done["written"], done["sending"]) == ("Complete", 3, 0)
@@ -96,8 +109,11 @@ def test_an_upload_is_journaled_as_the_documented_document_and_marked_complete_b
 
 @pytest.mark.parametrize("writer", ["load_polls", "replace_hours", "replace_zones"])
 def test_an_empty_file_is_a_complete_upload_of_nothing(mongo, writer):
-    frames = {"load_polls": polls(0), "replace_hours": pd.DataFrame(columns=["store_id", "day", "start_s", "end_s"]),
-              "replace_zones": pd.DataFrame(columns=["store_id", "timezone_str"])}
+    frames = {
+        "load_polls": polls(0),
+        "replace_hours": pd.DataFrame(columns=["store_id", "day", "start_s", "end_s"]),
+        "replace_zones": pd.DataFrame(columns=["store_id", "timezone_str"]),
+    }
     upload_id = mongo.begin_upload("empty.csv", "store_status.csv", "e" * 64, 0, 2)
     assert getattr(mongo, writer)(frames[writer], upload_id=upload_id) == 0
     assert (journal(mongo, upload_id)["status"], journal(mongo, upload_id)["written"]) == ("Complete", 0)
@@ -207,8 +223,20 @@ def test_listed_uploads_have_the_contracts_keys_and_aware_times(mongo):
     mongo.migrate()
     _complete(mongo, "a" * 64)
     [upload] = mongo.list_uploads()
-    assert set(upload) == {"upload_id", "file", "kind", "digest", "at", "finished_at", "loaded", "rejected",
-                           "written", "status", "error", "dismissed"}
+    assert set(upload) == {
+        "upload_id",
+        "file",
+        "kind",
+        "digest",
+        "at",
+        "finished_at",
+        "loaded",
+        "rejected",
+        "written",
+        "status",
+        "error",
+        "dismissed",
+    }
     assert upload["at"].utcoffset() == upload["finished_at"].utcoffset() == dt.timedelta(0)
 
 
@@ -226,40 +254,77 @@ def schema_1_database(name: str = "test") -> mongomock.MongoClient:
         if collection != database.UPLOADS:
             db[collection].create_indexes(models)
     stamp = 1_674_555_240_000_000  # 2023-01-24 10:14 UTC
-    db[database.STATUS].insert_many([
-        {"store_id": "1481966498820158979", "timestamp_us": stamp, "status": "active",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 10, 14, tzinfo=UTC)},
-        {"store_id": "1481966498820158979", "timestamp_us": stamp + 3_661_000_500, "status": "inactive",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 11, 15, 1, tzinfo=UTC)},
-        {"store_id": "42", "timestamp_us": stamp, "status": "inactive",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 10, 14, tzinfo=UTC)},
-    ])
-    db[database.HOURS].insert_one({"store_id": "1481966498820158979", "day": 1, "start_time_local": "09:00:00",
-                                   "end_time_local": "12:00:00"})
+    db[database.STATUS].insert_many(
+        [
+            {
+                "store_id": "1481966498820158979",
+                "timestamp_us": stamp,
+                "status": "active",
+                "timestamp_utc": dt.datetime(2023, 1, 24, 10, 14, tzinfo=UTC),
+            },
+            {
+                "store_id": "1481966498820158979",
+                "timestamp_us": stamp + 3_661_000_500,
+                "status": "inactive",
+                "timestamp_utc": dt.datetime(2023, 1, 24, 11, 15, 1, tzinfo=UTC),
+            },
+            {
+                "store_id": "42",
+                "timestamp_us": stamp,
+                "status": "inactive",
+                "timestamp_utc": dt.datetime(2023, 1, 24, 10, 14, tzinfo=UTC),
+            },
+        ]
+    )
+    db[database.HOURS].insert_one(
+        {"store_id": "1481966498820158979", "day": 1, "start_time_local": "09:00:00", "end_time_local": "12:00:00"}
+    )
     db[database.ZONES].insert_one({"store_id": "1481966498820158979", "timezone_str": "America/New_York"})
     for report_id, status, error in (("0" * 31 + "1", "Complete", None), ("0" * 31 + "2", "Failed", "stopped")):
-        db[database.REPORTS].insert_one({
-            "report_id": report_id, "status": status, "created_at": SCHEMA_1_NOW, "heartbeat_at": SCHEMA_1_NOW,
-            "finished_at": SCHEMA_1_NOW, "requested_as_of_us": None, "as_of_us": stamp + 3_661_000_500,
-            "as_of": dt.datetime(2023, 1, 24, 11, 15, 1, tzinfo=UTC), "progress": {"done": 2, "total": 2},
-            "row_count": 2 if status == "Complete" else None, "error": error,
-            "csv_chunks": 2 if status == "Complete" else None, "csv_bytes": 13 if status == "Complete" else None})
-    db[store_mongo.REPORT_CHUNKS].insert_many([{"report_id": "0" * 31 + "1", "n": 0, "data": b"store_id,a\n"},
-                                               {"report_id": "0" * 31 + "1", "n": 1, "data": b"1\n"}])
+        db[database.REPORTS].insert_one(
+            {
+                "report_id": report_id,
+                "status": status,
+                "created_at": SCHEMA_1_NOW,
+                "heartbeat_at": SCHEMA_1_NOW,
+                "finished_at": SCHEMA_1_NOW,
+                "requested_as_of_us": None,
+                "as_of_us": stamp + 3_661_000_500,
+                "as_of": dt.datetime(2023, 1, 24, 11, 15, 1, tzinfo=UTC),
+                "progress": {"done": 2, "total": 2},
+                "row_count": 2 if status == "Complete" else None,
+                "error": error,
+                "csv_chunks": 2 if status == "Complete" else None,
+                "csv_bytes": 13 if status == "Complete" else None,
+            }
+        )
+    db[store_mongo.REPORT_CHUNKS].insert_many(
+        [
+            {"report_id": "0" * 31 + "1", "n": 0, "data": b"store_id,a\n"},
+            {"report_id": "0" * 31 + "1", "n": 1, "data": b"1\n"},
+        ]
+    )
     db[store_mongo.LOCKS].insert_one({"_id": "data", "writer": None, "readers": [], "waiting": None})
     return client
 
 
 def everything_in(db) -> dict:
     """Every collection's documents (without _id) and index names: a database's whole state, comparable."""
-    return {name: ([{k: v for k, v in d.items() if k != "_id"} for d in db[name].find()],
-                   sorted(db[name].index_information()))
-            for name in sorted(db.list_collection_names())}
+    return {
+        name: (
+            [{k: v for k, v in d.items() if k != "_id"} for d in db[name].find()],
+            sorted(db[name].index_information()),
+        )
+        for name in sorted(db.list_collection_names())
+    }
 
 
 def test_an_empty_database_is_marked_at_the_schema_version(mongo):
     assert mongo.db[database.META].find_one({"_id": "schema"}) == {
-        "_id": "schema", "application": database.APPLICATION_NAME, "version": database.SCHEMA_VERSION}
+        "_id": "schema",
+        "application": database.APPLICATION_NAME,
+        "version": database.SCHEMA_VERSION,
+    }
     assert (mongo.schema_version, mongo.migrations_applied) == (2, [])  # made, not migrated
 
 
@@ -295,23 +360,40 @@ def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch
     assert database.UPLOADS in db.list_collection_names() and db[database.META].find_one() is None
     store = open_on(client, monkeypatch)  # the step runs again over what it made
     assert store.migrations_applied == [
-        "schema 1 -> 2: the uploads journal (collection uploads, indexes at and digest)"]
+        "schema 1 -> 2: the uploads journal (collection uploads, indexes at and digest)"
+    ]
     assert sorted(store.db[database.UPLOADS].index_information()) == ["_id_", "at", "digest"]
 
 
-@pytest.mark.parametrize("prepare, message", [
-    (lambda db: (db["orders"].insert_one({"n": 1}), db[database.STATUS].insert_one({"x": 1})),
-     ("MongoDB database test belongs to something else: it holds orders, storeStatus; "
-      "point MONGO_DB at this service's database")),
-    (lambda db: db[database.META].insert_one({"_id": "schema", "application": "billing", "version": 1}),
-     "MongoDB database test belongs to something else: it holds meta; point MONGO_DB at this service's database"),
-    (lambda db: db[database.META].insert_one({"_id": "version", "v": 7}),
-     "MongoDB database test belongs to something else: it holds meta; point MONGO_DB at this service's database"),
-    (lambda db: db[database.META].insert_one({"_id": "schema", "application": database.APPLICATION_NAME,
-                                              "version": 3}),
-     ("MongoDB database test was made by a newer version of this service (schema 3; this one knows up to 2): "
-      "run that version, or point MONGO_DB at another database")),
-])
+@pytest.mark.parametrize(
+    "prepare, message",
+    [
+        (
+            lambda db: (db["orders"].insert_one({"n": 1}), db[database.STATUS].insert_one({"x": 1})),
+            (
+                "MongoDB database test belongs to something else: it holds orders, storeStatus; "
+                "point MONGO_DB at this service's database"
+            ),
+        ),
+        (
+            lambda db: db[database.META].insert_one({"_id": "schema", "application": "billing", "version": 1}),
+            "MongoDB database test belongs to something else: it holds meta; point MONGO_DB at this service's database",
+        ),
+        (
+            lambda db: db[database.META].insert_one({"_id": "version", "v": 7}),
+            "MongoDB database test belongs to something else: it holds meta; point MONGO_DB at this service's database",
+        ),
+        (
+            lambda db: db[database.META].insert_one(
+                {"_id": "schema", "application": database.APPLICATION_NAME, "version": 3}
+            ),
+            (
+                "MongoDB database test was made by a newer version of this service (schema 3; this one knows up to 2): "
+                "run that version, or point MONGO_DB at another database"
+            ),
+        ),
+    ],
+)
 def test_a_foreign_or_newer_database_is_refused_untouched(monkeypatch, prepare, message):
     client = mongomock.MongoClient(tz_aware=True)
     prepare(client["test"])
@@ -325,8 +407,11 @@ def test_a_foreign_or_newer_database_is_refused_untouched(monkeypatch, prepare, 
 def test_system_collections_do_not_make_a_database_foreign(monkeypatch):
     client = schema_1_database()
     real = mongomock.database.Database.list_collection_names
-    monkeypatch.setattr(mongomock.database.Database, "list_collection_names",
-                        lambda self, *a, **k: real(self, *a, **k) + ["system.views", "system.profile"])
+    monkeypatch.setattr(
+        mongomock.database.Database,
+        "list_collection_names",
+        lambda self, *a, **k: real(self, *a, **k) + ["system.views", "system.profile"],
+    )
     store = MongoStore("mongomock://", "x")  # built with the patch in place, on its own empty database
     assert (store.schema_version, store.migrations_applied) == (2, [])
     monkeypatch.setattr(mongomock, "MongoClient", lambda **kwargs: client)
@@ -352,14 +437,21 @@ def test_on_a_server_a_refusal_is_found_by_the_start_up_thread_once_and_for_good
         thread = store._start_maintenance(dt.timedelta(seconds=60))
         thread.join(30)
     assert not thread.is_alive()
-    refusal = ("MongoDB database test belongs to something else: it holds orders; point MONGO_DB at this "
-               "service's database")
+    refusal = (
+        "MongoDB database test belongs to something else: it holds orders; point MONGO_DB at this service's database"
+    )
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("ERROR", f"database start-up work stopped: {refusal}")]
+        ("ERROR", f"database start-up work stopped: {refusal}")
+    ]
     assert store.health(0)["problems"] == [refusal]
-    for write in (lambda: store.create_report("a" * 32, None), lambda: store.load_polls(polls(1)),
-                  lambda: store.begin_upload("f", "store_status.csv", "d" * 64, 1, 0), lambda: store.migrate(),
-                  lambda: store._try_lease("write", "w"), lambda: store.delete_polls("s")):
+    for write in (
+        lambda: store.create_report("a" * 32, None),
+        lambda: store.load_polls(polls(1)),
+        lambda: store.begin_upload("f", "store_status.csv", "d" * 64, 1, 0),
+        lambda: store.migrate(),
+        lambda: store._try_lease("write", "w"),
+        lambda: store.delete_polls("s"),
+    ):
         with pytest.raises(database.DatabaseRefused, match="belongs to something else"):
             write()
     assert everything_in(client["test"]) == before
@@ -385,8 +477,12 @@ def test_on_a_server_writes_wait_for_the_start_up_thread_and_health_says_why(mon
         assert checking.wait(30)
         with pytest.raises(ConnectionFailure, match="not been checked yet"):
             store.create_report("a" * 32, None)
-        assert store.health(0) == {"schema_version": None, "free_disk_mb": None, "newest_poll_us": None,
-                                   "problems": [store_mongo.SCHEMA_PENDING]}
+        assert store.health(0) == {
+            "schema_version": None,
+            "free_disk_mb": None,
+            "newest_poll_us": None,
+            "problems": [store_mongo.SCHEMA_PENDING],
+        }
         assert database.is_transient(ConnectionFailure(store_mongo.SCHEMA_PENDING))
         go_on.set()
         thread.join(30)
@@ -412,8 +508,15 @@ def test_without_the_start_up_thread_the_first_write_or_migrate_checks_the_schem
 
 
 def test_delete_polls_bounds_are_inclusive_to_the_microsecond(mongo):
-    mongo.load_polls(pd.DataFrame({"store_id": ["s", "s", "s", "t"], "timestamp_us": [1_001, 1_002, 1_003, 1_002],
-                                   "active": [True, False, True, True]}))
+    mongo.load_polls(
+        pd.DataFrame(
+            {
+                "store_id": ["s", "s", "s", "t"],
+                "timestamp_us": [1_001, 1_002, 1_003, 1_002],
+                "active": [True, False, True, True],
+            }
+        )
+    )
     assert mongo.delete_polls("s", 1_002, 1_002) == 1
     assert list(polls_of(mongo, "s")["timestamp_us"]) == [1_001, 1_003]
     assert mongo.delete_polls("s", since_us=1_002) == 1 and mongo.delete_polls("s", until_us=1_001) == 1
@@ -425,10 +528,17 @@ def test_the_data_summary_counts_stores_without_distinct(mongo, monkeypatch):
         raise OperationFailure("distinct too big, 16mb cap", 17217)
 
     monkeypatch.setattr(mongomock.collection.Collection, "distinct", too_big)
-    mongo.load_polls(pd.DataFrame({"store_id": ["b", "a", "b", "c"], "timestamp_us": [30, 10, 20, 40],
-                                   "active": [True] * 4}))
-    assert mongo.data_summary() == {"stores": 3, "polls": 4, "hours_rows": 0, "zones": 0, "oldest_poll_us": 10,
-                                    "newest_poll_us": 40}
+    mongo.load_polls(
+        pd.DataFrame({"store_id": ["b", "a", "b", "c"], "timestamp_us": [30, 10, 20, 40], "active": [True] * 4})
+    )
+    assert mongo.data_summary() == {
+        "stores": 3,
+        "polls": 4,
+        "hours_rows": 0,
+        "zones": 0,
+        "oldest_poll_us": 10,
+        "newest_poll_us": 40,
+    }
 
 
 # --------------------------------------------------------------------------- health
@@ -436,27 +546,42 @@ def test_the_data_summary_counts_stores_without_distinct(mongo, monkeypatch):
 
 def test_health_when_all_is_well_writes_a_probe_and_tells_the_newest_poll(mongo):
     mongo.load_polls(polls(2))
-    assert mongo.health(10**12) == {"schema_version": 2, "free_disk_mb": None, "newest_poll_us": 1_674_554_400_001_000,
-                                    "problems": []}  # mongomock has no disk: nothing to compare
+    assert mongo.health(10**12) == {
+        "schema_version": 2,
+        "free_disk_mb": None,
+        "newest_poll_us": 1_674_554_400_001_000,
+        "problems": [],
+    }  # mongomock has no disk: nothing to compare
     assert mongo.db[database.META].find_one({"_id": "probe"})["at"].tzinfo is not None
 
 
 def test_health_compares_the_servers_free_disk_with_the_minimum(mongo, monkeypatch):
     mb = 1_048_576
-    monkeypatch.setattr(mongomock.database.Database, "command",
-                        lambda self, name, *a, **k: {"ok": 1, "fsTotalSize": 100 * mb, "fsUsedSize": 90 * mb},
-                        raising=False)
+    monkeypatch.setattr(
+        mongomock.database.Database,
+        "command",
+        lambda self, name, *a, **k: {"ok": 1, "fsTotalSize": 100 * mb, "fsUsedSize": 90 * mb},
+        raising=False,
+    )
     assert mongo.health(5 * mb)["free_disk_mb"] == 10.0 and mongo.health(5 * mb)["problems"] == []
     assert mongo.health(20 * mb)["problems"] == [
-        "the disk holding MongoDB database test has 10 MB free, under MIN_FREE_MB (20 MB)"]
+        "the disk holding MongoDB database test has 10 MB free, under MIN_FREE_MB (20 MB)"
+    ]
 
 
-@pytest.mark.parametrize("error, problem", [
-    (OperationFailure("not authorized on test", 13),
-     "the database cannot be written: OperationFailure: not authorized on test"),
-    (WriteError("out of disk space", 14031),
-     "the database cannot be written (its disk is full): WriteError: out of disk space"),
-])
+@pytest.mark.parametrize(
+    "error, problem",
+    [
+        (
+            OperationFailure("not authorized on test", 13),
+            "the database cannot be written: OperationFailure: not authorized on test",
+        ),
+        (
+            WriteError("out of disk space", 14031),
+            "the database cannot be written (its disk is full): WriteError: out of disk space",
+        ),
+    ],
+)
 def test_health_names_a_write_probe_that_fails(mongo, monkeypatch, error, problem):
     failing(monkeypatch, "update_one", [error])
     assert mongo.health(0)["problems"] == [problem]
@@ -465,8 +590,10 @@ def test_health_names_a_write_probe_that_fails(mongo, monkeypatch, error, proble
 def test_health_names_an_unfinished_upload(mongo):
     upload_id = _stopped(mongo, "a" * 64, written=7, file="big.csv")
     [problem] = mongo.health(0)["problems"]
-    assert problem.startswith(f"upload {upload_id} of big.csv stopped part-way (store_status.csv, 7 of 10 rows "
-                              f"written): upload the same file again")
+    assert problem.startswith(
+        f"upload {upload_id} of big.csv stopped part-way (store_status.csv, 7 of 10 rows "
+        f"written): upload the same file again"
+    )
 
 
 def test_health_of_a_server_that_does_not_answer_is_a_problem_within_a_second():
@@ -489,14 +616,20 @@ DISK_FULL_ERRORS = [
     OperationFailure("Out of disk space", 14031),
     OperationFailure("quota exceeded", 12501),
     WriteError("Out of disk space", 14031),
-    BulkWriteError({"writeErrors": [{"index": 0, "code": 14031, "errmsg": "Out of disk space"}],
-                    "writeConcernErrors": [], "nInserted": 0}),
+    BulkWriteError(
+        {
+            "writeErrors": [{"index": 0, "code": 14031, "errmsg": "Out of disk space"}],
+            "writeConcernErrors": [],
+            "nInserted": 0,
+        }
+    ),
 ]
 
 
 @pytest.mark.parametrize("error", DISK_FULL_ERRORS, ids=["OutOfDiskSpace", "quota", "WriteError", "bulk"])
-def test_a_full_disk_in_an_upload_is_disk_full_and_the_upload_stays_unfinished_if_rows_may_be_in(mongo, monkeypatch,
-                                                                                               error):
+def test_a_full_disk_in_an_upload_is_disk_full_and_the_upload_stays_unfinished_if_rows_may_be_in(
+    mongo, monkeypatch, error
+):
     monkeypatch.setattr(database, "BATCH_SIZE", 2)
     upload_id = mongo.begin_upload("p.csv", "store_status.csv", "d" * 64, 5, 0)
     failing(monkeypatch, "insert_many", [error], collection=database.STATUS)
@@ -521,8 +654,12 @@ def test_a_full_disk_in_an_upload_is_disk_full_and_the_upload_stays_unfinished_i
 @pytest.mark.parametrize("method", ["replace_one", "update_one"])
 def test_a_full_disk_while_storing_a_reports_csv_keeps_no_chunks(mongo, monkeypatch, method):
     mongo.create_report("r" * 32, None)
-    failing(monkeypatch, method, [WriteError("Out of disk space", 14031)],
-            collection=store_mongo.REPORT_CHUNKS if method == "replace_one" else database.REPORTS)
+    failing(
+        monkeypatch,
+        method,
+        [WriteError("Out of disk space", 14031)],
+        collection=store_mongo.REPORT_CHUNKS if method == "replace_one" else database.REPORTS,
+    )
     with pytest.raises(database.DiskFull, match="nothing of this report was kept"):
         mongo.complete_report("r" * 32, b"a,b\n1,2\n", 1)
     assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == 0
@@ -596,10 +733,13 @@ def test_the_stale_sweep_uses_the_contracts_message_and_reports_say_if_now_is_af
 # --------------------------------------------------------------------------- replacing hours and zones
 
 
-@pytest.mark.parametrize("collection, writer, columns", [
-    (database.HOURS, "replace_hours", {"day": 2, "start_s": 3600, "end_s": 7200}),
-    (database.ZONES, "replace_zones", {"timezone_str": "Asia/Tokyo"}),
-])
+@pytest.mark.parametrize(
+    "collection, writer, columns",
+    [
+        (database.HOURS, "replace_hours", {"day": 2, "start_s": 3600, "end_s": 7200}),
+        (database.ZONES, "replace_zones", {"timezone_str": "Asia/Tokyo"}),
+    ],
+)
 def test_replacing_touches_only_the_stores_in_the_file(mongo, monkeypatch, collection, writer, columns):
     monkeypatch.setattr(database, "BATCH_SIZE", 2)  # the file's stores span two batches
     first = {"day": 1, "start_s": 0, "end_s": 60} if collection == database.HOURS else {"timezone_str": "UTC"}
@@ -632,9 +772,14 @@ def test_upload_batches_the_journal_and_report_completion_wait_for_a_majoritys_j
     mongo.replace_zones(pd.DataFrame({"store_id": ["a"], "timezone_str": ["UTC"]}))
     mongo.create_report("r" * 32, None)
     mongo.complete_report("r" * 32, b"x\n", 1)
-    for key in [(database.STATUS, "insert_many"), (database.STATUS, "bulk_write"), (database.ZONES, "delete_many"),
-                (database.ZONES, "insert_many"), (database.UPLOADS, "update_one"),
-                (store_mongo.REPORT_CHUNKS, "replace_one")]:
+    for key in [
+        (database.STATUS, "insert_many"),
+        (database.STATUS, "bulk_write"),
+        (database.ZONES, "delete_many"),
+        (database.ZONES, "insert_many"),
+        (database.UPLOADS, "update_one"),
+        (store_mongo.REPORT_CHUNKS, "replace_one"),
+    ]:
         assert concerns[key] == {"majority"}, key
     assert "majority" in concerns[(database.REPORTS, "update_one")]  # the flip to Complete
 

@@ -6,6 +6,7 @@ in-process (WSGI, no server), on each store (SQLite and mongomock), and checks e
 no 5xx, a documented status code and content type, a body matching the documented schema,
 invalid input refused with 4xx.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,16 +30,34 @@ from schemathesis.specs.openapi.checks import (
 import api
 import app as app_module
 from app import create_app
-from tests.conftest import STORE_KINDS, TINY_HOURS, TINY_STATUS, TINY_ZONES, force_report_state, store_config, \
-    write_data_dir
+from tests.conftest import (
+    STORE_KINDS,
+    TINY_HOURS,
+    TINY_STATUS,
+    TINY_ZONES,
+    force_report_state,
+    store_config,
+    write_data_dir,
+)
 
 SPEC_PATH = Path(app_module.__file__).resolve().parent / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text())
-COLUMNS = ["store_id", "uptime_last_hour", "uptime_last_day", "uptime_last_week",
-           "downtime_last_hour", "downtime_last_day", "downtime_last_week"]
+COLUMNS = [
+    "store_id",
+    "uptime_last_hour",
+    "uptime_last_day",
+    "uptime_last_week",
+    "downtime_last_hour",
+    "downtime_last_day",
+    "downtime_last_week",
+]
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
-CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
-               response_headers_conformance]
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 # Valid-looking uploads to /ingest are still refused (400) when the bytes are not one of the
 # three CSV files; the schema cannot say what a valid CSV is, so 400 counts as an acceptable
@@ -186,8 +205,15 @@ def test_openapi_json_is_served(client):
 
 
 def test_openapi_json_needs_no_token(tmp_path, data_dir):
-    application = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
-                              "REPORTS_DIR": str(tmp_path / "r"), "API_TOKEN": "s3cret"})
+    application = create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "r"),
+            "API_TOKEN": "s3cret",
+        }
+    )
     try:
         client = application.test_client()
         assert client.get("/openapi.json").get_json() == SPEC
@@ -208,8 +234,12 @@ def api_app(request, tmp_path_factory):
     """One app for all generated requests on each store (SQLite file, mongomock), seeded with the tiny data set."""
     tmp = tmp_path_factory.mktemp("openapi")
     application = create_app(
-        {**store_config(request.param, tmp), "DATA_DIR": str(write_data_dir(tmp / "data")),
-         "REPORTS_DIR": str(tmp / "reports"), "TESTING": True}
+        {
+            **store_config(request.param, tmp),
+            "DATA_DIR": str(write_data_dir(tmp / "data")),
+            "REPORTS_DIR": str(tmp / "reports"),
+            "TESTING": True,
+        }
     )
     yield application
     application.extensions["reports"].shutdown(wait=True)
@@ -284,11 +314,17 @@ def test_report_states_keep_to_the_description(api_app, api_schema):
 
     store = api_app.extensions["store"]
     force_report_state(store, report_id, status="Running", progress={"done": 1, "total": 3})
-    assert check({"report_id": report_id}).json() == {"status": "Running", "phase": "computing",
-                                                      "progress": {"done": 1, "total": 3}}
+    assert check({"report_id": report_id}).json() == {
+        "status": "Running",
+        "phase": "computing",
+        "progress": {"done": 1, "total": 3},
+    }
     force_report_state(store, report_id, progress={"done": 0, "total": None, "phase": "counting"})
-    assert check({"report_id": report_id}).json() == {"status": "Running", "phase": "counting",
-                                                      "progress": {"done": 0, "total": None}}
+    assert check({"report_id": report_id}).json() == {
+        "status": "Running",
+        "phase": "counting",
+        "progress": {"done": 0, "total": None},
+    }
     assert check({"report_id": report_id, "format": "csv"}).status_code == 409
     force_report_state(store, report_id, status="Failed", error="boom")
     assert check({"report_id": report_id}).json() == {"status": "Failed", "error": "boom"}
@@ -346,13 +382,17 @@ def test_data_health_and_deletes_keep_to_the_description(api_app, api_schema):
     assert _check(api_schema["/health"]["GET"], query={"verbose": "1"}).status_code == 400
 
     delete = api_schema["/stores/{store_id}/polls"]["DELETE"]
-    kept = _check(delete, path_parameters={"store_id": "worked"},
-                  query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24"})  # until before since
+    kept = _check(
+        delete, path_parameters={"store_id": "worked"}, query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24"}
+    )  # until before since
     assert kept.status_code == 400 and "since is after until" in kept.json()["error"]
     assert _check(delete, path_parameters={"store_id": "worked"}, query={"since": "2023-02-30"}).status_code == 400
     assert _check(delete, path_parameters={"store_id": "worked"}, query={"from": "2023-01-24"}).status_code == 400
-    one = _check(delete, path_parameters={"store_id": "worked"},
-                 query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24T11:15:00Z"})
+    one = _check(
+        delete,
+        path_parameters={"store_id": "worked"},
+        query={"since": "2023-01-24T11:00:00Z", "until": "2023-01-24T11:15:00Z"},
+    )
     assert one.status_code == 200 and one.json() == {"deleted": 1, "store_id": "worked"}
     none = _check(delete, path_parameters={"store_id": "nobody"})
     assert none.json() == {"deleted": 0, "store_id": "nobody"}
@@ -401,8 +441,14 @@ def test_unfinished_upload_and_late_as_of_keep_to_the_description(api_app, api_s
     assert in_query.status_code == 400 and "JSON body" in in_query.json()["error"]
 
     store = api_app.extensions["store"]
-    unfinished = {"upload_id": "ab" * 16, "file": "store_status.csv", "kind": "store_status.csv", "written": 10,
-                  "loaded": 100, "status": "Failed"}
+    unfinished = {
+        "upload_id": "ab" * 16,
+        "file": "store_status.csv",
+        "kind": "store_status.csv",
+        "written": 10,
+        "loaded": 100,
+        "status": "Failed",
+    }
     monkeypatch.setattr(store, "unfinished_upload", lambda: unfinished)
     refused = _check(trigger, body={}, media_type="application/json")
     assert refused.status_code == 409
@@ -427,8 +473,9 @@ def test_report_workflow_through_links(api_schema):
 # a 500 where the description promises a 4xx, or a documented header missing.
 
 
-@pytest.mark.parametrize("path", ["/health", "/trigger_report", "/get_report", "/reports", "/ingest", "/",
-                                  "/stores/x/timeline"])
+@pytest.mark.parametrize(
+    "path", ["/health", "/trigger_report", "/get_report", "/reports", "/ingest", "/", "/stores/x/timeline"]
+)
 def test_wrong_method_is_405_json_with_allow_header(client, path):
     """RFC 9110: a 405 answer MUST name the allowed methods in `Allow`."""
     response = client.open(path, method="DELETE")
@@ -477,8 +524,9 @@ def test_ingest_of_a_file_with_carriage_returns_is_not_a_500(client, field, cont
 def test_ingest_of_a_poll_outside_the_datetime_range_rejects_the_row(client, stamp):
     """SPEC §2: bad input never crashes the ingest; the row is rejected with its line and reason."""
     content = f"store_id,status,timestamp_utc\nx,active,{stamp}\ny,active,2023-01-24 12:00:00 UTC\n".encode()
-    response = client.post("/ingest", data={"store_status": (io.BytesIO(content), "s.csv")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/ingest", data={"store_status": (io.BytesIO(content), "s.csv")}, content_type="multipart/form-data"
+    )
     assert response.status_code == 200, response.get_data(as_text=True)
     summary = response.get_json()["files"][0]
     assert summary["loaded"] == 1 and summary["rejected"] == 1

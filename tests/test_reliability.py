@@ -1,5 +1,6 @@
 """Production behaviour: shared state across workers, heartbeats and stale reports, bounded
 concurrency, consistent snapshots while loading, hostile requests, the API token, real gunicorn."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,7 +35,11 @@ def shared_store(new_store, data_dir):
 
 
 def make_app(store, tmp_path, **config):
-    settings_ = {"STORE": store, "DATA_DIR": str(write_data_dir(tmp_path / "seed")), "REPORTS_DIR": str(tmp_path / "reports")}
+    settings_ = {
+        "STORE": store,
+        "DATA_DIR": str(write_data_dir(tmp_path / "seed")),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+    }
     settings_.update(config)
     return create_app(settings_)
 
@@ -180,8 +185,10 @@ def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_sto
     client = app.test_client()
     report_id = client.post("/trigger_report").get_json()["report_id"]
     body = wait_for_report(client, report_id)
-    assert body == {"status": "Failed", "error": "the report could not be saved on the server (the server log says "
-                                                 "why); trigger it again later"}
+    assert body == {
+        "status": "Failed",
+        "error": "the report could not be saved on the server (the server log says why); trigger it again later",
+    }
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
     assert csv_response.status_code == 409 and csv_response.is_json  # no CSV: the failure, as a JSON error
     assert "could not be saved on the server" in csv_response.get_json()["error"]
@@ -211,8 +218,9 @@ def test_report_waits_for_a_load_and_then_sees_all_of_it(shared_store, tmp_path)
         body = client.get(f"/get_report?report_id={report_id}").get_json()
         assert body == {"status": "Running", "phase": "queued", "progress": {"done": 0, "total": None}}
         # the "load": a new store, written while the report waits
-        shared_store.load_polls(sources.read_store_status(
-            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n").frame)
+        shared_store.load_polls(
+            sources.read_store_status(b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n").frame
+        )
     body = wait_for_report(client, report_id)
     assert [row["store_id"] for row in body["data"]] == ["allday", "late", "newcomer", "worked"]
     app.extensions["reports"].shutdown(wait=True)
@@ -236,8 +244,11 @@ def test_load_waits_while_a_report_reads(shared_store, tmp_path, monkeypatch):
     loaded = threading.Event()
 
     def load():
-        database.load_file(shared_store, sources.STATUS_FILE,
-                           b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n")
+        database.load_file(
+            shared_store,
+            sources.STATUS_FILE,
+            b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n",
+        )
         loaded.set()
 
     loader = threading.Thread(target=load, daemon=True)
@@ -317,9 +328,15 @@ def _fuzz_app():
 
         scratch = Path(tempfile.mkdtemp(prefix="uptime-fuzz-"))
         # the quota (tested in test_hostile.py) is lifted: generated triggers may outrun the reports
-        _FUZZ_APP = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(scratch / "db.sqlite3"),
-                                "DATA_DIR": str(write_data_dir(scratch / "data")), "REPORTS_DIR": str(scratch / "r"),
-                                "MAX_QUEUED_REPORTS": 100_000})
+        _FUZZ_APP = create_app(
+            {
+                "MONGO_URI": "",
+                "EMBEDDED_DB": str(scratch / "db.sqlite3"),
+                "DATA_DIR": str(write_data_dir(scratch / "data")),
+                "REPORTS_DIR": str(scratch / "r"),
+                "MAX_QUEUED_REPORTS": 100_000,
+            }
+        )
     return _FUZZ_APP
 
 
@@ -329,8 +346,15 @@ def _fuzz_app():
 @pytest.fixture
 def locked_client(tmp_path, data_dir):
     """A client of an app that requires the token 's3cret'."""
-    app = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
-                      "REPORTS_DIR": str(tmp_path / "r"), "API_TOKEN": "s3cret"})
+    app = create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "r"),
+            "API_TOKEN": "s3cret",
+        }
+    )
     yield app.test_client()
     app.extensions["reports"].shutdown(wait=True)
 
@@ -338,8 +362,12 @@ def locked_client(tmp_path, data_dir):
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Bearer s3cre", "Basic s3cret", "s3cret", "Bearer  "])
 def test_token_required_when_set(locked_client, header):
     headers = {"Authorization": header} if header else {}
-    for method, path in (("post", "/trigger_report"), ("get", "/get_report?report_id=" + "0" * 32),
-                         ("get", "/reports"), ("post", "/ingest")):
+    for method, path in (
+        ("post", "/trigger_report"),
+        ("get", "/get_report?report_id=" + "0" * 32),
+        ("get", "/reports"),
+        ("post", "/ingest"),
+    ):
         response = getattr(locked_client, method)(path, headers=headers)
         assert response.status_code == 401
         assert response.get_json()["status"] == 401
@@ -357,8 +385,14 @@ def test_token_accepted_and_health_open(locked_client):
 
 
 def test_open_service_says_so_at_start_up(tmp_path, caplog, data_dir):
-    app = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
-                      "REPORTS_DIR": str(tmp_path)})
+    app = create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path),
+        }
+    )
     assert "API_TOKEN is not set" in caplog.text
     app.extensions["reports"].shutdown(wait=True)
 
@@ -392,7 +426,9 @@ def test_near_miss_tokens_are_401(locked_client, given):
         response = getattr(locked_client, method)(path, headers={"Authorization": f"Bearer {given}"})
         assert response.status_code == 401, given
         assert response.get_json() == {
-            "error": "missing or wrong API token: send 'Authorization: Bearer <token>'", "status": 401}
+            "error": "missing or wrong API token: send 'Authorization: Bearer <token>'",
+            "status": 401,
+        }
     assert locked_client.get("/reports", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
@@ -414,14 +450,34 @@ def test_real_gunicorn_serves_reports(tmp_path):
     import json
 
     port = free_port()
-    env = dict(os.environ, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
-               DATA_DIR=str(write_data_dir(tmp_path / "data")), REPORTS_DIR=str(tmp_path / "reports"),
-               EMBEDDED_DB=str(tmp_path / "db" / "shared.sqlite3"), MONGO_DB=f"uptime_gunicorn_{port}")
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        WEB_CONCURRENCY="2",
+        DATA_DIR=str(write_data_dir(tmp_path / "data")),
+        REPORTS_DIR=str(tmp_path / "reports"),
+        EMBEDDED_DB=str(tmp_path / "db" / "shared.sqlite3"),
+        MONGO_DB=f"uptime_gunicorn_{port}",
+    )
     access_log = tmp_path / "access.log"
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", str(access_log),
-         "--access-logformat", "%(p)s %(s)s %(U)s", "app:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "gunicorn.conf.py",
+            "--access-logfile",
+            str(access_log),
+            "--access-logformat",
+            "%(p)s %(s)s %(U)s",
+            "app:create_app()",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -452,8 +508,11 @@ def test_real_gunicorn_serves_reports(tmp_path):
         for _ in range(2_000):
             status, body = http(f"{base}/get_report?report_id={report_id}")
             assert status == 200 and json.loads(body)["data"] == TINY_REPORT
-            answered_by = {line.split()[0] for line in access_log.read_text().splitlines()
-                           if line.split()[1:] == ["200", "/get_report"]}
+            answered_by = {
+                line.split()[0]
+                for line in access_log.read_text().splitlines()
+                if line.split()[1:] == ["200", "/get_report"]
+            }
             if len(answered_by) >= 2:
                 break
         assert len(answered_by) == 2, f"only worker(s) {answered_by} answered"

@@ -1,5 +1,6 @@
 """The report job (reportGenerator.py): CSV mode, ranges of stores (threads, processes), agreement with
 the API and the reference."""
+
 from __future__ import annotations
 
 import ctypes
@@ -41,7 +42,9 @@ def test_cli_tunes_the_allocator_for_its_one_run(data_dir, tmp_path, monkeypatch
 
 def test_cli_as_of_and_errors(data_dir, tmp_path, capsys):
     output = tmp_path / "report.csv"
-    assert reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "2023-01-24T12:00"]) == 0
+    assert (
+        reportGenerator.main(["--data-dir", str(data_dir), "--output", str(output), "--as-of", "2023-01-24T12:00"]) == 0
+    )
     assert list(pd.read_csv(output, dtype={"store_id": str})["store_id"]) == ["worked"]
     capsys.readouterr()
     assert reportGenerator.main(["--data-dir", str(tmp_path / "nowhere"), "--output", str(output)]) == 2
@@ -142,7 +145,8 @@ import reportGenerator
 
 class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2 (malloc.h)
     _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
@@ -160,9 +164,15 @@ print(held.hblkhd >> 20, freed.fordblks >> 20)  # MB in mappings of their own wh
 def test_the_command_line_keeps_the_memory_it_frees():
     """After keep_freed_memory a 30 MB array comes from the heap, and the heap keeps it once freed
     (by default glibc maps it on its own and unmaps it when it is freed)."""
+
     def run(mode: str) -> list[int]:
-        done = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY, mode], capture_output=True, text=True,
-                              cwd=Path(reportGenerator.__file__).parent, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", KEEP_FREED_MEMORY, mode],
+            capture_output=True,
+            text=True,
+            cwd=Path(reportGenerator.__file__).parent,
+            check=True,
+        )
         return [int(word) for word in done.stdout.split()]
 
     mapped, kept = run("default")
@@ -184,8 +194,13 @@ print(gc.isenabled(), gc.get_freeze_count())
 
 def test_the_command_line_freezes_what_its_imports_made_and_collects_the_rest():
     def run(code: str) -> list[str]:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              cwd=Path(reportGenerator.__file__).parent)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(reportGenerator.__file__).parent,
+        )
         return done.stdout.split()[-2:]
 
     enabled, frozen = run(RUN_AS_COMMAND)
@@ -200,12 +215,18 @@ def test_sample_data_matches_the_reference_exactly():
     zones = parsed[sources.ZONES_FILE].frame
     now_us = int(polls["timestamp_us"].max())
     engine = utils.uptime_ticks(polls, hours, zones, now_us)
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     to_dt = lambda us: epoch + dt.timedelta(microseconds=int(us))  # noqa: E731
     to_time = lambda s: dt.time(s // 3600, s // 60 % 60, s % 60)  # noqa: E731
     expected = reference_ticks(
-        [(s, to_dt(t), "active" if a else "inactive") for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
-        [(s, d, to_time(a), to_time(b)) for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+        [
+            (s, to_dt(t), "active" if a else "inactive")
+            for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])
+        ],
+        [
+            (s, d, to_time(a), to_time(b))
+            for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])
+        ],
         dict(zip(zones["store_id"], zones["timezone_str"])),
         to_dt(now_us),
     )

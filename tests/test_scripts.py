@@ -1,5 +1,6 @@
 """The scripts a user runs by hand: scripts/get_report.sh against a live service (loopback,
 in-process), and scripts/generate_data.py's refusal to overwrite a data folder."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ TOKEN = "script-test-token"
 @pytest.fixture
 def service(tmp_path, data_dir):
     """The app with API_TOKEN set, served on a free loopback port by werkzeug in a thread; its base URL."""
-    application = create_app({"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "reports"),
-                              "API_TOKEN": TOKEN})
+    application = create_app(
+        {"MONGO_URI": "", "DATA_DIR": str(data_dir), "REPORTS_DIR": str(tmp_path / "reports"), "API_TOKEN": TOKEN}
+    )
     server = make_server("127.0.0.1", 0, application, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="script-test-server", daemon=True)
     thread.start()
@@ -40,8 +42,11 @@ def service(tmp_path, data_dir):
 def run_script(*args: str, token: str | None) -> subprocess.CompletedProcess:
     if shutil.which("curl") is None:
         pytest.skip("scripts/get_report.sh needs curl")
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("API_TOKEN",) and not key.lower().endswith("_proxy")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("API_TOKEN",) and not key.lower().endswith("_proxy")
+    }
     if token is not None:
         env["API_TOKEN"] = token
     return subprocess.run(["bash", str(GET_REPORT), *args], env=env, capture_output=True, text=True, timeout=120)
@@ -60,11 +65,18 @@ def test_get_report_saves_the_csv(service, tmp_path):
 @pytest.mark.parametrize(
     "token, as_of, message",
     [
-        ("wrong", "", "error: HTTP 401 from {base}/trigger_report: missing or wrong API token: "
-                      "send 'Authorization: Bearer <token>'"),
+        (
+            "wrong",
+            "",
+            "error: HTTP 401 from {base}/trigger_report: missing or wrong API token: "
+            "send 'Authorization: Bearer <token>'",
+        ),
         (None, "", "HTTP 401"),
-        (TOKEN, "yesterday",
-         "error: HTTP 400 from {base}/trigger_report: as_of 'yesterday' is not an ISO 8601 instant"),
+        (
+            TOKEN,
+            "yesterday",
+            "error: HTTP 400 from {base}/trigger_report: as_of 'yesterday' is not an ISO 8601 instant",
+        ),
     ],
 )
 def test_get_report_prints_the_servers_message(service, tmp_path, token, as_of, message):

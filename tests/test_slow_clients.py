@@ -8,6 +8,7 @@ nginx and must answer every time.  Bounded: the slow clients stop after
 SLOW_SECONDS, every request has a timeout, and both servers are stopped.
 Needs /usr/sbin/nginx (`bash scripts/install_nginx.sh`; CI installs it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,11 @@ SLOW_SECONDS = 12
 START_TIMEOUT = 60
 
 if not os.access(NGINX, os.X_OK):
-    pytest.skip(f"the slow-client test needs nginx ({NGINX}): run `bash scripts/install_nginx.sh` "
-                "(apt-get install nginx-light)", allow_module_level=True)
+    pytest.skip(
+        f"the slow-client test needs nginx ({NGINX}): run `bash scripts/install_nginx.sh` "
+        "(apt-get install nginx-light)",
+        allow_module_level=True,
+    )
 
 
 def wait_until_healthy(session: requests.Session, url: str, process: subprocess.Popen, log: Path) -> None:
@@ -53,8 +57,9 @@ def wait_until_healthy(session: requests.Session, url: str, process: subprocess.
 @contextlib.contextmanager
 def started(command: list[str], env: dict, log: Path, cwd: Path = ROOT):
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
         yield process
     finally:
@@ -76,16 +81,32 @@ def behind_nginx(tmp_path):
     session = requests.Session()
     session.trust_env = False  # loopback only
     app_port, proxy_port = free_port(), free_port()
-    env = {**os.environ, "MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "server.sqlite3"), "API_TOKEN": "",
-           "HOST": "127.0.0.1", "PORT": str(app_port),
-           "WEB_CONCURRENCY": "1", "DATA_DIR": str(write_data_dir(tmp_path / "data")),
-           "REPORTS_DIR": str(tmp_path / "reports")}
+    env = {
+        **os.environ,
+        "MONGO_URI": "",
+        "EMBEDDED_DB": str(tmp_path / "server.sqlite3"),
+        "API_TOKEN": "",
+        "HOST": "127.0.0.1",
+        "PORT": str(app_port),
+        "WEB_CONCURRENCY": "1",
+        "DATA_DIR": str(write_data_dir(tmp_path / "data")),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+    }
     prefix = tmp_path / "nginx"
     (prefix / "temp").mkdir(parents=True)
     (prefix / "nginx.conf").write_text(nginx_conf(app_port, proxy_port))
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "app:create_app()"]
-    nginx = [NGINX, "-p", f"{prefix}/", "-c", "nginx.conf", "-e", "stderr",
-             "-g", f"daemon off; pid {prefix}/nginx.pid;"]
+    nginx = [
+        NGINX,
+        "-p",
+        f"{prefix}/",
+        "-c",
+        "nginx.conf",
+        "-e",
+        "stderr",
+        "-g",
+        f"daemon off; pid {prefix}/nginx.pid;",
+    ]
     with started(gunicorn, env, tmp_path / "gunicorn.log") as app_process:
         wait_until_healthy(session, f"http://127.0.0.1:{app_port}/health", app_process, tmp_path / "gunicorn.log")
         with started(nginx, env, tmp_path / "nginx.log") as proxy_process:
@@ -112,8 +133,10 @@ def test_slow_clients_do_not_stop_health_answering(behind_nginx):
     base, session = behind_nginx
     port = int(base.rsplit(":", 1)[1])
     stop, sent = threading.Event(), []
-    attackers = [threading.Thread(target=slow_client, args=(port, stop, sent), name=f"slow-{n}", daemon=True)
-                 for n in range(SLOW_CLIENTS)]
+    attackers = [
+        threading.Thread(target=slow_client, args=(port, stop, sent), name=f"slow-{n}", daemon=True)
+        for n in range(SLOW_CLIENTS)
+    ]
     for thread in attackers:
         thread.start()
     answers = []

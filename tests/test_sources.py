@@ -1,4 +1,5 @@
 """CSV reading and validation (sources.py): every bad row reported with line and reason, good rows kept."""
+
 from __future__ import annotations
 
 import io
@@ -60,9 +61,7 @@ def test_bad_status_rows_are_reported_with_line(row, reason):
 
 def test_duplicates_and_conflicts_later_row_wins():
     parsed = status_rows(
-        "1,active,2023-01-22 12:00:00 UTC\n"
-        "1,active,2023-01-22T12:00:00Z\n"
-        "1,inactive,2023-01-22 12:00:00 UTC\n"
+        "1,active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22T12:00:00Z\n1,inactive,2023-01-22 12:00:00 UTC\n"
     )
     assert list(parsed.frame["active"]) == [False]
     assert reasons(parsed) == {
@@ -101,10 +100,14 @@ def test_polls_come_sorted_by_store_then_time(tmp_path, monkeypatch, blocks):
     parsed = read_in_blocks(monkeypatch, path, 40) if blocks else sources.read_store_status(path)
     frame = parsed.frame
     assert list(zip(frame["line"], frame["store_id"], frame["timestamp_us"], frame["active"])) == [
-        (4, "a", NOON_US, True), (6, "a", NOON_US + 3_600_000_000, True),
-        (5, "b", NOON_US - 3_600_000_000, False), (2, "b", NOON_US, True)]
+        (4, "a", NOON_US, True),
+        (6, "a", NOON_US + 3_600_000_000, True),
+        (5, "b", NOON_US - 3_600_000_000, False),
+        (2, "b", NOON_US, True),
+    ]
     assert [(r.line, r.reason) for r in parsed.rejects] == [
-        (3, "overridden by line 6 (same store_id and timestamp, later row wins)")]
+        (3, "overridden by line 6 (same store_id and timestamp, later row wins)")
+    ]
 
 
 def test_bom_crlf_quotes_and_bad_bytes():
@@ -155,7 +158,9 @@ def test_menu_hours_rows():
         b"1,3,9:30,17:00:00\n"
     )
     assert parsed.frame[["day", "start_s", "end_s"]].values.tolist() == [
-        [0, 32400, 61200], [2, 79200, 7200], [3, 34200, 61200]
+        [0, 32400, 61200],
+        [2, 79200, 7200],
+        [3, 34200, 61200],
     ]
     assert [sources.hms(s) for s in parsed.frame["start_s"]] == ["09:00:00", "22:00:00", "09:30:00"]
     got = reasons(parsed)
@@ -215,7 +220,14 @@ GOOD_STAMPS = st.integers(1_600_000_000_000_000, 1_700_000_000_000_000).map(
     lambda us: (us, sources.pd.Timestamp(us, unit="us", tz="UTC"))
 )
 CORRUPTIONS = [
-    "status", "timestamp", "store_id_empty", "missing_field", "extra_field", "blank", "control", "long_id",
+    "status",
+    "timestamp",
+    "store_id_empty",
+    "missing_field",
+    "extra_field",
+    "blank",
+    "control",
+    "long_id",
 ]
 
 
@@ -226,11 +238,15 @@ def status_files(draw):
     for _ in range(draw(st.integers(0, 30))):
         store = draw(st.sampled_from(["1", "22", "9223372036854775807", "abc"]))
         us, stamp = draw(GOOD_STAMPS)
-        text = draw(st.sampled_from([
-            stamp.strftime("%Y-%m-%d %H:%M:%S.%f UTC"),
-            stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            stamp.tz_convert("America/New_York").isoformat(),
-        ]))
+        text = draw(
+            st.sampled_from(
+                [
+                    stamp.strftime("%Y-%m-%d %H:%M:%S.%f UTC"),
+                    stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    stamp.tz_convert("America/New_York").isoformat(),
+                ]
+            )
+        )
         status = draw(st.sampled_from(["active", "inactive", " Active ", "INACTIVE"]))
         corruption = draw(st.one_of(st.none(), st.sampled_from(CORRUPTIONS)))
         line = {
@@ -264,8 +280,12 @@ def test_every_row_is_loaded_or_rejected_with_its_line(case):
     for index, row in enumerate(expected):
         if row is not None:
             winners[(row[0], row[1])] = (index, row[2])
-    loaded = {(s, t): (line, a) for s, t, line, a in
-              zip(parsed.frame["store_id"], parsed.frame["timestamp_us"], parsed.frame["line"], parsed.frame["active"])}
+    loaded = {
+        (s, t): (line, a)
+        for s, t, line, a in zip(
+            parsed.frame["store_id"], parsed.frame["timestamp_us"], parsed.frame["line"], parsed.frame["active"]
+        )
+    }
     assert loaded == {key: (index + 2, active) for key, (index, active) in winners.items()}
     for index, row in enumerate(expected):
         if row is None or winners[(row[0], row[1])][0] != index:
@@ -275,9 +295,11 @@ def test_every_row_is_loaded_or_rejected_with_its_line(case):
 @settings(max_examples=examples(150), deadline=None)
 @given(st.binary(max_size=400))
 def test_arbitrary_bytes_never_crash_the_reader(body):
-    for file, header in ((sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"),
-                         (sources.HOURS_FILE, b"store_id,day,start_time_local,end_time_local\n"),
-                         (sources.ZONES_FILE, b"store_id,timezone_str\n")):
+    for file, header in (
+        (sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"),
+        (sources.HOURS_FILE, b"store_id,day,start_time_local,end_time_local\n"),
+        (sources.ZONES_FILE, b"store_id,timezone_str\n"),
+    ):
         parsed = sources.READERS[file](header + body)
         assert len(parsed.frame) + parsed.rejected == parsed.rows_read
         assert all(len(s) <= sources.MAX_STORE_ID_LENGTH for s in parsed.frame["store_id"])
@@ -289,8 +311,10 @@ def test_block_reader_matches_the_whole_file_reader(tmp_path, monkeypatch, extra
     file whole, ragged rows, quoted line breaks and non-ASCII text included."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
     small_head(monkeypatch)
-    rows = [f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
-            for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)]
+    rows = [
+        f"{store},{'active' if n % 3 else 'inactive'},2023-01-22 {n % 24:02d}:{n % 60:02d}:00.{n:06d} UTC"
+        for n, store in enumerate(["7", "12", "7", "300", "12"] * 8)
+    ]
     rows[5] = "12,online,2023-01-22 01:00:00 UTC"
     rows[9] = rows[8]  # a duplicate
     text = HEADER + "\n".join(rows) + "\n" + extra + "12,active,2023-01-22 23:59:59 UTC\n"
@@ -347,6 +371,7 @@ def small_head(monkeypatch) -> None:
 def read_in_blocks(monkeypatch, path, block_bytes: int, file: str = "store_status.csv") -> sources.Parsed:
     """read_store_status on a file on disk, made to take the block-by-block reader with tiny blocks;
     the test fails if the file is handed to the whole-file reader instead."""
+
     def whole_file(*args, **kwargs):
         raise AssertionError("the file was handed to the whole-file reader")
 
@@ -391,7 +416,8 @@ def test_block_reader_takes_ordinary_variations_of_the_file(tmp_path, monkeypatc
     frame = parsed.frame
     assert by_line(frame) == BLOCK_FILE_ROWS
     assert sorted((r.file, r.line, r.reason) for r in parsed.rejects) == [
-        ("polls.csv", line, reason) for line, reason in BLOCK_FILE_REJECTS]
+        ("polls.csv", line, reason) for line, reason in BLOCK_FILE_REJECTS
+    ]
 
 
 def test_block_reader_rejects_a_wrong_header_by_name(tmp_path, monkeypatch):
@@ -413,7 +439,8 @@ FALLBACK_FILE = (
     b"\r\n"  # line 7: empty
     b'"5\r\nsplit",active,2023-01-22 12:00:00 UTC\r\n'  # lines 8-9: a quoted line break
     b"6,inactive,2023-01-22 13:00:00 UTC\r\n"  # line 10
-    + b"9" * 200_000 + b",active,2023-01-22 12:00:00 UTC\r\n"  # line 11: beyond the csv module's field limit
+    + b"9" * 200_000
+    + b",active,2023-01-22 12:00:00 UTC\r\n"  # line 11: beyond the csv module's field limit
     + b"10,inactive,2023-01-22T14:00:00Z\r\n"  # line 12
     b"11,active\r\n"  # line 13
     b'12,"on\r\nline",2023-01-22 12:00:00 UTC\r\n'  # lines 14-15: a status with a quoted CRLF in it
@@ -431,7 +458,10 @@ def test_line_by_line_reader_by_hand(monkeypatch, block_rows, block_bytes):
     parsed = sources.read_store_status(FALLBACK_FILE, file="polls.csv")
     frame = parsed.frame
     assert by_line(frame) == [
-        (2, "1", NOON_US, True), (10, "6", NOON_US + 3_600_000_000, False), (12, "10", NOON_US + 7_200_000_000, False)]
+        (2, "1", NOON_US, True),
+        (10, "6", NOON_US + 3_600_000_000, False),
+        (12, "10", NOON_US + 7_200_000_000, False),
+    ]
     assert sorted((r.line, r.reason) for r in parsed.rejects) == [
         (3, "row is not valid UTF-8 text"),
         (4, "row is not valid UTF-8 text"),
@@ -459,8 +489,9 @@ def test_blank_lines_are_worded_alike_by_both_readers():
 def test_a_lone_carriage_return_is_not_a_line_end():
     """Lines end at LF (or CRLF), as uploads are streamed block by block at line ends: a row with a lone
     CR inside is one unreadable line, rejected with its number, and the rows after it keep theirs."""
-    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
-                         "3,inactive,2023-01-22 12:00:00 UTC\n")
+    parsed = status_rows(
+        "1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n3,inactive,2023-01-22 12:00:00 UTC\n"
+    )
     assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(3, "3")]
     assert list(reasons(parsed)) == [2] and reasons(parsed)[2].startswith("unreadable CSV row")
     assert (parsed.rows_read, parsed.rejected) == (2, 1)
@@ -472,10 +503,16 @@ def test_store_ids_across_blocks_are_one_sorted_catalog(monkeypatch, block_bytes
     in several spellings of white space, is one store; an id whose only row is rejected is none."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
     stamp = "2023-01-22 12:00:00 UTC"
-    rows = [f"b,active,{stamp}", f"zz,active,{stamp}", f"bad id,active,{stamp}",
-            *[f"m,active,2023-01-22 12:{i // 60:02d}:{i % 60:02d} UTC" for i in range(150)],  # past the first read
-            f" b ,inactive,2023-01-22 13:00:00 UTC", f"a,active,{stamp}", f"zz,online,{stamp}",
-            f"b,active,2023-01-22 11:00:00 UTC"]
+    rows = [
+        f"b,active,{stamp}",
+        f"zz,active,{stamp}",
+        f"bad id,active,{stamp}",
+        *[f"m,active,2023-01-22 12:{i // 60:02d}:{i % 60:02d} UTC" for i in range(150)],  # past the first read
+        " b ,inactive,2023-01-22 13:00:00 UTC",
+        f"a,active,{stamp}",
+        f"zz,online,{stamp}",
+        "b,active,2023-01-22 11:00:00 UTC",
+    ]
     parsed = status_rows("\n".join(rows) + "\n")
     frame = parsed.frame[parsed.frame["store_id"] != "m"]
     assert list(parsed.frame["store_id"].cat.categories) == ["a", "b", "m", "zz"]
@@ -487,7 +524,17 @@ def test_store_ids_across_blocks_are_one_sorted_catalog(monkeypatch, block_bytes
 def test_parse_time_of_day_by_hand():
     values = ["09:00", "23:59:59", "24:00:00", "12:60:00", "12:00:60", " 7:05 ", "x", "00:00:00", "9:5", "12:59:59"]
     assert sources.parse_time_of_day(values).tolist() == [
-        32_400, 86_399, -1, -1, -1, 25_500, -1, 0, -1, 12 * 3600 + 59 * 60 + 59]
+        32_400,
+        86_399,
+        -1,
+        -1,
+        -1,
+        25_500,
+        -1,
+        0,
+        -1,
+        12 * 3600 + 59 * 60 + 59,
+    ]
 
 
 def test_parse_time_of_day_repeats_and_absent_fields_in_chunks():
@@ -495,7 +542,11 @@ def test_parse_time_of_day_repeats_and_absent_fields_in_chunks():
     (null, from a ragged row) and white space around a time read as they do alone."""
     import pyarrow as pa
 
-    chunks = [pa.array(["09:00", None, " 09:00", "x"]), pa.array(["23:59:59", "09:00", None, "09:00:00"]), pa.array([], pa.string())]
+    chunks = [
+        pa.array(["09:00", None, " 09:00", "x"]),
+        pa.array(["23:59:59", "09:00", None, "09:00:00"]),
+        pa.array([], pa.string()),
+    ]
     got = sources.parse_time_of_day(pa.chunked_array(chunks, pa.string()))
     assert got.tolist() == [32_400, -1, 32_400, -1, 86_399, 32_400, -1, 32_400]
     assert sources.parse_time_of_day([]).tolist() == []
@@ -513,8 +564,10 @@ def test_long_values_are_quoted_short_in_reasons():
 
 
 def test_a_row_short_of_an_ignored_column_is_ragged():
-    parsed = status_rows("1,active,2023-01-22 12:00:00 UTC\n2,active,2023-01-22 12:00:00 UTC,n\n",
-                         header="store_id,status,timestamp_utc,note\n")
+    parsed = status_rows(
+        "1,active,2023-01-22 12:00:00 UTC\n2,active,2023-01-22 12:00:00 UTC,n\n",
+        header="store_id,status,timestamp_utc,note\n",
+    )
     assert reasons(parsed) == {2: "expected 4 fields, found 3"}
     assert list(parsed.frame["store_id"]) == ["2"]
 
@@ -524,7 +577,11 @@ def test_frames_have_their_documented_types():
     hours = sources.read_menu_hours(b"store_id,day,start_time_local,end_time_local\n1,2,09:00:00,17:00:00\n").frame
     zones = sources.read_timezones(b"store_id,timezone_str\n1,UTC\n").frame
     assert dict(polls.dtypes.astype(str)) == {
-        "store_id": "category", "timestamp_us": "int64", "active": "bool", "line": "int64"}
+        "store_id": "category",
+        "timestamp_us": "int64",
+        "active": "bool",
+        "line": "int64",
+    }
     assert list(hours.columns) == ["store_id", "day", "start_s", "end_s", "line"]
     assert [str(hours[c].dtype) for c in ("day", "start_s", "end_s", "line")] == ["int64"] * 4
     assert list(zones.columns) == ["store_id", "timezone_str", "line"]
@@ -536,11 +593,16 @@ ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason})
     "clean": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC\n", 2, {}),
     "crlf": ("1,active,2023-01-22 12:00:00 UTC\r\n2,inactive,2023-01-22 13:00:00 UTC\r\n", 2, {}),
     "no final newline": ("1,active,2023-01-22 12:00:00 UTC\n2,inactive,2023-01-22 13:00:00 UTC", 2, {}),
-    "ragged and blank": ("1,active\n\n   \n2,active,2023-01-22 12:00:00 UTC,x\n3,active,2023-01-22 12:00:00 UTC\n", 5,
-                         {2: "missing column timestamp_utc", 3: "blank line", 4: "blank line",
-                          5: "expected 3 fields, found 4"}),
-    "utf-8 beyond ascii": ("1,active,2023-01-22 12:00:00 UTC\n2,\u00e9t\u00e9,2023-01-22 12:00:00 UTC\n", 2,
-                           {3: "unknown status '\u00e9t\u00e9' (expected active or inactive)"}),
+    "ragged and blank": (
+        "1,active\n\n   \n2,active,2023-01-22 12:00:00 UTC,x\n3,active,2023-01-22 12:00:00 UTC\n",
+        5,
+        {2: "missing column timestamp_utc", 3: "blank line", 4: "blank line", 5: "expected 3 fields, found 4"},
+    ),
+    "utf-8 beyond ascii": (
+        "1,active,2023-01-22 12:00:00 UTC\n2,\u00e9t\u00e9,2023-01-22 12:00:00 UTC\n",
+        2,
+        {3: "unknown status '\u00e9t\u00e9' (expected active or inactive)"},
+    ),
 }
 
 
@@ -548,6 +610,7 @@ ARROW_FILES = {  # name: (file body after the header, rows_read, {line: reason})
 def test_ordinary_files_are_read_by_arrow_alone(tmp_path, monkeypatch, name):
     """The Arrow reader vouches for ordinary files itself (Python touches only rejected rows); the
     line-by-line reader is only for what Arrow cannot number (bad bytes, quoted line breaks)."""
+
     def no_fallback(*args, **kwargs):
         raise AssertionError("the line-by-line reader was used")
 
@@ -561,10 +624,13 @@ def test_ordinary_files_are_read_by_arrow_alone(tmp_path, monkeypatch, name):
 
 
 def test_quoted_line_breaks_keep_the_true_line_numbers():
-    parsed = status_rows('1,"act\nive",2023-01-22 12:00:00 UTC\n2,online,2023-01-22 12:00:00 UTC\n'
-                         '3,active,2023-01-22 12:00:00 UTC\n')
-    assert reasons(parsed) == {2: "unknown status 'act\\nive' (expected active or inactive)",
-                               4: "unknown status 'online' (expected active or inactive)"}
+    parsed = status_rows(
+        '1,"act\nive",2023-01-22 12:00:00 UTC\n2,online,2023-01-22 12:00:00 UTC\n3,active,2023-01-22 12:00:00 UTC\n'
+    )
+    assert reasons(parsed) == {
+        2: "unknown status 'act\\nive' (expected active or inactive)",
+        4: "unknown status 'online' (expected active or inactive)",
+    }
     assert list(zip(parsed.frame["line"], parsed.frame["store_id"])) == [(5, "3")]
 
 
@@ -601,8 +667,10 @@ def test_a_file_on_disk_read_in_pieces(tmp_path, monkeypatch, scan_bytes, varian
     rejects = sorted((r.line, r.reason) for r in parsed.rejects)
     if variant == "quoted line break":  # lines 3-4 are one row, so the rest move down a line
         assert by_line(parsed.frame) == [DISK_ROWS[0], (6, *DISK_ROWS[1][1:])]
-        assert rejects == [(3, "store_id '2\\non' has characters other than letters, digits and - _ . : ;"),
-                           (5, "blank line")]
+        assert rejects == [
+            (3, "store_id '2\\non' has characters other than letters, digits and - _ . : ;"),
+            (5, "blank line"),
+        ]
     else:
         assert by_line(parsed.frame) == DISK_ROWS
         assert rejects == DISK_REJECTS
@@ -635,8 +703,13 @@ def test_a_header_as_long_as_allowed_on_disk(tmp_path):
 def test_the_line_by_line_reader_on_disk(tmp_path):
     """A file on disk that is not UTF-8 is read line by line; a lone CR is not a line end there either."""
     path = tmp_path / "store_status.csv"
-    path.write_bytes((HEADER + "1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
-                      "3,inactive,2023-01-22 12:00:00 UTC\n").encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n")
+    path.write_bytes(
+        (
+            HEADER + "1,active,2023-01-22 12:00:00 UTC\r2,online,2023-01-22 12:00:00 UTC\n"
+            "3,inactive,2023-01-22 12:00:00 UTC\n"
+        ).encode()
+        + b"\xff,active,2023-01-22 12:00:00 UTC\n"
+    )
     parsed = sources.read_store_status(path)
     assert by_line(parsed.frame) == [(3, "3", NOON_US, False)]
     assert [r.line for r in parsed.rejects] == [2, 4] and parsed.rejects[0].reason.startswith("unreadable CSV row")
@@ -646,13 +719,15 @@ def test_the_line_by_line_reader_on_disk(tmp_path):
 def test_an_upload_that_ends_without_a_line_break_in_bytes_that_are_not_utf8(monkeypatch):
     monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
     small_head(monkeypatch)
-    parsed = sources.read_store_status(io.BytesIO(
-        (HEADER + "1,active,2023-01-22 12:00:00 UTC\n").encode() + b"\xff,active,2023-01-22 12:00:00 UTC"))
+    parsed = sources.read_store_status(
+        io.BytesIO((HEADER + "1,active,2023-01-22 12:00:00 UTC\n").encode() + b"\xff,active,2023-01-22 12:00:00 UTC")
+    )
     assert by_line(parsed.frame) == [(2, "1", NOON_US, True)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [(3, "row is not valid UTF-8 text")]
 
 
 # --------------------------------------------------------------------------- uploads, streamed
+
 
 class RecordingStream(io.BytesIO):
     """An upload that remembers how much each read asked for."""
@@ -683,6 +758,7 @@ def test_an_upload_is_read_a_block_at_a_time_never_whole(monkeypatch, body):
 
 def test_an_upload_of_an_ordinary_file_stays_on_the_arrow_reader(monkeypatch):
     """Blocks cut at line ends are each vouched for by pyarrow; the line-by-line reader is not needed."""
+
     def no_fallback(*args, **kwargs):
         raise AssertionError("the line-by-line reader was used")
 
@@ -699,7 +775,11 @@ def test_an_ordinary_file_on_disk_stays_on_the_arrow_reader(tmp_path, monkeypatc
         raise AssertionError("the line-by-line reader was used")
 
     monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
-    for name, text in [("lf", DISK_FILE.replace(b"\r\n", b"\n")), ("crlf", DISK_FILE), ("final newline", DISK_FILE + b"\n")]:
+    for name, text in [
+        ("lf", DISK_FILE.replace(b"\r\n", b"\n")),
+        ("crlf", DISK_FILE),
+        ("final newline", DISK_FILE + b"\n"),
+    ]:
         path = tmp_path / f"{name}.csv"
         path.write_bytes(text)
         parsed = sources.read_store_status(path)
@@ -746,8 +826,9 @@ def test_a_line_longer_than_the_limit_rejects_the_upload(monkeypatch):
     upload = (HEADER + rows + "9" * 60).encode()
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(io.BytesIO(upload), file="polls.csv")
-    assert str(error.value) == ("store_status.csv: line 132 is longer than 50 bytes, so this is not a CSV export; "
-                                "the whole file is rejected")
+    assert str(error.value) == (
+        "store_status.csv: line 132 is longer than 50 bytes, so this is not a CSV export; the whole file is rejected"
+    )
     ok = (HEADER + rows + "9" * 50).encode()  # a last line of 50 bytes: not over the limit
     assert sources.read_store_status(io.BytesIO(ok)).rows_read == 131
 
@@ -758,11 +839,18 @@ def test_a_file_with_no_rows_has_the_documented_types(tmp_path):
     latin1 = b"store_id,status,timestamp_utc,r\xe9gion\n"
     path = tmp_path / "store_status.csv"
     path.write_bytes(latin1)
-    for parsed in (sources.read_store_status(HEADER.encode()), sources.read_store_status(path),
-                   sources.read_store_status(latin1)):
+    for parsed in (
+        sources.read_store_status(HEADER.encode()),
+        sources.read_store_status(path),
+        sources.read_store_status(latin1),
+    ):
         assert parsed.rows_read == 0 and parsed.rejected == 0
         assert dict(parsed.frame.dtypes.astype(str)) == {
-            "store_id": "category", "timestamp_us": "int64", "active": "bool", "line": "int64"}
+            "store_id": "category",
+            "timestamp_us": "int64",
+            "active": "bool",
+            "line": "int64",
+        }
 
 
 def test_summary_keeps_twenty_rejects_and_the_notes():
@@ -781,11 +869,14 @@ def test_a_quoted_line_break_across_a_block_cut_stays_one_row(monkeypatch, block
     not split the quoted value into two rows."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", block_bytes)
     small_head(monkeypatch)
-    parsed = status_rows('"7",active,2023-01-22 12:00:00 UTC\n"8\nx",active,2023-01-22 12:00:00 UTC\n'
-                         '9,inactive,2023-01-22 12:00:00 UTC\n')  # three quotes before the cut: still odd
+    parsed = status_rows(
+        '"7",active,2023-01-22 12:00:00 UTC\n"8\nx",active,2023-01-22 12:00:00 UTC\n'
+        "9,inactive,2023-01-22 12:00:00 UTC\n"
+    )  # three quotes before the cut: still odd
     assert by_line(parsed.frame) == [(2, "7", NOON_US, True), (5, "9", NOON_US, False)]
     assert [(r.line, r.reason) for r in parsed.rejects] == [
-        (3, "store_id '8\\nx' has characters other than letters, digits and - _ . : ;")]
+        (3, "store_id '8\\nx' has characters other than letters, digits and - _ . : ;")
+    ]
     assert parsed.rows_read == 3
 
 
@@ -818,12 +909,13 @@ def test_the_line_by_line_reader_reading_a_byte_at_a_time(monkeypatch):
     starts the next piece of text."""
     monkeypatch.setattr(sources, "BLOCK_BYTES", 1)
     small_head(monkeypatch)
-    upload = (HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22 12:00:00 UTC\n\n"
-              b"3,inactive,2023-01-22 13:00:00 UTC\n")
+    upload = (
+        HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n1,active,2023-01-22 12:00:00 UTC\n\n"
+        b"3,inactive,2023-01-22 13:00:00 UTC\n"
+    )
     parsed = sources.read_store_status(io.BytesIO(upload))
     assert by_line(parsed.frame) == [(3, "1", NOON_US, True), (5, "3", NOON_US + 3_600_000_000, False)]
-    assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"),
-                                                                  (4, "blank line")]
+    assert sorted((r.line, r.reason) for r in parsed.rejects) == [(2, "row is not valid UTF-8 text"), (4, "blank line")]
 
 
 # --------------------------------------------------------------------------- run J's survivors (mutation testing)
@@ -836,14 +928,19 @@ def test_a_line_longer_than_the_limit_rejects_the_upload_on_the_line_by_line_pat
     monkeypatch.setattr(sources, "MAX_LINE_BYTES", 50)
     monkeypatch.setattr(sources, "BLOCK_BYTES", 16)
     small_head(monkeypatch)
-    upload = (HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n"  # line 2: not UTF-8
-              + b"1,active,2023-01-22 12:00:00 UTC\n"  # line 3
-              + b"9" * 120 + b",active,2023-01-22 12:00:00 UTC\n"  # line 4: 151 bytes
-              + b"3,inactive,2023-01-22 13:00:00 UTC\n")  # line 5
+    upload = (
+        HEADER.encode()
+        + b"\xff,active,2023-01-22 12:00:00 UTC\n"  # line 2: not UTF-8
+        + b"1,active,2023-01-22 12:00:00 UTC\n"  # line 3
+        + b"9" * 120
+        + b",active,2023-01-22 12:00:00 UTC\n"  # line 4: 151 bytes
+        + b"3,inactive,2023-01-22 13:00:00 UTC\n"
+    )  # line 5
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(io.BytesIO(upload), file="polls.csv")
-    assert str(error.value) == ("store_status.csv: line 4 is longer than 50 bytes, so this is not a CSV export; "
-                                "the whole file is rejected")
+    assert str(error.value) == (
+        "store_status.csv: line 4 is longer than 50 bytes, so this is not a CSV export; the whole file is rejected"
+    )
 
 
 def test_a_line_as_long_as_the_limit_is_a_row_on_the_line_by_line_path(monkeypatch):
@@ -864,8 +961,11 @@ def test_the_line_by_line_reader_yields_blocks_of_its_row_count(monkeypatch):
     """Memory on the line-by-line path is bounded by PYTHON_BLOCK_ROWS: five rows in blocks of two come
     as blocks of 2, 2 and 1 rows, numbered in file order."""
     monkeypatch.setattr(sources, "PYTHON_BLOCK_ROWS", 2)
-    upload = HEADER.encode() + b"\xff,active,2023-01-22 12:00:00 UTC\n" + b"".join(
-        f"{n},active,2023-01-22 12:00:00 UTC\n".encode() for n in range(4))
+    upload = (
+        HEADER.encode()
+        + b"\xff,active,2023-01-22 12:00:00 UTC\n"
+        + b"".join(f"{n},active,2023-01-22 12:00:00 UTC\n".encode() for n in range(4))
+    )
     parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame())
     blocks = list(sources._stream_raw_rows(sources.STATUS_FILE, io.BytesIO(upload), parsed))
     assert [block.line.tolist() for block in blocks] == [[2, 3], [4, 5], [6]]
@@ -876,14 +976,16 @@ def test_the_line_by_line_reader_yields_blocks_of_its_row_count(monkeypatch):
 def test_an_upload_with_quoted_fields_stays_on_the_arrow_reader(monkeypatch):
     """Quotes around fields are ordinary: a block with an even number of them (no quoted line break cut
     in two) is read by pyarrow, not handed to the line-by-line reader."""
+
     def no_fallback(*args, **kwargs):
         raise AssertionError("the line-by-line reader was used")
 
     monkeypatch.setattr(sources, "_raw_rows_python", no_fallback)
     monkeypatch.setattr(sources, "BLOCK_BYTES", 64)
     small_head(monkeypatch)
-    quoted = HEADER + "".join(f'"{line.split(",", 1)[0]}",{line.split(",", 1)[1]}\n'
-                              for line in BLOCK_FILE[len(HEADER):].splitlines())
+    quoted = HEADER + "".join(
+        f'"{line.split(",", 1)[0]}",{line.split(",", 1)[1]}\n' for line in BLOCK_FILE[len(HEADER) :].splitlines()
+    )
     parsed = sources.read_store_status(quoted.encode())
     assert by_line(parsed.frame) == sorted(BLOCK_FILE_ROWS)
     assert sorted((r.line, r.reason) for r in parsed.rejects) == BLOCK_FILE_REJECTS
@@ -900,15 +1002,18 @@ def test_an_upload_of_ragged_rows_stops_at_the_row_that_passes_the_limit(monkeyp
     assert str(error.value) == (
         "store_status.csv: stopped reading at line 6: 4 of 5 rows read were rejected (more than 3 and 10%), so "
         "the whole file is rejected and nothing from it was loaded; first rejects: line 3: missing column status; "
-        "line 4: missing column status; line 5: missing column status")
+        "line 4: missing column status; line 5: missing column status"
+    )
 
 
 def test_bytes_that_are_not_utf8_in_an_ignored_column_reject_the_row(tmp_path, monkeypatch):
     """pyarrow does not look at the bytes of a column it is told to skip, so the reader must: a row with
     bytes that are not UTF-8 anywhere is rejected as such, uploaded or on disk, even in an extra column
     (0x80: the lowest byte that is not ASCII, and not UTF-8 on its own)."""
-    data = (b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\x80\n"
-            b"2,active,2023-01-22 12:00:00 UTC,ok\n")
+    data = (
+        b"store_id,status,timestamp_utc,note\n1,active,2023-01-22 12:00:00 UTC,caf\x80\n"
+        b"2,active,2023-01-22 12:00:00 UTC,ok\n"
+    )
     path = tmp_path / "store_status.csv"
     path.write_bytes(data)
     for parsed in (sources.read_store_status(data), sources.read_store_status(path)):
@@ -939,7 +1044,8 @@ def test_an_upload_in_blocks_stops_just_past_the_reject_share(monkeypatch):
     assert str(error.value) == (
         "store_status.csv: stopped reading at line 18: 5 of 17 rows read were rejected (more than 3 and 25%), so "
         "the whole file is rejected and nothing from it was loaded; first rejects: line 14: missing column status; "
-        "line 15: missing column status; line 16: missing column status")
+        "line 15: missing column status; line 16: missing column status"
+    )
 
 
 @pytest.mark.parametrize(
@@ -975,8 +1081,12 @@ def test_timestamps_at_and_beyond_the_ends_of_the_calendar(monkeypatch):
     keeps the last (MAX_FUTURE_SECONDS wide open) but not the first: it is before 2000."""
     first_us = -719_162 * 86_400_000_000  # 1,969 years of 365 days and 477 leap days before the epoch
     last_us = (2_932_897 * 86_400 - 1) * 1_000_000 + 999_999  # 8,030 years to 10000-01-01 (1,947 leap days)
-    stamps = ["0001-01-01 00:00:00 UTC", "9999-12-31 23:59:59.999999 UTC", "0001-01-01T00:00:00+01:00",
-              "9999-12-31T23:59:59.999999-01:00"]
+    stamps = [
+        "0001-01-01 00:00:00 UTC",
+        "9999-12-31 23:59:59.999999 UTC",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59.999999-01:00",
+    ]
     assert sources.parse_timestamps_us(stamps).tolist() == [first_us, last_us] + [np.iinfo(np.int64).min] * 2
     monkeypatch.setenv("MAX_FUTURE_SECONDS", str(10**12))
     parsed = status_rows("".join(f"{n},active,{stamp}\n" for n, stamp in enumerate(stamps, 1)))
@@ -984,7 +1094,8 @@ def test_timestamps_at_and_beyond_the_ends_of_the_calendar(monkeypatch):
     assert [(r.line, r.reason) for r in parsed.rejects] == [
         (2, "timestamp '0001-01-01 00:00:00 UTC' is before 2000-01-01, the earliest this service accepts"),
         (4, "unparseable timestamp '0001-01-01T00:00:00+01:00'"),
-        (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'")]
+        (5, "unparseable timestamp '9999-12-31T23:59:59.999999-01:00'"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -998,9 +1109,12 @@ def test_a_file_on_disk_is_rejected_only_past_both_reject_limits(tmp_path, monke
     whole-file reader has no line to name, and the first rejects are listed by line."""
     monkeypatch.setattr(sources, "REJECT_LIMIT", 3)
     monkeypatch.setattr(sources, "REJECT_SHARE", 0.25)
-    rows = (["1,active,2023-01-22 12:00:00 UTC"] * 2
-            + [f"{n},active,2023-01-22 12:00:00 UTC" for n in range(2, 2 + good)]
-            + ["9,online,2023-01-22 12:00:00 UTC"] * bad + ["99,inactive,2023-01-22 12:00:00 UTC"])
+    rows = (
+        ["1,active,2023-01-22 12:00:00 UTC"] * 2
+        + [f"{n},active,2023-01-22 12:00:00 UTC" for n in range(2, 2 + good)]
+        + ["9,online,2023-01-22 12:00:00 UTC"] * bad
+        + ["99,inactive,2023-01-22 12:00:00 UTC"]
+    )
     path = tmp_path / "store_status.csv"
     path.write_text(HEADER + "".join(row + "\n" for row in rows))
     if loaded is not None:
@@ -1013,14 +1127,16 @@ def test_a_file_on_disk_is_rejected_only_past_both_reject_limits(tmp_path, monke
         "store_status.csv: stopped reading: 5 of 17 rows read were rejected (more than 3 and 25%), so the whole "
         "file is rejected and nothing from it was loaded; first rejects: line 2: duplicate of line 3 (same "
         "store_id and timestamp); line 14: unknown status 'online' (expected active or inactive); line 15: "
-        "unknown status 'online' (expected active or inactive)")
+        "unknown status 'online' (expected active or inactive)"
+    )
 
 
 def test_rejects_beyond_the_reasons_kept_are_still_counted(monkeypatch):
     """Only MAX_REJECTS_KEPT reasons (here 2) are kept, but every rejected row is counted."""
     monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
-    parsed = status_rows("".join(f"{n},online,2023-01-22 12:00:00 UTC\n" for n in range(5))
-                         + "7,active,2023-01-22 12:00:00 UTC\n")
+    parsed = status_rows(
+        "".join(f"{n},online,2023-01-22 12:00:00 UTC\n" for n in range(5)) + "7,active,2023-01-22 12:00:00 UTC\n"
+    )
     assert (parsed.rows_read, len(parsed.frame), parsed.rejected) == (6, 1, 5)
     assert [r.line for r in parsed.rejects] == [2, 3]
 
@@ -1028,6 +1144,7 @@ def test_rejects_beyond_the_reasons_kept_are_still_counted(monkeypatch):
 def test_a_block_that_starts_with_an_empty_line_stays_on_the_arrow_reader(monkeypatch):
     """Read a byte at a time, the upload's empty line 3 is a block of its own, b"\\n": one line, counted
     from its very first byte, so pyarrow's one row matches and the line-by-line reader is not needed."""
+
     def no_fallback(*args, **kwargs):
         raise AssertionError("the line-by-line reader was used")
 
@@ -1051,8 +1168,7 @@ def test_a_checker_words_no_more_reasons_than_the_file_keeps(monkeypatch):
     used the room, a later check's rejects are counted but not worded, however many they are."""
     monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 2)
     parsed = sources.Parsed(file=sources.STATUS_FILE, frame=pd.DataFrame(), rows_read=5)
-    raw = sources._python_block({name: ["x"] * 5 for name in sources.COLUMNS[sources.STATUS_FILE]},
-                                [2, 3, 4, 5, 6], {})
+    raw = sources._python_block({name: ["x"] * 5 for name in sources.COLUMNS[sources.STATUS_FILE]}, [2, 3, 4, 5, 6], {})
     check = sources.Checker(parsed, raw)
     worded = []
     check.fail(np.array([True, True, False, False, False]), lambda i: worded.append(i) or "first")
@@ -1067,8 +1183,13 @@ def test_a_long_wrong_header_is_quoted_to_200_characters():
     missing = "x" * 250
     twice = "store_id,status,timestamp_utc,status,store_id," + "x" * 200
     for header, message in [
-        (missing, (f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
-                   "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)")),
+        (
+            missing,
+            (
+                f"store_status.csv: wrong header {'x' * 200!r}: expected columns store_id,status,timestamp_utc "
+                "(missing store_id, status, timestamp_utc); check the file and its delimiter (comma)"
+            ),
+        ),
         (twice, f"store_status.csv: header {twice[:200]!r} names status, store_id more than once"),
     ]:
         with pytest.raises(sources.HeaderError) as error:
@@ -1119,9 +1240,11 @@ def test_a_header_too_long_or_too_wide_is_refused_by_name():
 def test_a_wrong_header_is_quoted_as_its_first_line(header, quoted):
     with pytest.raises(sources.HeaderError) as error:
         sources.read_store_status(header + b"7,active,2023-01-22 12:00:00 UTC\n")
-    assert str(error.value) == (f"store_status.csv: wrong header {quoted}: expected columns store_id,status,"
-                                "timestamp_utc (missing store_id, status, timestamp_utc); check the file and its "
-                                "delimiter (comma)")
+    assert str(error.value) == (
+        f"store_status.csv: wrong header {quoted}: expected columns store_id,status,"
+        "timestamp_utc (missing store_id, status, timestamp_utc); check the file and its "
+        "delimiter (comma)"
+    )
 
 
 def test_a_polls_file_on_disk_up_to_the_limit_is_read_whole(tmp_path, monkeypatch):
@@ -1157,7 +1280,9 @@ def test_an_upload_stops_after_the_block_whose_checks_pass_the_limit(monkeypatch
     assert str(error.value) == (
         "store_status.csv: stopped reading at line 5: 4 of 4 rows read were rejected (more than 3 and 25%), so "
         f"the whole file is rejected and nothing from it was loaded; first rejects: line 2: {online}; "
-        f"line 3: {online}; line 4: {online}")
+        f"line 3: {online}; line 4: {online}"
+    )
+
 
 def test_reject_reasons_are_kept_up_to_the_limit_and_only_counted_beyond(monkeypatch):
     monkeypatch.setattr(sources, "MAX_REJECTS_KEPT", 3)
@@ -1180,8 +1305,10 @@ ZONES_HEADER = "store_id,timezone_str\n"
 
 
 def too_late(stamp: str, seconds: int = 86_400) -> str:
-    return (f"timestamp '{stamp}' is more than {seconds} s after this server's clock ({CLOCK}); "
-            "set MAX_FUTURE_SECONDS to accept it")
+    return (
+        f"timestamp '{stamp}' is more than {seconds} s after this server's clock ({CLOCK}); "
+        "set MAX_FUTURE_SECONDS to accept it"
+    )
 
 
 def too_early(stamp: str) -> str:
@@ -1203,8 +1330,12 @@ def every_read_path(tmp_path, monkeypatch, file: str, text: str) -> dict[str, tu
     (folder / file).write_text(text)
     bad_bytes = text.encode() + b"\xff" + b"," * (len(sources.COLUMNS[file]) - 1) + b"\n"
     last = len(text.splitlines()) + 1
-    results = {"upload": read(text.encode()), "by line": read(bad_bytes), "disk": read(folder / file),
-               "data dir": sources.read_data_dir(folder)[file]}
+    results = {
+        "upload": read(text.encode()),
+        "by line": read(bad_bytes),
+        "disk": read(folder / file),
+        "data dir": sources.read_data_dir(folder)[file],
+    }
     with monkeypatch.context() as patch:
         patch.setattr(sources, "BLOCK_BYTES", 64)
         small_head(patch)
@@ -1212,8 +1343,10 @@ def every_read_path(tmp_path, monkeypatch, file: str, text: str) -> dict[str, tu
         if file == sources.STATUS_FILE:
             results["disk in blocks"] = read_in_blocks(patch, folder / file, 64)
     assert reasons(results["by line"]).pop(last) == "row is not valid UTF-8 text"
-    return {name: (sorted(parsed.frame["line"]), {r.line: r.reason for r in parsed.rejects if r.line != last})
-            for name, parsed in results.items()}
+    return {
+        name: (sorted(parsed.frame["line"]), {r.line: r.reason for r in parsed.rejects if r.line != last})
+        for name, parsed in results.items()
+    }
 
 
 @pytest.fixture
@@ -1251,8 +1384,8 @@ def test_polls_out_of_time_are_rejected_on_every_path(tmp_path, monkeypatch, clo
     text = HEADER + f"1,active,2023-01-22 12:00:00 UTC\n2,active,{stamp}\n3,inactive,2023-01-22 13:00:00 UTC\n"
     expected = ([2, 4], {3: reason}) if reason else ([2, 3, 4], {})
     assert every_read_path(tmp_path, monkeypatch, sources.STATUS_FILE, text) == {
-        name: expected
-        for name in ("upload", "by line", "disk", "data dir", "upload in blocks", "disk in blocks")}
+        name: expected for name in ("upload", "by line", "disk", "data dir", "upload in blocks", "disk in blocks")
+    }
 
 
 def test_poisoned_polls_among_other_rejects(tmp_path, monkeypatch, clock):
@@ -1268,19 +1401,25 @@ def test_poisoned_polls_among_other_rejects(tmp_path, monkeypatch, clock):
         ",active,1990-01-01 00:00:00 UTC\n"  # line 8: no store_id
         "6,inactive,2023-01-22 13:00:00 UTC\n"  # line 9: kept
     )
-    expected = ([2, 9], {
-        3: "unknown status 'online' (expected active or inactive)",
-        4: too_late("2100-01-01 00:00:00 UTC"),
-        5: too_early("1999-12-31 23:59:59 UTC"),
-        6: "unparseable timestamp 'not a time'",
-        7: too_late("2100-01-01T00:00:00Z"),
-        8: "missing store_id",
-    })
+    expected = (
+        [2, 9],
+        {
+            3: "unknown status 'online' (expected active or inactive)",
+            4: too_late("2100-01-01 00:00:00 UTC"),
+            5: too_early("1999-12-31 23:59:59 UTC"),
+            6: "unparseable timestamp 'not a time'",
+            7: too_late("2100-01-01T00:00:00Z"),
+            8: "missing store_id",
+        },
+    )
     got = every_read_path(tmp_path, monkeypatch, sources.STATUS_FILE, text)
     assert got == {name: expected for name in got} and len(got) == 6
     parsed = status_rows(text.removeprefix(HEADER))
     assert (parsed.rows_read, parsed.rejected, int(parsed.frame["timestamp_us"].max())) == (
-        8, 6, NOON_US + 3_600_000_000)
+        8,
+        6,
+        NOON_US + 3_600_000_000,
+    )
 
 
 def test_max_future_seconds_is_read_for_each_file(monkeypatch, clock):
@@ -1326,7 +1465,8 @@ def test_zones_that_are_no_region_are_rejected_on_every_path(tmp_path, monkeypat
     text = ZONES_HEADER + f"1,UTC\n2,{name}\n3,Europe/Paris\n"
     expected = ([2, 4], {3: reason}) if reason else ([2, 3, 4], {})
     assert every_read_path(tmp_path, monkeypatch, sources.ZONES_FILE, text) == {
-        path: expected for path in ("upload", "by line", "disk", "data dir", "upload in blocks")}
+        path: expected for path in ("upload", "by line", "disk", "data dir", "upload in blocks")
+    }
 
 
 def test_region_zones_are_the_pinned_tzdata_zones_but_factory():

@@ -5,6 +5,7 @@ attributes the base declares; the start-up members (`seeds_on_start`, `warning_o
 `ping(timeout, quiet)`) do what each store promises; the pieces both stores share live once in
 database.py; and no caller of the stores branches on which one it holds.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,8 +35,11 @@ KIND_BRANCH = re.compile(r"\.kind\s*(?:==|!=|\bnot\s+in\b|\bin\b)|(?:==|!=)\s*[\
 
 def public_methods(cls) -> set[str]:
     """The public callables of a class (properties and data attributes are not methods)."""
-    return {name for name, value in inspect.getmembers(cls) if not name.startswith("_") and callable(value)
-            and not isinstance(inspect.getattr_static(cls, name), property)}
+    return {
+        name
+        for name, value in inspect.getmembers(cls)
+        if not name.startswith("_") and callable(value) and not isinstance(inspect.getattr_static(cls, name), property)
+    }
 
 
 # --------------------------------------------------------------------------- uniformity
@@ -53,23 +57,29 @@ def test_no_store_has_a_public_method_the_base_does_not_declare(store_class):
     extra = public_methods(store_class) - public_methods(database.Store)
     assert extra == ENGINE_ONLY.get(store_class, set()), (
         f"{store_class.__name__} has public methods database.Store does not declare: declare them in the base "
-        f"(with a docstring) or make them private")
+        f"(with a docstring) or make them private"
+    )
 
 
 @pytest.mark.parametrize("store_class", STORES, ids=lambda cls: cls.__name__)
 def test_every_method_takes_the_base_parameters(store_class):
     """A caller holding a Store calls every store the same way (names and kinds of the parameters)."""
+
     def parameters(function) -> list[tuple[str, object]]:
         return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()]
 
-    differ = sorted(name for name in public_methods(database.Store)
-                    if parameters(getattr(store_class, name)) != parameters(getattr(database.Store, name)))
+    differ = sorted(
+        name
+        for name in public_methods(database.Store)
+        if parameters(getattr(store_class, name)) != parameters(getattr(database.Store, name))
+    )
     assert differ == [], f"{store_class.__name__} takes other parameters than database.Store in these"
 
 
 def test_every_method_of_the_base_says_what_it_does():
-    undocumented = sorted(name for name in public_methods(database.Store)
-                          if not inspect.getdoc(getattr(database.Store, name)))
+    undocumented = sorted(
+        name for name in public_methods(database.Store) if not inspect.getdoc(getattr(database.Store, name))
+    )
     assert undocumented == []
 
 
@@ -162,12 +172,18 @@ def test_a_failing_sqlite_ping_warns_unless_quiet(tmp_path, monkeypatch, caplog)
 @pytest.mark.parametrize("mongo_uri, warned", [("", False), ("mongomock://", True)])
 def test_the_app_logs_the_store_s_start_up_warning(tmp_path, caplog, mongo_uri, warned):
     caplog.set_level(logging.WARNING, logger="app")
-    app = create_app({"MONGO_URI": mongo_uri, "MONGO_DB": "contract", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-                      "DATA_DIR": str(write_data_dir(tmp_path / "data")), "REPORTS_DIR": str(tmp_path / "r")})
+    app = create_app(
+        {
+            "MONGO_URI": mongo_uri,
+            "MONGO_DB": "contract",
+            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+            "DATA_DIR": str(write_data_dir(tmp_path / "data")),
+            "REPORTS_DIR": str(tmp_path / "r"),
+        }
+    )
     try:
         lines = [r.getMessage() for r in caplog.records if r.name == "app"]
-        warning = ("MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos "
-                   "only)")
+        warning = "MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)"
         assert (warning in lines) is warned
         assert not app.extensions["store"].is_empty()  # both seed themselves from DATA_DIR
     finally:
@@ -178,10 +194,18 @@ def test_the_app_logs_the_store_s_start_up_warning(tmp_path, caplog, mongo_uri, 
 
 
 def test_business_hours_text_is_hms_of_each_start_and_end():
-    frame = pd.DataFrame({"store_id": ["a", "b", "c"], "day": [0, 1, 2],
-                          "start_s": [0, 9 * 3600, 9 * 3600], "end_s": [86_399, 17 * 3600 + 61, 9 * 3600]})
+    frame = pd.DataFrame(
+        {
+            "store_id": ["a", "b", "c"],
+            "day": [0, 1, 2],
+            "start_s": [0, 9 * 3600, 9 * 3600],
+            "end_s": [86_399, 17 * 3600 + 61, 9 * 3600],
+        }
+    )
     assert database.business_hours_text(frame) == (
-        [sources.hms(0), "09:00:00", "09:00:00"], ["23:59:59", "17:01:01", "09:00:00"])
+        [sources.hms(0), "09:00:00", "09:00:00"],
+        ["23:59:59", "17:01:01", "09:00:00"],
+    )
     assert database.business_hours_text(frame.iloc[:0]) == ([], [])
 
 
@@ -197,14 +221,22 @@ def test_a_stored_csv_of_another_length_than_the_record_says_is_refused():
 # --------------------------------------------------------------------------- callers never ask which store
 
 
-@pytest.mark.parametrize("line, branches", [
-    ('if store.kind == "sqlite":', True), ('if store.kind in ("sqlite", "mongomock"):', True),
-    ('if self.store.kind != "sqlite":', True), ('if store.kind not in KINDS:', True),
-    ('if "mongodb" == store.kind:', True), ("match store.kind:", True),
-    ('return error_response(503, f"the database ({store.kind}) does not answer")', False),
-    ('facts = {"database": store.kind}', False), ("kind = FIELD_FILES.get(field)", False),
-    ('if file_kind == "x":', False), ("for kind in kinds:", False),
-])
+@pytest.mark.parametrize(
+    "line, branches",
+    [
+        ('if store.kind == "sqlite":', True),
+        ('if store.kind in ("sqlite", "mongomock"):', True),
+        ('if self.store.kind != "sqlite":', True),
+        ("if store.kind not in KINDS:", True),
+        ('if "mongodb" == store.kind:', True),
+        ("match store.kind:", True),
+        ('return error_response(503, f"the database ({store.kind}) does not answer")', False),
+        ('facts = {"database": store.kind}', False),
+        ("kind = FIELD_FILES.get(field)", False),
+        ('if file_kind == "x":', False),
+        ("for kind in kinds:", False),
+    ],
+)
 def test_the_kind_branch_pattern(line, branches):
     assert bool(KIND_BRANCH.search(line)) is branches
 
@@ -212,6 +244,9 @@ def test_the_kind_branch_pattern(line, branches):
 @pytest.mark.parametrize("module", CALLERS)
 def test_no_caller_branches_on_the_kind_of_store(module):
     lines = (ROOT / module).read_text(encoding="utf-8").splitlines()
-    found = [f"{module}:{number}: {line.strip()}" for number, line in enumerate(lines, 1)
-             if KIND_BRANCH.search(line) and not line.lstrip().startswith("#")]
+    found = [
+        f"{module}:{number}: {line.strip()}"
+        for number, line in enumerate(lines, 1)
+        if KIND_BRANCH.search(line) and not line.lstrip().startswith("#")
+    ]
     assert found == [], "ask the store (a method or attribute of database.Store), not which store it is"

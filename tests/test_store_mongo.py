@@ -6,6 +6,7 @@ the database away (start-up, /health, API calls, `database.py load`), the backgr
 start-up work, the Arrow read path against the dict path on the same documents, and
 the CSV chunk size.  What only a real server can show is in test_integration.py.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -47,13 +48,18 @@ def mongo():
 
 
 def declared(collection: str) -> dict:
-    return {m.document["name"]: (list(m.document["key"].items()), bool(m.document.get("unique"))) for m in
-            INDEXES[collection]}
+    return {
+        m.document["name"]: (list(m.document["key"].items()), bool(m.document.get("unique")))
+        for m in INDEXES[collection]
+    }
 
 
 def present(store: MongoStore, collection: str) -> dict:
-    return {name: ([(f, int(d)) for f, d in info["key"]], bool(info.get("unique")))
-            for name, info in store.db[collection].index_information().items() if name != "_id_"}
+    return {
+        name: ([(f, int(d)) for f, d in info["key"]], bool(info.get("unique")))
+        for name, info in store.db[collection].index_information().items()
+        if name != "_id_"
+    }
 
 
 # --------------------------------------------------------------------------- indexes
@@ -77,12 +83,27 @@ def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo, monke
         assert mongo.migrate() == []
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "store_mongo"] == [
         ("INFO", "dropped the retired index storeStatus.store_time"),
-        ("WARNING", ("rebuilding index storeStatus.store_time_us (declared [('store_id', 1), ('timestamp_us', 1)] "
-                     "{'unique': True}, found [('store_id', 1)] {})")),
-        ("WARNING", ("rebuilding index storeStatus.time_us (declared [('timestamp_us', -1)] {}, "
-                     "found [('timestamp_us', -1)] {})")),
-        ("WARNING", ("rebuilding index timezones.store (declared [('store_id', 1)] {'unique': True}, "
-                     "found [('store_id', 1)] {})")),
+        (
+            "WARNING",
+            (
+                "rebuilding index storeStatus.store_time_us (declared [('store_id', 1), ('timestamp_us', 1)] "
+                "{'unique': True}, found [('store_id', 1)] {})"
+            ),
+        ),
+        (
+            "WARNING",
+            (
+                "rebuilding index storeStatus.time_us (declared [('timestamp_us', -1)] {}, "
+                "found [('timestamp_us', -1)] {})"
+            ),
+        ),
+        (
+            "WARNING",
+            (
+                "rebuilding index timezones.store (declared [('store_id', 1)] {'unique': True}, "
+                "found [('store_id', 1)] {})"
+            ),
+        ),
     ]
     assert present(mongo, database.STATUS) == declared(database.STATUS)
     assert present(mongo, database.ZONES) == declared(database.ZONES)
@@ -100,8 +121,12 @@ def test_migrate_rebuilds_changed_indexes_and_drops_the_retired_one(mongo, monke
 
 def test_one_collection_failing_does_not_stop_the_others(mongo, caplog):
     # two polls under one key with no index yet: the unique index cannot be built over them
-    mongo.db[database.STATUS].insert_many([{"store_id": "s", "timestamp_us": 1, "status": "active"},
-                                           {"store_id": "s", "timestamp_us": 1, "status": "inactive"}])
+    mongo.db[database.STATUS].insert_many(
+        [
+            {"store_id": "s", "timestamp_us": 1, "status": "active"},
+            {"store_id": "s", "timestamp_us": 1, "status": "inactive"},
+        ]
+    )
     with caplog.at_level(logging.ERROR, logger="store_mongo"):
         failed = mongo.migrate()
     assert len(failed) == 1 and failed[0].startswith("storeStatus.store_time_us: DuplicateKeyError: ")
@@ -118,17 +143,24 @@ def test_unique_indexes_exist_before_the_first_insert(mongo):
 
 
 def test_polls_under_a_millisecond_apart_keep_the_unique_index(mongo):
-    database.load_file(mongo, sources.STATUS_FILE,
-                       b"store_id,status,timestamp_utc\n"
-                       b"s,active,2023-01-24 10:00:00.000100 UTC\ns,inactive,2023-01-24 10:00:00.000600 UTC\n")
+    database.load_file(
+        mongo,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"s,active,2023-01-24 10:00:00.000100 UTC\ns,inactive,2023-01-24 10:00:00.000600 UTC\n",
+    )
     assert mongo.db[database.STATUS].count_documents({}) == 2
     assert mongo.migrate() == []
 
 
 def test_nothing_is_written_when_the_indexes_cannot_be_made(mongo):
     mongo.kind = "mongodb"
-    mongo.db[database.STATUS].insert_many([{"store_id": "d", "timestamp_us": 5, "status": "active"},
-                                           {"store_id": "d", "timestamp_us": 5, "status": "inactive"}])
+    mongo.db[database.STATUS].insert_many(
+        [
+            {"store_id": "d", "timestamp_us": 5, "status": "active"},
+            {"store_id": "d", "timestamp_us": 5, "status": "inactive"},
+        ]
+    )
     with pytest.raises(OperationFailure, match="indexes are not right"):
         database.load_file(mongo, sources.ZONES_FILE, b"store_id,timezone_str\nz,UTC\n")
     with pytest.raises(OperationFailure, match="indexes are not right"):  # nor at the next try
@@ -152,9 +184,12 @@ def test_indexes_that_cannot_be_listed_or_dropped_are_reported_and_the_rest_is_d
         assert present(mongo, collection) == declared(collection)
     flaky(monkeypatch, "drop_index", [OperationFailure("not authorized to drop", 13)])
     assert mongo.migrate() == [
-        "storeStatus.store_time: could not drop the retired index: OperationFailure: not authorized to drop"]
-    assert present(mongo, database.STATUS) == {**declared(database.STATUS),
-                                               "store_time": ([("store_id", 1), ("timestamp_utc", 1)], True)}
+        "storeStatus.store_time: could not drop the retired index: OperationFailure: not authorized to drop"
+    ]
+    assert present(mongo, database.STATUS) == {
+        **declared(database.STATUS),
+        "store_time": ([("store_id", 1), ("timestamp_utc", 1)], True),
+    }
 
 
 @pytest.mark.parametrize("flag", ["unique", "sparse"])
@@ -181,14 +216,22 @@ def test_an_operators_index_with_a_named_direction_does_not_stop_migrate(mongo):
 
 
 def _polls_frame(n: int = 3) -> pd.DataFrame:
-    return pd.DataFrame({"store_id": [f"s{i}" for i in range(n)], "timestamp_us": np.arange(n, dtype=np.int64) * 1000,
-                         "active": [True] * n})
+    return pd.DataFrame(
+        {
+            "store_id": [f"s{i}" for i in range(n)],
+            "timestamp_us": np.arange(n, dtype=np.int64) * 1000,
+            "active": [True] * n,
+        }
+    )
 
 
-@pytest.mark.parametrize("details", [
-    {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]},
-    {"writeErrors": [{"index": 0, "code": 2, "errmsg": "bad value"}], "writeConcernErrors": []},
-])
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"writeErrors": [], "writeConcernErrors": [{"code": 64, "errmsg": "waiting for replication timed out"}]},
+        {"writeErrors": [{"index": 0, "code": 2, "errmsg": "bad value"}], "writeConcernErrors": []},
+    ],
+)
 def test_bulk_errors_other_than_duplicates_are_raised(mongo, monkeypatch, details):
     def failing_bulk_write(self, operations, ordered=True, **kwargs):
         raise BulkWriteError({"nInserted": 0, "nUpserted": 0, **details})
@@ -209,8 +252,9 @@ def test_duplicate_key_races_are_not_errors(mongo, monkeypatch):
 
     def racing_insert_many(self, documents, ordered=True, **kwargs):
         real_insert_many(self, [documents[0], documents[2]])  # the second poll loses a race: it is upserted
-        raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
-                              "writeConcernErrors": []})
+        raise BulkWriteError(
+            {"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}], "writeConcernErrors": []}
+        )
 
     monkeypatch.setattr(mongomock.collection.Collection, "insert_many", racing_insert_many)
     assert mongo.load_polls(_polls_frame()) == 3
@@ -264,12 +308,14 @@ def test_a_retry_is_logged_with_the_call_the_error_and_the_wait(mongo, monkeypat
     with caplog.at_level(logging.WARNING, logger="store_mongo"):
         assert mongo.load_polls(_polls_frame()) == 3
     assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
-        "database call _write_polls failed (AutoReconnect: connection reset); retrying in 2.5 s"]
+        "database call _write_polls failed (AutoReconnect: connection reset); retrying in 2.5 s"
+    ]
     assert slept == [2.5]
 
 
 def test_jobs_back_off_from_half_a_second_to_eight_seconds(monkeypatch):
-    """The default wait before retry n: 0.5 s x 2**(n-1) plus up to 0.5 s of jitter, at most 8 s (jitter at its top here)."""
+    """The default wait before retry n: 0.5 s x 2**(n-1) plus up to 0.5 s of jitter, at most 8 s
+    (jitter at its top here)."""
     store = MongoStore("mongomock://", "test")
     slept = []
     monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=slept.append))  # tenacity's pause only
@@ -371,8 +417,9 @@ def test_database_away_start_up_health_and_api(tmp_path, caplog):
     """Nothing listens on the port: the app still builds, /health and the API answer 503 in the one
     error shape, and the log has one short line per failure (no topology description)."""
     caplog.set_level(logging.WARNING)
-    app = create_app({"MONGO_URI": f"mongodb://127.0.0.1:{free_port()}", "MONGO_DB": "x",
-                      "REPORTS_DIR": str(tmp_path / "reports")})
+    app = create_app(
+        {"MONGO_URI": f"mongodb://127.0.0.1:{free_port()}", "MONGO_DB": "x", "REPORTS_DIR": str(tmp_path / "reports")}
+    )
     store = app.extensions["store"]
     try:
         assert store.kind == "mongodb"
@@ -380,11 +427,13 @@ def test_database_away_start_up_health_and_api(tmp_path, caplog):
         health = client.get("/health")
         assert health.status_code == 503
         assert health.get_json() == {"error": "the database (mongodb) does not answer", "status": 503}
-        for response in (client.get("/reports"), client.get(f"/get_report?report_id={'a' * 32}"),
-                         client.post("/trigger_report")):
+        for response in (
+            client.get("/reports"),
+            client.get(f"/get_report?report_id={'a' * 32}"),
+            client.post("/trigger_report"),
+        ):
             assert response.status_code == 503
-            assert response.get_json() == {"error": "the database is not available; try again shortly",
-                                           "status": 503}
+            assert response.get_json() == {"error": "the database is not available; try again shortly", "status": 503}
         lines = [record.getMessage() for record in caplog.records]
         assert any("database error: ServerSelectionTimeoutError" in line for line in lines)
         assert not any("Topology Description" in line or "\n" in line for line in lines)
@@ -394,8 +443,13 @@ def test_database_away_start_up_health_and_api(tmp_path, caplog):
 
 
 def test_an_unresolvable_srv_address_does_not_stop_start_up(tmp_path):
-    app = create_app({"MONGO_URI": "mongodb+srv://cluster0.nowhere.invalid/", "MONGO_DB": "x",
-                      "REPORTS_DIR": str(tmp_path / "reports")})
+    app = create_app(
+        {
+            "MONGO_URI": "mongodb+srv://cluster0.nowhere.invalid/",
+            "MONGO_DB": "x",
+            "REPORTS_DIR": str(tmp_path / "reports"),
+        }
+    )
     store = app.extensions["store"]
     try:
         response = app.test_client().get("/health")
@@ -433,7 +487,9 @@ class RecordedPauses:
 
 
 @pytest.mark.parametrize("server_selection_ms, limit", [(store_mongo.SERVER_SELECTION_MS, 60.0), (61_500, 61.5)])
-def test_the_start_up_ping_waits_a_minute_or_the_server_selection_time_if_longer(monkeypatch, server_selection_ms, limit):
+def test_the_start_up_ping_waits_a_minute_or_the_server_selection_time_if_longer(
+    monkeypatch, server_selection_ms, limit
+):
     """The start-up thread gives a server that is still starting at least a minute to answer its ping
     (more when server selection is set longer), not pymongo's default limit."""
     store = MongoStore("mongomock://", "test", server_selection_ms=server_selection_ms)
@@ -458,8 +514,9 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
     sweep once, then they succeed: the pause doubles from the first up to 30 s, and starts again for the sweep."""
     mongo._stop = pauses = RecordedPauses()  # the first pause is the default, 1 s
     mongo.create_report("s" * 32, None)
-    mongo.db[database.REPORTS].update_one({"report_id": "s" * 32},
-                                          {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}})
+    mongo.db[database.REPORTS].update_one(
+        {"report_id": "s" * 32}, {"$set": {"heartbeat_at": database.now_utc() - dt.timedelta(hours=1)}}
+    )
     real_migrate = mongo.migrate
     failures = [AutoReconnect(f"down {n}") for n in range(1, 7)] + [["storeStatus.store_time_us: broken"]]
     real_sweep, sweep_failures = mongo.fail_stale_reports, [AutoReconnect("gone again")]
@@ -487,8 +544,10 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
     assert mongo.find_report("s" * 32)["status"] == "Failed"
     assert pauses.waited == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 1.0]
     assert [r.getMessage() for r in caplog.records if r.name == "store_mongo"] == [
-        *(f"database start-up work (indexes) failed, retrying in {pause} s: AutoReconnect: down {n}"
-          for n, pause in zip(range(1, 7), (1, 2, 4, 8, 16, 30))),
+        *(
+            f"database start-up work (indexes) failed, retrying in {pause} s: AutoReconnect: down {n}"
+            for n, pause in zip(range(1, 7), (1, 2, 4, 8, 16, 30))
+        ),
         "database start-up work (indexes) failed, retrying in 30 s: RuntimeError: some indexes could not be made "
         "(see above)",
         "database start-up work (stale reports) failed, retrying in 1 s: AutoReconnect: gone again",
@@ -533,7 +592,8 @@ def test_a_failed_ping_is_logged_unless_quiet(caplog):
     with caplog.at_level(logging.WARNING, logger="store_mongo"):
         assert store.ping() is False
         assert [r.getMessage() for r in caplog.records] == [
-            "database ping failed: ConnectionFailure: the database address of MONGO_URI is not resolved yet"]
+            "database ping failed: ConnectionFailure: the database address of MONGO_URI is not resolved yet"
+        ]
         caplog.clear()
         assert store.ping(quiet=True) is False
         assert caplog.records == []
@@ -603,12 +663,18 @@ def poll_documents(n: int, seed: int = 7) -> list[dict]:
     """Polls exactly as load_polls stores them (with _id and timestamp_utc beside the projected fields)."""
     rng = np.random.default_rng(seed)
     stores = [f"store-{i}" for i in range(50)] + ["ünïcødé", "1114277559207252776", ""]
-    stamps = rng.integers(-10**15, 2 * 10**15, n)
+    stamps = rng.integers(-(10**15), 2 * 10**15, n)
     documents = []
     for i, stamp in enumerate(stamps):
-        documents.append({"_id": bson.ObjectId(), "store_id": stores[i % len(stores)], "timestamp_us": int(stamp),
-                          "status": "active" if rng.random() < 0.7 else "inactive",
-                          "timestamp_utc": utils.us_to_datetime(int(stamp) // 1000 * 1000)})
+        documents.append(
+            {
+                "_id": bson.ObjectId(),
+                "store_id": stores[i % len(stores)],
+                "timestamp_us": int(stamp),
+                "status": "active" if rng.random() < 0.7 else "inactive",
+                "timestamp_utc": utils.us_to_datetime(int(stamp) // 1000 * 1000),
+            }
+        )
     return documents
 
 
@@ -625,17 +691,21 @@ def projected(document: dict, projection: dict) -> dict:
     return out
 
 
-def raw_batches(documents: list[dict], per_batch: int,
-                projection: dict = store_mongo.RAW_POLL_PROJECTION) -> list[bytes]:
+def raw_batches(
+    documents: list[dict], per_batch: int, projection: dict = store_mongo.RAW_POLL_PROJECTION
+) -> list[bytes]:
     """Documents as a server sends them for `projection`: concatenated BSON, a batch at a time."""
-    return [b"".join(bson.encode(projected(d, projection)) for d in documents[i : i + per_batch])
-            for i in range(0, len(documents), per_batch)] or []
+    return [
+        b"".join(bson.encode(projected(d, projection)) for d in documents[i : i + per_batch])
+        for i in range(0, len(documents), per_batch)
+    ] or []
 
 
 def test_the_raw_projection_renames_the_poll_fields():
     document = poll_documents(1)[0]
     assert projected(document, store_mongo.RAW_POLL_PROJECTION) == {
-        short: document[name] for short, name in store_mongo.RAW_POLL_FIELDS.items()}
+        short: document[name] for short, name in store_mongo.RAW_POLL_FIELDS.items()
+    }
     assert set(store_mongo.RAW_POLL_FIELDS.values()) == set(store_mongo.POLL_PROJECTION) - {"_id"}
 
 
@@ -663,21 +733,32 @@ def test_arrow_path_numbers_the_store_ids_across_batches():
 def test_arrow_path_refuses_a_malformed_poll():
     documents = poll_documents(3)
     del documents[1]["timestamp_us"]
-    with pytest.raises(ValueError, match=r"^a stored poll lacks store_id, timestamp_us or status \(or has another type\)$"):
+    with pytest.raises(
+        ValueError, match=r"^a stored poll lacks store_id, timestamp_us or status \(or has another type\)$"
+    ):
         store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
 
 
 def test_polls_stored_as_32_bit_integers_read_as_int64_microseconds():
     """BSON keeps a small int (a poll less than 36 minutes after the epoch) as int32: the Arrow path reads it
     as int64 all the same, also when every poll of the read is one (a type inferred from the data would be int32)."""
-    documents = [{"store_id": "a", "timestamp_us": 5, "status": "active"},
-                 {"store_id": "a", "timestamp_us": 2**31 - 1, "status": "inactive"}]
+    documents = [
+        {"store_id": "a", "timestamp_us": 5, "status": "active"},
+        {"store_id": "a", "timestamp_us": 2**31 - 1, "status": "inactive"},
+    ]
     assert all(b"\x10timestamp_us\x00" in bson.encode(document) for document in documents)  # 0x10: int32
     by_arrow = store_mongo.polls_from_raw_batches(raw_batches(documents, 2))
-    pd.testing.assert_frame_equal(by_arrow, pd.DataFrame({
-        "store_id": pd.Series(["a", "a"], dtype=object),
-        "timestamp_us": np.array([5, 2**31 - 1], dtype=np.int64),
-        "active": [True, False]}), check_exact=True)
+    pd.testing.assert_frame_equal(
+        by_arrow,
+        pd.DataFrame(
+            {
+                "store_id": pd.Series(["a", "a"], dtype=object),
+                "timestamp_us": np.array([5, 2**31 - 1], dtype=np.int64),
+                "active": [True, False],
+            }
+        ),
+        check_exact=True,
+    )
 
 
 def test_reading_polls_prints_no_binary_compatibility_warnings():
@@ -685,8 +766,14 @@ def test_reading_polls_prints_no_binary_compatibility_warnings():
     the reader imports it with those warnings silenced.  A fresh interpreter, as the import warns once."""
     store_mongo._arrow_reader()
     code = "import store_mongo; store_mongo._arrow_reader()"
-    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert (result.returncode, result.stderr) == (0, "")
 
 
@@ -719,7 +806,7 @@ def test_the_report_record_shows_its_as_of_as_a_date_to_the_millisecond(mongo):
     mongo.update_report("m" * 32, as_of_us=1_674_554_400_123_999)  # 2023-01-24 10:00:00.123999 UTC
     record = mongo.db[database.REPORTS].find_one({"report_id": "m" * 32})
     assert record["as_of_us"] == 1_674_554_400_123_999
-    assert record["as_of"] == dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=dt.timezone.utc)
+    assert record["as_of"] == dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=dt.UTC)
 
 
 def test_report_times_are_aware_even_from_a_client_that_gives_naive_dates(mongo):
@@ -740,8 +827,9 @@ def test_reports_are_listed_and_kept_by_creation_time_not_by_insertion(mongo):
         mongo.complete_report(report_id, b"x\n", 0)
     now = database.now_utc()
     for report_id, age in zip(ids, (0, 2, 1)):  # the first inserted was created last
-        mongo.db[database.REPORTS].update_one({"report_id": report_id},
-                                              {"$set": {"created_at": now - dt.timedelta(seconds=age)}})
+        mongo.db[database.REPORTS].update_one(
+            {"report_id": report_id}, {"$set": {"created_at": now - dt.timedelta(seconds=age)}}
+        )
     assert [r["report_id"] for r in mongo.list_reports()] == ["1" * 32, "3" * 32, "2" * 32]
     assert mongo.delete_finished_reports(now - dt.timedelta(days=1), keep_newest=2) == ["2" * 32]
 
@@ -773,7 +861,7 @@ def test_csv_chunks_stay_under_the_document_limit(mongo):
 @pytest.fixture
 def frozen_clock(monkeypatch):
     """The client's clock (mongomock's stand-in for the server's) held still, moved by hand: clock[0]."""
-    clock = [dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)]
+    clock = [dt.datetime(2030, 1, 1, 12, 0, 0, tzinfo=dt.UTC)]
     monkeypatch.setattr(store_mongo, "now_utc", lambda: clock[0])
     monkeypatch.setattr(database, "LEASE_SECONDS", 60)
     return clock
@@ -785,8 +873,10 @@ def test_renewing_a_lease_pushes_only_that_holders_expiry_a_lease_period_ahead(m
     frozen_clock[0] = start + dt.timedelta(seconds=30)
     assert mongo._renew_lease("read", "r1") is True
     lock = mongo.db["locks"].find_one({"_id": "data"})
-    assert lock["readers"] == [{"holder": "r1", "expires": start + dt.timedelta(seconds=90)},
-                               {"holder": "r2", "expires": start + dt.timedelta(seconds=60)}]
+    assert lock["readers"] == [
+        {"holder": "r1", "expires": start + dt.timedelta(seconds=90)},
+        {"holder": "r2", "expires": start + dt.timedelta(seconds=60)},
+    ]
     assert mongo._renew_lease("write", "r1") is False  # not in that mode
     mongo._release_lease("read", "r1")
     mongo._release_lease("read", "r2")
@@ -794,28 +884,52 @@ def test_renewing_a_lease_pushes_only_that_holders_expiry_a_lease_period_ahead(m
     frozen_clock[0] = start + dt.timedelta(seconds=45)
     assert mongo._renew_lease("write", "w") is True
     assert mongo.db["locks"].find_one({"_id": "data"})["writer"] == {
-        "holder": "w", "expires": start + dt.timedelta(seconds=105)}
+        "holder": "w",
+        "expires": start + dt.timedelta(seconds=105),
+    }
     assert mongo._renew_lease("write", "someone else") is False
     assert mongo._renew_lease("read", "w") is False
 
 
 def test_stored_polls_are_the_documented_documents_on_the_insert_and_the_upsert_path(mongo):
     """{store_id, timestamp_us, timestamp_utc (the BSON date: whole milliseconds, for people), status}."""
-    first = pd.DataFrame({"store_id": ["a", "b"], "timestamp_us": [1_674_554_400_123_999, 1_674_558_000_000_001],
-                          "active": [True, False]})
+    first = pd.DataFrame(
+        {
+            "store_id": ["a", "b"],
+            "timestamp_us": [1_674_554_400_123_999, 1_674_558_000_000_001],
+            "active": [True, False],
+        }
+    )
     mongo.load_polls(first)  # into an empty collection: plain inserts
-    later = pd.DataFrame({"store_id": ["a", "c"], "timestamp_us": [1_674_554_400_123_999, 1_674_561_600_999_500],
-                          "active": [False, False]})
+    later = pd.DataFrame(
+        {
+            "store_id": ["a", "c"],
+            "timestamp_us": [1_674_554_400_123_999, 1_674_561_600_999_500],
+            "active": [False, False],
+        }
+    )
     mongo.load_polls(later)  # into a collection with polls: upserts (one key again, one new)
     stored = sorted(mongo.db[database.STATUS].find({}, {"_id": 0}), key=lambda d: d["store_id"])
-    utc = dt.timezone.utc
+    utc = dt.UTC
     assert stored == [
-        {"store_id": "a", "timestamp_us": 1_674_554_400_123_999, "status": "inactive",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=utc)},
-        {"store_id": "b", "timestamp_us": 1_674_558_000_000_001, "status": "inactive",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 11, 0, 0, tzinfo=utc)},
-        {"store_id": "c", "timestamp_us": 1_674_561_600_999_500, "status": "inactive",
-         "timestamp_utc": dt.datetime(2023, 1, 24, 12, 0, 0, 999_000, tzinfo=utc)},
+        {
+            "store_id": "a",
+            "timestamp_us": 1_674_554_400_123_999,
+            "status": "inactive",
+            "timestamp_utc": dt.datetime(2023, 1, 24, 10, 0, 0, 123_000, tzinfo=utc),
+        },
+        {
+            "store_id": "b",
+            "timestamp_us": 1_674_558_000_000_001,
+            "status": "inactive",
+            "timestamp_utc": dt.datetime(2023, 1, 24, 11, 0, 0, tzinfo=utc),
+        },
+        {
+            "store_id": "c",
+            "timestamp_us": 1_674_561_600_999_500,
+            "status": "inactive",
+            "timestamp_utc": dt.datetime(2023, 1, 24, 12, 0, 0, 999_000, tzinfo=utc),
+        },
     ]
 
 
@@ -830,8 +944,9 @@ def test_a_fresh_load_that_meets_a_racing_load_keeps_every_poll(mongo, monkeypat
         return real_insert_many(self, documents, *args, **kwargs)
 
     monkeypatch.setattr(mongomock.collection.Collection, "insert_many", racing_insert_many)
-    frame = pd.DataFrame({"store_id": ["s0", "s1", "s2"], "timestamp_us": [1000, 2000, 3000],
-                          "active": [False, False, False]})
+    frame = pd.DataFrame(
+        {"store_id": ["s0", "s1", "s2"], "timestamp_us": [1000, 2000, 3000], "active": [False, False, False]}
+    )
     assert mongo.load_polls(frame) == 3
     stored = {d["store_id"]: d["status"] for d in mongo.db[database.STATUS].find()}
     assert stored == {"s0": "inactive", "s1": "inactive", "s2": "inactive"}  # this load's status wins
@@ -850,14 +965,22 @@ def test_upserts_are_sent_unordered_so_one_racing_key_does_not_stop_the_rest(mon
                     break
                 continue
             real_bulk_write(self, [operation], ordered=ordered, **kwargs)
-        raise BulkWriteError({"writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
-                              "writeConcernErrors": [], "nInserted": 0, "nUpserted": len(operations) - 1})
+        raise BulkWriteError(
+            {
+                "writeErrors": [{"index": 1, "code": 11000, "errmsg": "E11000 duplicate key"}],
+                "writeConcernErrors": [],
+                "nInserted": 0,
+                "nUpserted": len(operations) - 1,
+            }
+        )
 
     monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", racing_bulk_write)
     frame = pd.DataFrame({"store_id": ["n0", "n1", "n2"], "timestamp_us": [5000, 6000, 7000], "active": [True] * 3})
     assert mongo.load_polls(frame) == 3
     assert sorted(d["store_id"] for d in mongo.db[database.STATUS].find({"store_id": {"$in": ["n0", "n2"]}})) == [
-        "n0", "n2"]
+        "n0",
+        "n2",
+    ]
 
 
 def test_a_retried_completion_leaves_one_copy_of_each_chunk(mongo, monkeypatch):
@@ -886,10 +1009,14 @@ def test_a_completion_after_a_failed_longer_one_drops_the_extra_chunks(mongo, mo
 
 def test_report_store_ids_falls_back_to_a_group_when_distinct_is_too_big(mongo, monkeypatch):
     """A server refuses distinct when its answer passes 16 MB; the $group pipeline gives the same ids."""
-    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
-                       b"b,active,2023-01-24T10:00:00Z\na,active,2023-01-24T11:00:00Z\n"
-                       b"c,active,2023-01-24T12:00:00Z\nb,inactive,2023-01-24T12:30:00Z\n")
-    at_noon = utils.datetime_to_us(dt.datetime(2023, 1, 24, 12, tzinfo=dt.timezone.utc))
+    database.load_file(
+        mongo,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"b,active,2023-01-24T10:00:00Z\na,active,2023-01-24T11:00:00Z\n"
+        b"c,active,2023-01-24T12:00:00Z\nb,inactive,2023-01-24T12:30:00Z\n",
+    )
+    at_noon = utils.datetime_to_us(dt.datetime(2023, 1, 24, 12, tzinfo=dt.UTC))
     assert mongo.report_store_ids(at_noon - 1) == ["a", "b"]
 
     def too_big(self, *args, **kwargs):
@@ -901,10 +1028,14 @@ def test_report_store_ids_falls_back_to_a_group_when_distinct_is_too_big(mongo, 
 
 
 def test_the_arrow_path_reads_only_the_chunks_stores_and_window(mongo, monkeypatch):
-    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
-                       b"a,active,2023-01-24T10:00:00Z\nb,active,2023-01-24T11:00:00Z\n"
-                       b"a,inactive,2023-01-24T12:00:00Z\na,active,2023-01-24T14:00:00Z\n")
-    now_us = utils.datetime_to_us(dt.datetime(2023, 1, 24, 13, tzinfo=dt.timezone.utc))
+    database.load_file(
+        mongo,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"a,active,2023-01-24T10:00:00Z\nb,active,2023-01-24T11:00:00Z\n"
+        b"a,inactive,2023-01-24T12:00:00Z\na,active,2023-01-24T14:00:00Z\n",
+    )
+    now_us = utils.datetime_to_us(dt.datetime(2023, 1, 24, 13, tzinfo=dt.UTC))
     by_dicts = mongo.read_chunk(["a"], now_us - utils.WEEK_US, now_us)
 
     def find_raw_batches(self, query, projection, batch_size=2):
@@ -920,10 +1051,14 @@ def test_the_arrow_path_reads_only_the_chunks_stores_and_window(mongo, monkeypat
 
 def test_read_chunk_gives_every_poll_from_the_look_back_on(mongo):
     """Polls from LOOKBACK_US (3 h) before the window on, and none older once a store has one there."""
-    database.load_file(mongo, sources.STATUS_FILE, b"store_id,status,timestamp_utc\n"
-                       b"a,active,2023-01-24T05:00:00Z\na,inactive,2023-01-24T08:00:00Z\n"
-                       b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:30:00Z\n")
-    since = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.timezone.utc))
+    database.load_file(
+        mongo,
+        sources.STATUS_FILE,
+        b"store_id,status,timestamp_utc\n"
+        b"a,active,2023-01-24T05:00:00Z\na,inactive,2023-01-24T08:00:00Z\n"
+        b"a,active,2023-01-24T10:00:00Z\na,inactive,2023-01-24T11:30:00Z\n",
+    )
+    since = utils.datetime_to_us(dt.datetime(2023, 1, 24, 10, tzinfo=dt.UTC))
     polls = mongo.read_chunk(["a"], since, since + 3 * 3_600_000_000)[0]
     hour = 3_600_000_000
     assert list(polls["timestamp_us"]) == [since - 2 * hour, since, since + hour + hour // 2]
@@ -934,20 +1069,31 @@ def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_c
     doc = mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0})
     created = doc.pop("created_at")
     assert isinstance(created, dt.datetime) and doc.pop("heartbeat_at") == created
-    assert doc == {"report_id": "r" * 32, "status": "Running", "finished_at": None,
-                   "requested_as_of_us": 1674555240000000, "as_of_us": None, "progress": {"done": 0, "total": None},
-                   "row_count": None, "error": None, "csv_chunks": None, "csv_bytes": None,
-                   "as_of_after_newest_poll": False}
+    assert doc == {
+        "report_id": "r" * 32,
+        "status": "Running",
+        "finished_at": None,
+        "requested_as_of_us": 1674555240000000,
+        "as_of_us": None,
+        "progress": {"done": 0, "total": None},
+        "row_count": None,
+        "error": None,
+        "csv_chunks": None,
+        "csv_bytes": None,
+        "as_of_after_newest_poll": False,
+    }
     mongo.create_report("r" * 32, None)  # a retry after a lost answer
     assert mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0}) == {
-        **doc, "created_at": created, "heartbeat_at": created}
+        **doc,
+        "created_at": created,
+        "heartbeat_at": created,
+    }
 
 
 def test_a_writer_whose_lease_expired_gives_way_to_a_new_writer(mongo):
     assert mongo._try_lease("write", "dead")
     assert not mongo._try_lease("write", "w")  # alive: w waits
-    mongo.db["locks"].update_one({"_id": "data"},
-                                 {"$set": {"writer.expires": dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)}})
+    mongo.db["locks"].update_one({"_id": "data"}, {"$set": {"writer.expires": dt.datetime(2000, 1, 1, tzinfo=dt.UTC)}})
     assert mongo._try_lease("write", "w")
     assert mongo.db["locks"].find_one({"_id": "data"})["writer"]["holder"] == "w"
 

@@ -1,5 +1,6 @@
 """The embedded SQLite store: one persistent file, shared by processes, seeded once, stopped early by
 a DATA_DIR that cannot seed it, and the same report bytes as MongoDB (mongomock) and the CSV files."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -58,8 +59,16 @@ def test_two_processes_loading_at_once_both_succeed(tmp_path):
         folders.append(write_data_dir(tmp_path / f"data{i}", status="store_id,status,timestamp_utc\n" + polls))
     env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
     env["EMBEDDED_DB"] = str(path)
-    loaders = [subprocess.Popen([sys.executable, "database.py", "load", str(folder)], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for folder in folders]
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "database.py", "load", str(folder)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for folder in folders
+    ]
     results = [loader.communicate(timeout=120) for loader in loaders]
     assert [loader.returncode for loader in loaders] == [0, 0], results
     assert all(b"locked" not in err for _, err in results)
@@ -78,8 +87,10 @@ def test_chunk_queries_use_the_primary_key(tmp_path):
     store = database.connect(path=tmp_path / "plans.sqlite3")
     database.load_dir(store, write_data_dir(tmp_path / "data"))
     parameters = {"ids": json.dumps(["allday", "worked"]), "since": 0, "now": FAR_FUTURE_US}
-    plans = {name: _plan(store, getattr(store, name), parameters)
-             for name in ("CHUNK_POLLS", "CHUNK_EARLIER_POLLS", "CHUNK_HOURS", "CHUNK_ZONES")}
+    plans = {
+        name: _plan(store, getattr(store, name), parameters)
+        for name in ("CHUNK_POLLS", "CHUNK_EARLIER_POLLS", "CHUNK_HOURS", "CHUNK_ZONES")
+    }
     for name, plan in plans.items():
         scans = [step for step in plan if step.startswith("SCAN")]
         assert scans == ["SCAN j VIRTUAL TABLE INDEX 1:"], (name, plan)  # the json_each list, nothing else
@@ -95,10 +106,13 @@ def test_a_bulk_load_into_an_empty_table_rebuilds_the_time_index(tmp_path):
     database.load_dir(store, write_data_dir(tmp_path / "data"))
     indexes = {name for (name,) in store._connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "storeStatus_time" in indexes
-    assert any("USING COVERING INDEX storeStatus_time" in step
-               for step in _plan(store, "SELECT max(timestamp_us) FROM storeStatus", ()))
-    database.load_file(store, "store_status.csv",
-                       b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n")
+    assert any(
+        "USING COVERING INDEX storeStatus_time" in step
+        for step in _plan(store, "SELECT max(timestamp_us) FROM storeStatus", ())
+    )
+    database.load_file(
+        store, "store_status.csv", b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n"
+    )
     assert store.latest_poll_us() == 1675209600000000
     assert store.migrate() == []
 
@@ -106,8 +120,13 @@ def test_a_bulk_load_into_an_empty_table_rebuilds_the_time_index(tmp_path):
 def test_one_load_with_repeated_keys_keeps_the_later_row(tmp_path):
     """Rows are written sorted by key; of two rows with the same key the later in the frame wins."""
     store = database.connect(path=tmp_path / "repeats.sqlite3")
-    frame = pd.DataFrame({"store_id": ["b", "a", "b", "a", "b"], "timestamp_us": [5, 7, 5, 7, 5],
-                          "active": [True, False, False, True, True]})
+    frame = pd.DataFrame(
+        {
+            "store_id": ["b", "a", "b", "a", "b"],
+            "timestamp_us": [5, 7, 5, 7, 5],
+            "active": [True, False, False, True, True],
+        }
+    )
     assert store.load_polls(frame) == 5
     polls = store.read_chunk(["a", "b"], 0, 10)[0]
     assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [("a", 7, True), ("b", 5, True)]
@@ -120,14 +139,20 @@ def test_one_load_with_repeated_keys_keeps_the_later_row(tmp_path):
 
 
 def test_seeding_logs_per_file_and_happens_once(tmp_path, data_dir, caplog):
-    config = {"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "DATA_DIR": str(data_dir),
-              "REPORTS_DIR": str(tmp_path / "r")}
+    config = {
+        "MONGO_URI": "",
+        "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+        "DATA_DIR": str(data_dir),
+        "REPORTS_DIR": str(tmp_path / "r"),
+    }
     with caplog.at_level(logging.INFO, logger="app"):
         first = create_app(config)
     seeded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("seeded")]
-    assert seeded == [f"seeded {data_dir / 'store_status.csv'}: 5 loaded, 0 rejected",
-                      f"seeded {data_dir / 'menu_hours.csv'}: 1 loaded, 0 rejected",
-                      f"seeded {data_dir / 'timezones.csv'}: 1 loaded, 0 rejected"]
+    assert seeded == [
+        f"seeded {data_dir / 'store_status.csv'}: 5 loaded, 0 rejected",
+        f"seeded {data_dir / 'menu_hours.csv'}: 1 loaded, 0 rejected",
+        f"seeded {data_dir / 'timezones.csv'}: 1 loaded, 0 rejected",
+    ]
     caplog.clear()
     (data_dir / "store_status.csv").write_text("store_id,status,timestamp_utc\nother,active,2023-01-25T00:00:00Z\n")
     with caplog.at_level(logging.INFO, logger="app"):
@@ -138,29 +163,35 @@ def test_seeding_logs_per_file_and_happens_once(tmp_path, data_dir, caplog):
         application.extensions["reports"].shutdown(wait=True)
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda tmp: tmp / "missing", "does not exist"),
-    (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", "is not a folder"),
-    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "holds none of"),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda tmp: tmp / "missing", "does not exist"),
+        (lambda tmp: (tmp / "a-file").write_text("x") and tmp / "a-file", "is not a folder"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "holds none of"),
+    ],
+)
 def test_an_explicit_data_dir_that_cannot_seed_stops_start_up_with_one_line(tmp_path, make, expected):
     data_dir = make(tmp_path)
     env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
     env.update(DATA_DIR=str(data_dir), EMBEDDED_DB=str(tmp_path / "db.sqlite3"), PORT="0")
-    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"error: DATA_DIR {data_dir} {expected}" + (
-        " store_status.csv, menu_hours.csv, timezones.csv" if expected == "holds none of" else "")
+        " store_status.csv, menu_hours.csv, timezones.csv" if expected == "holds none of" else ""
+    )
     assert "Traceback" not in done.stderr
 
 
 def test_the_default_data_dir_missing_only_warns(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("DATA_DIR", raising=False)
     monkeypatch.setitem(app_module.DEFAULTS, "DATA_DIR", str(tmp_path / "no-data-here"))
-    application = create_app({"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-                              "REPORTS_DIR": str(tmp_path / "r")})
+    application = create_app(
+        {"MONGO_URI": "", "EMBEDDED_DB": str(tmp_path / "db.sqlite3"), "REPORTS_DIR": str(tmp_path / "r")}
+    )
     assert "does not exist: starting with whatever the database holds" in caplog.text
     assert application.extensions["store"].is_empty()
     application.extensions["reports"].shutdown(wait=True)
@@ -170,7 +201,9 @@ def test_the_default_data_dir_missing_only_warns(tmp_path, monkeypatch, caplog):
 
 
 def _call(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    request = urllib.request.Request(
+        url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -180,10 +213,16 @@ def _call(url: str, data: bytes | None = None, headers: dict | None = None) -> t
 
 def _start(tmp_path: Path, port: int, data_dir: Path) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key not in ("MONGO_URI", "API_TOKEN")}
-    env.update(PORT=str(port), HOST="127.0.0.1", DATA_DIR=str(data_dir), REPORTS_DIR=str(tmp_path / "reports"),
-               EMBEDDED_DB=str(tmp_path / "db" / "kept.sqlite3"))
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    env.update(
+        PORT=str(port),
+        HOST="127.0.0.1",
+        DATA_DIR=str(data_dir),
+        REPORTS_DIR=str(tmp_path / "reports"),
+        EMBEDDED_DB=str(tmp_path / "db" / "kept.sqlite3"),
+    )
+    server = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -200,10 +239,12 @@ def test_uploads_and_reports_survive_a_restart(tmp_path, data_dir):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     boundary = uuid.uuid4().hex
-    upload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"store_status\"; filename=\"s.csv\"\r\n"
-              "Content-Type: text/csv\r\n\r\nstore_id,status,timestamp_utc\n"
-              "uploaded,inactive,2023-01-24 12:30:00 UTC\n"
-              f"\r\n--{boundary}--\r\n").encode()
+    upload = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="store_status"; filename="s.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\nstore_id,status,timestamp_utc\n"
+        "uploaded,inactive,2023-01-24 12:30:00 UTC\n"
+        f"\r\n--{boundary}--\r\n"
+    ).encode()
     server = _start(tmp_path, port, data_dir)
     try:
         status, body = _call(base + "/ingest", upload, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
@@ -235,11 +276,17 @@ def test_uploads_and_reports_survive_a_restart(tmp_path, data_dir):
 
 store_ids = st.sampled_from(["1001", "1002", "2000000000000000001", "a-store", "z9"])
 instants = st.integers(min_value=0, max_value=10 * 24 * 3600 - 1).map(
-    lambda s: f"2023-01-{15 + s // 86400:02d} {s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}.{s * 7919 % 1000000:06d} UTC")
+    lambda s: (
+        f"2023-01-{15 + s // 86400:02d} {s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
+        f".{s * 7919 % 1000000:06d} UTC"
+    )
+)
 polls = st.lists(st.tuples(store_ids, st.sampled_from(["active", "inactive"]), instants), min_size=1, max_size=40)
 hours = st.lists(st.tuples(store_ids, st.integers(0, 6), st.integers(0, 23), st.integers(0, 23)), max_size=12)
-zones = st.lists(st.tuples(store_ids, st.sampled_from(["America/New_York", "Asia/Kolkata", "UTC",
-                                                        "America/Los_Angeles"])), max_size=5)
+zones = st.lists(
+    st.tuples(store_ids, st.sampled_from(["America/New_York", "Asia/Kolkata", "UTC", "America/Los_Angeles"])),
+    max_size=5,
+)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -249,8 +296,8 @@ def test_sqlite_mongomock_and_the_csv_files_give_the_same_bytes(tmp_path_factory
     data = write_data_dir(
         tmp / "data",
         status="store_id,status,timestamp_utc\n" + "".join(f"{s},{a},{t}\n" for s, a, t in polls),
-        hours="store_id,day,start_time_local,end_time_local\n" + "".join(
-            f"{s},{d},{a:02d}:00:00,{b:02d}:30:00\n" for s, d, a, b in hours),
+        hours="store_id,day,start_time_local,end_time_local\n"
+        + "".join(f"{s},{d},{a:02d}:00:00,{b:02d}:30:00\n" for s, d, a, b in hours),
         zones="store_id,timezone_str\n" + "".join(f"{s},{z}\n" for s, z in dict(zones).items()),
     )
     expected, _, _ = reportGenerator.report_from_dir(data)
@@ -271,8 +318,9 @@ def test_an_embedded_file_that_cannot_be_opened_stops_start_up_with_one_line(tmp
     path = tmp_path / "a-file" / "db.sqlite3"  # its folder is a file: it cannot be created
     env = {key: value for key, value in os.environ.items() if key != "MONGO_URI"}
     env.update(EMBEDDED_DB=str(path), DATA_DIR=str(write_data_dir(tmp_path / "data")), PORT="0")
-    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot open the embedded database {path}: ")
     assert "Traceback" not in done.stderr
@@ -287,8 +335,7 @@ def test_ping_is_false_and_logged_when_the_connection_fails(tmp_path, caplog):
     store._connection().close()  # the thread's connection, closed under the store
     with caplog.at_level(logging.WARNING, logger="store_sqlite"):
         assert store.ping() is False
-    assert [r.getMessage() for r in caplog.records] == [
-        "database ping failed: Cannot operate on a closed database."]
+    assert [r.getMessage() for r in caplog.records] == ["database ping failed: Cannot operate on a closed database."]
 
 
 def test_close_closes_the_connection_and_the_store_opens_a_new_one(tmp_path):
@@ -390,9 +437,13 @@ def test_instants_are_stored_as_integer_microseconds(tmp_path):
     store.complete_report("a" * 32, b"x\n", 0)
     assert store._try_lease("read", "holder")
     after = time.time_ns() // 1000
-    row = store._connection().execute(
-        "SELECT typeof(created_us), typeof(heartbeat_us), typeof(finished_us), created_us, finished_us FROM reports"
-    ).fetchone()
+    row = (
+        store._connection()
+        .execute(
+            "SELECT typeof(created_us), typeof(heartbeat_us), typeof(finished_us), created_us, finished_us FROM reports"
+        )
+        .fetchone()
+    )
     assert row[:3] == ("integer", "integer", "integer")
     assert before <= row[3] <= row[4] <= after
     assert store._connection().execute("SELECT typeof(expires_us) FROM leases").fetchone() == ("integer",)
@@ -435,9 +486,13 @@ COMPLETE_V1, FAILED_V1 = "0" * 31 + "1", "0" * 31 + "2"
 
 
 def _polls(count: int, prefix: str = "s", stores: int = 100, start_us: int = 1_674_000_000_000_000) -> pd.DataFrame:
-    return pd.DataFrame({"store_id": [f"{prefix}{i % stores:05d}" for i in range(count)],
-                         "timestamp_us": start_us + np.arange(count, dtype=np.int64) * 1_000_000,
-                         "active": np.arange(count) % 3 != 0})
+    return pd.DataFrame(
+        {
+            "store_id": [f"{prefix}{i % stores:05d}" for i in range(count)],
+            "timestamp_us": start_us + np.arange(count, dtype=np.int64) * 1_000_000,
+            "active": np.arange(count) % 3 != 0,
+        }
+    )
 
 
 def _hours(rows: list[tuple]) -> pd.DataFrame:
@@ -475,14 +530,18 @@ def _stop_at_call(number: int):
         calls.append(rows)
         if len(calls) == number:
             raise Stop("the lease was lost")
+
     return on_rows
 
 
-@pytest.mark.parametrize("writer, frame, table", [
-    ("load_polls", _polls(9, "new"), "storeStatus"),
-    ("replace_hours", _hours([("new", d, 0, 3600) for d in range(7)] + [("kept", 0, 0, 60)]), "businessHours"),
-    ("replace_zones", _zones([(f"new{i}", "UTC") for i in range(5)] + [("kept", "Asia/Kolkata")]), "timezones"),
-])
+@pytest.mark.parametrize(
+    "writer, frame, table",
+    [
+        ("load_polls", _polls(9, "new"), "storeStatus"),
+        ("replace_hours", _hours([("new", d, 0, 3600) for d in range(7)] + [("kept", 0, 0, 60)]), "businessHours"),
+        ("replace_zones", _zones([(f"new{i}", "UTC") for i in range(5)] + [("kept", "Asia/Kolkata")]), "timezones"),
+    ],
+)
 def test_a_writer_stopped_between_batches_keeps_nothing(tmp_path, monkeypatch, writer, frame, table):
     """on_rows raises after the second batch (a lost lease): no row of the call is visible, the upload is
     not marked Complete, and the staging tables are gone."""
@@ -533,10 +592,20 @@ def test_a_kill_at_any_moment_leaves_the_whole_upload_or_none_of_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     outcomes = []
     # after the first staged batch, after the last one (publishing), and a little later (published or not)
-    for wait_for, delay in (("50000", 0.0), (str(count), 0.0), (str(count), 0.05), (str(count), 0.2),
-                            ("published", 0.0)):
-        loader = subprocess.Popen([sys.executable, "-c", KILLED_LOADER, str(path), str(count)], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, text=True)
+    for wait_for, delay in (
+        ("50000", 0.0),
+        (str(count), 0.0),
+        (str(count), 0.05),
+        (str(count), 0.2),
+        ("published", 0.0),
+    ):
+        loader = subprocess.Popen(
+            [sys.executable, "-c", KILLED_LOADER, str(path), str(count)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             for line in loader.stdout:
                 if line.strip() == wait_for:
@@ -569,8 +638,9 @@ def test_no_other_connection_ever_sees_the_polls_without_their_time_index(tmp_pa
     def watch():
         watcher = _raw(path)
         while not done.is_set():
-            seen.append(watcher.execute(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'storeStatus_time'").fetchone()[0])
+            seen.append(
+                watcher.execute("SELECT count(*) FROM sqlite_master WHERE name = 'storeStatus_time'").fetchone()[0]
+            )
 
     thread = threading.Thread(target=watch)
     thread.start()
@@ -605,8 +675,11 @@ def test_replacing_hours_and_zones_never_touches_another_stores_rows(tmp_path):
     store.replace_hours(_hours([("a", 5, 60, 120), ("c", 6, 0, 0)]))
     store.replace_zones(_zones([("a", "America/New_York"), ("c", "UTC"), ("c", "Europe/Paris")]))  # the later wins
     hours = store._connection().execute("SELECT * FROM businessHours ORDER BY store_id, day").fetchall()
-    assert hours == [("a", 5, "00:01:00", "00:02:00"), ("b", 2, "01:00:00", "02:00:00"),
-                     ("c", 6, "00:00:00", "00:00:00")]
+    assert hours == [
+        ("a", 5, "00:01:00", "00:02:00"),
+        ("b", 2, "01:00:00", "02:00:00"),
+        ("c", 6, "00:00:00", "00:00:00"),
+    ]
     zones = store._connection().execute("SELECT * FROM timezones ORDER BY store_id").fetchall()
     assert zones == [("a", "America/New_York"), ("b", "Asia/Kolkata"), ("c", "Europe/Paris")]
 
@@ -619,8 +692,9 @@ def small_disk(tmp_path):
     """A 3 MB tmpfs of the test's own (needs root), unmounted at the end."""
     where = tmp_path / "small-disk"
     where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
-                             capture_output=True, text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)], capture_output=True, text=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a 3 MB tmpfs to fill (this test needs root): {mounted.stderr.strip()}")
     try:
@@ -656,7 +730,10 @@ def test_a_full_disk_keeps_nothing_of_an_upload_or_a_report_and_the_store_goes_o
             store.complete_report("a" * 32, b"x" * 1_000_000, 1)
         assert full.value.what == "report"
         # nothing kept, and reads still answer
-        assert store.data_summary()["polls"] == 2 and store.report_store_ids(FAR_FUTURE_US) == ["kept00000", "kept00001"]
+        assert store.data_summary()["polls"] == 2 and store.report_store_ids(FAR_FUTURE_US) == [
+            "kept00000",
+            "kept00001",
+        ]
         assert store.find_report("a" * 32)["status"] == "Running"
         assert _count(store, "reportCsv") == 0
         health = store.health(0)
@@ -665,8 +742,12 @@ def test_a_full_disk_keeps_nothing_of_an_upload_or_a_report_and_the_store_goes_o
     finally:
         filler.unlink()
     store.fail_upload(upload_id, str(full.value))
-    assert store.load_polls(_polls(20_000), upload_id=store.begin_upload("big.csv", "store_status.csv", "0" * 64,
-                                                                          20_000, 0)) == 20_000
+    assert (
+        store.load_polls(
+            _polls(20_000), upload_id=store.begin_upload("big.csv", "store_status.csv", "0" * 64, 20_000, 0)
+        )
+        == 20_000
+    )
     assert store.complete_report("a" * 32, b"x" * 1_000, 1) is True
     assert [u["status"] for u in store.list_uploads()] == ["Complete", "Failed"]
     assert store.data_summary()["polls"] == 20_002 and store.health(0)["problems"] == []
@@ -719,8 +800,11 @@ def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_pat
     store = database.connect(path=path)
     assert store.schema_version == 2
     assert store.migrations_applied == [
-        ("schema 1 -> 2: add the uploads journal, reports.as_of_after_newest_poll, the health probe row and "
-         "version marks")]
+        (
+            "schema 1 -> 2: add the uploads journal, reports.as_of_after_newest_poll, the health probe row and "
+            "version marks"
+        )
+    ]
     raw = _raw(path)
     assert raw.execute("PRAGMA application_id").fetchone()[0] == database.APPLICATION_ID
     assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
@@ -743,8 +827,10 @@ def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_pat
 def _shape(path: Path) -> dict:
     raw = _raw(path)
     tables = [n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    shape = {t: sorted(raw.execute(f"SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{t}')"))
-             for t in tables}
+    shape = {
+        t: sorted(raw.execute(f"SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{t}')"))
+        for t in tables
+    }
     shape["indexes"] = sorted(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
     shape["probe"] = raw.execute("SELECT id FROM healthProbe").fetchall()
     return shape
@@ -778,30 +864,49 @@ def _schema_1_with(tmp_path: Path, *statements: str) -> Path:
 
 
 FOREIGN = {
-    "not SQLite": (lambda tmp: (tmp / "f").write_bytes(b"SQLite format 2, or a spreadsheet\n" * 200) and tmp / "f",
-                   "is not this service's database: it is not a SQLite file (file is not a database)"),
-    "another application id": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA application_id = 1234",
-                                                        "CREATE TABLE t (x)"),
-                               "is not this service's database: its application_id is 0x000004d2, not 0x55505431"),
-    "another program's tables": (lambda tmp: _sqlite_file(tmp / "f", "CREATE TABLE customers (id, name)"),
-                                 "is not this service's database: it holds tables this service never made (customers)"),
-    "schema 1 and one table more": (lambda tmp: _schema_1_with(tmp, "CREATE TABLE extra (x)"),
-                                    "is not this service's database: it holds tables this service never made (extra)"),
+    "not SQLite": (
+        lambda tmp: (tmp / "f").write_bytes(b"SQLite format 2, or a spreadsheet\n" * 200) and tmp / "f",
+        "is not this service's database: it is not a SQLite file (file is not a database)",
+    ),
+    "another application id": (
+        lambda tmp: _sqlite_file(tmp / "f", "PRAGMA application_id = 1234", "CREATE TABLE t (x)"),
+        "is not this service's database: its application_id is 0x000004d2, not 0x55505431",
+    ),
+    "another program's tables": (
+        lambda tmp: _sqlite_file(tmp / "f", "CREATE TABLE customers (id, name)"),
+        "is not this service's database: it holds tables this service never made (customers)",
+    ),
+    "schema 1 and one table more": (
+        lambda tmp: _schema_1_with(tmp, "CREATE TABLE extra (x)"),
+        "is not this service's database: it holds tables this service never made (extra)",
+    ),
     "a reports table of another shape": (
         lambda tmp: _schema_1_with(tmp, "ALTER TABLE reports RENAME COLUMN csv_bytes TO size"),
-        "is not this service's database: its reports table has other columns than this service's (csv_bytes, size)"),
-    "a table missing": (lambda tmp: _schema_1_with(tmp, "DROP TABLE leases"),
-                        "is not this service's database: it lacks tables of this service (leases)"),
-    "a user_version and no application id": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA user_version = 7"),
-                                             ("is not this service's database: it has user_version 7 and no "
-                                              "application_id")),
-    "a foreign file in WAL mode": (lambda tmp: _sqlite_file(tmp / "f", "PRAGMA journal_mode=WAL", "CREATE TABLE t (x)",
-                                                            "INSERT INTO t VALUES (1)"),
-                                   "is not this service's database: it holds tables this service never made (t)"),
+        "is not this service's database: its reports table has other columns than this service's (csv_bytes, size)",
+    ),
+    "a table missing": (
+        lambda tmp: _schema_1_with(tmp, "DROP TABLE leases"),
+        "is not this service's database: it lacks tables of this service (leases)",
+    ),
+    "a user_version and no application id": (
+        lambda tmp: _sqlite_file(tmp / "f", "PRAGMA user_version = 7"),
+        ("is not this service's database: it has user_version 7 and no application_id"),
+    ),
+    "a foreign file in WAL mode": (
+        lambda tmp: _sqlite_file(
+            tmp / "f", "PRAGMA journal_mode=WAL", "CREATE TABLE t (x)", "INSERT INTO t VALUES (1)"
+        ),
+        "is not this service's database: it holds tables this service never made (t)",
+    ),
     "a newer version of this service": (
-        lambda tmp: _sqlite_file(tmp / "f", f"PRAGMA application_id = {database.APPLICATION_ID}",
-                                 "PRAGMA user_version = 3", "CREATE TABLE storeStatus (x)"),
-        "was made by a newer version of this service (schema 3; this code knows up to 2)"),
+        lambda tmp: _sqlite_file(
+            tmp / "f",
+            f"PRAGMA application_id = {database.APPLICATION_ID}",
+            "PRAGMA user_version = 3",
+            "CREATE TABLE storeStatus (x)",
+        ),
+        "was made by a newer version of this service (schema 3; this code knows up to 2)",
+    ),
 }
 
 
@@ -810,16 +915,21 @@ def test_a_file_that_is_not_ours_is_refused_untouched(tmp_path, name):
     make, why = FOREIGN[name]
     path = make(tmp_path)
     before = _sha256(path)
-    tables = None if name == "not SQLite" else _raw(f"file:{path}?mode=ro").execute(
-        "SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    tables = (
+        None
+        if name == "not SQLite"
+        else _raw(f"file:{path}?mode=ro").execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    )
     with pytest.raises(database.DatabaseRefused) as refused:
         database.connect(path=path)
     assert str(refused.value) == f"{path} {why}"
     assert "\n" not in str(refused.value)
     assert _sha256(path) == before
     if tables is not None:
-        assert _raw(f"file:{path}?mode=ro").execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() \
+        assert (
+            _raw(f"file:{path}?mode=ro").execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
             == tables
+        )
 
 
 def test_a_crash_inside_a_migration_step_leaves_the_old_schema_whole(tmp_path, monkeypatch):
@@ -860,8 +970,17 @@ def test_processes_opening_a_file_at_once_make_or_migrate_it_exactly_once(tmp_pa
     path = _copy_of_schema_1(tmp_path) if old else tmp_path / "new.sqlite3"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = str(time.time() + 3)  # every process imports first, then they open together
-    openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(path), start], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(path), start],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     results = [opener.communicate(timeout=120) for opener in openers]
     assert [opener.returncode for opener in openers] == [0] * 4, results
     applied = [json.loads(out) for out, _ in results]
@@ -900,8 +1019,19 @@ def test_the_upload_journal_records_running_complete_failed_and_dismissed(tmp_pa
     third = store.begin_upload("c.csv", "timezones.csv", "3" * 64, 1, 0)  # its writer is gone: no write lease
     uploads = store.list_uploads()
     assert [u["upload_id"] for u in uploads] == [third, second, first]
-    assert set(uploads[0]) >= {"upload_id", "file", "kind", "digest", "at", "finished_at", "loaded", "rejected",
-                               "written", "status", "error"}
+    assert set(uploads[0]) >= {
+        "upload_id",
+        "file",
+        "kind",
+        "digest",
+        "at",
+        "finished_at",
+        "loaded",
+        "rejected",
+        "written",
+        "status",
+        "error",
+    }
     assert (uploads[0]["status"], uploads[0]["error"]) == ("Failed", database_gone())
     assert (uploads[1]["status"], uploads[1]["error"], uploads[1]["written"]) == ("Failed", "the lease was lost", 0)
     complete = uploads[2]
@@ -920,8 +1050,13 @@ def test_load_file_journals_its_upload(tmp_path):
     content = b"store_id,status,timestamp_utc\na,active,2023-01-24 10:00:00 UTC\nb,bad,2023-01-24 10:00:00 UTC\n"
     database.load_file(store, "store_status.csv", content, label="mine.csv")
     (upload,) = store.list_uploads()
-    assert (upload["file"], upload["status"], upload["loaded"], upload["rejected"], upload["written"]) == \
-        ("mine.csv", "Complete", 1, 1, 1)
+    assert (upload["file"], upload["status"], upload["loaded"], upload["rejected"], upload["written"]) == (
+        "mine.csv",
+        "Complete",
+        1,
+        1,
+        1,
+    )
     assert upload["digest"] == hashlib.sha256(content).hexdigest()
 
 
@@ -930,8 +1065,11 @@ def test_load_file_journals_its_upload(tmp_path):
 
 def test_delete_polls_takes_the_bounds_inclusive_and_only_that_stores_polls(tmp_path):
     store = database.connect(path=tmp_path / "delete.sqlite3")
-    store.load_polls(pd.DataFrame({"store_id": ["a"] * 5 + ["b"] * 5, "timestamp_us": list(range(10, 60, 10)) * 2,
-                                   "active": [True] * 10}))
+    store.load_polls(
+        pd.DataFrame(
+            {"store_id": ["a"] * 5 + ["b"] * 5, "timestamp_us": list(range(10, 60, 10)) * 2, "active": [True] * 10}
+        )
+    )
 
     def left(store_id):
         return polls_of(store, store_id)["timestamp_us"].tolist()
@@ -946,13 +1084,25 @@ def test_delete_polls_takes_the_bounds_inclusive_and_only_that_stores_polls(tmp_
 
 def test_data_summary_says_what_is_stored(tmp_path):
     store = database.connect(path=tmp_path / "summary.sqlite3")
-    assert store.data_summary() == {"stores": 0, "polls": 0, "hours_rows": 0, "zones": 0, "oldest_poll_us": None,
-                                    "newest_poll_us": None}
+    assert store.data_summary() == {
+        "stores": 0,
+        "polls": 0,
+        "hours_rows": 0,
+        "zones": 0,
+        "oldest_poll_us": None,
+        "newest_poll_us": None,
+    }
     store.load_polls(_polls(1_000, stores=37, start_us=5_000_000))
     store.replace_hours(_hours([("s00001", 0, 0, 60), ("s00001", 1, 0, 60), ("other", 2, 0, 60)]))
     store.replace_zones(_zones([("s00002", "UTC")]))
-    assert store.data_summary() == {"stores": 37, "polls": 1_000, "hours_rows": 3, "zones": 1,
-                                    "oldest_poll_us": 5_000_000, "newest_poll_us": 5_000_000 + 999 * 1_000_000}
+    assert store.data_summary() == {
+        "stores": 37,
+        "polls": 1_000,
+        "hours_rows": 3,
+        "zones": 1,
+        "oldest_poll_us": 5_000_000,
+        "newest_poll_us": 5_000_000 + 999 * 1_000_000,
+    }
 
 
 # --------------------------------------------------------------------------- health
@@ -999,8 +1149,9 @@ def test_health_reports_a_corrupt_file(tmp_path):
     store.close()
     raw = _raw(path)
     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page = raw.execute("SELECT pageno FROM dbstat WHERE name = 'storeStatus' AND pagetype = 'leaf' "
-                       "ORDER BY pageno LIMIT 1 OFFSET 10").fetchone()[0]
+    page = raw.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'storeStatus' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 10"
+    ).fetchone()[0]
     raw.close()
     with open(path, "r+b") as file:  # scribble over the middle of one page of polls
         file.seek((page - 1) * 4096 + 200)
@@ -1016,7 +1167,8 @@ def test_health_reports_a_newer_schema_written_meanwhile(tmp_path):
     store = database.connect(path=tmp_path / "newer.sqlite3")
     _raw(store.path).execute("PRAGMA user_version = 3")  # another process, of a newer release, migrated it
     assert store.health(1)["problems"] == [
-        f"{store.path} was migrated by a newer version of this service (schema 3; this code knows up to 2)"]
+        f"{store.path} was migrated by a newer version of this service (schema 3; this code knows up to 2)"
+    ]
 
 
 # --------------------------------------------------------------------------- report life and durability

@@ -2,6 +2,7 @@
 to the tick, for every store of the sample data and for hypothesis-generated stores (also
 against tests/reference.py); SPEC §5's worked examples by hand; and the shape of the timeline
 (business hours merged, segments ordered and merged, deciding polls)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,9 +29,13 @@ def timeline_of(polls, hours, zones, store_id, now_us):
     rows = hours[hours["store_id"] == store_id]
     zone = zones.loc[zones["store_id"] == store_id, "timezone_str"]
     return utils.store_timeline(
-        mine["timestamp_us"].to_numpy(), mine["active"].to_numpy(),
-        rows["day"].to_numpy(), rows["start_s"].to_numpy(), rows["end_s"].to_numpy(),
-        zone.iloc[-1] if len(zone) else None, now_us,
+        mine["timestamp_us"].to_numpy(),
+        mine["active"].to_numpy(),
+        rows["day"].to_numpy(),
+        rows["start_s"].to_numpy(),
+        rows["end_s"].to_numpy(),
+        zone.iloc[-1] if len(zone) else None,
+        now_us,
     )
 
 
@@ -73,20 +78,32 @@ def check_shape(timeline: utils.StoreTimeline, poll_us: np.ndarray, now_us: int)
 def segments(timeline):
     def show(ticks):
         return utils.us_to_datetime(int(ticks) // TICK).strftime("%Y-%m-%d %H:%M:%S")
-    return [(show(a), show(b), "active" if s else "inactive")
-            for a, b, s in zip(timeline.segment_start, timeline.segment_end, timeline.segment_active)]
+
+    return [
+        (show(a), show(b), "active" if s else "inactive")
+        for a, b, s in zip(timeline.segment_start, timeline.segment_end, timeline.segment_active)
+    ]
 
 
 def business(timeline):
-    return [(utils.us_to_datetime(int(a) // TICK).strftime("%Y-%m-%d %H:%M"),
-             utils.us_to_datetime(int(b) // TICK).strftime("%Y-%m-%d %H:%M"))
-            for a, b in zip(timeline.business_open, timeline.business_close)]
+    return [
+        (
+            utils.us_to_datetime(int(a) // TICK).strftime("%Y-%m-%d %H:%M"),
+            utils.us_to_datetime(int(b) // TICK).strftime("%Y-%m-%d %H:%M"),
+        )
+        for a, b in zip(timeline.business_open, timeline.business_close)
+    ]
 
 
 def one_store(polls, rows=(), zone="UTC", now="2023-01-24 13:00:00"):
     return utils.store_timeline(
-        np.array([us(utc(p[0])) for p in polls], dtype=np.int64), np.array([p[1] == "active" for p in polls]),
-        [r[0] for r in rows], [r[1] * 3600 for r in rows], [r[2] * 3600 for r in rows], zone, us(utc(now)),
+        np.array([us(utc(p[0])) for p in polls], dtype=np.int64),
+        np.array([p[1] == "active" for p in polls]),
+        [r[0] for r in rows],
+        [r[1] * 3600 for r in rows],
+        [r[2] * 3600 for r in rows],
+        zone,
+        us(utc(now)),
     )
 
 
@@ -103,8 +120,9 @@ def test_worked_example_business_hours_and_two_polls():
 
 def test_worked_example_tie_goes_to_the_later_poll():
     # open 24/7 (no rows); polls 10:00 active, 10:30 inactive; now 10:30 (the 10:30 poll is at now)
-    timeline = one_store([("2023-01-24 10:00:00", "active"), ("2023-01-24 10:30:00", "inactive")],
-                         now="2023-01-24 10:30:00")
+    timeline = one_store(
+        [("2023-01-24 10:00:00", "active"), ("2023-01-24 10:30:00", "inactive")], now="2023-01-24 10:30:00"
+    )
     assert segments(timeline) == [
         ("2023-01-17 10:30:00", "2023-01-24 10:15:00", "active"),
         ("2023-01-24 10:15:00", "2023-01-24 10:30:00", "inactive"),
@@ -129,16 +147,21 @@ def test_worked_example_tie_goes_to_the_later_poll():
 )
 def test_worked_examples_of_business_hours(row, zone, now, expected):
     day, start, end = row
-    timeline = utils.store_timeline(np.array([us(utc(now))]), np.array([False]), [day], [int(start * 3600)],
-                                    [int(end * 3600)], zone, us(utc(now)))
+    timeline = utils.store_timeline(
+        np.array([us(utc(now))]), np.array([False]), [day], [int(start * 3600)], [int(end * 3600)], zone, us(utc(now))
+    )
     # (the 2023-03-05 spring row, 05:00-07:30 UTC, ends before the week starts at 03-05 12:00)
     assert business(timeline) == expected
     assert [s[2] for s in segments(timeline)] == ["inactive"]
 
 
 def test_no_zone_means_chicago_and_deciding_polls_reach_one_past_each_side():
-    polls = [("2023-01-10 10:00:00", "active"), ("2023-01-17 11:00:00", "inactive"),
-             ("2023-01-20 12:00:00", "active"), ("2023-01-24 13:00:00", "active")]
+    polls = [
+        ("2023-01-10 10:00:00", "active"),
+        ("2023-01-17 11:00:00", "inactive"),
+        ("2023-01-20 12:00:00", "active"),
+        ("2023-01-24 13:00:00", "active"),
+    ]
     timeline = one_store(polls, [(1, 9, 17)], zone=None, now="2023-01-24 12:00:00")  # the last poll is after now
     assert timeline.timezone == "America/Chicago"
     # the 01-10 poll is not the nearest before the week (01-17 12:00); 01-17 11:00 is
@@ -193,10 +216,14 @@ def test_segments_add_up_to_the_report_for_every_store_of_the_sample():
         assert utils.uptime_ticks(polls, hours, zones, now_us)["store_id"].nunique() == 200
         now = utils.us_to_datetime(now_us)
         expected = reference_ticks(
-            [(s, utils.us_to_datetime(t), "active" if a else "inactive")
-             for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])],
-            [(s, d, as_time(a), as_time(b))
-             for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])],
+            [
+                (s, utils.us_to_datetime(t), "active" if a else "inactive")
+                for s, t, a in zip(polls["store_id"], polls["timestamp_us"], polls["active"])
+            ],
+            [
+                (s, d, as_time(a), as_time(b))
+                for s, d, a, b in zip(hours["store_id"], hours["day"], hours["start_s"], hours["end_s"])
+            ],
             dict(zip(zones["store_id"], zones["timezone_str"])),
             now,
         )
@@ -218,7 +245,7 @@ def test_a_midpoint_on_the_opening_instant_belongs_to_the_later_poll():
 def iso_us(text: str) -> int:
     """Microseconds since the epoch of an instant the API wrote (ISO 8601, microseconds, Z)."""
     assert text.endswith("Z") and len(text) == len("2023-01-24T13:00:00.000000Z"), text
-    return us(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc))
+    return us(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC))
 
 
 def totals_from_segments(body: dict) -> dict:
@@ -228,8 +255,11 @@ def totals_from_segments(body: dict) -> dict:
         low, high = iso_us(low), iso_us(high)
         unit = 60e6 if name == "hour" else 3600e6
         for status, column in (("active", "uptime"), ("inactive", "downtime")):
-            inside = sum(max(0, min(iso_us(s["end"]), high) - max(iso_us(s["start"]), low))
-                         for s in body["segments"] if s["status"] == status)
+            inside = sum(
+                max(0, min(iso_us(s["end"]), high) - max(iso_us(s["start"]), low))
+                for s in body["segments"]
+                if s["status"] == status
+            )
             totals[f"{column}_last_{name}"] = inside / unit
     return totals
 
@@ -256,8 +286,10 @@ def test_timeline_of_the_worked_example(client):
         },
         # Tuesdays 09:00-12:00: the 01-17 one ends before the week starts at 13:00
         "business_hours": [{"start": "2023-01-24T09:00:00.000000Z", "end": "2023-01-24T12:00:00.000000Z"}],
-        "polls": [{"timestamp": "2023-01-24T10:14:00.000000Z", "status": "active"},
-                  {"timestamp": "2023-01-24T11:15:00.000000Z", "status": "inactive"}],
+        "polls": [
+            {"timestamp": "2023-01-24T10:14:00.000000Z", "status": "active"},
+            {"timestamp": "2023-01-24T11:15:00.000000Z", "status": "inactive"},
+        ],
         "segments": [
             {"start": "2023-01-24T09:00:00.000000Z", "end": "2023-01-24T10:44:30.000000Z", "status": "active"},
             {"start": "2023-01-24T10:44:30.000000Z", "end": "2023-01-24T12:00:00.000000Z", "status": "inactive"},
@@ -294,8 +326,10 @@ def test_timeline_errors_are_json(client, store):
     store.create_report("ab" * 16, None)
     running = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
     assert running.status_code == 409
-    assert running.get_json()["error"] == (f"report {'ab' * 16} is still Running (waiting for a report worker): "
-                                           "its timeline is ready when it is Complete; ask again then")
+    assert running.get_json()["error"] == (
+        f"report {'ab' * 16} is still Running (waiting for a report worker): "
+        "its timeline is ready when it is Complete; ask again then"
+    )
     store.fail_report("ab" * 16, "boom")
     failed = client.get("/stores/worked/timeline?report_id=" + "ab" * 16)
     assert failed.status_code == 409 and "Failed (boom), so it has no timeline" in failed.get_json()["error"]
@@ -318,7 +352,8 @@ def test_timelines_add_up_to_the_report_on_the_sample(tmp_path):
             assert iso_us(body["windows"]["week"][0]) < polls["timestamp_us"].min()
             mine = polls[polls["store_id"] == row["store_id"]].sort_values("timestamp_us")
             assert [(iso_us(p["timestamp"]), p["status"] == "active") for p in body["polls"]] == list(
-                zip(mine["timestamp_us"], mine["active"]))
+                zip(mine["timestamp_us"], mine["active"])
+            )
     finally:
         application.extensions["reports"].shutdown(wait=True)
 
@@ -337,5 +372,6 @@ def test_a_store_with_no_poll_up_to_now_has_its_hours_but_no_segments():
     assert (timeline.poll_ticks.size, timeline.poll_active.size) == (0, 0)
     segments = (timeline.segment_start, timeline.segment_end, timeline.segment_active)
     assert [(s.shape, str(s.dtype)) for s in segments] == [((0,), "int64"), ((0,), "int64"), ((0,), "bool")]
-    assert timeline_totals(timeline) == {f"{kind}_last_{name}": 0 for name in ("hour", "day", "week")
-                                               for kind in ("uptime", "downtime")}
+    assert timeline_totals(timeline) == {
+        f"{kind}_last_{name}": 0 for name in ("hour", "day", "week") for kind in ("uptime", "downtime")
+    }

@@ -1,6 +1,7 @@
 """The report engine in utils.py: hand-worked cases, time-zone edge cases, and a
 hypothesis property test against the per-store reference in tests/reference.py;
 parsing the as_of instant; cutting the stores into ranges and joining their ticks."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,7 +16,7 @@ import utils
 from tests.conftest import examples
 from tests.reference import reference_ticks
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def utc(text: str) -> dt.datetime:
@@ -32,7 +33,8 @@ def seconds_of(text: str) -> int:
 
 
 def frames(polls, hours=(), zones=None):
-    """Engine inputs from lists: polls (store, 'YYYY-MM-DD HH:MM:SS[.f]' UTC, status), hours (store, day, start, end)."""
+    """Engine inputs from lists: polls (store, 'YYYY-MM-DD HH:MM:SS[.f]' UTC, status),
+    hours (store, day, start, end)."""
     zones = zones or {}
     poll_frame = pd.DataFrame(
         {
@@ -161,7 +163,9 @@ def test_a_week_across_a_dst_change(now, business_hours):
 def test_overnight_row_in_los_angeles():
     # Friday 2023-01-20 22:00 PST to Saturday 02:00 PST = 06:00-10:00 UTC on the 21st
     polls = [("s", "2023-01-21 08:00:00", "active")]
-    report = report_for(polls, [("s", 4, "22:00:00", "02:00:00")], {"s": "America/Los_Angeles"}, now="2023-01-21 12:00:00")
+    report = report_for(
+        polls, [("s", 4, "22:00:00", "02:00:00")], {"s": "America/Los_Angeles"}, now="2023-01-21 12:00:00"
+    )
     assert report["s"]["uptime_last_day"] == 4.0
     assert report["s"]["uptime_last_week"] == 4.0
 
@@ -290,7 +294,7 @@ def test_local_to_utc_maps_gap_and_fold():
     ]
 
 
-# --------------------------------------------------------------------------- edges of the engine's date range, DST rules
+# ----------------------------------------------------------------- edges of the engine's date range, DST rules
 # Each case is worked out by hand (UTC instants in the comments) and is also a fixed @example of the
 # property tests below, so it runs on every run instead of when Hypothesis happens to draw it.
 
@@ -306,8 +310,14 @@ EDGE_CASES = {
         [("2023-01-16 02:00:00", "active"), ("2023-01-22 12:00:00", "inactive")],
         [(5, "21:00:00", "20:00:00")],
         "America/Los_Angeles",
-        {"uptime_last_hour": 0, "uptime_last_day": 0, "uptime_last_week": 3.5 * H,
-         "downtime_last_hour": 1 * H, "downtime_last_day": 19.5 * H, "downtime_last_week": 19.5 * H},
+        {
+            "uptime_last_hour": 0,
+            "uptime_last_day": 0,
+            "uptime_last_week": 3.5 * H,
+            "downtime_last_hour": 1 * H,
+            "downtime_last_day": 19.5 * H,
+            "downtime_last_week": 19.5 * H,
+        },
     ),
     # Chatham (UTC+13:45 in January), now 2023-01-25 18:00 UTC = Thursday 01-26 07:45 local, a local
     # date after now's UTC date. The Thursday row 00:00-06:00 of 01-26 is 01-25 10:15-16:15 UTC (the
@@ -318,8 +328,14 @@ EDGE_CASES = {
         [("2023-01-25 12:00:00", "active"), ("2023-01-25 15:00:00", "inactive")],
         [(3, "00:00:00", "06:00:00")],
         "Pacific/Chatham",
-        {"uptime_last_hour": 0, "uptime_last_day": 3.25 * H, "uptime_last_week": 3.25 * H,
-         "downtime_last_hour": 0, "downtime_last_day": 2.75 * H, "downtime_last_week": 2.75 * H},
+        {
+            "uptime_last_hour": 0,
+            "uptime_last_day": 3.25 * H,
+            "uptime_last_week": 3.25 * H,
+            "downtime_last_hour": 0,
+            "downtime_last_day": 2.75 * H,
+            "downtime_last_week": 2.75 * H,
+        },
     ),
     # New York, fall back on Sunday 2023-11-05 (01:00-01:59 happen twice). The row 01:30-03:00 opens at
     # the first 01:30 (EDT, 05:30 UTC) and closes at 03:00 EST (08:00 UTC): 2.5 h. Polls 05:00
@@ -330,8 +346,14 @@ EDGE_CASES = {
         [("2023-11-05 05:00:00", "inactive"), ("2023-11-05 07:00:00", "active")],
         [(6, "01:30:00", "03:00:00")],
         "America/New_York",
-        {"uptime_last_hour": 0, "uptime_last_day": 2 * H, "uptime_last_week": 2 * H,
-         "downtime_last_hour": 0, "downtime_last_day": H // 2, "downtime_last_week": H // 2},
+        {
+            "uptime_last_hour": 0,
+            "uptime_last_day": 2 * H,
+            "uptime_last_week": 2 * H,
+            "downtime_last_hour": 0,
+            "downtime_last_day": H // 2,
+            "downtime_last_week": H // 2,
+        },
     ),
     # New York, spring forward on Sunday 2023-03-12 (02:00-02:59 never shown). The row 02:30-04:00
     # opens at the end of the skip, 03:00 EDT (07:00 UTC), and closes 04:00 EDT (08:00 UTC): 1 h.
@@ -342,8 +364,14 @@ EDGE_CASES = {
         [("2023-03-12 07:00:00", "active"), ("2023-03-12 07:50:00", "inactive")],
         [(6, "02:30:00", "04:00:00")],
         "America/New_York",
-        {"uptime_last_hour": 0, "uptime_last_day": 25 * H // 60, "uptime_last_week": 25 * H // 60,
-         "downtime_last_hour": 0, "downtime_last_day": 35 * H // 60, "downtime_last_week": 35 * H // 60},
+        {
+            "uptime_last_hour": 0,
+            "uptime_last_day": 25 * H // 60,
+            "uptime_last_week": 25 * H // 60,
+            "downtime_last_hour": 0,
+            "downtime_last_day": 35 * H // 60,
+            "downtime_last_week": 35 * H // 60,
+        },
     ),
 }
 EDGE_STORE = "1000000000000000000"
@@ -363,8 +391,9 @@ def edge_case(name: str):
 @pytest.mark.parametrize("name", list(EDGE_CASES))
 def test_edges_of_the_range_and_dst_rules_by_hand(name):
     now, polls, rows, zone, expected = EDGE_CASES[name]
-    poll_frame, hours, zones = frames([("s", when, status) for when, status in polls],
-                                      [("s", *row) for row in rows], {"s": zone})
+    poll_frame, hours, zones = frames(
+        [("s", when, status) for when, status in polls], [("s", *row) for row in rows], {"s": zone}
+    )
     got = utils.uptime_ticks(poll_frame, hours, zones, us(utc(now)))
     assert {k: v for k, v in got.to_dict("records")[0].items() if k != "store_id"} == expected
 
@@ -501,7 +530,9 @@ def test_the_servers_own_time_zone_does_not_matter(monkeypatch):
     utils.zone_transitions.cache_clear()
     try:
         assert utils.zone_transitions("America/New_York", FALL_2023_NY - 10, FALL_2023_NY + 10) == (
-            (FALL_2023_NY,), (-14400, -18000))
+            (FALL_2023_NY,),
+            (-14400, -18000),
+        )
         test_edges_of_the_range_and_dst_rules_by_hand("fold_in_new_york_counts_the_first_occurrence")
     finally:
         monkeypatch.undo()
@@ -534,8 +565,11 @@ def test_midpoint_is_exact_in_any_year(year):
 
 def test_a_later_duplicate_wins_after_other_polls_too():
     # 17:00 active; 17:30 twice, the later row inactive: [17:00, 17:15) up, [17:15, 18:00) down
-    polls = [("s", "2023-01-25 17:00:00", "active"), ("s", "2023-01-25 17:30:00", "active"),
-             ("s", "2023-01-25 17:30:00", "inactive")]
+    polls = [
+        ("s", "2023-01-25 17:00:00", "active"),
+        ("s", "2023-01-25 17:30:00", "active"),
+        ("s", "2023-01-25 17:30:00", "inactive"),
+    ]
     report = report_for(polls, zones={"s": "UTC"})
     assert (report["s"]["uptime_last_hour"], report["s"]["downtime_last_hour"]) == (15.0, 45.0)
 
@@ -546,7 +580,11 @@ def test_many_duplicates_keep_file_order():
     rows = []
     for minute in range(1000):
         when = (utc("2023-01-24 18:00:00") + dt.timedelta(minutes=minute)).strftime("%Y-%m-%d %H:%M:%S")
-        rows += [("s", when, "active"), ("s", when, "inactive"), ("s", when, "active" if minute % 2 == 0 else "inactive")]
+        rows += [
+            ("s", when, "active"),
+            ("s", when, "inactive"),
+            ("s", when, "active" if minute % 2 == 0 else "inactive"),
+        ]
     poll_frame, hours, zones = frames(rows, zones={"s": "UTC"})
     ticks = utils.uptime_ticks(poll_frame, hours, zones, us(utc("2023-01-25 10:40:00")))
     # in [09:40, 10:40) the instants 09:40 (minute 940, up) .. 10:39 (minute 999, down) each cover the
@@ -559,9 +597,13 @@ def test_many_duplicates_keep_file_order():
 def test_five_thousand_stores_in_one_go():
     # one chunk as large as CHUNK_STORES' default; every store open all week with one active poll
     n = 5_000
-    polls = pd.DataFrame({"store_id": [f"{i:05d}" for i in range(n)],
-                          "timestamp_us": np.full(n, us(utc("2023-01-25 12:00:00")), dtype=np.int64),
-                          "active": np.arange(n) % 2 == 0})
+    polls = pd.DataFrame(
+        {
+            "store_id": [f"{i:05d}" for i in range(n)],
+            "timestamp_us": np.full(n, us(utc("2023-01-25 12:00:00")), dtype=np.int64),
+            "active": np.arange(n) % 2 == 0,
+        }
+    )
     empty_hours = pd.DataFrame({"store_id": [], "day": [], "start_s": [], "end_s": []})
     zones = pd.DataFrame({"store_id": [], "timezone_str": []})
     ticks = utils.uptime_ticks(polls, empty_hours, zones, us(utc("2023-01-25 18:00:00")))
@@ -578,9 +620,13 @@ def test_every_store_band_stays_inside_int64():
     # with one active poll, must still be up the whole week.
     n = 1_400
     now = 1_674_843_218_520_854  # 2023-01-27 18:13:38.520854 UTC
-    polls = pd.DataFrame({"store_id": [f"{i:05d}" for i in range(n)],
-                          "timestamp_us": np.full(n, now - 1_800 * 10**6, dtype=np.int64),
-                          "active": np.ones(n, dtype=bool)})
+    polls = pd.DataFrame(
+        {
+            "store_id": [f"{i:05d}" for i in range(n)],
+            "timestamp_us": np.full(n, now - 1_800 * 10**6, dtype=np.int64),
+            "active": np.ones(n, dtype=bool),
+        }
+    )
     empty_hours = pd.DataFrame({"store_id": [], "day": [], "start_s": [], "end_s": []})
     zones = pd.DataFrame({"store_id": [], "timezone_str": []})
     ticks = utils.uptime_ticks(polls, empty_hours, zones, now)
@@ -595,8 +641,10 @@ def test_polls_across_the_whole_calendar():
     # polls come in reverse, so that they must be sorted at all)
     polls = []
     for i in range(20):
-        polls += [(f"s{i:02d}", "0001-01-01 00:00:00", "active" if i % 2 else "inactive"),
-                  (f"s{i:02d}", "9000-01-24 17:30:00", "inactive" if i % 2 else "active")]
+        polls += [
+            (f"s{i:02d}", "0001-01-01 00:00:00", "active" if i % 2 else "inactive"),
+            (f"s{i:02d}", "9000-01-24 17:30:00", "inactive" if i % 2 else "active"),
+        ]
     polls.reverse()
     report = report_for(polls, zones={f"s{i:02d}": "UTC" for i in range(20)}, now="9000-01-24 18:00:00")
     for i in range(20):  # the midpoint is millennia back: the recent poll holds the whole week
@@ -605,8 +653,9 @@ def test_polls_across_the_whole_calendar():
 
 def test_tick_frame_types():
     polls = [("s", "2023-01-25 17:30:00", "active")]
-    ticks = utils.uptime_ticks(*frames(polls, [("s", 2, "09:00:00", "17:00:00")], {"s": "UTC"}),
-                               us(utc("2023-01-25 18:00:00")))
+    ticks = utils.uptime_ticks(
+        *frames(polls, [("s", 2, "09:00:00", "17:00:00")], {"s": "UTC"}), us(utc("2023-01-25 18:00:00"))
+    )
     assert str(ticks["store_id"].dtype) == "string"
     assert [str(ticks[c].dtype) for c in utils.REPORT_COLUMNS[1:]] == ["int64"] * 6
 
@@ -615,10 +664,13 @@ def test_zone_transitions_are_exact_to_the_second_wherever_the_search_starts():
     # the hourly sampling grid moves with start_s; the bisection must land on the transition itself
     for lead in range(11, 3600, 97):
         assert utils.zone_transitions("America/New_York", SPRING_2023_NY - lead, SPRING_2023_NY + 10) == (
-            (SPRING_2023_NY,), (-18000, -14400)), lead
+            (SPRING_2023_NY,),
+            (-18000, -14400),
+        ), lead
 
 
 # --------------------------------------------------------------------------- sorting the polls
+
 
 @pytest.mark.parametrize(
     "keys",
@@ -652,8 +704,7 @@ def test_stable_argsort_in_two_halves_property(keys):
 
 @pytest.mark.parametrize("cores", [1, 2])
 @settings(max_examples=examples(200), deadline=None)
-@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 3), max_size=300),
-       st.integers(0, 70))
+@given(st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 3), max_size=300), st.integers(0, 70))
 def test_stable_argsort_by_buckets_any_int64(cores, keys, spread):
     # keys anywhere in int64 (the bucket pass must not overflow) mixed with close ones and repeats,
     # optionally stretched so that the top bits of the offset fall in different buckets
@@ -687,8 +738,13 @@ def test_stable_argsort_by_buckets_examples(monkeypatch, cores, keys):
 def test_polls_already_in_order_but_repeated_keep_the_later_row_last():
     # in (store, time) order but 17:30 twice: the order check must not take them as sorted
     store = pd.Categorical(["s", "s", "s"], categories=["s"])
-    polls = pd.DataFrame({"store_id": store, "timestamp_us": np.array([1, 2, 2], dtype=np.int64) * 1_800_000_000
-                          + us(utc("2023-01-25 16:30:00")), "active": [True, True, False]})
+    polls = pd.DataFrame(
+        {
+            "store_id": store,
+            "timestamp_us": np.array([1, 2, 2], dtype=np.int64) * 1_800_000_000 + us(utc("2023-01-25 16:30:00")),
+            "active": [True, True, False],
+        }
+    )
     _, hours, zones = frames([], zones={"s": "UTC"})
     ticks = utils.uptime_ticks(polls, hours, zones, us(utc("2023-01-25 18:00:00")))
     # 17:00 up, 17:30 down (the later row): [17:00, 17:15) up, [17:15, 18:00) down
@@ -714,8 +770,11 @@ def test_store_numbers_count_only_stores_with_polls(categories, stores, numbers,
 def test_stores_out_of_order_while_time_goes_forward():
     # the input order is store b then a, with later times: not the engine's order, so it must sort
     # (a poll of b at 17:00 up, of a at 17:30 down, of b at 17:40 down: b up 17:00-17:20, down after)
-    polls = [("b", "2023-01-25 17:00:00", "active"), ("a", "2023-01-25 17:30:00", "inactive"),
-             ("b", "2023-01-25 17:40:00", "inactive")]
+    polls = [
+        ("b", "2023-01-25 17:00:00", "active"),
+        ("a", "2023-01-25 17:30:00", "inactive"),
+        ("b", "2023-01-25 17:40:00", "inactive"),
+    ]
     report = report_for(polls, zones={"a": "UTC", "b": "UTC"})
     assert (report["a"]["uptime_last_hour"], report["a"]["downtime_last_hour"]) == (0.0, 60.0)
     assert (report["b"]["uptime_last_hour"], report["b"]["downtime_last_hour"]) == (20.0, 40.0)
@@ -725,11 +784,23 @@ def test_stores_out_of_order_while_time_goes_forward():
     "polls, up_minutes",
     [
         # a, b, a: each store back to a earlier one, time going forward all along
-        ([("a", "2023-01-25 17:00:00", "active"), ("b", "2023-01-25 17:10:00", "active"),
-          ("a", "2023-01-25 17:40:00", "inactive")], {"a": 20.0, "b": 60.0}),
+        (
+            [
+                ("a", "2023-01-25 17:00:00", "active"),
+                ("b", "2023-01-25 17:10:00", "active"),
+                ("a", "2023-01-25 17:40:00", "inactive"),
+            ],
+            {"a": 20.0, "b": 60.0},
+        ),
         # one store whose times go 17:00, 17:40, 17:20: later than the first, not than the one before
-        ([("a", "2023-01-25 17:00:00", "active"), ("a", "2023-01-25 17:40:00", "inactive"),
-          ("a", "2023-01-25 17:20:00", "active")], {"a": 30.0}),
+        (
+            [
+                ("a", "2023-01-25 17:00:00", "active"),
+                ("a", "2023-01-25 17:40:00", "inactive"),
+                ("a", "2023-01-25 17:20:00", "active"),
+            ],
+            {"a": 30.0},
+        ),
     ],
 )
 def test_polls_nearly_in_order_are_sorted(polls, up_minutes):
@@ -771,27 +842,33 @@ def test_store_ranges_cover_every_store_once():
         assert all(last - first <= most for first, last in bounds)
 
 
-@pytest.mark.parametrize("n_stores, range_stores, workers, sizes", [
-    (200, 40, 2, [40] * 5),
-    (200, 5_000, 2, [50] * 4),  # at least two ranges per cluster worker
-    (7, 5_000, 2, [2, 2, 2, 1]),
-    (1, 40, 8, [1]),
-    (0, 40, 2, []),
-])
+@pytest.mark.parametrize(
+    "n_stores, range_stores, workers, sizes",
+    [
+        (200, 40, 2, [40] * 5),
+        (200, 5_000, 2, [50] * 4),  # at least two ranges per cluster worker
+        (7, 5_000, 2, [2, 2, 2, 1]),
+        (1, 40, 8, [1]),
+        (0, 40, 2, []),
+    ],
+)
 def test_store_ranges_for_the_cluster_in_order(n_stores, range_stores, workers, sizes):
     bounds = utils.store_ranges(n_stores, range_stores, workers, utils.RANGES_PER_CLUSTER_WORKER)
     assert [last - first for first, last in bounds] == sizes
     assert [first for first, _ in bounds] == [sum(sizes[:i]) for i in range(len(sizes))]
 
 
-@pytest.mark.parametrize("n_stores, range_stores, workers, sizes", [
-    (200, 5_000, 2, [25] * 8),  # at least four ranges per thread or process
-    (14_000, 5_000, 2, [1_750] * 8),
-    (14_000, 1_000, 2, [1_000] * 14),
-    (7, 3, 1, [3, 3, 1]),  # one worker: ranges of CHUNK_STORES, nothing finer
-    (200, 5_000, 1, [200]),
-    (7, 0, 1, [1] * 7),
-])
+@pytest.mark.parametrize(
+    "n_stores, range_stores, workers, sizes",
+    [
+        (200, 5_000, 2, [25] * 8),  # at least four ranges per thread or process
+        (14_000, 5_000, 2, [1_750] * 8),
+        (14_000, 1_000, 2, [1_000] * 14),
+        (7, 3, 1, [3, 3, 1]),  # one worker: ranges of CHUNK_STORES, nothing finer
+        (200, 5_000, 1, [200]),
+        (7, 0, 1, [1] * 7),
+    ],
+)
 def test_store_ranges_in_one_process(n_stores, range_stores, workers, sizes):
     bounds = utils.store_ranges(n_stores, range_stores, workers)
     assert [last - first for first, last in bounds] == sizes
@@ -800,11 +877,15 @@ def test_store_ranges_in_one_process(n_stores, range_stores, workers, sizes):
 
 def test_join_ticks_keeps_the_order_of_the_ranges():
     columns = utils.REPORT_COLUMNS[1:]
-    parts = [{column: np.array([k, k + 1], np.int64) for k, column in enumerate(columns)},
-             {column: np.array([-k], np.int64) for k, column in enumerate(columns)}]
+    parts = [
+        {column: np.array([k, k + 1], np.int64) for k, column in enumerate(columns)},
+        {column: np.array([-k], np.int64) for k, column in enumerate(columns)},
+    ]
     joined = utils.join_ticks(parts)
     assert {column: joined[column].tolist() for column in columns} == {
-        column: [k, k + 1, -k] for k, column in enumerate(columns)}
+        column: [k, k + 1, -k] for k, column in enumerate(columns)
+    }
     empty = utils.join_ticks([])
-    assert list(empty) == columns and all(empty[column].dtype == np.int64 and empty[column].size == 0
-                                           for column in columns)
+    assert list(empty) == columns and all(
+        empty[column].dtype == np.int64 and empty[column].size == 0 for column in columns
+    )
