@@ -274,7 +274,6 @@ class ReportGenerator:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
-        self.swept = threading.Event()  # set after each retention sweep (tests wait on it)
         self._retention: tuple[float, int] | None = None  # (days, max reports) once start_retention is called
         LIVE_GENERATORS.add(self)
 
@@ -466,7 +465,6 @@ class ReportGenerator:
                     self.sweep(retention_days, max_reports)
                 except Exception:  # a failed sweep is retried at the next round, never kills the thread
                     log.exception("retention sweep failed")
-                self.swept.set()
                 if self._stopped.wait(every_seconds):
                     return
 

@@ -470,10 +470,6 @@ class MongoStore(database.Store):
     def db(self):
         return self._db if self._db is not None else self.client[self.name]
 
-    @db.setter
-    def db(self, value) -> None:  # tests put a wrapped database in its place
-        self._db = value
-
     # ----- lifecycle
 
     def spec(self) -> dict:

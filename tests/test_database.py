@@ -466,7 +466,7 @@ def test_report_csv_chunks_reassembled_in_order_whatever_order_they_come_in(monk
         def __getattr__(self, name):
             return getattr(real_db, name)
 
-    monkeypatch.setattr(store, "db", Db())
+    monkeypatch.setattr(store, "_db", Db())  # what `store.db` answers when set
     assert list(d["n"] for d in store.db[store_mongo.REPORT_CHUNKS].find({}))[:3] != [0, 1, 2]  # shuffled
     assert store.read_report_csv(store.find_report("a" * 32)) == payload  # 7-byte chunks, back in order
 

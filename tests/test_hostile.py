@@ -10,6 +10,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -400,9 +401,20 @@ def test_retention_deletes_finished_reports_beyond_the_newest_and_their_files(ap
     assert store.count_reports() == 1 and not files[2].exists()
 
 
-def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, data_dir, store_kind):
+def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, data_dir, store_kind, monkeypatch):
     from app import create_app
+    from reportGenerator import ReportGenerator
 
+    swept, real_sweep = threading.Event(), ReportGenerator.sweep
+
+    def sweep_then_say_so(self, *args, **kwargs):
+        try:
+            return real_sweep(self, *args, **kwargs)
+        finally:
+            if threading.current_thread().name == "report-retention":
+                swept.set()
+
+    monkeypatch.setattr(ReportGenerator, "sweep", sweep_then_say_so)
     ids = finished_reports(client, 2)
     second = create_app(
         {
@@ -414,7 +426,7 @@ def test_the_background_sweep_runs_at_start_up(app, client, store, tmp_path, dat
         }
     )
     try:
-        assert second.extensions["reports"].swept.wait(30), "no retention sweep at start-up"
+        assert swept.wait(30), "no retention sweep at start-up"
         assert store.find_report(ids[0]) is None and store.find_report(ids[1]) is not None
     finally:
         second.extensions["reports"].shutdown(wait=True)
