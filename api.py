@@ -23,6 +23,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 import database
+import metrics as service_metrics  # the module; `metrics` is the view's name (its endpoint)
 import sources
 import utils
 from errors import busy_response, error_response
@@ -60,6 +61,7 @@ API_ENDPOINTS = {
     "data",
     "delete_polls",
     "openapi",
+    "metrics",
 }
 # the query parameters each view takes; any other is a 400 that names it
 QUERY_PARAMETERS = {
@@ -153,6 +155,12 @@ def openapi():
     return Response((ROOT / "openapi.json").read_bytes(), mimetype="application/json")
 
 
+@bp.get("/metrics")
+def metrics():
+    """Prometheus' scrape: every worker's counts summed (see metrics.py)."""
+    return Response(service_metrics.scrape(), content_type=service_metrics.CONTENT_TYPE)
+
+
 # --------------------------------------------------------------------------- listing reports
 
 
@@ -216,14 +224,29 @@ def health():
     if not store.ping():
         return error_response(503, f"the database ({store.kind}) does not answer")
     problems, facts = _health_facts(store)
+    if current_app.config["DASK_SCHEDULER"]:
+        problems += _cluster_facts(current_app.config["DASK_SCHEDULER"], facts)
+    facts["database_ok"] = not problems
     if problems:  # the one error body, with the facts beside it
         return jsonify({"error": "; ".join(problems), "status": 503, "problems": problems, **facts}), 503
-    body = {"status": "ok", **facts}
-    if current_app.config["DASK_SCHEDULER"]:
-        import cluster  # Dask only loads when a scheduler is configured
+    return jsonify({"status": "ok", **facts})
 
-        body.update(cluster.scheduler_state(current_app.config["DASK_SCHEDULER"]))
-    return jsonify(body)
+
+def _cluster_facts(address: str, facts: dict) -> list[str]:
+    """The scheduler's state and whether every host can run this version's code, added to `facts`; the
+    problems (a scheduler that does not answer cannot run a report either)."""
+    import cluster  # Dask only loads when a scheduler is configured
+
+    facts.update(cluster.scheduler_state(address))
+    if not facts["scheduler_ok"]:
+        code = {"ok": False, "problems": [f"the Dask scheduler at {address} does not answer"]}
+    else:
+        code = cluster.code_check(address, timeout=cluster.HEALTH_TIMEOUT_SECONDS)
+    facts["scheduler_code_ok"] = code["ok"]
+    return list(code["problems"])
+
+
+SERVER_FACTS = ("server_version", "server_wire_version", "server_features")  # a MongoDB server's, once checked
 
 
 def _health_facts(store: database.Store) -> tuple[list[str], dict]:
@@ -245,6 +268,7 @@ def _health_facts(store: database.Store) -> tuple[list[str], dict]:
         "reports_free_disk_mb": None if reports_free is None else round(reports_free / 1_048_576, 1),
         "newest_poll": _iso_us(state.get("newest_poll_us")),
     }
+    facts.update({key: state[key] for key in SERVER_FACTS if key in state})
     return problems, facts
 
 
@@ -331,6 +355,7 @@ def _ingest():
             continue
         except database.DiskFull as error:
             log.error("disk full during the upload of %s: %s", label, error)
+            service_metrics.database_error("disk_full")  # answered here, not by errors.disk_full
             return jsonify({"error": f"{label}: {error}", "status": 507, "files": results}), 507
         results.append({"kind": kind, **summary})
     if not sum(result.get("loaded", 0) for result in results):

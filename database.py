@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+import metrics
 import sources
 
 log = logging.getLogger(__name__)
@@ -420,10 +421,13 @@ class Store(ABC):
         """
         assert mode in ("read", "write")
         holder = uuid.uuid4().hex
-        deadline = time.monotonic() + wait_seconds
+        asked = time.monotonic()
+        deadline = asked + wait_seconds
         pause = 0.02
+        waited = False
         try:
             while not self._try_lease(mode, holder):
+                waited = True
                 if time.monotonic() > deadline:
                     raise LeaseTimeout(
                         f"waited {wait_seconds:.0f} s for the data {mode} lease "
@@ -434,6 +438,9 @@ class Store(ABC):
         except BaseException:
             self._release_lease(mode, holder)  # drop a writer's waiting mark
             raise
+        finally:
+            if waited:
+                metrics.lease_waited(mode, time.monotonic() - asked)
         done, lost = threading.Event(), threading.Event()
 
         def renew() -> None:
@@ -548,6 +555,7 @@ def load_file(
     parsed = sources.READERS[file_kind](source, file=label)
     with store.data_lease("write", lease_wait_seconds) as lost:
         _write_upload(store, file_kind, parsed, label, digest, lost)
+    metrics.upload_committed(file_kind, len(parsed.frame), parsed.rejected)
     return parsed.summary()
 
 
@@ -628,6 +636,7 @@ def load_paths(
                 total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress, leave=True
             ) as bar:
                 _write_upload(store, file_kind, parsed, str(path), _digest(path), lost, bar.update)
+            metrics.upload_committed(file_kind, len(parsed.frame), parsed.rejected)
     return summaries
 
 

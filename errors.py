@@ -3,7 +3,8 @@
 `error_response` and `busy_response` build the body; `init_app` registers one handler per kind of error:
 HTTP errors (`abort(404, description=...)` in a view), database failures (503 when transient, 500 when
 not), the data lease, a full disk (507), a refused database, an unfinished upload (409), and anything
-else (500, with the traceback in the log only).
+else (500, with the traceback in the log only).  Database failures and a full disk are counted in the
+`store_uptime_database_errors_total` metric by kind.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import database
+import metrics
 
 # The HTTP layer logs under one name, "app", as it did when it was one module: log lines and the filters
 # that select them stay the same.
@@ -52,7 +54,9 @@ def database_error(error):
     """A database failure, without the driver's text: 503 when it goes away by itself, else 500."""
     log.error("database error: %s", database.describe_error(error))
     if database.is_transient(error):
+        metrics.database_error("transient")
         return busy_response("the database is not available; try again shortly")
+    metrics.database_error("permanent")
     return error_response(500, "the database failed to do this (a permanent error; the server log has the details)")
 
 
@@ -68,6 +72,7 @@ def lease_lost(error):
 
 def disk_full(error):
     log.error("disk full: %s", error)
+    metrics.database_error("disk_full")
     return error_response(507, str(error))
 
 

@@ -1,8 +1,9 @@
 """What every request passes before and after its view (docs/security.md).
 
-In order: a state-changing request from another site is refused (403), the API token is checked (401),
-the request's database calls get one shared time limit, and unknown query parameters are refused
-(400); every answer gets the security headers.  Host names are checked by Flask itself, against the
+In order: the request's clock starts, a state-changing request from another site is refused (403), the
+API token is checked (401), the request's database calls get one shared time limit, and unknown query
+parameters are refused (400); every answer gets the security headers and is counted, by route and
+status, with its latency (metrics.py).  Host names are checked by Flask itself, against the
 TRUSTED_HOSTS setting.  Which endpoints are open and which query parameters each takes are declared
 beside the views, in `api.py`.
 """
@@ -10,10 +11,12 @@ beside the views, in `api.py`.
 from __future__ import annotations
 
 import hmac
+import time
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
 
+import metrics
 from api import API_ENDPOINTS, OPEN_ENDPOINTS, QUERY_PARAMETERS
 from errors import error_response
 
@@ -34,6 +37,20 @@ AS_OF_IN_THE_QUERY = (
 def view_name() -> str | None:
     """The endpoint of the request without its blueprint ("api.health" -> "health"); None when no route matched."""
     return request.endpoint.rsplit(".", 1)[-1] if request.endpoint else None
+
+
+def start_clock() -> None:
+    """First of the guards, so the latency includes the others (and a refusal is timed too)."""
+    g.request_started = time.perf_counter()
+
+
+def count_answer(response: Response) -> Response:
+    """Count the answer by route (the view's name: a bounded set, never the raw path) and status."""
+    started = g.get("request_started")
+    metrics.request_answered(
+        view_name(), response.status_code, None if started is None else time.perf_counter() - started
+    )
+    return response
 
 
 def cross_site_refusal() -> str | None:
@@ -108,7 +125,8 @@ def security_headers(response: Response) -> Response:
 
 def init_app(app: Flask) -> None:
     """Register the guards on every request of `app`, in the order above."""
-    for guard in (refuse_cross_site, require_token, bound_database_time, refuse_unknown_parameters):
+    for guard in (start_clock, refuse_cross_site, require_token, bound_database_time, refuse_unknown_parameters):
         app.before_request(guard)
     app.after_request(security_headers)
+    app.after_request(count_answer)
     app.teardown_request(end_database_time)

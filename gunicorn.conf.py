@@ -4,10 +4,18 @@ Every worker builds its own app (and database connection) after the fork; all
 report state lives in the database (the SQLite file by default, or MongoDB), so
 any worker answers for any report.  Only `MONGO_URI=mongomock://` (a test
 double private to each process) needs one worker (WEB_CONCURRENCY=1).
+
+Metrics (`GET /metrics`, metrics.py) are summed over the workers by prometheus_client's multiprocess
+mode: the master wipes PROMETHEUS_MULTIPROC_DIR at start (or, unset, makes a fresh temporary one and
+removes it at exit) and sets it before any worker forks and imports prometheus_client; a dead worker's
+live gauges are dropped in `child_exit`.
 """
 
 import ipaddress
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 
 def bind_from_env(env) -> str:
@@ -74,7 +82,44 @@ def worker_exit(server, worker):
 
 
 def on_starting(server):
-    """Checked before any socket opens, on the addresses gunicorn will really use (also `-b`)."""
+    """Checked before any socket opens, on the addresses gunicorn will really use (also `-b`); then the
+    metrics folder is made ready, before the first worker forks."""
     problem = open_bind_problem(server.cfg.bind, os.environ)
     if problem:
         raise SystemExit(f"gunicorn.conf.py: {problem}")
+    folder, made = prepare_metrics_dir(os.environ)
+    # kept on the arbiter, which outlives a reload (HUP reads this file again, and its module state with it)
+    server.made_metrics_dir = folder if made else None
+    server.log.info("worker metrics are kept in %s (PROMETHEUS_MULTIPROC_DIR)", folder)
+
+
+def prepare_metrics_dir(env) -> tuple[str, bool]:
+    """The folder where the workers keep their metrics, emptied (the last run's values must not count)
+    and named in `env` (the master's os.environ, which the workers inherit), and whether it was made here.
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is created when missing and only its metric files (*.db) are
+    removed; unset, a fresh temporary folder is made (and removed at exit).  A USR2 re-exec starts from the
+    environment gunicorn started with, so the new master makes a folder of its own."""
+    folder = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="store-uptime-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = folder
+        return folder, True
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return folder, False
+
+
+def child_exit(server, worker):
+    """In the master, after a worker exited: its live gauges (reports queued and running) stop counting;
+    its counters and histograms stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """The master is stopping: remove the metrics folder it made."""
+    if getattr(server, "made_metrics_dir", None):
+        shutil.rmtree(server.made_metrics_dir, ignore_errors=True)

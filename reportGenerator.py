@@ -70,6 +70,7 @@ def _lazy_import(name: str):
 
 database = _lazy_import("database")
 cluster = _lazy_import("cluster")  # Dask is only imported when a scheduler is named
+metrics = _lazy_import("metrics")  # prometheus_client, for report jobs in the service only
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,10 @@ def failure_message(error: BaseException) -> str:
         return "a data load kept the data busy for too long; trigger the report again"
     if isinstance(error, database.LeaseLost):
         return "the data changed while the report read it; trigger the report again"
-    if isinstance(error, database.DATABASE_ERRORS):
+    if isinstance(error, database.DATABASE_ERRORS) and database.is_transient(error):
         return "the database did not answer while the report ran; trigger it again"
+    if isinstance(error, database.DATABASE_ERRORS):
+        return "the database refused a step of the report (a permanent error; the server log has the details)"
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return "the disk holding the reports folder is full; nothing of this report was kept"
     if isinstance(error, OSError):
@@ -277,12 +280,13 @@ class ReportGenerator:
         self._retention: tuple[float, int] | None = None  # (days, max reports) once start_retention is called
         LIVE_GENERATORS.add(self)
 
-    def start(self, as_of_us: int | None = None) -> str:
+    def start(self, as_of_us: int | None = None, trigger: str = "api") -> str:
         """Record a Running report and queue it; returns its id at once.
 
         Raises QueueFull when `max_queued` reports of this process are queued or
         running.  With an `as_of` that a Running report of this process already
-        has, returns that report's id instead of starting another.
+        has, returns that report's id instead of starting another.  `trigger`
+        (what asked for the report) labels the started-reports metric.
         """
         with self._lock:
             if as_of_us is not None and as_of_us in self._by_as_of:
@@ -305,8 +309,13 @@ class ReportGenerator:
             if self._heart is None:
                 self._heart = threading.Thread(target=self._beat, name="report-heartbeat", daemon=True)
                 self._heart.start()
-        self._pool.submit(self.run, report_id, as_of_us)
+        metrics.report_started(trigger)
+        self._pool.submit(self._run_queued, report_id, as_of_us)
         return report_id
+
+    def _run_queued(self, report_id: str, as_of_us: int | None) -> None:
+        metrics.report_dequeued()
+        self.run(report_id, as_of_us)
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.heartbeat_seconds):
@@ -320,6 +329,8 @@ class ReportGenerator:
     def run(self, report_id: str, as_of_us: int | None = None) -> None:
         """Compute, write and store one report; any error ends it Failed with the message."""
         started = time.monotonic()
+        metrics.report_running()
+        status = "Failed"
         try:
             rows = self._compute_and_store(report_id, as_of_us)
         except Exception as error:  # the thread must record every failure, never die silently
@@ -327,9 +338,11 @@ class ReportGenerator:
             self._forget(report_id)  # before the record says Failed: a caller who sees that finds room again
             self.store.fail_report(report_id, failure_message(error))
         else:
+            status = "Complete"
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
         finally:
             self._forget(report_id)
+            metrics.report_finished(status, time.monotonic() - started)
             self._sweep_after_finish()
 
     def _sweep_after_finish(self) -> None:

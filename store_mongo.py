@@ -30,7 +30,9 @@ service's is version 1 (the first releases) and is migrated forward by numbered
 steps, each idempotent, the mark written after each step (a crash mid-way leaves
 the old version, and the steps run again).  Anything else (other collections
 and no mark, another application's mark, a newer version) is refused with
-DatabaseRefused and nothing written.  On a server the check runs in the
+DatabaseRefused and nothing written, and so is a server older than the store
+needs (SERVER_FEATURES: "MongoDB 4.4 or newer is needed, found <version>"; the
+version and the features checked are in `health`).  On a server the check runs in the
 start-up thread (before the indexes), never in the constructor; until it has
 passed every write path refuses (503) and `health` says why.  A refusal is
 permanent for the life of the store.
@@ -126,13 +128,23 @@ assert CSV_CHUNK_BYTES < BSON_DOCUMENT_LIMIT - 1024
 READ_BATCH_SIZE = 50_000
 
 SERVER_SELECTION_MS = 30_000  # jobs wait this long for a server: longer than a replica-set election (~12 s)
-REQUEST_SECONDS = 1.0  # every database call of one HTTP request together
+# every database call of one HTTP request together; with no server a request answers in 1.000-1.009 s: server
+# selection wakes in 0.5 s heartbeat steps, so 0.75 and 0.9 answered no sooner than 1.0 does
+REQUEST_SECONDS = 1.0
 # /health's ping: server selection overshoots its limit by up to one 0.5 s heartbeat step, so with no server
 # 0.5 s answered in 0.5-1.0 s (1.001 s once) and 0.3 s in 0.33-0.79 s, inside the spec's second
 PING_SECONDS = 0.3
 JOB_RETRY_SECONDS = 120  # a job retries transient errors (with backoff) for this long before it fails
 MAINTENANCE_MAX_PAUSE = 30.0  # the background start-up work retries at most this far apart
 HEALTH_SECONDS = 1.0  # every database call of `health` together
+
+# What this store asks of a server that older releases lack: (what, the wire version that has it, its release).
+# The start-up check refuses a server (or a replica-set member) whose maxWireVersion is below the highest.
+SERVER_FEATURES = (
+    ("updates with aggregation pipelines and $$NOW (leases, report times, the stale sweep)", 8, "4.2"),
+    ("find projections with expressions (the Arrow read of polls)", 9, "4.4"),
+)
+NEEDED_WIRE_VERSION, NEEDED_RELEASE = max((wire, release) for _, wire, release in SERVER_FEATURES)
 
 # upload batches, the upload journal and report completion: in the on-disk journal of a majority before acknowledged
 DURABLE = WriteConcern(w="majority", j=True)
@@ -431,6 +443,7 @@ class MongoStore(database.Store):
         self.migrations_applied: list[str] = []
         self._schema_passed = False
         self._refusal: database.DatabaseRefused | None = None
+        self._server: dict | None = None  # the server's version and the features checked, once the check ran
         self._schema_lock = threading.Lock()
         if uri.startswith("mongomock://"):
             import mongomock
@@ -618,6 +631,8 @@ class MongoStore(database.Store):
             if self._schema_passed:
                 return
             try:
+                if self.kind == "mongodb":
+                    self._check_server()
                 version = self._found_version()
             except database.DatabaseRefused as refusal:
                 self._refusal = refusal
@@ -625,6 +640,31 @@ class MongoStore(database.Store):
             self.schema_version = version
             self.migrations_applied += self._migrate_from(version)
             self.schema_version, self._schema_passed = SCHEMA_VERSION, True
+
+    def _check_server(self) -> None:
+        """Refuse (DatabaseRefused) a server too old for what this store sends: its release from buildInfo,
+        its wire version the lowest maxWireVersion among the members the client knows (after a failover
+        any of them may be the primary).  A client that is not pymongo's (a test double) has no server."""
+        if not isinstance(self.client, pymongo.MongoClient):
+            return
+        version = str(self.client.admin.command("buildInfo").get("version", "unknown"))
+        wires = [
+            server.max_wire_version
+            for server in self.client.topology_description.server_descriptions().values()
+            if server.is_server_type_known
+        ]
+        wire = min(wires) if wires else 0
+        self._server = {
+            "server_version": version,
+            "server_wire_version": wire,
+            "server_features": {what: wire >= needed for what, needed, _ in SERVER_FEATURES},
+        }
+        if wire < NEEDED_WIRE_VERSION:
+            lacking = "; ".join(what for what, needed, _ in SERVER_FEATURES if wire < needed)
+            raise database.DatabaseRefused(
+                f"MongoDB {NEEDED_RELEASE} or newer is needed, found {version} (wire version {wire}, "
+                f"which lacks {lacking}): upgrade the server"
+            )
 
     def _found_version(self) -> int:
         """0 for an empty database, else its schema version; DatabaseRefused when it is not this service's."""
@@ -707,6 +747,8 @@ class MongoStore(database.Store):
             reason = "does not answer" if does_not_answer(error) else "failed"
             answer["problems"].append(f"the database {reason}: {describe_error(error)}")
         answer["schema_version"] = self.schema_version
+        if self._server is not None:  # once the start-up check has asked the server
+            answer.update(self._server, server_features=dict(self._server["server_features"]))
         return answer
 
     def _health_checks(self, answer: dict, min_free_bytes: int) -> None:

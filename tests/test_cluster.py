@@ -230,18 +230,29 @@ def test_an_unreachable_scheduler_fails_the_report_with_the_reason(embedded_db, 
         app.extensions["reports"].shutdown(wait=True)
     assert body["status"] == "Failed"
     assert f"the Dask scheduler at {address} cannot be reached" in body["error"]
-    assert health.status_code == 200
+    assert health.status_code == 503  # a scheduler that does not answer cannot run a report (SPEC §4)
     answer = health.get_json()
     assert {
         key: answer[key]
-        for key in ("status", "database", "database_ok", "scheduler", "scheduler_ok", "scheduler_workers")
+        for key in (
+            "status",
+            "database",
+            "database_ok",
+            "scheduler",
+            "scheduler_ok",
+            "scheduler_workers",
+            "scheduler_code_ok",
+            "problems",
+        )
     } == {
-        "status": "ok",
+        "status": 503,
         "database": "sqlite",
-        "database_ok": True,
+        "database_ok": False,
         "scheduler": address,
         "scheduler_ok": False,
         "scheduler_workers": 0,
+        "scheduler_code_ok": False,
+        "problems": [f"the Dask scheduler at {address} does not answer"],
     }
     assert not list((tmp_path / "reports").glob("*.csv"))
 

@@ -467,6 +467,7 @@ def test_an_upload_waits_a_few_seconds_for_running_reports_then_gets_503(held_re
         ("LeaseTimeout", "a data load kept the data busy"),
         ("LeaseLost", "the data changed while the report read it"),
         ("sqlite", "the database did not answer"),
+        ("sqlite-permanent", "the database refused a step of the report (a permanent error"),
         ("OSError", "could not be saved on the server"),
         ("RuntimeError", "internal error"),
         ("ReportError", "nothing to report here"),
@@ -477,10 +478,13 @@ def test_failure_messages_are_in_user_terms(error, words):
 
     import database
 
+    busy = sqlite3.OperationalError("database is locked: /srv/app/instance/x.sqlite3")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
     raised = {
         "LeaseTimeout": database.LeaseTimeout("waited 1800 s for the data read lease"),
         "LeaseLost": database.LeaseLost("lease lost"),
-        "sqlite": sqlite3.OperationalError("database is locked: /srv/app/instance/x.sqlite3"),
+        "sqlite": busy,
+        "sqlite-permanent": sqlite3.DatabaseError("database disk image is malformed: /srv/app/instance/x.sqlite3"),
         "OSError": NotADirectoryError(20, "Not a directory", "/srv/app/reports/report_1.csv"),
         "RuntimeError": RuntimeError("year 10000 is out of range"),
         "ReportError": reportGenerator.ReportError("nothing to report here"),

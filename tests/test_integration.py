@@ -225,3 +225,14 @@ def test_api_flow_on_real_mongodb(tmp_path):
         app.extensions["reports"].shutdown(wait=True)
         store.client.drop_database(name)
         store.close()
+
+
+def test_the_servers_release_and_features_are_checked_and_shown(real_store):
+    """The start-up check against a real server: its buildInfo release and the members' wire versions (a
+    server too old is refused: tests/test_mongo_wire.py scripts one)."""
+    assert real_store.migrate() == []
+    health = real_store.health(0)
+    assert health["server_version"] == real_store.client.server_info()["version"]
+    assert health["server_wire_version"] >= store_mongo.NEEDED_WIRE_VERSION
+    assert list(health["server_features"]) == [what for what, _, _ in store_mongo.SERVER_FEATURES]
+    assert all(health["server_features"].values())
