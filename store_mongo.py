@@ -131,6 +131,7 @@ SERVER_SELECTION_MS = 30_000  # jobs wait this long for a server: longer than a 
 # every database call of one HTTP request together; with no server a request answers in 1.000-1.009 s: server
 # selection wakes in 0.5 s heartbeat steps, so 0.75 and 0.9 answered no sooner than 1.0 does
 REQUEST_SECONDS = 1.0
+DOWN_REQUEST_SECONDS = 0.2  # a request's limit while the driver knows every server is down
 # /health's ping: server selection overshoots its limit by up to one 0.5 s heartbeat step, so with no server
 # 0.5 s answered in 0.5-1.0 s (1.001 s once) and 0.3 s in 0.33-0.79 s, inside the spec's second
 PING_SECONDS = 0.3
@@ -489,10 +490,22 @@ class MongoStore(database.Store):
         return {"uri": self.uri, "name": self.name}
 
     def request_scope(self):
-        """Every database call of one HTTP request within REQUEST_SECONDS together, and no retries."""
+        """Every database call of one HTTP request within REQUEST_SECONDS together, and no retries.
+
+        When the driver's last look found every server down, a request gets only DOWN_REQUEST_SECONDS: it
+        fails (503) almost at once instead of waiting out its second, yet still finds a server that is back
+        (a waiting request makes the driver look again at once).
+        """
         if self.kind != "mongodb":
             return contextlib.nullcontext()
-        return _request_scope(REQUEST_SECONDS)
+        return _request_scope(DOWN_REQUEST_SECONDS if self._every_server_down() else REQUEST_SECONDS)
+
+    def _every_server_down(self) -> bool:
+        """True when each server the driver knows failed its last check (none answered since)."""
+        if not isinstance(self._client, pymongo.MongoClient):
+            return False  # not built yet, or a test double
+        servers = list(self._client.topology_description.server_descriptions().values())
+        return bool(servers) and all(server.error is not None for server in servers)
 
     def ping(self, timeout: float | None = None, quiet: bool = False) -> bool:
         """One `ping` command within `timeout` seconds (None: PING_SECONDS)."""

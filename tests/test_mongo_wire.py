@@ -385,6 +385,13 @@ def test_with_the_server_away_requests_fail_with_a_timeout_inside_the_request_sc
         assert [r.getMessage().split(":")[:2] for r in caplog.records] == [
             ["database error", " ServerSelectionTimeoutError"]
         ]
+        # the driver now knows every server is down: the next request fails before it waits for one
+        assert store._every_server_down()
+        with store.request_scope():
+            assert _csot.get_timeout() <= store_mongo.DOWN_REQUEST_SECONDS < store_mongo.REQUEST_SECONDS
+        again = client.post("/trigger_report")
+        assert again.status_code == 503 and again.headers["Retry-After"]
+        assert client.get("/health").status_code == 503
         app.extensions["reports"].shutdown()
     finally:
         store.close()
