@@ -103,7 +103,7 @@ def report_running() -> None:
 
 
 def report_finished(status: str, seconds: float) -> None:
-    REPORTS_RUNNING.dec()
+    REPORTS_RUNNING.dec()  # before the finish is counted: a scrape that sees the finish sees this too
     REPORTS_FINISHED.labels(status=status).inc()
     REPORT_DURATION.labels(status=status).observe(seconds)
 
