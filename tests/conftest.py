@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def fresh_memos_under_mutation():
         utils.zone_transitions.cache_clear()
     yield
 
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TINY_STATUS = """store_id,status,timestamp_utc
 worked,active,2023-01-24 10:14:00.000000 UTC
@@ -270,3 +273,21 @@ def stop_process(process: subprocess.Popen, grace: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def start_gunicorn(env: dict, access_log: Path, stdout) -> subprocess.Popen:
+    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` from the checkout, logging each answer as
+    "<worker pid> <status> <path>" to `access_log` (tests tell which worker answered by it)."""
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "--access-logfile",
+        str(access_log),
+        "--access-logformat",
+        "%(p)s %(s)s %(U)s",
+        "app:create_app()",
+    ]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT)

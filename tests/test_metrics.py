@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import database
 import sources
 from app import create_app
-from tests.conftest import TINY_STATUS, free_port, store_config, wait_for_report, write_data_dir
+from tests.conftest import TINY_STATUS, free_port, start_gunicorn, store_config, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -360,24 +359,7 @@ def test_two_gunicorn_workers_scrape_the_same_sums(tmp_path):
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn.conf.py makes a fresh folder
     access_log, server_log = tmp_path / "access.log", tmp_path / "server.log"
     with open(server_log, "wb") as log_file:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--access-logfile",
-                str(access_log),
-                "--access-logformat",
-                "%(p)s %(s)s %(U)s",
-                "app:create_app()",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+        server = start_gunicorn(env, access_log, log_file)
     base = f"http://127.0.0.1:{port}"
     try:
         health = 0  # /health answers 200, each counted once by whichever worker answered

@@ -7,7 +7,6 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,7 +21,7 @@ import database
 import reportGenerator
 import sources
 from app import create_app
-from tests.conftest import TINY_REPORT, force_report_state, free_port, wait_for_report, write_data_dir
+from tests.conftest import TINY_REPORT, force_report_state, free_port, start_gunicorn, wait_for_report, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -461,24 +460,7 @@ def test_real_gunicorn_serves_reports(tmp_path):
         MONGO_DB=f"uptime_gunicorn_{port}",
     )
     access_log = tmp_path / "access.log"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "gunicorn.conf.py",
-            "--access-logfile",
-            str(access_log),
-            "--access-logformat",
-            "%(p)s %(s)s %(U)s",
-            "app:create_app()",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = start_gunicorn(env, access_log, subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
