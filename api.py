@@ -41,6 +41,8 @@ REPORT_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_JSON_BYTES = 4096  # a JSON request body larger than this is refused (413) before it is parsed
 INGEST_WAIT_SECONDS = 5.0  # how long an upload waits for the one ingest slot (or the data lease), then 503
 UPLOADS_SHOWN = 10  # GET /data lists this many of the newest uploads
+MAX_PAGE_ROWS = 10_000  # the largest `limit` of a page of GET /get_report
+PAGING_PARAMETERS = ("limit", "after", "store_id")
 FORMATS = {"csv", "json"}
 FIELD_FILES = {
     "store_status": sources.STATUS_FILE,
@@ -65,7 +67,7 @@ API_ENDPOINTS = {
 }
 # the query parameters each view takes; any other is a 400 that names it
 QUERY_PARAMETERS = {
-    "get_report": {"report_id", "format"},
+    "get_report": {"report_id", "format", *PAGING_PARAMETERS},
     "store_timeline": {"report_id"},
     "reports": {"page", "per_page"},
     "delete_polls": {"since", "until"},
@@ -101,6 +103,9 @@ def get_report():
     report_id = _report_id_arg("/get_report?report_id=<id from trigger_report>")
     wants_csv = _wants_csv()
     report = _find_report(report_id)
+    paging = _paging_args()
+    if paging is not None and request.args.get("format", "").lower() == "csv":
+        abort(400, description="paging is for the JSON answer; the CSV is the whole report")
     if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
         abort(409, description=_not_complete(report_id, report, "CSV"))
     if report["status"] == "Running":
@@ -108,6 +113,8 @@ def get_report():
     if report["status"] == "Failed":
         return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
     payload = _store().read_report_csv(report)
+    if paging is not None:  # a page is JSON whatever the Accept header says
+        return jsonify(_complete_report_body(report_id, report, payload, paging))
     if wants_csv:
         return Response(
             payload,
@@ -415,6 +422,25 @@ def _positive_int_arg(name: str, default: int, largest: int) -> int:
     return int(text)
 
 
+def _paging_args() -> dict | None:
+    """GET /get_report's `limit`, `after` and `store_id`, each given at most once; None when none is given.
+
+    `limit` (default MAX_PAGE_ROWS) and `after` make a page, which says `next`; `store_id` keeps one row.
+    """
+    given = {name: request.args.getlist(name) for name in PAGING_PARAMETERS if name in request.args}
+    if not given:
+        return None
+    repeated = [name for name, values in given.items() if len(values) > 1]
+    if repeated:
+        abort(400, description=f"give {repeated[0]} at most once")
+    paged = "limit" in given or "after" in given
+    return {
+        "limit": _positive_int_arg("limit", MAX_PAGE_ROWS, MAX_PAGE_ROWS) if paged else None,
+        "after": request.args.get("after"),
+        "store_id": request.args.get("store_id"),
+    }
+
+
 def _instant_arg(name: str) -> int | None:
     """An optional instant of the query string (`since`, `until`) in microseconds, given at most once."""
     given = request.args.getlist(name)
@@ -467,10 +493,14 @@ def _find_report(report_id: str) -> dict:
     return report
 
 
-def _complete_report_body(report_id: str, report: dict, payload: bytes) -> dict:
-    """The JSON of a Complete report: its rows as the CSV holds them, store ids as they were loaded."""
+def _complete_report_body(report_id: str, report: dict, payload: bytes, paging: dict | None = None) -> dict:
+    """The JSON of a Complete report: its rows as the CSV holds them, store ids as they were loaded;
+    with `paging` (`_paging_args`) only a page of them, or one store's row."""
     rows = pd.read_csv(io.BytesIO(payload), dtype={"store_id": str}, keep_default_na=False)
     rows["store_id"] = store_ids_from_csv(rows["store_id"])
+    page = {}
+    if paging is not None:
+        rows, page = _page_of_rows(report_id, rows, paging)
     return {
         "status": "Complete",
         "report_id": report_id,
@@ -479,7 +509,28 @@ def _complete_report_body(report_id: str, report: dict, payload: bytes) -> dict:
         "row_count": report.get("row_count"),
         "columns": utils.REPORT_COLUMNS,
         "data": rows.to_dict("records"),
+        **page,
     }
+
+
+def _page_of_rows(report_id: str, rows: pd.DataFrame, paging: dict) -> tuple[pd.DataFrame, dict]:
+    """The rows `paging` keeps, and {"next": ...} when it pages them.
+
+    `store_id` keeps that store's row (404 when the report lacks it). The report holds its rows in
+    store_id order (`Store.report_store_ids`' order, by code point), so a page is the first `limit`
+    rows whose store_id sorts after `after`, compared as text.
+    """
+    if paging["store_id"] is not None:
+        rows = rows[rows["store_id"] == paging["store_id"]]
+        if rows.empty:
+            abort(404, description=f"report {report_id} has no store {paging['store_id'][:64]!r}")
+    if paging["limit"] is None:
+        return rows, {}
+    if paging["after"] is not None:
+        rows = rows[rows["store_id"] > paging["after"]]
+    page = rows.iloc[: paging["limit"]]
+    more = len(rows) > len(page)
+    return page, {"next": page["store_id"].iloc[-1] if more else None}
 
 
 def _running_state(report: dict) -> dict:

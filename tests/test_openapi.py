@@ -81,6 +81,11 @@ SCHEMATHESIS_CONFIG = {
             "include-path": "/stores/{store_id}/polls",
             "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404"]}},
         },
+        {
+            # limit, after or store_id with format=csv is a 400, which the description cannot express
+            "include-path": "/get_report",
+            "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "401", "404", "409"]}},
+        },
     ],
 }
 MAX_EXAMPLES = 50
