@@ -71,6 +71,23 @@ APPLICATION_ID = 0x55505431  # "UPT1": SQLite's PRAGMA application_id of this se
 META = "meta"  # MongoDB: the collection of the {"_id": "schema", "application": ..., "version": n} document
 APPLICATION_NAME = "store-uptime"
 UPLOADS = "uploads"  # the upload journal, the same name in both stores
+# what `Store.list_uploads` gives for each upload, in both stores
+UPLOAD_FIELDS = frozenset(
+    {
+        "upload_id",
+        "file",
+        "kind",
+        "digest",
+        "at",
+        "finished_at",
+        "loaded",
+        "rejected",
+        "written",
+        "status",
+        "error",
+        "dismissed",
+    }
+)
 
 Progress = Callable[[int], None]
 
@@ -292,8 +309,7 @@ class Store(ABC):
 
     @abstractmethod
     def list_uploads(self, limit: int = 10) -> list[dict]:
-        """The newest uploads first: {"upload_id", "file", "kind", "digest", "at" (aware datetime),
-        "finished_at", "loaded", "rejected", "written", "status", "error"}.
+        """The newest uploads first, each a dict of UPLOAD_FIELDS ("at" and "finished_at" aware datetimes).
 
         `written` is how many rows reached the database (all or none on SQLite).  A
         Running upload whose writer is gone (no write lease is held) shows Failed.
@@ -588,6 +604,11 @@ def files_to_load(paths: list[str | Path]) -> list[tuple[str, Path]]:
     return found
 
 
+def _unloaded(path: Path, note: str) -> dict:
+    """The summary of a file that was not loaded, with why."""
+    return {"file": str(path), "rows_read": 0, "loaded": 0, "rejected": 0, "rejects": [], "notes": [note]}
+
+
 def load_paths(
     store: Store, paths: list[str | Path], progress: bool = False, only_if_empty: bool = False
 ) -> list[dict]:
@@ -598,14 +619,7 @@ def load_paths(
     summaries, parsed_files = [], []
     for folder in [Path(path) for path in paths if Path(path).is_dir()]:
         summaries += [
-            {
-                "file": str(folder / kind),
-                "rows_read": 0,
-                "loaded": 0,
-                "rejected": 0,
-                "rejects": [],
-                "notes": ["file not found, not loaded"],
-            }
+            _unloaded(folder / kind, "file not found, not loaded")
             for kind in sources.FILES
             if not (folder / kind).is_file()
         ]
@@ -613,29 +627,20 @@ def load_paths(
         try:
             parsed = sources.READERS[file_kind](path, file=str(path))
         except sources.HeaderError as error:
-            summaries.append(
-                {
-                    "file": str(path),
-                    "rows_read": 0,
-                    "loaded": 0,
-                    "rejected": 0,
-                    "rejects": [],
-                    "notes": [f"whole file rejected: {error}"],
-                }
-            )
+            summaries.append(_unloaded(path, f"whole file rejected: {error}"))
             continue
         summaries.append(parsed.summary())
-        parsed_files.append((file_kind, path, parsed))
+        parsed_files.append((file_kind, path, parsed, _digest(path)))  # hashed before the lease is taken
     from tqdm import tqdm  # progress bars only on a terminal
 
     with store.data_lease("write") as lost:
         if only_if_empty and not store.is_empty():
             return []
-        for file_kind, path, parsed in parsed_files:
+        for file_kind, path, parsed, digest in parsed_files:
             with tqdm(
                 total=len(parsed.frame), desc=f"loading {file_kind}", unit="row", disable=not progress, leave=True
             ) as bar:
-                _write_upload(store, file_kind, parsed, str(path), _digest(path), lost, bar.update)
+                _write_upload(store, file_kind, parsed, str(path), digest, lost, bar.update)
             metrics.upload_committed(file_kind, len(parsed.frame), parsed.rejected)
     return summaries
 

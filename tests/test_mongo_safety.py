@@ -223,20 +223,7 @@ def test_listed_uploads_have_the_contracts_keys_and_aware_times(mongo):
     mongo.migrate()
     _complete(mongo, "a" * 64)
     [upload] = mongo.list_uploads()
-    assert set(upload) == {
-        "upload_id",
-        "file",
-        "kind",
-        "digest",
-        "at",
-        "finished_at",
-        "loaded",
-        "rejected",
-        "written",
-        "status",
-        "error",
-        "dismissed",
-    }
+    assert set(upload) == database.UPLOAD_FIELDS
     assert upload["at"].utcoffset() == upload["finished_at"].utcoffset() == dt.timedelta(0)
 
 

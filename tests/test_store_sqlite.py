@@ -1019,19 +1019,7 @@ def test_the_upload_journal_records_running_complete_failed_and_dismissed(tmp_pa
     third = store.begin_upload("c.csv", "timezones.csv", "3" * 64, 1, 0)  # its writer is gone: no write lease
     uploads = store.list_uploads()
     assert [u["upload_id"] for u in uploads] == [third, second, first]
-    assert set(uploads[0]) >= {
-        "upload_id",
-        "file",
-        "kind",
-        "digest",
-        "at",
-        "finished_at",
-        "loaded",
-        "rejected",
-        "written",
-        "status",
-        "error",
-    }
+    assert set(uploads[0]) == database.UPLOAD_FIELDS
     assert (uploads[0]["status"], uploads[0]["error"]) == ("Failed", database_gone())
     assert (uploads[1]["status"], uploads[1]["error"], uploads[1]["written"]) == ("Failed", "the lease was lost", 0)
     complete = uploads[2]
