@@ -178,6 +178,22 @@ def store(app) -> database.Store:
     return app.extensions["store"]
 
 
+@pytest.fixture
+def locked_client(tmp_path, data_dir):
+    """A client of an app (embedded store, tiny data) that requires the token 's3cret'."""
+    app = create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
+            "DATA_DIR": str(data_dir),
+            "REPORTS_DIR": str(tmp_path / "r"),
+            "API_TOKEN": "s3cret",
+        }
+    )
+    yield app.test_client()
+    app.extensions["reports"].shutdown(wait=True)
+
+
 def wait_for_report(client, report_id: str, timeout: float = 60.0) -> dict:
     """Poll get_report until the report leaves Running; returns the final JSON."""
     deadline = time.monotonic() + timeout
@@ -291,3 +307,37 @@ def start_gunicorn(env: dict, access_log: Path, stdout) -> subprocess.Popen:
         "app:create_app()",
     ]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+
+
+# --------------------------------------------------------------------------- the sample on a cluster
+
+SAMPLE_RANGE_STORES = 40  # the sample's 200 stores make 5 ranges
+
+
+def sample_app(embedded_db: Path, reports_dir: Path, scheduler: str = "", chunk_stores: int = SAMPLE_RANGE_STORES):
+    """An app on `embedded_db` seeded from data/ (the sample), its reports on `scheduler` when one is named."""
+    return create_app(
+        {
+            "MONGO_URI": "",
+            "EMBEDDED_DB": str(embedded_db),
+            "DATA_DIR": str(ROOT / "data"),
+            "REPORTS_DIR": str(reports_dir),
+            "CHUNK_STORES": chunk_stores,
+            "DASK_SCHEDULER": scheduler,
+            "TESTING": True,
+        }
+    )
+
+
+def thread_path_csv(embedded_db: Path, reports_dir: Path) -> bytes:
+    """The CSV of the sample's report from the thread path (no scheduler), the bytes a cluster must give."""
+    app = sample_app(embedded_db, reports_dir)
+    try:
+        web = app.test_client()
+        report_id = web.post("/trigger_report").get_json()["report_id"]
+        assert wait_for_report(web, report_id)["status"] == "Complete"
+        payload = web.get(f"/get_report?report_id={report_id}&format=csv").data
+    finally:
+        app.extensions["reports"].shutdown(wait=True)
+    assert payload.count(b"\n") == 201
+    return payload

@@ -26,12 +26,11 @@ import pytest
 import cluster
 import reportGenerator
 import utils
-from app import create_app
-from tests.conftest import wait_for_report
+from tests.conftest import SAMPLE_RANGE_STORES, sample_app, thread_path_csv, wait_for_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data"
-RANGE_STORES = 40  # the sample's 200 stores make 5 ranges over the 2 workers
+RANGE_STORES = SAMPLE_RANGE_STORES  # the sample's 200 stores make 5 ranges over the 2 workers
 
 
 @pytest.fixture(scope="module")
@@ -118,39 +117,16 @@ def embedded_db(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cluster-db") / "store.sqlite3"
 
 
-def _app(embedded_db: Path, reports_dir: Path, scheduler: str = ""):
-    return create_app(
-        {
-            "MONGO_URI": "",
-            "EMBEDDED_DB": str(embedded_db),
-            "DATA_DIR": str(SAMPLE),
-            "REPORTS_DIR": str(reports_dir),
-            "CHUNK_STORES": RANGE_STORES,
-            "DASK_SCHEDULER": scheduler,
-            "TESTING": True,
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def thread_report(embedded_db, tmp_path_factory) -> bytes:
     """The CSV of the sample's report from the thread path (no scheduler)."""
-    app = _app(embedded_db, tmp_path_factory.mktemp("thread-reports"))
-    try:
-        web = app.test_client()
-        report_id = web.post("/trigger_report").get_json()["report_id"]
-        assert wait_for_report(web, report_id)["status"] == "Complete"
-        payload = web.get(f"/get_report?report_id={report_id}&format=csv").data
-    finally:
-        app.extensions["reports"].shutdown(wait=True)
-    assert payload.count(b"\n") == 201
-    return payload
+    return thread_path_csv(embedded_db, tmp_path_factory.mktemp("thread-reports"))
 
 
 @pytest.fixture
 def cluster_app(embedded_db, dask_cluster, tmp_path):
     """An app on the shared SQLite file whose reports run on the module's cluster."""
-    app = _app(embedded_db, tmp_path / "reports", dask_cluster.scheduler_address)
+    app = sample_app(embedded_db, tmp_path / "reports", dask_cluster.scheduler_address)
     yield app
     app.extensions["reports"].shutdown(wait=True)
 
@@ -220,7 +196,7 @@ def test_a_worker_killed_mid_report_still_gives_complete_and_the_same_bytes(
 
 def test_an_unreachable_scheduler_fails_the_report_with_the_reason(embedded_db, tmp_path):
     address = f"tcp://127.0.0.1:{_closed_port()}"
-    app = _app(embedded_db, tmp_path / "reports", address)
+    app = sample_app(embedded_db, tmp_path / "reports", address)
     try:
         web = app.test_client()
         report_id = web.post("/trigger_report").get_json()["report_id"]

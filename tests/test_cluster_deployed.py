@@ -29,8 +29,7 @@ import psutil
 import pytest
 
 import cluster
-from app import create_app
-from tests.conftest import wait_for_report
+from tests.conftest import sample_app, thread_path_csv, wait_for_report
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data"
@@ -190,39 +189,16 @@ def embedded_db(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("deployed-db") / "store.sqlite3"
 
 
-def _app(embedded_db: Path, reports_dir: Path, scheduler: str = "", chunk_stores: int = 40):
-    return create_app(
-        {
-            "MONGO_URI": "",
-            "EMBEDDED_DB": str(embedded_db),
-            "DATA_DIR": str(SAMPLE),
-            "REPORTS_DIR": str(reports_dir),
-            "CHUNK_STORES": chunk_stores,
-            "DASK_SCHEDULER": scheduler,
-            "TESTING": True,
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def thread_report(embedded_db, tmp_path_factory) -> bytes:
     """The sample's report from the thread path (no scheduler), on the module's SQLite file."""
-    app = _app(embedded_db, tmp_path_factory.mktemp("thread-reports"))
-    try:
-        web = app.test_client()
-        report_id = web.post("/trigger_report").get_json()["report_id"]
-        assert wait_for_report(web, report_id)["status"] == "Complete"
-        payload = web.get(f"/get_report?report_id={report_id}&format=csv").data
-    finally:
-        app.extensions["reports"].shutdown(wait=True)
-    assert payload.count(b"\n") == 201
-    return payload
+    return thread_path_csv(embedded_db, tmp_path_factory.mktemp("thread-reports"))
 
 
 @pytest.fixture
 def service(deployed, embedded_db, tmp_path, request):
     """An app on the module's SQLite file whose reports run on the deployed cluster (CHUNK_STORES by param)."""
-    app = _app(embedded_db, tmp_path / "reports", deployed["address"], getattr(request, "param", 40))
+    app = sample_app(embedded_db, tmp_path / "reports", deployed["address"], getattr(request, "param", 40))
     yield app
     app.extensions["reports"].shutdown(wait=True)
 

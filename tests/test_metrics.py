@@ -266,26 +266,13 @@ def test_routes_are_view_names_never_paths(client):
     assert not routes & {"one", "two", "three", "/no/such/path"}
 
 
-def test_metrics_needs_the_token_when_set_and_takes_no_query(tmp_path, data_dir):
-    app = create_app(
-        {
-            "MONGO_URI": "",
-            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-            "DATA_DIR": str(data_dir),
-            "REPORTS_DIR": str(tmp_path / "r"),
-            "API_TOKEN": "s3cret",
-        }
-    )
-    try:
-        client = app.test_client()
-        refused = client.get("/metrics")
-        assert refused.status_code == 401 and refused.get_json()["status"] == 401
-        assert scrape(client, Authorization="Bearer s3cret")
-        unknown = client.get("/metrics?name=x", headers={"Authorization": "Bearer s3cret"})
-        assert unknown.status_code == 400
-        assert unknown.get_json()["error"].startswith("unknown query parameter(s) name on /metrics")
-    finally:
-        app.extensions["reports"].shutdown(wait=True)
+def test_metrics_needs_the_token_when_set_and_takes_no_query(locked_client):
+    refused = locked_client.get("/metrics")
+    assert refused.status_code == 401 and refused.get_json()["status"] == 401
+    assert scrape(locked_client, Authorization="Bearer s3cret")
+    unknown = locked_client.get("/metrics?name=x", headers={"Authorization": "Bearer s3cret"})
+    assert unknown.status_code == 400
+    assert unknown.get_json()["error"].startswith("unknown query parameter(s) name on /metrics")
 
 
 # --------------------------------------------------------------------------- gunicorn.conf.py

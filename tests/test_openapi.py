@@ -209,26 +209,13 @@ def test_openapi_json_is_served(client):
     assert response.get_json() == SPEC
 
 
-def test_openapi_json_needs_no_token(tmp_path, data_dir):
-    application = create_app(
-        {
-            "MONGO_URI": "",
-            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-            "DATA_DIR": str(data_dir),
-            "REPORTS_DIR": str(tmp_path / "r"),
-            "API_TOKEN": "s3cret",
-        }
-    )
-    try:
-        client = application.test_client()
-        assert client.get("/openapi.json").get_json() == SPEC
-        assert client.get("/health").status_code == 200
-        answer = client.get("/reports")
-        assert answer.status_code == 401
-        assert answer.get_json()["status"] == 401
-        assert client.get("/reports", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    finally:
-        application.extensions["reports"].shutdown(wait=True)
+def test_openapi_json_needs_no_token(locked_client):
+    assert locked_client.get("/openapi.json").get_json() == SPEC
+    assert locked_client.get("/health").status_code == 200
+    answer = locked_client.get("/reports")
+    assert answer.status_code == 401
+    assert answer.get_json()["status"] == 401
+    assert locked_client.get("/reports", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 # --------------------------------------------------------------------------- the app keeps to it

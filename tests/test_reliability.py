@@ -342,22 +342,6 @@ def _fuzz_app():
 # --------------------------------------------------------------------------- the API token
 
 
-@pytest.fixture
-def locked_client(tmp_path, data_dir):
-    """A client of an app that requires the token 's3cret'."""
-    app = create_app(
-        {
-            "MONGO_URI": "",
-            "EMBEDDED_DB": str(tmp_path / "db.sqlite3"),
-            "DATA_DIR": str(data_dir),
-            "REPORTS_DIR": str(tmp_path / "r"),
-            "API_TOKEN": "s3cret",
-        }
-    )
-    yield app.test_client()
-    app.extensions["reports"].shutdown(wait=True)
-
-
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Bearer s3cre", "Basic s3cret", "s3cret", "Bearer  "])
 def test_token_required_when_set(locked_client, header):
     headers = {"Authorization": header} if header else {}
