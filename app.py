@@ -4,7 +4,8 @@
     gunicorn 'app:create_app()'       # production (see gunicorn.conf.py)
 
 Configuration: defaults, then the environment (MONGO_URI, MONGO_DB, EMBEDDED_DB,
-DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS, DASK_SCHEDULER),
+DATA_DIR, REPORTS_DIR, PORT, REPORT_WORKERS, CHUNK_STORES, STALE_AFTER_SECONDS, DASK_SCHEDULER,
+REPORT_SCHEDULE, REPORT_EVERY_SECONDS),
 then the `config` passed to `create_app` (tests).  With no MONGO_URI the app runs
 on the SQLite file EMBEDDED_DB (default instance/store_monitoring.sqlite3),
 seeded from DATA_DIR when it is empty.
@@ -25,10 +26,12 @@ from pathlib import Path
 
 from flask import Flask
 
+import alerts
 import api
 import database
 import errors
 import guards
+import schedule
 import sources
 from reportGenerator import ReportGenerator
 
@@ -55,6 +58,13 @@ DEFAULTS = {
     "TRUSTED_HOSTS": "localhost,127.0.0.1,::1",
     "DASK_SCHEDULER": "",  # tcp://host:port: reports run as one task per range of stores on that Dask cluster
     "MIN_FREE_MB": 200,  # /health is 503 when the disk holding the database or the reports has less free
+    # the schedule (schedule.py, docs/schedule.md): one of the two, or neither (reports start only when asked)
+    "REPORT_SCHEDULE": "",  # a five-field cron expression, in UTC
+    "REPORT_EVERY_SECONDS": "",  # an interval in whole seconds; ticks on its multiples since the Unix epoch
+    # alerts (alerts.py, docs/alerts.md): set by the operator's environment only, never through the API
+    "ALERT_WEBHOOK_URL": "",  # http(s) URL that gets a signed POST per report with alert events; unset: off
+    "ALERT_SECRET": "",  # the key of the X-Signature-SHA256 HMAC; required with ALERT_WEBHOOK_URL
+    "ALERT_DOWNTIME_MINUTES": 30,  # a store is down when its downtime_last_hour reaches this
 }
 INTEGER_SETTINGS = (
     "PORT",
@@ -100,12 +110,24 @@ def create_app(config: dict | None = None) -> Flask:
         sources.max_future_seconds()  # read again for each file; a bad value stops start-up, not an upload
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    try:
+        app.config.update(alerts.check_settings(app.config))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    try:  # a bad schedule stops start-up, naming the setting
+        report_schedule = schedule.parse(app.config["REPORT_SCHEDULE"], app.config["REPORT_EVERY_SECONDS"])
+    except schedule.ScheduleError as error:
+        raise SystemExit(f"error: {error}") from None
     app.json.sort_keys = False  # keep "status" first and report rows in column order
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024  # larger uploads get 413
     store = _open_store(app)
     app.extensions["store"] = store
     app.extensions["ingest_slot"] = threading.Semaphore(1)  # one upload parsed and loaded at a time per process
     app.extensions["reports"] = _report_generator(app, store)
+    app.extensions["schedule"] = report_schedule  # None when neither setting is set
+    # its thread claims each tick through the database, and ends with the report generator's shutdown
+    app.extensions["scheduler"] = schedule.start(store, app.extensions["reports"], report_schedule)
+    app.extensions["alerts"] = _alerts(app, store, app.extensions["reports"])
     _log_access(app)
     errors.init_app(app)
     guards.init_app(app)
@@ -154,6 +176,30 @@ def _report_generator(app: Flask, store: database.Store) -> ReportGenerator:
     )
     generator.start_retention(app.config["REPORT_RETENTION_DAYS"], app.config["MAX_REPORTS"])
     return generator
+
+
+def _alerts(app: Flask, store: database.Store, generator: ReportGenerator) -> alerts.Alerts | None:
+    """With ALERT_WEBHOOK_URL set, the alerts of this process, hooked to its finished reports, their sweep
+    started; None when alerts are off.  ALERT_TIMING (tests only, never from the environment) holds
+    `alerts.Alerts` keyword arguments: attempts, waits, timeout, sweep period."""
+    if not app.config["ALERT_WEBHOOK_URL"]:
+        return None
+    sender = alerts.Alerts(
+        store,
+        app.config["ALERT_WEBHOOK_URL"],
+        app.config["ALERT_SECRET"],
+        app.config["ALERT_DOWNTIME_MINUTES"],
+        **app.config.get("ALERT_TIMING", {}),
+    )
+    generator.on_complete.append(sender.report_complete)
+    sender.start()
+    log.info(
+        "alerts: reports at the newest data POST their events to %s (a store is down at %g minutes of downtime "
+        "in the last hour)",
+        alerts.where(app.config["ALERT_WEBHOOK_URL"]),
+        app.config["ALERT_DOWNTIME_MINUTES"],
+    )
+    return sender
 
 
 def _log_access(app: Flask) -> None:

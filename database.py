@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 import metrics
 import sources
+import utils
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ CLI_PING_SECONDS = 5.0  # `python database.py` waits this long for MongoDB befor
 # The schema this code writes.  1: the tables of the first releases, with no version marks; 2: version
 # marks (SQLite's application_id and user_version, MongoDB's `meta` document), the `uploads` journal
 # and reports' `as_of_after_newest_poll`.  Each store migrates an older database forward step by step.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x55505431  # "UPT1": SQLite's PRAGMA application_id of this service's files
 META = "meta"  # MongoDB: the collection of the {"_id": "schema", "application": ..., "version": n} document
 APPLICATION_NAME = "store-uptime"
@@ -88,6 +90,45 @@ UPLOAD_FIELDS = frozenset(
         "dismissed",
     }
 )
+
+# what `Store.store_history` gives for each point: the report, its now, and the six figures of its CSV row
+HISTORY_FIELDS = ("report_id", "as_of_us", *utils.REPORT_COLUMNS[1:])
+# what `Store.record_alerts`, `pending_deliveries` and `list_deliveries` give for each delivery of alerts:
+# "body" is the exact JSON bytes POSTed (and signed); times are aware datetimes or None
+ALERT_DELIVERY_FIELDS = frozenset(
+    {
+        "delivery_id",  # 32 hex characters
+        "report_id",
+        "as_of_us",
+        "created_at",
+        "status",  # "Pending" | "Delivered" | "Failed"
+        "attempts",
+        "last_attempt_at",
+        "http_status",  # the receiver's last HTTP status, or None
+        "error",  # the last attempt's error, or None
+        "events",  # how many events the body holds
+        "body",
+    }
+)
+ALERT_EVENTS = ("store_down", "store_recovered")
+
+
+def alert_body(report_id: str, as_of_us: int, events: list[dict]) -> bytes:
+    """The JSON a delivery POSTs: {"report_id", "as_of", "events": [{"store_id", "event",
+    "downtime_last_hour", "uptime_last_hour"}]}, events in store_id order, as_of ISO 8601 UTC to the µs."""
+    as_of = utils.us_to_datetime(as_of_us).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    ordered = sorted(events, key=lambda event: event["store_id"])
+    shown = [
+        {
+            "store_id": event["store_id"],
+            "event": event["event"],
+            "downtime_last_hour": event["downtime_last_hour"],
+            "uptime_last_hour": event["uptime_last_hour"],
+        }
+        for event in ordered
+    ]
+    return json.dumps({"report_id": report_id, "as_of": as_of, "events": shown}, separators=(",", ":")).encode()
+
 
 Progress = Callable[[int], None]
 
@@ -353,8 +394,9 @@ class Store(ABC):
     # ----- reports
 
     @abstractmethod
-    def create_report(self, report_id: str, as_of_us: int | None) -> None:
-        """Record a new report as Running (progress 0 of unknown)."""
+    def create_report(self, report_id: str, as_of_us: int | None, trigger: str = "api") -> None:
+        """Record a new report as Running (progress 0 of unknown); `trigger` ("api" | "schedule") is kept
+        in the record's "trigger" key (records made before schema 3 say "api")."""
 
     @abstractmethod
     def update_report(
@@ -369,7 +411,10 @@ class Store(ABC):
 
     @abstractmethod
     def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
-        """Store the CSV, then mark the report Complete (a reader never sees half a CSV).
+        """Store the CSV and its rows for `store_history` (HISTORY_FIELDS, parsed from `csv_bytes` by
+        `report_csv.history_rows`), then mark the report Complete (a reader never sees half a CSV, and
+        history shows only Complete reports).  Bytes whose first line is not the report's header are stored
+        with no history rows; a report CSV whose rows cannot be read raises ValueError and nothing is stored.
 
         Only a Running report turns Complete: for one already Failed (swept as stale, or
         shut down) nothing is stored and the answer is False; True when it is now Complete.
@@ -405,10 +450,86 @@ class Store(ABC):
         see `checked_report_csv`)."""
 
     @abstractmethod
+    def iter_report_csv(self, report: dict, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The CSV of a Complete report in pieces of at most `chunk_bytes`, read as they are sent, so a
+        reader holds one piece at a time (SQLite: incremental blob reads; MongoDB: one chunk document at a
+        time).  Raises ValueError, before the first piece where it can and otherwise after the last, when the
+        stored CSV is not the length the record says."""
+
+    @abstractmethod
     def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
         """Delete the Complete and Failed reports that finished before `finished_before` or are beyond the
         newest `keep_newest` finished ones (by creation), with their stored CSV; returns their ids.
         Running reports are never deleted."""
+
+    @abstractmethod
+    def delete_report(self, report_id: str) -> bool:
+        """Delete one finished (Complete or Failed) report with its stored CSV and history rows; True when
+        it was deleted, False when there is no such report or it is Running (then nothing is touched)."""
+
+    @abstractmethod
+    def previous_complete_report(self, report_id: str) -> dict | None:
+        """The newest Complete report created before this one (by creation time, then id), or None."""
+
+    @abstractmethod
+    def store_history(
+        self, store_id: str, since_us: int | None = None, until_us: int | None = None, limit: int = 100
+    ) -> list[dict]:
+        """The store's rows in Complete reports whose as_of is within since_us..until_us (None: no bound),
+        newest as_of first (then newest created), at most `limit`: dicts of HISTORY_FIELDS, the six figures
+        as floats equal to the report CSV's.  Read from an index, never by opening every stored CSV."""
+
+    # ----- the schedule: one report per tick, however many workers or hosts
+
+    @abstractmethod
+    def clock_us(self) -> int:
+        """Now in microseconds on the database's clock: the server's for MongoDB, this host's for SQLite."""
+
+    @abstractmethod
+    def claim_tick(self, tick_us: int, report_id: str) -> str:
+        """Claim the schedule's tick `tick_us` in one atomic step; returns the outcome:
+
+        "started": this caller won the tick, and the report `report_id` is recorded Running with trigger
+        "schedule" in the same step where the store can (SQLite: one transaction; MongoDB: the tick, then the
+        record, and a start lost between the two is recorded Failed once it is stale).  A crash after it leaves
+        a Running report that goes stale and Failed;
+        "taken": the tick was claimed already (by another worker or host, or before a restart): nothing done;
+        "skipped": a scheduled report is still Running (not stale): the tick is recorded as skipped.
+        """
+
+    @abstractmethod
+    def last_tick(self) -> dict | None:
+        """The newest claimed tick: {"tick_us", "outcome" ("started" | "skipped"), "report_id" (None when
+        skipped), "claimed_at_us"}; None when no tick was ever claimed."""
+
+    # ----- alerts: one per episode, the state in the database
+
+    @abstractmethod
+    def record_alerts(self, report_id: str, as_of_us: int, rows: list[dict], downtime_minutes: float) -> dict | None:
+        """Turn a Complete report at the newest data into alert events, in one atomic step per store.
+
+        `rows` are the report's rows (store_id, downtime_last_hour, uptime_last_hour).  A store is down
+        when downtime_last_hour >= downtime_minutes.  A store that is down and was not (or is new) gives a
+        "store_down" event; one that was down and no longer is gives "store_recovered"; nothing else gives
+        an event.  The state of a store changes only for a report whose as_of is later than the one that
+        last set it, so an older report finishing late never flips it back.
+
+        With events, a delivery is recorded Pending (ALERT_DELIVERY_FIELDS) holding the JSON body, in the
+        same step as the state changes where the store can (SQLite: one transaction), and returned; None
+        when there are no events.  Recording the same report again returns its delivery without new events.
+        """
+
+    @abstractmethod
+    def update_delivery(self, delivery_id: str, status: str, attempts: int, error: str | None, http_status) -> None:
+        """Record a delivery's outcome so far: status "Pending" | "Delivered" | "Failed"."""
+
+    @abstractmethod
+    def pending_deliveries(self, older_than_us: int) -> list[dict]:
+        """Pending deliveries last tried (or recorded) before `older_than_us`: left by a process that stopped."""
+
+    @abstractmethod
+    def list_deliveries(self, limit: int = 50) -> list[dict]:
+        """Deliveries, newest first (dicts of ALERT_DELIVERY_FIELDS)."""
 
     # ----- the data lease: many readers (reports) or one writer (a load), never both
 

@@ -41,15 +41,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-import pandas as pd
-
 import sources
 import utils
-from report_csv import report_csv_bytes, write_atomically
 
 if __name__ == "__main__":
     gc.freeze()  # the imports' objects, out of every later collection's way (the one at exit too)
     gc.enable()
+else:
+    # the report job needs pandas and the CSV writer; the command line imports them only once the report is
+    # computed: its polls are read without pandas while the thread reading the business hours imports it
+    # (0.3 s of start-up off the critical path, docs/performance.md)
+    import pandas as pd
+
+    from report_csv import report_csv_bytes, write_atomically
 
 
 def _lazy_import(name: str):
@@ -159,6 +163,19 @@ def report_from_frames(
     With a Dask `scheduler` address the ranges are scattered to its workers.
     """
     store_ids, coded = utils.code_inputs(polls, hours, zones, now_us)
+    return report_from_coded(store_ids, coded, now_us, chunk_stores, on_progress, processes, scheduler)
+
+
+def report_from_coded(
+    store_ids,
+    coded: utils.CodedInputs,
+    now_us: int,
+    chunk_stores: int = DEFAULT_CHUNK_STORES,
+    on_progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
+    scheduler: str | None = None,
+) -> pd.DataFrame:
+    """The report for coded inputs (`utils.code_inputs`, `utils.code_sorted_polls`): see `report_from_frames`."""
     if scheduler:
         ticks = cluster.coded_report_ticks(scheduler, coded, now_us, chunk_stores, on_progress)
         return utils.to_report_units(utils.ticks_frame(store_ids, ticks))
@@ -188,24 +205,25 @@ def report_from_dir(
         raise FileNotFoundError(f"{data_dir} is not a folder" if data_dir.exists() else f"{data_dir} does not exist")
     if not (data_dir / sources.STATUS_FILE).is_file():
         raise FileNotFoundError(f"{data_dir} has no {sources.STATUS_FILE}: there are no polls to report on")
-    parsed = sources.read_data_dir(data_dir)
-    polls = parsed[sources.STATUS_FILE].frame
+    # the polls come sorted by store and time, as plain columns (sources.PollColumns): no frame, no pandas
+    parsed = sources.read_data_dir(data_dir, polls_as_columns=True)
+    polls = parsed[sources.STATUS_FILE].columns
     if as_of_us is None:
-        if polls.empty:
+        if not polls.timestamp_us.size:
             raise ValueError(f"{data_dir}: no valid polls, so there is no 'now' to report at")
-        as_of_us = int(polls["timestamp_us"].max())
+        as_of_us = int(polls.timestamp_us.max())
     if processes is None:
-        processes = default_processes(len(polls))
-    report = report_from_frames(
-        polls,
+        processes = default_processes(polls.timestamp_us.size)
+    store_ids, coded = utils.code_sorted_polls(
+        polls.store_ids,
+        polls.store,
+        polls.timestamp_us,
+        polls.active,
         parsed[sources.HOURS_FILE].frame,
         parsed[sources.ZONES_FILE].frame,
         as_of_us,
-        chunk_stores,
-        processes=processes,
-        on_progress=on_progress,
-        scheduler=scheduler,
     )
+    report = report_from_coded(store_ids, coded, as_of_us, chunk_stores, on_progress, processes, scheduler)
     return report, as_of_us, parsed
 
 
@@ -278,6 +296,9 @@ class ReportGenerator:
         self._stopped = threading.Event()
         self._heart: threading.Thread | None = None
         self._retention: tuple[float, int] | None = None  # (days, max reports) once start_retention is called
+        # called with the report id after a report turns Complete, in the report's thread: each must return at
+        # once (start its own thread for slow work); an error is logged, never fails or delays the report
+        self.on_complete: list[Callable[[str], None]] = []
         LIVE_GENERATORS.add(self)
 
     def start(self, as_of_us: int | None = None, trigger: str = "api") -> str:
@@ -286,32 +307,60 @@ class ReportGenerator:
         Raises QueueFull when `max_queued` reports of this process are queued or
         running.  With an `as_of` that a Running report of this process already
         has, returns that report's id instead of starting another.  `trigger`
-        (what asked for the report) labels the started-reports metric.
+        ("api" | "schedule": what asked for the report) is kept in its record and
+        labels the started-reports metric.
         """
         with self._lock:
             if as_of_us is not None and as_of_us in self._by_as_of:
                 return self._by_as_of[as_of_us]
-            if len(self._owned) >= self.max_queued:
-                raise QueueFull(
-                    f"{len(self._owned)} reports are already queued or running here "
-                    f"(at most {self.max_queued}); try again when one has finished"
-                )
             report_id = uuid.uuid4().hex
-            self._owned.add(report_id)  # reserved before the record exists, so the quota holds under a burst
-            if as_of_us is not None:
-                self._by_as_of[as_of_us] = report_id
+            self._reserve(report_id, as_of_us)
         try:
-            self.store.create_report(report_id, as_of_us)
+            self.store.create_report(report_id, as_of_us, trigger)
         except BaseException:
             self._forget(report_id)
             raise
+        self._queue(report_id, as_of_us, trigger)
+        return report_id
+
+    def enqueue(self, report_id: str, as_of_us: int | None = None, trigger: str = "schedule") -> None:
+        """Queue a report whose Running record already exists (the schedule's `Store.claim_tick` made it),
+        under the same quota (QueueFull), heartbeat and metrics as `start`."""
+        with self._lock:
+            if self._stopped.is_set():
+                raise RuntimeError("the report generator is shut down")
+            self._reserve(report_id, as_of_us)
+        self._queue(report_id, as_of_us, trigger)
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set by `shutdown`: the threads serving this generator (the schedule's) end with it."""
+        return self._stopped
+
+    def _reserve(self, report_id: str, as_of_us: int | None) -> None:
+        """Count a report against the quota (under self._lock), or raise QueueFull."""
+        if len(self._owned) >= self.max_queued:
+            raise QueueFull(
+                f"{len(self._owned)} reports are already queued or running here "
+                f"(at most {self.max_queued}); try again when one has finished"
+            )
+        self._owned.add(report_id)  # reserved before the record exists, so the quota holds under a burst
+        if as_of_us is not None:
+            self._by_as_of[as_of_us] = report_id
+
+    def _queue(self, report_id: str, as_of_us: int | None, trigger: str) -> None:
+        """Hand a reserved report, recorded Running, to the pool; its heartbeat starts with the first."""
         with self._lock:
             if self._heart is None:
                 self._heart = threading.Thread(target=self._beat, name="report-heartbeat", daemon=True)
                 self._heart.start()
         metrics.report_started(trigger)
-        self._pool.submit(self._run_queued, report_id, as_of_us)
-        return report_id
+        try:
+            self._pool.submit(self._run_queued, report_id, as_of_us)
+        except RuntimeError:  # the pool is shut down: the report is not this process's any more
+            metrics.report_dequeued()
+            self._forget(report_id)
+            raise
 
     def _run_queued(self, report_id: str, as_of_us: int | None) -> None:
         metrics.report_dequeued()
@@ -340,10 +389,19 @@ class ReportGenerator:
         else:
             status = "Complete"
             log.info("report %s complete: %d stores in %.1f s", report_id, rows, time.monotonic() - started)
+            self._announce_complete(report_id)
         finally:
             self._forget(report_id)
             metrics.report_finished(status, time.monotonic() - started)
             self._sweep_after_finish()
+
+    def _announce_complete(self, report_id: str) -> None:
+        """Call each on_complete hook; one that fails is logged and the others still run."""
+        for hook in list(self.on_complete):
+            try:
+                hook(report_id)
+            except Exception:
+                log.exception("an on_complete hook failed for report %s", report_id)
 
     def _sweep_after_finish(self) -> None:
         """Apply retention as each report finishes, so finished reports never pile up past MAX_REPORTS."""
@@ -443,6 +501,18 @@ class ReportGenerator:
                 "server was stopping); trigger it again"
             )
         return len(report)
+
+    def delete(self, report_id: str) -> bool:
+        """Delete one finished report: its record, stored CSV and history rows, then its file under
+        REPORTS_DIR (this host's; a file that cannot be removed is logged).  False when there is no such
+        report or it is Running (then nothing is touched)."""
+        if not self.store.delete_report(report_id):
+            return False
+        try:
+            (self.reports_dir / f"report_{report_id}.csv").unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not delete the file of deleted report %s: %s", report_id, error)
+        return True
 
     def sweep(self, retention_days: float, max_reports: int) -> list[str]:
         """Delete the finished reports older than `retention_days` or beyond the newest `max_reports`:
@@ -593,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result.rejects[0].reason})",
                 file=sys.stderr,
             )
+    from report_csv import report_csv_bytes, write_atomically  # (imported already, unless run as a command)
+
     write_atomically(args.output, report_csv_bytes(report))
     print(
         f"wrote {len(report)} stores to {args.output} (as of {utils.us_to_datetime(now_us).isoformat()})",

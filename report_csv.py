@@ -114,3 +114,20 @@ def write_atomically(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def read_report_rows(payload: bytes) -> pd.DataFrame:
+    """A report CSV's rows as a frame of `utils.REPORT_COLUMNS`: store ids as loaded (without the quote
+    `neutralise_cells` put before some), the six figures as floats."""
+    rows = pd.read_csv(io.BytesIO(payload), dtype={"store_id": str}, keep_default_na=False)
+    rows["store_id"] = store_ids_from_csv(rows["store_id"])
+    for column in utils.REPORT_COLUMNS[1:]:
+        rows[column] = rows[column].astype(np.float64)
+    return rows
+
+
+def history_rows(payload: bytes) -> dict[str, list]:
+    """A report CSV's rows by column (`utils.REPORT_COLUMNS`: store ids as str, figures as float), as a
+    store keeps them for `Store.store_history`."""
+    rows = read_report_rows(payload)
+    return {column: rows[column].tolist() for column in utils.REPORT_COLUMNS}

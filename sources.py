@@ -25,17 +25,30 @@ import zoneinfo
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 import utils
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def __getattr__(name: str):
+    """`sources.pd`: pandas, imported on first use.  The readers import it where they make a frame, so
+    `read_data_dir(..., polls_as_columns=True)` reads the polls without it (the command line's path)."""
+    if name == "pd":
+        import pandas
+
+        return pandas
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 STATUS_FILE = "store_status.csv"
 HOURS_FILE = "menu_hours.csv"
@@ -94,14 +107,24 @@ class Reject:
 
 @dataclass
 class Parsed:
-    """Good rows of one file and why the others were turned away."""
+    """Good rows of one file and why the others were turned away.
+
+    `frame` holds the good rows; a polls file read with `polls_as_columns` has `columns` (a
+    `PollColumns`) instead, and `frame` None.
+    """
 
     file: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame | None
     rows_read: int = 0
     rejects: list[Reject] = field(default_factory=list)
     rejected: int = 0
     notes: list[str] = field(default_factory=list)
+    columns: PollColumns | None = None
+
+    @property
+    def rows(self) -> int:
+        """How many good rows were kept."""
+        return len(self.columns.store) if self.columns is not None else len(self.frame)
 
     @property
     def room(self) -> int:
@@ -130,7 +153,7 @@ class Parsed:
         return {
             "file": self.file,
             "rows_read": self.rows_read,
-            "loaded": len(self.frame),
+            "loaded": self.rows,
             "rejected": self.rejected,
             "rejects": [r.as_dict() for r in rejects[:first]],
             "notes": self.notes,
@@ -244,10 +267,12 @@ def _raw_rows_arrow(
     first_line: int | None = None,
     parsed: Parsed | None = None,
     physical_lines: int | None = None,
+    strict: bool = False,
 ) -> RawRows | None:
     """Read with pyarrow; None when it cannot (then the line-by-line reader takes over).
 
-    `physical_lines`, when known, saves counting the lines of `data` again.
+    `physical_lines`, when known, saves counting the lines of `data` again.  `strict` gives up (None) at
+    the first ragged or blank row: a block read ahead of its turn, which is read again in turn if so.
 
     With `first_line`, `data` is a block of data rows (no header) whose first
     line is that line of the file; it is read on one thread so that ragged rows
@@ -262,6 +287,8 @@ def _raw_rows_arrow(
 
     def on_invalid_row(row) -> str:
         invalid.append((row.number, row.text.strip()[:200], row.actual_columns))  # blank or not as a whole
+        if strict:
+            return "error"
         if parsed is not None and row.number is not None:
             rejected = parsed.rejected + len(invalid)
             if rejected > REJECT_LIMIT and rejected > REJECT_SHARE * (parsed.rows_read + row.number):
@@ -554,6 +581,8 @@ def _parse_other_forms(values) -> np.ndarray:
             return _in_datetime_range(pc.cast(plain, target).cast(pa.int64()).to_numpy(zero_copy_only=False))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
+    import pandas as pd
+
     cleaned = pd.Series(plain.to_numpy(zero_copy_only=False), dtype=object)
     iso_like = cleaned.str.fullmatch(r"\d{4}-\d{2}-\d{2}(?:[T ][0-9:.,+\-Zz]*)?").fillna(False).astype(bool)
     parsed = pd.to_datetime(cleaned.where(iso_like), format="ISO8601", errors="coerce", utc=True)
@@ -624,6 +653,8 @@ def _later_row_wins(
 ) -> pd.DataFrame:
     """Keep the last row in the file of each key (`last`, when known); report the earlier ones, in
     file order, as duplicates or as overridden."""
+    import pandas as pd
+
     last = ~frame.duplicated(subset=key, keep="last").to_numpy() if last is None else last
     if last.all():
         return frame
@@ -648,7 +679,7 @@ def _later_row_wins(
 
 def _start(file: str, path: str | Path, label: str) -> tuple[Parsed, Checker]:
     raw = raw_rows(file, path)
-    parsed = Parsed(file=label, frame=pd.DataFrame(), rows_read=len(raw))
+    parsed = Parsed(file=label, frame=None, rows_read=len(raw))  # (the frame comes when all is read)
     return parsed, Checker(parsed, raw)
 
 
@@ -657,17 +688,21 @@ def _strings_of(array) -> pd.Series:
     return array.to_pandas()
 
 
-STATUS_WHOLE_FILE_BYTES = 1 << 27  # a polls file on disk up to 128 MB (about 2 million polls) is read in one go
+# a polls file on disk up to this size is read in one go by pyarrow's multi-threaded reader; larger ones (all, by
+# default) are streamed like uploads, in blocks read and checked two at a time: at 1.5 M polls that measured as
+# fast as the whole-file reader in 200 MB less memory (docs/performance.md)
+STATUS_WHOLE_FILE_BYTES = 0
 
 
 def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed:
     """Read one file with `check_block` run on each block of rows and `combine` joining the blocks' results.
 
     A file on disk is trusted to be a real export: it is read whole by
-    pyarrow's multi-threaded reader (a polls file over 128 MB block by block).
-    Bytes and streams (uploads) are always streamed block by block, so memory
-    grows with the rows kept, not with the file; either way reading stops once
-    the rejects pass REJECT_LIMIT and REJECT_SHARE (TooManyRejects).
+    pyarrow's multi-threaded reader (a polls file over STATUS_WHOLE_FILE_BYTES
+    block by block).  Bytes and streams (uploads) are always streamed block by
+    block (`_stream_checked`: two blocks at a time), so memory grows with the
+    rows kept, not with the file; either way reading stops once the rejects
+    pass REJECT_LIMIT and REJECT_SHARE (TooManyRejects).
     """
     on_disk = isinstance(source, (str, Path))
     if on_disk and not (file == STATUS_FILE and Path(source).stat().st_size > STATUS_WHOLE_FILE_BYTES):
@@ -675,22 +710,71 @@ def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed
         blocks = [check_block(check)]
         parsed.check_reject_limit()
     else:
-        parsed = Parsed(file=label, frame=pd.DataFrame())
+        parsed = Parsed(file=label, frame=None)
         blocks = []
         stream = (
             open(source, "rb") if on_disk else io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         )
         try:
-            for raw in _stream_raw_rows(file, stream, parsed):
-                parsed.rows_read += len(raw)
-                blocks.append(check_block(Checker(parsed, raw)))
-                parsed.check_reject_limit(int(raw.line[-1]) if len(raw) else None)
+            blocks.extend(_stream_checked(file, stream, parsed, check_block))
         finally:
             if stream is not source:
                 stream.close()
-    parsed.frame = combine(parsed, blocks)
+    result = combine(parsed, blocks)
+    if isinstance(result, PollColumns):
+        parsed.columns = result
+    else:
+        parsed.frame = result
     parsed.check_reject_limit()
     return parsed
+
+
+class _Blocks:
+    """A stream's data rows (after its header) as text blocks of about BLOCK_BYTES, each cut at a line end."""
+
+    def __init__(self, file: str, stream: BinaryIO):
+        head = stream.read(MAX_HEADER_BYTES + 8)
+        body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        if len(head) < MAX_HEADER_BYTES + 8 and not body.strip(b" \t\r\n"):
+            raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
+        self.header, _, consumed = _header_of(file, head)
+        self.file, self.stream = file, stream
+        self.pending, self.line, self.ended = head[consumed:], 2, False  # pending: read, not yet in a block
+
+    def next(self) -> tuple[bytes, int, int] | None:
+        """The next block as (text, its first line's number, its physical lines); None after the last."""
+        while not self.ended:
+            more = self.stream.read(BLOCK_BYTES)
+            if more:
+                self.pending += more
+                cut = self.pending.rfind(b"\n") + 1
+                if cut == 0:
+                    if len(self.pending) > MAX_LINE_BYTES:
+                        raise _line_too_long(self.file, self.line)
+                    continue
+                block, self.pending = self.pending[:cut], self.pending[cut:]
+            else:
+                self.ended = True
+                block, self.pending = self.pending, b""
+                if not block:
+                    return None
+            first, lines = self.line, _physical_lines(block)
+            self.line += lines
+            return block, first, lines
+        return None
+
+    def rest_by_line(self, first: bytes, line: int) -> Iterator[RawRows]:
+        """`first` (the text from line `line` on that was read already) and the rest of the stream, read
+        line by line by the `csv` module, in blocks of PYTHON_BLOCK_ROWS rows."""
+        rest = _lines_of(first + self.pending, self.stream, self.file, first_line=line)
+        self.pending, self.ended = b"", True
+        return _raw_rows_python(self.file, rest, self.header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS)
+
+
+def _arrow_can(block: bytes) -> bool:
+    """Whether pyarrow may read the block: text, and no quoted field cut by the block's end (an odd number
+    of quotes means a cut inside a quoted line break: pyarrow would take its halves for two rows)."""
+    return not block.count(b'"') % 2 and _is_utf8(block)
 
 
 def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[RawRows]:
@@ -700,49 +784,107 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
     is known); from the first block pyarrow cannot vouch for line by line
     (bytes that are not UTF-8, a quoted line break) the `csv` module reads the
     rest of the file, also block by block.  Always yields at least one block.
+    (`_stream_checked` does the same with blocks read and checked ahead in parallel.)
     """
-    head = stream.read(MAX_HEADER_BYTES + 8)
-    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    if len(head) < MAX_HEADER_BYTES + 8 and not body.strip(b" \t\r\n"):
-        raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
-    header, _, consumed = _header_of(file, head)
-    pending, line, yielded = head[consumed:], 2, False
-    while True:
-        more = stream.read(BLOCK_BYTES)
-        if more:
-            pending += more
-            cut = pending.rfind(b"\n") + 1
-            if cut == 0:
-                if len(pending) > MAX_LINE_BYTES:
-                    raise _line_too_long(file, line)
-                continue
-            block, pending = pending[:cut], pending[cut:]
-        else:
-            block, pending = pending, b""
-            if not block:
-                break
-        # an odd number of quotes means the cut fell inside a quoted field (a line break in a value):
-        # pyarrow would take its two halves for two rows, so the csv module reads on from here
-        arrow_can = not block.count(b'"') % 2 and _is_utf8(block)
-        lines = _physical_lines(block)
+    blocks, yielded = _Blocks(file, stream), False
+    while (item := blocks.next()) is not None:
+        block, line, lines = item
         raw = (
-            _raw_rows_arrow(file, block, header, first_line=line, parsed=parsed, physical_lines=lines)
-            if arrow_can
+            _raw_rows_arrow(file, block, blocks.header, first_line=line, parsed=parsed, physical_lines=lines)
+            if _arrow_can(block)
             else None
         )
         if raw is None:
-            rest = _lines_of(block + pending, stream, file, first_line=line)
-            for raw in _raw_rows_python(file, rest, header, first_line=line, rows_per_block=PYTHON_BLOCK_ROWS):
-                yielded = True
-                yield raw
+            yield from blocks.rest_by_line(block, line)
             return
-        line += lines
         yielded = True
         yield raw
-        if not more:
-            break
     if not yielded:
         yield _no_rows(file)
+
+
+PARSE_THREADS = 2  # blocks of a streamed file read and checked at once (docs/performance.md: 2 cores)
+BLOCKS_AHEAD = 3  # blocks read ahead of the one whose turn it is (memory: a few times BLOCK_BYTES)
+
+
+def _check_alone(file: str, label: str, block: bytes, header: list[str], line: int, lines: int, check_block):
+    """A block read and checked ahead of its turn, on its own: (its rows, its last line, its rejects,
+    check_block's result), or None when it has a ragged or blank row or pyarrow cannot read it (then it is
+    read in turn instead)."""
+    raw = _raw_rows_arrow(file, block, header, first_line=line, physical_lines=lines, strict=True)
+    if raw is None:
+        return None
+    alone = Parsed(file=label, frame=None, rows_read=len(raw))
+    result = check_block(Checker(alone, raw))
+    return len(raw), int(raw.line[-1]) if len(raw) else None, alone, result
+
+
+def _stream_checked(file: str, stream: BinaryIO, parsed: Parsed, check_block) -> Iterator:
+    """`check_block`'s result for each block of `_stream_raw_rows(file, stream, parsed)`, in order, with the
+    rows read and the rejects counted in `parsed` and the reject limit checked after each block, as if
+    each block were checked in turn.
+
+    PARSE_THREADS blocks are read (pyarrow, one thread each) and checked at once, each on its own, while
+    this thread takes their results in order: a block with no ragged row whose rejects fit in the room
+    `parsed` has left is the same checked alone as in turn, so its rows and rejects are simply added; any
+    other (ragged rows, where the reject limit may stop reading part-way; more rejects than the room, where
+    which get reasons depends on the order) is read and checked again in its turn, as `_stream_raw_rows`
+    would.  A block pyarrow cannot read sends the rest of the file to the line-by-line reader.
+    """
+    blocks = _Blocks(file, stream)
+    ahead: collections.deque = collections.deque()  # (future or None, text, first line, lines), in file order
+
+    def in_turn(raw: RawRows):
+        parsed.rows_read += len(raw)
+        result = check_block(Checker(parsed, raw))
+        parsed.check_reject_limit(int(raw.line[-1]) if len(raw) else None)
+        return result
+
+    def read_ahead(pool: ThreadPoolExecutor) -> None:
+        while len(ahead) < BLOCKS_AHEAD and (item := blocks.next()) is not None:
+            block, line, lines = item
+            future = None
+            if _arrow_can(block):
+                future = pool.submit(_check_alone, file, parsed.file, block, blocks.header, line, lines, check_block)
+            ahead.append((future, block, line, lines))
+
+    with ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="read-blocks") as pool:
+        try:
+            read_ahead(pool)
+            if not ahead:
+                yield in_turn(_no_rows(file))
+            while ahead:
+                future, block, line, lines = ahead.popleft()
+                alone = future.result() if future is not None else None
+                if alone is not None and alone[2].rejected <= parsed.room:
+                    rows, last_line, checked, result = alone
+                    parsed.rows_read += rows
+                    parsed.rejected += checked.rejected  # (every reason fits in the room left: all were kept)
+                    parsed.rejects.extend(checked.rejects)
+                    parsed.check_reject_limit(last_line)
+                    yield result
+                    read_ahead(pool)
+                    continue
+                raw = None
+                if future is not None:
+                    raw = _raw_rows_arrow(
+                        file, block, blocks.header, first_line=line, parsed=parsed, physical_lines=lines
+                    )
+                if raw is None:  # this block and all after it, line by line
+                    text = block + b"".join(later_block for _, later_block, _, _ in ahead)
+                    for later, *_ in ahead:
+                        if later is not None:
+                            later.cancel()
+                    ahead.clear()
+                    for raw in blocks.rest_by_line(text, line):
+                        yield in_turn(raw)
+                    return
+                yield in_turn(raw)
+                read_ahead(pool)
+        finally:  # (stopped part-way, by the reject limit or an error: blocks not begun are not read)
+            for future, *_ in ahead:
+                if future is not None:
+                    future.cancel()
 
 
 PYTHON_BLOCK_ROWS = 1 << 16
@@ -828,15 +970,17 @@ def poll_window() -> PollWindow:
     return PollWindow(_server_clock_us(), future_s)
 
 
-def read_store_status(source: Source, file: str = STATUS_FILE) -> Parsed:
+def read_store_status(source: Source, file: str = STATUS_FILE, as_columns: bool = False) -> Parsed:
     """Polls: `store_id` (categorical), `timestamp_us` (int64), `active` (bool), `line`.
 
     Polls before 2000 or more than MAX_FUTURE_SECONDS after the server's clock are rejected.
     Memory grows with the polls kept (about 20 bytes each) when the file is
     streamed (uploads, and files on disk over 128 MB), rather than with the file.
+    With `as_columns` the good rows come as `Parsed.columns` (`PollColumns`, no pandas) instead.
     """
     window = poll_window()
-    return _read(STATUS_FILE, source, file, lambda check: _check_polls(check, window), _polls_frame)
+    combine = _polls_columns if as_columns else _polls_frame
+    return _read(STATUS_FILE, source, file, lambda check: _check_polls(check, window), combine)
 
 
 def _check_poll_window(check: Checker, stamp: np.ndarray, window: PollWindow) -> None:
@@ -857,7 +1001,8 @@ def _check_poll_window(check: Checker, stamp: np.ndarray, window: PollWindow) ->
 
 
 def _check_polls(check: Checker, window: PollWindow) -> dict:
-    """Run the poll checks on one block of rows; returns its good rows (store ids still strings).
+    """Run the poll checks on one block of rows; returns its good rows (store ids still strings; their
+    lines a `range` when they follow one another, as when none was rejected).
 
     Timestamps in the export's own form are parsed in a second thread while the store ids and
     statuses are checked (Arrow lets go of the GIL).
@@ -886,17 +1031,19 @@ def _check_polls(check: Checker, window: PollWindow) -> dict:
         "store_ids": store_id.values,
         "timestamp_us": check.kept(stamp),
         "active": check.kept(status.rows(pc.equal(status.values, "active"))),
-        "line": line,
+        "line": range(line[0], line[-1] + 1) if line.size and line[-1] - line[0] == line.size - 1 else line,
     }
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
+def _joined(parts: list) -> np.ndarray:
+    """The blocks' parts of a column as one array (a `range` of lines stands for those lines)."""
+    parts = [np.arange(part.start, part.stop, dtype=np.int64) if isinstance(part, range) else part for part in parts]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
-    """One frame of all blocks' good polls, store ids as a categorical in store_id order, the rows
-    sorted by store and time (the order the report engine works in, so it need not sort again)."""
+def _store_numbers(blocks: list[dict]) -> tuple[list[np.ndarray], pa.Array]:
+    """Each block's good polls numbered by store in store_id order (one int32 array a block), and the
+    distinct store ids in that order; the blocks give up their own numbering."""
     # each block numbers its own distinct ids; the ids of rows kept, of every block, are numbered
     # together (one Arrow hash pass) and ranked by name: a Python loop over them cost 0.5 s at 15 M polls
     parts, kept_ids = [], []
@@ -916,10 +1063,23 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
         to_global[used] = numbers[start : start + used.size]
         start += used.size
         codes.append(to_global[index])
-    columns = {
-        "store_id": _joined(codes),  # (there is always a block: the readers yield one even for no rows)
-        **{name: _joined([b[name] for b in blocks]) for name in ("timestamp_us", "active", "line")},
-    }
+    return codes, names.take(pa.array(by_name))
+
+
+def _numbered_polls(blocks: list[dict]) -> tuple[dict, pa.Array]:
+    """All blocks' good polls as columns, unsorted: `store_id` numbered in store_id order (int32),
+    `timestamp_us`, `active`, `line`; and the distinct store ids, in that order.  The blocks give up
+    their columns."""
+    codes, names = _store_numbers(blocks)
+    columns = {"store_id": _joined(codes)}  # (there is always a block: the readers yield one even for no rows)
+    for name in ("timestamp_us", "active", "line"):
+        columns[name] = _joined([block.pop(name) for block in blocks])  # (each block's part freed once joined)
+    return columns, names
+
+
+def _in_poll_order(parsed: Parsed, columns: dict) -> dict:
+    """The numbered polls sorted by store and time with their lines, one row per store and instant:
+    of rows at one instant the later in the file stands, the others are reported (duplicate or overridden)."""
     order = utils.poll_order(columns["store_id"], columns["timestamp_us"])
     line = columns.pop("line")
     # two columns at once: numpy's take lets go of the GIL
@@ -931,14 +1091,58 @@ def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
         columns["line"] = line[order]
     last = utils.last_of_each_instant(columns["store_id"], columns["timestamp_us"])
     if not last.all():
+        import pandas as pd
+
         # rows of one store and instant: the sort is stable, so the last of them is the later row in the file
         kept = _later_row_wins(
             parsed, pd.DataFrame(columns), ["store_id", "timestamp_us"], ["active"], "store_id and timestamp", last
         )
         columns = {name: kept[name].to_numpy() for name in columns}
-    categories = pd.Index(names.take(pa.array(by_name)).to_numpy(zero_copy_only=False), dtype=object)
+    return columns
+
+
+def _polls_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    """One frame of all blocks' good polls, store ids as a categorical in store_id order, the rows
+    sorted by store and time (the order the report engine works in, so it need not sort again)."""
+    import pandas as pd
+
+    columns, names = _numbered_polls(blocks)
+    columns = _in_poll_order(parsed, columns)
+    categories = pd.Index(names.to_numpy(zero_copy_only=False), dtype=object)
     columns["store_id"] = pd.Categorical.from_codes(columns["store_id"], categories=categories)
     return pd.DataFrame(columns, copy=False)  # the arrays are the frame's own: no need to copy them again
+
+
+@dataclass(frozen=True)
+class PollColumns:
+    """A polls file's good rows as the report engine needs them, with no pandas: sorted by store and time,
+    one row per store and instant (the later row in the file stands), and of each run of one store's polls
+    with one status only the first and the last (`utils.run_ends`: the report depends on no other); no
+    line numbers."""
+
+    store_ids: pa.Array  # the distinct store ids of the file's good rows, in store_id order
+    store: np.ndarray  # int64: each poll's index into store_ids
+    timestamp_us: np.ndarray  # int64
+    active: np.ndarray  # bool
+
+
+def _polls_columns(parsed: Parsed, blocks: list[dict]) -> PollColumns:
+    """The good polls as `PollColumns`: sorted as packed values and cut down block by block
+    (`utils.deciding_polls`, no copy of the polls as a whole); when a store has two rows at one instant,
+    `_polls_frame`'s way instead (a stable argsort with the lines, the earlier rows reported as duplicates
+    or overridden)."""
+    codes, names = _store_numbers(blocks)
+    stamps, active = [block["timestamp_us"] for block in blocks], [block["active"] for block in blocks]
+    polls = utils.deciding_polls(codes, stamps, active, len(names))
+    if polls is None:
+        columns = {"store_id": _joined(codes), "timestamp_us": _joined(stamps), "active": _joined(active)}
+        columns["line"] = _joined([block["line"] for block in blocks])
+        columns = _in_poll_order(parsed, columns)
+        store, up = columns["store_id"].astype(np.int64), columns["active"].astype(bool)
+        kept = utils.run_ends(store, up)
+        polls = store[kept], columns["timestamp_us"][kept], up[kept]
+    blocks.clear()
+    return PollColumns(names, *polls)
 
 
 def _check_hours(check: Checker) -> dict:
@@ -964,6 +1168,8 @@ def _check_hours(check: Checker) -> dict:
 
 
 def _hours_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.concat([pd.DataFrame(block) for block in blocks], ignore_index=True)
     frame = _later_row_wins(parsed, frame, ["store_id", "day", "start_s", "end_s"], [], "store, day and hours")
     return frame.reset_index(drop=True)
@@ -1015,6 +1221,8 @@ region_zones = lru_cache(maxsize=1)(_region_zones)
 
 
 def _zones_frame(parsed: Parsed, blocks: list[dict]) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.concat([pd.DataFrame(block) for block in blocks], ignore_index=True)
     frame = _later_row_wins(parsed, frame, ["store_id"], ["timezone_str"], "store_id")
     return frame.reset_index(drop=True)
@@ -1037,16 +1245,21 @@ def detect_file(header_line: str) -> str | None:
     return None
 
 
-def read_data_dir(directory: str | Path) -> dict[str, Parsed]:
+def read_data_dir(directory: str | Path, polls_as_columns: bool = False) -> dict[str, Parsed]:
     """Parse the three files of a data folder (a missing file reads as having no rows).
 
     The business hours and zones are read in a second thread while the polls
     are read: most of the work is in pyarrow and numpy, which let go of the GIL.
+    With `polls_as_columns` the polls come as `PollColumns` (see `read_store_status`), read with
+    no pandas: then only the second thread imports pandas (for the hours' and zones' frames),
+    while this one reads the polls.
     """
     directory = Path(directory)
 
     def read(file: str) -> Parsed:
         path, reader = directory / file, READERS[file]
+        if file == STATUS_FILE and polls_as_columns:
+            reader = partial(read_store_status, as_columns=True)
         if path.exists():
             return reader(path, file=str(path))
         parsed = reader(",".join(COLUMNS[file]).encode() + b"\n", file=str(path))

@@ -1,9 +1,13 @@
 """MongoDB behind the `database.Store` contract (pymongo; mongomock with `MONGO_URI=mongomock://`).
 
 Collections: storeStatus, businessHours, timezones, reports, reportChunks (the
-report CSVs in numbered chunks, each well under the 16 MB document limit) and
-locks (the data lease).  A poll's key is `(store_id, timestamp_us)`, exact to the
-microsecond; `timestamp_utc` beside it is the BSON date (milliseconds) for people.
+report CSVs in numbered chunks of 255 KiB, as GridFS cuts files, so a reader
+streams one small document at a time), locks (the data lease), and since schema
+3 reportHistory (each Complete report's rows, by store), scheduleTicks (the
+schedule's claimed ticks), alertState (the stores that are or were down) and
+alertDeliveries (the alert POSTs and how they went).  A poll's key is
+`(store_id, timestamp_us)`, exact to the microsecond; `timestamp_utc` beside it
+is the BSON date (milliseconds) for people.
 
 How it behaves against a real server (mongomock hides each of these):
 
@@ -15,9 +19,10 @@ How it behaves against a real server (mongomock hides each of these):
   backoff; every write they retry is idempotent.  HTTP requests run inside
   `request_scope()`, a `pymongo.timeout(REQUEST_SECONDS)` block with no retries,
   so an API call answers (503 when the database is away) within about a second.
-- Server clock.  Heartbeats, report times and lease expiry come from the
-  server (`$currentDate`, `$$NOW` in update pipelines), so clock skew between
-  hosts cannot fail a live report or steal a live lease.  mongomock has no
+- Server clock.  Heartbeats, report times, lease expiry and the schedule's
+  clock come from the server (`$currentDate`, `$$NOW` in update pipelines,
+  `hello`'s localTime), so clock skew between hosts cannot fail a live report,
+  steal a live lease or make two hosts disagree on a tick.  mongomock has no
   `$$NOW` (a pipeline using it silently changes nothing), so there the
   client's clock stands in.
 - Indexes are reconciled with `index_information()` by `migrate()`.
@@ -65,6 +70,25 @@ writes (progress, heartbeats, leases, the health probe's timestamp) use the
 client's default (w:1 before MongoDB 5.0, majority since), and can lose the
 last ~100 ms on a power loss: all are rewritten within seconds anyway.
 
+Schema 3 without transactions (a standalone server has none), each step a
+conditional or idempotent single-document write, so a crash or a second worker
+between two steps is safe:
+
+- History.  A report's rows go into reportHistory (a deterministic _id,
+  report_id/store_id, so a retry never duplicates) before the report turns
+  Complete, and `store_history` keeps only rows whose report is Complete (one
+  $in look-up per page): rows of a report that never finished, or whose record
+  a deletion removed before its rows, are never shown.  `delete_report` and
+  retention delete the record first, then its chunks and rows; what a deletion
+  stopped between leaves is swept by the next retention run.
+- Ticks.  A tick is claimed by inserting {_id: tick_us}; the winner then makes
+  the report's record.  A claimer that dies between the two leaves a "lost
+  start", recorded as a Failed report once the claim is older than the stale
+  limit (by the next claim, `last_tick` or the stale sweep).
+- Alerts.  Each store's state changes in one conditional update; the events of
+  a report are the stores whose state carries its id, so a retry or a second
+  worker finds the same ones; the delivery is upserted by report id.
+
 Disk full.  MongoDB's out-of-disk and quota errors (DISK_FULL_CODES) become
 database.DiskFull, whose message says what the server refused (the upload, or
 the upload after the rows already written).  The journal stays cautious: the
@@ -79,18 +103,19 @@ import contextlib
 import contextvars
 import datetime as dt
 import functools
+import itertools
 import logging
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 import pymongo
 import tenacity
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument, UpdateOne, WriteConcern
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -102,6 +127,7 @@ from pymongo.errors import (
 )
 
 import database
+import report_csv
 import sources
 import utils
 from database import (
@@ -122,9 +148,27 @@ log = logging.getLogger(__name__)
 
 LOCKS = "locks"
 REPORT_CHUNKS = "reportChunks"
+HISTORY = "reportHistory"  # one document per (Complete report, store): the report's CSV row
+TICKS = "scheduleTicks"  # one document per claimed tick, _id the tick's µs
+ALERT_STATE = "alertState"  # one document per store that is or was down, _id the store id
+DELIVERIES = "alertDeliveries"  # one document per report that gave alert events, _id the report id
 BSON_DOCUMENT_LIMIT = 16 * 1024 * 1024
-CSV_CHUNK_BYTES = 4 * 1024 * 1024  # well under the 16 MB document limit
+# GridFS's chunk size: a reader streaming a CSV holds one chunk document (and its wire buffer) at a time, so 32
+# readers hold a few MB, not 32 x 4 MB (what earlier releases stored; such chunks are still read, whole)
+CSV_CHUNK_BYTES = 255 * 1024
 assert CSV_CHUNK_BYTES < BSON_DOCUMENT_LIMIT - 1024
+TRIGGERS = ("api", "schedule")
+DELIVERY_STATUSES = ("Pending", "Delivered", "Failed")
+TICKS_KEPT = 1_000  # the newest claimed ticks kept; older ones are deleted as new ones are claimed
+DELIVERIES_KEPT = 1_000  # the newest alert deliveries kept
+# A scheduled report whose heartbeat (or, before its record exists, whose tick's claim) is younger than `prepare`'s
+# stale_after (the service's STALE_AFTER_SECONDS), or this many lease periods in a store never prepared, is still
+# running: the next tick is skipped.  Older, it is taken for dead (the stale sweep fails it), as in the SQLite store.
+SCHEDULE_BUSY_LEASES = 2
+LOST_START_ERROR = (
+    "the worker that claimed this scheduled tick stopped before it recorded the report, so the report never ran; "
+    "the next tick starts another"
+)
 READ_BATCH_SIZE = 50_000
 
 SERVER_SELECTION_MS = 30_000  # jobs wait this long for a server: longer than a replica-set election (~12 s)
@@ -150,10 +194,11 @@ NEEDED_WIRE_VERSION, NEEDED_RELEASE = max((wire, release) for _, wire, release i
 # upload batches, the upload journal and report completion: in the on-disk journal of a majority before acknowledged
 DURABLE = WriteConcern(w="majority", j=True)
 DISK_FULL_CODES = frozenset({14031, 12501})  # OutOfDiskSpace; a quota exceeded
-# what a database of the first releases (schema 1, no mark) holds; `uploads` too when a migration stopped part-way
+# what a database of the first releases (schema 1, no mark) holds; later ones too when a migration stopped part-way
 SCHEMA_1_COLLECTIONS = frozenset({STATUS, HOURS, ZONES, REPORTS, REPORT_CHUNKS, LOCKS})
-OWN_COLLECTIONS = SCHEMA_1_COLLECTIONS | {UPLOADS, META}
+OWN_COLLECTIONS = SCHEMA_1_COLLECTIONS | {UPLOADS, META, HISTORY, TICKS, ALERT_STATE, DELIVERIES}
 SCHEMA_MARK = "schema"  # the _id of the meta document
+ALERTS_SEEN = "alerts"  # the _id of the meta document {as_of_us: the newest as_of record_alerts was given}
 SCHEMA_PENDING = "the database has not been checked yet (the start-up work is still running); try again shortly"
 WRITER_GONE = "the process loading it stopped part-way"
 MONGOMOCK_WARNING = "MONGO_URI=mongomock://: an in-process test double that keeps nothing (tests and demos only)"
@@ -169,12 +214,31 @@ INDEXES = {
         IndexModel([("report_id", ASCENDING)], name="report_id", unique=True),
         IndexModel([("created_at", DESCENDING), ("_id", DESCENDING)], name="created"),
         IndexModel([("status", ASCENDING), ("heartbeat_at", ASCENDING)], name="status_heartbeat"),
+        # previous_complete_report: the Complete ones by creation, then id
+        IndexModel(
+            [("status", ASCENDING), ("created_at", DESCENDING), ("report_id", DESCENDING)], name="status_created"
+        ),
     ],
     REPORT_CHUNKS: [IndexModel([("report_id", ASCENDING), ("n", ASCENDING)], name="report_chunk", unique=True)],
     # newest first, and in the order begun within one millisecond (seq); by digest, what finished an upload
     UPLOADS: [
         IndexModel([("at", DESCENDING), ("seq", DESCENDING)], name="at"),
         IndexModel([("digest", ASCENDING)], name="digest"),
+    ],
+    # store_history: a store's points newest as_of first, then newest created (then id: one order for ties);
+    # by report, what a deletion removes
+    HISTORY: [
+        IndexModel(
+            [("store_id", ASCENDING), ("as_of_us", DESCENDING), ("created_us", DESCENDING), ("report_id", DESCENDING)],
+            name="store_as_of",
+        ),
+        IndexModel([("report_id", ASCENDING)], name="report"),
+    ],
+    ALERT_STATE: [IndexModel([("report_id", ASCENDING)], name="report")],  # the flips a report made
+    DELIVERIES: [
+        IndexModel([("delivery_id", ASCENDING)], name="delivery_id", unique=True),
+        IndexModel([("created_at", DESCENDING), ("seq", DESCENDING)], name="created"),
+        IndexModel([("status", ASCENDING), ("created_at", ASCENDING), ("seq", ASCENDING)], name="pending"),
     ],
 }
 # indexes of earlier versions that must go: the millisecond unique key breaks on sub-millisecond polls
@@ -196,7 +260,9 @@ REPORT_FIELDS = {
     "error": 1,
     "csv_bytes": 1,
     "as_of_after_newest_poll": 1,
+    "trigger": 1,
 }
+HISTORY_PROJECTION = {"_id": 0, **{field: 1 for field in database.HISTORY_FIELDS}}
 POLL_PROJECTION = {"_id": 0, "store_id": 1, "timestamp_us": 1, "status": 1}
 # The same fields for the Arrow path, renamed by the server to one letter each (find projections take
 # expressions since MongoDB 4.4).  pymongoarrow looks every field of every document up by its name as a
@@ -417,6 +483,72 @@ def polls_from_documents(documents: Iterable[dict]) -> pd.DataFrame:
     return polls.astype({"store_id": object, "timestamp_us": np.int64, "active": bool})
 
 
+# --------------------------------------------------------------------------- records of reports, history, alerts
+
+
+def _new_report_fields(as_of_us: int | None) -> dict:
+    """A new report's record but its id, trigger and times: Running, progress 0 of unknown."""
+    return {
+        "status": "Running",
+        "finished_at": None,
+        "requested_as_of_us": as_of_us,
+        "as_of_us": None,
+        "progress": {"done": 0, "total": None},
+        "row_count": None,
+        "error": None,
+        "csv_chunks": None,
+        "csv_bytes": None,
+        "as_of_after_newest_poll": False,
+    }
+
+
+def _created_us(record: dict) -> int | None:
+    created = record.get("created_at")
+    return None if created is None else utils.datetime_to_us(_aware(created))
+
+
+REPORT_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+
+
+def _history_columns(report_id: str, payload: bytes) -> dict[str, list] | None:
+    """The rows a report keeps for history: `report_csv.history_rows` of its CSV; None for bytes that are not a
+    report CSV (their first line is not the report's header), as in the SQLite store.  ValueError for a report
+    CSV whose rows cannot be read."""
+    payload = bytes(payload)
+    if not payload.startswith(REPORT_HEADER):
+        return None
+    if payload == REPORT_HEADER:
+        return {column: [] for column in utils.REPORT_COLUMNS}
+    try:
+        return report_csv.history_rows(payload)
+    except (KeyError, ValueError) as error:  # a missing figure, a figure that is not a number, a malformed CSV
+        raise ValueError(
+            f"report {report_id}: the rows of its CSV cannot be read: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _history_point(doc: dict) -> dict:
+    point = {"report_id": doc["report_id"], "as_of_us": None if doc.get("as_of_us") is None else int(doc["as_of_us"])}
+    point.update({name: float(doc[name]) for name in utils.REPORT_COLUMNS[1:]})
+    return point
+
+
+def _delivery_record(doc: dict) -> dict:
+    return {
+        "delivery_id": doc["delivery_id"],
+        "report_id": doc["report_id"],
+        "as_of_us": int(doc["as_of_us"]),
+        "created_at": _aware(doc.get("created_at")),
+        "status": doc["status"],
+        "attempts": int(doc["attempts"]),
+        "last_attempt_at": _aware(doc.get("last_attempt_at")),
+        "http_status": doc.get("http_status"),
+        "error": doc.get("error"),
+        "events": int(doc["events"]),
+        "body": bytes(doc["body"]),
+    }
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -445,6 +577,7 @@ class MongoStore(database.Store):
         self._schema_passed = False
         self._refusal: database.DatabaseRefused | None = None
         self._server: dict | None = None  # the server's version and the features checked, once the check ran
+        self._stale_after: dt.timedelta | None = None  # prepare's: how long a silent Running report counts as alive
         self._schema_lock = threading.Lock()
         if uri.startswith("mongomock://"):
             import mongomock
@@ -538,6 +671,7 @@ class MongoStore(database.Store):
     def prepare(self, stale_after: dt.timedelta) -> int:
         """On a server, `_start_maintenance` (the server may be away: nothing here waits for it) and 0; on
         mongomock, which answers at once, the schema, the indexes and the stale sweep now."""
+        self._stale_after = stale_after
         if self.kind == "mongodb":
             self._start_maintenance(stale_after)
             return 0
@@ -633,6 +767,16 @@ class MongoStore(database.Store):
     def _disk_full(self, what: str) -> database.DiskFull:
         return database.DiskFull(f"MongoDB database {self.name}", None, what=what)
 
+    @contextlib.contextmanager
+    def _disk_full_as(self, what: str):
+        """A write the server refused for want of disk (or quota) raised as database.DiskFull (`what` names it)."""
+        try:
+            yield
+        except PyMongoError as error:
+            if is_disk_full(error):
+                raise self._disk_full(what) from error
+            raise
+
     # ----- the schema: the meta document, numbered steps from an older version, refusals
 
     def _check_schema(self) -> None:
@@ -692,7 +836,7 @@ class MongoStore(database.Store):
         return 1
 
     def _meta_holds_others(self) -> bool:
-        return self.db[META].count_documents({"_id": {"$nin": [SCHEMA_MARK, "probe"]}}, limit=1) > 0
+        return self.db[META].count_documents({"_id": {"$nin": [SCHEMA_MARK, "probe", ALERTS_SEEN]}}, limit=1) > 0
 
     def _version_of(self, mark: dict, names: list[str]) -> int:
         version = mark.get("version")
@@ -746,6 +890,45 @@ class MongoStore(database.Store):
         failed = reconcile_indexes(self.db[UPLOADS], INDEXES[UPLOADS])
         if failed:
             raise OperationFailure(f"the uploads journal's indexes could not be made: {failed[0]}")
+
+    def _step_monitoring(self) -> None:
+        """2 -> 3: the collections of history, ticks and alerts with their indexes, then every Complete report's
+        rows into the history from its stored CSV.  Reports keep no trigger: without one they read as "api"."""
+        for name in (HISTORY, TICKS, ALERT_STATE, DELIVERIES):
+            try:
+                self.db.create_collection(name)
+            except CollectionInvalid:  # made by an earlier run of this step
+                pass
+        for name in (HISTORY, ALERT_STATE, DELIVERIES):
+            failed = reconcile_indexes(self.db[name], INDEXES[name])
+            if failed:
+                raise OperationFailure(f"the indexes of {name} could not be made: {failed[0]}")
+        self._backfill_history()
+
+    def _backfill_history(self) -> None:
+        """Each Complete report's rows, parsed from its stored CSV, into the history (a report whose rows are
+        all there already, from an earlier run of the step, is passed over).  A report whose stored CSV is
+        incomplete or not a report's keeps no history: one warning names it, and the others go on."""
+        fields = {"_id": 0, "report_id": 1, "as_of_us": 1, "created_at": 1, "csv_bytes": 1, "row_count": 1}
+        reports = list(self.db[REPORTS].find({"status": "Complete"}, fields))  # small: one per report
+        kept = 0
+        for report in reports:
+            report_id = report["report_id"]
+            if report.get("row_count") is not None:
+                if self.db[HISTORY].count_documents({"report_id": report_id}) == report["row_count"]:
+                    continue
+            try:
+                columns = _history_columns(report_id, self.read_report_csv(report))
+            except ValueError as error:
+                log.warning("schema 2 -> 3: report %s keeps no history: %s", report_id, error)
+                continue
+            if columns is None:
+                log.warning("schema 2 -> 3: report %s keeps no history: its stored CSV is not a report CSV", report_id)
+                continue
+            self._write_history(report_id, report.get("as_of_us"), _created_us(report), columns)
+            kept += 1
+        if kept:
+            log.info("schema 2 -> 3: the rows of %d Complete reports are in the history", kept)
 
     # ----- health
 
@@ -1144,35 +1327,30 @@ class MongoStore(database.Store):
 
     # ----- reports (times from the server's clock on MongoDB)
 
-    @retried
-    def create_report(self, report_id: str, as_of_us: int | None) -> None:
-        self._require_schema()
-        fields = {
-            "status": "Running",
-            "finished_at": None,
-            "requested_as_of_us": as_of_us,
-            "as_of_us": None,
-            "progress": {"done": 0, "total": None},
-            "row_count": None,
-            "error": None,
-            "csv_chunks": None,
-            "csv_bytes": None,
-            "as_of_after_newest_poll": False,
-        }
+    def _insert_report(self, report_id: str, fields: dict, now_fields: tuple[str, ...]) -> bool:
+        """Record a report unless its record exists: an upsert that keeps whatever is there, so a retry (or a
+        second writer) changes nothing.  `now_fields` get now: the server's ($$NOW), the client's on mongomock.
+        True when this call made the record."""
         if self.server_clock:
-            # an upsert that keeps whatever a first attempt already stored: a retry changes nothing
             defaults = {key: {"$literal": value} for key, value in fields.items()}
-            defaults.update(created_at="$$NOW", heartbeat_at="$$NOW")
-            self.db[REPORTS].update_one(
-                {"report_id": report_id}, [{"$replaceWith": {"$mergeObjects": [defaults, "$$ROOT"]}}], upsert=True
-            )
+            defaults.update({name: "$$NOW" for name in now_fields})
+            update = [{"$replaceWith": {"$mergeObjects": [defaults, "$$ROOT"]}}]
         else:
             now = now_utc()
-            self.db[REPORTS].update_one(
-                {"report_id": report_id},
-                {"$setOnInsert": {**fields, "created_at": now, "heartbeat_at": now}},
-                upsert=True,
-            )
+            update = {"$setOnInsert": {**fields, **{name: now for name in now_fields}}}
+        try:
+            return self.db[REPORTS].update_one({"report_id": report_id}, update, upsert=True).upserted_id is not None
+        except DuplicateKeyError:  # another writer inserted it between this upsert's match and its insert
+            return False
+
+    @retried
+    def create_report(self, report_id: str, as_of_us: int | None, trigger: str = "api") -> None:
+        if trigger not in TRIGGERS:
+            raise ValueError(f"a report's trigger is one of {', '.join(TRIGGERS)}, not {trigger!r}")
+        self._require_schema()
+        self._insert_report(
+            report_id, {**_new_report_fields(as_of_us), "trigger": trigger}, ("created_at", "heartbeat_at")
+        )
 
     @retried
     def update_report(
@@ -1196,31 +1374,42 @@ class MongoStore(database.Store):
             update["$set"] = fields
         self.db[REPORTS].update_one({"report_id": report_id, "status": "Running"}, update)
 
-    @retried
     def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
-        """Store the whole CSV in numbered chunks, then mark the report Complete if it is still Running.
+        """Store the whole CSV in numbered chunks and its rows in the history, then mark the report Complete if
+        it is still Running.
 
-        Readers only look for chunks of Complete reports, so a half-stored CSV is never served; chunks are
-        upserted by (report_id, n), so a retry rewrites them.  A report Failed before or meanwhile (the
-        status flip matches only Running) stays Failed and its chunks are removed: the answer is False.
+        Readers only look for chunks of Complete reports and `store_history` keeps only rows of Complete
+        reports, so neither half a CSV nor half a report's history is ever shown; chunks are upserted by
+        (report_id, n) and history rows have a deterministic _id (report_id/store_id), so a retry rewrites
+        them.  A report Failed before or meanwhile (the status flip matches only Running) stays Failed and its
+        chunks and rows are removed: the answer is False.  Bytes that are not a report CSV (the first line
+        is not its header) keep no history rows, as in the SQLite store; a report CSV whose rows cannot be read
+        (a figure that is not a number) is a ValueError, before anything is stored.
         """
+        columns = _history_columns(report_id, csv_bytes)  # parsed once, outside the retried part
+        return self._complete_report(report_id, csv_bytes, row_count, columns)
+
+    @retried
+    def _complete_report(self, report_id: str, csv_bytes: bytes, row_count: int, columns: dict | None) -> bool:
         self._require_schema()
-        record = self.db[REPORTS].find_one({"report_id": report_id}, {"_id": 0, "status": 1})
+        record = self.db[REPORTS].find_one(
+            {"report_id": report_id}, {"_id": 0, "status": 1, "as_of_us": 1, "created_at": 1}
+        )
         if record is not None and record["status"] == "Complete":
             return True  # a retry of this call whose first answer was lost
         if record is None or record["status"] != "Running":
-            self.db[REPORT_CHUNKS].delete_many({"report_id": report_id})
+            self._drop_report_data([report_id])
             return False
         try:
-            return self._store_csv(report_id, csv_bytes, row_count)
+            return self._store_csv(report_id, csv_bytes, row_count, record, columns)
         except PyMongoError as error:
             if not is_disk_full(error):
                 raise
             with contextlib.suppress(PyMongoError):
-                self.db[REPORT_CHUNKS].delete_many({"report_id": report_id})
+                self._drop_report_data([report_id])
             raise self._disk_full("report") from error
 
-    def _store_csv(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
+    def _store_csv(self, report_id: str, csv_bytes: bytes, row_count: int, record: dict, columns: dict | None) -> bool:
         pieces = [csv_bytes[i : i + CSV_CHUNK_BYTES] for i in range(0, len(csv_bytes), CSV_CHUNK_BYTES)] or [b""]
         chunks = self._durable(REPORT_CHUNKS)
         for n, piece in enumerate(pieces):
@@ -1228,6 +1417,7 @@ class MongoStore(database.Store):
                 {"report_id": report_id, "n": n}, {"report_id": report_id, "n": n, "data": piece}, upsert=True
             )
         chunks.delete_many({"report_id": report_id, "n": {"$gte": len(pieces)}})
+        self._write_history(report_id, record.get("as_of_us"), _created_us(record), columns)
         flipped = self._durable(REPORTS).update_one(
             {"report_id": report_id, "status": "Running"},
             {
@@ -1242,8 +1432,44 @@ class MongoStore(database.Store):
         )
         if flipped.matched_count == 1:
             return True
-        chunks.delete_many({"report_id": report_id})  # failed meanwhile: it keeps no CSV
+        self._drop_report_data([report_id])  # failed meanwhile: it keeps no CSV and no history
         return False
+
+    def _write_history(
+        self, report_id: str, as_of_us: int | None, created_us: int | None, columns: dict | None
+    ) -> None:
+        """The report's rows into the history (none for bytes that are not a report CSV), BATCH_SIZE documents
+        a time, unordered; each row's _id is report_id/store_id, so a row written twice (a retry, a second
+        writer) is a duplicate key, skipped.  Rows an earlier attempt left of another CSV of the same report
+        go first."""
+        history = self._durable(HISTORY)
+        history.delete_many({"report_id": report_id})
+        if columns is None:
+            return
+        store_ids = columns["store_id"]
+        figures = {name: columns[name] for name in utils.REPORT_COLUMNS[1:]}
+        for first in range(0, len(store_ids), database.BATCH_SIZE):
+            docs = [
+                {
+                    "_id": f"{report_id}/{store_id}",
+                    "report_id": report_id,
+                    "store_id": store_id,
+                    "as_of_us": as_of_us,
+                    "created_us": created_us,
+                    **{name: float(values[row]) for name, values in figures.items()},
+                }
+                for row, store_id in enumerate(store_ids[first : first + database.BATCH_SIZE], start=first)
+            ]
+            try:
+                history.insert_many(docs, ordered=False)
+            except BulkWriteError as error:
+                _raise_unless_duplicates(error)
+
+    @retried
+    def _drop_report_data(self, report_ids: list[str]) -> None:
+        """The stored CSV chunks and history rows of these reports."""
+        self.db[HISTORY].delete_many({"report_id": {"$in": report_ids}})
+        self.db[REPORT_CHUNKS].delete_many({"report_id": {"$in": report_ids}})
 
     @retried
     def fail_report(self, report_id: str, error: str) -> None:
@@ -1261,7 +1487,9 @@ class MongoStore(database.Store):
 
     @retried
     def fail_stale_reports(self, older_than: dt.timedelta) -> int:
-        """Fail Running reports whose heartbeat is older than `older_than` by the server's clock."""
+        """Fail Running reports whose heartbeat is older than `older_than` by the server's clock, and record
+        Failed the scheduled reports whose tick was claimed that long ago but whose record was never made (see
+        `claim_tick`)."""
         self._require_schema()
         if self.server_clock:
             cutoff = {"$subtract": ["$$NOW", int(older_than.total_seconds() * 1000)]}
@@ -1274,7 +1502,13 @@ class MongoStore(database.Store):
                 {"status": "Running", "heartbeat_at": {"$lt": now_utc() - older_than}},
                 {"$set": {"status": "Failed", "error": database.STALE_ERROR}, "$currentDate": {"finished_at": True}},
             )
-        return result.modified_count
+        return result.modified_count + self._record_lost_starts(older_than)
+
+    def _older_than(self, field: str, age: dt.timedelta) -> dict:
+        """The query: the date `field` is older than `age` by the server's clock (the client's on mongomock)."""
+        if self.server_clock:
+            return {"$expr": {"$lt": [f"${field}", {"$subtract": ["$$NOW", int(age.total_seconds() * 1000)]}]}}
+        return {field: {"$lt": now_utc() - age}}
 
     def _record(self, doc: dict | None) -> dict | None:
         if doc is None:
@@ -1282,6 +1516,7 @@ class MongoStore(database.Store):
         for key in ("created_at", "heartbeat_at", "finished_at"):
             doc[key] = _aware(doc.get(key))
         doc["as_of_after_newest_poll"] = bool(doc.get("as_of_after_newest_poll", False))  # absent in schema 1
+        doc.setdefault("trigger", "api")  # absent before schema 3
         return doc
 
     def find_report(self, report_id: str) -> dict | None:
@@ -1295,6 +1530,8 @@ class MongoStore(database.Store):
         return [self._record(doc) for doc in cursor.skip(skip).limit(limit)]
 
     def delete_finished_reports(self, finished_before: dt.datetime, keep_newest: int) -> list[str]:
+        """The records go first, a batch at a time, then their CSV chunks and history rows; then the data of
+        any report without a record (a deletion that stopped between the two) goes too."""
         self._require_schema()
         finished = {"status": {"$in": ["Complete", "Failed"]}}
         reports = self.db[REPORTS]
@@ -1307,15 +1544,477 @@ class MongoStore(database.Store):
         ids = sorted({doc["report_id"] for doc in old} | {doc["report_id"] for doc in beyond})
         for start in range(0, len(ids), database.BATCH_SIZE):
             batch = ids[start : start + database.BATCH_SIZE]
-            # the record goes first: a report is never listed without its CSV
+            # the record goes first: a report is never listed without its CSV, nor its history shown without it
             reports.delete_many({"report_id": {"$in": batch}, **finished})
-            self.db[REPORT_CHUNKS].delete_many({"report_id": {"$in": batch}})
+            self._drop_report_data(batch)
+        self._sweep_orphans()
         return ids
+
+    def _sweep_orphans(self) -> list[str]:
+        """Delete the CSV chunks and history rows of reports that have no record (a deletion stopped between
+        the record and its data); returns those reports' ids.  A report's data is written only while its
+        record exists (Running), and a Running record is never deleted, so no report being completed is hit.
+        The ids come from the report_id indexes ($sort then $group: a DISTINCT_SCAN on a server)."""
+        pipeline = [{"$sort": {"report_id": 1}}, {"$group": {"_id": "$report_id"}}]
+        held = sorted(
+            {
+                doc["_id"]
+                for name in (REPORT_CHUNKS, HISTORY)
+                for doc in self.db[name].aggregate(pipeline, allowDiskUse=True)
+            }
+        )
+        present = set()
+        for start in range(0, len(held), database.BATCH_SIZE):
+            batch = held[start : start + database.BATCH_SIZE]
+            found = self.db[REPORTS].find({"report_id": {"$in": batch}}, {"_id": 0, "report_id": 1})
+            present |= {doc["report_id"] for doc in found}
+        orphans = [report_id for report_id in held if report_id not in present]
+        if orphans:
+            log.warning(
+                "deleting the stored CSVs and history of %d reports whose records are gone (a deletion stopped "
+                "part-way): %s",
+                len(orphans),
+                ", ".join(orphans[:20]),
+            )
+            for start in range(0, len(orphans), database.BATCH_SIZE):
+                self._drop_report_data(orphans[start : start + database.BATCH_SIZE])
+        return orphans
+
+    def delete_report(self, report_id: str) -> bool:
+        """The record goes first, by a delete that matches only a finished report (a Running one, or none, is
+        left untouched: False), then its CSV chunks and history rows.  A deletion that stops between them
+        leaves data no reader shows (history keeps rows of Complete reports only, and a CSV is read for a
+        record), which the next `delete_finished_reports` removes.  Not retried: a retry after a lost answer
+        would find nothing to delete and answer False."""
+        self._require_schema()
+        finished = {"report_id": report_id, "status": {"$in": ["Complete", "Failed"]}}
+        if self.db[REPORTS].delete_one(finished).deleted_count != 1:
+            return False
+        self._drop_report_data([report_id])
+        return True
+
+    def previous_complete_report(self, report_id: str) -> dict | None:
+        """Read down the status_created index from this report's creation time: the first Complete report that
+        is earlier (created before it, or at the same instant with a smaller id)."""
+        this = self.db[REPORTS].find_one({"report_id": report_id}, {"_id": 0, "created_at": 1})
+        if this is None or this.get("created_at") is None:
+            return None
+        created = this["created_at"]
+        cursor = (
+            self.db[REPORTS]
+            .find({"status": "Complete", "created_at": {"$lte": created}}, REPORT_FIELDS)
+            .sort([("created_at", DESCENDING), ("report_id", DESCENDING)])
+        )
+        for doc in cursor:
+            if _aware(doc["created_at"]) < _aware(created) or doc["report_id"] < report_id:
+                return self._record(doc)
+        return None
 
     def read_report_csv(self, report: dict) -> bytes:
         chunks = self.db[REPORT_CHUNKS].find({"report_id": report["report_id"]}, {"_id": 0, "n": 1, "data": 1})
         ordered = sorted(chunks, key=lambda chunk: chunk["n"])  # the server promises no order without a sort
         return database.checked_report_csv(report, b"".join(bytes(chunk["data"]) for chunk in ordered))
+
+    def iter_report_csv(self, report: dict, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Checked now, before any piece: the record still holds as many chunks as it says (a report deleted
+        meanwhile, or chunks missing, is a ValueError at once); then, as the pieces are taken, the chunk
+        documents one per round trip (batch size 1) in chunk order, each cut into pieces of `chunk_bytes`.  A
+        chunk missing from the numbering, or a total other than the record's csv_bytes, is a ValueError when
+        found (the total after the last piece)."""
+        if int(chunk_bytes) < 1:
+            raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
+        report_id, expected = report["report_id"], report.get("csv_bytes")
+        if expected is not None:
+            record = self.db[REPORTS].find_one({"report_id": report_id}, {"_id": 0, "csv_chunks": 1})
+            stored = self.db[REPORT_CHUNKS].count_documents({"report_id": report_id})
+            if record is None or (record.get("csv_chunks") is not None and stored != record["csv_chunks"]):
+                raise ValueError(f"report {report_id}: stored CSV is incomplete")
+        return self._csv_pieces(report_id, int(chunk_bytes), expected)
+
+    def _csv_pieces(self, report_id: str, chunk_bytes: int, expected: int | None) -> Iterator[bytes]:
+        cursor = (
+            self.db[REPORT_CHUNKS]
+            .find({"report_id": report_id}, {"_id": 0, "n": 1, "data": 1}, batch_size=1)
+            .sort("n", ASCENDING)
+        )
+        sent = 0
+        with contextlib.closing(cursor):
+            for position, chunk in enumerate(cursor):
+                if chunk["n"] != position:
+                    raise ValueError(f"report {report_id}: stored CSV is incomplete")
+                data = chunk.pop("data")
+                for start in range(0, len(data), chunk_bytes):
+                    piece = bytes(data[start : start + chunk_bytes])
+                    sent += len(piece)
+                    yield piece
+                del data
+        if expected is not None and sent != expected:
+            raise ValueError(f"report {report_id}: stored CSV is incomplete")
+
+    def store_history(
+        self, store_id: str, since_us: int | None = None, until_us: int | None = None, limit: int = 100
+    ) -> list[dict]:
+        """The store's rows down the store_as_of index, a page of `limit` at a time, each page's reports looked
+        up at once ($in) to keep the rows of Complete ones: rows of a report not (yet, or no longer) Complete
+        are never shown.  Usually one page."""
+        limit = int(limit)
+        if limit <= 0:
+            return []
+        query: dict = {"store_id": store_id}
+        bounds = {}
+        if since_us is not None:
+            bounds["$gte"] = int(since_us)
+        if until_us is not None:
+            bounds["$lte"] = int(until_us)
+        if bounds:
+            query["as_of_us"] = bounds
+        cursor = (
+            self.db[HISTORY]
+            .find(query, HISTORY_PROJECTION, batch_size=limit)
+            .sort([("as_of_us", DESCENDING), ("created_us", DESCENDING), ("report_id", DESCENDING)])
+        )
+        points: list[dict] = []
+        with contextlib.closing(cursor):
+            while len(points) < limit:
+                page = list(itertools.islice(cursor, limit - len(points)))
+                if not page:
+                    break
+                ids = sorted({doc["report_id"] for doc in page})
+                complete = {
+                    doc["report_id"]
+                    for doc in self.db[REPORTS].find(
+                        {"report_id": {"$in": ids}, "status": "Complete"}, {"_id": 0, "report_id": 1}
+                    )
+                }
+                points += [_history_point(doc) for doc in page if doc["report_id"] in complete]
+        return points
+
+    # ----- the schedule: a tick is claimed by inserting its document; then the report's record is made
+
+    @retried
+    def clock_us(self) -> int:
+        """The server's clock: `hello`'s localTime (milliseconds), or `isMaster`'s on a 4.4 before 4.4.2 (no
+        `hello`).  mongomock has no clock of its own: this host's stands in."""
+        if not self.server_clock:
+            return utils.datetime_to_us(now_utc())
+        try:
+            answer = self.client.admin.command("hello")
+        except OperationFailure as error:
+            if error.code != 59:  # CommandNotFound
+                raise
+            answer = self.client.admin.command("isMaster")
+        return utils.datetime_to_us(_aware(answer["localTime"]))
+
+    def _schedule_busy_for(self) -> dt.timedelta:
+        """How long a silent scheduled report counts as running: the stale sweep's limit once prepared."""
+        return self._stale_after or dt.timedelta(seconds=SCHEDULE_BUSY_LEASES * database.LEASE_SECONDS)
+
+    def claim_tick(self, tick_us: int, report_id: str) -> str:
+        """Claim the tick by inserting its document, _id the tick: every claimer but the first gets a duplicate
+        key ("taken").  The winner's document says "started" with the report's id, or "skipped" when a
+        scheduled report is still running (its heartbeat, or its tick's claim if its record is not made yet,
+        younger than the stale sweep's limit: see SCHEDULE_BUSY_LEASES).  Then the winner makes the Running record.
+
+        Without a multi-document transaction (a standalone server has none) the two writes are two steps, in
+        this order because the tick is what must be unique: a report record made first could not be taken back
+        from a loser without showing it.  A claimer that stops between them leaves a started tick naming a
+        report with no record: that is a lost start, recorded as a Failed report (LOST_START_ERROR) once the
+        claim is older than the busy limit, by the next claim, `last_tick` or the stale sweep; until then the
+        next tick is skipped, as if the report were running.  A tick is never claimed twice (a retry after a
+        lost answer finds its own claim by `claimed_by`), so no tick makes two reports.
+        """
+        self._require_schema()
+        with self._disk_full_as("scheduled tick"):
+            claim = self._claim_tick(int(tick_us), report_id)
+        if claim is None:
+            return "taken"
+        if claim["outcome"] == "started":
+            try:
+                with self._disk_full_as("scheduled report"):
+                    self.create_report(report_id, None, trigger="schedule")
+            except Exception:
+                with contextlib.suppress(PyMongoError):  # else a later claim or sweep records it, after the limit
+                    self._record_lost_starts(None, only=claim["_id"])
+                raise
+            self._tidy(lambda: self._mark_tick_recorded(claim["_id"]), "mark tick recorded")
+        self._tidy(lambda: self._keep_newest(TICKS, [("_id", DESCENDING)], TICKS_KEPT), "trim ticks")
+        return claim["outcome"]
+
+    @retried
+    def _claim_tick(self, tick_us: int, report_id: str) -> dict | None:
+        """The tick's document when this caller claimed it (now, or in an attempt whose answer was lost); None
+        when another did, or when the tick is older than every kept one (claimed long ago: it is forgotten)."""
+        ticks = self.db[TICKS]
+        if ticks.count_documents({"_id": {"$gt": tick_us}}, limit=TICKS_KEPT) >= TICKS_KEPT:
+            return None
+        busy_for = self._schedule_busy_for()
+        self._record_lost_starts(busy_for)
+        now_us = self.clock_us()
+        started = not self._schedule_busy(now_us, busy_for)
+        claim = {
+            "_id": tick_us,
+            "outcome": "started" if started else "skipped",
+            "report_id": report_id if started else None,
+            "claimed_by": report_id,
+            "claimed_at": utils.us_to_datetime(now_us),
+            "claimed_at_us": now_us,
+            "recorded": not started,  # a started tick is recorded once its report's record is made
+        }
+        try:
+            self._durable(TICKS).insert_one(claim)
+            return claim
+        except DuplicateKeyError:
+            found = ticks.find_one({"_id": tick_us})
+            return found if found is not None and found.get("claimed_by") == report_id else None
+
+    def _schedule_busy(self, now_us: int, busy_for: dt.timedelta) -> bool:
+        """A scheduled report is running: its heartbeat is younger than `busy_for`, or its tick was claimed
+        less than `busy_for` ago and its record is not made yet (its claimer is between the two writes)."""
+        cutoff = utils.us_to_datetime(now_us) - busy_for
+        running = {"status": "Running", "trigger": "schedule", "heartbeat_at": {"$gt": cutoff}}
+        if self.db[REPORTS].count_documents(running, limit=1):
+            return True
+        claiming = {"outcome": "started", "recorded": {"$ne": True}, "claimed_at": {"$gt": cutoff}}
+        ids = [tick["report_id"] for tick in self.db[TICKS].find(claiming, {"_id": 0, "report_id": 1})]
+        return bool(ids) and self.db[REPORTS].count_documents({"report_id": {"$in": ids}}) < len(set(ids))
+
+    def _record_lost_starts(self, older_than: dt.timedelta | None, only: int | None = None) -> int:
+        """Started ticks claimed more than `older_than` ago (by the server's clock; None: whenever), or only the
+        tick `only`, whose report has no record: their report recorded Failed (LOST_START_ERROR), created at
+        the claim; each such tick then marked recorded.  Returns how many records this call made."""
+        query = {"outcome": "started", "recorded": {"$ne": True}}
+        if older_than is not None:
+            query.update(self._older_than("claimed_at", older_than))
+        if only is not None:
+            query["_id"] = only
+        lost = list(self.db[TICKS].find(query, {"report_id": 1, "claimed_at": 1}))
+        if not lost:
+            return 0
+        found = self.db[REPORTS].find(
+            {"report_id": {"$in": [t["report_id"] for t in lost]}}, {"_id": 0, "report_id": 1}
+        )
+        present = {doc["report_id"] for doc in found}
+        made = 0
+        for tick in lost:
+            if tick["report_id"] not in present:
+                claimed_at = _aware(tick["claimed_at"])
+                fields = {
+                    **_new_report_fields(None),
+                    "trigger": "schedule",
+                    "status": "Failed",
+                    "error": LOST_START_ERROR,
+                    "created_at": claimed_at,
+                    "heartbeat_at": claimed_at,
+                }
+                if self._insert_report(tick["report_id"], fields, ("finished_at",)):
+                    made += 1
+                    log.warning("scheduled report %s (tick %s): %s", tick["report_id"], tick["_id"], LOST_START_ERROR)
+            self._mark_tick_recorded(tick["_id"])
+        return made
+
+    def _mark_tick_recorded(self, tick_us: int) -> None:
+        self.db[TICKS].update_one({"_id": tick_us}, {"$set": {"recorded": True}})
+
+    def _keep_newest(self, name: str, order: list[tuple[str, int]], kept: int) -> int:
+        """Delete the documents of `name` beyond the newest `kept` in `order`; returns how many went."""
+        beyond = [doc["_id"] for doc in self.db[name].find({}, {"_id": 1}).sort(order).skip(kept)]
+        if not beyond:
+            return 0
+        return self.db[name].delete_many({"_id": {"$in": beyond}}).deleted_count
+
+    def _tidy(self, work: Callable[[], object], what: str) -> None:
+        """Book-keeping after the step that mattered has succeeded: retried, and on failure logged (the next
+        call does it again), never raised."""
+        try:
+            retried(lambda store: work())(self)
+        except PyMongoError as error:
+            log.warning("database book-keeping (%s) failed, done at the next call: %s", what, describe_error(error))
+
+    def last_tick(self) -> dict | None:
+        """The newest tick by its time.  A started tick whose report record is missing and whose claim is
+        older than the busy limit is a lost start: its report is recorded Failed first (see `claim_tick`)."""
+        doc = self.db[TICKS].find_one({}, sort=[("_id", DESCENDING)])
+        if doc is None:
+            return None
+        if doc["outcome"] == "started" and not doc.get("recorded"):
+            self._require_schema()
+            self._record_lost_starts(self._schedule_busy_for(), only=doc["_id"])
+        return {
+            "tick_us": int(doc["_id"]),
+            "outcome": doc["outcome"],
+            "report_id": doc.get("report_id"),
+            "claimed_at_us": int(doc["claimed_at_us"]),
+        }
+
+    # ----- alerts: the state of each store that is or was down, and one delivery per report with events
+
+    def record_alerts(self, report_id: str, as_of_us: int, rows: list[dict], downtime_minutes: float) -> dict | None:
+        """Without a multi-document transaction: each store's state changes in its own conditional update, then
+        the delivery is upserted by report id.  The state is what the SQLite store keeps: a document per store
+        that is or was down ({_id: store_id, down, as_of_us, report_id: the report that last flipped it}), and
+        the newest as_of recorded (ALERTS_SEEN in `meta`), as of which every store without a down state is up.
+
+        1. A delivery recorded for this report already is the answer (nothing else is done).
+        2. The state is read.  A store whose state was set as of this report's as_of or later is passed over
+           (a down store's as of its document, any other's as of the newest as_of recorded): an older report
+           finishing late never flips it.  Of the others, a store whose down-ness differs gets
+           update_one({_id, down: <as read>, as_of_us < this as_of}, {$set: {down, as_of_us, report_id}}), an
+           upsert for a store with no document (a duplicate key then means another writer made it: skipped);
+           a store still down gets its as_of moved on (not its report_id).  All in one unordered bulk write.
+        3. The newest as_of recorded is raised to this one ($max), only once every update above is in.
+        4. The events are the stores whose state now carries this report's id, whoever wrote it: so a retry
+           after a crash between the updates, or a second worker recording the same report, finds exactly the
+           same events.
+        5. With events, the delivery is upserted by report id ($setOnInsert): one delivery per report.
+
+        Two reports of different as_ofs recorded at the same instant can race between one's read of the newest
+        as_of and the other's raise of it (a store's own document is always checked in the update itself);
+        reports at the newest data follow one another, so this is a window of milliseconds a schedule never
+        opens.
+        """
+        self._require_schema()
+        with self._disk_full_as("alert state"):
+            return self._record_alerts(report_id, int(as_of_us), rows, downtime_minutes)
+
+    @retried
+    def _record_alerts(self, report_id: str, as_of_us: int, rows: list[dict], downtime_minutes: float) -> dict | None:
+        existing = self.db[DELIVERIES].find_one({"_id": report_id})
+        if existing is not None:
+            return _delivery_record(existing)
+        figures = {
+            str(row["store_id"]): (
+                float(row["downtime_last_hour"]) >= downtime_minutes,
+                float(row["downtime_last_hour"]),
+                float(row["uptime_last_hour"]),
+            )
+            for row in rows
+        }
+        seen = self.db[META].find_one({"_id": ALERTS_SEEN}, {"as_of_us": 1})
+        seen_as_of = None if seen is None else seen["as_of_us"]
+        state = {doc["_id"]: doc for doc in self.db[ALERT_STATE].find({}, {"down": 1, "as_of_us": 1, "report_id": 1})}
+        updates = []
+        for store_id, (down, _, _) in figures.items():
+            old = state.get(store_id)
+            was_down = old is not None and bool(old["down"])
+            if was_down:
+                set_as_of = old["as_of_us"]
+            else:  # up as of the newest as_of recorded (or as of its recovery, if that is later)
+                set_as_of = max((v for v in (seen_as_of, old and old["as_of_us"]) if v is not None), default=None)
+            if (set_as_of is not None and set_as_of >= as_of_us) or (old is not None and old["report_id"] == report_id):
+                continue  # set by this report or a later one
+            if down == was_down:
+                if down:  # still down: the same episode, as of this report now
+                    updates.append(
+                        UpdateOne(
+                            {"_id": store_id, "down": True, "as_of_us": {"$lt": as_of_us}},
+                            {"$set": {"as_of_us": as_of_us}},
+                        )
+                    )
+                continue
+            updates.append(
+                UpdateOne(
+                    {"_id": store_id, "down": was_down, "as_of_us": {"$lt": as_of_us}},
+                    {"$set": {"down": down, "as_of_us": as_of_us, "report_id": report_id}},
+                    upsert=old is None,
+                )
+            )
+        if updates:
+            try:
+                self._durable(ALERT_STATE).bulk_write(updates, ordered=False)
+            except BulkWriteError as error:
+                _raise_unless_duplicates(error)  # a store another writer made meanwhile: its state stands
+        try:
+            self._durable(META).update_one({"_id": ALERTS_SEEN}, {"$max": {"as_of_us": as_of_us}}, upsert=True)
+        except DuplicateKeyError:  # another writer made it between this upsert's match and its insert: again
+            self._durable(META).update_one({"_id": ALERTS_SEEN}, {"$max": {"as_of_us": as_of_us}})
+        events = []
+        for doc in self.db[ALERT_STATE].find({"report_id": report_id}, {"down": 1}):
+            if doc["_id"] in figures:
+                _, downtime, uptime = figures[doc["_id"]]
+                event = "store_down" if doc["down"] else "store_recovered"
+                events.append(
+                    {"store_id": doc["_id"], "event": event, "downtime_last_hour": downtime, "uptime_last_hour": uptime}
+                )
+        if not events:
+            return None
+        delivery = self._upsert_delivery(report_id, as_of_us, events)
+        self._tidy(self._trim_deliveries, "trim deliveries")
+        return _delivery_record(delivery)
+
+    def _trim_deliveries(self) -> int:
+        """Delete the deliveries beyond the newest DELIVERIES_KEPT, but never a Pending one (not sent yet)."""
+        order = [("created_at", DESCENDING), ("seq", DESCENDING)]
+        beyond = [doc["_id"] for doc in self.db[DELIVERIES].find({}, {"_id": 1}).sort(order).skip(DELIVERIES_KEPT)]
+        if not beyond:
+            return 0
+        return self.db[DELIVERIES].delete_many({"_id": {"$in": beyond}, "status": {"$ne": "Pending"}}).deleted_count
+
+    def _upsert_delivery(self, report_id: str, as_of_us: int, events: list[dict]) -> dict:
+        fields = {
+            "delivery_id": uuid.uuid4().hex,
+            "report_id": report_id,
+            "as_of_us": as_of_us,
+            "status": "Pending",
+            "attempts": 0,
+            "last_attempt_at": None,
+            "http_status": None,
+            "error": None,
+            "events": len(events),
+            "body": database.alert_body(report_id, as_of_us, events),
+            "seq": ObjectId(),  # the order of deliveries recorded within one millisecond
+        }
+        if self.server_clock:
+            defaults = {key: {"$literal": value} for key, value in fields.items()}
+            defaults.update(created_at="$$NOW", touched_at="$$NOW")
+            update = [{"$replaceWith": {"$mergeObjects": [defaults, "$$ROOT"]}}]
+        else:
+            now = now_utc()
+            update = {"$setOnInsert": {**fields, "created_at": now, "touched_at": now}}
+        deliveries = self._durable(DELIVERIES)
+        try:
+            return deliveries.find_one_and_update(
+                {"_id": report_id}, update, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:  # another worker inserted it between this upsert's match and its insert
+            return deliveries.find_one({"_id": report_id})
+
+    def update_delivery(self, delivery_id: str, status: str, attempts: int, error: str | None, http_status) -> None:
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"a delivery's status is one of {', '.join(DELIVERY_STATUSES)}, not {status!r}")
+        self._require_schema()
+        with self._disk_full_as("alert delivery"):
+            self._update_delivery(delivery_id, status, attempts, error, http_status)
+
+    @retried
+    def _update_delivery(self, delivery_id: str, status: str, attempts: int, error: str | None, http_status) -> None:
+        fields = {
+            "status": status,
+            "attempts": int(attempts),
+            "error": error,
+            "http_status": None if http_status is None else int(http_status),
+        }
+        result = self._durable(DELIVERIES).update_one(
+            {"delivery_id": delivery_id},
+            {"$set": fields, "$currentDate": {"last_attempt_at": True, "touched_at": True}},
+        )
+        if result.matched_count == 0:
+            log.warning(
+                "alert delivery %s is not recorded (deleted as one of the oldest?): its %s is not kept",
+                delivery_id,
+                status,
+            )
+
+    def pending_deliveries(self, older_than_us: int) -> list[dict]:
+        """Pending, last touched (recorded or tried) before `older_than_us`, the oldest recorded first."""
+        query = {"status": "Pending", "touched_at": {"$lt": utils.us_to_datetime(int(older_than_us))}}
+        cursor = self.db[DELIVERIES].find(query).sort([("created_at", ASCENDING), ("seq", ASCENDING)])
+        return [_delivery_record(doc) for doc in cursor]
+
+    def list_deliveries(self, limit: int = 50) -> list[dict]:
+        if int(limit) <= 0:
+            return []
+        cursor = self.db[DELIVERIES].find({}).sort([("created_at", DESCENDING), ("seq", DESCENDING)]).limit(int(limit))
+        return [_delivery_record(doc) for doc in cursor]
 
     # ----- the data lease: one document {_id: "data", writer, readers: [...], waiting}
     # Expiry times are the server's ($$NOW + LEASE_SECONDS) on MongoDB, the client's on mongomock.
@@ -1410,6 +2109,12 @@ class MongoStore(database.Store):
 # The numbered steps: MIGRATIONS[n] brings a database of schema n to n + 1 (each step idempotent).
 MIGRATIONS: dict[int, tuple[str, Callable[[MongoStore], None]]] = {
     1: ("the uploads journal (collection uploads, indexes at and digest)", MongoStore._step_uploads_journal),
+    2: (
+        "report history, schedule ticks and alerts (collections reportHistory, scheduleTicks, alertState, "
+        "alertDeliveries; the history backfilled from every Complete report's CSV; reports without a trigger "
+        "read as api)",
+        MongoStore._step_monitoring,
+    ),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 

@@ -11,9 +11,16 @@ Tables (the same names and keys as the MongoDB collections):
     storeStatus(store_id, timestamp_us, status)       primary key (store_id, timestamp_us); index on timestamp_us
     businessHours(store_id, day, start_time_local, end_time_local)      index on store_id
     timezones(store_id, timezone_str)                  primary key store_id
-    reports(report_id, status, ..., as_of_after_newest_poll)  reportCsv(report_id, data)
+    reports(report_id, status, ..., as_of_after_newest_poll, trigger, history_key)  reportCsv(report_id, data)
     leases(holder, mode, expires_us)   uploads(upload_id, file, kind, digest, ..., status, dismissed)
     healthProbe(id = 1, written_us)    the one row /health writes to prove the file can be written
+    reportHistory(store_id, report_key, <the six figures>)  primary key (store_id, report_key), WITHOUT ROWID: the
+        rows of every Complete report for `store_history` (report_key is reports.history_key), written in
+        the transaction that marks the report Complete and deleted with the report
+    scheduleTicks(tick_us, outcome, report_id, claimed_us)   primary key tick_us: the newest 1,000 ticks
+    alertState(store_id, as_of_us, report_id)   one row per store that is down: the report that found it down,
+        and the as_of of the newest report that saw it down; alertSeen(id = 1, as_of_us): the newest recorded
+    alertDeliveries(delivery_id, report_id unique, as_of_us, created_us, status, attempts, ..., body)
 
 Instants are integer microseconds since the epoch (UTC).
 
@@ -48,10 +55,12 @@ import datetime as dt
 import errno
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +68,7 @@ import numpy as np
 import pandas as pd
 
 import database
+import report_csv
 import sources
 import utils
 from database import HOURS, REPORTS, STATUS, UPLOADS, ZONES, Progress, no_progress
@@ -96,6 +106,58 @@ CREATE TABLE {PROBE} (
 INSERT INTO {PROBE} (id, written_us) VALUES (1, 0);
 """
 
+# What schema 3 added: reports' trigger and history key, the history of report rows, the schedule's ticks, the
+# alert state and the alert deliveries.  The six figures of a history row are kept in columns without a type
+# (no affinity, so SQLite keeps each value as given): whole cents as an INTEGER count of cents (a report's
+# figures are rounded to cents: 2 bytes for most, where a REAL takes 8), any other value as the REAL itself.
+HISTORY, TICKS, ALERT_STATE, ALERT_SEEN, DELIVERIES = (
+    "reportHistory",
+    "scheduleTicks",
+    "alertState",
+    "alertSeen",
+    "alertDeliveries",
+)
+FIGURES = tuple(utils.REPORT_COLUMNS[1:])
+SCHEMA_3_REPORT_COLUMNS = ("trigger TEXT NOT NULL DEFAULT 'api'", "history_key INTEGER")
+SCHEMA_3_TABLES = f"""
+CREATE TABLE {HISTORY} (
+    store_id TEXT NOT NULL,
+    report_key INTEGER NOT NULL,
+    {", ".join(FIGURES)},
+    PRIMARY KEY (store_id, report_key)
+) WITHOUT ROWID;
+CREATE TABLE {TICKS} (
+    tick_us INTEGER PRIMARY KEY,
+    outcome TEXT NOT NULL CHECK (outcome IN ('started', 'skipped')),
+    report_id TEXT,
+    claimed_us INTEGER NOT NULL
+);
+CREATE TABLE {ALERT_STATE} (
+    store_id TEXT PRIMARY KEY,
+    as_of_us INTEGER NOT NULL,
+    report_id TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE {ALERT_SEEN} (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    as_of_us INTEGER NOT NULL
+);
+CREATE TABLE {DELIVERIES} (
+    delivery_id TEXT PRIMARY KEY,
+    report_id TEXT NOT NULL UNIQUE,
+    as_of_us INTEGER NOT NULL,
+    created_us INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('Pending', 'Delivered', 'Failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_attempt_us INTEGER,
+    http_status INTEGER,
+    error TEXT,
+    events INTEGER NOT NULL,
+    body BLOB NOT NULL
+)
+"""
+TICKS_KEPT = 1_000  # the newest ticks kept: an older tick counts as taken
+DELIVERIES_KEPT = 1_000  # the newest finished deliveries kept (a Pending one is kept until it finishes)
+
 SCHEMA = (
     f"""
 CREATE TABLE {STATUS} (
@@ -128,7 +190,9 @@ CREATE TABLE {REPORTS} (
     row_count INTEGER,
     error TEXT,
     csv_bytes INTEGER,
-    as_of_after_newest_poll INTEGER NOT NULL DEFAULT 0
+    as_of_after_newest_poll INTEGER NOT NULL DEFAULT 0,
+    {SCHEMA_3_REPORT_COLUMNS[0]},
+    {SCHEMA_3_REPORT_COLUMNS[1]}
 );
 CREATE TABLE reportCsv (
     report_id TEXT PRIMARY KEY,
@@ -141,6 +205,8 @@ CREATE TABLE leases (
 );
 """
     + SCHEMA_2_TABLES
+    + ";"
+    + SCHEMA_3_TABLES
 )
 
 # Schema 1, the first releases' files: no version marks, so known by exactly these tables and columns.
@@ -182,9 +248,91 @@ def _schema_2(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+# ----- the history of report rows (schema 3)
+
+HISTORY_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+INSERT_HISTORY = (
+    f"INSERT INTO {HISTORY} (store_id, report_key, {', '.join(FIGURES)}) VALUES ({', '.join('?' * (2 + len(FIGURES)))})"
+)
+
+
+def _stored_figures(values: np.ndarray) -> list:
+    """One figure column as the history table keeps it: an int count of cents for each value that is a whole
+    number of cents (`cents / 100` is then exactly the float again), the float itself for any other."""
+    cents = np.rint(values * 100)
+    whole = (np.abs(cents) < 2**53) & (cents / 100 == values)  # (NaN fails it)
+    if whole.all():
+        return cents.astype(np.int64).tolist()
+    stored = values.tolist()
+    for position in np.flatnonzero(whole).tolist():
+        stored[position] = int(cents[position])
+    return stored
+
+
+def _figure(value) -> float:
+    """A stored figure as the float of the report CSV: cents (int) / 100, a REAL as it is (SQLite keeps NaN as NULL)."""
+    if type(value) is int:
+        return value / 100
+    return math.nan if value is None else value
+
+
+def _history_of(payload: bytes) -> tuple[list[str], list[list]] | None:
+    """The rows a report CSV keeps for `store_history`: (store ids, the six figure columns as stored), parsed by
+    `report_csv.history_rows`; None for bytes that are not a report CSV (their first line is not its header)."""
+    if not payload.startswith(HISTORY_HEADER):
+        return None
+    columns = report_csv.history_rows(payload)
+    return columns["store_id"], [_stored_figures(np.asarray(columns[name], dtype=np.float64)) for name in FIGURES]
+
+
+def _insert_history(write: sqlite3.Connection, report_key: int, history: tuple[list[str], list[list]] | None) -> None:
+    if history is not None:
+        store_ids, figures = history
+        write.executemany(INSERT_HISTORY, zip(store_ids, [report_key] * len(store_ids), *figures))
+
+
+def _backfill_history(connection: sqlite3.Connection, report_key: int, report_id: str, csv_bytes: int | None) -> None:
+    """The history rows of one Complete report of an older file, from its stored CSV.  A CSV that is stored in
+    part or is not a report CSV gives none (logged): the migration never fails on one report's bytes."""
+    row = connection.execute("SELECT data FROM reportCsv WHERE report_id = ?", (report_id,)).fetchone()
+    payload = b"" if row is None else bytes(row[0])
+    try:
+        history = _history_of(database.checked_report_csv({"report_id": report_id, "csv_bytes": csv_bytes}, payload))
+    except Exception as error:  # noqa: BLE001 - said and skipped: the other reports' history still migrates
+        log.warning("report %s: no history kept of its stored CSV (%s)", report_id, error)
+        return
+    if history is None:
+        log.warning("report %s: no history kept: its stored CSV is not a report CSV", report_id)
+        return
+    _insert_history(connection, report_key, history)
+
+
+def _schema_3(connection: sqlite3.Connection) -> None:
+    for column in SCHEMA_3_REPORT_COLUMNS:
+        connection.execute(f"ALTER TABLE {REPORTS} ADD COLUMN {column}")
+    for statement in _statements(SCHEMA_3_TABLES):
+        connection.execute(statement)
+    complete = connection.execute(
+        f"SELECT report_id, csv_bytes FROM {REPORTS} WHERE status = 'Complete' ORDER BY created_us, report_id"
+    ).fetchall()
+    connection.execute(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
+    try:
+        for report_key, (report_id, csv_bytes) in enumerate(complete, 1):
+            connection.execute(f"UPDATE {REPORTS} SET history_key = ? WHERE report_id = ?", (report_key, report_id))
+            _backfill_history(connection, report_key, report_id, csv_bytes)
+    finally:
+        connection.execute(f"PRAGMA cache_size = {DEFAULT_CACHE_KIB}")
+
+
 # The numbered steps from one schema to the next: (the version it makes, what it does, the step).
 MIGRATIONS = [
     (2, "add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks", _schema_2),
+    (
+        3,
+        "add reports.trigger, the history of report rows (from every Complete report's stored CSV), the schedule's "
+        "ticks and the alert state and deliveries",
+        _schema_3,
+    ),
 ]
 
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
@@ -195,12 +343,21 @@ INDEXES = {
     f"{REPORTS}_created": f"CREATE INDEX {REPORTS}_created ON {REPORTS} (created_us DESC, report_id DESC)",
     f"{REPORTS}_status_heartbeat": f"CREATE INDEX {REPORTS}_status_heartbeat ON {REPORTS} (status, heartbeat_us)",
     f"{UPLOADS}_at": f"CREATE INDEX {UPLOADS}_at ON {UPLOADS} (at_us DESC, upload_id DESC)",
+    f"{REPORTS}_history": (
+        f"CREATE UNIQUE INDEX {REPORTS}_history ON {REPORTS} (history_key) WHERE history_key IS NOT NULL"
+    ),
+    f"{DELIVERIES}_created": f"CREATE INDEX {DELIVERIES}_created ON {DELIVERIES} (created_us DESC, delivery_id DESC)",
 }
 
 REPORT_COLUMNS = (
     "report_id, status, created_us, heartbeat_us, finished_us, requested_as_of_us, as_of_us, "
-    "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll"
+    "progress_done, progress_total, progress_phase, row_count, error, csv_bytes, as_of_after_newest_poll, trigger"
 )
+DELIVERY_COLUMNS = (
+    "delivery_id, report_id, as_of_us, created_us, status, attempts, last_attempt_us, http_status, error, events, body"
+)
+REPORT_TRIGGERS = ("api", "schedule")
+DELIVERY_STATUSES = ("Pending", "Delivered", "Failed")
 UPLOAD_COLUMNS = (
     "upload_id, file, kind, digest, at_us, finished_us, loaded, rejected, written, status, error, dismissed"
 )
@@ -347,6 +504,61 @@ def _refusal_of(error: sqlite3.Error, path: Path) -> database.DatabaseRefused | 
     return None
 
 
+# --------------------------------------------------------------------------- a stored CSV, streamed
+
+
+class _CsvStream:
+    """The pieces of one stored CSV, read from a blob handle as they are asked for; it owns its connection
+    (read-only, opened for it) and closes it at the end, on `close`, or when it is collected."""
+
+    def __init__(self, connection: sqlite3.Connection, blob, size: int, chunk_bytes: int, report_id: str) -> None:
+        self._connection, self._blob = connection, blob
+        self._size, self._chunk_bytes, self._report_id = size, chunk_bytes, report_id
+        self._read = 0
+        self._lock = threading.Lock()
+        if blob is None:
+            self.close()
+
+    def __iter__(self) -> _CsvStream:
+        return self
+
+    def __next__(self) -> bytes:
+        with self._lock:
+            if self._connection is None:
+                raise StopIteration
+            try:
+                piece = self._blob.read(self._chunk_bytes)
+            except BaseException:
+                self._close()
+                raise
+            self._read += len(piece)
+            if piece:
+                return piece
+            self._close()
+            if self._read != self._size:  # (a blob handle reads what it opened, whole: never seen)
+                raise ValueError(f"report {self._report_id}: stored CSV is incomplete")
+            raise StopIteration
+
+    def _close(self) -> None:
+        connection, self._connection, blob, self._blob = self._connection, None, self._blob, None
+        if connection is not None:
+            try:
+                if blob is not None:
+                    blob.close()
+            finally:
+                connection.close()  # ends the read transaction
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def __del__(self) -> None:
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001, S110 - nothing to tell at collection
+            pass
+
+
 # --------------------------------------------------------------------------- the store
 
 
@@ -359,6 +571,7 @@ class SqliteStore(database.Store):
         self.label = f"the SQLite file {self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._stale_after: dt.timedelta | None = None  # what `prepare` was given: the service's stale rule
         self.migrations_applied: list[str] = []
         self.schema_version = self._open_schema()
         self.migrate()
@@ -521,7 +734,9 @@ class SqliteStore(database.Store):
         return True
 
     def prepare(self, stale_after: dt.timedelta) -> int:
-        """The schema and indexes were made when the file opened: only the stale sweep is left."""
+        """The schema and indexes were made when the file opened: only the stale sweep is left.  `stale_after`
+        is kept: `claim_tick` judges a Running scheduled report by the same rule."""
+        self._stale_after = stale_after
         return self.fail_stale_reports(stale_after)
 
     def migrate(self) -> list[str]:
@@ -953,14 +1168,19 @@ class SqliteStore(database.Store):
 
     # ----- reports
 
-    def create_report(self, report_id: str, as_of_us: int | None) -> None:
-        now = _now_us()
+    @staticmethod
+    def _insert_report(write: sqlite3.Connection, report_id: str, as_of_us: int | None, trigger: str, now: int) -> None:
+        if trigger not in REPORT_TRIGGERS:
+            raise ValueError(f"a report's trigger is one of {', '.join(REPORT_TRIGGERS)}, not {trigger!r}")
+        write.execute(
+            f"INSERT INTO {REPORTS} (report_id, status, created_us, heartbeat_us, requested_as_of_us, "
+            "progress_done, progress_total, trigger) VALUES (?, 'Running', ?, ?, ?, 0, NULL, ?)",
+            (report_id, now, now, as_of_us, trigger),
+        )
+
+    def create_report(self, report_id: str, as_of_us: int | None, trigger: str = "api") -> None:
         with self._write() as write:
-            write.execute(
-                f"INSERT INTO {REPORTS} (report_id, status, created_us, heartbeat_us, requested_as_of_us, "
-                "progress_done, progress_total) VALUES (?, 'Running', ?, ?, ?, 0, NULL)",
-                (report_id, now, now, as_of_us),
-            )
+            self._insert_report(write, report_id, as_of_us, trigger, _now_us())
 
     def update_report(
         self,
@@ -987,20 +1207,32 @@ class SqliteStore(database.Store):
             )
 
     def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
+        """Bytes that are not a report CSV (their first line is not the report's header) keep no history rows;
+        a report CSV whose rows cannot be read raises ValueError, and nothing is stored."""
+        try:
+            history = _history_of(csv_bytes)  # parsed before the write lock is taken
+        except (KeyError, ValueError) as error:  # a missing figure, a figure that is not a number, a malformed CSV
+            raise ValueError(
+                f"report {report_id}: its CSV's rows cannot be read ({type(error).__name__}: {error})"
+            ) from error
         with self._write("report", durable=True) as write:
+            report_key = write.execute(
+                f"SELECT coalesce(max(history_key), 0) + 1 FROM {REPORTS} WHERE history_key IS NOT NULL"
+            ).fetchone()[0]
             completed = (
                 write.execute(
-                    f"UPDATE {REPORTS} SET status = 'Complete', finished_us = ?, row_count = ?, csv_bytes = ? "
-                    "WHERE report_id = ? AND status = 'Running'",
-                    (_now_us(), row_count, len(csv_bytes), report_id),
+                    f"UPDATE {REPORTS} SET status = 'Complete', finished_us = ?, row_count = ?, csv_bytes = ?, "
+                    "history_key = ? WHERE report_id = ? AND status = 'Running'",
+                    (_now_us(), row_count, len(csv_bytes), report_key, report_id),
                 ).rowcount
                 == 1
             )
-            if completed:  # in the same transaction: a reader never sees Complete without the whole CSV
+            if completed:  # in the same transaction: a reader never sees Complete without the whole CSV and history
                 write.execute(
                     "INSERT OR REPLACE INTO reportCsv (report_id, data) VALUES (?, ?)",
                     (report_id, sqlite3.Binary(csv_bytes)),
                 )
+                _insert_history(write, report_key, history)
         return completed
 
     def fail_report(self, report_id: str, error: str) -> None:
@@ -1049,6 +1281,7 @@ class SqliteStore(database.Store):
             error,
             csv_bytes,
             after_newest,
+            trigger,
         ) = row
         progress = {"done": done, "total": total}
         if phase is not None:
@@ -1066,6 +1299,7 @@ class SqliteStore(database.Store):
             "error": error,
             "csv_bytes": csv_bytes,
             "as_of_after_newest_poll": bool(after_newest),
+            "trigger": trigger,
         }
 
     def find_report(self, report_id: str) -> dict | None:
@@ -1106,9 +1340,84 @@ class SqliteStore(database.Store):
                 }
             )
             chosen = json.dumps(ids)
+            keys = write.execute(
+                f"SELECT history_key FROM {REPORTS} WHERE report_id IN (SELECT value FROM json_each(?)) "
+                "AND history_key IS NOT NULL",
+                (chosen,),
+            ).fetchall()
+            self._delete_history(write, [key for (key,) in keys])
             write.execute(f"DELETE FROM {REPORTS} WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
             write.execute("DELETE FROM reportCsv WHERE report_id IN (SELECT value FROM json_each(?))", (chosen,))
         return ids
+
+    # The history rows of some reports, found without a pass over the table: a loose index scan gives each
+    # store once (one seek per store on the primary key), then each (store, report) pair is one seek.
+    DELETE_HISTORY = f"""
+        WITH RECURSIVE ids(store_id) AS (
+            SELECT min(store_id) FROM {HISTORY}
+            UNION ALL
+            SELECT (SELECT min(store_id) FROM {HISTORY} WHERE store_id > ids.store_id) FROM ids
+            WHERE ids.store_id IS NOT NULL
+        )
+        DELETE FROM {HISTORY}
+        WHERE store_id IN (SELECT store_id FROM ids WHERE store_id IS NOT NULL)
+          AND report_key IN (SELECT value FROM json_each(?))
+    """
+
+    def _delete_history(self, write: sqlite3.Connection, report_keys: list[int]) -> None:
+        if report_keys:
+            write.execute(self.DELETE_HISTORY, (json.dumps([int(key) for key in report_keys]),))
+
+    def delete_report(self, report_id: str) -> bool:
+        with self._write() as write:
+            row = write.execute(
+                f"SELECT status, history_key FROM {REPORTS} WHERE report_id = ?", (report_id,)
+            ).fetchone()
+            if row is None or row[0] not in ("Complete", "Failed"):
+                return False
+            self._delete_history(write, [] if row[1] is None else [row[1]])
+            write.execute("DELETE FROM reportCsv WHERE report_id = ?", (report_id,))
+            write.execute(f"DELETE FROM {REPORTS} WHERE report_id = ?", (report_id,))
+        return True
+
+    def previous_complete_report(self, report_id: str) -> dict | None:
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT {REPORT_COLUMNS} FROM {REPORTS}, "
+                f"(SELECT created_us AS this_created, report_id AS this_id FROM {REPORTS} WHERE report_id = ?) "
+                "WHERE status = 'Complete' AND (created_us, report_id) < (this_created, this_id) "
+                "ORDER BY created_us DESC, report_id DESC LIMIT 1",
+                (report_id,),
+            )
+            .fetchone()
+        )
+        return self._record(row)
+
+    # One store's points: its range of the history table's primary key, each joined to its report.
+    STORE_HISTORY = f"""
+        SELECT r.report_id, r.as_of_us, {", ".join(f"h.{name}" for name in FIGURES)}
+        FROM {HISTORY} AS h JOIN {REPORTS} AS r ON r.history_key = h.report_key
+        WHERE h.store_id = :store_id AND r.status = 'Complete'
+          AND (:since IS NULL OR r.as_of_us >= :since) AND (:until IS NULL OR r.as_of_us <= :until)
+        ORDER BY r.as_of_us DESC, r.created_us DESC, r.report_id DESC
+        LIMIT :limit
+    """
+
+    def store_history(
+        self, store_id: str, since_us: int | None = None, until_us: int | None = None, limit: int = 100
+    ) -> list[dict]:
+        window = {
+            "store_id": store_id,
+            "since": None if since_us is None else int(since_us),
+            "until": None if until_us is None else int(until_us),
+            "limit": max(int(limit), 0),  # (SQLite takes a negative LIMIT for none)
+        }
+        rows = self._connection().execute(self.STORE_HISTORY, window).fetchall()
+        return [
+            {"report_id": row[0], "as_of_us": row[1], **{name: _figure(value) for name, value in zip(FIGURES, row[2:])}}
+            for row in rows
+        ]
 
     def read_report_csv(self, report: dict) -> bytes:
         row = (
@@ -1117,6 +1426,221 @@ class SqliteStore(database.Store):
             .fetchone()
         )
         return database.checked_report_csv(report, b"" if row is None else bytes(row[0]))
+
+    def iter_report_csv(self, report: dict, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """Not a generator: the stored CSV is found and its length checked now (ValueError now, before any
+        piece), then read piece by piece from a blob handle on a read-only connection of the stream's own (a
+        WSGI server may read it in another thread after the view returned), in one read transaction, so
+        every piece is of the same snapshot.  The connection is closed when the last piece has been read,
+        when the stream is closed (a WSGI server calls `close`), or at the latest when it is collected."""
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
+        connection = sqlite3.connect(
+            self._read_only_uri(),
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            connection.execute("BEGIN")  # held until the stream ends: one snapshot
+            row = connection.execute(
+                "SELECT rowid FROM reportCsv WHERE report_id = ?", (report["report_id"],)
+            ).fetchone()
+            blob = None if row is None else connection.blobopen("reportCsv", "data", row[0], readonly=True)
+            size = 0 if blob is None else len(blob)
+            if report.get("csv_bytes") is not None and size != report["csv_bytes"]:
+                raise ValueError(f"report {report['report_id']}: stored CSV is incomplete")
+        except BaseException:
+            connection.close()
+            raise
+        return _CsvStream(connection, blob, size, chunk_bytes, report["report_id"])
+
+    # ----- the schedule: a tick is claimed in one write transaction (the table's primary key is the tick)
+
+    def clock_us(self) -> int:
+        return _now_us()
+
+    def _still_running_after_us(self, now_us: int) -> int:
+        """The oldest heartbeat of a Running report that is not stale: `prepare`'s stale_after (the service's
+        STALE_AFTER_SECONDS), or 2 x database.LEASE_SECONDS when the store was never prepared."""
+        stale_after = self._stale_after or dt.timedelta(seconds=2 * database.LEASE_SECONDS)
+        return now_us - stale_after // dt.timedelta(microseconds=1)
+
+    def claim_tick(self, tick_us: int, report_id: str) -> str:
+        """A tick older than every kept one (TICKS_KEPT of them, once that many were claimed) counts as taken."""
+        tick_us = int(tick_us)
+        with self._write() as write:
+            if write.execute(f"SELECT 1 FROM {TICKS} WHERE tick_us = ?", (tick_us,)).fetchone() is not None:
+                return "taken"
+            kept, oldest = write.execute(f"SELECT count(*), min(tick_us) FROM {TICKS}").fetchone()
+            if kept >= TICKS_KEPT and tick_us < oldest:
+                return "taken"
+            now = _now_us()
+            running = write.execute(
+                f"SELECT 1 FROM {REPORTS} WHERE status = 'Running' AND trigger = 'schedule' AND heartbeat_us >= ? "
+                "LIMIT 1",
+                (self._still_running_after_us(now),),
+            ).fetchone()
+            outcome = "skipped" if running is not None else "started"
+            write.execute(
+                f"INSERT INTO {TICKS} (tick_us, outcome, report_id, claimed_us) VALUES (?, ?, ?, ?)",
+                (tick_us, outcome, report_id if outcome == "started" else None, now),
+            )
+            if outcome == "started":
+                self._insert_report(write, report_id, None, "schedule", now)
+            write.execute(
+                f"DELETE FROM {TICKS} WHERE tick_us < "
+                f"(SELECT tick_us FROM {TICKS} ORDER BY tick_us DESC LIMIT 1 OFFSET ?)",
+                (TICKS_KEPT - 1,),
+            )
+        return outcome
+
+    def last_tick(self) -> dict | None:
+        row = (
+            self._connection()
+            .execute(f"SELECT tick_us, outcome, report_id, claimed_us FROM {TICKS} ORDER BY tick_us DESC LIMIT 1")
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return dict(zip(("tick_us", "outcome", "report_id", "claimed_at_us"), row))
+
+    # ----- alerts: the stores that are down (one row each), and the deliveries, in one write transaction
+    #
+    # A store without a row is up as of the newest report recorded (`alertSeen`): so a report older than
+    # that one changes no store's state, even a store that never was down.
+
+    @staticmethod
+    def _delivery(row) -> dict:
+        delivery_id, report_id, as_of, created, status, attempts, last_attempt, http_status, error, events, body = row
+        return {
+            "delivery_id": delivery_id,
+            "report_id": report_id,
+            "as_of_us": as_of,
+            "created_at": _datetime(created),
+            "status": status,
+            "attempts": attempts,
+            "last_attempt_at": _datetime(last_attempt),
+            "http_status": http_status,
+            "error": error,
+            "events": events,
+            "body": bytes(body),
+        }
+
+    def record_alerts(self, report_id: str, as_of_us: int, rows: list[dict], downtime_minutes: float) -> dict | None:
+        as_of_us = int(as_of_us)
+        with self._write("alert state", durable=True) as write:
+            found = write.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE report_id = ?", (report_id,)
+            ).fetchone()
+            if found is not None:  # recorded already: its delivery, and no state changes again
+                return self._delivery(found)
+            seen = write.execute(f"SELECT as_of_us FROM {ALERT_SEEN} WHERE id = 1").fetchone()
+            up_as_of = None if seen is None else seen[0]  # the state of a store without a row: up, as of then
+            down_as_of = dict(write.execute(f"SELECT store_id, as_of_us FROM {ALERT_STATE}"))
+            events, went_down, still_down, recovered = [], [], [], []
+            for row in rows:
+                store_id = row["store_id"]
+                set_as_of = down_as_of.get(store_id, up_as_of)
+                if set_as_of is not None and set_as_of >= as_of_us:
+                    continue  # set by this report or a later one: an older report never flips it back
+                down = row["downtime_last_hour"] >= downtime_minutes
+                was_down = store_id in down_as_of
+                if down:
+                    (still_down if was_down else went_down).append((store_id, as_of_us, report_id))
+                    down_as_of[store_id] = as_of_us
+                elif was_down:
+                    recovered.append((store_id,))
+                    del down_as_of[store_id]
+                else:
+                    continue
+                if down != was_down:
+                    events.append(
+                        {
+                            "store_id": store_id,
+                            "event": "store_down" if down else "store_recovered",
+                            "downtime_last_hour": row["downtime_last_hour"],
+                            "uptime_last_hour": row["uptime_last_hour"],
+                        }
+                    )
+            write.executemany(f"INSERT INTO {ALERT_STATE} (store_id, as_of_us, report_id) VALUES (?, ?, ?)", went_down)
+            write.executemany(
+                f"UPDATE {ALERT_STATE} SET as_of_us = ? WHERE store_id = ?",
+                [(as_of, store_id) for store_id, as_of, _ in still_down],
+            )
+            write.executemany(f"DELETE FROM {ALERT_STATE} WHERE store_id = ?", recovered)
+            write.execute(
+                f"INSERT INTO {ALERT_SEEN} (id, as_of_us) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET as_of_us = max(as_of_us, excluded.as_of_us)",
+                (as_of_us,),
+            )
+            if not events:
+                return None
+            delivery = {
+                "delivery_id": uuid.uuid4().hex,
+                "report_id": report_id,
+                "as_of_us": as_of_us,
+                "created_us": _now_us(),
+                "status": "Pending",
+                "attempts": 0,
+                "last_attempt_us": None,
+                "http_status": None,
+                "error": None,
+                "events": len(events),
+                "body": database.alert_body(report_id, as_of_us, events),
+            }
+            write.execute(
+                f"INSERT INTO {DELIVERIES} ({DELIVERY_COLUMNS}) VALUES ({', '.join('?' * len(delivery))})",
+                [sqlite3.Binary(value) if key == "body" else value for key, value in delivery.items()],
+            )
+            write.execute(
+                f"DELETE FROM {DELIVERIES} WHERE status != 'Pending' AND delivery_id IN (SELECT delivery_id "
+                f"FROM {DELIVERIES} ORDER BY created_us DESC, delivery_id DESC LIMIT -1 OFFSET ?)",
+                (DELIVERIES_KEPT,),
+            )
+        return self._delivery(tuple(delivery.values()))
+
+    def update_delivery(self, delivery_id: str, status: str, attempts: int, error: str | None, http_status) -> None:
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"a delivery's status is one of {', '.join(DELIVERY_STATUSES)}, not {status!r}")
+        with self._write() as write:
+            write.execute(
+                f"UPDATE {DELIVERIES} SET status = ?, attempts = ?, error = ?, http_status = ?, last_attempt_us = ? "
+                "WHERE delivery_id = ?",
+                (
+                    status,
+                    int(attempts),
+                    error,
+                    None if http_status is None else int(http_status),
+                    _now_us(),
+                    delivery_id,
+                ),
+            )
+
+    def pending_deliveries(self, older_than_us: int) -> list[dict]:
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} "
+                "WHERE status = 'Pending' AND coalesce(last_attempt_us, created_us) < ? "
+                "ORDER BY created_us, delivery_id",
+                (int(older_than_us),),
+            )
+            .fetchall()
+        )
+        return [self._delivery(row) for row in rows]
+
+    def list_deliveries(self, limit: int = 50) -> list[dict]:
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} ORDER BY created_us DESC, delivery_id DESC LIMIT ?",
+                (max(int(limit), 0),),
+            )
+            .fetchall()
+        )
+        return [self._delivery(row) for row in rows]
 
     # ----- the data lease: rows of `leases`, checked and taken in one write transaction
 

@@ -29,12 +29,17 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas is imported where a frame is made or read, not here: the command line computes a report without it
+# until it writes the CSV, and starts the interpreter 0.3 s sooner (docs/performance.md)
 
 TICKS_PER_SECOND = 2_000_000
 TICKS_PER_US = 2
@@ -217,6 +222,7 @@ def business_intervals_utc(
     row_zone: np.ndarray,
     from_ticks: int,
     to_ticks: int,
+    zone_names=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Open and close instants (UTC ticks) of every business-hour row on every date near a range.
 
@@ -224,13 +230,16 @@ def business_intervals_utc(
     with that weekday at `start` and closes at `end` the same day, or the next
     day when `end <= start` (overnight; equal means 24 hours).  Dates are taken
     wide enough that every opening touching `[from_ticks, to_ticks)` is listed.
+    With `zone_names`, `row_zone` holds each row's index into them instead of a name.
     Returns `(store, open, close)` arrays, unmerged and unsorted.
     """
     row_store = np.asarray(row_store, dtype=np.int64)
     row_day = np.asarray(row_day, dtype=np.int64)
     row_start = np.asarray(row_start_s, dtype=np.int64) * TICKS_PER_SECOND
     row_end = np.asarray(row_end_s, dtype=np.int64) * TICKS_PER_SECOND
-    row_zone = np.asarray(row_zone, dtype=object)
+    if zone_names is None:
+        row_zone, zone_names = factorize_names(row_zone)
+    row_zone = np.asarray(row_zone, dtype=np.int64)
     # local dates: offsets are within +/-1 day and a row lasts at most ~2 days
     first_day = from_ticks // TICKS_PER_DAY - 3
     last_day = to_ticks // TICKS_PER_DAY + 1
@@ -251,18 +260,24 @@ def business_intervals_utc(
     store = np.concatenate(stores) if stores else np.empty(0, np.int64)
     local_open = np.concatenate(opens) if opens else np.empty(0, np.int64)
     local_close = np.concatenate(closes) if closes else np.empty(0, np.int64)
-    zone = np.concatenate(zones) if zones else np.empty(0, object)
+    codes = np.concatenate(zones) if zones else np.empty(0, np.int64)
 
     open_utc = np.empty_like(local_open)
     close_utc = np.empty_like(local_close)
     span_s = (first_day * 86_400, (last_day + 3) * 86_400)
-    codes, names = pd.factorize(zone)
-    for code, name in enumerate(names):
+    for code in np.unique(codes).tolist():
+        name = zone_names[code]
         rows = codes == code
         transitions, offsets = zone_transitions(name, *span_s)
         open_utc[rows] = local_to_utc_ticks(local_open[rows], transitions, offsets)
         close_utc[rows] = local_to_utc_ticks(local_close[rows], transitions, offsets)
     return store, open_utc, np.maximum(close_utc, open_utc)
+
+
+def factorize_names(names) -> tuple[np.ndarray, list[str]]:
+    """Each name's index into the distinct names, and those names (by Arrow's hash table, not Python's)."""
+    encoded = pc.dictionary_encode(pa.array(np.asarray(names, dtype=object), pa.string()))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
 
 
 def merge_intervals(keys_open: np.ndarray, keys_close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,6 +350,34 @@ def poll_spans(store: np.ndarray, ticks: np.ndarray) -> tuple[np.ndarray, np.nda
         begin[1:] = np.where(same, mid, -_FAR)
         end[:-1] = np.where(same, mid, _FAR)
     return begin, end
+
+
+def status_runs(store: np.ndarray, stamps_us: np.ndarray, active: np.ndarray):
+    """Polls sorted by (store, time), one per instant, as runs of one status: `(store, begin, end, active)`
+    of each run, `begin` and `end` in ticks.
+
+    Only the polls where a store's status changes matter (most polls repeat the one before): a run
+    stands for the spans of all its polls, from the midpoint with the poll before its first (for ever
+    back for a store's first) to the midpoint with the first poll of the next run (for ever on for the
+    store's last).  The midpoint of polls at a and b microseconds is a + b ticks, exactly.
+    """
+    n = stamps_us.size
+    if n == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty.copy(), np.empty(0, bool)
+    store_starts = np.empty(n, dtype=bool)
+    store_starts[0] = True
+    np.not_equal(store[1:], store[:-1], out=store_starts[1:])
+    starts = np.not_equal(active[1:], active[:-1])
+    starts |= store_starts[1:]
+    first = np.flatnonzero(starts) + 1  # the first poll of each run but the very first
+    first = np.concatenate(([0], first))
+    run_store = store[first]
+    new_store = store_starts[first]
+    begin = np.where(new_store, -_FAR, stamps_us[np.maximum(first - 1, 0)] + stamps_us[first])
+    end = np.full(first.size, _FAR, dtype=np.int64)
+    end[:-1] = np.where(new_store[1:], _FAR, begin[1:])
+    return run_store, begin.astype(np.int64, copy=False), end, active[first]
 
 
 # --------------------------------------------------------------------------- the report
@@ -505,8 +548,92 @@ def sorted_polls(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
     return codes[order], stamps[order], active[order]
 
 
+def run_ends(store: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """For polls sorted by (store, time), one per instant: True for the first and the last poll of each run
+    of one store's polls with one status.
+
+    The report depends on those alone (`status_runs` reads a run's first poll and the poll before it), also
+    when polls after some instant are dropped later: a run cut short keeps its first poll, and its end is
+    then the store's end, whichever poll was its last.
+    """
+    n = active.size
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        np.not_equal(active[1:], active[:-1], out=first[1:])
+        first[1:] |= store[1:] != store[:-1]
+    ends = first.copy()
+    ends[:-1] |= first[1:]
+    return ends
+
+
+def deciding_polls(codes, stamps, active, n_stores: int):
+    """Polls numbered by store (`codes` below `n_stores`), in any order, sorted by (store, time) and cut down
+    to the first and last poll of each run of one status (`run_ends`): `(store, stamp, active)`.
+
+    `codes`, `stamps` and `active` are arrays, or lists of arrays (the blocks a file was read in: each is
+    packed on its own, so the polls are never copied whole).  Store, time and status are packed into one
+    int64 a poll and the values sorted, several times quicker than an argsort and the takes it needs; with
+    two cores the two halves of the stores are sorted and cut down at once, in two threads (numpy lets go
+    of the GIL).  None when a store has two polls at one instant (which stands depends on the file order,
+    that a sort of values loses) or the keys would not fit in an int64.
+    """
+    blocks = list(zip(*(part if isinstance(part, list) else [part] for part in (codes, stamps, active))))
+    blocks = [(c, t, a) for c, t, a in blocks if t.size]
+    if not blocks:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
+    low = min(int(t.min()) for _, t, _ in blocks)
+    span = max(int(t.max()) for _, t, _ in blocks) - low + 1
+    if n_stores * span >= 2**61:
+        return None
+    split = sum(t.size for _, t, _ in blocks) >= SPLIT_SORT_MIN and _cores() >= 2
+    middle = n_stores // 2 if split else n_stores
+    counts = np.zeros(n_stores, dtype=np.int64)
+    below, above = [], []
+    for c, t, a in blocks:
+        keys = np.multiply(c, 2 * span, dtype=np.int64)
+        offset = np.subtract(t, low, dtype=np.int64)
+        offset <<= 1
+        keys += offset
+        keys += a
+        counts += np.bincount(c, minlength=n_stores)
+        if split:
+            first_half = c < middle
+            below.append(keys[first_half])
+            above.append(keys[~first_half])
+        else:
+            below.append(keys)
+    del keys, offset
+    parts = [np.concatenate(below)] + ([np.concatenate(above)] if split else [])
+    del below, above
+    halves = [(0, middle), (middle, n_stores)]
+
+    def sort_and_cut(number: int):
+        part, (first_store, last_store) = parts[number], halves[number]
+        parts[number] = None  # (each thread frees its part as soon as it is cut down)
+        part.sort()
+        packed = part >> 1
+        if part.size > 1 and (packed[1:] == packed[:-1]).any():
+            return None
+        del packed
+        store = np.repeat(np.arange(first_store, last_store, dtype=np.int64), counts[first_store:last_store])
+        up = (part & 1).astype(bool)
+        kept = np.flatnonzero(run_ends(store, up))
+        return store[kept], (part[kept] >> 1) - store[kept] * span + low, up[kept]
+
+    if len(parts) == 1:
+        results = [sort_and_cut(0)]
+    else:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sort-polls") as pool:
+            results = list(pool.map(sort_and_cut, range(len(parts))))
+    if any(result is None for result in results):
+        return None
+    return tuple(np.concatenate(column) for column in zip(*results))
+
+
 def _store_codes(store_id: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Each poll's store number and the store ids, numbered in store_id order."""
+    import pandas as pd
+
     codes = store_id.cat.codes.to_numpy() if isinstance(store_id.dtype, pd.CategoricalDtype) else None
     if codes is not None and store_id.cat.categories.is_monotonic_increasing and (codes.size == 0 or codes.min() >= 0):
         # as sources.read_store_status and the stores give them: only the categories in use are numbered
@@ -539,16 +666,44 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
     store_set = pa.array(np.asarray(store_ids, dtype=object), pa.string())
     stamps = polls["timestamp_us"].to_numpy(dtype=np.int64)
     poll_store, poll_us, poll_active = sorted_polls(codes, stamps, polls["active"].to_numpy(dtype=bool))
+    return store_ids, _coded_inputs(store_set, poll_store, poll_us, poll_active, hours, zones)
 
-    zone_of_store = np.full(len(store_ids), DEFAULT_TIMEZONE, dtype=object)
+
+def code_sorted_polls(
+    store_ids: pa.Array,
+    poll_store: np.ndarray,
+    poll_us: np.ndarray,
+    poll_active: np.ndarray,
+    hours: pd.DataFrame,
+    zones: pd.DataFrame,
+    now_us: int,
+):
+    """`code_inputs` for polls numbered and sorted already (as sources.PollColumns holds them, with no
+    pandas): polls sorted by (store, time), one per store and instant, `poll_store` indexing `store_ids`
+    (distinct, in store_id order).  Returns `(store_ids, CodedInputs)` for the stores with a poll at or
+    before `now_us`."""
+    kept = poll_us <= int(now_us)
+    if not kept.all():
+        poll_store, poll_us, poll_active = poll_store[kept], poll_us[kept], poll_active[kept]
+        used = np.bincount(poll_store, minlength=len(store_ids)) > 0
+        if not used.all():  # stores whose every poll is after now: number the others anew, in order
+            poll_store = (np.cumsum(used) - 1)[poll_store]
+            store_ids = store_ids.filter(pa.array(used))
+    return store_ids, _coded_inputs(store_ids, poll_store, poll_us, poll_active, hours, zones)
+
+
+def _coded_inputs(store_set: pa.Array, poll_store, poll_us, poll_active, hours, zones) -> CodedInputs:
+    """The engine's inputs from the numbered polls and the hours' and zones' frames (rows of other stores
+    dropped)."""
+    zone_of_store = np.full(len(store_set), DEFAULT_TIMEZONE, dtype=object)
     z_store = _positions(zones["store_id"], store_set)
     z_known = z_store >= 0
     zone_of_store[z_store[z_known]] = zones["timezone_str"].to_numpy(dtype=object)[z_known]
 
     h_store = _positions(hours["store_id"], store_set)
     h_known = h_store >= 0
-    coded = CodedInputs(
-        n_stores=len(store_ids),
+    return CodedInputs(
+        n_stores=len(store_set),
         poll_store=poll_store,
         poll_us=poll_us,
         poll_active=poll_active,
@@ -558,7 +713,6 @@ def code_inputs(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, n
         hour_end_s=hours["end_s"].to_numpy(dtype=np.int64)[h_known],
         zone_of_store=zone_of_store,
     )
-    return store_ids, coded
 
 
 def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]:
@@ -580,14 +734,16 @@ def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]
         return store * band + (np.clip(ticks, origin, now) - origin)
 
     # --- business hours as banded intervals; stores without rows are open all week
+    zone_code, zone_names = factorize_names(coded.zone_of_store)
     b_store, b_open, b_close = business_intervals_utc(
         coded.hour_store,
         coded.hour_day,
         coded.hour_start_s,
         coded.hour_end_s,
-        coded.zone_of_store[coded.hour_store],
+        zone_code[coded.hour_store],
         origin,
         now,
+        zone_names=zone_names,
     )
     always_open = np.ones(n_stores, dtype=bool)
     always_open[coded.hour_store] = False
@@ -597,14 +753,14 @@ def coded_uptime_ticks(coded: CodedInputs, now_us: int) -> dict[str, np.ndarray]
     b_close = np.concatenate((b_close, np.full(all_day.size, now)))
     clock = BusinessClock.from_intervals(banded(b_store, b_open), banded(b_store, b_close))
 
-    # --- polls: of several at one instant, the last (the later row) stands
-    p_store, p_ticks, p_active = coded.poll_store, coded.poll_us * TICKS_PER_US, coded.poll_active
-    last_of_instant = last_of_each_instant(p_store, p_ticks)
+    # --- polls: of several at one instant, the last (the later row) stands; then runs of one status
+    p_store, p_us, p_active = coded.poll_store, coded.poll_us, coded.poll_active
+    last_of_instant = last_of_each_instant(p_store, p_us)
     if not last_of_instant.all():
-        p_store, p_ticks, p_active = p_store[last_of_instant], p_ticks[last_of_instant], p_active[last_of_instant]
-    begin, end = poll_spans(p_store, p_ticks)
+        p_store, p_us, p_active = p_store[last_of_instant], p_us[last_of_instant], p_active[last_of_instant]
+    p_store, begin, end, p_active = status_runs(p_store, p_us, p_active)
     end_reading = clock.reading(banded(p_store, end))
-    # a poll's span begins where its predecessor's ends, so that reading is already known
+    # a run's span begins where its predecessor's ends, so that reading is already known
     begin_reading = np.empty_like(end_reading)
     begin_reading[1:] = end_reading[:-1]
     has_predecessor = np.zeros(p_store.size, dtype=bool)
@@ -641,6 +797,8 @@ def uptime_ticks(polls: pd.DataFrame, hours: pd.DataFrame, zones: pd.DataFrame, 
 
 def ticks_frame(store_ids, ticks: dict[str, np.ndarray]) -> pd.DataFrame:
     """The ticks of `coded_uptime_ticks` as a frame with REPORT_COLUMNS."""
+    import pandas as pd
+
     frame = {"store_id": pd.array(np.asarray(store_ids, dtype=object), dtype="string")}
     frame.update({column: ticks[column] for column in REPORT_COLUMNS[1:]})
     return pd.DataFrame(frame, columns=REPORT_COLUMNS)

@@ -1,18 +1,25 @@
 /* Store uptime reports: the one page.  Plain JavaScript, no build step.
  *
  * Trigger a report, follow its progress through /get_report, then show it as a
- * sortable, filterable table and a chart of the 20 stores with the most
- * downtime in the last week; list past reports from /reports.  Clicking a
- * store (its id in the table, or its bar) draws its week from
- * /stores/<id>/timeline: one row per local day, business hours shaded, up and
- * down segments, polls as ticks, the day and hour windows marked, and the
- * segments added up per window beside the report's row.
+ * sortable, filterable table (only the rows in view are in the DOM, so 14,000
+ * stores stay quick), a chart of the 20 stores with the most downtime in the
+ * last week, and the changes since the previous report (/reports/<id>/changes);
+ * list past reports from /reports.  Clicking a store (its id in the table, the
+ * changes or its bar) shows its downtime across reports (/stores/<id>/history)
+ * and draws its week from /stores/<id>/timeline: one row per local day,
+ * business hours shaded, up and down segments, polls as ticks, the day and
+ * hour windows marked, and the segments added up per window beside the
+ * report's row.
  *
  * Test hooks: <body data-state="idle|running|complete|failed">, the report
- * section's data-report-id, <ol id="chart-data"> whose items carry the
- * chart's figures as data- attributes (also read by screen readers), and the
- * week section's data-state="loading|shown|failed" and data-store-id, with
- * each total cell's exact figure in data-value.
+ * section's data-report-id, the table's aria-rowcount and each row's
+ * aria-rowindex, <ol id="chart-data"> whose items carry the chart's figures
+ * as data- attributes (also read by screen readers), the week section's
+ * data-state="loading|shown|failed" and data-store-id, with each total cell's
+ * exact figure in data-value, the changes section's
+ * data-state="loading|shown|none|failed", and the history's
+ * data-state="loading|shown|empty|failed" with each point's report id and
+ * figure on its dot.
  */
 (function () {
   "use strict";
@@ -48,7 +55,12 @@
   };
 
   var state = {
-    report: null,       // the Complete /get_report body on show
+    report: null,       // the Complete /get_report body on show, without its rows (they are in `table`)
+    table: null,        // the rows as columns: {n, ids, lower, cols: {key: Float64Array}, rank, orders}
+    view: null,         // the row indices shown, in order (sorted, filtered)
+    drawn: { first: 0, last: 0 },   // the positions in `view` of the rows in the DOM
+    rowHeight: 33,      // px, measured from the drawn rows
+    headHeight: 0,      // px, the table header's
     columns: [],
     sortKey: "store_id",
     sortDir: 1,         // 1 ascending, -1 descending
@@ -58,7 +70,9 @@
     listSeq: 0,         // bumps with every /reports request; late answers are dropped
     startedAt: 0,       // when the followed report was first asked for (for the elapsed time)
     chart: null,
-    weekSeq: 0          // bumps with every store opened; late answers are dropped
+    weekSeq: 0,         // bumps with every store opened; late answers are dropped
+    historySeq: 0,      // the same for the store's history
+    changesSeq: 0       // and for the changes since the previous report
   };
 
   function $(id) { return document.getElementById(id); }
@@ -113,6 +127,12 @@
     var token = sessionToken || getToken();
     if (token) { headers.Authorization = "Bearer " + token; }
     return headers;
+  }
+
+  /* "HTTP 404: The requested URL was not found on the server. If you…" -> its first sentence, for one short line. */
+  function firstSentence(text) {
+    var match = /^.*?[.!?](?=\s|$)/.exec(String(text));
+    return match ? match[0] : String(text);
   }
 
   function ApiError(message, status, transient) {
@@ -270,16 +290,78 @@
 
   // ------------------------------------------------------------------ the report
 
+  /* The report's rows are kept as columns (an array of ids, a Float64Array per figure), never as DOM:
+   * the table draws only the rows in view plus a margin (OVERSCAN) between two spacer rows whose heights
+   * stand for the rows above and below, so 14,000 stores cost what 60 do.  Each sort order is worked out
+   * once per report (an index array sorted on the figure, ties by store id) and a filter is one pass
+   * over the ids in that order. */
+
+  function buildTable(body) {
+    var data = body.data || [];
+    var n = data.length;
+    var ids = new Array(n);
+    var lower = new Array(n);
+    var cols = {};
+    state.columns.forEach(function (key) {
+      if (key !== "store_id") { cols[key] = new Float64Array(n); }
+    });
+    var numeric = Object.keys(cols);
+    for (var i = 0; i < n; i++) {
+      var row = data[i];
+      var id = String(row.store_id);
+      ids[i] = id;
+      lower[i] = id.toLowerCase();
+      for (var k = 0; k < numeric.length; k++) {
+        var value = row[numeric[k]];
+        cols[numeric[k]][i] = value === null || value === undefined || value === "" ? NaN : Number(value);
+      }
+    }
+    var byId = new Uint32Array(n);
+    for (i = 0; i < n; i++) { byId[i] = i; }
+    byId.sort(function (a, b) { return compareIds(ids[a], ids[b]); });
+    var rank = new Uint32Array(n);
+    for (i = 0; i < n; i++) { rank[byId[i]] = i; }
+    return { n: n, ids: ids, lower: lower, cols: cols, rank: rank, orders: { "store_id:1": byId } };
+  }
+
+  /* Row indices in the order of `key` (dir 1 ascending, -1 descending), ties by store id; worked out once. */
+  function sortedOrder(table, key, dir) {
+    var name = key + ":" + dir;
+    if (table.orders[name]) { return table.orders[name]; }
+    var order;
+    if (key === "store_id") {
+      order = table.orders["store_id:1"].slice().reverse();
+    } else {
+      var values = table.cols[key];
+      var rank = table.rank;
+      var sortable = new Float64Array(table.n);       // a missing figure sorts as 0, as it always has
+      for (var i = 0; i < table.n; i++) { sortable[i] = values[i] || 0; }
+      order = table.orders["store_id:1"].slice();     // already in store id order: ties stay by id
+      order.sort(function (a, b) { return (sortable[a] - sortable[b]) * dir || rank[a] - rank[b]; });
+    }
+    table.orders[name] = order;
+    return order;
+  }
+
+  function rowObject(table, i) {
+    var row = { store_id: table.ids[i] };
+    Object.keys(table.cols).forEach(function (key) { row[key] = table.cols[key][i]; });
+    return row;
+  }
+
   function showReport(body) {
-    state.report = body;
     state.columns = body.columns && body.columns.length ? body.columns
       : (body.data.length ? Object.keys(body.data[0]) : Object.keys(COLUMN_LABELS));
+    state.table = buildTable(body);
+    state.report = Object.assign({}, body, { data: null });    // the rows live in state.table only
     var section = $("report");
     section.hidden = false;
     section.dataset.reportId = body.report_id;
     $("report-id").textContent = body.report_id;
-    var count = body.row_count === null || body.row_count === undefined ? body.data.length : body.row_count;
-    $("report-meta").textContent = "As of " + fmtTime(body.as_of) + " UTC · " + count + " stores";
+    var count = body.row_count === null || body.row_count === undefined ? state.table.n : body.row_count;
+    var started = { schedule: " · started by the schedule", api: " · started through the API" };
+    $("report-meta").textContent = "As of " + fmtTime(body.as_of) + " UTC · " + count + " stores"
+      + (started[body.trigger] || "");
     var later = $("report-after-newest");
     later.hidden = !body.as_of_after_newest_poll;
     later.textContent = body.as_of_after_newest_poll
@@ -289,15 +371,18 @@
     $("csv-link").setAttribute("download", "report_" + body.report_id + ".csv");
     if (history.replaceState) { history.replaceState(null, "", "#report=" + body.report_id); }
     buildHeader();
-    renderRows();
-    renderChart(body.data);
+    applyView(true);
+    var top = sortedOrder(state.table, "downtime_last_week", -1);
+    renderChart(Array.prototype.slice.call(top, 0, TOP_N).map(function (i) { return rowObject(state.table, i); }));
     markCurrentReport();
+    loadChanges(body.report_id);
     if (!$("store-week").hidden && $("store-week").dataset.reportId !== body.report_id) { closeWeek(); }
   }
 
   function buildHeader() {
     var row = document.querySelector("#report-table thead tr");
     row.textContent = "";
+    row.setAttribute("aria-rowindex", "1");
     state.columns.forEach(function (key) {
       var th = document.createElement("th");
       th.scope = "col";
@@ -329,7 +414,7 @@
       state.sortDir = key === "store_id" ? 1 : -1;   // numbers: biggest first on the first click
     }
     updateSortMarks();
-    renderRows();
+    applyView(true);
   }
 
   function updateSortMarks() {
@@ -342,34 +427,69 @@
     });
   }
 
-  function visibleRows() {
+  /* The rows to show, in order: the sort order, filtered by the store id box (one pass). */
+  function applyView(toTop) {
+    var table = state.table;
+    if (!table) { return; }
+    var key = state.columns.indexOf(state.sortKey) === -1 ? "store_id" : state.sortKey;
+    var order = sortedOrder(table, key, state.sortDir);
     var needle = state.filter.toLowerCase();
-    var key = state.sortKey;
-    var dir = state.sortDir;
-    var rows = state.report.data.filter(function (row) {
-      return !needle || String(row.store_id).toLowerCase().indexOf(needle) !== -1;
-    });
-    rows.sort(function (a, b) {
-      var order;
-      if (key === "store_id") {
-        order = compareIds(String(a.store_id), String(b.store_id));
-      } else {
-        order = (Number(a[key]) || 0) - (Number(b[key]) || 0);
+    if (!needle) {
+      state.view = order;
+    } else {
+      var lower = table.lower;
+      var kept = new Uint32Array(table.n);
+      var count = 0;
+      for (var j = 0; j < order.length; j++) {
+        if (lower[order[j]].indexOf(needle) !== -1) { kept[count++] = order[j]; }
       }
-      return order * dir || compareIds(String(a.store_id), String(b.store_id));
-    });
-    return rows;
+      state.view = kept.subarray(0, count);
+    }
+    var total = table.n;
+    var shown = state.view.length;
+    $("row-count").textContent = shown === total ? total + " stores" : "Showing " + shown + " of " + total + " stores";
+    $("report-table").setAttribute("aria-rowcount", String(shown + 1));
+    if (toTop) { document.querySelector("#report .table-scroll").scrollTop = 0; }
+    renderWindow(true);
   }
 
-  function renderRows() {
-    if (!state.report) { return; }
-    var rows = visibleRows();
+  var OVERSCAN = 12;          // rows drawn above and below the ones in view
+
+  /* Draw the rows in view (plus OVERSCAN each side) between the two spacers.  Reads the scroller's
+   * position once, writes the rows, then (on a full redraw) measures one row to keep the spacers exact. */
+  function renderWindow(force, measured) {
+    var table = state.table;
+    if (!table) { return; }
+    var scroller = document.querySelector("#report .table-scroll");
+    var view = state.view;
+    var n = view.length;
+    var rowHeight = state.rowHeight;
+    var headHeight = state.headHeight;
+    var top = Math.max(0, scroller.scrollTop - headHeight);
+    var height = window.innerHeight || scroller.clientHeight;   // the scroller is never taller than the window
+    var visibleFirst = Math.min(n, Math.floor(top / rowHeight));
+    var visibleLast = Math.min(n, Math.ceil((top + height) / rowHeight));
+    if (!force && state.drawn.first <= Math.max(0, visibleFirst - OVERSCAN / 2)
+        && state.drawn.last >= Math.min(n, visibleLast + OVERSCAN / 2)) {
+      return;                  // what is drawn still covers the view and half the margin
+    }
+    var first = Math.max(0, visibleFirst - OVERSCAN);
+    var last = Math.min(n, visibleLast + OVERSCAN);
+    state.drawn = { first: first, last: last };
+
     var tbody = document.querySelector("#report-table tbody");
     var fragment = document.createDocumentFragment();
-    rows.forEach(function (row) {
+    fragment.appendChild(spacer(first * rowHeight));
+    var columns = state.columns;
+    for (var p = first; p < last; p++) {
+      var i = view[p];
+      var id = table.ids[i];
       var tr = document.createElement("tr");
-      tr.dataset.storeId = row.store_id;
-      state.columns.forEach(function (key) {
+      tr.className = p % 2 ? "row alt" : "row";
+      tr.dataset.storeId = id;
+      tr.setAttribute("aria-rowindex", String(p + 2));
+      for (var c = 0; c < columns.length; c++) {
+        var key = columns[c];
         var cell;
         if (key === "store_id") {
           cell = document.createElement("th");
@@ -377,46 +497,84 @@
           var open = document.createElement("button");
           open.type = "button";
           open.className = "store-link";
-          open.dataset.storeId = row.store_id;
-          open.textContent = row.store_id;
-          open.setAttribute("aria-label", "Show the week of store " + row.store_id);
+          open.dataset.storeId = id;
+          open.textContent = id;
+          open.title = id;
+          open.setAttribute("aria-label", "Show the week of store " + id);
           cell.appendChild(open);
         } else {
           cell = document.createElement("td");
           cell.className = "num";
-          cell.textContent = fmt(row[key]);
+          cell.textContent = table.cols[key] ? fmt(table.cols[key][i]) : "";
           cell.dataset.label = SHORT_LABELS[key] || COLUMN_LABELS[key] || key;
         }
         cell.dataset.key = key;
         tr.appendChild(cell);
-      });
+      }
       fragment.appendChild(tr);
-    });
-    tbody.textContent = "";
-    if (!rows.length) {
+    }
+    if (!n) {
       var empty = document.createElement("tr");
       var td = document.createElement("td");
-      td.colSpan = state.columns.length;
+      td.colSpan = columns.length;
       td.className = "empty";
-      td.textContent = state.report.data.length ? "No store id matches the filter." : "The report has no rows.";
+      td.textContent = table.n ? "No store id matches the filter." : "The report has no rows.";
       empty.appendChild(td);
       fragment.appendChild(empty);
     }
+    fragment.appendChild(spacer((n - last) * rowHeight));
+    tbody.textContent = "";
     tbody.appendChild(fragment);
-    var total = state.report.data.length;
-    $("row-count").textContent = rows.length === total
-      ? total + " stores" : "Showing " + rows.length + " of " + total + " stores";
+    if (force && !measured && last > first) { measureRows(tbody); }
   }
 
-  function topStores(data) {
-    return data.slice().sort(function (a, b) {
-      return (Number(b.downtime_last_week) || 0) - (Number(a.downtime_last_week) || 0)
-        || compareIds(String(a.store_id), String(b.store_id));
-    }).slice(0, TOP_N);
+  function spacer(height) {
+    var tr = document.createElement("tr");
+    tr.className = "spacer";
+    tr.setAttribute("aria-hidden", "true");
+    var td = document.createElement("td");
+    td.colSpan = state.columns.length;
+    tr.appendChild(td);
+    tr.style.height = height + "px";
+    tr.hidden = height <= 0;
+    return tr;
   }
 
-  function renderChart(data) {
-    var top = topStores(data);
+  /* The drawn rows' height (all rows are one height: one line each, or one card each on a phone) and the
+   * header's; when either moved (first report, a font, a narrower window), the spacers are drawn again. */
+  function measureRows(tbody) {
+    var rows = tbody.querySelectorAll("tr.row");
+    var firstBox = rows[0].getBoundingClientRect();
+    var lastBox = rows[rows.length - 1].getBoundingClientRect();
+    var rowHeight = (lastBox.bottom - firstBox.top) / rows.length;
+    var headHeight = document.querySelector("#report-table thead").getBoundingClientRect().height;
+    var moved = Math.abs(rowHeight - state.rowHeight) > 0.01 || Math.abs(headHeight - state.headHeight) > 0.5;
+    if (rowHeight > 0 && moved) {
+      state.rowHeight = rowHeight;
+      state.headHeight = headHeight;
+      renderWindow(true, true);
+    }
+  }
+
+  var frameAsked = false;
+  var measureNext = false;
+
+  /* Scrolling redraws at most once a frame, and only when the view leaves what is drawn; a resize redraws
+   * and measures the rows again (a phone-width card is taller than a row). */
+  function askFrame(measure) {
+    measureNext = measureNext || measure;
+    if (frameAsked) { return; }
+    frameAsked = true;
+    requestAnimationFrame(function () {
+      var measureNow = measureNext;
+      frameAsked = false;
+      measureNext = false;
+      renderWindow(measureNow);
+    });
+  }
+
+  /* `top`: the TOP_N rows with the most downtime last week, ties by store id (sortedOrder's rule). */
+  function renderChart(top) {
     var list = $("chart-data");
     list.textContent = "";
     top.forEach(function (row) {
@@ -522,6 +680,266 @@
     return g.createPattern(tile, "repeat");
   }
 
+  // ------------------------------------------------------------------ changes since the previous report
+
+  var CHANGES_LIMIT = 10;     // stores listed per kind of change
+
+  /* GET /reports/<id>/changes: the stores whose downtime in the last day rose or fell most since the previous
+   * Complete report, and the stores new or gone.  Loaded beside the table, never in its way. */
+  function loadChanges(reportId) {
+    var seq = ++state.changesSeq;
+    var box = $("changes");
+    box.dataset.state = "loading";
+    box.dataset.reportId = reportId;
+    $("changes-body").hidden = true;
+    $("changes-meta").textContent = "Loading the changes since the previous report…";
+    $("changes-meta").removeAttribute("title");
+    api("/reports/" + encodeURIComponent(reportId) + "/changes?limit=" + CHANGES_LIMIT).then(function (body) {
+      if (seq !== state.changesSeq) { return; }
+      renderChanges(body);
+    }, function (error) {
+      if (seq !== state.changesSeq) { return; }
+      if (error.status === 404) {     // the first Complete report: nothing before it to compare with
+        box.dataset.state = "none";
+        $("changes-meta").textContent = "No earlier complete report to compare this one with.";
+        $("changes-meta").title = error.message;
+        return;
+      }
+      box.dataset.state = "failed";
+      $("changes-meta").textContent = "The changes since the previous report could not be loaded. "
+        + firstSentence(error.message);
+    });
+  }
+
+  function renderChanges(body) {
+    var box = $("changes");
+    var counts = body.counts || {};
+    function counted(name) {
+      var value = counts[name];
+      return value === null || value === undefined ? (body[name] || []).length : value;
+    }
+    var meta = $("changes-meta");
+    meta.textContent = "Compared with the report as of " + fmtTime(body.base_as_of) + " UTC ";
+    var view = document.createElement("button");
+    view.type = "button";
+    view.className = "link view-base";
+    view.dataset.reportId = body.base_report_id;
+    view.textContent = "(view it)";
+    view.setAttribute("aria-label", "View the previous report, as of " + fmtTime(body.base_as_of));
+    view.addEventListener("click", function () { clearMessage(); follow(body.base_report_id); });
+    meta.appendChild(view);
+    meta.appendChild(document.createTextNode(
+      ": downtime in the last day rose at " + counted("rose") + " stores and fell at " + counted("fell")
+      + "; " + counted("new") + " new, " + counted("gone") + " gone."));
+    fillChangeTable($("changes-rose"), body.rose || [], "No store was down longer.");
+    fillChangeTable($("changes-fell"), body.fell || [], "No store was down less.");
+    var moved = counted("new") + counted("gone") > 0;
+    $("changes-new").textContent = moved ? "" : "No store is new or gone.";
+    $("changes-gone").hidden = !moved;
+    if (moved) {
+      fillChangeList($("changes-new"), "New stores", counted("new"), body["new"] || [], "downtime_last_day", true);
+      fillChangeList($("changes-gone"), "Gone stores", counted("gone"), body.gone || [], "base_downtime_last_day",
+                     false);
+    }
+    $("changes-body").hidden = false;
+    box.dataset.baseReportId = body.base_report_id;
+    box.dataset.state = "shown";
+  }
+
+  function storeButton(storeId) {
+    var open = document.createElement("button");
+    open.type = "button";
+    open.className = "store-link";
+    open.dataset.storeId = storeId;
+    open.textContent = storeId;
+    open.title = storeId;
+    open.setAttribute("aria-label", "Show the week of store " + storeId);
+    return open;
+  }
+
+  function fillChangeTable(table, rows, emptyText) {
+    var tbody = table.querySelector("tbody");
+    tbody.textContent = "";
+    rows.forEach(function (row) {
+      var tr = document.createElement("tr");
+      tr.dataset.storeId = row.store_id;
+      var th = document.createElement("th");
+      th.scope = "row";
+      th.appendChild(storeButton(row.store_id));
+      tr.appendChild(th);
+      var cells = [["base_downtime_last_day", "Before"], ["downtime_last_day", "Now"], ["change", "Change"]];
+      cells.forEach(function (pair) {
+        var td = document.createElement("td");
+        td.className = "num";
+        td.dataset.key = pair[0];
+        td.dataset.label = pair[1];
+        var value = row[pair[0]];
+        td.textContent = pair[0] === "change" && Number(value) > 0 ? "+" + fmt(value) : fmt(value);
+        tr.appendChild(td);
+      });
+      tbody.appendChild(tr);
+    });
+    if (!rows.length) {
+      var empty = document.createElement("tr");
+      var td = document.createElement("td");
+      td.colSpan = 4;
+      td.className = "empty";
+      td.textContent = emptyText;
+      empty.appendChild(td);
+      tbody.appendChild(empty);
+    }
+  }
+
+  /* "New stores (3): a (1.00 h), b (0.00 h)": the stores in a report but not the other, with their figure. */
+  function fillChangeList(box, label, total, rows, key, clickable) {
+    box.textContent = "";
+    var strong = document.createElement("strong");
+    strong.textContent = label + " (" + total + ")" + (rows.length ? ": " : ": none.");
+    box.appendChild(strong);
+    rows.forEach(function (row, index) {
+      var item = document.createElement("span");
+      item.className = "change-item";
+      item.dataset.storeId = row.store_id;
+      if (clickable) {
+        item.appendChild(storeButton(row.store_id));
+      } else {
+        var code = document.createElement("code");
+        code.textContent = row.store_id;
+        item.appendChild(code);
+      }
+      item.appendChild(document.createTextNode(" " + fmt(row[key]) + " h"));
+      box.appendChild(item);
+      if (index < rows.length - 1) { box.appendChild(document.createTextNode(", ")); }   // a line may break here
+    });
+    if (total > rows.length) { box.appendChild(document.createTextNode(" and " + (total - rows.length) + " more.")); }
+  }
+
+  // ------------------------------------------------------------------ a store's history across reports
+
+  var HISTORY_LIMIT = 30;     // reports in the trend
+
+  /* GET /stores/<id>/history: the store's row in each Complete report, newest first; drawn oldest to newest. */
+  function loadHistory(storeId) {
+    var seq = ++state.historySeq;
+    var box = $("history");
+    box.dataset.state = "loading";
+    box.dataset.storeId = storeId;
+    $("history-body").hidden = true;
+    $("history-meta").textContent = "Loading the store's history…";
+    api("/stores/" + encodeURIComponent(storeId) + "/history?limit=" + HISTORY_LIMIT).then(function (body) {
+      if (seq !== state.historySeq) { return; }
+      renderHistory(body);
+    }, function (error) {
+      if (seq !== state.historySeq) { return; }
+      box.dataset.state = "failed";
+      $("history-meta").textContent = "The store's history could not be loaded. " + firstSentence(error.message);
+    });
+  }
+
+  function renderHistory(body) {
+    var box = $("history");
+    var points = (body.points || []).slice().reverse();      // oldest first, left to right
+    var current = state.report ? state.report.report_id : null;
+    if (!points.length) {
+      box.dataset.state = "empty";
+      $("history-meta").textContent = "No complete report has this store yet.";
+      return;
+    }
+    var ringed = points.some(function (p) { return p.report_id === current; });
+    $("history-meta").textContent = points.length === 1
+      ? "One report has this store so far: the trend starts with the next one."
+      : "The last " + points.length + " reports that have this store, oldest on the left"
+        + (ringed ? "; the ringed point is the report on show." : ".");
+    Array.prototype.forEach.call(document.querySelectorAll("#history .spark"), function (figure) {
+      drawSpark(figure, points, figure.dataset.key, current);
+    });
+    var tbody = document.querySelector("#history-table tbody");
+    tbody.textContent = "";
+    body.points.forEach(function (point) {
+      var tr = document.createElement("tr");
+      tr.dataset.reportId = point.report_id;
+      if (point.report_id === current) { tr.className = "current"; tr.setAttribute("aria-current", "true"); }
+      var asOf = document.createElement("td");
+      asOf.textContent = fmtTime(point.as_of);
+      tr.appendChild(asOf);
+      ["downtime_last_day", "downtime_last_week"].forEach(function (key) {
+        var td = document.createElement("td");
+        td.className = "num";
+        td.dataset.key = key;
+        td.textContent = fmt(point[key]);
+        tr.appendChild(td);
+      });
+      var action = document.createElement("td");
+      if (point.report_id === current) {
+        action.textContent = "on show";
+      } else {
+        var view = document.createElement("button");
+        view.type = "button";
+        view.className = "link";
+        view.textContent = "View";
+        view.setAttribute("aria-label", "View the report as of " + fmtTime(point.as_of));
+        view.addEventListener("click", function () { clearMessage(); follow(point.report_id); });
+        action.appendChild(view);
+      }
+      tr.appendChild(action);
+      tbody.appendChild(tr);
+    });
+    $("history-body").hidden = false;
+    box.dataset.state = "shown";
+  }
+
+  var SVG = "http://www.w3.org/2000/svg";
+
+  /* One measure as a small line, reports evenly spaced (oldest left), 0 at the bottom; each point a round dot
+   * carrying its report id and value (and a tooltip), the report on show ringed. */
+  function drawSpark(figure, points, key, current) {
+    var width = 300, height = 60, pad = 6;
+    var values = points.map(function (p) { return Number(p[key]) || 0; });
+    var top = Math.max.apply(null, values.concat([key === "downtime_last_week" ? 1 : 0.25]));
+    function x(i) { return points.length === 1 ? width / 2 : pad + (width - 2 * pad) * i / (points.length - 1); }
+    function y(v) { return height - pad - (height - 2 * pad) * v / top; }
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("role", "img");
+    var latest = values[values.length - 1];
+    svg.setAttribute("aria-label", figure.querySelector(".spark-title").textContent + ": " + fmt(latest)
+      + " in the newest report, between " + fmt(Math.min.apply(null, values)) + " and "
+      + fmt(Math.max.apply(null, values))
+      + " across " + points.length + " reports");
+    var base = document.createElementNS(SVG, "path");
+    base.setAttribute("class", "spark-base");
+    base.setAttribute("d", "M0 " + (height - pad) + " H" + width);
+    svg.appendChild(base);
+    if (points.length > 1) {
+      var line = document.createElementNS(SVG, "path");
+      line.setAttribute("class", "spark-line");
+      line.setAttribute("d", values.map(function (v, i) {
+        return (i ? "L" : "M") + x(i).toFixed(2) + " " + y(v).toFixed(2);
+      }).join(" "));
+      svg.appendChild(line);
+    }
+    values.forEach(function (v, i) {
+      var dot = document.createElementNS(SVG, "path");   // a zero-length line with round caps: a dot that stays round
+      dot.setAttribute("class", "spark-dot" + (points[i].report_id === current ? " current" : ""));
+      dot.setAttribute("d", "M" + x(i).toFixed(2) + " " + y(v).toFixed(2) + " h0");
+      dot.dataset.reportId = points[i].report_id;
+      dot.dataset.value = String(points[i][key]);
+      var title = document.createElementNS(SVG, "title");
+      title.textContent = fmtTime(points[i].as_of) + " UTC: " + fmt(v) + " h";
+      dot.appendChild(title);
+      svg.appendChild(dot);
+    });
+    var box = figure.querySelector(".spark-box");
+    box.textContent = "";
+    box.appendChild(svg);
+    figure.querySelector(".spark-scale").textContent = "highest " + fmt(Math.max.apply(null, values)) + " h · newest "
+      + fmt(latest) + " h";
+    figure.querySelector(".spark-axis .from").textContent = fmtTime(points[0].as_of);
+    figure.querySelector(".spark-axis .to").textContent = points.length > 1
+      ? fmtTime(points[points.length - 1].as_of) : "";
+  }
+
   // ------------------------------------------------------------------ a store's week
 
   /* Microseconds since the epoch of an API instant ("2023-01-24T13:00:00.000000Z"): exact in a double. */
@@ -607,6 +1025,7 @@
     $("week-loading").textContent = "Loading the week of store " + storeId + "…";
     section.scrollIntoView({ block: "start" });
     $("week-heading").focus({ preventScroll: true });
+    loadHistory(storeId);
     api("/stores/" + encodeURIComponent(storeId) + "/timeline?report_id=" + encodeURIComponent(reportId))
       .then(function (body) {
         if (seq !== state.weekSeq) { return; }
@@ -624,6 +1043,7 @@
 
   function closeWeek() {
     state.weekSeq++;
+    state.historySeq++;
     var section = $("store-week");
     section.hidden = true;
     section.dataset.state = "";
@@ -845,10 +1265,18 @@
       var tr = document.createElement("tr");
       tr.dataset.reportId = report.report_id;
       tr.dataset.status = report.status;
+      if (report.trigger) { tr.dataset.trigger = report.trigger; }
 
       var created = document.createElement("td");
       created.textContent = fmtTime(report.created_at);
       created.title = report.report_id;
+      if (report.trigger === "schedule") {      // "api" (started by hand) is the usual case and goes unmarked
+        var tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "scheduled";
+        created.appendChild(document.createTextNode(" "));
+        created.appendChild(tag);
+      }
       var asOf = document.createElement("td");
       asOf.textContent = fmtTime(report.as_of);
       var status = document.createElement("td");
@@ -938,16 +1366,21 @@
     $("trigger-form").addEventListener("submit", onTrigger);
     $("csv-link").addEventListener("click", onCsvClick);
 
-    var filterTimer = null;
-    $("filter").addEventListener("input", function (event) {
-      clearTimeout(filterTimer);
+    $("filter").addEventListener("input", function (event) {   // one pass over the ids: no need to wait
       var value = event.target.value.trim();
-      filterTimer = setTimeout(function () { state.filter = value; renderRows(); }, 120);
+      if (value === state.filter) { return; }
+      state.filter = value;
+      applyView(true);
     });
+    document.querySelector("#report .table-scroll").addEventListener("scroll", function () { askFrame(false); },
+                                                                       { passive: true });
+    window.addEventListener("resize", function () { askFrame(true); });
 
-    document.querySelector("#report-table tbody").addEventListener("click", function (event) {
-      var button = event.target.closest("button.store-link");
-      if (button) { openWeek(button.dataset.storeId); }
+    ["#report-table tbody", "#changes"].forEach(function (selector) {
+      document.querySelector(selector).addEventListener("click", function (event) {
+        var button = event.target.closest("button.store-link");
+        if (button) { openWeek(button.dataset.storeId); }
+      });
     });
     $("week-close").addEventListener("click", closeWeek);
 

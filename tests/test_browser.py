@@ -3,13 +3,17 @@
 Starts `python app.py` on a free loopback port with a small generated data set
 (the embedded SQLite store), opens the page, clicks "Run report", waits for the
 table, and checks the table, the chart data, the CSV link, sorting,
-filtering, the past-reports list and the error messages against the report
-JSON fetched straight from the same service.
+filtering, the past-reports list, the changes since the previous report, a
+store's history and week, and the error messages against the JSON fetched
+straight from the same service.  A second service on 3,000 stores checks that
+the table, which draws only the rows in view, shows the right rows in the right
+order after every sort, filter and scroll (what is drawn and in view, and the
+row count the page states; never how fast: benchmarks/bench_page.py times it).
 
 Needs Debian's `chromium` and `chromium-driver` (run `scripts/install_browser.sh`;
 CI installs them) and selenium (requirements-dev.txt); skipped otherwise.
-`SAVE_SCREENSHOT=1` also remakes docs/screenshot.png and docs/store-week.png (the README's
-pictures) from the sample data in data/.
+`SAVE_SCREENSHOT=1` also remakes docs/screenshot.png, docs/screenshot-narrow.png and
+docs/store-week.png (the README's and docs/page.md's pictures) from the sample data in data/.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ START_TIMEOUT = 90  # seconds for the service to answer /health
 REPORT_TIMEOUT = 90  # seconds for a report on the small data set
 UI_TIMEOUT = 15  # seconds for the page to react to a click or a keystroke
 HTTP_TIMEOUT = 15
+COLUMNS = (
+    "store_id",
+    "uptime_last_hour",
+    "uptime_last_day",
+    "uptime_last_week",
+    "downtime_last_hour",
+    "downtime_last_day",
+    "downtime_last_week",
+)
 
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
     pytest.skip(
@@ -671,11 +684,260 @@ def test_clicking_a_bar_of_the_chart_shows_that_stores_week(driver, service, sho
     assert_week_matches_the_api(driver, service, shown["report_id"], store_id)
 
 
-def test_narrow_screen_needs_no_sideways_scrolling(driver, shown):
-    """At 400 px: no page-wide scrolling, the stores table fits its box, past reports' buttons are on screen."""
+def trigger_and_wait(base: str, as_of: dt.datetime | None = None) -> dict:
+    """A report started through the API (at `as_of`, or at the newest poll), once it is Complete."""
+    body = json.dumps({"as_of": as_of.isoformat()}).encode() if as_of is not None else b"{}"
+    status, answer = http_json(f"{base}/trigger_report", body, method="POST")
+    assert status == 202, answer
+    report = wait_for_report(base, answer["report_id"])
+    assert report["status"] == "Complete", report
+    return report
+
+
+@pytest.fixture(scope="module")
+def more_reports(service, shown) -> list[dict]:
+    """Two more reports, 12 and 36 hours before the one on show: the stores have a history, and the newest
+    report made has one before it to compare with."""
+    as_of = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00"))
+    return [trigger_and_wait(service, as_of - dt.timedelta(hours=hours)) for hours in (36, 12)]
+
+
+def open_report(driver, report_id: str) -> None:
+    """Show a report through the address (#report=<id>), as a bookmark does; wait for its rows."""
+    driver.execute_script("location.hash = '#report=' + arguments[0];", report_id)
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == report_id,
+        f"report {report_id} not shown",
+    )
+
+
+def section_state(driver, section_id: str) -> str | None:
+    """The data-state of the changes or history section once it has an answer (None while loading)."""
+    state = driver.find_element(By.ID, section_id).get_attribute("data-state")
+    return state if state not in (None, "", "loading") else None
+
+
+def fmt(value: float) -> str:
+    """The page's figures: two decimals."""
+    return f"{value:.2f}"
+
+
+def fmt_time(iso: str) -> str:
+    """The page's times: "2023-01-25T18:13:22.123456Z" is shown as "2023-01-25 18:13:22"."""
+    return iso.replace("T", " ").split(".")[0].removesuffix("Z").removesuffix("+00:00")
+
+
+def shown_changes(driver) -> dict:
+    return driver.execute_script("""
+        const rows = id => Array.from(document.querySelectorAll('#' + id + ' tbody tr[data-store-id]')).map(tr =>
+          [tr.dataset.storeId, ...Array.from(tr.querySelectorAll('td')).map(td => td.textContent)]);
+        const box = document.getElementById('changes');
+        return {state: box.dataset.state, report: box.dataset.reportId, base: box.dataset.baseReportId,
+                meta: document.getElementById('changes-meta').textContent,
+                rose: rows('changes-rose'), fell: rows('changes-fell'),
+                newText: document.getElementById('changes-new').textContent,
+                goneText: document.getElementById('changes-gone').textContent};""")
+
+
+def test_the_report_shows_the_changes_since_the_previous_report(driver, service, shown):
+    """Two reports a day apart: the later one's section lists the API's rose and fell stores with their
+    figures and says how many stores moved; the first report of all says it has nothing to compare with."""
+    as_of = dt.datetime.fromisoformat(shown["as_of"].replace("Z", "+00:00"))
+    earlier = trigger_and_wait(service, as_of - dt.timedelta(days=1, hours=5))
+    later = trigger_and_wait(service, as_of - dt.timedelta(hours=5))
+    status, changes = http_json(f"{service}/reports/{later['report_id']}/changes?limit=10")
+    assert status == 200, changes
+    assert changes["base_report_id"] == earlier["report_id"]
+    assert changes["rose"] and changes["fell"], "the data set should move some stores both ways in a day"
+
+    open_report(driver, later["report_id"])
+    wait(driver, lambda d: section_state(d, "changes"), "the changes section did not load")
+    page = shown_changes(driver)
+    assert page["state"] == "shown" and page["report"] == later["report_id"], page
+    assert page["base"] == earlier["report_id"]
+    for kind in ("rose", "fell"):
+        assert page[kind] == [
+            [
+                row["store_id"],
+                fmt(row["base_downtime_last_day"]),
+                fmt(row["downtime_last_day"]),
+                ("+" if row["change"] > 0 else "") + fmt(row["change"]),
+            ]
+            for row in changes[kind]
+        ], kind
+    counts = changes["counts"]
+    assert f"rose at {counts['rose']} stores and fell at {counts['fell']}" in page["meta"]
+    assert f"{counts['new']} new, {counts['gone']} gone" in page["meta"]
+    assert fmt_time(changes["base_as_of"]) in page["meta"]
+    if counts["new"] + counts["gone"] == 0:
+        assert page["newText"] == "No store is new or gone."
+
+    # A store in the list opens its week; "view it" opens the report compared with.
+    store_id = changes["rose"][0]["store_id"]
+    click(driver, f'#changes-rose button.store-link[data-store-id="{store_id}"]', "no store link in the changes")
+    assert_week_matches_the_api(driver, service, later["report_id"], store_id)
+    driver.find_element(By.ID, "week-close").click()
+    click(driver, "#changes-meta button.view-base", "no button for the report compared with")
+    wait(
+        driver,
+        lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == earlier["report_id"],
+        "the button did not show the report compared with",
+    )
+
+    # The first Complete report of all has nothing before it (the API's 404): the section says so.
+    status, listing = http_json(f"{service}/reports?per_page=100")
+    first = min((r for r in listing["reports"] if r["status"] == "Complete"), key=lambda r: r["created_at"])
+    assert http_json(f"{service}/reports/{first['report_id']}/changes")[0] == 404
+    open_report(driver, first["report_id"])
+    wait(driver, lambda d: section_state(d, "changes") and shown_changes(d)["report"] == first["report_id"], "")
+    page = shown_changes(driver)
+    assert page["state"] == "none" and page["meta"] == "No earlier complete report to compare this one with."
+
+    # Past reports carry each report's trigger (all started through the API here).
+    rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#past-reports tbody tr')).map(tr => tr.dataset.trigger);"
+    )
+    assert rows and set(rows) == {"api"}
+    open_report(driver, shown["report_id"])
+
+
+def listed_changes(driver, list_id: str) -> dict:
+    return driver.execute_script(
+        "const box = document.getElementById(arguments[0]);"
+        "return {text: box.textContent, hidden: box.hidden, items: Array.from(box.querySelectorAll('.change-item'))"
+        "  .map(item => [item.dataset.storeId, item.textContent, !!item.querySelector('button.store-link')])};",
+        list_id,
+    )
+
+
+def test_new_and_gone_stores_are_listed(driver, service, shown):
+    """Reports just after the data begins hold fewer stores: a report compared with a later one lists the
+    stores gone, the next one the stores new, as the API answers them, and the page stays within its width."""
+    status, data = http_json(f"{service}/data")
+    oldest = dt.datetime.fromisoformat(data["oldest_poll"].replace("Z", "+00:00"))
+    fuller = trigger_and_wait(service, oldest + dt.timedelta(hours=3))
+    early = trigger_and_wait(service, oldest + dt.timedelta(minutes=10))  # compared with `fuller`: stores gone
+    again = trigger_and_wait(service, oldest + dt.timedelta(hours=3))  # compared with `early`: stores new
+    assert early["row_count"] < fuller["row_count"] == again["row_count"]
+    for report, kind, key, clickable in (
+        (early, "gone", "base_downtime_last_day", False),
+        (again, "new", "downtime_last_day", True),
+    ):
+        status, changes = http_json(f"{service}/reports/{report['report_id']}/changes?limit=10")
+        assert status == 200 and changes[kind], changes
+        open_report(driver, report["report_id"])
+        wait(driver, lambda d: section_state(d, "changes"), "the changes section did not load")
+        assert shown_changes(driver)["state"] == "shown"
+        listed = listed_changes(driver, f"changes-{kind}")
+        assert not listed["hidden"]
+        assert listed["items"] == [
+            [row["store_id"], f"{row['store_id']} {fmt(row[key])} h", clickable] for row in changes[kind]
+        ]
+        total = changes["counts"][kind]
+        assert listed["text"].startswith(f"{kind.capitalize()} stores ({total}): ")
+        assert listed["text"].endswith(f" and {total - 10} more." if total > 10 else " h")
+        sizes = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
+        assert sizes[0] <= sizes[1], sizes  # a long list wraps
+    open_report(driver, shown["report_id"])
+
+
+def shown_history(driver) -> dict:
+    return driver.execute_script("""
+        const box = document.getElementById('history');
+        const sparks = {};
+        box.querySelectorAll('.spark').forEach(figure => {
+          sparks[figure.dataset.key] = Array.from(figure.querySelectorAll('.spark-dot')).map(dot =>
+            [dot.dataset.reportId, Number(dot.dataset.value), dot.classList.contains('current')]);
+        });
+        return {state: box.dataset.state, store: box.dataset.storeId,
+                meta: document.getElementById('history-meta').textContent, sparks: sparks,
+                table: Array.from(document.querySelectorAll('#history-table tbody tr')).map(tr =>
+                  [tr.dataset.reportId, tr.getAttribute('aria-current'),
+                   ...Array.from(tr.querySelectorAll('td.num')).map(td => td.textContent)])};""")
+
+
+def test_the_store_view_shows_the_stores_history_across_reports(driver, service, shown, more_reports):
+    """Opening a store draws its downtime in the last day and week across the API's history points,
+    oldest on the left, the report on show ringed, and lists the points as a table."""
+    store_id = top_by_week_downtime(shown["data"])[1]["store_id"]
+    status, history = http_json(f"{service}/stores/{store_id}/history?limit=30")
+    assert status == 200, history
+    assert len(history["points"]) >= 3  # at least `shown` and `more_reports`
+    open_report(driver, shown["report_id"])
+    click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link in the table")
+    wait(driver, lambda d: section_state(d, "history"), "the history did not load")
+    page = shown_history(driver)
+    assert page["state"] == "shown" and page["store"] == store_id, page
+    oldest_first = list(reversed(history["points"]))
+    for key in ("downtime_last_day", "downtime_last_week"):
+        assert page["sparks"][key] == [
+            [p["report_id"], pytest.approx(p[key], abs=1e-9), p["report_id"] == shown["report_id"]]
+            for p in oldest_first
+        ], key
+    assert page["table"] == [
+        [
+            p["report_id"],
+            "true" if p["report_id"] == shown["report_id"] else None,
+            fmt(p["downtime_last_day"]),
+            fmt(p["downtime_last_week"]),
+        ]
+        for p in history["points"]
+    ]
+    assert f"The last {len(history['points'])} reports" in page["meta"]
+    assert_week_matches_the_api(driver, service, shown["report_id"], store_id)  # the week is still there
+    driver.find_element(By.ID, "week-close").click()
+
+
+def test_a_section_that_cannot_be_loaded_says_so_in_one_line(driver, service, shown, more_reports):
+    """When /changes or /history fail (here the page's fetch answers 503 for them), each section says so in
+    one short line and the rest of the page works: the table, the store's week."""
+    status, listing = http_json(f"{service}/reports?per_page=100")
+    other = next(r for r in listing["reports"] if r["status"] == "Complete" and r["report_id"] != shown["report_id"])
+    driver.execute_script("""
+        window.__realFetch = window.fetch;
+        window.fetch = function (url, options) {
+          if (/\\/(history|changes)\\?/.test(String(url))) {
+            return Promise.resolve(new Response(JSON.stringify({error: 'simulated: database busy. Try again.',
+                                                                status: 503}),
+                                                {status: 503, headers: {'Content-Type': 'application/json'}}));
+          }
+          return window.__realFetch(url, options);
+        };""")
+    try:
+        open_report(driver, other["report_id"])
+        wait(driver, lambda d: section_state(d, "changes") and shown_changes(d)["report"] == other["report_id"], "")
+        page = shown_changes(driver)
+        assert page["state"] == "failed"
+        assert page["meta"] == (
+            "The changes since the previous report could not be loaded. HTTP 503: simulated: database busy."
+        )
+        assert not driver.find_element(By.ID, "changes-body").is_displayed()
+        assert table_rows(driver), "the table is drawn all the same"
+        store_id = table_rows(driver)[0][0]
+        click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link in the table")
+        wait(driver, lambda d: section_state(d, "history"), "the history section did not answer")
+        history = shown_history(driver)
+        assert history["state"] == "failed"
+        assert history["meta"] == "The store's history could not be loaded. HTTP 503: simulated: database busy."
+        assert not driver.find_element(By.ID, "history-body").is_displayed()
+        assert_week_matches_the_api(driver, service, other["report_id"], store_id)
+        driver.find_element(By.ID, "week-close").click()
+    finally:
+        driver.execute_script("window.fetch = window.__realFetch;")
+    open_report(driver, shown["report_id"])
+
+
+def test_narrow_screen_needs_no_sideways_scrolling(driver, service, shown, more_reports):
+    """At 400 px: no page-wide scrolling, the stores table fits its box, past reports' buttons are on screen,
+    with the changes since the previous report shown (the newest report has one before it)."""
+    status, listing = http_json(f"{service}/reports?per_page=100")
+    newest = max((r for r in listing["reports"] if r["status"] == "Complete"), key=lambda r: r["created_at"])
+    open_report(driver, newest["report_id"])
     driver.set_window_size(400, 900)
     try:
         wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 420, "the window did not narrow")
+        wait(driver, lambda d: section_state(d, "changes") == "shown", "no changes shown")
         sizes = driver.execute_script("""
             const scroll = document.querySelector('#report .table-scroll');
             const buttons = Array.from(document.querySelectorAll(
@@ -688,15 +950,26 @@ def test_narrow_screen_needs_no_sideways_scrolling(driver, shown):
         assert 0 < sizes["rightmost"] <= sizes["view"], sizes
         first = table_rows(driver)[0]
         assert len(first) == len(shown["columns"])  # every column still there, stacked
+        edges = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#changes table')).map(t => t.getBoundingClientRect().right)"
+            ".concat([document.getElementById('changes').getBoundingClientRect().right]);"
+        )
+        assert max(edges[:-1]) <= edges[-1], edges  # the changes tables fit their box
     finally:
         driver.set_window_size(1280, 1000)
+        open_report(driver, shown["report_id"])
 
 
 @pytest.mark.skipif(os.environ.get("SAVE_SCREENSHOT") != "1", reason="set SAVE_SCREENSHOT=1 to remake docs/*.png")
 def test_save_the_readme_screenshots(driver, tmp_path):
-    """docs/screenshot.png: the page on the sample data (data/, 200 stores) as a newcomer sees it;
-    docs/store-week.png: one store's week opened from it."""
+    """The page on the sample data (data/, 200 stores) as a newcomer sees it after a week of daily reports:
+    docs/screenshot.png at 1280 px, docs/screenshot-narrow.png at 400 px, and docs/store-week.png, one
+    store's history and week opened from it."""
     with running_service(tmp_path, ROOT / "data") as base:
+        status, health = http_json(f"{base}/health")
+        newest = dt.datetime.fromisoformat(health["newest_poll"].replace("Z", "+00:00"))
+        for days in range(6, 0, -1):  # a report a day before the one run from the page: history and changes
+            trigger_and_wait(base, newest - dt.timedelta(days=days))
         driver.set_window_size(1280, 1000)
         driver.get(base + "/")
         driver.find_element(By.ID, "trigger").click()
@@ -704,12 +977,58 @@ def test_save_the_readme_screenshots(driver, tmp_path):
         wait(driver, lambda d: section.get_attribute("data-report-id"), "no report shown", timeout=REPORT_TIMEOUT)
         report = wait_for_report(base, section.get_attribute("data-report-id"))
         assert report["row_count"] == 200
+        wait(driver, lambda d: section_state(d, "changes") == "shown", "no changes since the previous report")
         driver.execute_script("window.scrollTo(0, 0);")
-        save_screenshot(driver, ROOT / "docs" / "screenshot.png", max_height=1900)
+        save_screenshot(driver, ROOT / "docs" / "screenshot.png", max_height=2400)
         store_id = "6204690224004845394"  # a store with split hours, ups and downs every day
+        driver.find_element(By.ID, "filter").send_keys(store_id)  # the table draws only the rows in view
         click(driver, f'#report-table button.store-link[data-store-id="{store_id}"]', "no store link")
         assert_week_matches_the_api(driver, base, report["report_id"], store_id)
+        wait(driver, lambda d: section_state(d, "history") == "shown", "no history of the store")
+        driver.find_element(By.ID, "filter").clear()
+        driver.find_element(By.ID, "filter").send_keys(" ")  # an input event for the cleared box
         save_screenshot(driver, ROOT / "docs" / "store-week.png", selector="#store-week")
+        driver.find_element(By.ID, "week-close").click()
+        driver.set_window_size(400, 900)
+        try:
+            wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 420, "the window did not narrow")
+            driver.execute_script("window.scrollTo(0, 0);")
+            save_screenshot(driver, ROOT / "docs" / "screenshot-narrow.png", max_height=3200)
+        finally:
+            driver.set_window_size(1280, 1000)
+
+
+def test_a_scheduled_report_says_so(driver, tmp_path, data_set):
+    """With REPORT_EVERY_SECONDS set, the service starts reports on its own: the page marks them "scheduled" in
+    the past reports and says "started by the schedule" over the report."""
+    with running_service(tmp_path, data_set, REPORT_EVERY_SECONDS="2") as base:
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while True:
+            status, listing = http_json(f"{base}/reports?per_page=100")
+            assert status == 200, listing
+            done = [r for r in listing["reports"] if r["trigger"] == "schedule" and r["status"] == "Complete"]
+            if done:
+                break
+            assert time.monotonic() < deadline, f"no scheduled report after {REPORT_TIMEOUT} s: {listing}"
+            time.sleep(0.2)
+        report_id = done[0]["report_id"]
+        driver.get(f"{base}/#report={report_id}")
+        wait(
+            driver,
+            lambda d: d.find_element(By.ID, "report").get_attribute("data-report-id") == report_id,
+            "the scheduled report is not shown",
+        )
+        assert driver.find_element(By.ID, "report-meta").text.endswith(" · started by the schedule")
+        tag = wait(
+            driver,
+            lambda d: d.execute_script(
+                "const tr = document.querySelector('#past-reports tr[data-report-id=\"' + arguments[0] + '\"]');"
+                "return tr && [tr.dataset.trigger, tr.querySelector('.tag') && tr.querySelector('.tag').textContent];",
+                report_id,
+            ),
+            "the scheduled report is not listed",
+        )
+        assert tag == ["schedule", "scheduled"]
 
 
 def test_page_sends_the_api_token(driver, tmp_path, data_set):
@@ -744,3 +1063,156 @@ def test_page_sends_the_api_token(driver, tmp_path, data_set):
         assert driver.execute_script("return sessionStorage.getItem('storeUptime.apiToken')") == token
         assert driver.execute_script("return localStorage.getItem('storeUptime.apiToken')") is None
         driver.execute_script("sessionStorage.clear();")
+
+
+# --------------------------------------------------------------------------- a report of a few thousand stores
+
+BIG_STORES = 3000
+
+
+@pytest.fixture(scope="module")
+def big_report(tmp_path_factory):
+    """The service on 3,000 generated stores (few polls each: the table is what is tested) and one report."""
+    data_dir = tmp_path_factory.mktemp("browser-big-data")
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "generate_data.py"), "--stores", str(BIG_STORES)]
+        + ["--polls-per-store", "20", "--out", str(data_dir)],
+        check=True,
+        cwd=ROOT,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+    with running_service(tmp_path_factory.mktemp("browser-big"), data_dir) as base:
+        report = trigger_and_wait(base)
+        assert report["row_count"] == BIG_STORES
+        yield base, report
+
+
+def drawn_rows(driver) -> dict:
+    """What the stores table has in the DOM and on screen, and the count the page states, read in one call:
+    `first` the position (0-based) of the first row drawn, `ids` the drawn rows' store ids in order, `in_view`
+    those of the rows at least partly visible in the scroller below its header."""
+    return driver.execute_script("""
+        const scroller = document.querySelector('#report .table-scroll');
+        const box = scroller.getBoundingClientRect();
+        const head = document.querySelector('#report-table thead').getBoundingClientRect();
+        const rows = Array.from(document.querySelectorAll('#report-table tbody tr[data-store-id]'));
+        const below = Math.max(box.top, head.bottom) + 1;
+        const visible = rows.filter(tr => { const r = tr.getBoundingClientRect();
+                                            return r.bottom > below && r.top < box.bottom - 1; });
+        const spans = rows.map(tr => tr.getBoundingClientRect());
+        return {first: rows.length ? Number(rows[0].getAttribute('aria-rowindex')) - 2 : null,
+                drawn_top: spans.length ? spans[0].top - below : null,
+                drawn_bottom: spans.length ? spans[spans.length - 1].bottom - (box.bottom - 1) : null,
+                ids: rows.map(tr => tr.dataset.storeId),
+                positions: rows.map(tr => Number(tr.getAttribute('aria-rowindex')) - 2),
+                in_view: visible.map(tr => tr.dataset.storeId),
+                cells: rows.map(tr => Array.from(tr.children).map(c => c.textContent)),
+                count: document.getElementById('row-count').textContent,
+                rowcount: document.getElementById('report-table').getAttribute('aria-rowcount'),
+                top: scroller.scrollTop, height: scroller.scrollHeight, client: scroller.clientHeight};""")
+
+
+def assert_drawn_window(page: dict, expected: list[str], figures: dict[str, dict]) -> None:
+    """The drawn rows are the run of `expected` starting at the first one's position, with their figures, and
+    cover the whole view; the rows in view are among them and form one run."""
+    first, ids = page["first"], page["ids"]
+    assert page["positions"] == list(range(first, first + len(ids)))
+    assert ids == expected[first : first + len(ids)]
+    # no blank band: the drawn rows reach past the top and the bottom of the view, unless the list ends there
+    assert first == 0 or page["drawn_top"] <= 0, page["drawn_top"]
+    assert first + len(ids) == len(expected) or page["drawn_bottom"] >= 0, page["drawn_bottom"]
+    assert page["in_view"], page
+    start = ids.index(page["in_view"][0])
+    assert ids[start : start + len(page["in_view"])] == page["in_view"]
+    for cells in page["cells"]:
+        row = figures[cells[0]]
+        assert cells[1:] == [fmt(row[key]) for key in COLUMNS[1:]], cells
+
+
+def scroll_table(driver, where: str) -> dict:
+    """Scroll the table (`where`: a JavaScript expression of the scroller `s`), then read it once it is drawn."""
+    before = drawn_rows(driver)
+    driver.execute_script(f"const s = document.querySelector('#report .table-scroll'); s.scrollTop = {where};")
+
+    def settled(d):
+        page = drawn_rows(d)
+        return page if page["top"] != before["top"] and page["in_view"] and page["ids"] != before["ids"] else None
+
+    return wait(driver, settled, f"the table did not draw the rows at {where}")
+
+
+def test_a_big_report_draws_the_rows_in_view_sorted_and_filtered(driver, big_report):
+    """3,000 stores: the page draws a window of rows, always the right run of the right order, whatever the
+    sort, the filter or the scroll position, and states how many rows there are."""
+    base, report = big_report
+    figures = {row["store_id"]: row for row in report["data"]}
+    driver.set_window_size(1280, 1000)
+    driver.get(f"{base}/#report={report['report_id']}")
+    wait(driver, lambda d: drawn_rows(d)["ids"], "the big report's rows are not drawn")
+    page = drawn_rows(driver)
+    by_id = sorted(figures)
+    assert page["count"] == f"{BIG_STORES} stores" and page["rowcount"] == str(BIG_STORES + 1)
+    assert page["first"] == 0 and len(page["ids"]) < 200, "every row drawn: the table is not windowed"
+    assert_drawn_window(page, by_id, figures)
+    assert page["in_view"][0] == by_id[0]
+
+    def order(key: str, descending: bool) -> list[str]:
+        sign = -1 if descending else 1
+        return [r["store_id"] for r in sorted(report["data"], key=lambda r: (sign * r[key], r["store_id"]))]
+
+    for key in COLUMNS[1:]:
+        for descending in (True, False):  # numbers sort biggest first on the first click
+            expected = order(key, descending)
+            driver.find_element(By.CSS_SELECTOR, f'#report-table thead button[data-key="{key}"]').click()
+            wait(driver, lambda d, first=expected[:5]: drawn_rows(d)["ids"][:5] == first, f"no sort by {key}")
+            page = drawn_rows(driver)
+            assert page["first"] == 0 and page["in_view"][0] == expected[0], key  # back at the top
+            assert_drawn_window(page, expected, figures)
+        # the middle and the end of this order
+        page = scroll_table(driver, "s.scrollHeight / 2")
+        assert page["first"] > 0
+        assert_drawn_window(page, expected, figures)
+        middle = expected.index(page["in_view"][0])
+        assert abs(middle - BIG_STORES / 2) < 60, (middle, page["top"], page["height"])
+        page = scroll_table(driver, "s.scrollHeight")
+        assert_drawn_window(page, expected, figures)
+        assert page["ids"][-1] == page["in_view"][-1] == expected[-1]
+
+    driver.find_element(By.CSS_SELECTOR, '#report-table thead button[data-key="store_id"]').click()
+    wait(driver, lambda d: drawn_rows(d)["ids"][:1] == by_id[:1], "no sort by store id")
+
+    box = driver.find_element(By.ID, "filter")
+    needle = "12"
+    matching = [store_id for store_id in by_id if needle in store_id]
+    assert 100 < len(matching) < BIG_STORES
+    box.send_keys(needle)
+    wait(driver, lambda d: drawn_rows(d)["count"] == f"Showing {len(matching)} of {BIG_STORES} stores", "no filter")
+    page = drawn_rows(driver)
+    assert page["rowcount"] == str(len(matching) + 1)
+    assert page["first"] == 0
+    assert_drawn_window(page, matching, figures)
+    page = scroll_table(driver, "s.scrollHeight")
+    assert_drawn_window(page, matching, figures)
+    assert page["in_view"][-1] == matching[-1]
+
+    # the filter and a sort together: the matching rows in the sort's order
+    driver.find_element(By.CSS_SELECTOR, '#report-table thead button[data-key="downtime_last_day"]').click()
+    expected = [store_id for store_id in order("downtime_last_day", True) if needle in store_id]
+    wait(driver, lambda d: drawn_rows(d)["ids"][:5] == expected[:5], "no sort of the filtered rows")
+    assert_drawn_window(drawn_rows(driver), expected, figures)
+
+    box.clear()
+    box.send_keys(" ")  # an input event for the cleared box
+    wait(driver, lambda d: drawn_rows(d)["count"] == f"{BIG_STORES} stores", "clearing the filter did not restore")
+    assert_drawn_window(drawn_rows(driver), order("downtime_last_day", True), figures)
+
+    # at phone width every row is a card, taller than a line: the window follows
+    driver.set_window_size(400, 900)
+    try:
+        wait(driver, lambda d: d.execute_script("return window.innerWidth") <= 420, "the window did not narrow")
+        page = scroll_table(driver, "s.scrollHeight / 3")
+        assert_drawn_window(page, order("downtime_last_day", True), figures)
+        assert abs(order("downtime_last_day", True).index(page["in_view"][0]) - BIG_STORES / 3) < 60
+    finally:
+        driver.set_window_size(1280, 1000)

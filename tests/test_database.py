@@ -552,6 +552,7 @@ REPORT_RECORD_FIELDS = {
     "requested_as_of_us",
     "as_of_us",
     "progress",
+    "trigger",
     "row_count",
     "error",
     "csv_bytes",

@@ -3,21 +3,27 @@
     MONGO_URI=mongodb://localhost:27017 python -m pytest tests/test_integration.py
 
 What only a server shows: query plans (no COLLSCAN, no in-memory SORT for any report
-query or the /reports sort), index conflicts mongomock allows, the server's clock for
-heartbeats and leases, raw batches for the Arrow read path.  Each test works in its
+query, the /reports sort, history, the previous report, deliveries), index conflicts
+mongomock allows, the server's clock for heartbeats, leases and ticks, raw batches for
+the Arrow read path, workers racing for one tick or one report's alerts (real
+duplicate-key answers), and the schema 2 -> 3 migration on a server.  Each test works in its
 own throw-away database and drops it afterwards.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pymongo import ASCENDING
 
 import database
+import report_csv
 import reportGenerator
 import store_mongo
 import utils
@@ -236,3 +242,140 @@ def test_the_servers_release_and_features_are_checked_and_shown(real_store):
     assert health["server_wire_version"] >= store_mongo.NEEDED_WIRE_VERSION
     assert list(health["server_features"]) == [what for what, _, _ in store_mongo.SERVER_FEATURES]
     assert all(health["server_features"].values())
+
+
+# --------------------------------------------------------------------------- schema 3 on a server
+
+
+def other_store(real_store):
+    """A second store with its own client on the same database: another worker or host."""
+    return database.connect(MONGO_URI, real_store.name)
+
+
+HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+
+
+def complete_one(store, report_id: str, as_of_us: int, payload: bytes) -> None:
+    store.create_report(report_id, None)
+    store.update_report(report_id, as_of_us=as_of_us)
+    assert store.complete_report(report_id, payload, payload.count(b"\n") - 1)
+
+
+def test_history_changes_deliveries_and_the_orphan_sweep_are_served_by_an_index(real_store):
+    assert real_store.migrate() == []
+    payload = HEADER + b"a,60.0,20.5,150.25,0.0,3.5,17.75\nb,30.0,10.0,100.0,30.0,14.0,68.0\n"
+    for n in range(3):
+        complete_one(real_store, f"{n:032x}", 1_674_432_000_000_000 + n, payload)
+    real_store.record_alerts(
+        "0" * 32, 1_674_432_000_000_000, [dict(store_id="a", downtime_last_hour=40.0, uptime_last_hour=20.0)], 30
+    )
+    db = real_store.db
+    history = db[store_mongo.HISTORY].find({"store_id": "a", "as_of_us": {"$gte": 0, "$lte": 2**62}})
+    assert_index_served(history.sort([("as_of_us", -1), ("created_us", -1), ("report_id", -1)]).limit(100).explain())
+    assert_index_served(db[database.REPORTS].find({"report_id": {"$in": ["0" * 32]}, "status": "Complete"}).explain())
+    newest = real_store.find_report(f"{2:032x}")["created_at"]
+    assert_index_served(
+        db[database.REPORTS]
+        .find({"status": "Complete", "created_at": {"$lte": newest}})
+        .sort([("created_at", -1), ("report_id", -1)])
+        .explain()
+    )
+    assert_index_served(db[store_mongo.DELIVERIES].find({}).sort([("created_at", -1), ("seq", -1)]).limit(50).explain())
+    assert_index_served(
+        db[store_mongo.DELIVERIES]
+        .find({"status": "Pending", "touched_at": {"$lt": dt.datetime.now(dt.UTC)}})
+        .sort([("created_at", 1), ("seq", 1)])
+        .explain()
+    )
+    assert_index_served(
+        db[database.REPORTS]
+        .find({"status": "Running", "trigger": "schedule", "heartbeat_at": {"$gt": dt.datetime.now(dt.UTC)}})
+        .explain()
+    )
+    for name in (store_mongo.REPORT_CHUNKS, store_mongo.HISTORY):
+        pipeline = [{"$sort": {"report_id": 1}}, {"$group": {"_id": "$report_id"}}]
+        assert_index_served(db.command("aggregate", name, pipeline=pipeline, explain=True))
+    assert real_store.previous_complete_report(f"{2:032x}")["report_id"] == f"{1:032x}"
+    assert [p["report_id"] for p in real_store.store_history("a")] == [f"{n:032x}" for n in (2, 1, 0)]
+
+
+def test_the_clock_and_a_ticks_claim_are_the_servers(real_store, monkeypatch):
+    def ahead():
+        return dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+
+    monkeypatch.setattr(store_mongo, "now_utc", ahead)  # this host's clock two hours ahead
+    server_now = real_store.client.admin.command("hello")["localTime"].replace(tzinfo=dt.UTC)
+    assert abs(real_store.clock_us() - utils.datetime_to_us(server_now)) < 30_000_000
+    assert real_store.claim_tick(1_700_000_000_000_000, "a" * 32) == "started"
+    claimed = real_store.last_tick()["claimed_at_us"]
+    assert abs(claimed - utils.datetime_to_us(server_now)) < 30_000_000
+    report = real_store.find_report("a" * 32)
+    assert abs((report["heartbeat_at"] - server_now).total_seconds()) < 30
+    assert real_store.claim_tick(1_700_000_060_000_000, "b" * 32) == "skipped"  # by the server's clock: alive
+
+
+def test_workers_racing_for_one_tick_start_exactly_one_report(real_store):
+    stores = [real_store] + [other_store(real_store) for _ in range(5)]
+    try:
+        barrier = threading.Barrier(len(stores))
+
+        def claim(index: int) -> str:
+            barrier.wait(timeout=30)
+            return stores[index].claim_tick(1_700_000_000_000_000, f"{index:032x}")
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            outcomes = list(pool.map(claim, range(len(stores))))
+        assert sorted(outcomes) == ["started"] + ["taken"] * (len(stores) - 1)
+        winner = outcomes.index("started")
+        assert [r["report_id"] for r in real_store.list_reports()] == [f"{winner:032x}"]
+        assert real_store.last_tick()["report_id"] == f"{winner:032x}"
+    finally:
+        for store in stores[1:]:
+            store.close()
+
+
+def test_workers_recording_one_report_at_once_make_one_delivery_of_each_event(real_store):
+    stores = [real_store] + [other_store(real_store) for _ in range(3)]
+    rows = [dict(store_id=f"s{n}", downtime_last_hour=float(n * 10), uptime_last_hour=60.0 - n * 10) for n in range(7)]
+    try:
+        barrier = threading.Barrier(len(stores))
+
+        def record(store):
+            barrier.wait(timeout=30)
+            return store.record_alerts("r" * 32, 1_674_432_000_000_000, rows, 30)
+
+        with ThreadPoolExecutor(len(stores)) as pool:
+            deliveries = list(pool.map(record, stores))
+        assert len({d["delivery_id"] for d in deliveries}) == 1 and len(real_store.list_deliveries()) == 1
+        events = json.loads(deliveries[0]["body"])["events"]
+        assert [(e["store_id"], e["event"]) for e in events] == [(f"s{n}", "store_down") for n in (3, 4, 5, 6)]
+    finally:
+        for store in stores[1:]:
+            store.close()
+
+
+def test_a_schema_2_database_is_migrated_on_a_server(real_store):
+    """The schema-2 database of tests/test_mongo_safety.py, copied to the server, opened by a new store."""
+    from tests.test_mongo_safety import COMPLETE_2, SCHEMA_2_CSV, schema_2_database
+
+    source = schema_2_database()["test"]
+    real_store.client.drop_database(real_store.name)
+    target = real_store.client[real_store.name]
+    for name in source.list_collection_names():
+        documents = list(source[name].find())
+        if documents:
+            target[name].insert_many(documents)
+        for index, info in source[name].index_information().items():
+            if index != "_id_":
+                target[name].create_index(info["key"], name=index, unique=bool(info.get("unique")))
+    store = database.connect(MONGO_URI, real_store.name)
+    try:
+        assert store.migrate() == []
+        assert store.schema_version == database.SCHEMA_VERSION
+        assert store.migrations_applied[0].startswith("schema 2 -> 3: ")
+        rows = report_csv.read_report_rows(SCHEMA_2_CSV).to_dict("records")
+        for row in rows:
+            [point] = [p for p in store.store_history(row["store_id"]) if p["report_id"] == COMPLETE_2]
+            assert [point[k] for k in utils.REPORT_COLUMNS[1:]] == [row[k] for k in utils.REPORT_COLUMNS[1:]]
+    finally:
+        store.close()

@@ -23,7 +23,9 @@ import tenacity
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WriteError
 
 import database
+import report_csv
 import store_mongo
+import utils
 from store_mongo import INDEXES, MongoStore
 from tests.conftest import FAR_FUTURE_US, free_port, polls_of
 
@@ -230,6 +232,10 @@ def test_listed_uploads_have_the_contracts_keys_and_aware_times(mongo):
 # --------------------------------------------------------------------------- schema marks
 
 SCHEMA_1_NOW = dt.datetime(2023, 1, 25, 9, 0, tzinfo=UTC)
+SCHEMA_3_REPORT_INDEXES = {"status_created"}  # the index of reports schema 3 adds
+REPORT_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+# the Complete report's CSV of the schema-1 database, stored in two chunks as any CSV over a chunk was
+SCHEMA_1_CSV = REPORT_HEADER + b"1481966498820158979,60.0,20.5,150.25,0.0,3.5,17.75\n42,0.0,0.0,0.0,60.0,24.0,168.0\n"
 
 
 def schema_1_database(name: str = "test") -> mongomock.MongoClient:
@@ -237,9 +243,9 @@ def schema_1_database(name: str = "test") -> mongomock.MongoClient:
     documents and indexes exactly as that code wrote them, no meta document."""
     client = mongomock.MongoClient(tz_aware=True)
     db = client[name]
-    for collection, models in INDEXES.items():
-        if collection != database.UPLOADS:
-            db[collection].create_indexes(models)
+    for collection, models in INDEXES.items():  # the indexes of schema 1: none added since on its collections
+        if collection in store_mongo.SCHEMA_1_COLLECTIONS:
+            db[collection].create_indexes([m for m in models if m.document["name"] not in SCHEMA_3_REPORT_INDEXES])
     stamp = 1_674_555_240_000_000  # 2023-01-24 10:14 UTC
     db[database.STATUS].insert_many(
         [
@@ -282,13 +288,13 @@ def schema_1_database(name: str = "test") -> mongomock.MongoClient:
                 "row_count": 2 if status == "Complete" else None,
                 "error": error,
                 "csv_chunks": 2 if status == "Complete" else None,
-                "csv_bytes": 13 if status == "Complete" else None,
+                "csv_bytes": len(SCHEMA_1_CSV) if status == "Complete" else None,
             }
         )
     db[store_mongo.REPORT_CHUNKS].insert_many(
         [
-            {"report_id": "0" * 31 + "1", "n": 0, "data": b"store_id,a\n"},
-            {"report_id": "0" * 31 + "1", "n": 1, "data": b"1\n"},
+            {"report_id": "0" * 31 + "1", "n": 0, "data": SCHEMA_1_CSV[:100]},
+            {"report_id": "0" * 31 + "1", "n": 1, "data": SCHEMA_1_CSV[100:]},
         ]
     )
     db[store_mongo.LOCKS].insert_one({"_id": "data", "writer": None, "readers": [], "waiting": None})
@@ -312,7 +318,41 @@ def test_an_empty_database_is_marked_at_the_schema_version(mongo):
         "application": database.APPLICATION_NAME,
         "version": database.SCHEMA_VERSION,
     }
-    assert (mongo.schema_version, mongo.migrations_applied) == (2, [])  # made, not migrated
+    assert (mongo.schema_version, mongo.migrations_applied) == (database.SCHEMA_VERSION, [])  # made, not migrated
+
+
+STEP_1 = "schema 1 -> 2: the uploads journal (collection uploads, indexes at and digest)"
+STEP_2 = (
+    "schema 2 -> 3: report history, schedule ticks and alerts (collections reportHistory, scheduleTicks, "
+    "alertState, alertDeliveries; the history backfilled from every Complete report's CSV; reports without a "
+    "trigger read as api)"
+)
+# the collections schema 3 adds, empty but for the backfilled history, with their indexes
+SCHEMA_3_INDEXES = {
+    store_mongo.HISTORY: ["_id_", "report", "store_as_of"],
+    store_mongo.TICKS: ["_id_"],
+    store_mongo.ALERT_STATE: ["_id_", "report"],
+    store_mongo.DELIVERIES: ["_id_", "created", "delivery_id", "pending"],
+}
+
+
+def history_of(report_id: str, as_of_us: int, created: dt.datetime, payload: bytes) -> list[dict]:
+    """The history documents of a report's CSV, as schema 3 stores them, in _id order."""
+    rows = report_csv.read_report_rows(payload).to_dict("records")
+    return sorted(
+        (
+            {
+                "_id": f"{report_id}/{row['store_id']}",
+                "report_id": report_id,
+                "store_id": row["store_id"],
+                "as_of_us": as_of_us,
+                "created_us": utils.datetime_to_us(created),
+                **{name: row[name] for name in utils.REPORT_COLUMNS[1:]},
+            }
+            for row in rows
+        ),
+        key=lambda doc: doc["_id"],
+    )
 
 
 def test_a_schema_1_database_is_migrated_and_opens_with_everything_in_it(monkeypatch, caplog):
@@ -320,22 +360,38 @@ def test_a_schema_1_database_is_migrated_and_opens_with_everything_in_it(monkeyp
     before = everything_in(client["test"])
     with caplog.at_level(logging.INFO, logger="store_mongo"):
         store = open_on(client, monkeypatch)
-    step = "schema 1 -> 2: the uploads journal (collection uploads, indexes at and digest)"
-    assert (store.schema_version, store.migrations_applied) == (2, [step])
-    assert [r.getMessage() for r in caplog.records] == [f"MongoDB database test migrated: {step}"]
-    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 2
+    assert (store.schema_version, store.migrations_applied) == (3, [STEP_1, STEP_2])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"MongoDB database test migrated: {STEP_1}",
+        "schema 2 -> 3: the rows of 1 Complete reports are in the history",
+        f"MongoDB database test migrated: {STEP_2}",
+    ]
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
     after = everything_in(store.db)
     assert {name: after[name] for name in before} == before  # nothing of schema 1 changed
     assert after[database.UPLOADS] == ([], ["_id_", "at", "digest"])
+    assert {name: sorted(store.db[name].index_information()) for name in SCHEMA_3_INDEXES} == SCHEMA_3_INDEXES
+    stamp = 1_674_555_240_000_000 + 3_661_000_500
+    assert sorted(store.db[store_mongo.HISTORY].find(), key=lambda doc: doc["_id"]) == history_of(
+        "0" * 31 + "1", stamp, SCHEMA_1_NOW, SCHEMA_1_CSV
+    )
+    assert store.store_history("42") == [
+        {
+            "report_id": "0" * 31 + "1",
+            "as_of_us": stamp,
+            **dict(zip(utils.REPORT_COLUMNS[1:], [0.0] * 3 + [60.0, 24.0, 168.0])),
+        }
+    ]
+    assert [store.find_report(f"{'0' * 31}{n}")["trigger"] for n in (1, 2)] == ["api", "api"]
     assert store.report_store_ids(FAR_FUTURE_US) == ["1481966498820158979", "42"]
     assert list(polls_of(store, "1481966498820158979")["active"]) == [True, False]
     _, hours, zones = store.read_chunk(["1481966498820158979"], 0, FAR_FUTURE_US)
     assert (len(hours), list(zones["timezone_str"])) == (1, ["America/New_York"])
     complete, failed = store.find_report("0" * 31 + "1"), store.find_report("0" * 31 + "2")
     assert complete["as_of_after_newest_poll"] is False and failed["error"] == "stopped"
-    assert store.read_report_csv(complete) == b"store_id,a\n1\n"
+    assert store.read_report_csv(complete) == SCHEMA_1_CSV
     assert store.list_uploads() == [] and store.unfinished_upload() is None
-    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 2 now: nothing to do
+    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 3 now: nothing to do
 
 
 def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch):
@@ -346,10 +402,127 @@ def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch
     db = client["test"]
     assert database.UPLOADS in db.list_collection_names() and db[database.META].find_one() is None
     store = open_on(client, monkeypatch)  # the step runs again over what it made
-    assert store.migrations_applied == [
-        "schema 1 -> 2: the uploads journal (collection uploads, indexes at and digest)"
-    ]
+    assert store.migrations_applied == [STEP_1, STEP_2]
     assert sorted(store.db[database.UPLOADS].index_information()) == ["_id_", "at", "digest"]
+
+
+SCHEMA_2_NOW = dt.datetime(2023, 1, 26, 9, 0, 0, 250_000, tzinfo=UTC)
+SCHEMA_2_AS_OF = 1_674_637_200_000_000  # 2023-01-25 09:00 UTC
+# two stores; a store id a spreadsheet would take for a formula is quoted in the CSV ('=7), as report_csv writes it
+SCHEMA_2_CSV = REPORT_HEADER + b"'=7,1.0,2.0,3.0,59.0,22.0,165.0\n42,0.0,0.01,99.99,60.0,23.99,68.01\n"
+COMPLETE_2, RUNNING_2, TORN_2 = "a" * 32, "b" * 32, "c" * 32
+
+
+def schema_2_database(name: str = "test") -> mongomock.MongoClient:
+    """A database as the schema-2 MongoStore left it (commit b5e77bb): the schema-1 database migrated (the
+    uploads journal and its indexes, the meta mark at 2), one upload, and reports of schema 2
+    (as_of_after_newest_poll, no trigger): one more Complete with its CSV in one chunk, one Running, and one
+    Complete whose second chunk is missing (its CSV stored in part, as a crash of schema 1 could leave it)."""
+    client = schema_1_database(name)
+    db = client[name]
+    db[database.UPLOADS].create_indexes(INDEXES[database.UPLOADS])
+    db[database.UPLOADS].insert_one(
+        {
+            "_id": "u" * 32,
+            "upload_id": "u" * 32,
+            "file": "store_status.csv",
+            "kind": "store_status.csv",
+            "digest": "d" * 64,
+            "at": SCHEMA_2_NOW,
+            "finished_at": SCHEMA_2_NOW,
+            "loaded": 3,
+            "rejected": 0,
+            "written": 3,
+            "sending": 0,
+            "status": "Complete",
+            "error": None,
+            "dismissed": False,
+            "seq": store_mongo.ObjectId("65b2f2d0c0ffee0000000001"),
+        }
+    )
+    db[database.META].insert_one({"_id": "schema", "application": database.APPLICATION_NAME, "version": 2})
+    for report_id, status, chunks in (
+        (COMPLETE_2, "Complete", 1),
+        (RUNNING_2, "Running", None),
+        (TORN_2, "Complete", 2),
+    ):
+        done = status == "Complete"
+        db[database.REPORTS].insert_one(
+            {
+                "report_id": report_id,
+                "status": status,
+                "created_at": SCHEMA_2_NOW,
+                "heartbeat_at": SCHEMA_2_NOW,
+                "finished_at": SCHEMA_2_NOW if done else None,
+                "requested_as_of_us": SCHEMA_2_AS_OF,
+                "as_of_us": SCHEMA_2_AS_OF,
+                "as_of": utils.us_to_datetime(SCHEMA_2_AS_OF),
+                "progress": {"done": 2, "total": 2},
+                "row_count": 2 if done else None,
+                "error": None,
+                "csv_chunks": chunks,
+                "csv_bytes": len(SCHEMA_2_CSV) if done else None,
+                "as_of_after_newest_poll": report_id == COMPLETE_2,
+            }
+        )
+    db[store_mongo.REPORT_CHUNKS].insert_many(
+        [
+            {"report_id": COMPLETE_2, "n": 0, "data": SCHEMA_2_CSV},
+            {"report_id": TORN_2, "n": 0, "data": SCHEMA_2_CSV[:70]},  # chunk 1 never written
+        ]
+    )
+    return client
+
+
+def test_a_schema_2_database_is_migrated_with_every_complete_reports_history(monkeypatch, caplog):
+    client = schema_2_database()
+    before = everything_in(client["test"])
+    with caplog.at_level(logging.INFO, logger="store_mongo"):
+        store = open_on(client, monkeypatch)
+    assert (store.schema_version, store.migrations_applied) == (3, [STEP_2])
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"schema 2 -> 3: report {TORN_2} keeps no history: report {TORN_2}: stored CSV is incomplete"),
+        ("INFO", "schema 2 -> 3: the rows of 2 Complete reports are in the history"),
+        ("INFO", f"MongoDB database test migrated: {STEP_2}"),
+    ]
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
+    after = everything_in(store.db)
+    del before[database.META]  # the mark, at 3 (checked above)
+    assert {name: after[name] for name in before} == before  # nothing else of schema 2 changed
+    assert {name: sorted(store.db[name].index_information()) for name in SCHEMA_3_INDEXES} == SCHEMA_3_INDEXES
+    assert sorted(store.db[store_mongo.HISTORY].find(), key=lambda doc: doc["_id"]) == sorted(
+        history_of("0" * 31 + "1", 1_674_555_240_000_000 + 3_661_000_500, SCHEMA_1_NOW, SCHEMA_1_CSV)
+        + history_of(COMPLETE_2, SCHEMA_2_AS_OF, SCHEMA_2_NOW, SCHEMA_2_CSV),
+        key=lambda doc: doc["_id"],
+    )
+    for store_id in ("=7", "42"):  # each point equals its report's CSV row, store ids as loaded
+        rows = {}
+        for report_id, payload in (("0" * 31 + "1", SCHEMA_1_CSV), (COMPLETE_2, SCHEMA_2_CSV)):
+            for row in report_csv.read_report_rows(payload).to_dict("records"):
+                if row["store_id"] == store_id:
+                    rows[report_id] = [row[name] for name in utils.REPORT_COLUMNS[1:]]
+        points = store.store_history(store_id)
+        assert {p["report_id"]: [p[name] for name in utils.REPORT_COLUMNS[1:]] for p in points} == rows
+        assert [p["as_of_us"] for p in points] == sorted((p["as_of_us"] for p in points), reverse=True)
+    assert [r["trigger"] for r in store.list_reports(limit=10)] == ["api"] * 5
+    assert store.find_report(COMPLETE_2)["as_of_after_newest_poll"] is True
+    assert store.list_uploads()[0]["upload_id"] == "u" * 32
+    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 3 now: nothing to do
+
+
+def test_a_backfill_stopped_part_way_leaves_schema_2_and_runs_again_without_duplicates(monkeypatch):
+    client = schema_2_database()
+    failing(monkeypatch, "insert_many", [None, AutoReconnect("the process died here")], collection=store_mongo.HISTORY)
+    with pytest.raises(AutoReconnect):
+        open_on(client, monkeypatch)
+    db = client["test"]
+    assert db[database.META].find_one({"_id": "schema"})["version"] == 2
+    assert db[store_mongo.HISTORY].count_documents({}) == 2  # the first report's rows went in
+    store = open_on(client, monkeypatch)
+    assert store.migrations_applied == [STEP_2]
+    history = list(store.db[store_mongo.HISTORY].find())
+    assert len(history) == 4 and len({doc["_id"] for doc in history}) == 4
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
 
 
 @pytest.mark.parametrize(
@@ -372,10 +545,11 @@ def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch
         ),
         (
             lambda db: db[database.META].insert_one(
-                {"_id": "schema", "application": database.APPLICATION_NAME, "version": 3}
+                {"_id": "schema", "application": database.APPLICATION_NAME, "version": database.SCHEMA_VERSION + 1}
             ),
             (
-                "MongoDB database test was made by a newer version of this service (schema 3; this one knows up to 2): "
+                f"MongoDB database test was made by a newer version of this service "
+                f"(schema {database.SCHEMA_VERSION + 1}; this one knows up to {database.SCHEMA_VERSION}): "
                 "run that version, or point MONGO_DB at another database"
             ),
         ),
@@ -400,9 +574,9 @@ def test_system_collections_do_not_make_a_database_foreign(monkeypatch):
         lambda self, *a, **k: real(self, *a, **k) + ["system.views", "system.profile"],
     )
     store = MongoStore("mongomock://", "x")  # built with the patch in place, on its own empty database
-    assert (store.schema_version, store.migrations_applied) == (2, [])
+    assert (store.schema_version, store.migrations_applied) == (database.SCHEMA_VERSION, [])
     monkeypatch.setattr(mongomock, "MongoClient", lambda **kwargs: client)
-    assert MongoStore("mongomock://", "test").schema_version == 2
+    assert MongoStore("mongomock://", "test").schema_version == database.SCHEMA_VERSION
 
 
 def server_store_on(client, name: str = "test") -> MongoStore:
@@ -473,7 +647,7 @@ def test_on_a_server_writes_wait_for_the_start_up_thread_and_health_says_why(mon
         assert database.is_transient(ConnectionFailure(store_mongo.SCHEMA_PENDING))
         go_on.set()
         thread.join(30)
-        assert store.schema_version == 2 and store.health(0)["problems"] == []
+        assert store.schema_version == database.SCHEMA_VERSION and store.health(0)["problems"] == []
     finally:
         go_on.set()
         store.close()
@@ -484,7 +658,7 @@ def test_without_the_start_up_thread_the_first_write_or_migrate_checks_the_schem
     client = schema_1_database()
     store = server_store_on(client)
     assert store.dismiss_upload("a" * 32) is False
-    assert store.schema_version == 2 and store.migrations_applied[0].startswith("schema 1 -> 2: ")
+    assert store.schema_version == database.SCHEMA_VERSION and store.migrations_applied[0].startswith("schema 1 -> 2: ")
     foreign = mongomock.MongoClient(tz_aware=True)
     foreign["test"]["orders"].insert_one({"n": 1})
     with pytest.raises(database.DatabaseRefused):
@@ -534,7 +708,7 @@ def test_the_data_summary_counts_stores_without_distinct(mongo, monkeypatch):
 def test_health_when_all_is_well_writes_a_probe_and_tells_the_newest_poll(mongo):
     mongo.load_polls(polls(2))
     assert mongo.health(10**12) == {
-        "schema_version": 2,
+        "schema_version": database.SCHEMA_VERSION,
         "free_disk_mb": None,
         "newest_poll_us": 1_674_554_400_001_000,
         "problems": [],
@@ -638,19 +812,40 @@ def test_a_full_disk_in_an_upload_is_disk_full_and_the_upload_stays_unfinished_i
     assert mongo.unfinished_upload()["upload_id"] == upload_id
 
 
-@pytest.mark.parametrize("method", ["replace_one", "update_one"])
-def test_a_full_disk_while_storing_a_reports_csv_keeps_no_chunks(mongo, monkeypatch, method):
+@pytest.mark.parametrize(
+    "method, collection",
+    [
+        ("replace_one", store_mongo.REPORT_CHUNKS),
+        ("insert_many", store_mongo.HISTORY),
+        ("update_one", database.REPORTS),
+    ],
+)
+def test_a_full_disk_while_storing_a_reports_csv_keeps_no_chunks_and_no_history(mongo, monkeypatch, method, collection):
     mongo.create_report("r" * 32, None)
-    failing(
-        monkeypatch,
-        method,
-        [WriteError("Out of disk space", 14031)],
-        collection=store_mongo.REPORT_CHUNKS if method == "replace_one" else database.REPORTS,
-    )
+    failing(monkeypatch, method, [WriteError("Out of disk space", 14031)], collection=collection)
     with pytest.raises(database.DiskFull, match="nothing of this report was kept"):
-        mongo.complete_report("r" * 32, b"a,b\n1,2\n", 1)
+        mongo.complete_report("r" * 32, SCHEMA_1_CSV, 2)
     assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == 0
+    assert mongo.db[store_mongo.HISTORY].count_documents({}) == 0
     assert mongo.find_report("r" * 32)["status"] == "Running"
+
+
+def test_a_full_disk_when_a_tick_is_claimed_or_alerts_are_recorded_is_disk_full(mongo, monkeypatch):
+    full = WriteError("Out of disk space", 14031)
+    failing(monkeypatch, "insert_one", [full], collection=store_mongo.TICKS)
+    with pytest.raises(database.DiskFull, match="nothing of this scheduled tick was kept"):
+        mongo.claim_tick(1_700_000_000_000_000, "t" * 32)
+    assert mongo.last_tick() is None and mongo.count_reports() == 0
+    down = [{"store_id": "a", "downtime_last_hour": 60.0, "uptime_last_hour": 0.0}]
+    failing(monkeypatch, "bulk_write", [BulkWriteError({"writeErrors": [{"index": 0, "code": 14031}]})])
+    with pytest.raises(database.DiskFull, match="nothing of this alert state was kept"):
+        mongo.record_alerts("r" * 32, 1_700_000_000_000_000, down, 30)
+    assert mongo.list_deliveries() == []
+    delivery = mongo.record_alerts("r" * 32, 1_700_000_000_000_000, down, 30)  # the disk has room again
+    failing(monkeypatch, "update_one", [full], collection=store_mongo.DELIVERIES)
+    with pytest.raises(database.DiskFull, match="nothing of this alert delivery was kept"):
+        mongo.update_delivery(delivery["delivery_id"], "Delivered", 1, None, 204)
+    assert mongo.list_deliveries()[0]["status"] == "Pending"
 
 
 def test_a_full_disk_when_an_upload_begins_is_disk_full(mongo, monkeypatch):
@@ -776,3 +971,36 @@ def test_a_non_disk_error_is_not_disk_full():
     assert not store_mongo.is_disk_full(BulkWriteError({"writeErrors": [{"code": 11000}], "writeConcernErrors": []}))
     assert store_mongo.is_disk_full(BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 14031}]}))
     assert not store_mongo.is_disk_full(PyMongoError("something"))
+
+
+def test_ticks_history_alert_state_and_deliveries_wait_for_a_majoritys_journal(mongo, monkeypatch):
+    """What must survive a power loss or a failover once acknowledged: a claimed tick (else a tick could start
+    twice), a report's history rows (before it says Complete), the alert state and the deliveries (else an alert
+    could be sent twice or never)."""
+    concerns: dict[tuple[str, str], set] = {}
+    for method in ("insert_one", "insert_many", "delete_many", "bulk_write", "find_one_and_update", "update_one"):
+        real = getattr(mongomock.collection.Collection, method)
+
+        def recorded(self, *args, _real=real, _method=method, **kwargs):
+            concerns.setdefault((self.name, _method), set()).add(self.write_concern.document.get("w"))
+            if self.write_concern.document.get("w") == "majority":
+                assert self.write_concern.document.get("j") is True
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(mongomock.collection.Collection, method, recorded)
+    assert mongo.claim_tick(1_700_000_000_000_000, "r" * 32) == "started"
+    mongo.update_report("r" * 32, as_of_us=1_700_000_000_000_000)
+    mongo.complete_report("r" * 32, SCHEMA_1_CSV, 2)
+    delivery = mongo.record_alerts(
+        "r" * 32, 1_700_000_000_000_000, [dict(store_id="42", downtime_last_hour=60.0, uptime_last_hour=0.0)], 30
+    )
+    mongo.update_delivery(delivery["delivery_id"], "Delivered", 1, None, 204)
+    for key in [
+        (store_mongo.TICKS, "insert_one"),
+        (store_mongo.HISTORY, "delete_many"),
+        (store_mongo.HISTORY, "insert_many"),
+        (store_mongo.ALERT_STATE, "bulk_write"),
+        (store_mongo.DELIVERIES, "find_one_and_update"),
+        (store_mongo.DELIVERIES, "update_one"),
+    ]:
+        assert concerns[key] == {"majority"}, key

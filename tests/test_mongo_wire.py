@@ -33,6 +33,7 @@ WAIT = 10  # seconds a test waits for the next request (or a thread) before it f
 NOT_PRIMARY = {"code": 10107, "errmsg": "not primary"}
 INVALID = {"index": 0, "code": 121, "errmsg": "Document failed validation"}
 SINCE_US = 1_674_554_400_000_000  # 2023-01-24T10:00:00Z
+SERVER_NOW = dt.datetime(2031, 5, 6, 7, 8, 9, 123_000, tzinfo=dt.UTC)  # the servers' clock: not this host's
 HOUR_US = 3_600_000_000
 
 
@@ -71,6 +72,7 @@ class ReplicaSet:
                     me=self.hosts[index],
                     minWireVersion=0,
                     maxWireVersion=self.wire,
+                    localTime=SERVER_NOW,
                 )
             if name == "ping":
                 return request.ok()
@@ -87,7 +89,8 @@ class ReplicaSet:
         return f"mongodb://{','.join(self.hosts)}/?replicaSet=rs"
 
     def answer_start_up(self):
-        """Answer the start-up work on an empty database (and retention's look for old reports): it passes."""
+        """Answer the start-up work on an empty database (and retention's look for old reports and for data
+        whose record is gone): it passes."""
 
         def answer(request) -> bool:
             name = (request.command_name or "").lower()
@@ -102,8 +105,12 @@ class ReplicaSet:
                 return request.ok(n=1, nModified=0, upserted=[{"index": 0, "_id": store_mongo.SCHEMA_MARK}])
             if name == "update" and doc["update"] == database.REPORTS and "$expr" in doc["updates"][0]["q"]:
                 return request.ok(n=0, nModified=0)  # the stale sweep: none
+            if name == "find" and doc["find"] == store_mongo.TICKS:
+                return request.ok(cursor([], "test.scheduleTicks"))  # the stale sweep's lost starts: none
             if name == "find" and doc["find"] == database.REPORTS and "status" in doc.get("filter", {}):
                 return request.ok(cursor([], "test.reports"))  # retention: no finished reports
+            if name == "aggregate" and doc["aggregate"] in (store_mongo.REPORT_CHUNKS, store_mongo.HISTORY):
+                return request.ok(cursor([], f"test.{doc['aggregate']}"))  # retention: no data without a record
             return False
 
         return [member.autoresponds(answer) for member in self.members]
@@ -170,24 +177,83 @@ def test_a_report_heartbeat_answered_not_primary_is_retried_on_the_new_primary()
         assert beaten(WAIT) is None
 
 
+REPORT_CSV = b"store_id,uptime_last_hour,uptime_last_day,uptime_last_week,downtime_last_hour,downtime_last_day,"
+REPORT_CSV += b"downtime_last_week\na,60.0,20.5,150.25,0.0,3.5,17.75\n'=b,1.0,2.0,3.0,59.0,22.0,165.0\n"
+CREATED = dt.datetime(2023, 1, 25, 9, 0, 0, 123_000, tzinfo=dt.UTC)
+RUNNING = {"status": "Running", "as_of_us": SINCE_US, "created_at": CREATED}
+
+
+def history_documents(report_id: str) -> list[dict]:
+    """The history rows of REPORT_CSV as the store must send them: a deterministic _id, the figures as doubles."""
+    common = {"report_id": report_id, "as_of_us": SINCE_US, "created_us": utils.datetime_to_us(CREATED)}
+    figures = ["uptime_last_hour", "uptime_last_day", "uptime_last_week"]
+    figures += ["downtime_last_hour", "downtime_last_day", "downtime_last_week"]
+    return [  # in _id order; '=b' is the store the CSV quotes as "'=b"
+        {
+            "_id": f"{report_id}/=b",
+            **common,
+            "store_id": "=b",
+            **dict(zip(figures, [1.0, 2.0, 3.0, 59.0, 22.0, 165.0])),
+        },
+        {
+            "_id": f"{report_id}/a",
+            **common,
+            "store_id": "a",
+            **dict(zip(figures, [60.0, 20.5, 150.25, 0.0, 3.5, 17.75])),
+        },
+    ]
+
+
+def answer_csv_and_history(member, report_id: str) -> list[dict]:
+    """Receive one attempt's chunk write, extra-chunk delete and history delete (answered), then its history
+    insert (returned unanswered, with its documents)."""
+    chunk = member.receives(command("update", store_mongo.REPORT_CHUNKS), timeout=WAIT)
+    assert chunk["updates"][0]["u"] == {"report_id": report_id, "n": 0, "data": REPORT_CSV}
+    chunk.ok(n=1, nModified=0, upserted=[{"index": 0, "_id": 1}])
+    member.receives(command("delete", store_mongo.REPORT_CHUNKS), timeout=WAIT).ok(n=0)
+    stale_rows = member.receives(command("delete", store_mongo.HISTORY), timeout=WAIT)
+    assert stale_rows["deletes"] == [{"q": {"report_id": report_id}, "limit": 0}]
+    assert stale_rows["writeConcern"] == {"w": "majority", "j": True}
+    stale_rows.ok(n=0)
+    rows = member.receives(command("insert", store_mongo.HISTORY), timeout=WAIT)
+    assert rows["ordered"] is False and rows["writeConcern"] == {"w": "majority", "j": True}
+    return rows
+
+
 def test_a_report_csv_chunk_answered_not_primary_is_written_again_on_the_new_primary():
     report_id = "c" * 32
     with started() as (rs, store):
-        completed = go(store.complete_report, report_id, b"store_id\n", 0)
-        for member, elected in ((rs.members[0], False), (rs.members[1], True)):
-            member.receives(command("find", database.REPORTS), timeout=WAIT).ok(
-                cursor([{"status": "Running"}], "test.reports")
-            )
-            chunk = member.receives(command("update", store_mongo.REPORT_CHUNKS), timeout=WAIT)
-            assert chunk["updates"][0]["u"] == {"report_id": report_id, "n": 0, "data": b"store_id\n"}
-            assert chunk["writeConcern"] == {"w": "majority", "j": True}
-            if not elected:
-                rs.elect(chunk)
-        chunk.ok(n=1, nModified=0, upserted=[{"index": 0, "_id": 1}])
-        rs.members[1].receives(command("delete", store_mongo.REPORT_CHUNKS), timeout=WAIT).ok(n=0)
+        completed = go(store.complete_report, report_id, REPORT_CSV, 2)
+        rs.members[0].receives(command("find", database.REPORTS), timeout=WAIT).ok(cursor([RUNNING], "test.reports"))
+        chunk = rs.members[0].receives(command("update", store_mongo.REPORT_CHUNKS), timeout=WAIT)
+        assert chunk["writeConcern"] == {"w": "majority", "j": True}
+        rs.elect(chunk)
+        rs.members[1].receives(command("find", database.REPORTS), timeout=WAIT).ok(cursor([RUNNING], "test.reports"))
+        rows = answer_csv_and_history(rs.members[1], report_id)
+        assert sorted(rows["documents"], key=lambda d: d["_id"]) == history_documents(report_id)
+        assert {type(doc[name]) for doc in rows["documents"] for name in utils.REPORT_COLUMNS[1:]} == {float}
+        rows.ok(n=2)
         flip = rs.members[1].receives(command("update", database.REPORTS), timeout=WAIT)
         assert flip["updates"][0]["u"]["$set"]["status"] == "Complete"
         flip.ok(n=1, nModified=1)
+        assert completed(WAIT) is True
+
+
+def test_history_rows_whose_answer_was_lost_are_written_again_and_their_duplicates_skipped():
+    """The connection drops after the server took the history rows: the retry sends the same _ids, the server
+    answers duplicate keys (they are in), and the report turns Complete with each row once."""
+    report_id = "d" * 32
+    with started() as (rs, store):
+        primary = rs.members[0]
+        completed = go(store.complete_report, report_id, REPORT_CSV, 2)
+        primary.receives(command("find", database.REPORTS), timeout=WAIT).ok(cursor([RUNNING], "test.reports"))
+        first = answer_csv_and_history(primary, report_id)
+        first.hangup()  # the rows landed; the answer did not
+        primary.receives(command("find", database.REPORTS), timeout=WAIT).ok(cursor([RUNNING], "test.reports"))
+        again = answer_csv_and_history(primary, report_id)
+        assert again["documents"] == first["documents"]  # the same deterministic _ids
+        again.ok(n=0, writeErrors=[{"index": i, "code": 11000, "errmsg": "E11000 duplicate key"} for i in (0, 1)])
+        primary.receives(command("update", database.REPORTS), timeout=WAIT).ok(n=1, nModified=1)
         assert completed(WAIT) is True
 
 
@@ -395,3 +461,81 @@ def test_with_the_server_away_requests_fail_with_a_timeout_inside_the_request_sc
         app.extensions["reports"].shutdown()
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- 6. schema 3: the clock, ticks, streaming
+
+
+def test_the_clock_is_the_servers_hellos_local_time():
+    with started() as (rs, store):
+        assert store.clock_us() == utils.datetime_to_us(SERVER_NOW)
+
+
+def test_a_tick_whose_insert_meets_a_duplicate_key_is_taken_and_nothing_more_is_written():
+    """Another host inserted the tick first: the server answers E11000, the store reads the tick (claimed by
+    that host) and answers "taken"; no report record, no trim.  The busy check's cutoff is the server's now."""
+    report_id = "e" * 32
+    with started() as (rs, store):
+        primary = rs.members[0]
+        claimed = go(store.claim_tick, SINCE_US, report_id)
+        newer = primary.receives(command("aggregate", store_mongo.TICKS), timeout=WAIT)
+        assert newer["pipeline"][0] == {"$match": {"_id": {"$gt": SINCE_US}}}
+        newer.ok(cursor([], "test.scheduleTicks"))
+        lost = primary.receives(command("find", store_mongo.TICKS), timeout=WAIT)
+        assert lost["filter"]["outcome"] == "started" and "$$NOW" in str(lost["filter"]["$expr"])
+        lost.ok(cursor([], "test.scheduleTicks"))
+        running = primary.receives(command("aggregate", database.REPORTS), timeout=WAIT)
+        # alive: a heartbeat within the stale limit `started` prepared the store with, 5 minutes, before the
+        # server's now (mockupdb decodes dates without a zone)
+        cutoff = (SERVER_NOW - dt.timedelta(minutes=5)).replace(tzinfo=None)
+        assert running["pipeline"][0] == {
+            "$match": {"status": "Running", "trigger": "schedule", "heartbeat_at": {"$gt": cutoff}}
+        }
+        running.ok(cursor([], "test.reports"))
+        primary.receives(command("find", store_mongo.TICKS), timeout=WAIT).ok(cursor([], "test.scheduleTicks"))
+        insert = primary.receives(command("insert", store_mongo.TICKS), timeout=WAIT)
+        assert insert["documents"] == [
+            {
+                "_id": SINCE_US,
+                "outcome": "started",
+                "report_id": report_id,
+                "claimed_by": report_id,
+                "claimed_at": SERVER_NOW.replace(tzinfo=None),
+                "claimed_at_us": utils.datetime_to_us(SERVER_NOW),
+                "recorded": False,
+            }
+        ]
+        assert insert["writeConcern"] == {"w": "majority", "j": True}
+        insert.ok(n=0, writeErrors=[{"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error"}])
+        theirs = {"_id": SINCE_US, "outcome": "started", "report_id": "f" * 32, "claimed_by": "f" * 32}
+        primary.receives(command("find", store_mongo.TICKS), timeout=WAIT).ok(cursor([theirs], "test.scheduleTicks"))
+        assert claimed(WAIT) == "taken"
+        assert not primary.got(timeout=0)  # nothing more: no report record, no trim
+
+
+def test_a_stored_csv_is_streamed_one_chunk_document_per_round_trip_as_its_pieces_are_taken():
+    report = {"report_id": "s" * 32, "csv_bytes": 10}
+    with started() as (rs, store):
+        primary = rs.members[0]
+        called = go(store.iter_report_csv, report, 4)
+        primary.receives(command("find", database.REPORTS), timeout=WAIT).ok(
+            cursor([{"csv_chunks": 2}], "test.reports")
+        )
+        primary.receives(command("aggregate", store_mongo.REPORT_CHUNKS), timeout=WAIT).ok(
+            cursor([{"_id": 1, "n": 2}], "test.reportChunks")
+        )
+        pieces = called(WAIT)
+        assert not primary.got(timeout=0)  # the chunks are not read until a piece is taken
+        first = go(next, pieces)
+        find = primary.receives(command("find", store_mongo.REPORT_CHUNKS), timeout=WAIT)
+        assert (find["filter"], find["sort"], find["batchSize"]) == ({"report_id": "s" * 32}, {"n": 1}, 1)
+        find.ok(cursor([{"n": 0, "data": b"abcdefgh"}], "test.reportChunks", cursor_id=77))
+        assert first(WAIT) == b"abcd"
+        assert go(next, pieces)(WAIT) == b"efgh"
+        assert not primary.got(timeout=0)  # the second chunk is not asked for while the first still gives pieces
+        third = go(next, pieces)
+        more = primary.receives(command("getMore", 77), timeout=WAIT)
+        assert more["batchSize"] == 1
+        more.ok(cursor([{"n": 1, "data": b"ij"}], "test.reportChunks", first=False))
+        assert third(WAIT) == b"ij"
+        assert go(list, pieces)(WAIT) == []  # 10 bytes, as the record says: no error

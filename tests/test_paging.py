@@ -8,6 +8,7 @@ import io
 
 import pytest
 
+import api
 from tests.conftest import TINY_REPORT, force_report_state, wait_for_report
 
 # Stores added to the tiny data set so that text order differs from number order ("10" < "9"), upper case
@@ -178,3 +179,43 @@ def test_paging_with_csv_is_400_in_every_state(client, store, report, query):
 
 def test_paging_an_unknown_report_is_404(client):
     assert page(client, "0" * 32, "limit=1").status_code == 404
+
+
+def count_pieces_read(store, monkeypatch) -> list[int]:
+    """The sizes of the pieces of stored CSV the app reads from now on (the store's own pieces, counted)."""
+    read: list[int] = []
+    real = store.iter_report_csv
+
+    def counted(report, chunk_bytes=1 << 20):
+        for piece in real(report, chunk_bytes):
+            read.append(len(piece))
+            yield piece
+
+    monkeypatch.setattr(store, "iter_report_csv", counted)
+    return read
+
+
+@pytest.mark.parametrize(
+    ("query", "rows_needed"),
+    [("limit=1", 2), ("limit=2&after=-5", 4), ("store_id=-5", 1), ("store_id=10&limit=3", 2)],
+)
+def test_a_page_reads_the_csv_no_further_than_it_needs(client, store, report, monkeypatch, query, rows_needed):
+    """Rows are read in order as pieces of the stored CSV: a page stops once it has its rows (and one more
+    to know there is a next), so an early page of a big report reads a little of it."""
+    payload = client.get(f"/get_report?report_id={report['report_id']}&format=csv").get_data()
+    monkeypatch.setattr(api, "STREAM_PIECE_BYTES", 16)
+    read = count_pieces_read(store, monkeypatch)
+    body = page(client, report["report_id"], query).get_json()
+    assert body["data"] and body["data"] == [row for row in report["data"] if row in body["data"]]
+    lines = payload.split(b"\n")
+    needed = sum(len(line) + 1 for line in lines[: 1 + rows_needed])  # the header and the rows looked at
+    assert needed <= sum(read) < needed + 2 * 16
+    assert sum(read) < len(payload)
+
+
+def test_the_last_page_reads_the_whole_csv(client, store, report, monkeypatch):
+    payload = client.get(f"/get_report?report_id={report['report_id']}&format=csv").get_data()
+    monkeypatch.setattr(api, "STREAM_PIECE_BYTES", 16)
+    read = count_pieces_read(store, monkeypatch)
+    assert page(client, report["report_id"], "after=worked").get_json()["data"] == report["data"][-1:]
+    assert sum(read) == len(payload) and max(read) == 16

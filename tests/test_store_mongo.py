@@ -552,7 +552,7 @@ def test_background_start_up_work_retries_until_the_database_answers(mongo, capl
         "(see above)",
         "database start-up work (stale reports) failed, retrying in 1 s: AutoReconnect: gone again",
         "marked 1 stale Running reports as Failed",
-        "MongoDB ready: schema 2, indexes reconciled, stale reports swept",
+        f"MongoDB ready: schema {database.SCHEMA_VERSION}, indexes reconciled, stale reports swept",
     ]
 
 
@@ -846,13 +846,15 @@ def test_finished_reports_are_deleted_a_batch_at_a_time(mongo, monkeypatch):
 
 def test_csv_chunks_stay_under_the_document_limit(mongo):
     assert store_mongo.CSV_CHUNK_BYTES < store_mongo.BSON_DOCUMENT_LIMIT - 1024
-    payload = bytes(range(256)) * (9 * 1024 * 1024 // 256 + 7)  # over two chunks
+    header = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+    payload = header + b"".join(b"s%07d,60.0,20.5,150.25,0.0,3.5,17.75\n" % n for n in range(14_000))  # 14,000 stores
     mongo.create_report("c" * 32, None)
-    mongo.complete_report("c" * 32, payload, 1)
+    mongo.complete_report("c" * 32, payload, 14_000)
     chunks = list(mongo.db[store_mongo.REPORT_CHUNKS].find({"report_id": "c" * 32}))
     assert len(chunks) == -(-len(payload) // store_mongo.CSV_CHUNK_BYTES) == 3
     assert all(len(bson.encode(chunk)) < store_mongo.BSON_DOCUMENT_LIMIT for chunk in chunks)
     assert mongo.read_report_csv(mongo.find_report("c" * 32)) == payload
+    assert mongo.db[store_mongo.HISTORY].count_documents({"report_id": "c" * 32}) == 14_000
 
 
 # --------------------------------------------------------------------------- the decorated methods (mutation run K)
@@ -1081,8 +1083,9 @@ def test_a_new_report_is_stored_as_the_documented_running_document_and_a_retry_c
         "csv_chunks": None,
         "csv_bytes": None,
         "as_of_after_newest_poll": False,
+        "trigger": "api",
     }
-    mongo.create_report("r" * 32, None)  # a retry after a lost answer
+    mongo.create_report("r" * 32, None, trigger="schedule")  # a retry after a lost answer
     assert mongo.db["reports"].find_one({"report_id": "r" * 32}, {"_id": 0}) == {
         **doc,
         "created_at": created,
@@ -1174,3 +1177,410 @@ def test_a_retried_call_inside_a_request_gets_its_arguments_and_is_not_retried(m
         with pytest.raises(AutoReconnect):
             store_mongo.retried(read)(mongo, 1, b=2)
     assert attempts == [(1, 2)]
+
+
+# --------------------------------------------------------------------------- schema 3 without transactions
+# The schedule's ticks, the history and the alert state are written without multi-document transactions (a
+# standalone server has none): what a crash, a lost answer or a second worker between two writes leaves.
+
+TICK = 1_700_000_000_000_000
+IDS = [f"{n:032x}" for n in range(1, 9)]
+HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
+CSV_A = HEADER + b"a,60.0,20.5,150.25,0.0,3.5,17.75\nb,30.0,10.0,100.0,30.0,14.0,68.0\n"
+CSV_B = HEADER + b"a,45.5,21.0,151.0,14.5,3.0,17.0\nb,0.0,0.01,99.99,60.0,23.99,68.01\n"
+SECOND_US = 1_000_000
+
+
+class ProcessDied(BaseException):
+    """What a process that stops at this point does: nothing after it runs (no `except Exception` sees it)."""
+
+
+def worker(mongo: MongoStore) -> MongoStore:
+    """Another store on the same database: a second worker or host."""
+    other = MongoStore("mongomock://", mongo.name)
+    other._client = mongo._client
+    other.retry_wait = tenacity.wait_none()
+    return other
+
+
+def completed(mongo: MongoStore, report_id: str, as_of_us: int, payload: bytes) -> None:
+    mongo.create_report(report_id, None)
+    mongo.update_report(report_id, as_of_us=as_of_us)
+    assert mongo.complete_report(report_id, payload, payload.count(b"\n") - 1)
+
+
+def test_two_workers_claiming_one_tick_start_one_report_and_the_tick_says_which(mongo, frozen_clock):
+    other = worker(mongo)
+    assert mongo.claim_tick(TICK, IDS[0]) == "started"
+    assert other.claim_tick(TICK, IDS[1]) == "taken"
+    assert [(r["report_id"], r["status"], r["trigger"]) for r in other.list_reports()] == [
+        (IDS[0], "Running", "schedule")
+    ]
+    claimed_us = utils.datetime_to_us(frozen_clock[0])
+    assert mongo.db[store_mongo.TICKS].find_one() == {
+        "_id": TICK,
+        "outcome": "started",
+        "report_id": IDS[0],
+        "claimed_by": IDS[0],
+        "claimed_at": frozen_clock[0],
+        "claimed_at_us": claimed_us,
+        "recorded": True,
+    }
+    assert other.last_tick() == {
+        "tick_us": TICK,
+        "outcome": "started",
+        "report_id": IDS[0],
+        "claimed_at_us": claimed_us,
+    }
+
+
+def test_a_claim_whose_answer_was_lost_is_found_again_by_its_retry(mongo, monkeypatch):
+    real, lost = mongomock.collection.Collection.insert_one, []
+
+    def applied_then_lost(self, document, *args, **kwargs):
+        result = real(self, document, *args, **kwargs)
+        if self.name == store_mongo.TICKS and not lost:
+            lost.append(document["_id"])
+            raise AutoReconnect("connection reset after the write")
+        return result
+
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_one", applied_then_lost)
+    assert mongo.claim_tick(TICK, IDS[0]) == "started"  # its retry met its own claim: a duplicate key, claimed_by it
+    assert lost == [TICK]
+    assert [(r["report_id"], r["trigger"]) for r in mongo.list_reports()] == [(IDS[0], "schedule")]
+    assert worker(mongo).claim_tick(TICK, IDS[1]) == "taken"
+
+
+def test_a_claimer_that_died_before_the_report_record_is_a_lost_start_recorded_failed(mongo, frozen_clock, monkeypatch):
+    """The tick says started but the record was never made: the next tick is skipped as if the report ran, until
+    the claim is older than two lease periods; then the report is recorded Failed and the next tick starts."""
+    other = worker(mongo)
+
+    def dies(*args, **kwargs):
+        raise ProcessDied
+
+    monkeypatch.setattr(mongo, "create_report", dies)
+    with pytest.raises(ProcessDied):
+        mongo.claim_tick(TICK, IDS[0])
+    claimed = frozen_clock[0]
+    assert other.find_report(IDS[0]) is None
+    assert other.last_tick()["report_id"] == IDS[0] and other.find_report(IDS[0]) is None  # not yet lost
+    frozen_clock[0] = claimed + dt.timedelta(seconds=119)
+    assert other.claim_tick(TICK + 60 * SECOND_US, IDS[1]) == "skipped"
+    frozen_clock[0] = claimed + dt.timedelta(seconds=121)
+    assert other.last_tick()["tick_us"] == TICK + 60 * SECOND_US  # the newest tick: the skipped one
+    assert other.claim_tick(TICK + 120 * SECOND_US, IDS[2]) == "started"  # the lost start recorded first
+    lost = other.find_report(IDS[0])
+    assert (lost["status"], lost["trigger"], lost["error"]) == ("Failed", "schedule", store_mongo.LOST_START_ERROR)
+    assert lost["created_at"] == lost["heartbeat_at"] == claimed and lost["finished_at"] == frozen_clock[0]
+    assert other.find_report(IDS[1]) is None
+    assert other.db[store_mongo.TICKS].count_documents({"recorded": True}) == 3
+
+
+def test_the_newest_lost_start_is_recorded_by_last_tick_or_by_the_stale_sweep(mongo, frozen_clock, monkeypatch):
+    other = worker(mongo)
+    monkeypatch.setattr(mongo, "create_report", lambda *args, **kwargs: (_ for _ in ()).throw(ProcessDied))
+    with pytest.raises(ProcessDied):
+        mongo.claim_tick(TICK, IDS[0])
+    frozen_clock[0] += dt.timedelta(seconds=121)
+    with pytest.raises(ProcessDied):
+        mongo.claim_tick(TICK + 600 * SECOND_US, IDS[1])  # started: it recorded the first lost start, then died
+    assert other.find_report(IDS[0])["error"] == store_mongo.LOST_START_ERROR
+    assert other.last_tick()["report_id"] == IDS[1] and other.find_report(IDS[1]) is None  # young yet
+    frozen_clock[0] += dt.timedelta(seconds=121)
+    assert other.last_tick()["report_id"] == IDS[1]
+    assert other.find_report(IDS[1])["error"] == store_mongo.LOST_START_ERROR  # last_tick recorded it
+    assert other.fail_stale_reports(dt.timedelta(seconds=60)) == 0  # nothing left to record
+
+
+def test_the_stale_sweep_records_a_lost_start_and_counts_it(mongo, frozen_clock, monkeypatch):
+    monkeypatch.setattr(mongo, "create_report", lambda *args, **kwargs: (_ for _ in ()).throw(ProcessDied))
+    with pytest.raises(ProcessDied):
+        mongo.claim_tick(TICK, IDS[0])
+    other = worker(mongo)
+    assert other.fail_stale_reports(dt.timedelta(seconds=60)) == 0  # claimed just now
+    frozen_clock[0] += dt.timedelta(seconds=61)
+    assert other.fail_stale_reports(dt.timedelta(seconds=60)) == 1
+    assert other.find_report(IDS[0])["error"] == store_mongo.LOST_START_ERROR
+    assert other.fail_stale_reports(dt.timedelta(seconds=60)) == 0
+
+
+def test_a_claimer_whose_report_record_fails_records_it_failed_at_once_and_raises(mongo, monkeypatch):
+    flaky(monkeypatch, "update_one", [OperationFailure("unauthorized", 13)])  # the record's upsert, not retried
+    with pytest.raises(OperationFailure, match="unauthorized"):
+        mongo.claim_tick(TICK, IDS[0])
+    report = mongo.find_report(IDS[0])
+    assert (report["status"], report["error"]) == ("Failed", store_mongo.LOST_START_ERROR)
+    assert mongo.claim_tick(TICK + 1, IDS[1]) == "started"  # not skipped: that report is not running
+
+
+def test_a_tick_is_skipped_while_the_scheduled_reports_heartbeat_is_younger_than_two_lease_periods(mongo, frozen_clock):
+    start = frozen_clock[0]
+    assert mongo.claim_tick(TICK, IDS[0]) == "started"
+    frozen_clock[0] = start + dt.timedelta(seconds=119)
+    assert mongo.claim_tick(TICK + 1, IDS[1]) == "skipped"
+    mongo.beat([IDS[0]])  # mongomock's $currentDate: the real clock, well before the frozen one
+    mongo.db[database.REPORTS].update_one({"report_id": IDS[0]}, {"$set": {"heartbeat_at": frozen_clock[0]}})
+    frozen_clock[0] += dt.timedelta(seconds=119)
+    assert mongo.claim_tick(TICK + 2, IDS[2]) == "skipped"  # a beat pushed it on
+    frozen_clock[0] += dt.timedelta(seconds=2)
+    assert mongo.claim_tick(TICK + 3, IDS[3]) == "started"  # 121 s without a beat: taken for dead
+    assert mongo.find_report(IDS[0])["status"] == "Running"  # left to the stale sweep
+
+
+def test_once_prepared_a_scheduled_report_counts_as_running_as_long_as_the_stale_sweep_says(mongo, frozen_clock):
+    assert mongo.prepare(dt.timedelta(seconds=30)) == 0
+    start = frozen_clock[0]
+    assert mongo.claim_tick(TICK, IDS[0]) == "started"
+    frozen_clock[0] = start + dt.timedelta(seconds=29)
+    assert mongo.claim_tick(TICK + 1, IDS[1]) == "skipped"
+    frozen_clock[0] = start + dt.timedelta(seconds=31)
+    assert mongo.claim_tick(TICK + 2, IDS[2]) == "started"  # the sweep would fail the first one now
+
+
+def test_only_the_newest_ticks_are_kept_and_an_older_one_is_never_claimed_again(mongo, monkeypatch):
+    monkeypatch.setattr(store_mongo, "TICKS_KEPT", 3)
+    for n in range(5):
+        assert mongo.claim_tick(TICK + n, IDS[n]) == "started"
+        mongo.fail_report(IDS[n], "done with")
+    assert sorted(d["_id"] for d in mongo.db[store_mongo.TICKS].find()) == [TICK + 2, TICK + 3, TICK + 4]
+    assert mongo.claim_tick(TICK, IDS[5]) == "taken"  # forgotten, and older than every kept tick
+    assert mongo.claim_tick(TICK + 1, IDS[5]) == "taken"
+    assert mongo.find_report(IDS[5]) is None
+
+
+def test_history_rows_have_deterministic_ids_so_a_retried_completion_keeps_each_once(mongo, monkeypatch):
+    mongo.create_report(IDS[0], None)
+    mongo.update_report(IDS[0], as_of_us=TICK)
+    flaky(monkeypatch, "update_one", [AutoReconnect("the flip's answer lost")])  # all of it again
+    assert mongo.complete_report(IDS[0], CSV_A, 2) is True
+    rows = sorted(mongo.db[store_mongo.HISTORY].find(), key=lambda doc: doc["_id"])
+    assert [doc["_id"] for doc in rows] == [f"{IDS[0]}/a", f"{IDS[0]}/b"]
+    created = mongo.find_report(IDS[0])["created_at"]
+    assert rows[0] == {
+        "_id": f"{IDS[0]}/a",
+        "report_id": IDS[0],
+        "store_id": "a",
+        "as_of_us": TICK,
+        "created_us": utils.datetime_to_us(created),
+        **dict(zip(utils.REPORT_COLUMNS[1:], [60.0, 20.5, 150.25, 0.0, 3.5, 17.75])),
+    }
+
+
+def test_a_report_csv_whose_rows_cannot_be_read_is_refused_before_anything_is_stored(mongo):
+    mongo.create_report(IDS[0], None)
+    for payload in (HEADER + b"a,fast,1,1,1,1,1\n", HEADER + b'a,"1\n'):
+        with pytest.raises(ValueError, match=f"^report {IDS[0]}: the rows of its CSV cannot be read: "):
+            mongo.complete_report(IDS[0], payload, 1)
+    assert mongo.find_report(IDS[0])["status"] == "Running"
+    assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == 0
+    assert mongo.complete_report(IDS[0], HEADER, 0) is True  # no rows: nothing for the history
+    mongo.create_report(IDS[1], None)  # bytes that are not a report CSV (as in the SQLite store): kept, no history
+    assert mongo.complete_report(IDS[1], b"store_id,uptime\nx,1.0\n", 1) is True
+    assert mongo.db[store_mongo.HISTORY].count_documents({}) == 0
+
+
+def test_a_report_failed_while_its_history_is_written_keeps_no_rows_and_no_csv(mongo, monkeypatch):
+    mongo.create_report(IDS[0], None)
+    real = mongomock.collection.Collection.insert_many
+
+    def swept_meanwhile(self, documents, *args, **kwargs):
+        if self.name == store_mongo.HISTORY:
+            mongo.fail_report(IDS[0], database.STALE_ERROR)  # another process's sweep, between two writes
+        return real(self, documents, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.collection.Collection, "insert_many", swept_meanwhile)
+    assert mongo.complete_report(IDS[0], CSV_A, 2) is False
+    assert mongo.db[store_mongo.HISTORY].count_documents({}) == 0
+    assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == 0
+
+
+def test_rows_of_a_report_that_never_turned_complete_are_never_shown_nor_shorten_a_page(mongo, monkeypatch):
+    for n, as_of_us in enumerate((TICK, TICK + 1, TICK + 2)):
+        completed(mongo, IDS[n], as_of_us, CSV_A)
+    for n in (3, 4):  # newer than every Complete one
+        mongo.create_report(IDS[n], None)
+        mongo.update_report(IDS[n], as_of_us=TICK + 10 + n)
+        flaky(monkeypatch, "update_one", [ProcessDied()])  # the flip never happens: the process died after the rows
+        with pytest.raises(ProcessDied):
+            mongo.complete_report(IDS[n], CSV_B, 2)
+        monkeypatch.undo()
+    assert mongo.db[store_mongo.HISTORY].count_documents({"store_id": "a"}) == 5
+    assert [p["report_id"] for p in mongo.store_history("a", limit=2)] == [IDS[2], IDS[1]]
+    assert [p["report_id"] for p in mongo.store_history("a")] == [IDS[2], IDS[1], IDS[0]]
+    assert mongo.fail_stale_reports(dt.timedelta(seconds=-1)) == 2  # swept: Failed, still never shown
+    assert [p["report_id"] for p in mongo.store_history("a", limit=3)] == [IDS[2], IDS[1], IDS[0]]
+
+
+def test_a_deletion_stopped_after_the_record_shows_no_history_and_retention_sweeps_its_data(mongo, monkeypatch, caplog):
+    completed(mongo, IDS[0], TICK, CSV_A)
+    completed(mongo, IDS[1], TICK + 1, CSV_B)
+    monkeypatch.setattr(mongo, "_drop_report_data", lambda ids: (_ for _ in ()).throw(ProcessDied))
+    with pytest.raises(ProcessDied):
+        mongo.delete_report(IDS[0])
+    monkeypatch.undo()
+    assert mongo.db[store_mongo.HISTORY].count_documents({"report_id": IDS[0]}) == 2  # left behind
+    assert [p["report_id"] for p in mongo.store_history("a")] == [IDS[1]]  # and never shown
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        assert mongo.delete_finished_reports(database.now_utc() - dt.timedelta(days=1), keep_newest=10) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"deleting the stored CSVs and history of 1 reports whose records are gone (a deletion stopped part-way): "
+        f"{IDS[0]}"
+    ]
+    assert {doc["report_id"] for doc in mongo.db[store_mongo.HISTORY].find()} == {IDS[1]}
+    assert {doc["report_id"] for doc in mongo.db[store_mongo.REPORT_CHUNKS].find()} == {IDS[1]}
+
+
+def test_delete_report_answers_false_and_touches_nothing_for_a_running_report(mongo, monkeypatch):
+    mongo.create_report(IDS[0], None)
+    mongo.db[store_mongo.REPORT_CHUNKS].insert_one({"report_id": IDS[0], "n": 0, "data": b"being stored"})
+    assert mongo.delete_report(IDS[0]) is False
+    assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == 1
+
+
+def test_iter_report_csv_reads_chunks_in_order_and_refuses_missing_ones_before_the_first_piece(mongo, monkeypatch):
+    monkeypatch.setattr(store_mongo, "CSV_CHUNK_BYTES", 10)
+    completed(mongo, IDS[0], TICK, CSV_A)
+    report = mongo.find_report(IDS[0])
+    assert mongo.db[store_mongo.REPORT_CHUNKS].count_documents({}) == -(-len(CSV_A) // 10)
+    assert list(mongo.iter_report_csv(report, chunk_bytes=4))[:3] == [CSV_A[0:4], CSV_A[4:8], CSV_A[8:10]]
+    assert b"".join(mongo.iter_report_csv(report, chunk_bytes=4)) == CSV_A
+    mongo.db[store_mongo.REPORT_CHUNKS].delete_one({"report_id": IDS[0], "n": 5})
+    with pytest.raises(ValueError, match="stored CSV is incomplete"):
+        mongo.iter_report_csv(report)  # at the call: nothing was sent yet
+    left = mongo.db[store_mongo.REPORT_CHUNKS].count_documents({})
+    mongo.db[store_mongo.REPORTS].update_one({"report_id": IDS[0]}, {"$set": {"csv_chunks": left}})
+    pieces = mongo.iter_report_csv(report)  # as many chunks as the record says, but a gap in their numbers
+    with pytest.raises(ValueError, match="stored CSV is incomplete"):
+        b"".join(pieces)
+    with pytest.raises(ValueError, match="chunk_bytes must be at least 1"):
+        mongo.iter_report_csv(report, chunk_bytes=0)
+
+
+def test_iter_report_csv_cuts_the_4_mb_chunks_of_earlier_releases_into_pieces(mongo):
+    payload = HEADER + b"".join(b"s%07d,60.0,20.5,150.25,0.0,3.5,17.75\n" % n for n in range(130_000))
+    completed(mongo, IDS[0], TICK, HEADER)
+    chunks = mongo.db[store_mongo.REPORT_CHUNKS]
+    chunks.delete_many({})
+    big = 4 * 1024 * 1024
+    chunks.insert_many([{"report_id": IDS[0], "n": n, "data": payload[n * big : (n + 1) * big]} for n in range(2)])
+    mongo.db[database.REPORTS].update_one({"report_id": IDS[0]}, {"$set": {"csv_chunks": 2, "csv_bytes": len(payload)}})
+    pieces = list(mongo.iter_report_csv(mongo.find_report(IDS[0])))
+    assert b"".join(pieces) == payload and max(map(len, pieces)) == 1 << 20
+
+
+# --------------------------------------------------------------------------- alerts without transactions
+
+
+def rows_of(**downtime_last_hour: float) -> list[dict]:
+    return [
+        {"store_id": store_id, "downtime_last_hour": down, "uptime_last_hour": 60.0 - down}
+        for store_id, down in downtime_last_hour.items()
+    ]
+
+
+def events_of(delivery: dict | None) -> list[tuple[str, str]]:
+    import json
+
+    return [] if delivery is None else [(e["store_id"], e["event"]) for e in json.loads(delivery["body"])["events"]]
+
+
+def test_a_crash_after_some_state_flips_and_a_retry_give_exactly_the_events_of_an_uninterrupted_run(mongo, monkeypatch):
+    mongo.record_alerts(IDS[0], TICK, rows_of(a=40.0, b=40.0), 30)  # a and b down
+    rows = rows_of(a=0.0, b=45.0, c=50.0, d=31.0, e=0.0)  # a recovers, b stays down, c and d go down
+    real = mongomock.collection.Collection.bulk_write
+
+    def three_then_die(self, requests, *args, **kwargs):  # a's recovery, b's still down, c's going down: then d
+        real(self, requests[:3], *args, **kwargs)
+        raise ProcessDied
+
+    monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", three_then_die)
+    with pytest.raises(ProcessDied):
+        mongo.record_alerts(IDS[1], TICK + 1, rows, 30)
+    monkeypatch.undo()
+    assert mongo.db[store_mongo.ALERT_STATE].count_documents({"report_id": IDS[1]}) == 2  # half of it landed
+    assert mongo.list_deliveries()[0]["report_id"] == IDS[0]  # and no delivery yet
+    retried = worker(mongo).record_alerts(IDS[1], TICK + 1, rows, 30)
+    assert events_of(retried) == [("a", "store_recovered"), ("c", "store_down"), ("d", "store_down")]
+    assert retried["events"] == 3 and len(mongo.list_deliveries()) == 2
+
+
+def test_two_workers_recording_one_report_make_one_delivery(mongo, monkeypatch):
+    other = worker(mongo)
+    real = mongomock.collection.Collection.bulk_write
+    raced = []
+
+    def the_other_first(self, requests, *args, **kwargs):  # the other worker does it all between read and write
+        if self.name == store_mongo.ALERT_STATE and not raced:
+            raced.append(None)
+            raced[0] = other.record_alerts(IDS[0], TICK, rows_of(a=40.0, b=50.0, c=0.0), 30)
+        return real(self, requests, *args, **kwargs)  # a, b: new stores, made by the other: duplicate keys
+
+    monkeypatch.setattr(mongomock.collection.Collection, "bulk_write", the_other_first)
+    mine = mongo.record_alerts(IDS[0], TICK, rows_of(a=40.0, b=50.0, c=0.0), 30)
+    assert mine == raced[0] and events_of(mine) == [("a", "store_down"), ("b", "store_down")]
+    assert len(mongo.list_deliveries()) == 1
+    assert mongo.db[store_mongo.ALERT_STATE].count_documents({}) == 2
+
+
+def test_a_delivery_upserted_by_another_worker_meanwhile_is_the_answer(mongo, monkeypatch):
+    other = worker(mongo)
+    real = mongo._upsert_delivery
+    raced = []
+
+    def the_other_first(report_id, as_of_us, events):
+        raced.append(other.record_alerts(report_id, as_of_us, rows_of(a=40.0), 30))
+        return real(report_id, as_of_us, events)
+
+    monkeypatch.setattr(mongo, "_upsert_delivery", the_other_first)
+    mine = mongo.record_alerts(IDS[0], TICK, rows_of(a=40.0), 30)
+    assert mine["delivery_id"] == raced[0]["delivery_id"] and mine["body"] == raced[0]["body"]
+    assert [d["delivery_id"] for d in mongo.list_deliveries()] == [mine["delivery_id"]]
+
+
+def test_the_state_is_one_document_per_store_that_is_or_was_down_and_the_newest_as_of(mongo):
+    mongo.record_alerts(IDS[0], TICK, rows_of(a=40.0, b=0.0, c=35.0), 30)
+    mongo.record_alerts(IDS[1], TICK + 2, rows_of(a=0.0, b=0.0, c=50.0), 30)
+    assert mongo.record_alerts(IDS[2], TICK + 1, rows_of(a=0.0, b=40.0, c=0.0), 30) is None  # older: no change
+    assert sorted(mongo.db[store_mongo.ALERT_STATE].find(), key=lambda doc: doc["_id"]) == [
+        {"_id": "a", "down": False, "as_of_us": TICK + 2, "report_id": IDS[1]},
+        {"_id": "c", "down": True, "as_of_us": TICK + 2, "report_id": IDS[0]},  # still down as of the second
+    ]
+    assert mongo.db[database.META].find_one({"_id": "alerts"}) == {"_id": "alerts", "as_of_us": TICK + 2}
+
+
+def test_only_the_newest_deliveries_are_kept_and_every_pending_one(mongo, monkeypatch):
+    monkeypatch.setattr(store_mongo, "DELIVERIES_KEPT", 2)
+    for n in range(5):
+        delivery = mongo.record_alerts(IDS[n], TICK + n, rows_of(a=40.0 if n % 2 == 0 else 0.0), 30)
+        if n != 1:  # the second is never delivered: it stays, however old
+            mongo.update_delivery(delivery["delivery_id"], "Delivered", 1, None, 204)
+    assert [d["report_id"] for d in mongo.list_deliveries()] == [IDS[4], IDS[3], IDS[1]]
+
+
+def test_a_delivery_update_checks_its_status_and_says_when_the_delivery_is_gone(mongo, caplog):
+    delivery = mongo.record_alerts(IDS[0], TICK, rows_of(a=40.0), 30)
+    with pytest.raises(ValueError, match="one of Pending, Delivered, Failed"):
+        mongo.update_delivery(delivery["delivery_id"], "Sent", 1, None, 200)
+    with caplog.at_level(logging.WARNING, logger="store_mongo"):
+        mongo.update_delivery("0" * 32, "Delivered", 1, None, 200)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"alert delivery {'0' * 32} is not recorded (deleted as one of the oldest?): its Delivered is not kept"
+    ]
+    assert mongo.list_deliveries()[0]["status"] == "Pending"
+
+
+def test_a_report_trigger_is_one_of_the_two(mongo):
+    with pytest.raises(ValueError, match="one of api, schedule"):
+        mongo.create_report(IDS[0], None, trigger="cron")
+    assert mongo.find_report(IDS[0]) is None
+
+
+def test_previous_complete_report_breaks_a_tie_in_creation_time_by_id(mongo):
+    for report_id in IDS[:3]:
+        completed(mongo, report_id, TICK, CSV_A)
+    same = database.now_utc()
+    mongo.db[database.REPORTS].update_many({}, {"$set": {"created_at": same}})
+    assert mongo.previous_complete_report(IDS[2])["report_id"] == IDS[1]
+    assert mongo.previous_complete_report(IDS[1])["report_id"] == IDS[0]
+    assert mongo.previous_complete_report(IDS[0]) is None

@@ -29,6 +29,7 @@ import app as app_module
 import database
 import report_csv
 import reportGenerator
+import utils
 from app import create_app
 from tests.conftest import FAR_FUTURE_US, TINY_REPORT, free_port, polls_of, stop_process, write_data_dir
 
@@ -483,6 +484,15 @@ def test_migrate_rebuilds_a_changed_index_recreates_a_missing_one_and_reports_wh
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SCHEMA_1_FILE = FIXTURES / "schema_v1.sqlite3"
 COMPLETE_V1, FAILED_V1 = "0" * 31 + "1", "0" * 31 + "2"
+SCHEMA_2_FILE = FIXTURES / "schema_v2.sqlite3"
+COMPLETE_V2, FAILED_V2, EARLIER_V2 = "0" * 31 + "1", "0" * 31 + "2", "0" * 31 + "3"
+STEP_2 = (
+    "schema 1 -> 2: add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks"
+)
+STEP_3 = (
+    "schema 2 -> 3: add reports.trigger, the history of report rows (from every Complete report's stored CSV), the "
+    "schedule's ticks and the alert state and deliveries"
+)
 
 
 def _polls(count: int, prefix: str = "s", stores: int = 100, start_us: int = 1_674_000_000_000_000) -> pd.DataFrame:
@@ -775,10 +785,10 @@ def test_a_new_file_is_made_at_the_current_schema_with_the_marks(tmp_path):
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.migrations_applied == []
     again = database.connect(path=path)
-    assert again.schema_version == 2 and again.migrations_applied == []
+    assert again.schema_version == 3 and again.migrations_applied == []
     empty = tmp_path / "empty.sqlite3"
     empty.touch()  # an empty file is new too
-    assert database.connect(path=empty).schema_version == 2
+    assert database.connect(path=empty).schema_version == 3
 
 
 def _copy_of_schema_1(tmp_path: Path) -> Path:
@@ -798,16 +808,11 @@ def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_pat
     path = _copy_of_schema_1(tmp_path)
     assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 0
     store = database.connect(path=path)
-    assert store.schema_version == 2
-    assert store.migrations_applied == [
-        (
-            "schema 1 -> 2: add the uploads journal, reports.as_of_after_newest_poll, the health probe row and "
-            "version marks"
-        )
-    ]
+    assert store.schema_version == 3
+    assert store.migrations_applied == [STEP_2, STEP_3]
     raw = _raw(path)
     assert raw.execute("PRAGMA application_id").fetchone()[0] == database.APPLICATION_ID
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
     assert len(expected_polls) == 120
     assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == expected_polls
     assert raw.execute("SELECT * FROM businessHours ORDER BY 1, 2").fetchall() == expected_hours
@@ -816,10 +821,12 @@ def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_pat
     assert complete["status"] == "Complete" and complete["row_count"] == 3
     assert complete["as_of_after_newest_poll"] is False and complete["progress"]["phase"] == "computing"
     assert store.read_report_csv(complete) == bytes(expected_csv)
+    assert complete["trigger"] == "api"
     failed = store.find_report(FAILED_V1)
-    assert failed["status"] == "Failed"
+    assert failed["status"] == "Failed" and failed["trigger"] == "api"
     assert failed["error"] == "the server stopped before the report finished; trigger it again"
     assert store.report_store_ids(FAR_FUTURE_US) == ["1481966498820158979", "42", "8419537941919820732"]
+    assert _history_by_store(store, [complete]) == _expected_history([(complete, bytes(expected_csv))])
     assert store.list_uploads() == [] and store.health(0)["problems"] == []
     assert database.connect(path=path).migrations_applied == []  # once
 
@@ -902,10 +909,10 @@ FOREIGN = {
         lambda tmp: _sqlite_file(
             tmp / "f",
             f"PRAGMA application_id = {database.APPLICATION_ID}",
-            "PRAGMA user_version = 3",
+            "PRAGMA user_version = 4",
             "CREATE TABLE storeStatus (x)",
         ),
-        "was made by a newer version of this service (schema 3; this code knows up to 2)",
+        "was made by a newer version of this service (schema 4; this code knows up to 3)",
     ),
 }
 
@@ -952,7 +959,7 @@ def test_a_crash_inside_a_migration_step_leaves_the_old_schema_whole(tmp_path, m
     assert "as_of_after_newest_poll" not in {row[1] for row in raw.execute("PRAGMA table_info(reports)")}
     monkeypatch.undo()
     store = database.connect(path=path)
-    assert store.schema_version == 2 and len(store.migrations_applied) == 1
+    assert store.schema_version == 3 and store.migrations_applied == [STEP_2, STEP_3]
 
 
 OPENER = """
@@ -984,9 +991,11 @@ def test_processes_opening_a_file_at_once_make_or_migrate_it_exactly_once(tmp_pa
     results = [opener.communicate(timeout=120) for opener in openers]
     assert [opener.returncode for opener in openers] == [0] * 4, results
     applied = [json.loads(out) for out, _ in results]
-    assert sorted(len(steps) for steps in applied) == ([0, 0, 0, 1] if old else [0, 0, 0, 0]), applied
+    # each step taken by exactly one of them (not always the same one: each step is a transaction of its own)
+    assert sorted(step for steps in applied for step in steps) == ([STEP_2, STEP_3] if old else []), applied
     store = database.connect(path=path)
-    assert store.schema_version == 2 and _count(store) == (120 if old else 0)
+    assert store.schema_version == 3 and _count(store) == (120 if old else 0)
+    assert _count(store, "reportHistory") == (3 if old else 0)  # the schema 1 file's Complete report, backfilled once
     assert _count(store, "healthProbe") == 1
 
 
@@ -1103,7 +1112,7 @@ def test_health_when_all_is_well(tmp_path):
     written = _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0]
     health = store.health(1)
     assert health["problems"] == [] and health["write_probe"] == "ok"
-    assert (health["schema_version"], health["newest_poll_us"]) == (2, 9_000_000)
+    assert (health["schema_version"], health["newest_poll_us"]) == (3, 9_000_000)
     assert health["free_disk_mb"] == pytest.approx(database.free_bytes(tmp_path) / 1_048_576, abs=50)
     assert _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0] > written  # a real write
 
@@ -1153,9 +1162,9 @@ def test_health_reports_a_corrupt_file(tmp_path):
 
 def test_health_reports_a_newer_schema_written_meanwhile(tmp_path):
     store = database.connect(path=tmp_path / "newer.sqlite3")
-    _raw(store.path).execute("PRAGMA user_version = 3")  # another process, of a newer release, migrated it
+    _raw(store.path).execute("PRAGMA user_version = 4")  # another process, of a newer release, migrated it
     assert store.health(1)["problems"] == [
-        f"{store.path} was migrated by a newer version of this service (schema 3; this code knows up to 2)"
+        f"{store.path} was migrated by a newer version of this service (schema 4; this code knows up to 3)"
     ]
 
 
@@ -1227,3 +1236,586 @@ def test_uploads_and_completed_reports_commit_with_synchronous_full(tmp_path):
     assert not [statement for statement in statements if statement.startswith("PRAGMA")]  # NORMAL, as set at connect
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
     connection.set_trace_callback(None)
+
+
+# --------------------------------------------------------------------------- schema 3: the history of report rows
+
+
+def _expected_history(reports_and_csvs: list[tuple[dict, bytes]]) -> dict[str, list[dict]]:
+    """Each store's points as report_csv.history_rows reads the stored CSVs: newest as_of first, then newest created."""
+    points: dict[str, list[tuple]] = {}
+    for report, payload in reports_and_csvs:
+        columns = report_csv.history_rows(payload)
+        for position, store_id in enumerate(columns["store_id"]):
+            point = {"report_id": report["report_id"], "as_of_us": report["as_of_us"]}
+            point.update({name: columns[name][position] for name in database.HISTORY_FIELDS[2:]})
+            points.setdefault(store_id, []).append(
+                (report["as_of_us"], report["created_at"], report["report_id"], point)
+            )
+    return {
+        store_id: [point for *_, point in sorted(found, key=lambda item: item[:3], reverse=True)]
+        for store_id, found in points.items()
+    }
+
+
+def _history_by_store(store, reports: list[dict]) -> dict[str, list[dict]]:
+    store_ids = {
+        store_id
+        for report in reports
+        for store_id in report_csv.history_rows(store.read_report_csv(report))["store_id"]
+    }
+    return {store_id: store.store_history(store_id, limit=10_000) for store_id in store_ids}
+
+
+def _copy_of_schema_2(tmp_path: Path) -> Path:
+    path = tmp_path / "v2.sqlite3"
+    path.write_bytes(SCHEMA_2_FILE.read_bytes())
+    return path
+
+
+def test_the_schema_2_file_opens_migrated_with_its_reports_and_their_history(tmp_path):
+    (tmp_path / "pristine").mkdir()  # read from a copy: even a read-only look at a WAL file leaves -shm and -wal files
+    pristine = _raw(_copy_of_schema_2(tmp_path / "pristine"))
+    expected_csvs = dict(pristine.execute("SELECT report_id, data FROM reportCsv"))
+    expected_polls = pristine.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    expected_hours = pristine.execute("SELECT * FROM businessHours ORDER BY 1, 2, 3").fetchall()
+    expected_zones = pristine.execute("SELECT * FROM timezones ORDER BY 1").fetchall()
+    expected_reports = pristine.execute(
+        "SELECT report_id, status, created_us, as_of_us, row_count, csv_bytes, error FROM reports ORDER BY 1"
+    ).fetchall()
+    pristine.close()
+    assert set(expected_csvs) == {COMPLETE_V2, EARLIER_V2} and len(expected_polls) == 120
+    path = _copy_of_schema_2(tmp_path)
+    store = database.connect(path=path)
+    assert (store.schema_version, store.migrations_applied) == (3, [STEP_3])
+    raw = _raw(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == expected_polls
+    assert raw.execute("SELECT * FROM businessHours ORDER BY 1, 2, 3").fetchall() == expected_hours
+    assert raw.execute("SELECT * FROM timezones ORDER BY 1").fetchall() == expected_zones
+    assert (
+        raw.execute(
+            "SELECT report_id, status, created_us, as_of_us, row_count, csv_bytes, error FROM reports ORDER BY 1"
+        ).fetchall()
+        == expected_reports
+    )
+    reports = {report["report_id"]: report for report in store.list_reports(0, 10)}
+    assert sorted(reports) == [COMPLETE_V2, FAILED_V2, EARLIER_V2]
+    assert {report["trigger"] for report in reports.values()} == {"api"}
+    assert reports[FAILED_V2]["status"] == "Failed"
+    assert reports[FAILED_V2]["error"] == "the server stopped before the report finished; trigger it again"
+    complete = [reports[COMPLETE_V2], reports[EARLIER_V2]]
+    for report in complete:
+        assert report["status"] == "Complete" and report["row_count"] == 3
+        assert store.read_report_csv(report) == bytes(expected_csvs[report["report_id"]])  # byte for byte
+        assert b"".join(store.iter_report_csv(report, 100)) == bytes(expected_csvs[report["report_id"]])
+    history = _history_by_store(store, complete)
+    assert sorted(history) == ["1481966498820158979", "42", "8419537941919820732"]
+    assert history == _expected_history([(report, bytes(expected_csvs[report["report_id"]])) for report in complete])
+    assert [point["report_id"] for point in history["42"]] == [COMPLETE_V2, EARLIER_V2]  # the newer as_of first
+    assert history["42"][0]["downtime_last_day"] == 4.59 and history["42"][1]["uptime_last_week"] == 24.0
+    assert store.previous_complete_report(FAILED_V2)["report_id"] == EARLIER_V2
+    assert store.last_tick() is None and store.list_deliveries() == []
+    assert store.health(0)["problems"] == []
+    assert _shape(path) == _shape(database.connect(path=tmp_path / "new.sqlite3").path)
+    assert database.connect(path=path).migrations_applied == []  # once
+
+
+def test_a_schema_2_file_claiming_schema_4_is_refused_untouched(tmp_path):
+    path = _sqlite_file(_copy_of_schema_2(tmp_path), "PRAGMA user_version = 4")
+    before = _sha256(path)
+    with pytest.raises(database.DatabaseRefused) as refused:
+        database.connect(path=path)
+    assert str(refused.value) == (
+        f"{path} was made by a newer version of this service (schema 4; this code knows up to 3)"
+    )
+    assert _sha256(path) == before
+    assert "reportHistory" not in {n for (n,) in _raw(path).execute("SELECT name FROM sqlite_master")}
+
+
+def test_a_crash_inside_the_history_backfill_leaves_schema_2_whole(tmp_path, monkeypatch):
+    import store_sqlite
+
+    path = _copy_of_schema_2(tmp_path)
+    real_step = store_sqlite.MIGRATIONS[1][2]
+
+    def crashing_step(connection):
+        real_step(connection)  # the columns, the tables and every backfilled row ...
+        assert connection.execute("SELECT count(*) FROM reportHistory").fetchone() == (6,)
+        raise sqlite3.OperationalError("the power went")  # ... and then the process died before COMMIT
+
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [store_sqlite.MIGRATIONS[0], (3, "step three", crashing_step)])
+    with pytest.raises(sqlite3.OperationalError):
+        database.connect(path=path)
+    raw = _raw(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {"trigger", "history_key"} & {row[1] for row in raw.execute("PRAGMA table_info(reports)")} == set()
+    assert raw.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('reportHistory', 'scheduleTicks', 'alertState', "
+        "'alertSeen', 'alertDeliveries')"
+    ).fetchone() == (0,)
+    monkeypatch.undo()
+    store = database.connect(path=path)
+    assert (store.schema_version, store.migrations_applied) == (3, [STEP_3])
+    assert _count(store, "reportHistory") == 6
+
+
+def test_a_stored_csv_that_cannot_be_read_keeps_no_history_and_the_migration_goes_on(tmp_path, caplog):
+    path = _sqlite_file(
+        _copy_of_schema_2(tmp_path),
+        f"UPDATE reportCsv SET data = substr(data, 1, 100) WHERE report_id = '{EARLIER_V2}'",  # stored in part
+    )
+    with caplog.at_level(logging.WARNING, logger="store_sqlite"):
+        store = database.connect(path=path)
+    assert store.schema_version == 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"report {EARLIER_V2}: no history kept of its stored CSV (report {EARLIER_V2}: stored CSV is incomplete)"
+    ]
+    assert {point["report_id"] for point in store.store_history("42")} == {COMPLETE_V2}
+
+
+# --------------------------------------------------------------------------- history rows: how they are kept
+
+
+def _complete(store, report_id: str, frame: pd.DataFrame, as_of_us: int = 1_700_000_000_000_000) -> bytes:
+    payload = report_csv.report_csv_bytes(frame)
+    store.create_report(report_id, None)
+    store.update_report(report_id, as_of_us=as_of_us)
+    assert store.complete_report(report_id, payload, len(frame)) is True
+    return payload
+
+
+def _frame(store_ids: list[str], *figures: list[float]) -> pd.DataFrame:
+    columns = {"store_id": store_ids}
+    columns.update({name: list(values) for name, values in zip(utils.REPORT_COLUMNS[1:], figures)})
+    return pd.DataFrame(columns, columns=utils.REPORT_COLUMNS)
+
+
+def test_history_figures_are_whole_cents_as_integers_and_anything_else_as_it_is(tmp_path):
+    """Each figure reads back as exactly the float report_csv.history_rows reads from the CSV: whole cents
+    kept as an INTEGER count of cents (compact), any other value as the REAL itself."""
+    store = database.connect(path=tmp_path / "figures.sqlite3")
+    odd = [1 / 3, 0.1 + 0.2, 1e-7, 123456.789, 2.0**60, 167.99]
+    frame = _frame(
+        ["=formula", "a", "b", "c", "d", "e"],
+        odd,
+        [0.0, 60.0, 0.01, 10.56, 23.99, 24.0],
+        [168.0, 0.07, 9.47, 128.95, 0.29, 1.1],
+        [0.0] * 6,
+        [4.59, 9.05, 0.0, 7.68, 15.08, 16.32],
+        list(reversed(odd)),
+    )
+    payload = _complete(store, "a" * 32, frame)
+    report = store.find_report("a" * 32)
+    assert store.read_report_csv(report) == payload
+    history = _history_by_store(store, [report])
+    assert history == _expected_history([(report, payload)])
+    assert sorted(history) == ["=formula", "a", "b", "c", "d", "e"]  # the CSV's quote taken off again
+    stored = dict(store._connection().execute("SELECT store_id, uptime_last_hour FROM reportHistory"))
+    # 1/3, 0.1 + 0.2, 1e-7 and 123456.789 are not whole cents; 2**60 is, but beyond 2**53 cents
+    assert {store_id: type(value) for store_id, value in stored.items()} == {
+        "=formula": float,
+        "a": float,
+        "b": float,
+        "c": float,
+        "d": float,
+        "e": int,
+    }
+    assert stored["e"] == 16799 and stored["d"] == 2.0**60
+    assert store._connection().execute("SELECT DISTINCT typeof(uptime_last_day) FROM reportHistory").fetchall() == [
+        ("integer",)
+    ]
+
+
+def test_history_rows_take_little_room(tmp_path):
+    """Whole cents as small integers: a history row of a 19-digit store id and six figures in about 50 bytes
+    (REAL figures would take about 90)."""
+    store = database.connect(path=tmp_path / "size.sqlite3")
+    ids = [f"{7_000_000_000_000_000_000 + i * 7919:019d}" for i in range(3_000)]
+    rng = np.random.default_rng(1)
+    for number in range(4):
+        figures = [np.round(rng.integers(0, top * 100 + 1, len(ids)) / 100, 2) for top in (60, 24, 168, 60, 24, 168)]
+        _complete(store, f"{number:032x}", _frame(ids, *figures), as_of_us=1_700_000_000_000_000 + number)
+    assert _count(store, "reportHistory") == 12_000
+    used = store._connection().execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'reportHistory'").fetchone()[0]
+    assert used / 12_000 < 64, used / 12_000
+    assert store._connection().execute("SELECT DISTINCT typeof(downtime_last_week) FROM reportHistory").fetchall() == [
+        ("integer",)
+    ]
+
+
+def test_bytes_that_are_not_a_report_csv_keep_no_history_and_a_failed_report_keeps_none(tmp_path):
+    store = database.connect(path=tmp_path / "none.sqlite3")
+    store.create_report("a" * 32, None)
+    assert store.complete_report("a" * 32, b"store_id\nx\n", 1) is True
+    assert store.read_report_csv(store.find_report("a" * 32)) == b"store_id\nx\n"
+    store.create_report("b" * 32, None)
+    store.fail_report("b" * 32, "stopped")
+    frame = _frame(["s"], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0])
+    assert store.complete_report("b" * 32, report_csv.report_csv_bytes(frame), 1) is False
+    assert _count(store, "reportHistory") == 0 and store.store_history("s") == [] and store.store_history("x") == []
+    store.create_report("c" * 32, None)
+    unreadable = report_csv.report_csv_bytes(frame) + b"t,1.0,2.0,three,4.0,5.0,6.0\n"
+    with pytest.raises(ValueError, match=f"^report {'c' * 32}: its CSV's rows cannot be read \\(ValueError: "):
+        store.complete_report("c" * 32, unreadable, 2)
+    assert store.find_report("c" * 32)["status"] == "Running" and _count(store, "reportCsv") == 1
+
+
+def test_store_history_reads_one_range_of_the_primary_key(tmp_path):
+    """No pass over the table and no stored CSV opened: the store's range, each point joined to its report."""
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "plan.sqlite3")
+    plan = _plan(store, store_sqlite.SqliteStore.STORE_HISTORY, {"store_id": "a", "since": 1, "until": 2, "limit": 3})
+    assert plan[:2] == [
+        "SEARCH h USING PRIMARY KEY (store_id=?)",
+        "SEARCH r USING INDEX reports_history (history_key=?)",
+    ], plan
+    assert not [step for step in plan if "reportCsv" in step or step.startswith("SCAN")], plan
+    delete = _plan(store, store_sqlite.SqliteStore.DELETE_HISTORY, (json.dumps([1, 2]),))
+    assert delete[0] == "SEARCH reportHistory USING PRIMARY KEY (store_id=? AND report_key=?)", delete
+    assert not [step for step in delete if step.startswith("SCAN reportHistory")], delete
+
+
+def test_store_history_bounds_order_and_limit(tmp_path):
+    store = database.connect(path=tmp_path / "bounds.sqlite3")
+    frame = _frame(["a", "b"], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [9.0, 10.0], [11.0, 12.0])
+    for number, as_of in enumerate([300, 100, 200, 200]):  # two reports at as_of 200: the later created first
+        _complete(store, f"{number:032x}", frame.assign(uptime_last_hour=[float(number), 0.0]), as_of_us=as_of)
+    ids = [point["report_id"][-1] for point in store.store_history("a")]
+    assert ids == ["0", "3", "2", "1"]
+    assert [p["uptime_last_hour"] for p in store.store_history("a")] == [0.0, 3.0, 2.0, 1.0]
+    assert [p["report_id"][-1] for p in store.store_history("a", since_us=150, until_us=200)] == ["3", "2"]
+    assert [p["report_id"][-1] for p in store.store_history("a", since_us=201)] == ["0"]
+    assert [p["report_id"][-1] for p in store.store_history("a", until_us=100)] == ["1"]
+    assert [p["report_id"][-1] for p in store.store_history("a", limit=2)] == ["0", "3"]
+    assert store.store_history("a", limit=0) == [] and store.store_history("a", limit=-1) == []
+    assert set(store.store_history("b")[0]) == set(database.HISTORY_FIELDS)
+
+
+def test_delete_report_and_the_retention_sweep_take_the_history_rows_with_them(tmp_path):
+    store = database.connect(path=tmp_path / "delete.sqlite3")
+    ids = [f"s{i:04d}" for i in range(500)]
+    figures = [[float(i % 60) for i in range(500)]] * 6
+    for number in range(4):
+        _complete(store, f"{number:032x}", _frame(ids, *figures), as_of_us=1_000 + number)
+    store.create_report("r" * 32, None)  # Running: never deleted
+    assert _count(store, "reportHistory") == 2_000
+    assert store.delete_report("r" * 32) is False and store.find_report("r" * 32)["status"] == "Running"
+    assert store.delete_report("n" * 32) is False
+    assert store.delete_report(f"{1:032x}") is True
+    assert store.find_report(f"{1:032x}") is None and store.delete_report(f"{1:032x}") is False
+    assert _count(store, "reportHistory") == 1_500 and _count(store, "reportCsv") == 3
+    assert [p["report_id"] for p in store.store_history("s0007")] == [f"{n:032x}" for n in (3, 2, 0)]
+    deleted = store.delete_finished_reports(database.now_utc() - dt.timedelta(days=1), keep_newest=1)
+    assert deleted == [f"{0:032x}", f"{2:032x}"]
+    assert _count(store, "reportHistory") == 500 and _count(store, "reportCsv") == 1
+    assert [p["report_id"] for p in store.store_history("s0499")] == [f"{3:032x}"]
+    _complete(store, "z" * 32, _frame(ids, *figures), as_of_us=5_000)  # a new key: no old rows come back
+    assert [p["report_id"] for p in store.store_history("s0001")] == ["z" * 32, f"{3:032x}"]
+
+
+def test_previous_complete_report_is_by_creation_then_id(tmp_path, monkeypatch):
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "previous.sqlite3")
+    now = [1_000]
+    monkeypatch.setattr(store_sqlite, "_now_us", lambda: now[0])
+    for report_id, created in (("b" * 32, 1_000), ("a" * 32, 1_000), ("c" * 32, 2_000), ("d" * 32, 3_000)):
+        now[0] = created
+        store.create_report(report_id, None)
+    for report_id in ("a" * 32, "b" * 32):
+        store.complete_report(report_id, b"x\n", 0)
+    store.fail_report("c" * 32, "stopped")
+    assert store.previous_complete_report("d" * 32)["report_id"] == "b" * 32  # c Failed; b's id is after a's
+    assert store.previous_complete_report("c" * 32)["report_id"] == "b" * 32
+    assert store.previous_complete_report("b" * 32)["report_id"] == "a" * 32
+    assert store.previous_complete_report("a" * 32) is None
+    assert store.previous_complete_report("n" * 32) is None
+
+
+# --------------------------------------------------------------------------- the stored CSV, streamed
+
+
+def _checkpoint_blocked(path: Path) -> bool:
+    """True when a reader's snapshot holds the WAL: PRAGMA wal_checkpoint(TRUNCATE) cannot finish."""
+    raw = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        return raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 1
+    finally:
+        raw.close()
+
+
+def test_the_csv_stream_reads_pieces_on_a_connection_of_its_own_closed_at_the_end(tmp_path):
+    store = database.connect(path=tmp_path / "stream.sqlite3")
+    payload = _complete(store, "a" * 32, _frame([f"s{i:05d}" for i in range(3_000)], *[[1.5] * 3_000] * 6))
+    report = store.find_report("a" * 32)
+    store.create_report("b" * 32, None)  # a write after the checkpoint: the stream's snapshot reads the WAL
+    assert not _checkpoint_blocked(store.path)
+    store.create_report("c" * 32, None)
+    stream = store.iter_report_csv(report, 10_000)
+    connection = stream._connection
+    assert connection is not store._connection()
+    assert _checkpoint_blocked(store.path)  # its read transaction is open
+    pieces = []
+    reader = threading.Thread(target=lambda: pieces.extend(stream))  # a WSGI server's thread, after the view
+    reader.start()
+    reader.join(60)
+    assert b"".join(pieces) == payload and max(map(len, pieces)) == 10_000 and len(pieces) == -(-len(payload) // 10_000)
+    assert not _checkpoint_blocked(store.path)  # read to the end: the transaction ended
+    with pytest.raises(sqlite3.ProgrammingError):  # and its connection is closed
+        connection.execute("SELECT 1")
+    store.create_report("d" * 32, None)
+    stopped = store.iter_report_csv(report, 1_000)
+    assert next(stopped) == payload[:1_000]
+    connection = stopped._connection
+    assert _checkpoint_blocked(store.path)
+    stopped.close()  # a client that went away: the server closes the iterable
+    assert not _checkpoint_blocked(store.path)
+    with pytest.raises(sqlite3.ProgrammingError):
+        connection.execute("SELECT 1")
+    assert list(stopped) == []
+
+
+def test_a_csv_stream_of_the_wrong_length_raises_before_any_piece_and_keeps_nothing_open(tmp_path):
+    store = database.connect(path=tmp_path / "short.sqlite3")
+    payload = _complete(store, "a" * 32, _frame(["s"], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0]))
+    report = store.find_report("a" * 32)
+    store.create_report("b" * 32, None)
+    with pytest.raises(ValueError, match=f"^report {'a' * 32}: stored CSV is incomplete$"):
+        store.iter_report_csv({**report, "csv_bytes": len(payload) + 1})
+    assert not _checkpoint_blocked(store.path)
+    missing = {**report, "report_id": "n" * 32}
+    with pytest.raises(ValueError, match="stored CSV is incomplete"):
+        store.iter_report_csv(missing)
+    assert list(store.iter_report_csv({**missing, "csv_bytes": 0})) == []
+    assert list(store.iter_report_csv(report, 1 << 20)) == [payload]
+
+
+# --------------------------------------------------------------------------- the schedule's ticks
+
+
+def _race(count: int, work) -> list:
+    """`work(i)` in `count` threads released together; their answers in thread order (errors raised)."""
+    barrier = threading.Barrier(count)
+    answers: list = [None] * count
+    errors: list = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(30)
+            answers[i] = work(i)
+        except BaseException as error:  # noqa: BLE001 - raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return answers
+
+
+def test_two_stores_on_one_file_racing_for_a_tick_start_exactly_one_report(tmp_path):
+    path = tmp_path / "ticks.sqlite3"
+    stores = [database.connect(path=path), database.connect(path=path)]
+    for tick in range(1, 31):
+        outcomes = _race(2, lambda i, tick=tick: stores[i].claim_tick(tick * 60_000_000, f"{tick:030d}w{i}"))
+        assert sorted(outcomes) == ["started", "taken"], (tick, outcomes)
+        winner = outcomes.index("started")
+        report = stores[0].find_report(f"{tick:030d}w{winner}")
+        assert (report["status"], report["trigger"], report["requested_as_of_us"]) == ("Running", "schedule", None)
+        assert stores[1].find_report(f"{tick:030d}w{1 - winner}") is None
+        assert stores[1 - winner].last_tick() == {
+            "tick_us": tick * 60_000_000,
+            "outcome": "started",
+            "report_id": f"{tick:030d}w{winner}",
+            "claimed_at_us": utils.datetime_to_us(report["created_at"]),  # the same instant
+        }
+        stores[winner].fail_report(report["report_id"], "done")  # the next tick finds none Running
+    assert stores[0].count_reports() == 30
+    assert stores[0].claim_tick(60_000_000, "again".ljust(32, "0")) == "taken"  # as after a restart
+
+
+def test_a_tick_is_skipped_while_a_scheduled_report_runs_and_started_once_it_is_stale(tmp_path, monkeypatch):
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "skip.sqlite3")
+    now = [10_000_000_000]
+    monkeypatch.setattr(store_sqlite, "_now_us", lambda: now[0])
+    assert store.clock_us() == 10_000_000_000 and store.last_tick() is None
+    store.create_report("api".ljust(32, "0"), None)  # a report someone asked for does not hold the schedule
+    assert store.claim_tick(1, "a" * 32) == "started"
+    now[0] += 2 * database.LEASE_SECONDS * 1_000_000  # not prepared: still running until 2 x LEASE_SECONDS old
+    assert store.claim_tick(2, "b" * 32) == "skipped"
+    assert store.last_tick() == {"tick_us": 2, "outcome": "skipped", "report_id": None, "claimed_at_us": now[0]}
+    assert store.find_report("b" * 32) is None
+    now[0] += 1
+    assert store.claim_tick(3, "c" * 32) == "started"  # "a" is stale (the sweep fails it): a new report starts
+    assert store.claim_tick(2, "d" * 32) == "taken"  # skipped is claimed too
+    store.prepare(dt.timedelta(seconds=10))  # the service's STALE_AFTER_SECONDS, kept by prepare
+    assert store.find_report("a" * 32)["status"] == "Failed" and store.find_report("c" * 32)["status"] == "Running"
+    now[0] += 10_000_000
+    assert store.claim_tick(4, "e" * 32) == "skipped"
+    now[0] += 1
+    assert store.claim_tick(5, "f" * 32) == "started"
+    assert sorted((r["report_id"][:3], r["trigger"]) for r in store.list_reports(0, 10)) == [
+        ("aaa", "schedule"),
+        ("api", "api"),
+        ("ccc", "schedule"),
+        ("fff", "schedule"),
+    ]
+
+
+def test_ticks_are_kept_to_the_newest_thousand_and_an_older_one_counts_as_taken(tmp_path, monkeypatch):
+    import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "TICKS_KEPT", 5)
+    store = database.connect(path=tmp_path / "kept.sqlite3")
+    assert store.claim_tick(10, "a" * 32) == "started"
+    for tick in (20, 30, 40, 50, 60, 70):  # "a" runs: skipped, and recorded
+        assert store.claim_tick(tick, "b" * 32) == "skipped"
+    assert [t for (t,) in store._connection().execute("SELECT tick_us FROM scheduleTicks ORDER BY 1")] == [
+        30,
+        40,
+        50,
+        60,
+        70,
+    ]
+    assert store.claim_tick(10, "c" * 32) == "taken" and store.claim_tick(25, "c" * 32) == "taken"
+    assert store.claim_tick(35, "c" * 32) == "skipped"  # within the kept ones: a tick not claimed yet
+    assert store.last_tick()["tick_us"] == 70
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def _rows(**down_minutes: float) -> list[dict]:
+    return [
+        {"store_id": store_id, "downtime_last_hour": minutes, "uptime_last_hour": 60.0 - minutes}
+        for store_id, minutes in down_minutes.items()
+    ]
+
+
+def test_two_stores_on_one_file_recording_one_report_make_one_delivery(tmp_path):
+    path = tmp_path / "alerts.sqlite3"
+    stores = [database.connect(path=path), database.connect(path=path)]
+    rows = _rows(a=45.0, b=10.0, c=30.0)
+    for _ in range(5):
+        deliveries = _race(2, lambda i: stores[i].record_alerts("r" * 32, 1_000, rows, 30))
+        assert deliveries[0] == deliveries[1]
+    (delivery,) = stores[0].list_deliveries()
+    assert delivery == deliveries[0]
+    assert delivery["body"] == database.alert_body(
+        "r" * 32,
+        1_000,
+        [
+            {"store_id": "a", "event": "store_down", "downtime_last_hour": 45.0, "uptime_last_hour": 15.0},
+            {"store_id": "c", "event": "store_down", "downtime_last_hour": 30.0, "uptime_last_hour": 30.0},
+        ],
+    )
+    assert (delivery["status"], delivery["events"], delivery["attempts"]) == ("Pending", 2, 0)
+    assert sorted(stores[1]._connection().execute("SELECT store_id, as_of_us FROM alertState")) == [
+        ("a", 1_000),
+        ("c", 1_000),
+    ]
+    # the next report: "a" still down (no event), "c" back up
+    racing = _race(2, lambda i: stores[i].record_alerts("s" * 32, 2_000, _rows(a=60.0, b=0.0, c=29.99), 30))
+    assert racing[0] == racing[1] and json.loads(racing[0]["body"])["events"] == [
+        {"store_id": "c", "event": "store_recovered", "downtime_last_hour": 29.99, "uptime_last_hour": 30.01}
+    ]
+    assert [d["report_id"] for d in stores[0].list_deliveries()] == ["s" * 32, "r" * 32]
+    assert stores[0]._connection().execute("SELECT store_id, as_of_us FROM alertState").fetchall() == [("a", 2_000)]
+
+
+def test_an_older_report_recorded_late_changes_no_store(tmp_path):
+    store = database.connect(path=tmp_path / "late.sqlite3")
+    assert store.record_alerts("n" * 32, 3_000, _rows(a=50.0, b=0.0), 30)["events"] == 1  # a down
+    assert store.record_alerts("o" * 32, 2_000, _rows(a=0.0, b=50.0, c=50.0), 30) is None  # older: nothing flips
+    assert store.record_alerts("p" * 32, 3_000, _rows(b=50.0), 30) is None  # as old as the newest: nothing either
+    later = store.record_alerts("q" * 32, 4_000, _rows(a=0.0, b=50.0), 30)
+    assert [(e["store_id"], e["event"]) for e in json.loads(later["body"])["events"]] == [
+        ("a", "store_recovered"),
+        ("b", "store_down"),
+    ]
+    assert store.record_alerts("q" * 32, 4_000, _rows(a=50.0, b=0.0), 30) == later  # the same report: as it was
+    assert store._connection().execute("SELECT store_id FROM alertState").fetchall() == [("b",)]
+
+
+def test_record_alerts_is_one_transaction(tmp_path, monkeypatch):
+    store = database.connect(path=tmp_path / "atomic.sqlite3")
+
+    def broken(*args):
+        raise RuntimeError("the body could not be made")
+
+    monkeypatch.setattr(database, "alert_body", broken)
+    with pytest.raises(RuntimeError):
+        store.record_alerts("r" * 32, 1_000, _rows(a=45.0), 30)
+    assert _count(store, "alertState") == 0 and _count(store, "alertSeen") == 0 and store.list_deliveries() == []
+    monkeypatch.undo()
+    assert store.record_alerts("r" * 32, 1_000, _rows(a=45.0), 30)["events"] == 1
+
+
+def test_deliveries_are_updated_listed_found_pending_and_kept_bounded(tmp_path, monkeypatch):
+    import store_sqlite
+
+    store = database.connect(path=tmp_path / "deliveries.sqlite3")
+    now = [1_000_000]
+    monkeypatch.setattr(store_sqlite, "_now_us", lambda: now[0])
+    monkeypatch.setattr(store_sqlite, "DELIVERIES_KEPT", 3)
+    made = []
+    for number in range(6):  # "a" down, up, down, ...: one event each
+        now[0] += 1_000
+        delivery = store.record_alerts(f"{number:032x}", number + 1, _rows(a=45.0 if number % 2 == 0 else 0.0), 30)
+        assert set(delivery) == database.ALERT_DELIVERY_FIELDS and len(delivery["delivery_id"]) == 32
+        assert delivery["created_at"] == utils.us_to_datetime(now[0]) and delivery["last_attempt_at"] is None
+        made.append(delivery)
+        if number == 1:
+            store.update_delivery(made[0]["delivery_id"], "Delivered", 1, None, 204)
+    # kept: the newest three, and the older ones still Pending (never dropped before they are sent)
+    assert [d["report_id"][-1] for d in store.list_deliveries()] == ["5", "4", "3", "2", "1"]
+    assert [d["report_id"][-1] for d in store.list_deliveries(limit=2)] == ["5", "4"]
+    now[0] += 1_000
+    store.update_delivery(made[1]["delivery_id"], "Failed", 5, "HTTP 500", 500)
+    store.update_delivery(made[2]["delivery_id"], "Pending", 1, "timed out", None)
+    tried = now[0]
+    listed = {d["report_id"][-1]: d for d in store.list_deliveries()}
+    assert (listed["1"]["status"], listed["1"]["attempts"], listed["1"]["error"], listed["1"]["http_status"]) == (
+        "Failed",
+        5,
+        "HTTP 500",
+        500,
+    )
+    assert listed["2"]["last_attempt_at"] == utils.us_to_datetime(tried) and listed["2"]["status"] == "Pending"
+    assert [d["report_id"][-1] for d in store.pending_deliveries(tried)] == ["3", "4", "5"]  # "2" was just tried
+    assert [d["report_id"][-1] for d in store.pending_deliveries(tried + 1)] == ["2", "3", "4", "5"]
+    assert store.pending_deliveries(utils.datetime_to_us(made[3]["created_at"])) == []
+    with pytest.raises(ValueError, match="^a delivery's status is one of Pending, Delivered, Failed, not 'Sent'$"):
+        store.update_delivery(made[2]["delivery_id"], "Sent", 2, None, 200)
+
+
+def test_a_full_disk_keeps_nothing_of_a_report_s_history_or_alerts(small_disk):
+    path = small_disk / "db.sqlite3"
+    store = database.connect(path=path)
+    store.create_report("a" * 32, None)
+    frame = _frame([f"s{i:05d}" for i in range(2_000)], *[[1.25] * 2_000] * 6)
+    filler = _fill(small_disk)
+    try:
+        with pytest.raises(database.DiskFull) as full:
+            store.complete_report("a" * 32, report_csv.report_csv_bytes(frame), 2_000)
+        assert full.value.what == "report"
+        with pytest.raises(database.DiskFull) as full:
+            store.record_alerts("a" * 32, 1_000, _rows(x=50.0), 30)
+        assert full.value.what == "alert state"
+        with pytest.raises(database.DiskFull):
+            store.claim_tick(1, "t" * 32)
+        assert _count(store, "reportHistory") == 0 and _count(store, "alertState") == 0
+        assert store.find_report("a" * 32)["status"] == "Running" and store.last_tick() is None
+    finally:
+        filler.unlink()
+    assert store.complete_report("a" * 32, report_csv.report_csv_bytes(frame), 2_000) is True
+    assert _count(store, "reportHistory") == 2_000
+    assert store.record_alerts("a" * 32, 1_000, _rows(x=50.0), 30)["events"] == 1
+    store.close()
