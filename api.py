@@ -125,9 +125,13 @@ def get_report():
     if report["status"] != "Complete" and request.args.get("format") is not None and wants_csv:
         abort(409, description=_not_complete(report_id, report, "CSV"))
     if report["status"] == "Running":
-        return jsonify({"status": "Running", **_running_state(report), **_after_newest(report)})
+        return jsonify(
+            {"status": "Running", "trigger": report["trigger"], **_running_state(report), **_after_newest(report)}
+        )
     if report["status"] == "Failed":
-        return jsonify({"status": "Failed", "error": report.get("error") or "unknown error"})
+        return jsonify(
+            {"status": "Failed", "trigger": report["trigger"], "error": report.get("error") or "unknown error"}
+        )
     pieces = _report_pieces(report)
     if paging is not None:  # a page is JSON whatever the Accept header says
         with closing(pieces):

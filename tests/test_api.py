@@ -82,7 +82,7 @@ def test_running_report_shows_phase_and_progress(client, store, stored, answer):
     if stored is not None:
         store.update_report("ab" * 16, progress=stored)
     body = client.get("/get_report?report_id=" + "ab" * 16).get_json()
-    assert body == {"status": "Running", **answer}
+    assert body == {"status": "Running", "trigger": "api", **answer}
 
 
 def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, store, monkeypatch):
@@ -99,7 +99,12 @@ def test_the_job_says_it_is_counting_stores_before_it_knows_the_total(client, st
     assert counting.wait(30)
     try:
         body = client.get(f"/get_report?report_id={report_id}").get_json()
-        assert body == {"status": "Running", "phase": "counting", "progress": {"done": 0, "total": None}}
+        assert body == {
+            "status": "Running",
+            "trigger": "api",
+            "phase": "counting",
+            "progress": {"done": 0, "total": None},
+        }
         refused = client.get(f"/get_report?report_id={report_id}&format=csv")
         assert refused.status_code == 409 and refused.mimetype == "application/json"
         assert refused.get_json() == {
@@ -152,6 +157,7 @@ def test_the_job_itself_moves_progress_chunk_by_chunk(tmp_path, data_dir, store_
         assert second_read.wait(30), "the job never reached its second chunk"
         assert client.get(f"/get_report?report_id={report_id}").get_json() == {
             "status": "Running",
+            "trigger": "api",
             "phase": "computing",
             "progress": {"done": 1, "total": 3},
         }
@@ -258,6 +264,7 @@ def test_failure_inside_the_job_is_recorded(app, client, monkeypatch):
     body = wait_for_report(client, trigger(client))
     assert body == {
         "status": "Failed",
+        "trigger": "api",
         "error": "the report could not be computed because of an internal error (the server log has the details)",
     }
     # the server keeps serving

@@ -323,18 +323,20 @@ def test_report_states_keep_to_the_description(api_app, api_schema):
     force_report_state(store, report_id, status="Running", progress={"done": 1, "total": 3})
     assert check({"report_id": report_id}).json() == {
         "status": "Running",
+        "trigger": "api",
         "phase": "computing",
         "progress": {"done": 1, "total": 3},
     }
     force_report_state(store, report_id, progress={"done": 0, "total": None, "phase": "counting"})
     assert check({"report_id": report_id}).json() == {
         "status": "Running",
+        "trigger": "api",
         "phase": "counting",
         "progress": {"done": 0, "total": None},
     }
     assert check({"report_id": report_id, "format": "csv"}).status_code == 409
     force_report_state(store, report_id, status="Failed", error="boom")
-    assert check({"report_id": report_id}).json() == {"status": "Failed", "error": "boom"}
+    assert check({"report_id": report_id}).json() == {"status": "Failed", "trigger": "api", "error": "boom"}
     assert check({"report_id": report_id, "format": "csv"}).status_code == 409
 
     listing = api_schema["/reports"]["GET"].Case(query={"page": 1, "per_page": 100})

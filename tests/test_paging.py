@@ -157,10 +157,10 @@ def test_a_page_is_json_whatever_the_accept_header(client, report):
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
-        ({"status": "Failed", "error": "boom"}, {"status": "Failed", "error": "boom"}),
+        ({"status": "Failed", "error": "boom"}, {"status": "Failed", "trigger": "api", "error": "boom"}),
         (
             {"status": "Running", "heartbeat_age": 0, "progress": {"done": 1, "total": 9, "phase": "computing"}},
-            {"status": "Running", "phase": "computing", "progress": {"done": 1, "total": 9}},
+            {"status": "Running", "trigger": "api", "phase": "computing", "progress": {"done": 1, "total": 9}},
         ),
     ],
 )

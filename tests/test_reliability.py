@@ -186,6 +186,7 @@ def test_a_report_that_fails_while_storing_never_serves_a_partial_csv(shared_sto
     body = wait_for_report(client, report_id)
     assert body == {
         "status": "Failed",
+        "trigger": "api",
         "error": "the report could not be saved on the server (the server log says why); trigger it again later",
     }
     csv_response = client.get(f"/get_report?report_id={report_id}&format=csv")
@@ -215,7 +216,12 @@ def test_report_waits_for_a_load_and_then_sees_all_of_it(shared_store, tmp_path)
     with shared_store.data_lease("write"):
         report_id = client.post("/trigger_report").get_json()["report_id"]
         body = client.get(f"/get_report?report_id={report_id}").get_json()
-        assert body == {"status": "Running", "phase": "queued", "progress": {"done": 0, "total": None}}
+        assert body == {
+            "status": "Running",
+            "trigger": "api",
+            "phase": "queued",
+            "progress": {"done": 0, "total": None},
+        }
         # the "load": a new store, written while the report waits
         shared_store.load_polls(
             sources.read_store_status(b"store_id,status,timestamp_utc\nnewcomer,active,2023-01-24 13:00:00 UTC\n").frame

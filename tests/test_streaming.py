@@ -207,7 +207,11 @@ def test_a_stored_csv_of_the_wrong_length_is_never_a_whole_answer(client, store,
 def test_a_report_failed_after_the_csv_was_stored_answers_its_state(client, store):
     report_id = store_report(store, CSVS["no rows"])
     force_report_state(store, report_id, status="Failed", error="boom")
-    assert client.get(f"/get_report?report_id={report_id}").get_json() == {"status": "Failed", "error": "boom"}
+    assert client.get(f"/get_report?report_id={report_id}").get_json() == {
+        "status": "Failed",
+        "trigger": "api",
+        "error": "boom",
+    }
 
 
 # --------------------------------------------------------------------------- one row, found by the same reader
