@@ -529,7 +529,8 @@ class Store(ABC):
 
     @abstractmethod
     def list_deliveries(self, limit: int = 50) -> list[dict]:
-        """Deliveries, newest first (dicts of ALERT_DELIVERY_FIELDS)."""
+        """Deliveries, newest first (dicts of ALERT_DELIVERY_FIELDS with "body" None: a listing never reads
+        the bodies, so its memory is bounded by `limit` whatever the deliveries hold)."""
 
     # ----- the data lease: many readers (reports) or one writer (a load), never both
 

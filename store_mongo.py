@@ -545,7 +545,7 @@ def _delivery_record(doc: dict) -> dict:
         "http_status": doc.get("http_status"),
         "error": doc.get("error"),
         "events": int(doc["events"]),
-        "body": bytes(doc["body"]),
+        "body": bytes(doc["body"]) if "body" in doc else None,
     }
 
 
@@ -2013,7 +2013,12 @@ class MongoStore(database.Store):
     def list_deliveries(self, limit: int = 50) -> list[dict]:
         if int(limit) <= 0:
             return []
-        cursor = self.db[DELIVERIES].find({}).sort([("created_at", DESCENDING), ("seq", DESCENDING)]).limit(int(limit))
+        cursor = (
+            self.db[DELIVERIES]
+            .find({}, {"body": 0})
+            .sort([("created_at", DESCENDING), ("seq", DESCENDING)])
+            .limit(int(limit))
+        )
         return [_delivery_record(doc) for doc in cursor]
 
     # ----- the data lease: one document {_id: "data", writer, readers: [...], waiting}

@@ -356,6 +356,7 @@ REPORT_COLUMNS = (
 DELIVERY_COLUMNS = (
     "delivery_id, report_id, as_of_us, created_us, status, attempts, last_attempt_us, http_status, error, events, body"
 )
+LISTED_DELIVERY_COLUMNS = DELIVERY_COLUMNS.replace(", body", ", NULL")  # a listing never reads the bodies
 REPORT_TRIGGERS = ("api", "schedule")
 DELIVERY_STATUSES = ("Pending", "Delivered", "Failed")
 UPLOAD_COLUMNS = (
@@ -1525,7 +1526,7 @@ class SqliteStore(database.Store):
             "http_status": http_status,
             "error": error,
             "events": events,
-            "body": bytes(body),
+            "body": None if body is None else bytes(body),
         }
 
     def record_alerts(self, report_id: str, as_of_us: int, rows: list[dict], downtime_minutes: float) -> dict | None:
@@ -1635,7 +1636,8 @@ class SqliteStore(database.Store):
         rows = (
             self._connection()
             .execute(
-                f"SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} ORDER BY created_us DESC, delivery_id DESC LIMIT ?",
+                f"SELECT {LISTED_DELIVERY_COLUMNS} FROM {DELIVERIES} "
+                "ORDER BY created_us DESC, delivery_id DESC LIMIT ?",
                 (max(int(limit), 0),),
             )
             .fetchall()

@@ -298,6 +298,8 @@ def test_a_delivery_s_outcome_is_recorded_and_pending_ones_are_found(new_store):
         None,
     )
     assert listed["last_attempt_at"] is not None
+    assert listed["body"] is None  # a listing never reads the bodies
+    assert new_store.pending_deliveries(now_us + 3_600_000_000)[0]["body"] == delivery["body"]
     new_store.update_delivery(delivery["delivery_id"], "Delivered", 2, None, 204)
     listed = new_store.list_deliveries()[0]
     assert (listed["status"], listed["attempts"], listed["error"], listed["http_status"]) == ("Delivered", 2, None, 204)

@@ -1707,7 +1707,7 @@ def test_two_stores_on_one_file_recording_one_report_make_one_delivery(tmp_path)
         deliveries = _race(2, lambda i: stores[i].record_alerts("r" * 32, 1_000, rows, 30))
         assert deliveries[0] == deliveries[1]
     (delivery,) = stores[0].list_deliveries()
-    assert delivery == deliveries[0]
+    assert delivery == {**deliveries[0], "body": None}  # a listing leaves the body out
     assert delivery["body"] == database.alert_body(
         "r" * 32,
         1_000,
