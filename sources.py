@@ -73,7 +73,7 @@ MAX_REJECTS_KEPT = 1_000  # reasons kept per file; beyond this only the count gr
 # REJECT_SHARE of the rows read so far: what comes next is not worth reading
 REJECT_LIMIT = 10_000
 REJECT_SHARE = 0.10
-BLOCK_BYTES = 1 << 23  # 8 MB of CSV text per block when a file is streamed
+BLOCK_BYTES = 1 << 22  # 4 MB of CSV text per block when a file is streamed (8 MB measured no quicker, in more memory)
 # a poll dated more than MAX_FUTURE_SECONDS (environment; default one day) after the server's clock, or before
 # 2000, is rejected: one such row would otherwise move "now" of every default report (SPEC §2)
 MAX_FUTURE_SECONDS_VARIABLE = "MAX_FUTURE_SECONDS"
@@ -158,6 +158,60 @@ class Parsed:
             "rejects": [r.as_dict() for r in rejects[:first]],
             "notes": self.notes,
         }
+
+
+# --------------------------------------------------------------------------- Arrow arrays without pandas
+# pyarrow (25) imports pandas the first time an array is made from Python or numpy values (pa.array, or a
+# Python value given to a compute function) or turned into a numpy array (to_numpy).  The polls are read and
+# checked without either, from the arrays' buffers, so the command line's threads read them while another
+# imports pandas (0.3 s of CPU) instead of all waiting for it (docs/performance.md).
+
+
+def _numbers(array) -> np.ndarray:
+    """An Arrow array or chunked array of integers or booleans with no nulls, as numpy (read-only for
+    integers: a view of the Arrow buffer)."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [_numbers(chunk) for chunk in array.chunks]
+        if not parts:
+            return np.empty(0, bool if pa.types.is_boolean(array.type) else np.dtype(str(array.type)))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if array.null_count:
+        raise ValueError("_numbers takes no nulls")
+    count, offset, data = len(array), array.offset, array.buffers()[1]
+    if pa.types.is_boolean(array.type):
+        if not count:
+            return np.empty(0, bool)
+        return np.unpackbits(np.frombuffer(data, np.uint8), count=offset + count, bitorder="little")[offset:].astype(
+            bool
+        )
+    dtype = np.dtype(str(array.type))
+    return np.frombuffer(data, dtype, count=offset + count)[offset:] if count else np.empty(0, dtype)
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A numpy array of integers or booleans as an Arrow array."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == bool:
+        bits = np.packbits(values, bitorder="little")
+        return pa.Array.from_buffers(pa.bool_(), values.size, [None, pa.py_buffer(bits)])
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), values.size, [None, pa.py_buffer(values)])
+
+
+def _texts(*values: str) -> pa.Array:
+    """Python strings as an Arrow string array; `_texts(x)[0]` is x as an Arrow scalar."""
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(text) for text in encoded])
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
+_EMPTY = _texts("")[0]
+_STATUSES = _texts("active", "inactive")
+_ACTIVE = _STATUSES[0]
+_LONGEST_ID = pa.Array.from_buffers(pa.int32(), 1, [None, pa.py_buffer(np.array([MAX_STORE_ID_LENGTH], np.int32))])[0]
+_FALSE = _arrow(np.zeros(1, bool))[0]
 
 
 # --------------------------------------------------------------------------- raw reading
@@ -477,7 +531,7 @@ class Checker:
         return _quote(self.raw.columns[name][i].as_py())
 
     def good(self, array):
-        return array if self.ok.all() else pc.filter(array, pa.array(self.ok))
+        return array if self.ok.all() else pc.filter(array, _arrow(self.ok))
 
     def kept(self, values: np.ndarray) -> np.ndarray:
         """The values of the rows still good (the same array when every row is)."""
@@ -493,7 +547,7 @@ class Checker:
 
 
 def _mask(array) -> np.ndarray:
-    return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
+    return _numbers(pc.fill_null(array, _FALSE) if array.null_count else array)
 
 
 def _blank_rows(raw: RawRows, candidates: np.ndarray) -> np.ndarray:
@@ -502,15 +556,15 @@ def _blank_rows(raw: RawRows, candidates: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(candidates)
     if rows.size:
         for column in raw.columns.values():
-            fields = _trimmed(column.take(pa.array(rows)))
-            blank[rows] &= _mask(pc.equal(fields, ""))
+            fields = _trimmed(column.take(_arrow(rows)))
+            blank[rows] &= _mask(pc.equal(fields, _EMPTY))
     return blank
 
 
 def _trimmed(array):
     """Fields without surrounding white space (and "" for absent ones)."""
     if array.null_count:
-        array = pc.fill_null(array, "")
+        array = pc.fill_null(array, _EMPTY)
     return pc.utf8_trim_whitespace(array)  # cheaper than looking first whether anything needs it
 
 
@@ -522,9 +576,9 @@ class Distinct:
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks()
         if array.null_count:
-            array = pc.fill_null(array, "")  # an absent field reads as ""
+            array = pc.fill_null(array, _EMPTY)  # an absent field reads as ""
         encoded = pc.dictionary_encode(array)
-        self.index = encoded.indices.to_numpy(zero_copy_only=False)
+        self.index = _numbers(encoded.indices)
         self.values = clean(encoded.dictionary)  # e.g. trimmed: distinct raw values may clean to one
 
     def rows(self, value_mask) -> np.ndarray:
@@ -533,16 +587,16 @@ class Distinct:
 
     def good(self, check: Checker) -> pa.Array:
         """The values of the rows still good, one per row."""
-        return self.values.take(pa.array(self.index[check.ok]))
+        return self.values.take(_arrow(self.index[check.ok]))
 
 
 def _check_store_ids(check: Checker) -> Distinct:
     store_id = Distinct(check.raw.columns["store_id"], _trimmed)
-    empty = store_id.rows(pc.equal(store_id.values, ""))
+    empty = store_id.rows(pc.equal(store_id.values, _EMPTY))
     check.fail(_blank_rows(check.raw, empty), lambda i: "blank line")
     check.fail(empty, lambda i: "missing store_id")
     check.fail(
-        store_id.rows(pc.greater(pc.utf8_length(store_id.values), MAX_STORE_ID_LENGTH)),
+        store_id.rows(pc.greater(pc.utf8_length(store_id.values), _LONGEST_ID)),
         lambda i: f"store_id longer than {MAX_STORE_ID_LENGTH} characters",
     )
     check.fail(
@@ -598,9 +652,7 @@ def _parse_export_form(values) -> np.ndarray | None:
     if len(values) and not values.null_count and pc.all(pc.ends_with(values, " UTC")).as_py():
         try:
             return _in_datetime_range(
-                pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us"))
-                .cast(pa.int64())
-                .to_numpy(zero_copy_only=False)
+                _numbers(pc.cast(pc.utf8_slice_codeunits(values, 0, -4), pa.timestamp("us")).cast(pa.int64()))
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
@@ -774,7 +826,7 @@ class _Blocks:
 def _arrow_can(block: bytes) -> bool:
     """Whether pyarrow may read the block: text, and no quoted field cut by the block's end (an odd number
     of quotes means a cut inside a quoted line break: pyarrow would take its halves for two rows)."""
-    return not block.count(b'"') % 2 and _is_utf8(block)
+    return (b'"' not in block or not block.count(b'"') % 2) and _is_utf8(block)  # (`in` is 10x quicker than count)
 
 
 def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[RawRows]:
@@ -804,7 +856,7 @@ def _stream_raw_rows(file: str, stream: BinaryIO, parsed: Parsed) -> Iterator[Ra
 
 
 PARSE_THREADS = 2  # blocks of a streamed file read and checked at once (docs/performance.md: 2 cores)
-BLOCKS_AHEAD = 3  # blocks read ahead of the one whose turn it is (memory: a few times BLOCK_BYTES)
+BLOCKS_AHEAD = 2  # blocks read ahead of the one whose turn it is: what keeps PARSE_THREADS busy, in least memory
 
 
 def _check_alone(file: str, label: str, block: bytes, header: list[str], line: int, lines: int, check_block):
@@ -1012,7 +1064,7 @@ def _check_polls(check: Checker, window: PollWindow) -> dict:
         store_id = _check_store_ids(check)
         status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
         check.fail(
-            ~status.rows(pc.is_in(status.values, pa.array(["active", "inactive"]))),
+            ~status.rows(pc.is_in(status.values, value_set=_STATUSES)),
             lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)",
         )
         export_form = export_form.result()
@@ -1030,7 +1082,7 @@ def _check_polls(check: Checker, window: PollWindow) -> dict:
         "store_index": check.kept(store_id.index),
         "store_ids": store_id.values,
         "timestamp_us": check.kept(stamp),
-        "active": check.kept(status.rows(pc.equal(status.values, "active"))),
+        "active": check.kept(status.rows(pc.equal(status.values, _ACTIVE))),
         "line": range(line[0], line[-1] + 1) if line.size and line[-1] - line[0] == line.size - 1 else line,
     }
 
@@ -1051,19 +1103,19 @@ def _store_numbers(blocks: list[dict]) -> tuple[list[np.ndarray], pa.Array]:
         index, ids = block.pop("store_index"), block.pop("store_ids")
         used = np.flatnonzero(np.bincount(index, minlength=len(ids)))  # ids of rows kept only
         parts.append((index, used, len(ids)))
-        kept_ids.append(ids.take(pa.array(used)))
+        kept_ids.append(ids.take(_arrow(used)))
     catalog = pc.dictionary_encode(pa.concat_arrays(kept_ids))
     names = catalog.dictionary
-    by_name = pc.sort_indices(names).to_numpy()  # (store ids are ASCII: byte order is Python's str order)
+    by_name = _numbers(pc.sort_indices(names))  # (store ids are ASCII: byte order is Python's str order)
     rank = np.empty(len(names), dtype=np.int32)
     rank[by_name] = np.arange(len(names), dtype=np.int32)
-    numbers, start, codes = rank[catalog.indices.to_numpy(zero_copy_only=False)], 0, []
+    numbers, start, codes = rank[_numbers(catalog.indices)], 0, []
     for index, used, n_ids in parts:
         to_global = np.zeros(n_ids, dtype=np.int32)  # (values of rejected rows only keep a 0 no kept row uses)
         to_global[used] = numbers[start : start + used.size]
         start += used.size
         codes.append(to_global[index])
-    return codes, names.take(pa.array(by_name))
+    return codes, names.take(_arrow(by_name))
 
 
 def _numbered_polls(blocks: list[dict]) -> tuple[dict, pa.Array]:

@@ -548,9 +548,10 @@ def sorted_polls(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
     return codes[order], stamps[order], active[order]
 
 
-def run_ends(store: np.ndarray, active: np.ndarray) -> np.ndarray:
+def run_ends(store: np.ndarray, active: np.ndarray, starts_given: bool = False) -> np.ndarray:
     """For polls sorted by (store, time), one per instant: True for the first and the last poll of each run
-    of one store's polls with one status.
+    of one store's polls with one status.  (With `starts_given`, `store` is True for each store's first
+    poll instead of its number.)
 
     The report depends on those alone (`status_runs` reads a run's first poll and the poll before it), also
     when polls after some instant are dropped later: a run cut short keeps its first poll, and its end is
@@ -560,9 +561,10 @@ def run_ends(store: np.ndarray, active: np.ndarray) -> np.ndarray:
     first = np.ones(n, dtype=bool)
     if n > 1:
         np.not_equal(active[1:], active[:-1], out=first[1:])
-        first[1:] |= store[1:] != store[:-1]
+        first[1:] |= store[1:] if starts_given else store[1:] != store[:-1]
     ends = first.copy()
     ends[:-1] |= first[1:]
+    ends[-1:] = True  # (the last poll of all ends its run)
     return ends
 
 
@@ -573,9 +575,9 @@ def deciding_polls(codes, stamps, active, n_stores: int):
     `codes`, `stamps` and `active` are arrays, or lists of arrays (the blocks a file was read in: each is
     packed on its own, so the polls are never copied whole).  Store, time and status are packed into one
     int64 a poll and the values sorted, several times quicker than an argsort and the takes it needs; with
-    two cores the two halves of the stores are sorted and cut down at once, in two threads (numpy lets go
-    of the GIL).  None when a store has two polls at one instant (which stands depends on the file order,
-    that a sort of values loses) or the keys would not fit in an int64.
+    two cores the two halves of the stores are packed, sorted and cut down at once, in two threads (numpy
+    lets go of the GIL).  None when a store has two polls at one instant (which stands depends on the file
+    order, that a sort of values loses) or the keys would not fit in an int64.
     """
     blocks = list(zip(*(part if isinstance(part, list) else [part] for part in (codes, stamps, active))))
     blocks = [(c, t, a) for c, t, a in blocks if t.size]
@@ -585,46 +587,43 @@ def deciding_polls(codes, stamps, active, n_stores: int):
     span = max(int(t.max()) for _, t, _ in blocks) - low + 1
     if n_stores * span >= 2**61:
         return None
-    split = sum(t.size for _, t, _ in blocks) >= SPLIT_SORT_MIN and _cores() >= 2
-    middle = n_stores // 2 if split else n_stores
-    counts = np.zeros(n_stores, dtype=np.int64)
-    below, above = [], []
-    for c, t, a in blocks:
-        keys = np.multiply(c, 2 * span, dtype=np.int64)
-        offset = np.subtract(t, low, dtype=np.int64)
-        offset <<= 1
-        keys += offset
-        keys += a
-        counts += np.bincount(c, minlength=n_stores)
-        if split:
-            first_half = c < middle
-            below.append(keys[first_half])
-            above.append(keys[~first_half])
-        else:
-            below.append(keys)
-    del keys, offset
-    parts = [np.concatenate(below)] + ([np.concatenate(above)] if split else [])
-    del below, above
-    halves = [(0, middle), (middle, n_stores)]
+    halves = [(0, n_stores)]
+    if sum(t.size for _, t, _ in blocks) >= SPLIT_SORT_MIN and _cores() >= 2:
+        halves = [(0, n_stores // 2), (n_stores // 2, n_stores)]
 
-    def sort_and_cut(number: int):
-        part, (first_store, last_store) = parts[number], halves[number]
-        parts[number] = None  # (each thread frees its part as soon as it is cut down)
-        part.sort()
-        packed = part >> 1
-        if part.size > 1 and (packed[1:] == packed[:-1]).any():
+    def half(bounds: tuple[int, int]):
+        first_store, last_store = bounds
+        parts, counts = [], np.zeros(last_store - first_store, dtype=np.int64)
+        for c, t, a in blocks:
+            if len(halves) > 1:
+                here = (c >= first_store) & (c < last_store)
+                c, t, a = c[here], t[here], a[here]
+            keys = np.multiply(c, 2 * span, dtype=np.int64)
+            offset = np.subtract(t, low, dtype=np.int64)
+            offset <<= 1
+            keys += offset
+            keys += a
+            parts.append(keys)
+            counts += np.bincount(c - first_store, minlength=last_store - first_store)
+        keys = np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+        del parts
+        keys.sort()
+        # two polls at one instant: keys equal but for the status bit, which is the lowest
+        if keys.size > 1 and (np.bitwise_xor(keys[1:], keys[:-1]) < 2).any():
             return None
-        del packed
-        store = np.repeat(np.arange(first_store, last_store, dtype=np.int64), counts[first_store:last_store])
-        up = (part & 1).astype(bool)
-        kept = np.flatnonzero(run_ends(store, up))
-        return store[kept], (part[kept] >> 1) - store[kept] * span + low, up[kept]
+        starts = np.cumsum(counts) - counts  # where each store's polls begin (all of them, for no store is empty)
+        new_store = np.zeros(keys.size, dtype=bool)
+        new_store[starts[counts > 0]] = True
+        up = (keys.view(np.uint8)[:: keys.itemsize] & 1).view(bool)  # (the lowest byte: little-endian)
+        kept = np.flatnonzero(run_ends(new_store, up, starts_given=True))
+        store = np.searchsorted(starts, kept, side="right") - 1 + first_store
+        return store, (keys[kept] >> 1) - store * span + low, up[kept]
 
-    if len(parts) == 1:
-        results = [sort_and_cut(0)]
+    if len(halves) == 1:
+        results = [half(halves[0])]
     else:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sort-polls") as pool:
-            results = list(pool.map(sort_and_cut, range(len(parts))))
+            results = list(pool.map(half, halves))
     if any(result is None for result in results):
         return None
     return tuple(np.concatenate(column) for column in zip(*results))
