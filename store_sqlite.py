@@ -884,6 +884,11 @@ class SqliteStore(database.Store):
                 connection.execute(f"DROP TABLE IF EXISTS temp.{name}")
             for schema in ("main", "temp"):
                 connection.execute(f"PRAGMA {schema}.cache_size = {DEFAULT_CACHE_KIB}")
+            # Close the connection's TEMP database: a change of temp_store drops it and its file (SQLite's
+            # PRAGMA temp_store).  Staging 15M polls grows it past 2 GB; kept open, it held that disk, and a
+            # later upload staged on the same connection found it "malformed" (SQLite 3.40, 10x data).
+            connection.execute("PRAGMA temp_store = MEMORY")
+            connection.execute("PRAGMA temp_store = DEFAULT")
         except sqlite3.Error as error:  # never hides the error that ended the upload
             log.error("could not drop the staging tables of an upload: %s", error)
 

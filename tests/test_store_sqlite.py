@@ -573,6 +573,17 @@ def test_a_writer_stopped_between_batches_keeps_nothing(tmp_path, monkeypatch, w
     assert store._connection().execute("SELECT status, written FROM uploads").fetchall() == [("Complete", len(frame))]
 
 
+def test_an_upload_leaves_no_temp_database_behind(tmp_path):
+    """The TEMP database an upload staged in is closed after it, not just emptied: kept open it holds its
+    file (over 2 GB after 15M polls), and the next upload staged on the same connection found it
+    "malformed" (seeding 10x data, SQLite 3.40)."""
+    store = database.connect(path=tmp_path / "temp.sqlite3")
+    store.load_polls(_polls(200_000))
+    assert store._connection().execute("PRAGMA temp.page_count").fetchone()[0] <= 1
+    store.replace_zones(_zones([("s00001", "UTC")]))  # the next upload on the same connection
+    assert store._connection().execute("SELECT count(*) FROM storeStatus").fetchone()[0] == 200_000
+
+
 KILLED_LOADER = """
 import sys, time
 import numpy as np, pandas as pd
