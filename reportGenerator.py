@@ -20,8 +20,9 @@ from __future__ import annotations
 import gc
 
 if __name__ == "__main__":
-    # the command line: no garbage collection while numpy, pandas and pyarrow import; they make some
-    # 60,000 objects that live as long as the run and no garbage, and each collection would walk them all
+    # the command line: no garbage collection while numpy and pyarrow import (pandas comes later, in a thread);
+    # they make some 50,000 objects that live as long as the run and no garbage, and each collection would walk
+    # them all
     gc.disable()
 
 import argparse
@@ -95,12 +96,13 @@ def usable_cores() -> int:
 
 
 def default_processes(n_polls: int) -> int:
-    """Worker processes for the CSV-mode engine, by the size of the work: one per POLLS_PER_PROCESS polls,
-    at most one per usable core.
+    """Worker processes for the CSV-mode engine, by the size of the work: one per POLLS_PER_PROCESS polls
+    (those it computes with: the first and last of each run of one status), at most one per usable core.
 
-    The engine is the only part that runs in parallel, and only about a fifth of a run; forking, and
-    sending the results back, cost more than that share saves until the data is very large: on a 2-core
-    machine (benchmarks/bench_report.py) two processes were slower than one at 1.5M polls and at 15M.
+    Reading, sorting and the engine's ranges use threads; forking, and sending the results back, cost more
+    than the engine's share of a run saves until the data is very large: on a 2-core machine
+    (benchmarks/bench_report.py) two processes were slower than one at 1.5M polls and at 15M (the engine
+    0.11 s against 0.06 s, and 0.60 s against 0.49 s; docs/performance.md).
     """
     return max(1, min(usable_cores(), n_polls // POLLS_PER_PROCESS))
 

@@ -73,7 +73,9 @@ MAX_REJECTS_KEPT = 1_000  # reasons kept per file; beyond this only the count gr
 # REJECT_SHARE of the rows read so far: what comes next is not worth reading
 REJECT_LIMIT = 10_000
 REJECT_SHARE = 0.10
-BLOCK_BYTES = 1 << 22  # 4 MB of CSV text per block when a file is streamed (8 MB measured no quicker, in more memory)
+# 4 MB of CSV text per block when a file is streamed (8 MB: as quick at 1.5 M polls, in 30% more memory)
+BLOCK_BYTES = 1 << 22
+LARGE_FILE_BYTES = 1 << 28  # a file on disk from 256 MB on is streamed in blocks of twice BLOCK_BYTES
 # a poll dated more than MAX_FUTURE_SECONDS (environment; default one day) after the server's clock, or before
 # 2000, is rejected: one such row would otherwise move "now" of every default report (SPEC §2)
 MAX_FUTURE_SECONDS_VARIABLE = "MAX_FUTURE_SECONDS"
@@ -767,8 +769,11 @@ def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed
         stream = (
             open(source, "rb") if on_disk else io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         )
+        # a large file in larger blocks: pyarrow reads them quicker, and there are fewer blocks to check each
+        # store id in (at 15 M polls 8 MB blocks took 4.1 s against 4.8 s, in 5% more memory)
+        large = on_disk and Path(source).stat().st_size >= LARGE_FILE_BYTES
         try:
-            blocks.extend(_stream_checked(file, stream, parsed, check_block))
+            blocks.extend(_stream_checked(file, stream, parsed, check_block, 2 * BLOCK_BYTES if large else None))
         finally:
             if stream is not source:
                 stream.close()
@@ -784,27 +789,29 @@ def _read(file: str, source: Source, label: str, check_block, combine) -> Parsed
 class _Blocks:
     """A stream's data rows (after its header) as text blocks of about BLOCK_BYTES, each cut at a line end."""
 
-    def __init__(self, file: str, stream: BinaryIO):
+    def __init__(self, file: str, stream: BinaryIO, block_bytes: int | None = None):
         head = stream.read(MAX_HEADER_BYTES + 8)
         body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
         if len(head) < MAX_HEADER_BYTES + 8 and not body.strip(b" \t\r\n"):
             raise HeaderError(f"{file}: the file is empty; expected the header {','.join(COLUMNS[file])}")
         self.header, _, consumed = _header_of(file, head)
-        self.file, self.stream = file, stream
+        self.file, self.stream, self.block_bytes = file, stream, block_bytes or BLOCK_BYTES
         self.pending, self.line, self.ended = head[consumed:], 2, False  # pending: read, not yet in a block
 
-    def next(self) -> tuple[bytes, int, int] | None:
+    def next(self) -> tuple[bytes | bytearray, int, int] | None:
         """The next block as (text, its first line's number, its physical lines); None after the last."""
         while not self.ended:
-            more = self.stream.read(BLOCK_BYTES)
-            if more:
-                self.pending += more
-                cut = self.pending.rfind(b"\n") + 1
+            text, read = self._read_more()
+            if read:
+                cut = text.rfind(b"\n") + 1
                 if cut == 0:
-                    if len(self.pending) > MAX_LINE_BYTES:
+                    if len(text) > MAX_LINE_BYTES:
                         raise _line_too_long(self.file, self.line)
+                    self.pending = text
                     continue
-                block, self.pending = self.pending[:cut], self.pending[cut:]
+                self.pending = bytes(text[cut:])
+                del text[cut:]  # (a bytearray: cut in place, no copy of the block)
+                block = text
             else:
                 self.ended = True
                 block, self.pending = self.pending, b""
@@ -814,6 +821,19 @@ class _Blocks:
             self.line += lines
             return block, first, lines
         return None
+
+    def _read_more(self) -> tuple[bytearray, int]:
+        """What is pending and up to block_bytes more of the stream in one bytearray, and how much was read.
+        A file is read straight into it (at 15 M polls, 0.3 s of copying fewer than joining bytes)."""
+        size = len(self.pending)
+        if not isinstance(self.stream, (io.BufferedReader, io.FileIO)):  # an upload: asked for block_bytes
+            more = self.stream.read(self.block_bytes)
+            return bytearray(self.pending) + more, len(more)
+        text = bytearray(size + self.block_bytes)
+        text[:size] = self.pending
+        read = self.stream.readinto(memoryview(text)[size:]) or 0
+        del text[size + read :]
+        return text, read
 
     def rest_by_line(self, first: bytes, line: int) -> Iterator[RawRows]:
         """`first` (the text from line `line` on that was read already) and the rest of the stream, read
@@ -871,7 +891,9 @@ def _check_alone(file: str, label: str, block: bytes, header: list[str], line: i
     return len(raw), int(raw.line[-1]) if len(raw) else None, alone, result
 
 
-def _stream_checked(file: str, stream: BinaryIO, parsed: Parsed, check_block) -> Iterator:
+def _stream_checked(
+    file: str, stream: BinaryIO, parsed: Parsed, check_block, block_bytes: int | None = None
+) -> Iterator:
     """`check_block`'s result for each block of `_stream_raw_rows(file, stream, parsed)`, in order, with the
     rows read and the rejects counted in `parsed` and the reject limit checked after each block, as if
     each block were checked in turn.
@@ -883,7 +905,7 @@ def _stream_checked(file: str, stream: BinaryIO, parsed: Parsed, check_block) ->
     which get reasons depends on the order) is read and checked again in its turn, as `_stream_raw_rows`
     would.  A block pyarrow cannot read sends the rest of the file to the line-by-line reader.
     """
-    blocks = _Blocks(file, stream)
+    blocks = _Blocks(file, stream, block_bytes)
     ahead: collections.deque = collections.deque()  # (future or None, text, first line, lines), in file order
 
     def in_turn(raw: RawRows):
@@ -1052,22 +1074,28 @@ def _check_poll_window(check: Checker, stamp: np.ndarray, window: PollWindow) ->
     )
 
 
+TIMESTAMPS_IN_THREAD_ROWS = 1 << 20  # from this many rows a block's timestamps are parsed in a thread of their own
+
+
 def _check_polls(check: Checker, window: PollWindow) -> dict:
     """Run the poll checks on one block of rows; returns its good rows (store ids still strings; their
     lines a `range` when they follow one another, as when none was rejected).
 
     Timestamps in the export's own form are parsed in a second thread while the store ids and
-    statuses are checked (Arrow lets go of the GIL).
+    statuses are checked (Arrow lets go of the GIL), in a block of a file read whole; blocks of a
+    streamed file are checked two at a time already (`_stream_checked`).
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse-timestamps") as pool:
-        export_form = pool.submit(_parse_export_form, check.raw.columns["timestamp_utc"])
+        timestamps = check.raw.columns["timestamp_utc"]
+        in_thread = len(check.raw) >= TIMESTAMPS_IN_THREAD_ROWS
+        export_form = pool.submit(_parse_export_form, timestamps) if in_thread else None
         store_id = _check_store_ids(check)
         status = Distinct(check.raw.columns["status"], lambda values: pc.utf8_lower(_trimmed(values)))
         check.fail(
             ~status.rows(pc.is_in(status.values, value_set=_STATUSES)),
             lambda i: f"unknown status {check.value('status', i)} (expected active or inactive)",
         )
-        export_form = export_form.result()
+        export_form = export_form.result() if in_thread else _parse_export_form(timestamps)
     if export_form is not None:  # (rows rejected already keep their stamp, unread)
         stamp = export_form
     elif check.ok.all():  # (not all in the export's form: that parse has been tried)

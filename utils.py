@@ -17,8 +17,15 @@ The engine (`uptime_report`) works on whole arrays:
    merged intervals plus a cumulative sum gives "business time up to t" for
    any store and instant (`BusinessClock`);
 3. each poll covers the span between the midpoints with its neighbours
-   (`poll_spans`); the business time inside (span ∩ window) is a difference
-   of two clock readings, summed per store with `bincount`.
+   (`poll_spans`), and a run of polls with one status the spans of all of
+   them (`status_runs`: most polls repeat the status before them, so the
+   engine computes with the runs only); the business time inside
+   (run ∩ window) is a difference of two clock readings, summed per store
+   with `bincount`.
+
+The command line reads polls already sorted and cut down to the first and
+last poll of each run (`deciding_polls`, `run_ends`), with no pandas until
+it writes the CSV (`code_sorted_polls`).
 """
 
 from __future__ import annotations
