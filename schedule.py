@@ -242,7 +242,7 @@ class Scheduler:
         return None
 
     def _outcome(self, tick_us: int, outcome: str, report_id: str) -> None:
-        self.outcomes.append((tick_us, outcome, report_id if outcome == "started" else None))
+        """Act on a claim's outcome, then add it to `outcomes` (so one seen there has been queued)."""
         if outcome == "started":
             log.info("tick %s started report %s (pid %d)", iso_us(tick_us), report_id, os.getpid())
             self._enqueue(tick_us, report_id)
@@ -250,6 +250,7 @@ class Scheduler:
             log.warning("tick %s skipped: the previous scheduled report is still running", iso_us(tick_us))
         elif outcome != "taken":
             log.error("the store answered %r for the tick %s", outcome, iso_us(tick_us))
+        self.outcomes.append((tick_us, outcome, report_id if outcome == "started" else None))
 
     def _enqueue(self, tick_us: int, report_id: str) -> None:
         """Queue the claimed report here; one that cannot be queued is failed with the reason, never left."""
