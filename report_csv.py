@@ -28,6 +28,7 @@ import pyarrow.csv as pa_csv
 
 import utils
 
+REPORT_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()  # the first line of every report CSV
 # A cell a spreadsheet would read as a formula starts with one of these (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -126,8 +127,18 @@ def read_report_rows(payload: bytes) -> pd.DataFrame:
     return rows
 
 
-def history_rows(payload: bytes) -> dict[str, list]:
+def history_rows(payload: bytes, report_id: str) -> dict[str, list] | None:
     """A report CSV's rows by column (`utils.REPORT_COLUMNS`: store ids as str, figures as float), as a
-    store keeps them for `Store.store_history`."""
-    rows = read_report_rows(payload)
+    store keeps them for `Store.store_history`.  None for bytes whose first line is not the report's header
+    (they keep no history: `Store.complete_report`); ValueError naming `report_id` for a report CSV whose
+    rows cannot be read (a figure that is not a number, a missing column, a malformed CSV)."""
+    payload = bytes(payload)
+    if not payload.startswith(REPORT_HEADER):
+        return None
+    try:
+        rows = read_report_rows(payload)
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"report {report_id}: the rows of its CSV cannot be read: {type(error).__name__}: {error}"
+        ) from error
     return {column: rows[column].tolist() for column in utils.REPORT_COLUMNS}

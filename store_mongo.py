@@ -507,26 +507,6 @@ def _created_us(record: dict) -> int | None:
     return None if created is None else utils.datetime_to_us(_aware(created))
 
 
-REPORT_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
-
-
-def _history_columns(report_id: str, payload: bytes) -> dict[str, list] | None:
-    """The rows a report keeps for history: `report_csv.history_rows` of its CSV; None for bytes that are not a
-    report CSV (their first line is not the report's header), as in the SQLite store.  ValueError for a report
-    CSV whose rows cannot be read."""
-    payload = bytes(payload)
-    if not payload.startswith(REPORT_HEADER):
-        return None
-    if payload == REPORT_HEADER:
-        return {column: [] for column in utils.REPORT_COLUMNS}
-    try:
-        return report_csv.history_rows(payload)
-    except (KeyError, ValueError) as error:  # a missing figure, a figure that is not a number, a malformed CSV
-        raise ValueError(
-            f"report {report_id}: the rows of its CSV cannot be read: {type(error).__name__}: {error}"
-        ) from error
-
-
 def _history_point(doc: dict) -> dict:
     point = {"report_id": doc["report_id"], "as_of_us": None if doc.get("as_of_us") is None else int(doc["as_of_us"])}
     point.update({name: float(doc[name]) for name in utils.REPORT_COLUMNS[1:]})
@@ -918,7 +898,7 @@ class MongoStore(database.Store):
                 if self.db[HISTORY].count_documents({"report_id": report_id}) == report["row_count"]:
                     continue
             try:
-                columns = _history_columns(report_id, self.read_report_csv(report))
+                columns = report_csv.history_rows(self.read_report_csv(report), report_id)
             except ValueError as error:
                 log.warning("schema 2 -> 3: report %s keeps no history: %s", report_id, error)
                 continue
@@ -1386,7 +1366,7 @@ class MongoStore(database.Store):
         is not its header) keep no history rows, as in the SQLite store; a report CSV whose rows cannot be read
         (a figure that is not a number) is a ValueError, before anything is stored.
         """
-        columns = _history_columns(report_id, csv_bytes)  # parsed once, outside the retried part
+        columns = report_csv.history_rows(csv_bytes, report_id)  # parsed once, outside the retried part
         return self._complete_report(report_id, csv_bytes, row_count, columns)
 
     @retried

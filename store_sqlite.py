@@ -250,7 +250,6 @@ def _schema_2(connection: sqlite3.Connection) -> None:
 
 # ----- the history of report rows (schema 3)
 
-HISTORY_HEADER = (",".join(utils.REPORT_COLUMNS) + "\n").encode()
 INSERT_HISTORY = (
     f"INSERT INTO {HISTORY} (store_id, report_key, {', '.join(FIGURES)}) VALUES ({', '.join('?' * (2 + len(FIGURES)))})"
 )
@@ -276,12 +275,12 @@ def _figure(value) -> float:
     return math.nan if value is None else value
 
 
-def _history_of(payload: bytes) -> tuple[list[str], list[list]] | None:
+def _history_of(payload: bytes, report_id: str) -> tuple[list[str], list[list]] | None:
     """The rows a report CSV keeps for `store_history`: (store ids, the six figure columns as stored), parsed by
-    `report_csv.history_rows`; None for bytes that are not a report CSV (their first line is not its header)."""
-    if not payload.startswith(HISTORY_HEADER):
+    `report_csv.history_rows` (None for bytes that are not a report CSV, ValueError for unreadable rows)."""
+    columns = report_csv.history_rows(payload, report_id)
+    if columns is None:
         return None
-    columns = report_csv.history_rows(payload)
     return columns["store_id"], [_stored_figures(np.asarray(columns[name], dtype=np.float64)) for name in FIGURES]
 
 
@@ -297,7 +296,9 @@ def _backfill_history(connection: sqlite3.Connection, report_key: int, report_id
     row = connection.execute("SELECT data FROM reportCsv WHERE report_id = ?", (report_id,)).fetchone()
     payload = b"" if row is None else bytes(row[0])
     try:
-        history = _history_of(database.checked_report_csv({"report_id": report_id, "csv_bytes": csv_bytes}, payload))
+        history = _history_of(
+            database.checked_report_csv({"report_id": report_id, "csv_bytes": csv_bytes}, payload), report_id
+        )
     except Exception as error:  # noqa: BLE001 - said and skipped: the other reports' history still migrates
         log.warning("report %s: no history kept of its stored CSV (%s)", report_id, error)
         return
@@ -1215,12 +1216,7 @@ class SqliteStore(database.Store):
     def complete_report(self, report_id: str, csv_bytes: bytes, row_count: int) -> bool:
         """Bytes that are not a report CSV (their first line is not the report's header) keep no history rows;
         a report CSV whose rows cannot be read raises ValueError, and nothing is stored."""
-        try:
-            history = _history_of(csv_bytes)  # parsed before the write lock is taken
-        except (KeyError, ValueError) as error:  # a missing figure, a figure that is not a number, a malformed CSV
-            raise ValueError(
-                f"report {report_id}: its CSV's rows cannot be read ({type(error).__name__}: {error})"
-            ) from error
+        history = _history_of(csv_bytes, report_id)  # parsed before the write lock is taken
         with self._write("report", durable=True) as write:
             report_key = write.execute(
                 f"SELECT coalesce(max(history_key), 0) + 1 FROM {REPORTS} WHERE history_key IS NOT NULL"

@@ -1256,7 +1256,7 @@ def _expected_history(reports_and_csvs: list[tuple[dict, bytes]]) -> dict[str, l
     """Each store's points as report_csv.history_rows reads the stored CSVs: newest as_of first, then newest created."""
     points: dict[str, list[tuple]] = {}
     for report, payload in reports_and_csvs:
-        columns = report_csv.history_rows(payload)
+        columns = report_csv.history_rows(payload, report["report_id"])
         for position, store_id in enumerate(columns["store_id"]):
             point = {"report_id": report["report_id"], "as_of_us": report["as_of_us"]}
             point.update({name: columns[name][position] for name in database.HISTORY_FIELDS[2:]})
@@ -1273,7 +1273,7 @@ def _history_by_store(store, reports: list[dict]) -> dict[str, list[dict]]:
     store_ids = {
         store_id
         for report in reports
-        for store_id in report_csv.history_rows(store.read_report_csv(report))["store_id"]
+        for store_id in report_csv.history_rows(store.read_report_csv(report), report["report_id"])["store_id"]
     }
     return {store_id: store.store_history(store_id, limit=10_000) for store_id in store_ids}
 
@@ -1467,7 +1467,7 @@ def test_bytes_that_are_not_a_report_csv_keep_no_history_and_a_failed_report_kee
     assert _count(store, "reportHistory") == 0 and store.store_history("s") == [] and store.store_history("x") == []
     store.create_report("c" * 32, None)
     unreadable = report_csv.report_csv_bytes(frame) + b"t,1.0,2.0,three,4.0,5.0,6.0\n"
-    with pytest.raises(ValueError, match=f"^report {'c' * 32}: its CSV's rows cannot be read \\(ValueError: "):
+    with pytest.raises(ValueError, match=f"^report {'c' * 32}: the rows of its CSV cannot be read: ValueError: "):
         store.complete_report("c" * 32, unreadable, 2)
     assert store.find_report("c" * 32)["status"] == "Running" and _count(store, "reportCsv") == 1
 
