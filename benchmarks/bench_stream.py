@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,26 +34,11 @@ import time
 from pathlib import Path
 
 import requests
+from bench_hostile import free_port, memory_kb  # this folder is first on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL_MB = 100.0
 SAMPLE_SECONDS = 0.005
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def memory_kb(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of a process, in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
 
 
 def reset_peak(pid: int) -> bool:
