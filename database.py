@@ -67,8 +67,10 @@ CLI_PING_SECONDS = 5.0  # `python database.py` waits this long for MongoDB befor
 
 # The schema this code writes.  1: the tables of the first releases, with no version marks; 2: version
 # marks (SQLite's application_id and user_version, MongoDB's `meta` document), the `uploads` journal
-# and reports' `as_of_after_newest_poll`.  Each store migrates an older database forward step by step.
-SCHEMA_VERSION = 3
+# and reports' `as_of_after_newest_poll`; 3: report history, schedule ticks, alerts; 4: SQLite keeps polls in
+# blocks of one store and week (nothing changes on MongoDB).  Each store migrates an older database forward
+# step by step.
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x55505431  # "UPT1": SQLite's PRAGMA application_id of this service's files
 META = "meta"  # MongoDB: the collection of the {"_id": "schema", "application": ..., "version": n} document
 APPLICATION_NAME = "store-uptime"

@@ -2100,6 +2100,7 @@ MIGRATIONS: dict[int, tuple[str, Callable[[MongoStore], None]]] = {
         "read as api)",
         MongoStore._step_monitoring,
     ),
+    3: ("nothing on MongoDB (schema 4 changed how the SQLite store keeps polls)", lambda store: None),
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
 

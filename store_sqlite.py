@@ -8,7 +8,10 @@ reaches a client) and run in `BEGIN IMMEDIATE` transactions.
 
 Tables (the same names and keys as the MongoDB collections):
 
-    storeStatus(store_id, timestamp_us, status)       primary key (store_id, timestamp_us); index on timestamp_us
+    pollBlocks(store_id, block, polls, first_us, last_us, timestamps, statuses)   unique (store_id, block): the
+        polls of one store in one week from the epoch (block = timestamp_us // BLOCK_US), as two arrays: the
+        instants (little-endian int64, ascending, one per instant) and the statuses (one byte each, 1 active);
+        indexes on (store_id, first_us) and (last_us, first_us, polls).  (MongoDB keeps one document a poll.)
     businessHours(store_id, day, start_time_local, end_time_local)      index on store_id
     timezones(store_id, timezone_str)                  primary key store_id
     reports(report_id, status, ..., as_of_after_newest_poll, trigger, history_key)  reportCsv(report_id, data)
@@ -33,11 +36,12 @@ with its version mark; anything else (another program's file, a newer schema, no
 at all) raises database.DatabaseRefused and is left byte for byte as it was.
 
 One upload (one call of `load_polls`, `replace_hours` or `replace_zones`) is all or
-nothing: its rows are staged in TEMP tables of the writer's connection (invisible to
-everyone else), then published into the real table in one write transaction that also
-marks the upload Complete.  If the writer stops before that transaction commits (an
-error, a lost lease, a full disk, `kill -9`), no row of the upload is visible and the
-indexes are as they were.
+nothing.  Polls are merged into the blocks they fall in (a poll at an instant the store
+already has replaces it) and written in one write transaction that also marks the upload
+Complete.  Hours and zones are staged in TEMP tables of the writer's connection (invisible
+to everyone else), then published into the real table in one such transaction.  If the
+writer stops before that transaction commits (an error, a lost lease, a full disk,
+`kill -9`), no row of the upload is visible and the indexes are as they were.
 
 Durability: every committed transaction survives a crash of the process (even `kill -9`):
 the WAL holds it and the next connection recovers it; an uncommitted one leaves nothing
@@ -77,7 +81,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 60_000
 HEALTH_BUSY_TIMEOUT_MS = 300  # /health's write probe waits no longer for a writer: it must answer within a second
-WRITE_BATCH_ROWS = 50_000  # rows staged per batch on ingest (`on_rows` is called after each)
+WRITE_BATCH_ROWS = 50_000  # rows (polls: of the blocks) written or staged per batch on ingest (`on_rows` after each)
 BULK_CACHE_KIB = -262_144  # page cache of a connection while it loads: 256 MB (negative: in KiB)
 DEFAULT_CACHE_KIB = -2_000  # SQLite's default page cache, 2 MB
 PROBE = "healthProbe"
@@ -155,17 +159,26 @@ CREATE TABLE {DELIVERIES} (
     body BLOB NOT NULL
 )
 """
+# Schema 4 keeps the polls in blocks: one row a store and week (BLOCK_US from the epoch), its polls as two arrays.
+# A report reads a store's week as two or three rows, and an upload writes a row per block, not a row per poll.
+POLLS = "pollBlocks"
+BLOCK_US = 7 * 86_400 * 1_000_000
+POLL_BLOCKS = f"""CREATE TABLE {POLLS} (
+    store_id TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    polls INTEGER NOT NULL CHECK (polls > 0),
+    first_us INTEGER NOT NULL,
+    last_us INTEGER NOT NULL CHECK (last_us >= first_us),
+    timestamps BLOB NOT NULL CHECK (length(timestamps) = 8 * polls),
+    statuses BLOB NOT NULL CHECK (length(statuses) = polls),
+    UNIQUE (store_id, block)
+)"""
 TICKS_KEPT = 1_000  # the newest ticks kept: an older tick counts as taken
 DELIVERIES_KEPT = 1_000  # the newest finished deliveries kept (a Pending one is kept until it finishes)
 
 SCHEMA = (
     f"""
-CREATE TABLE {STATUS} (
-    store_id TEXT NOT NULL,
-    timestamp_us INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('active', 'inactive')),
-    PRIMARY KEY (store_id, timestamp_us)
-) WITHOUT ROWID;
+{POLL_BLOCKS};
 CREATE TABLE {HOURS} (
     store_id TEXT NOT NULL,
     day INTEGER NOT NULL CHECK (day BETWEEN 0 AND 6),
@@ -325,6 +338,119 @@ def _schema_3(connection: sqlite3.Connection) -> None:
         connection.execute(f"PRAGMA cache_size = {DEFAULT_CACHE_KIB}")
 
 
+# ----- the polls in blocks (schema 4)
+
+WRITE_POLL_BLOCK = (
+    f"INSERT INTO {POLLS} (store_id, block, polls, first_us, last_us, timestamps, statuses) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (store_id, block) DO UPDATE SET polls = excluded.polls, "
+    "first_us = excluded.first_us, last_us = excluded.last_us, timestamps = excluded.timestamps, "
+    "statuses = excluded.statuses"
+)
+MIGRATE_BATCH_ROWS = 500_000  # rows of the old storeStatus table read at a time by the step to schema 4
+
+
+def _one_per_instant(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
+    """Polls sorted by (store, time) with the later of two rows at one instant last: that later one alone."""
+    last = np.ones(codes.size, dtype=bool)
+    last[:-1] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
+    if last.all():
+        return codes, stamps, active
+    return codes[last], stamps[last], active[last]
+
+
+def _block_starts(codes: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """Where each block (one store, one BLOCK_US of time) begins, in polls sorted by (store, time); the end last."""
+    blocks = stamps // BLOCK_US
+    change = (codes[1:] != codes[:-1]) | (blocks[1:] != blocks[:-1])
+    return np.concatenate(([0], np.flatnonzero(change) + 1, [codes.size]))
+
+
+def _write_blocks(
+    write: sqlite3.Connection,
+    names: np.ndarray,
+    codes: np.ndarray,
+    stamps: np.ndarray,
+    active: np.ndarray,
+    on_polls=None,
+) -> None:
+    """Write the blocks of polls sorted by (store, time), one per instant (`names[code]` is a poll's store), each
+    block replacing the stored one; about WRITE_BATCH_ROWS polls at a time, `on_polls(polls)` after each batch."""
+    starts = _block_starts(codes, stamps)
+    begins, ends = starts[:-1], starts[1:]
+    store_ids = names[codes[begins]].tolist()
+    firsts, lasts = stamps[begins].tolist(), stamps[ends - 1].tolist()
+    begins, ends = begins.tolist(), ends.tolist()
+    stamp_bytes = stamps.astype("<i8", copy=False).tobytes()
+    status_bytes = active.astype(np.uint8).tobytes()
+    cuts = np.searchsorted(starts, np.arange(0, codes.size, max(1, WRITE_BATCH_ROWS)), side="left")
+    cuts = np.append(np.unique(cuts[cuts < len(begins)]), len(begins)).tolist()
+    for low, high in zip(cuts[:-1], cuts[1:]):
+        write.executemany(
+            WRITE_POLL_BLOCK,
+            [
+                (
+                    store_ids[i],
+                    firsts[i] // BLOCK_US,
+                    ends[i] - begins[i],
+                    firsts[i],
+                    lasts[i],
+                    stamp_bytes[begins[i] * 8 : ends[i] * 8],
+                    status_bytes[begins[i] : ends[i]],
+                )
+                for i in range(low, high)
+            ],
+        )
+        if on_polls is not None:
+            on_polls(ends[high - 1] - begins[low])
+
+
+def _polls_of_blocks(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, timestamps, statuses) rows of blocks as three arrays a poll: the row's key, the instant, active."""
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=bool)
+    keys, stamp_blobs, status_blobs = zip(*rows)
+    counts = np.fromiter(map(len, status_blobs), dtype=np.int64, count=len(rows))
+    stamps = np.frombuffer(b"".join(stamp_blobs), dtype="<i8").astype(np.int64)
+    active = np.frombuffer(b"".join(status_blobs), dtype=np.uint8).astype(bool)
+    if stamps.size != active.size:
+        raise ValueError(f"the database's poll blocks are damaged: {stamps.size} instants for {active.size} statuses")
+    return np.repeat(np.asarray(keys, dtype=np.int64), counts), stamps, active
+
+
+def _schema_4(connection: sqlite3.Connection) -> None:
+    """storeStatus's rows (in primary key order: by store, then time) into blocks, a batch of whole stores at a
+    time; then storeStatus and its index go."""
+    connection.execute(POLL_BLOCKS)
+    connection.execute(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
+    try:
+        cursor = connection.execute(f"SELECT store_id, timestamp_us, status = 'active' FROM {STATUS}")
+        held: list[tuple] = []
+        while True:
+            batch = cursor.fetchmany(MIGRATE_BATCH_ROWS)
+            rows = held + batch
+            if batch and rows:  # the last store of the batch may go on in the next one: held back
+                last_store = rows[-1][0]
+                cut = len(rows)
+                while cut and rows[cut - 1][0] == last_store:
+                    cut -= 1
+                rows, held = rows[:cut], rows[cut:]
+            if rows:
+                ids, stamps, active = zip(*rows)
+                codes, names = pd.factorize(np.asarray(ids, dtype=object))
+                _write_blocks(
+                    connection,
+                    np.asarray(names, dtype=object),
+                    codes.astype(np.int64),
+                    np.asarray(stamps, dtype=np.int64),
+                    np.asarray(active, dtype=bool),
+                )
+            if not batch:
+                break
+        connection.execute(f"DROP TABLE {STATUS}")
+    finally:
+        connection.execute(f"PRAGMA cache_size = {DEFAULT_CACHE_KIB}")
+
+
 # The numbered steps from one schema to the next: (the version it makes, what it does, the step).
 MIGRATIONS = [
     (2, "add the uploads journal, reports.as_of_after_newest_poll, the health probe row and version marks", _schema_2),
@@ -334,12 +460,13 @@ MIGRATIONS = [
         "ticks and the alert state and deliveries",
         _schema_3,
     ),
+    (4, "keep the polls in blocks of one store and week (pollBlocks, from storeStatus's rows)", _schema_4),
 ]
 
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
-TIME_INDEX = f"{STATUS}_time"
 INDEXES = {
-    TIME_INDEX: f"CREATE INDEX {STATUS}_time ON {STATUS} (timestamp_us)",
+    f"{POLLS}_stores": f"CREATE INDEX {POLLS}_stores ON {POLLS} (store_id, first_us)",
+    f"{POLLS}_span": f"CREATE INDEX {POLLS}_span ON {POLLS} (last_us, first_us, polls)",
     f"{HOURS}_store": f"CREATE INDEX {HOURS}_store ON {HOURS} (store_id)",
     f"{REPORTS}_created": f"CREATE INDEX {REPORTS}_created ON {REPORTS} (created_us DESC, report_id DESC)",
     f"{REPORTS}_status_heartbeat": f"CREATE INDEX {REPORTS}_status_heartbeat ON {REPORTS} (status, heartbeat_us)",
@@ -365,22 +492,7 @@ UPLOAD_COLUMNS = (
 )
 WRITER_GONE = "the process loading it stopped; nothing of it was kept"
 
-# The staging tables of one upload (TEMP: only the writer's connection sees them).  Polls are staged as
-# two number columns, joined by rowid at publication: a store's number * 2 + active, and the timestamp.
-POLL_STAGING = {
-    "stagePollStores": "code INTEGER PRIMARY KEY, store_id TEXT NOT NULL",
-    "stagePollKeys": "key INTEGER NOT NULL",
-    "stagePollTimes": "timestamp_us INTEGER NOT NULL",
-}
-PUBLISH_POLLS = f"""
-    INSERT INTO {STATUS} (store_id, timestamp_us, status)
-    SELECT n.store_id, t.timestamp_us, iif(k.key & 1, 'active', 'inactive')
-    FROM temp.stagePollKeys AS k
-    JOIN temp.stagePollTimes AS t ON t.rowid = k.rowid
-    JOIN temp.stagePollStores AS n ON n.code = k.key >> 1
-    WHERE true ORDER BY k.rowid
-    ON CONFLICT (store_id, timestamp_us) DO UPDATE SET status = excluded.status
-"""
+# The staging tables of an upload of hours or zones (TEMP: only the writer's connection sees them).
 HOURS_STAGING = {
     "stageHours": "store_id TEXT NOT NULL, day INTEGER NOT NULL, start_time_local TEXT NOT NULL, "
     "end_time_local TEXT NOT NULL"
@@ -399,16 +511,6 @@ PUBLISH_ZONES = [
         "WHERE true ORDER BY rowid ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str"
     ),
 ]
-
-# The stores with polls, by a loose index scan: one seek per store on the primary key, not a pass over every poll
-STORE_IDS = f"""
-    WITH RECURSIVE ids(store_id) AS (
-        SELECT min(store_id) FROM {STATUS}
-        UNION ALL
-        SELECT (SELECT min(store_id) FROM {STATUS} WHERE store_id > ids.store_id) FROM ids
-        WHERE ids.store_id IS NOT NULL
-    )
-"""
 
 
 def _now_us() -> int:
@@ -764,7 +866,7 @@ class SqliteStore(database.Store):
     def is_empty(self) -> bool:
         connection = self._connection()
         return all(
-            connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in (STATUS, HOURS, ZONES)
+            connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None for table in (POLLS, HOURS, ZONES)
         )
 
     def close(self) -> None:
@@ -838,7 +940,7 @@ class SqliteStore(database.Store):
         """(the newest poll, a problem): the schema mark and the newest poll, read on the health connection."""
         connection = self._health_connection()
         try:
-            newest = connection.execute(f"SELECT max(timestamp_us) FROM {STATUS}").fetchone()[0]
+            newest = connection.execute(f"SELECT max(last_us) FROM {POLLS}").fetchone()[0]
             return newest, self._schema_problem(connection)
         except sqlite3.Error as error:
             return None, f"the database {self.path} cannot be read: {database.describe_error(error)}"
@@ -922,60 +1024,52 @@ class SqliteStore(database.Store):
                 write.execute(statement)
             self._finish_upload(write, upload_id, rows)
 
-    def _stage_polls(self, connection: sqlite3.Connection, frame: pd.DataFrame, on_rows: Progress) -> None:
-        # rows go in in key order, so the table's B-tree fills page after page instead of touching a
-        # random page for each row; of two rows with one key the later still goes in later, and wins
-        codes, names = pd.factorize(frame["store_id"], sort=True)
-        codes, stamps, active = utils.sorted_polls(
-            codes, frame["timestamp_us"].to_numpy(dtype=np.int64), frame["active"].to_numpy(dtype=bool)
-        )
-        keys = codes * 2 + active
-        self._stage(
-            connection,
-            [
-                (
-                    "INSERT INTO temp.stagePollStores (code, store_id) VALUES (?, ?)",
-                    list(enumerate(np.asarray(names, dtype=object).tolist())),
-                )
-            ],
-        )
-        for start in range(0, len(frame), WRITE_BATCH_ROWS):
-            end = start + WRITE_BATCH_ROWS
-            # each batch crosses as two JSON arrays of numbers: far cheaper than a Python tuple per row
-            self._stage(
-                connection,
-                [
-                    (
-                        "INSERT INTO temp.stagePollKeys (key) SELECT value FROM json_each(?)",
-                        (json.dumps(keys[start:end].tolist()),),
-                    ),
-                    (
-                        "INSERT INTO temp.stagePollTimes (timestamp_us) SELECT value FROM json_each(?)",
-                        (json.dumps(stamps[start:end].tolist()),),
-                    ),
-                ],
-            )
-            on_rows(min(end, len(frame)) - start)
+    # The blocks an upload touches, as they are stored: the polls of those (store, block) pairs, a batch at a time
+    STORED_BLOCKS = f"""
+        SELECT j.key, p.timestamps, p.statuses FROM json_each(:pairs) AS j CROSS JOIN {POLLS} AS p
+        WHERE p.store_id = json_extract(j.value, '$[0]') AND p.block = json_extract(j.value, '$[1]')
+    """
 
-    def _publish_polls(self, write: sqlite3.Connection) -> None:
-        # into an empty table the time index is built once after the rows, several times faster than keeping
-        # it up to date row by row; dropped and made again inside this transaction, so no other connection
-        # ever sees the table without it
-        empty = write.execute(f"SELECT 1 FROM {STATUS} LIMIT 1").fetchone() is None
-        if empty:
-            write.execute(f"DROP INDEX IF EXISTS {TIME_INDEX}")
-        write.execute(PUBLISH_POLLS)
-        if empty:
-            write.execute(INDEXES[TIME_INDEX])
+    def _stored_polls(self, write: sqlite3.Connection, names: np.ndarray, codes: np.ndarray, stamps: np.ndarray):
+        """(codes, stamps, active) of the stored polls in the blocks of these polls (sorted by store and time)."""
+        if write.execute(f"SELECT 1 FROM {POLLS} LIMIT 1").fetchone() is None:
+            return None
+        starts = _block_starts(codes, stamps)[:-1]
+        pair_codes = codes[starts]
+        pairs = list(zip(names[pair_codes].tolist(), (stamps[starts] // BLOCK_US).tolist()))
+        found = []
+        for first in range(0, len(pairs), WRITE_BATCH_ROWS):
+            rows = write.execute(self.STORED_BLOCKS, {"pairs": json.dumps(pairs[first : first + WRITE_BATCH_ROWS])})
+            keys, old_stamps, old_active = _polls_of_blocks(rows.fetchall())
+            found.append((pair_codes[keys + first], old_stamps, old_active))
+        return [np.concatenate(column) for column in zip(*found)]
 
     def load_polls(self, frame: pd.DataFrame, on_rows: Progress = no_progress, upload_id: str | None = None) -> int:
-        with self._staging(POLL_STAGING) as connection:
+        """Merge the polls into their blocks (of two rows at one instant, in the upload or stored, the upload's
+        later one wins) in one transaction; `on_rows` is told the upload's rows in proportion as blocks are written."""
+        with self._write("upload", durable=True) as write:
             if not frame.empty:
-                self._stage_polls(connection, frame, on_rows)
-            with self._write("upload", durable=True) as write:
-                if not frame.empty:
-                    self._publish_polls(write)
-                self._finish_upload(write, upload_id, len(frame))
+                codes, names = pd.factorize(frame["store_id"], sort=True)
+                names = np.asarray(names, dtype=object)
+                codes, stamps, active = utils.sorted_polls(
+                    codes, frame["timestamp_us"].to_numpy(dtype=np.int64), frame["active"].to_numpy(dtype=bool)
+                )
+                stored = self._stored_polls(write, names, codes, stamps)
+                if stored is not None and stored[0].size:  # stored first: at one instant, the upload's poll wins
+                    codes, stamps, active = utils.sorted_polls(
+                        *(np.concatenate(pair) for pair in zip(stored, (codes, stamps, active)))
+                    )
+                codes, stamps, active = _one_per_instant(codes, stamps, active)
+                told = [0, 0]  # polls written, rows told
+
+                def written(polls: int) -> None:
+                    told[0] += polls
+                    rows = len(frame) * told[0] // codes.size - told[1]
+                    told[1] += rows
+                    on_rows(rows)
+
+                _write_blocks(write, names, codes, stamps, active, written)
+            self._finish_upload(write, upload_id, len(frame))
         return len(frame)
 
     def _replace(
@@ -1065,13 +1159,26 @@ class SqliteStore(database.Store):
     # ----- what is stored
 
     def delete_polls(self, store_id: str, since_us: int | None = None, until_us: int | None = None) -> int:
-        conditions, values = ["store_id = ?"], [store_id]
-        for bound, operator in ((since_us, ">="), (until_us, "<=")):
-            if bound is not None:
-                conditions.append(f"timestamp_us {operator} ?")
-                values.append(int(bound))
+        low = -(2**63) if since_us is None else int(since_us)
+        high = 2**63 - 1 if until_us is None else int(until_us)
+        removed = 0
         with self._write() as write:
-            return write.execute(f"DELETE FROM {STATUS} WHERE {' AND '.join(conditions)}", values).rowcount
+            blocks = write.execute(
+                f"SELECT block, timestamps, statuses FROM {POLLS} WHERE store_id = ? AND block BETWEEN ? AND ?",
+                (store_id, low // BLOCK_US, high // BLOCK_US),
+            ).fetchall()
+            for block, stamp_blob, status_blob in blocks:
+                _, stamps, active = _polls_of_blocks([(0, stamp_blob, status_blob)])
+                kept = (stamps < low) | (stamps > high)
+                if kept.all():
+                    continue
+                removed += int(kept.size - np.count_nonzero(kept))
+                if kept.any():  # the block again, without them
+                    codes = np.zeros(np.count_nonzero(kept), dtype=np.int64)
+                    _write_blocks(write, np.array([store_id], dtype=object), codes, stamps[kept], active[kept])
+                else:
+                    write.execute(f"DELETE FROM {POLLS} WHERE store_id = ? AND block = ?", (store_id, block))
+        return removed
 
     def data_summary(self) -> dict:
         with self._read() as read:
@@ -1080,43 +1187,32 @@ class SqliteStore(database.Store):
                 return read.execute(query).fetchone()[0]
 
             return {
-                "stores": one(f"{STORE_IDS} SELECT count(store_id) FROM ids"),
-                "polls": one(f"SELECT count(*) FROM {STATUS}"),
+                "stores": one(f"SELECT count(DISTINCT store_id) FROM {POLLS}"),
+                "polls": one(f"SELECT coalesce(sum(polls), 0) FROM {POLLS}"),
                 "hours_rows": one(f"SELECT count(*) FROM {HOURS}"),
                 "zones": one(f"SELECT count(*) FROM {ZONES}"),
-                "oldest_poll_us": one(f"SELECT min(timestamp_us) FROM {STATUS}"),
-                "newest_poll_us": one(f"SELECT max(timestamp_us) FROM {STATUS}"),
+                "oldest_poll_us": one(f"SELECT min(first_us) FROM {POLLS}"),
+                "newest_poll_us": one(f"SELECT max(last_us) FROM {POLLS}"),
             }
 
     # ----- reading for the report
 
     def latest_poll_us(self) -> int | None:
-        return self._connection().execute(f"SELECT max(timestamp_us) FROM {STATUS}").fetchone()[0]
+        return self._connection().execute(f"SELECT max(last_us) FROM {POLLS}").fetchone()[0]
 
     def report_store_ids(self, now_us: int) -> list[str]:
-        query = f"""{STORE_IDS}
-            SELECT store_id FROM ids
-            WHERE store_id IS NOT NULL
-              AND (SELECT min(timestamp_us) FROM {STATUS} s WHERE s.store_id = ids.store_id) <= ?
-        """
+        query = f"SELECT store_id FROM {POLLS} GROUP BY store_id HAVING min(first_us) <= ? ORDER BY store_id"
         return [row[0] for row in self._connection().execute(query, (int(now_us),))]
 
-    # The queries of one chunk; tests check their plans with EXPLAIN QUERY PLAN.  The polls come back
-    # as comma-separated numbers in one row, not as a row a poll: numpy reads the text far faster than
-    # Python builds a million row tuples.  Each poll is `position * 2 + active`, where position is
-    # the store's place in the chunk's list (json_each's key), and its timestamp; the two aggregates
-    # of one query see the rows in the same order, and count(*) checks the texts are read whole.
+    # The queries of one chunk; tests check their plans with EXPLAIN QUERY PLAN.  The polls come back as the
+    # blocks that hold them: for each store (its place in the chunk's list is json_each's key), its blocks
+    # from the last one before the window's (which holds its last poll before the window) to the window's end.
     CHUNK_POLLS = f"""
-        SELECT count(*), group_concat(j.key * 2 + (s.status = 'active')), group_concat(s.timestamp_us)
-        FROM json_each(:ids) AS j CROSS JOIN {STATUS} AS s
-        WHERE s.store_id = j.value AND s.timestamp_us >= :since AND s.timestamp_us <= :now
-    """
-    CHUNK_EARLIER_POLLS = f"""
-        SELECT count(*), group_concat(j.key * 2 + (s.status = 'active')), group_concat(s.timestamp_us)
-        FROM json_each(:ids) AS j CROSS JOIN {STATUS} AS s
-        WHERE s.store_id = j.value AND s.timestamp_us = (
-            SELECT t.timestamp_us FROM {STATUS} AS t
-            WHERE t.store_id = j.value AND t.timestamp_us < :since ORDER BY t.timestamp_us DESC LIMIT 1)
+        SELECT j.key, p.timestamps, p.statuses
+        FROM json_each(:ids) AS j CROSS JOIN {POLLS} AS p
+        WHERE p.store_id = j.value AND p.block <= :now_block AND p.block >= coalesce(
+            (SELECT max(q.block) FROM {POLLS} AS q WHERE q.store_id = j.value AND q.block < :since_block),
+            :since_block)
     """
     CHUNK_HOURS = f"""
         SELECT j.key, h.day, h.start_time_local, h.end_time_local
@@ -1128,32 +1224,33 @@ class SqliteStore(database.Store):
     """
 
     @staticmethod
-    def _numbers(text: str | None, count: int) -> np.ndarray:
-        """The int64 values of a comma-separated text of `count` integers (None when there are none)."""
-        if not count:
-            return np.empty(0, dtype=np.int64)
-        values = np.fromstring(text, dtype=np.int64, sep=",")
-        if len(values) != count:
-            raise ValueError(f"expected {count} numbers from the database, read {len(values)}")
-        return values
+    def _window_polls(keys: np.ndarray, stamps: np.ndarray, since_us: int, now_us: int) -> np.ndarray:
+        """Which of the blocks' polls a report reads: those in [since, now], and each store's last one before."""
+        before = stamps < since_us
+        last_before = before.copy()
+        last_before[:-1] &= ~before[1:] | (keys[1:] != keys[:-1])
+        return last_before | (~before & (stamps <= now_us))
 
     def read_chunk(self, store_ids: list[str], since_us: int, now_us: int):
         ids = list(store_ids)
-        window = {"ids": json.dumps(ids), "since": int(since_us), "now": int(now_us)}
+        since_us, now_us = int(since_us), int(now_us)
+        window = {"ids": json.dumps(ids), "since_block": since_us // BLOCK_US, "now_block": now_us // BLOCK_US}
         with self._read() as read:
-            texts = [read.execute(query, window).fetchone() for query in (self.CHUNK_POLLS, self.CHUNK_EARLIER_POLLS)]
+            blocks = read.execute(self.CHUNK_POLLS, window).fetchall()
             hour_rows = read.execute(self.CHUNK_HOURS, window).fetchall()
             zone_rows = read.execute(self.CHUNK_ZONES, window).fetchall()
-        coded = np.concatenate([self._numbers(keys, count) for count, keys, _ in texts])
-        stamps = np.concatenate([self._numbers(stamps, count) for count, _, stamps in texts])
+        keys, stamps, active = _polls_of_blocks(blocks)
+        keys, stamps, active = utils.sorted_polls(keys, stamps, active)  # (as they come: store by store, in time)
+        wanted = self._window_polls(keys, stamps, since_us, now_us)
+        keys, stamps, active = keys[wanted], stamps[wanted], active[wanted]
         # store ids as a categorical over the chunk's sorted, distinct ids, as sources.read_store_status gives them
         id_array = np.array(ids, dtype=object)
         names, category = np.unique(id_array, return_inverse=True)
         polls = pd.DataFrame(
             {
-                "store_id": pd.Categorical.from_codes(category[coded >> 1], categories=pd.Index(names, dtype=object)),
+                "store_id": pd.Categorical.from_codes(category[keys], categories=pd.Index(names, dtype=object)),
                 "timestamp_us": stamps,
-                "active": (coded & 1).astype(bool),
+                "active": active,
             }
         )
         position, day, start, end = zip(*hour_rows) if hour_rows else ((), (), (), ())

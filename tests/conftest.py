@@ -223,7 +223,9 @@ def hours_of(store: database.Store, store_id: str):
 
 def wipe_polls(store: database.Store) -> None:
     if store.kind == "sqlite":
-        store._connection().execute(f"DELETE FROM {database.STATUS}")
+        import store_sqlite
+
+        store._connection().execute(f"DELETE FROM {store_sqlite.POLLS}")
     else:
         store.db[database.STATUS].delete_many({})
 

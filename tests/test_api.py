@@ -342,7 +342,7 @@ def test_health_names_the_database(client, store):
         "status": "ok",
         "database": store.kind,
         "database_ok": True,
-        "schema_version": 3,
+        "schema_version": 4,
         "newest_poll": "2023-01-24T13:00:00Z",
     }
     assert set(body) == {

@@ -747,8 +747,8 @@ def test_cli_logs_at_info_level_as_level_then_message(tmp_path):
     # a subprocess, since under pytest the root logger already has handlers and basicConfig does nothing
     path = tmp_path / "cli.sqlite3"
     connection = database.connect(path=path)._connection()
-    connection.execute("DROP INDEX storeStatus_time")
-    connection.execute("CREATE INDEX storeStatus_time ON storeStatus (status)")  # not the declared index
+    connection.execute("DROP INDEX pollBlocks_span")
+    connection.execute("CREATE INDEX pollBlocks_span ON pollBlocks (polls)")  # not the declared index
     env = {**os.environ, "EMBEDDED_DB": str(path)}
     env.pop("MONGO_URI", None)
     done = subprocess.run(
@@ -761,7 +761,7 @@ def test_cli_logs_at_info_level_as_level_then_message(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "INFO index storeStatus_time changed: rebuilding it\n"
+    assert done.stderr == "INFO index pollBlocks_span changed: rebuilding it\n"
 
 
 def test_cli_load_draws_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
@@ -815,17 +815,15 @@ def test_cli_index_problems_and_database_errors(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         database.main([])  # a command is required
     connection = database.connect(path=path)._connection()
-    connection.execute("DROP INDEX storeStatus_time")
-    connection.execute("CREATE TABLE storeStatus_time (x)")  # the index's name is taken
+    connection.execute("DROP INDEX pollBlocks_span")
+    connection.execute("CREATE TABLE pollBlocks_span (x)")  # the index's name is taken
     capsys.readouterr()
     assert database.main(["migrate"]) == 1
-    assert (
-        capsys.readouterr().err == "index problem: storeStatus_time: there is already a table named storeStatus_time\n"
-    )
+    assert capsys.readouterr().err == "index problem: pollBlocks_span: there is already a table named pollBlocks_span\n"
     assert database.main(["load", str(write_data_dir(tmp_path / "data"))]) == 2
     assert capsys.readouterr().err == (
-        "database error: the indexes could not be made (storeStatus_time: there is already a table named "
-        "storeStatus_time); run `python database.py migrate`\n"
+        "database error: the indexes could not be made (pollBlocks_span: there is already a table named "
+        "pollBlocks_span); run `python database.py migrate`\n"
     )
     monkeypatch.setenv("EMBEDDED_DB", str(tmp_path))  # a folder: SQLite cannot open it
     assert database.main(["migrate"]) == 2

@@ -327,6 +327,7 @@ STEP_2 = (
     "alertState, alertDeliveries; the history backfilled from every Complete report's CSV; reports without a "
     "trigger read as api)"
 )
+STEP_3 = "schema 3 -> 4: nothing on MongoDB (schema 4 changed how the SQLite store keeps polls)"
 # the collections schema 3 adds, empty but for the backfilled history, with their indexes
 SCHEMA_3_INDEXES = {
     store_mongo.HISTORY: ["_id_", "report", "store_as_of"],
@@ -360,13 +361,14 @@ def test_a_schema_1_database_is_migrated_and_opens_with_everything_in_it(monkeyp
     before = everything_in(client["test"])
     with caplog.at_level(logging.INFO, logger="store_mongo"):
         store = open_on(client, monkeypatch)
-    assert (store.schema_version, store.migrations_applied) == (3, [STEP_1, STEP_2])
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_1, STEP_2, STEP_3])
     assert [r.getMessage() for r in caplog.records] == [
         f"MongoDB database test migrated: {STEP_1}",
         "schema 2 -> 3: the rows of 1 Complete reports are in the history",
         f"MongoDB database test migrated: {STEP_2}",
+        f"MongoDB database test migrated: {STEP_3}",
     ]
-    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 4
     after = everything_in(store.db)
     assert {name: after[name] for name in before} == before  # nothing of schema 1 changed
     assert after[database.UPLOADS] == ([], ["_id_", "at", "digest"])
@@ -391,7 +393,7 @@ def test_a_schema_1_database_is_migrated_and_opens_with_everything_in_it(monkeyp
     assert complete["as_of_after_newest_poll"] is False and failed["error"] == "stopped"
     assert store.read_report_csv(complete) == SCHEMA_1_CSV
     assert store.list_uploads() == [] and store.unfinished_upload() is None
-    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 3 now: nothing to do
+    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 4 now: nothing to do
 
 
 def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch):
@@ -402,7 +404,7 @@ def test_a_migration_stopped_part_way_leaves_schema_1_and_runs_again(monkeypatch
     db = client["test"]
     assert database.UPLOADS in db.list_collection_names() and db[database.META].find_one() is None
     store = open_on(client, monkeypatch)  # the step runs again over what it made
-    assert store.migrations_applied == [STEP_1, STEP_2]
+    assert store.migrations_applied == [STEP_1, STEP_2, STEP_3]
     assert sorted(store.db[database.UPLOADS].index_information()) == ["_id_", "at", "digest"]
 
 
@@ -479,15 +481,16 @@ def test_a_schema_2_database_is_migrated_with_every_complete_reports_history(mon
     before = everything_in(client["test"])
     with caplog.at_level(logging.INFO, logger="store_mongo"):
         store = open_on(client, monkeypatch)
-    assert (store.schema_version, store.migrations_applied) == (3, [STEP_2])
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_2, STEP_3])
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", f"schema 2 -> 3: report {TORN_2} keeps no history: report {TORN_2}: stored CSV is incomplete"),
         ("INFO", "schema 2 -> 3: the rows of 2 Complete reports are in the history"),
         ("INFO", f"MongoDB database test migrated: {STEP_2}"),
+        ("INFO", f"MongoDB database test migrated: {STEP_3}"),
     ]
-    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 4
     after = everything_in(store.db)
-    del before[database.META]  # the mark, at 3 (checked above)
+    del before[database.META]  # the mark, at 4 (checked above)
     assert {name: after[name] for name in before} == before  # nothing else of schema 2 changed
     assert {name: sorted(store.db[name].index_information()) for name in SCHEMA_3_INDEXES} == SCHEMA_3_INDEXES
     assert sorted(store.db[store_mongo.HISTORY].find(), key=lambda doc: doc["_id"]) == sorted(
@@ -507,7 +510,7 @@ def test_a_schema_2_database_is_migrated_with_every_complete_reports_history(mon
     assert [r["trigger"] for r in store.list_reports(limit=10)] == ["api"] * 5
     assert store.find_report(COMPLETE_2)["as_of_after_newest_poll"] is True
     assert store.list_uploads()[0]["upload_id"] == "u" * 32
-    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 3 now: nothing to do
+    assert open_on(client, monkeypatch).migrations_applied == []  # at schema 4 now: nothing to do
 
 
 def test_a_backfill_stopped_part_way_leaves_schema_2_and_runs_again_without_duplicates(monkeypatch):
@@ -519,10 +522,10 @@ def test_a_backfill_stopped_part_way_leaves_schema_2_and_runs_again_without_dupl
     assert db[database.META].find_one({"_id": "schema"})["version"] == 2
     assert db[store_mongo.HISTORY].count_documents({}) == 2  # the first report's rows went in
     store = open_on(client, monkeypatch)
-    assert store.migrations_applied == [STEP_2]
+    assert store.migrations_applied == [STEP_2, STEP_3]
     history = list(store.db[store_mongo.HISTORY].find())
     assert len(history) == 4 and len({doc["_id"] for doc in history}) == 4
-    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 3
+    assert store.db[database.META].find_one({"_id": "schema"})["version"] == 4
 
 
 @pytest.mark.parametrize(

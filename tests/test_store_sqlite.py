@@ -87,35 +87,99 @@ def test_chunk_queries_use_the_primary_key(tmp_path):
     """Each chunk query scans only the chunk's list of ids and seeks every table by key: no full scan."""
     store = database.connect(path=tmp_path / "plans.sqlite3")
     database.load_dir(store, write_data_dir(tmp_path / "data"))
-    parameters = {"ids": json.dumps(["allday", "worked"]), "since": 0, "now": FAR_FUTURE_US}
+    parameters = {"ids": json.dumps(["allday", "worked"]), "since_block": 0, "now_block": 3_000}
     plans = {
-        name: _plan(store, getattr(store, name), parameters)
-        for name in ("CHUNK_POLLS", "CHUNK_EARLIER_POLLS", "CHUNK_HOURS", "CHUNK_ZONES")
+        name: _plan(store, getattr(store, name), parameters) for name in ("CHUNK_POLLS", "CHUNK_HOURS", "CHUNK_ZONES")
     }
     for name, plan in plans.items():
         scans = [step for step in plan if step.startswith("SCAN")]
         assert scans == ["SCAN j VIRTUAL TABLE INDEX 1:"], (name, plan)  # the json_each list, nothing else
-    assert "SEARCH s USING PRIMARY KEY (store_id=? AND timestamp_us>? AND timestamp_us<?)" in plans["CHUNK_POLLS"]
-    assert "SEARCH t USING PRIMARY KEY (store_id=? AND timestamp_us<?)" in plans["CHUNK_EARLIER_POLLS"]
+    assert (
+        "SEARCH p USING INDEX sqlite_autoindex_pollBlocks_1 (store_id=? AND block>? AND block<?)"
+        in plans["CHUNK_POLLS"]
+    )
+    assert (
+        "SEARCH q USING COVERING INDEX sqlite_autoindex_pollBlocks_1 (store_id=? AND block<?)" in plans["CHUNK_POLLS"]
+    )
     assert "SEARCH z USING PRIMARY KEY (store_id=?)" in plans["CHUNK_ZONES"]
     assert "SEARCH h USING INDEX businessHours_store (store_id=?)" in plans["CHUNK_HOURS"]
 
 
-def test_a_bulk_load_into_an_empty_table_rebuilds_the_time_index(tmp_path):
-    """The first load builds the time index after the rows; later loads keep it up to date."""
-    store = database.connect(path=tmp_path / "bulk.sqlite3")
+def test_the_stores_and_the_newest_and_oldest_polls_are_read_from_small_indexes(tmp_path):
+    """What /health, the data summary and a report's list of stores ask is answered from the blocks' indexes
+    (a seek for the newest poll), never by reading the blocks' arrays."""
+    store = database.connect(path=tmp_path / "small.sqlite3")
     database.load_dir(store, write_data_dir(tmp_path / "data"))
-    indexes = {name for (name,) in store._connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "storeStatus_time" in indexes
     assert any(
-        "USING COVERING INDEX storeStatus_time" in step
-        for step in _plan(store, "SELECT max(timestamp_us) FROM storeStatus", ())
+        "SEARCH pollBlocks USING COVERING INDEX pollBlocks_span" in step
+        for step in _plan(store, "SELECT max(last_us) FROM pollBlocks", ())
     )
+    for query in (
+        "SELECT count(DISTINCT store_id) FROM pollBlocks",
+        "SELECT coalesce(sum(polls), 0) FROM pollBlocks",
+        "SELECT min(first_us) FROM pollBlocks",
+        "SELECT store_id FROM pollBlocks GROUP BY store_id HAVING min(first_us) <= 5 ORDER BY store_id",
+    ):
+        assert all("COVERING INDEX" in step for step in _plan(store, query, ()) if step.startswith("SCAN")), query
     database.load_file(
         store, "store_status.csv", b"store_id,status,timestamp_utc\nnewest,active,2023-02-01 00:00:00 UTC\n"
     )
     assert store.latest_poll_us() == 1675209600000000
     assert store.migrate() == []
+
+
+def test_polls_are_kept_one_row_a_store_and_week_and_read_back_exactly(tmp_path):
+    """A block holds one store's polls of one week from the epoch (weeks start on Thursdays 00:00 UTC); a report
+    reads the window's polls and each store's last poll before it, however far back, and nothing else."""
+    import store_sqlite
+
+    week = store_sqlite.BLOCK_US
+    thursday = 2_799 * week  # 2023-08-24 00:00 UTC
+    stamps = [thursday - week - 1, thursday - 1, thursday, thursday + 5, thursday + 2 * week + 7]
+    frame = pd.DataFrame(
+        {"store_id": ["a"] * 5 + ["b"], "timestamp_us": stamps + [thursday + 1], "active": [True, False] * 3}
+    )
+    store = database.connect(path=tmp_path / "blocks.sqlite3")
+    store.load_polls(frame)
+    blocks = store._connection().execute(
+        "SELECT store_id, block, polls, first_us, last_us FROM pollBlocks ORDER BY 1, 2"
+    )
+    assert blocks.fetchall() == [
+        ("a", 2_797, 1, stamps[0], stamps[0]),
+        ("a", 2_798, 1, stamps[1], stamps[1]),
+        ("a", 2_799, 2, stamps[2], stamps[3]),
+        ("a", 2_801, 1, stamps[4], stamps[4]),
+        ("b", 2_799, 1, thursday + 1, thursday + 1),
+    ]
+    assert _poll_rows(store._connection()) == [
+        ("a", stamps[0], "active"),
+        ("a", stamps[1], "inactive"),
+        ("a", stamps[2], "active"),
+        ("a", stamps[3], "inactive"),
+        ("a", stamps[4], "active"),
+        ("b", thursday + 1, "inactive"),
+    ]
+
+    def read(since_us: int, now_us: int) -> list[tuple]:
+        polls = store.read_chunk(["b", "a"], since_us, now_us)[0]
+        return sorted(zip(polls["store_id"].astype(str), polls["timestamp_us"].tolist(), polls["active"].tolist()))
+
+    # the window from the Thursday: a's last poll before it is in the block before; b has none before
+    assert read(thursday, thursday + week) == [
+        ("a", stamps[1], False),
+        ("a", stamps[2], True),
+        ("a", stamps[3], False),
+        ("b", thursday + 1, False),
+    ]
+    # a window weeks later reaches back over an empty week to a's last poll
+    assert read(thursday + 2 * week, thursday + 3 * week) == [
+        ("a", stamps[3], False),
+        ("a", stamps[4], True),
+        ("b", thursday + 1, False),
+    ]
+    # a window inside a block: the poll before it from the same block, none after `now`
+    assert read(thursday + 1, thursday + 4) == [("a", stamps[2], True), ("b", thursday + 1, False)]
+    assert read(0, stamps[0] - 1) == []
 
 
 def test_one_load_with_repeated_keys_keeps_the_later_row(tmp_path):
@@ -131,7 +195,7 @@ def test_one_load_with_repeated_keys_keeps_the_later_row(tmp_path):
     assert store.load_polls(frame) == 5
     polls = store.read_chunk(["a", "b"], 0, 10)[0]
     assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [("a", 7, True), ("b", 5, True)]
-    store.load_polls(frame.iloc[[1, 2]])  # into a table that is no longer empty: the index is kept up to date
+    store.load_polls(frame.iloc[[1, 2]])  # into blocks that hold polls at those instants: the upload's win
     polls = store.read_chunk(["a", "b"], 0, 10)[0]
     assert sorted(zip(polls["store_id"], polls["timestamp_us"], polls["active"])) == [("a", 7, False), ("b", 5, False)]
 
@@ -388,13 +452,18 @@ def test_renewing_a_lease_pushes_its_expiry_a_lease_period_ahead(tmp_path, monke
     assert store._renew_lease("read", "someone else") is False
 
 
-def test_a_number_text_of_the_wrong_length_is_refused():
-    from store_sqlite import SqliteStore
+def test_a_block_whose_arrays_disagree_is_refused(tmp_path):
+    """The table refuses a block whose arrays do not hold `polls` values each; a reader refuses arrays that
+    disagree with each other."""
+    import store_sqlite
 
-    assert SqliteStore._numbers("3,-1,9000000000000000000", 3).tolist() == [3, -1, 9_000_000_000_000_000_000]
-    assert SqliteStore._numbers(None, 0).tolist() == []
-    with pytest.raises(ValueError, match="^expected 3 numbers from the database, read 2$"):
-        SqliteStore._numbers("1,2", 3)
+    store = database.connect(path=tmp_path / "damaged.sqlite3")
+    for stamps, statuses in ((b"\0" * 15, b"\1\1"), (b"\0" * 16, b"\1")):
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+            store._connection().execute("INSERT INTO pollBlocks VALUES ('a', 0, 2, 0, 0, ?, ?)", (stamps, statuses))
+    assert store_sqlite._polls_of_blocks([(0, np.array([5, 6], dtype="<i8").tobytes(), b"\1\0")])[1].tolist() == [5, 6]
+    with pytest.raises(ValueError, match="^the database's poll blocks are damaged: 2 instants for 1 statuses$"):
+        store_sqlite._polls_of_blocks([(0, np.array([5, 6], dtype="<i8").tobytes(), b"\1")])
 
 
 def test_polls_read_back_with_the_categories_the_csv_reader_gives(tmp_path):
@@ -462,21 +531,21 @@ def test_migrate_rebuilds_a_changed_index_recreates_a_missing_one_and_reports_wh
     with caplog.at_level(logging.INFO, logger="store_sqlite"):
         assert store.migrate() == []  # all up to date: nothing rebuilt, nothing said
     assert caplog.records == []
-    connection.execute("DROP INDEX storeStatus_time")
-    connection.execute("CREATE TABLE storeStatus_time (x)")  # the name is taken: the index cannot be made
+    connection.execute("DROP INDEX pollBlocks_span")
+    connection.execute("CREATE TABLE pollBlocks_span (x)")  # the name is taken: the index cannot be made
     connection.execute("DROP INDEX reports_created")
     connection.execute("CREATE INDEX reports_created ON reports (created_us)")  # an older definition
     connection.execute("DROP INDEX reports_status_heartbeat")  # missing, and declared after the others
     with caplog.at_level(logging.INFO, logger="store_sqlite"):
-        assert store.migrate() == ["storeStatus_time: there is already a table named storeStatus_time"]
+        assert store.migrate() == ["pollBlocks_span: there is already a table named pollBlocks_span"]
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("ERROR", "could not create index storeStatus_time: there is already a table named storeStatus_time"),
+        ("ERROR", "could not create index pollBlocks_span: there is already a table named pollBlocks_span"),
         ("INFO", "index reports_created changed: rebuilding it"),
     ]
     indexes = declared()
     for name in ("businessHours_store", "reports_created", "reports_status_heartbeat"):
         assert indexes[name] == store_sqlite.INDEXES[name]
-    assert "storeStatus_time" not in indexes
+    assert "pollBlocks_span" not in indexes
 
 
 # --------------------------------------------------------------------------- helpers of the storage contract
@@ -493,6 +562,7 @@ STEP_3 = (
     "schema 2 -> 3: add reports.trigger, the history of report rows (from every Complete report's stored CSV), the "
     "schedule's ticks and the alert state and deliveries"
 )
+STEP_4 = "schema 3 -> 4: keep the polls in blocks of one store and week (pollBlocks, from storeStatus's rows)"
 
 
 def _polls(count: int, prefix: str = "s", stores: int = 100, start_us: int = 1_674_000_000_000_000) -> pd.DataFrame:
@@ -518,8 +588,28 @@ def _raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
-def _count(store, table: str = "storeStatus") -> int:
-    return store._connection().execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+def _count(store, table: str = "polls") -> int:
+    """The rows of a table; "polls": the polls in every block."""
+    query = "SELECT coalesce(sum(polls), 0) FROM pollBlocks" if table == "polls" else f"SELECT count(*) FROM {table}"
+    return store._connection().execute(query).fetchone()[0]
+
+
+def _poll_rows(connection: sqlite3.Connection) -> list[tuple]:
+    """Every stored poll as the old storeStatus table held it, (store_id, timestamp_us, status) in key order,
+    decoded from pollBlocks; checks each block holds its own week's instants, ascending and distinct."""
+    import store_sqlite
+
+    rows = []
+    blocks = connection.execute(
+        "SELECT store_id, block, polls, first_us, last_us, timestamps, statuses FROM pollBlocks ORDER BY 1, 2"
+    )
+    for store_id, block, polls, first_us, last_us, stamps, statuses in blocks:
+        instants = np.frombuffer(stamps, dtype="<i8").tolist()
+        assert len(instants) == polls == len(statuses) and set(statuses) <= {0, 1}
+        assert instants == sorted(set(instants)) and (instants[0], instants[-1]) == (first_us, last_us)
+        assert {instant // store_sqlite.BLOCK_US for instant in instants} == {block}
+        rows += [(store_id, t, "active" if a else "inactive") for t, a in zip(instants, statuses)]
+    return rows
 
 
 def _sha256(path: Path) -> str:
@@ -547,7 +637,7 @@ def _stop_at_call(number: int):
 @pytest.mark.parametrize(
     "writer, frame, table",
     [
-        ("load_polls", _polls(9, "new"), "storeStatus"),
+        ("load_polls", _polls(9, "new"), "pollBlocks"),
         ("replace_hours", _hours([("new", d, 0, 3600) for d in range(7)] + [("kept", 0, 0, 60)]), "businessHours"),
         ("replace_zones", _zones([(f"new{i}", "UTC") for i in range(5)] + [("kept", "Asia/Kolkata")]), "timezones"),
     ],
@@ -574,14 +664,16 @@ def test_a_writer_stopped_between_batches_keeps_nothing(tmp_path, monkeypatch, w
 
 
 def test_an_upload_leaves_no_temp_database_behind(tmp_path):
-    """The TEMP database an upload staged in is closed after it, not just emptied: kept open it holds its
-    file (over 2 GB after 15M polls), and the next upload staged on the same connection found it
-    "malformed" (seeding 10x data, SQLite 3.40)."""
+    """The TEMP database an upload of hours staged in is closed after it, not just emptied: kept open it holds
+    its file (over 2 GB after 15M polls, when polls were staged too), and the next upload staged on the same
+    connection found it "malformed" (seeding 10x data, SQLite 3.40).  Polls are not staged at all."""
     store = database.connect(path=tmp_path / "temp.sqlite3")
     store.load_polls(_polls(200_000))
     assert store._connection().execute("PRAGMA temp.page_count").fetchone()[0] <= 1
+    store.replace_hours(_hours([(f"s{i:06d}", i % 7, 0, 3600) for i in range(200_000)]))
+    assert store._connection().execute("PRAGMA temp.page_count").fetchone()[0] <= 1
     store.replace_zones(_zones([("s00001", "UTC")]))  # the next upload on the same connection
-    assert store._connection().execute("SELECT count(*) FROM storeStatus").fetchone()[0] == 200_000
+    assert _count(store) == 200_000 and _count(store, "businessHours") == 200_000
 
 
 KILLED_LOADER = """
@@ -604,17 +696,18 @@ print("published", flush=True)
 
 
 def test_a_kill_at_any_moment_leaves_the_whole_upload_or_none_of_it(tmp_path):
-    """kill -9 while staging, while publishing and after: the table holds every row of the upload or none,
-    keeps its time index, the file is sound, and the journal says Complete exactly when the rows are there."""
+    """kill -9 after the first batch of blocks, after the last one (committing) and after: the table holds every
+    poll of the upload or none, keeps its indexes, the file is sound, and the journal says Complete exactly
+    when the polls are there."""
     path = tmp_path / "killed.sqlite3"
     store = database.connect(path=path)
     store.load_polls(_polls(1_000, "old"))
     count = 300_000
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     outcomes = []
-    # after the first staged batch, after the last one (publishing), and a little later (published or not)
+    # after the first batch written, after the last one (committing), and a little later (committed or not)
     for wait_for, delay in (
-        ("50000", 0.0),
+        ("first", 0.0),
         (str(count), 0.0),
         (str(count), 0.05),
         (str(count), 0.2),
@@ -629,7 +722,7 @@ def test_a_kill_at_any_moment_leaves_the_whole_upload_or_none_of_it(tmp_path):
         )
         try:
             for line in loader.stdout:
-                if line.strip() == wait_for:
+                if line.strip() == wait_for or wait_for == "first":
                     break
             time.sleep(delay)
         finally:
@@ -639,48 +732,52 @@ def test_a_kill_at_any_moment_leaves_the_whole_upload_or_none_of_it(tmp_path):
         outcomes.append(polls)
         assert polls in (1_000, 1_000 + count), (wait_for, delay, polls)
         indexes = {n for (n,) in store._connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert "storeStatus_time" in indexes
+        assert {"pollBlocks_span", "pollBlocks_stores"} <= indexes
         assert store._connection().execute("PRAGMA integrity_check").fetchone() == ("ok",)
         newest = store.list_uploads(1)[0]
         assert (newest["status"] == "Complete") == (polls > 1_000), newest
         if newest["status"] != "Complete":
             assert newest["error"] == "the process loading it stopped; nothing of it was kept"
         if polls > 1_000:  # take the upload away again for the next round
-            store._connection().execute("DELETE FROM storeStatus WHERE store_id LIKE 'k%'")
+            store._connection().execute("DELETE FROM pollBlocks WHERE store_id LIKE 'k%'")
     assert outcomes[0] == 1_000 and outcomes[-1] == 1_000 + count
 
 
-def test_no_other_connection_ever_sees_the_polls_without_their_time_index(tmp_path):
-    """A load into an empty table drops and rebuilds the time index inside its one publishing transaction."""
-    path = tmp_path / "index.sqlite3"
+def test_no_other_connection_ever_sees_part_of_an_upload(tmp_path):
+    """Another connection, reading all the while an upload writes its blocks batch by batch, sees the polls
+    before it or after it, never some of them."""
+    path = tmp_path / "whole.sqlite3"
     store = database.connect(path=path)
-    seen, done = [], threading.Event()
+    store.load_polls(_polls(1_000, "old"))
+    seen, batches, done = set(), threading.Event(), threading.Event()
 
     def watch():
         watcher = _raw(path)
         while not done.is_set():
-            seen.append(
-                watcher.execute("SELECT count(*) FROM sqlite_master WHERE name = 'storeStatus_time'").fetchone()[0]
-            )
+            seen.add(watcher.execute("SELECT coalesce(sum(polls), 0) FROM pollBlocks").fetchone()[0])
+
+    def on_rows(rows: int) -> None:
+        batches.set()
+        time.sleep(0.01)  # room for the watcher to read while the transaction is open
 
     thread = threading.Thread(target=watch)
     thread.start()
     try:
-        store.load_polls(_polls(300_000))
+        store.load_polls(_polls(300_000, stores=3_000), on_rows)
     finally:
         done.set()
         thread.join(30)
-    assert len(seen) > 10 and set(seen) == {1}
-    assert _count(store) == 300_000
+    assert batches.is_set() and seen <= {1_000, 301_000} and 1_000 in seen
+    assert _count(store) == 301_000
 
 
 def test_loading_the_same_polls_twice_changes_nothing_and_a_later_load_wins(tmp_path):
     store = database.connect(path=tmp_path / "again.sqlite3")
     frame = _polls(1_000)
     store.load_polls(frame)
-    first = store._connection().execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    first = store._connection().execute("SELECT * FROM pollBlocks ORDER BY 1, 2").fetchall()
     store.load_polls(frame)
-    assert store._connection().execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == first
+    assert store._connection().execute("SELECT * FROM pollBlocks ORDER BY 1, 2").fetchall() == first
     flipped = frame.assign(active=~frame["active"]).iloc[:10]
     store.load_polls(flipped)
     polls = store.read_chunk(sorted(set(flipped["store_id"])), 0, FAR_FUTURE_US)[0]
@@ -796,10 +893,10 @@ def test_a_new_file_is_made_at_the_current_schema_with_the_marks(tmp_path):
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.migrations_applied == []
     again = database.connect(path=path)
-    assert again.schema_version == 3 and again.migrations_applied == []
+    assert again.schema_version == 4 and again.migrations_applied == []
     empty = tmp_path / "empty.sqlite3"
     empty.touch()  # an empty file is new too
-    assert database.connect(path=empty).schema_version == 3
+    assert database.connect(path=empty).schema_version == 4
 
 
 def _copy_of_schema_1(tmp_path: Path) -> Path:
@@ -819,13 +916,13 @@ def test_the_previous_releases_file_opens_migrated_with_everything_in_it(tmp_pat
     path = _copy_of_schema_1(tmp_path)
     assert _raw(path).execute("PRAGMA user_version").fetchone()[0] == 0
     store = database.connect(path=path)
-    assert store.schema_version == 3
-    assert store.migrations_applied == [STEP_2, STEP_3]
+    assert store.schema_version == 4
+    assert store.migrations_applied == [STEP_2, STEP_3, STEP_4]
     raw = _raw(path)
     assert raw.execute("PRAGMA application_id").fetchone()[0] == database.APPLICATION_ID
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
     assert len(expected_polls) == 120
-    assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == expected_polls
+    assert _poll_rows(raw) == expected_polls
     assert raw.execute("SELECT * FROM businessHours ORDER BY 1, 2").fetchall() == expected_hours
     assert raw.execute("SELECT * FROM timezones ORDER BY 1").fetchall() == expected_zones
     complete = store.find_report(COMPLETE_V1)
@@ -920,10 +1017,10 @@ FOREIGN = {
         lambda tmp: _sqlite_file(
             tmp / "f",
             f"PRAGMA application_id = {database.APPLICATION_ID}",
-            "PRAGMA user_version = 4",
+            "PRAGMA user_version = 5",
             "CREATE TABLE storeStatus (x)",
         ),
-        "was made by a newer version of this service (schema 4; this code knows up to 3)",
+        "was made by a newer version of this service (schema 5; this code knows up to 4)",
     ),
 }
 
@@ -970,7 +1067,7 @@ def test_a_crash_inside_a_migration_step_leaves_the_old_schema_whole(tmp_path, m
     assert "as_of_after_newest_poll" not in {row[1] for row in raw.execute("PRAGMA table_info(reports)")}
     monkeypatch.undo()
     store = database.connect(path=path)
-    assert store.schema_version == 3 and store.migrations_applied == [STEP_2, STEP_3]
+    assert store.schema_version == 4 and store.migrations_applied == [STEP_2, STEP_3, STEP_4]
 
 
 OPENER = """
@@ -1003,9 +1100,9 @@ def test_processes_opening_a_file_at_once_make_or_migrate_it_exactly_once(tmp_pa
     assert [opener.returncode for opener in openers] == [0] * 4, results
     applied = [json.loads(out) for out, _ in results]
     # each step taken by exactly one of them (not always the same one: each step is a transaction of its own)
-    assert sorted(step for steps in applied for step in steps) == ([STEP_2, STEP_3] if old else []), applied
+    assert sorted(step for steps in applied for step in steps) == ([STEP_2, STEP_3, STEP_4] if old else []), applied
     store = database.connect(path=path)
-    assert store.schema_version == 3 and _count(store) == (120 if old else 0)
+    assert store.schema_version == 4 and _count(store) == (120 if old else 0)
     assert _count(store, "reportHistory") == (3 if old else 0)  # the schema 1 file's Complete report, backfilled once
     assert _count(store, "healthProbe") == 1
 
@@ -1123,7 +1220,7 @@ def test_health_when_all_is_well(tmp_path):
     written = _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0]
     health = store.health(1)
     assert health["problems"] == [] and health["write_probe"] == "ok"
-    assert (health["schema_version"], health["newest_poll_us"]) == (3, 9_000_000)
+    assert (health["schema_version"], health["newest_poll_us"]) == (4, 9_000_000)
     assert health["free_disk_mb"] == pytest.approx(database.free_bytes(tmp_path) / 1_048_576, abs=50)
     assert _raw(store.path).execute("SELECT written_us FROM healthProbe").fetchone()[0] > written  # a real write
 
@@ -1158,7 +1255,7 @@ def test_health_reports_a_corrupt_file(tmp_path):
     raw = _raw(path)
     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     page = raw.execute(
-        "SELECT pageno FROM dbstat WHERE name = 'storeStatus' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 10"
+        "SELECT pageno FROM dbstat WHERE name = 'pollBlocks' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 10"
     ).fetchone()[0]
     raw.close()
     with open(path, "r+b") as file:  # scribble over the middle of one page of polls
@@ -1173,9 +1270,9 @@ def test_health_reports_a_corrupt_file(tmp_path):
 
 def test_health_reports_a_newer_schema_written_meanwhile(tmp_path):
     store = database.connect(path=tmp_path / "newer.sqlite3")
-    _raw(store.path).execute("PRAGMA user_version = 4")  # another process, of a newer release, migrated it
+    _raw(store.path).execute("PRAGMA user_version = 5")  # another process, of a newer release, migrated it
     assert store.health(1)["problems"] == [
-        f"{store.path} was migrated by a newer version of this service (schema 4; this code knows up to 3)"
+        f"{store.path} was migrated by a newer version of this service (schema 5; this code knows up to 4)"
     ]
 
 
@@ -1298,10 +1395,10 @@ def test_the_schema_2_file_opens_migrated_with_its_reports_and_their_history(tmp
     assert set(expected_csvs) == {COMPLETE_V2, EARLIER_V2} and len(expected_polls) == 120
     path = _copy_of_schema_2(tmp_path)
     store = database.connect(path=path)
-    assert (store.schema_version, store.migrations_applied) == (3, [STEP_3])
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_3, STEP_4])
     raw = _raw(path)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == expected_polls
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert _poll_rows(raw) == expected_polls
     assert raw.execute("SELECT * FROM businessHours ORDER BY 1, 2, 3").fetchall() == expected_hours
     assert raw.execute("SELECT * FROM timezones ORDER BY 1").fetchall() == expected_zones
     assert (
@@ -1332,13 +1429,13 @@ def test_the_schema_2_file_opens_migrated_with_its_reports_and_their_history(tmp
     assert database.connect(path=path).migrations_applied == []  # once
 
 
-def test_a_schema_2_file_claiming_schema_4_is_refused_untouched(tmp_path):
-    path = _sqlite_file(_copy_of_schema_2(tmp_path), "PRAGMA user_version = 4")
+def test_a_schema_2_file_claiming_schema_5_is_refused_untouched(tmp_path):
+    path = _sqlite_file(_copy_of_schema_2(tmp_path), "PRAGMA user_version = 5")
     before = _sha256(path)
     with pytest.raises(database.DatabaseRefused) as refused:
         database.connect(path=path)
     assert str(refused.value) == (
-        f"{path} was made by a newer version of this service (schema 4; this code knows up to 3)"
+        f"{path} was made by a newer version of this service (schema 5; this code knows up to 4)"
     )
     assert _sha256(path) == before
     assert "reportHistory" not in {n for (n,) in _raw(path).execute("SELECT name FROM sqlite_master")}
@@ -1367,7 +1464,7 @@ def test_a_crash_inside_the_history_backfill_leaves_schema_2_whole(tmp_path, mon
     ).fetchone() == (0,)
     monkeypatch.undo()
     store = database.connect(path=path)
-    assert (store.schema_version, store.migrations_applied) == (3, [STEP_3])
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_3, STEP_4])
     assert _count(store, "reportHistory") == 6
 
 
@@ -1378,11 +1475,93 @@ def test_a_stored_csv_that_cannot_be_read_keeps_no_history_and_the_migration_goe
     )
     with caplog.at_level(logging.WARNING, logger="store_sqlite"):
         store = database.connect(path=path)
-    assert store.schema_version == 3
+    assert store.schema_version == 4
     assert [r.getMessage() for r in caplog.records] == [
         f"report {EARLIER_V2}: no history kept of its stored CSV (report {EARLIER_V2}: stored CSV is incomplete)"
     ]
     assert {point["report_id"] for point in store.store_history("42")} == {COMPLETE_V2}
+
+
+# --------------------------------------------------------------------------- schema 3 -> 4: polls into blocks
+
+SCHEMA_3_FILE = FIXTURES / "schema_v3.sqlite3"
+COMPLETE_V3, FAILED_V3, SCHEDULED_V3 = "0" * 31 + "1", "0" * 31 + "2", "0" * 31 + "3"
+
+
+def _copy_of_schema_3(tmp_path: Path) -> Path:
+    path = tmp_path / "v3.sqlite3"
+    path.write_bytes(SCHEMA_3_FILE.read_bytes())
+    return path
+
+
+@pytest.mark.parametrize("batch_rows", [500_000, 7], ids=["one batch", "batches that cut stores"])
+def test_the_schema_3_file_opens_with_its_polls_in_blocks_and_gives_the_same_reports(tmp_path, monkeypatch, batch_rows):
+    """The file the schema-3 code made: every poll lands in its store's block of its week, storeStatus and its
+    index go, and reports computed again from the blocks are the bytes that code stored."""
+    import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "MIGRATE_BATCH_ROWS", batch_rows)
+    (tmp_path / "pristine").mkdir()  # read from a copy: even a read-only look at a WAL file leaves -shm and -wal files
+    pristine = _raw(_copy_of_schema_3(tmp_path / "pristine"))
+    expected_polls = pristine.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    expected_csvs = dict(pristine.execute("SELECT report_id, data FROM reportCsv"))
+    expected_history = pristine.execute("SELECT * FROM reportHistory ORDER BY 1, 2").fetchall()
+    pristine.close()
+    assert len(expected_polls) == 264 and set(expected_csvs) == {COMPLETE_V3, SCHEDULED_V3}
+    path = _copy_of_schema_3(tmp_path)
+    store = database.connect(path=path)
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_4])
+    raw = _raw(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert _poll_rows(raw) == expected_polls
+    assert raw.execute("SELECT store_id, count(*) FROM pollBlocks GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("1481966498820158979", 2),  # 2023-01-15 to 01-18, and 01-19 to 01-25
+        ("42", 2),
+        ("8419537941919820732", 2),
+    ]
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'storeStatus%'").fetchone() == (0,)
+    assert raw.execute("SELECT * FROM reportHistory ORDER BY 1, 2").fetchall() == expected_history
+    assert store.find_report(SCHEDULED_V3)["trigger"] == "schedule"
+    assert store.find_report(FAILED_V3)["status"] == "Failed"
+    assert _shape(path) == _shape(database.connect(path=tmp_path / "new.sqlite3").path)
+    generator = reportGenerator.ReportGenerator(store, tmp_path / "reports")
+    try:
+        for old, as_of_us in ((COMPLETE_V3, None), (SCHEDULED_V3, 1_674_432_000_000_000)):
+            again = uuid.uuid4().hex
+            store.create_report(again, as_of_us)
+            generator.run(again, as_of_us)
+            report = store.find_report(again)
+            assert report["status"] == "Complete", report["error"]
+            assert report["as_of_us"] == store.find_report(old)["as_of_us"]
+            assert store.read_report_csv(report) == bytes(expected_csvs[old])  # byte for byte
+    finally:
+        generator.shutdown(wait=True)
+    assert database.connect(path=path).migrations_applied == []  # once
+
+
+def test_a_crash_inside_the_step_to_blocks_leaves_schema_3_whole(tmp_path, monkeypatch):
+    import store_sqlite
+
+    path = _copy_of_schema_3(tmp_path)
+    before = _raw(path).execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall()
+    real_step = store_sqlite.MIGRATIONS[2][2]
+
+    def crashing_step(connection):
+        real_step(connection)  # every block written and storeStatus dropped ...
+        assert connection.execute("SELECT sum(polls) FROM pollBlocks").fetchone() == (264,)
+        raise sqlite3.OperationalError("the power went")  # ... and then the process died before COMMIT
+
+    monkeypatch.setattr(store_sqlite, "MIGRATIONS", [*store_sqlite.MIGRATIONS[:2], (4, "step four", crashing_step)])
+    with pytest.raises(sqlite3.OperationalError):
+        database.connect(path=path)
+    raw = _raw(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'pollBlocks%'").fetchone() == (0,)
+    assert raw.execute("SELECT * FROM storeStatus ORDER BY 1, 2").fetchall() == before
+    monkeypatch.undo()
+    store = database.connect(path=path)
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_4])
+    assert _poll_rows(store._connection()) == before
 
 
 # --------------------------------------------------------------------------- history rows: how they are kept
