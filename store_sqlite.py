@@ -1214,14 +1214,36 @@ class SqliteStore(database.Store):
             (SELECT max(q.block) FROM {POLLS} AS q WHERE q.store_id = j.value AND q.block < :since_block),
             :since_block)
     """
+    # The hours come back as comma-separated texts in one row, not as a row each: Python splits and numpy reads
+    # them far faster than sqlite3 builds a million row tuples.  The aggregates of one query see the rows in
+    # the same order; count(*) checks each text is read whole (the stored times, HH:MM:SS, hold no comma).
     CHUNK_HOURS = f"""
-        SELECT j.key, h.day, h.start_time_local, h.end_time_local
+        SELECT count(*), group_concat(j.key), group_concat(h.day), group_concat(h.start_time_local),
+            group_concat(h.end_time_local)
         FROM json_each(:ids) AS j CROSS JOIN {HOURS} AS h WHERE h.store_id = j.value
     """
     CHUNK_ZONES = f"""
         SELECT j.key, z.timezone_str
         FROM json_each(:ids) AS j CROSS JOIN {ZONES} AS z WHERE z.store_id = j.value
     """
+
+    @staticmethod
+    def _numbers(text: str | None, count: int) -> np.ndarray:
+        """The int64 values of a comma-separated text of `count` integers (None when there are none)."""
+        if not count:
+            return np.empty(0, dtype=np.int64)
+        values = np.fromstring(text, dtype=np.int64, sep=",")
+        if len(values) != count:
+            raise ValueError(f"expected {count} numbers from the database, read {len(values)}")
+        return values
+
+    @staticmethod
+    def _texts(text: str | None, count: int) -> list[str]:
+        """The `count` values of a comma-separated text (None when there are none)."""
+        values = text.split(",") if count else []
+        if len(values) != count:
+            raise ValueError(f"expected {count} values from the database, read {len(values)}")
+        return values
 
     @staticmethod
     def _window_polls(keys: np.ndarray, stamps: np.ndarray, since_us: int, now_us: int) -> np.ndarray:
@@ -1237,7 +1259,7 @@ class SqliteStore(database.Store):
         window = {"ids": json.dumps(ids), "since_block": since_us // BLOCK_US, "now_block": now_us // BLOCK_US}
         with self._read() as read:
             blocks = read.execute(self.CHUNK_POLLS, window).fetchall()
-            hour_rows = read.execute(self.CHUNK_HOURS, window).fetchall()
+            hour_texts = read.execute(self.CHUNK_HOURS, window).fetchone()
             zone_rows = read.execute(self.CHUNK_ZONES, window).fetchall()
         keys, stamps, active = _polls_of_blocks(blocks)
         keys, stamps, active = utils.sorted_polls(keys, stamps, active)  # (as they come: store by store, in time)
@@ -1253,13 +1275,13 @@ class SqliteStore(database.Store):
                 "active": active,
             }
         )
-        position, day, start, end = zip(*hour_rows) if hour_rows else ((), (), (), ())
+        count, position, day, start, end = hour_texts
         hours = pd.DataFrame(
             {
-                "store_id": id_array[np.asarray(position, dtype=np.int64)],
-                "day": np.asarray(day, dtype=np.int64),
-                "start_s": sources.parse_time_of_day(start).astype(np.int64),
-                "end_s": sources.parse_time_of_day(end).astype(np.int64),
+                "store_id": id_array[self._numbers(position, count)],
+                "day": self._numbers(day, count),
+                "start_s": sources.parse_time_of_day(self._texts(start, count)).astype(np.int64),
+                "end_s": sources.parse_time_of_day(self._texts(end, count)).astype(np.int64),
             }
         )
         zones = pd.DataFrame(

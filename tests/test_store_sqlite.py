@@ -452,6 +452,19 @@ def test_renewing_a_lease_pushes_its_expiry_a_lease_period_ahead(tmp_path, monke
     assert store._renew_lease("read", "someone else") is False
 
 
+def test_a_text_of_the_wrong_length_is_refused():
+    from store_sqlite import SqliteStore
+
+    assert SqliteStore._numbers("3,-1,9000000000000000000", 3).tolist() == [3, -1, 9_000_000_000_000_000_000]
+    assert SqliteStore._numbers(None, 0).tolist() == []
+    with pytest.raises(ValueError, match="^expected 3 numbers from the database, read 2$"):
+        SqliteStore._numbers("1,2", 3)
+    assert SqliteStore._texts("09:00:00,17:30:00", 2) == ["09:00:00", "17:30:00"]
+    assert SqliteStore._texts(None, 0) == []
+    with pytest.raises(ValueError, match="^expected 1 values from the database, read 2$"):
+        SqliteStore._texts("09:00:00,17:30:00", 1)
+
+
 def test_a_block_whose_arrays_disagree_is_refused(tmp_path):
     """The table refuses a block whose arrays do not hold `polls` values each; a reader refuses arrays that
     disagree with each other."""
