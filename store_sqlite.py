@@ -463,6 +463,10 @@ MIGRATIONS = [
     (4, "keep the polls in blocks of one store and week (pollBlocks, from storeStatus's rows)", _schema_4),
 ]
 
+# The steps after which the file is vacuumed: step 4 frees every page of the old storeStatus table and its index
+# (10x the sample: a 1.45 GB file of which 290 MB in use; VACUUM took 2.8 s)
+VACUUM_AFTER = {4}
+
 # name -> the statement that makes it: `migrate` creates what is missing and rebuilds what changed
 INDEXES = {
     f"{POLLS}_stores": f"CREATE INDEX {POLLS}_stores ON {POLLS} (store_id, first_us)",
@@ -712,12 +716,31 @@ class SqliteStore(database.Store):
         if found == 0:  # nothing of anyone's to protect: WAL from the start, so a crash leaves no hot journal
             connection.execute("PRAGMA journal_mode=WAL")
             found = self._create_schema()
+        vacuum = False
         for version, description, step in MIGRATIONS:
             if found < version:
-                self._migrate_step(version, description, step)
+                vacuum |= self._migrate_step(version, description, step) and version in VACUUM_AFTER
                 found = version
         connection.execute("PRAGMA journal_mode=WAL")
+        if vacuum:
+            self._vacuum()
+        if self.migrations_applied:  # a step may have written GBs of WAL (schema 4 rewrites every poll): give it back
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return found
+
+    def _vacuum(self) -> None:
+        """Give the disk back the pages a migration step freed (VACUUM: one transaction of its own, so a failure,
+        a full disk say, leaves the migrated file as it was); said in the log when it cannot."""
+        try:
+            self._connection().execute("VACUUM")
+        except sqlite3.Error as error:
+            log.warning(
+                "%s keeps the pages its migration freed (%s): with the service stopped, "
+                "`python -c \"import sqlite3; sqlite3.connect('%s').execute('VACUUM')\"` gives them back",
+                self.path,
+                database.describe_error(error),
+                self.path,
+            )
 
     def _create_schema(self) -> int:
         """Make the schema in an empty file, in one transaction; the file's version after it."""
@@ -730,18 +753,19 @@ class SqliteStore(database.Store):
                 found = database.SCHEMA_VERSION
         return found
 
-    def _migrate_step(self, version: int, description: str, step) -> None:
+    def _migrate_step(self, version: int, description: str, step) -> bool:
         """One numbered step in one transaction with its version mark; the version is read again inside
-        it, so of several processes opening an old file at once exactly one migrates it."""
+        it, so of several processes opening an old file at once exactly one migrates it (True for that one)."""
         with self._write() as write:
             current = _recognise(write, self.path)
             if current >= version:
-                return
+                return False
             step(write)
             self._mark_version(write, version)
         done = f"schema {current} -> {version}: {description}"
         self.migrations_applied.append(done)
         log.info("%s migrated: %s", self.path, done)
+        return True
 
     @staticmethod
     def _mark_version(write: sqlite3.Connection, version: int) -> None:

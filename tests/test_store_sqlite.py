@@ -1533,6 +1533,7 @@ def test_the_schema_3_file_opens_with_its_polls_in_blocks_and_gives_the_same_rep
         ("8419537941919820732", 2),
     ]
     assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'storeStatus%'").fetchone() == (0,)
+    assert raw.execute("PRAGMA freelist_count").fetchone() == (0,)  # vacuumed: the old table's pages given back
     assert raw.execute("SELECT * FROM reportHistory ORDER BY 1, 2").fetchall() == expected_history
     assert store.find_report(SCHEDULED_V3)["trigger"] == "schedule"
     assert store.find_report(FAILED_V3)["status"] == "Failed"
@@ -1550,6 +1551,36 @@ def test_the_schema_3_file_opens_with_its_polls_in_blocks_and_gives_the_same_rep
     finally:
         generator.shutdown(wait=True)
     assert database.connect(path=path).migrations_applied == []  # once
+
+
+def test_a_vacuum_that_fails_after_the_step_to_blocks_leaves_the_file_migrated_and_says_how(
+    tmp_path, monkeypatch, caplog
+):
+    import store_sqlite
+
+    real_connection = store_sqlite.SqliteStore._connection
+
+    class FullDiskAtVacuum:
+        def __init__(self, connection):
+            self.connection = connection
+
+        def execute(self, sql, *parameters):
+            if sql == "VACUUM":
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.connection.execute(sql, *parameters)
+
+        def __getattr__(self, name):
+            return getattr(self.connection, name)
+
+    monkeypatch.setattr(store_sqlite.SqliteStore, "_connection", lambda self: FullDiskAtVacuum(real_connection(self)))
+    path = _copy_of_schema_3(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="store_sqlite"):
+        store = database.connect(path=path)
+    assert (store.schema_version, store.migrations_applied) == (4, [STEP_4])
+    assert _count(store) == 264
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{path} keeps the pages its migration freed (") and "VACUUM" in warning
+    assert _raw(path).execute("PRAGMA freelist_count").fetchone()[0] > 0
 
 
 def test_a_crash_inside_the_step_to_blocks_leaves_schema_3_whole(tmp_path, monkeypatch):
