@@ -423,7 +423,9 @@ def _schema_4(connection: sqlite3.Connection) -> None:
     connection.execute(POLL_BLOCKS)
     connection.execute(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
     try:
-        cursor = connection.execute(f"SELECT store_id, timestamp_us, status = 'active' FROM {STATUS}")
+        cursor = connection.execute(
+            f"SELECT store_id, timestamp_us, status = 'active' FROM {STATUS} ORDER BY store_id, timestamp_us"
+        )
         held: list[tuple] = []
         while True:
             batch = cursor.fetchmany(MIGRATE_BATCH_ROWS)
