@@ -84,6 +84,10 @@ HEALTH_BUSY_TIMEOUT_MS = 300  # /health's write probe waits no longer for a writ
 WRITE_BATCH_ROWS = 50_000  # rows (polls: of the blocks) written or staged per batch on ingest (`on_rows` after each)
 BULK_CACHE_KIB = -262_144  # page cache of a connection while it loads: 256 MB (negative: in KiB)
 DEFAULT_CACHE_KIB = -2_000  # SQLite's default page cache, 2 MB
+# The WAL file is cut back to this size when it next starts over after a checkpoint: an upload's transaction grows
+# it to about the size of what it wrote (300 MB seeding 10x the sample; all of a failed upload on a full disk),
+# which SQLite otherwise keeps on disk for reuse while any connection is open
+WAL_KEEP_BYTES = 64 * 1_048_576
 PROBE = "healthProbe"
 FIRST_MARKED_SCHEMA = 2  # schema 1 files carry no version marks
 
@@ -784,6 +788,7 @@ class SqliteStore(database.Store):
             )
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint; safe in WAL mode
+            connection.execute(f"PRAGMA journal_size_limit = {WAL_KEEP_BYTES}")
             self._local.connection = connection
         return connection
 

@@ -689,6 +689,23 @@ def test_an_upload_leaves_no_temp_database_behind(tmp_path):
     assert _count(store) == 200_000 and _count(store, "businessHours") == 200_000
 
 
+def test_the_wal_file_is_cut_back_after_a_large_upload(tmp_path, monkeypatch):
+    """A large upload's transaction grows the WAL file; once checkpointed, the next write cuts it back to
+    WAL_KEEP_BYTES instead of keeping it on disk while the service runs."""
+    import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "WAL_KEEP_BYTES", 65_536)
+    store = database.connect(path=tmp_path / "wal.sqlite3")
+    wal = Path(f"{store.path}-wal")
+    store.load_polls(_polls(300_000, stores=3_000))
+    grown = wal.stat().st_size
+    assert grown > 1_048_576
+    assert store._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    store.create_report("a" * 32, None)  # the next write starts the WAL over
+    assert wal.stat().st_size <= 65_536 < grown
+    assert _count(store) == 300_000
+
+
 KILLED_LOADER = """
 import sys, time
 import numpy as np, pandas as pd
