@@ -430,7 +430,7 @@ class ReportGenerator:
             newest_us = store.latest_poll_us()
             now_us = as_of_us if as_of_us is not None else newest_us
             if now_us is None:
-                raise ReportError("there are no polls in storeStatus, so there is nothing to report")
+                raise ReportError("there are no polls in the database, so there is nothing to report")
             if newest_us is not None and now_us > newest_us:
                 store.update_report(report_id, as_of_after_newest_poll=True)
             if not utils.FIRST_AS_OF_US <= now_us <= utils.LAST_AS_OF_US:
