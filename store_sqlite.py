@@ -355,8 +355,7 @@ MIGRATE_BATCH_ROWS = 500_000  # rows of the old storeStatus table read at a time
 
 def _one_per_instant(codes: np.ndarray, stamps: np.ndarray, active: np.ndarray):
     """Polls sorted by (store, time) with the later of two rows at one instant last: that later one alone."""
-    last = np.ones(codes.size, dtype=bool)
-    last[:-1] = (codes[1:] != codes[:-1]) | (stamps[1:] != stamps[:-1])
+    last = utils.last_of_each_instant(codes, stamps)
     if last.all():
         return codes, stamps, active
     return codes[last], stamps[last], active[last]
