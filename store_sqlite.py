@@ -1018,8 +1018,8 @@ class SqliteStore(database.Store):
             for schema in ("main", "temp"):
                 connection.execute(f"PRAGMA {schema}.cache_size = {DEFAULT_CACHE_KIB}")
             # Close the connection's TEMP database: a change of temp_store drops it and its file (SQLite's
-            # PRAGMA temp_store).  Staging 15M polls grows it past 2 GB; kept open, it held that disk, and a
-            # later upload staged on the same connection found it "malformed" (SQLite 3.40, 10x data).
+            # PRAGMA temp_store).  Staging 15M polls (schema 3 staged polls too) grew it past 2 GB; kept open, it
+            # held that disk, and a later upload staged on the same connection found it "malformed" (SQLite 3.40).
             connection.execute("PRAGMA temp_store = MEMORY")
             connection.execute("PRAGMA temp_store = DEFAULT")
         except sqlite3.Error as error:  # never hides the error that ended the upload
@@ -1090,12 +1090,13 @@ class SqliteStore(database.Store):
                         *(np.concatenate(pair) for pair in zip(stored, (codes, stamps, active)))
                     )
                 codes, stamps, active = _one_per_instant(codes, stamps, active)
-                told = [0, 0]  # polls written, rows told
+                polls_written = rows_told = 0
 
                 def written(polls: int) -> None:
-                    told[0] += polls
-                    rows = len(frame) * told[0] // codes.size - told[1]
-                    told[1] += rows
+                    nonlocal polls_written, rows_told
+                    polls_written += polls
+                    rows = len(frame) * polls_written // codes.size - rows_told
+                    rows_told += rows
                     on_rows(rows)
 
                 _write_blocks(write, names, codes, stamps, active, written)
