@@ -779,16 +779,24 @@ def test_no_other_connection_ever_sees_part_of_an_upload(tmp_path):
     path = tmp_path / "whole.sqlite3"
     store = database.connect(path=path)
     store.load_polls(_polls(1_000, "old"))
-    seen, batches, done = set(), threading.Event(), threading.Event()
+    seen, during, done = set(), [], threading.Event()
+    reads = threading.Condition()
+    state = {"reads": 0, "latest": None}
 
     def watch():
         watcher = _raw(path)
         while not done.is_set():
-            seen.add(watcher.execute("SELECT coalesce(sum(polls), 0) FROM pollBlocks").fetchone()[0])
+            polls = watcher.execute("SELECT coalesce(sum(polls), 0) FROM pollBlocks").fetchone()[0]
+            seen.add(polls)
+            with reads:
+                state["reads"], state["latest"] = state["reads"] + 1, polls
+                reads.notify_all()
 
-    def on_rows(rows: int) -> None:
-        batches.set()
-        time.sleep(0.01)  # room for the watcher to read while the transaction is open
+    def on_rows(rows: int) -> None:  # a batch is written, the transaction still open: wait for a read made now
+        with reads:
+            before = state["reads"]
+            assert reads.wait_for(lambda: state["reads"] > before + 1, timeout=30)
+            during.append(state["latest"])
 
     thread = threading.Thread(target=watch)
     thread.start()
@@ -797,7 +805,8 @@ def test_no_other_connection_ever_sees_part_of_an_upload(tmp_path):
     finally:
         done.set()
         thread.join(30)
-    assert batches.is_set() and seen <= {1_000, 301_000} and 1_000 in seen
+    assert len(during) >= 2 and set(during) == {1_000}  # read while the blocks were being written: none of them
+    assert seen <= {1_000, 301_000}
     assert _count(store) == 301_000
 
 
